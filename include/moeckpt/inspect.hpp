@@ -1,0 +1,57 @@
+#pragma once
+// `moeckpt inspect`: validate a whole checkpoint folder and summarize it.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace moeckpt {
+
+struct InspectReport {
+  struct DtypeTotal {
+    uint64_t tensors = 0;
+    uint64_t bytes = 0;
+  };
+  // FP8 weights grouped by family (kind, projection, shape, scale shape, layout).
+  struct Fp8Family {
+    std::string family;
+    std::vector<uint64_t> shape;
+    std::vector<uint64_t> scale_shape;
+    std::string scale_dtype;
+    std::string layout;
+    uint64_t count = 0;
+  };
+  struct AttentionLayer {
+    std::string layer;  // "3" or "mtp.0"
+    std::string kind;   // "full" / "sliding_window"
+    std::vector<uint64_t> k_scale_shape;
+    std::string layout;  // "plain" or "fused_kv_t4"
+  };
+
+  std::string dir;
+  size_t shards = 0;
+  bool has_index = false;
+  uint64_t tensors = 0;
+  uint64_t total_bytes = 0;
+  std::map<std::string, DtypeTotal> by_dtype;
+  bool has_config = false;
+  int64_t layers = 0, full_layers = 0, swa_layers = 0, dense_layers = 0, moe_layers = 0;
+  int64_t mtp_layers = 0;
+  int64_t n_routed_experts = 0;
+  std::map<int64_t, int64_t> experts_per_layer;  // MoE layer -> distinct expert ids present
+  std::vector<Fp8Family> fp8;
+  std::vector<AttentionLayer> attention;
+  std::vector<std::string> problems;  // semantic errors: the checkpoint cannot be converted as is
+  std::vector<std::string> notes;     // unexpected but harmless (unknown tensor names, ...)
+};
+
+// Throws moeckpt::Error when the folder or a file in it is invalid.
+InspectReport inspect_checkpoint(const std::filesystem::path& dir);
+nlohmann::ordered_json to_json(const InspectReport& report);
+std::string to_text(const InspectReport& report);
+
+}  // namespace moeckpt

@@ -1,0 +1,35 @@
+#pragma once
+// Exact scalar codecs for FP8 E4M3FN, BF16 and F16. These are the reference every kernel is
+// tested against; see ../shared/spec/ADAPTER.md ("FP8 E4M3FN facts").
+#include <cstdint>
+
+namespace moeckpt::numerics {
+
+inline constexpr float kFp8E4m3Max = 448.0f;
+
+// E4M3FN code -> float32 (exact). 0x7F/0xFF are NaN (sign kept), 0x80 is -0.
+float fp8_e4m3fn_to_f32(uint8_t code) noexcept;
+
+// float32 -> E4M3FN, round to nearest even, saturating: |x| > 448 (and +-inf) -> +-448,
+// NaN -> 0x7F (0xFF for a negative NaN). Never yields a NaN code for finite or infinite input.
+uint8_t f32_to_fp8_e4m3fn_saturating(float x) noexcept;
+
+// float32 -> E4M3FN exactly as torch 2.11's `tensor.to(torch.float8_e4m3fn)` on CPU: round to
+// nearest even, no saturation: |x| >= 464, +-inf and NaN become 0x7F | sign.
+uint8_t f32_to_fp8_e4m3fn_torch(float x) noexcept;
+
+// float32 -> BF16 bits, round to nearest even; every NaN becomes 0x7FC0 (torch's scalar rule).
+uint16_t f32_to_bf16_rne(float x) noexcept;
+
+float bf16_to_f32(uint16_t bits) noexcept;
+float f16_to_f32(uint16_t bits) noexcept;
+
+// The dequantization of one FP8 element: bf16_rne(float(fp8) * scale), one IEEE float32 multiply.
+uint16_t dequant_fp8_to_bf16(uint8_t code, float scale) noexcept;
+
+// Scale of a block whose largest magnitude is `amax`: amax / 448 as float32. A block of zeros (or
+// an amax so small the quotient underflows) gets the smallest positive normal float instead, so a
+// scale is never 0, negative or NaN.
+float block_scale_from_amax(float amax) noexcept;
+
+}  // namespace moeckpt::numerics

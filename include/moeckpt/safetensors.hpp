@@ -1,0 +1,125 @@
+#pragma once
+// The safetensors format: a validated header, a file reader that never maps or loads the whole
+// file, and a sharded checkpoint folder (index + shards, cross-checked). Knows nothing of MoE/FP8.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "moeckpt/dtype.hpp"
+
+namespace moeckpt {
+
+inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+struct TensorInfo {
+  std::string name;
+  Dtype dtype{};
+  std::vector<uint64_t> shape;
+  uint64_t begin = 0;  // offsets relative to the data area (after the header)
+  uint64_t end = 0;
+
+  uint64_t nbytes() const noexcept { return end - begin; }
+  uint64_t numel() const noexcept;  // valid once the header has been validated
+};
+
+// A parsed and validated header. Validation happens in the constructor path: a Header that exists
+// is valid for a data area of `data_size()` bytes.
+class Header {
+ public:
+  // `header_json` is the JSON text (bytes 8 .. 8+n of the file); `data_size` the bytes after it.
+  static Header parse(std::span<const uint8_t> header_json, uint64_t data_size,
+                      const std::string& file_for_errors);
+  // Validates a whole in-memory safetensors file (the fuzzer's entry point).
+  static Header parse_file_bytes(std::span<const uint8_t> file, const std::string& file_for_errors);
+  // Reads the 8-byte length prefix and checks it against the file size; returns n.
+  static uint64_t header_length(std::span<const uint8_t, 8> prefix, uint64_t file_size,
+                                const std::string& file_for_errors);
+
+  const std::vector<TensorInfo>& tensors() const noexcept { return tensors_; }  // by offset
+  const TensorInfo* find(std::string_view name) const;
+  const std::map<std::string, std::string>& metadata() const noexcept { return metadata_; }
+  uint64_t json_length() const noexcept { return json_length_; }
+  uint64_t data_offset() const noexcept { return 8 + json_length_; }
+  uint64_t data_size() const noexcept { return data_size_; }
+
+ private:
+  std::vector<TensorInfo> tensors_;
+  std::unordered_map<std::string, size_t> by_name_;
+  std::map<std::string, std::string> metadata_;
+  uint64_t json_length_ = 0;
+  uint64_t data_size_ = 0;
+};
+
+namespace io {
+class File;
+}
+
+// One safetensors file opened read-only and validated at open time.
+class SafetensorsFile {
+ public:
+  static SafetensorsFile open(const std::filesystem::path& path);
+  SafetensorsFile(SafetensorsFile&&) noexcept;
+  SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
+  ~SafetensorsFile();
+
+  const std::string& path() const noexcept;
+  const Header& header() const noexcept { return header_; }
+  // Reads `out.size()` bytes of `tensor` starting at `offset` bytes into the tensor.
+  void read(const TensorInfo& tensor, uint64_t offset, std::span<uint8_t> out) const;
+  std::vector<uint8_t> read_all(const TensorInfo& tensor) const;
+  int fd() const noexcept;
+
+ private:
+  SafetensorsFile(std::unique_ptr<io::File> file, Header header);
+  std::unique_ptr<io::File> file_;
+  Header header_;
+};
+
+// A checkpoint folder: `model.safetensors.index.json` + shards, or a single `model.safetensors`.
+class Checkpoint {
+ public:
+  struct Entry {
+    const TensorInfo* info;
+    size_t shard;
+  };
+
+  static Checkpoint open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const noexcept { return dir_; }
+  bool has_index() const noexcept { return has_index_; }
+  size_t shard_count() const noexcept { return shards_.size(); }
+  const SafetensorsFile& shard(size_t i) const { return shards_[i]; }
+  const Entry* find(std::string_view name) const;
+  // Every tensor name, sorted.
+  const std::vector<std::string>& names() const noexcept { return names_; }
+  uint64_t total_bytes() const noexcept { return total_bytes_; }
+  void read(const Entry& entry, uint64_t offset, std::span<uint8_t> out) const {
+    shards_[entry.shard].read(*entry.info, offset, out);
+  }
+  std::vector<uint8_t> read_all(const Entry& entry) const {
+    return shards_[entry.shard].read_all(*entry.info);
+  }
+  const std::string& file_of(const Entry& entry) const { return shards_[entry.shard].path(); }
+
+ private:
+  std::filesystem::path dir_;
+  bool has_index_ = false;
+  std::vector<SafetensorsFile> shards_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::vector<std::string> names_;
+  uint64_t total_bytes_ = 0;
+};
+
+inline constexpr const char* kIndexFileName = "model.safetensors.index.json";
+inline constexpr const char* kSingleFileName = "model.safetensors";
+
+// Checks the index's shard file name: a plain name inside the folder (no '/', '\\', "..", NUL).
+bool is_plain_file_name(std::string_view name) noexcept;
+
+}  // namespace moeckpt

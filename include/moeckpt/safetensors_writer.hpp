@@ -1,0 +1,96 @@
+#pragma once
+// Writing safetensors: sizes and offsets are fixed before any data moves, tensor bytes arrive in
+// pieces at given offsets (so a grouped expert tensor is never materialized), and files appear
+// under their final names only once complete (temporary name, fsync, rename).
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "moeckpt/dtype.hpp"
+
+namespace moeckpt {
+
+namespace io {
+class File;
+}
+
+struct TensorSpec {
+  std::string name;
+  Dtype dtype{};
+  std::vector<uint64_t> shape;
+  uint64_t nbytes() const;  // refuses overflow and sub-byte remainders
+};
+
+// The header bytes (8-byte length + JSON padded with spaces to a multiple of 8) for tensors laid
+// out in the given order; also returns each tensor's offset within the data area.
+std::vector<uint8_t> encode_header(const std::vector<TensorSpec>& tensors,
+                                   const std::map<std::string, std::string>& metadata,
+                                   std::vector<uint64_t>* data_offsets = nullptr);
+
+class ShardWriter {
+ public:
+  ShardWriter(std::filesystem::path final_path, std::vector<TensorSpec> tensors,
+              std::map<std::string, std::string> metadata = {});
+  ShardWriter(const ShardWriter&) = delete;
+  ShardWriter& operator=(const ShardWriter&) = delete;
+  ~ShardWriter();  // removes the temporary file unless committed
+
+  const std::vector<TensorSpec>& tensors() const noexcept { return tensors_; }
+  const std::filesystem::path& final_path() const noexcept { return final_path_; }
+  uint64_t file_size() const noexcept { return file_size_; }
+  // Thread-safe for disjoint pieces.
+  void write(size_t tensor_index, uint64_t offset, std::span<const uint8_t> bytes);
+  // Checks every tensor was fully written, fsyncs and renames into place.
+  void commit();
+
+ private:
+  std::filesystem::path final_path_;
+  std::filesystem::path temp_path_;
+  std::vector<TensorSpec> tensors_;
+  std::vector<uint64_t> file_offsets_;
+  std::unique_ptr<std::atomic<uint64_t>[]> written_;
+  std::unique_ptr<io::File> file_;
+  uint64_t file_size_ = 0;
+  bool committed_ = false;
+};
+
+struct ShardingOptions {
+  uint64_t max_shard_bytes = 5'000'000'000;  // as Hugging Face's "5GB"
+  // File names: one shard -> "model.safetensors"; several -> "model-0000i-of-0000N.safetensors"
+  // plus "model.safetensors.index.json", written last.
+  std::map<std::string, std::string> metadata;  // __metadata__ of every shard
+};
+
+// Assigns tensors (in the given order) to shards of at most max_shard_bytes (a larger tensor gets
+// a shard of its own) and writes them.
+class CheckpointWriter {
+ public:
+  CheckpointWriter(std::filesystem::path dir, std::vector<TensorSpec> tensors,
+                   ShardingOptions options = {});
+  ~CheckpointWriter();
+
+  size_t tensor_count() const noexcept { return locations_.size(); }
+  size_t shard_count() const noexcept { return shards_.size(); }
+  const TensorSpec& spec(size_t tensor_index) const;
+  void write(size_t tensor_index, uint64_t offset, std::span<const uint8_t> bytes);
+  // Commits every shard, then the index (when there are several shards).
+  void commit();
+  static std::string shard_file_name(size_t i, size_t n);
+
+ private:
+  struct Location {
+    size_t shard;
+    size_t index_in_shard;
+  };
+  std::filesystem::path dir_;
+  std::vector<Location> locations_;
+  std::vector<std::unique_ptr<ShardWriter>> shards_;
+  uint64_t total_bytes_ = 0;
+};
+
+}  // namespace moeckpt

@@ -1,0 +1,59 @@
+#pragma once
+// Where the block scale of a weight row lives. Plain grid: row r of a projection uses its own scale
+// row r / B. Fused Q/K/V (the published full-attention layout): the projections were quantized
+// as T tensor-parallel shards [Q_c | K_c | V_c], each cut into B-row blocks from its own first row;
+// a block's scale row belongs to the projection holding the block's first row
+// (../shared/spec/MIMO_V2_FLASH.md, "The full-attention K/V scale layout").
+#include <cstdint>
+#include <optional>
+
+#include "moeckpt/tensor_key.hpp"
+
+namespace moeckpt {
+
+inline constexpr int64_t kPublishedTensorParallel = 4;
+
+inline int64_t ceil_div(int64_t a, int64_t b) noexcept { return (a + b - 1) / b; }
+
+// Scale rows (or columns) of the plain grid for `n` weight rows and block size `b`.
+inline int64_t plain_scale_count(int64_t n, int64_t b) noexcept { return ceil_div(n, b); }
+
+class FusedQkvLayout {
+ public:
+  struct ScaleSource {
+    Projection owner;   // kQ, kK or kV: whose scale tensor holds the row
+    int64_t scale_row;  // row within that scale tensor
+  };
+
+  // nullopt when a projection's rows do not split evenly over `tp` shards.
+  static std::optional<FusedQkvLayout> make(int64_t q_rows, int64_t k_rows, int64_t v_rows,
+                                            int64_t block_rows,
+                                            int64_t tp = kPublishedTensorParallel);
+
+  int64_t scale_rows(Projection p) const noexcept;  // Sq, Sk, Sv
+  int64_t rows(Projection p) const noexcept;
+  ScaleSource scale_source(Projection p, int64_t row) const noexcept;
+  // True when some row uses a different scale row (or owner) than the plain grid would give it.
+  bool differs_from_plain() const noexcept;
+  int64_t tp() const noexcept { return tp_; }
+  int64_t block_rows() const noexcept { return block_; }
+
+ private:
+  int64_t per_shard(Projection p) const noexcept;
+  int64_t shard_offset(Projection p) const noexcept;  // row of p's first row within a shard
+  int64_t q_ = 0, k_ = 0, v_ = 0, block_ = 0, tp_ = 0;
+};
+
+}  // namespace moeckpt
+
+namespace moeckpt {
+
+struct AttentionDims;
+
+// The layout a k scale with `k_scale_rows` rows reveals for an attention layer of these
+// dimensions: the fused T=4 layout when that row count is the fused one and differs from the plain
+// grid's; nullopt means the plain grid (extra trailing rows ignored).
+std::optional<FusedQkvLayout> detect_fused_qkv(const AttentionDims& dims, int64_t k_scale_rows,
+                                               int64_t block_rows);
+
+}  // namespace moeckpt

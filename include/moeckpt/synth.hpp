@@ -1,0 +1,34 @@
+#pragma once
+// Synthetic MiMo-V2-Flash-shaped FP8 checkpoints with every structural feature of the real one
+// (../shared/spec/MIMO_V2_FLASH.md), deterministic for a seed.
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace moeckpt {
+
+struct SynthOptions {
+  std::string preset = "tiny";  // "tiny" or "full"
+  std::optional<int64_t> layers;
+  std::optional<int64_t> experts;
+  std::optional<int64_t> vocab;
+  std::optional<int64_t> mtp_layers;
+  uint64_t seed = 0;
+  std::optional<uint64_t> max_shard_bytes;  // default: at least two shards
+};
+
+struct SynthReport {
+  size_t tensors = 0;
+  uint64_t total_bytes = 0;
+  size_t shards = 0;
+};
+
+// The config.json document the preset and options describe.
+nlohmann::json synth_config(const SynthOptions& options);
+// Writes config.json and the safetensors shards into `dst` (created; must not hold a checkpoint).
+SynthReport synthesize_checkpoint(const std::filesystem::path& dst, const SynthOptions& options);
+
+}  // namespace moeckpt

@@ -1,0 +1,255 @@
+#include "moeckpt/inspect.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <set>
+
+#include "moeckpt/error.hpp"
+#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/safetensors.hpp"
+#include "moeckpt/scale_layout.hpp"
+#include "moeckpt/tensor_key.hpp"
+
+namespace moeckpt {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string shape_str(const std::vector<uint64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+
+std::string human_bytes(uint64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) v /= 1024, ++u;
+  return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.2f} {}", v, units[u]);
+}
+
+std::string layer_label(const TensorKey& k) {
+  return (k.mtp ? "mtp." : "") + std::to_string(k.layer.value_or(-1));
+}
+
+}  // namespace
+
+InspectReport inspect_checkpoint(const fs::path& dir) {
+  Checkpoint ck = Checkpoint::open(dir);
+  InspectReport r;
+  r.dir = dir.string();
+  r.shards = ck.shard_count();
+  r.has_index = ck.has_index();
+  r.tensors = ck.names().size();
+  r.total_bytes = ck.total_bytes();
+
+  std::optional<MimoConfig> config;
+  std::error_code ec;
+  if (fs::exists(dir / "config.json", ec)) {
+    config = MimoConfig::load(dir / "config.json");
+    r.has_config = true;
+    r.layers = config->num_hidden_layers;
+    for (auto k : config->layer_attention) (k == AttentionKind::kFull ? r.full_layers : r.swa_layers)++;
+    r.moe_layers = config->moe_layer_count();
+    r.dense_layers = r.layers - r.moe_layers;
+    r.n_routed_experts = config->n_routed_experts;
+  } else {
+    r.notes.push_back("no config.json: shapes and layer kinds are not checked");
+  }
+  const int64_t block_rows = config && config->block ? config->block->rows : 128;
+  const int64_t block_cols = config && config->block ? config->block->cols : 128;
+
+  std::map<int64_t, std::set<int64_t>> experts;              // layer -> ids
+  std::map<std::pair<int64_t, int64_t>, int> expert_projs;  // (layer, id) -> bitmask
+  std::set<int64_t> mtp_layers;
+  std::map<std::string, InspectReport::Fp8Family> families;
+  uint64_t unknown = 0;
+
+  for (const auto& name : ck.names()) {
+    const auto& e = *ck.find(name);
+    const auto& t = *e.info;
+    auto& d = r.by_dtype[std::string(dtype_name(t.dtype))];
+    d.tensors++;
+    d.bytes += t.nbytes();
+    auto key = classify_tensor_name(name);
+    if (key.mtp && key.layer) mtp_layers.insert(*key.layer);
+    const std::string& file = ck.file_of(e);
+
+    if (key.is_scale) {
+      if (!ck.find(key.weight_name))
+        r.problems.push_back(fmt::format("{}: tensor '{}': scale without its weight '{}'", file,
+                                         name, key.weight_name));
+      continue;
+    }
+    if (key.kind == TensorKind::kOther) {
+      if (++unknown <= 20)
+        r.notes.push_back(fmt::format("{}: tensor '{}': not a MiMo-V2-Flash tensor name", file, name));
+    }
+    if (key.kind == TensorKind::kExpertProj && key.layer && !key.mtp) {
+      if (config && *key.expert >= config->n_routed_experts) {
+        r.problems.push_back(fmt::format("{}: tensor '{}': expert id {} is not below n_routed_experts = {}",
+                                         file, name, *key.expert, config->n_routed_experts));
+      } else {
+        experts[*key.layer].insert(*key.expert);
+        expert_projs[{*key.layer, *key.expert}] |=
+            key.projection == Projection::kGate ? 1 : key.projection == Projection::kUp ? 2 : 4;
+      }
+    }
+    if (config && key.layer && !key.mtp && *key.layer >= config->num_hidden_layers)
+      r.problems.push_back(fmt::format("{}: tensor '{}': layer {} is not below num_hidden_layers = {}",
+                                       file, name, *key.layer, config->num_hidden_layers));
+    if (config) {
+      if (auto want = expected_hf_shape(key, *config); want && *want != t.shape)
+        r.problems.push_back(fmt::format("{}: tensor '{}': shape {} disagrees with config.json",
+                                         file, name, shape_str(t.shape)) +
+                             " (expected " + shape_str(*want) + ")");
+    }
+
+    const auto* scale = ck.find(name + "_scale_inv");
+    if (!scale) {
+      if (t.dtype == Dtype::F8_E4M3 || t.dtype == Dtype::F8_E5M2)
+        r.problems.push_back(fmt::format("{}: tensor '{}': FP8 weight without a '_scale_inv' companion",
+                                         file, name));
+      continue;
+    }
+    const auto& s = *scale->info;
+    if (t.shape.size() != 2 || s.shape.size() != 2) {
+      r.problems.push_back(fmt::format("{}: tensor '{}': weight {} with scale {} (both must be 2-D)",
+                                       file, name, shape_str(t.shape), shape_str(s.shape)));
+      continue;
+    }
+    std::string layout = "plain";
+    uint64_t need_rows = static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[0]), block_rows));
+    const uint64_t need_cols = static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[1]), block_cols));
+    if (config && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
+      const auto& dims = attention_dims_of(key, *config);
+      const auto* k_scale = ck.find(key.prefix + (key.mtp ? "mtp." : "") + "layers." +
+                                    std::to_string(*key.layer) + ".self_attn.k_proj.weight_scale_inv");
+      if (k_scale && k_scale->info->shape.size() == 2) {
+        auto fused = detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]), block_rows);
+        if (fused) {
+          layout = "fused_kv_t4";
+          need_rows = static_cast<uint64_t>(fused->scale_rows(key.projection));
+        }
+        if (key.projection == Projection::kK)
+          r.attention.push_back({layer_label(key),
+                                 key.mtp ? "sliding_window"
+                                 : config->layer_attention[static_cast<size_t>(*key.layer)] ==
+                                         AttentionKind::kFull
+                                     ? "full"
+                                     : "sliding_window",
+                                 k_scale->info->shape, layout});
+      }
+    }
+    if (s.shape[0] < need_rows || s.shape[1] < need_cols)
+      r.problems.push_back(fmt::format("{}: tensor '{}': scale {} is too small for weight {}",
+                                       ck.file_of(*scale), name + "_scale_inv", shape_str(s.shape),
+                                       shape_str(t.shape)) +
+                           fmt::format(" (expected at least [{}, {}])", need_rows, need_cols));
+    if (s.dtype != Dtype::F32 && s.dtype != Dtype::BF16 && s.dtype != Dtype::F16)
+      r.problems.push_back(fmt::format("{}: tensor '{}': scale dtype {} (expected F32, BF16 or F16)",
+                                       ck.file_of(*scale), name + "_scale_inv", dtype_name(s.dtype)));
+    std::string fam_name = key.kind == TensorKind::kExpertProj
+                               ? "mlp.experts.*." + std::string(projection_name(key.projection))
+                               : std::string(tensor_kind_name(key.kind)) +
+                                     (key.projection != Projection::kNone
+                                          ? "." + std::string(projection_name(key.projection))
+                                          : "");
+    auto fkey = fam_name + shape_str(t.shape) + shape_str(s.shape) + layout +
+                std::string(dtype_name(s.dtype));
+    auto& fam = families[fkey];
+    fam.family = fam_name;
+    fam.shape = t.shape;
+    fam.scale_shape = s.shape;
+    fam.scale_dtype = std::string(dtype_name(s.dtype));
+    fam.layout = layout;
+    fam.count++;
+  }
+  if (unknown > 20) r.notes.push_back(fmt::format("... {} unknown tensor names in all", unknown));
+  for (auto& [_, f] : families) r.fp8.push_back(f);
+  r.mtp_layers = static_cast<int64_t>(mtp_layers.size());
+  for (const auto& [layer, ids] : experts) {
+    r.experts_per_layer[layer] = static_cast<int64_t>(ids.size());
+    if (config && (layer >= config->num_hidden_layers || !config->layer_is_moe[static_cast<size_t>(layer)]))
+      r.problems.push_back(fmt::format("layer {} has expert tensors but config.json says it is dense", layer));
+    else if (config && static_cast<int64_t>(ids.size()) != config->n_routed_experts)
+      r.problems.push_back(fmt::format("layer {} has tensors for {} of its {} experts", layer,
+                                       ids.size(), config->n_routed_experts));
+  }
+  for (const auto& [le, mask] : expert_projs)
+    if (mask != 7)
+      r.problems.push_back(fmt::format(
+          "model.layers.{}.mlp.experts.{}: missing{}{}{}", le.first, le.second,
+          mask & 1 ? "" : " gate_proj", mask & 2 ? "" : " up_proj", mask & 4 ? "" : " down_proj"));
+  return r;
+}
+
+nlohmann::ordered_json to_json(const InspectReport& r) {
+  nlohmann::ordered_json j;
+  j["dir"] = r.dir;
+  j["shards"] = r.shards;
+  j["has_index"] = r.has_index;
+  j["tensors"] = r.tensors;
+  j["total_bytes"] = r.total_bytes;
+  auto& dt = j["by_dtype"] = nlohmann::ordered_json::object();
+  for (const auto& [name, d] : r.by_dtype) dt[name] = {{"tensors", d.tensors}, {"bytes", d.bytes}};
+  if (r.has_config) {
+    j["layers"] = {{"total", r.layers},           {"full_attention", r.full_layers},
+                   {"sliding_window", r.swa_layers}, {"dense", r.dense_layers},
+                   {"moe", r.moe_layers},         {"mtp", r.mtp_layers}};
+    j["n_routed_experts"] = r.n_routed_experts;
+  } else {
+    j["layers"] = {{"mtp", r.mtp_layers}};
+  }
+  auto& epl = j["experts_per_layer"] = nlohmann::ordered_json::object();
+  for (const auto& [l, n] : r.experts_per_layer) epl[std::to_string(l)] = n;
+  auto& fp8 = j["fp8"] = nlohmann::ordered_json::array();
+  for (const auto& f : r.fp8)
+    fp8.push_back({{"family", f.family}, {"count", f.count}, {"shape", f.shape},
+                   {"scale_shape", f.scale_shape}, {"scale_dtype", f.scale_dtype},
+                   {"layout", f.layout}});
+  auto& att = j["attention_scale_layouts"] = nlohmann::ordered_json::array();
+  for (const auto& a : r.attention)
+    att.push_back({{"layer", a.layer}, {"kind", a.kind}, {"k_scale_shape", a.k_scale_shape},
+                   {"layout", a.layout}});
+  j["problems"] = r.problems;
+  j["notes"] = r.notes;
+  return j;
+}
+
+std::string to_text(const InspectReport& r) {
+  std::string out;
+  auto line = [&](std::string s) { out += s + "\n"; };
+  line(fmt::format("checkpoint {}: {} shard{}{}", r.dir, r.shards, r.shards == 1 ? "" : "s",
+                   r.has_index ? " with index" : ""));
+  line(fmt::format("tensors: {}, {} ({} bytes)", r.tensors, human_bytes(r.total_bytes), r.total_bytes));
+  for (const auto& [name, d] : r.by_dtype)
+    line(fmt::format("  {:<8} {:>7} tensors  {:>12}", name, d.tensors, human_bytes(d.bytes)));
+  if (r.has_config)
+    line(fmt::format("layers: {} ({} full attention, {} sliding window; {} dense, {} MoE), MTP layers: {}",
+                     r.layers, r.full_layers, r.swa_layers, r.dense_layers, r.moe_layers, r.mtp_layers));
+  if (!r.experts_per_layer.empty()) {
+    std::map<int64_t, std::vector<int64_t>> by_count;
+    for (const auto& [l, n] : r.experts_per_layer) by_count[n].push_back(l);
+    for (const auto& [n, ls] : by_count)
+      line(fmt::format("experts: {} in each of layers {} (config: {})", n, fmt::join(ls, ","),
+                       r.n_routed_experts));
+  }
+  if (!r.fp8.empty()) {
+    line("FP8 weights (family, count, shape, scale shape, scale layout):");
+    for (const auto& f : r.fp8)
+      line(fmt::format("  {:<34} {:>6} x {:<14} scale {} {:<10} {}", f.family, f.count,
+                       shape_str(f.shape), f.scale_dtype, shape_str(f.scale_shape), f.layout));
+  }
+  if (!r.attention.empty()) {
+    line("attention q/k/v scale layout per layer:");
+    for (const auto& a : r.attention)
+      line(fmt::format("  layer {:<6} {:<15} k scale {:<10} {}", a.layer, a.kind,
+                       shape_str(a.k_scale_shape), a.layout));
+  }
+  if (r.problems.empty() && r.notes.empty()) line("unexpected: nothing");
+  for (const auto& p : r.problems) line("problem: " + p);
+  for (const auto& n : r.notes) line("note: " + n);
+  return out;
+}
+
+}  // namespace moeckpt

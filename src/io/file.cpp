@@ -1,0 +1,161 @@
+#include "io/file.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "moeckpt/error.hpp"
+
+namespace moeckpt::io {
+namespace {
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+}  // namespace
+
+File File::open_read(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path.string(), "", "cannot open for reading: " + errno_text(errno));
+  struct stat st{};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(path.string(), "", "not a regular file");
+  }
+  return File(fd, path.string());
+}
+
+File File::create_exclusive(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail(path.string(), "", "cannot create: " + errno_text(errno));
+  return File(fd, path.string());
+}
+
+File::File(File&& other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) {
+  other.fd_ = -1;
+}
+
+File& File::operator=(File&& other) noexcept {
+  if (this != &other) {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = other.fd_;
+    path_ = std::move(other.path_);
+    other.fd_ = -1;
+  }
+  return *this;
+}
+
+File::~File() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+uint64_t File::size() const {
+  struct stat st{};
+  if (::fstat(fd_, &st) != 0) fail(path_, "", "cannot stat: " + errno_text(errno));
+  return static_cast<uint64_t>(st.st_size);
+}
+
+void File::pread_exact(uint64_t offset, std::span<uint8_t> out) const {
+  size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(path_, "", "read error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
+    }
+    if (n == 0)
+      fail(path_, "",
+           "file ended at byte " + std::to_string(offset + done) + " while reading " +
+               std::to_string(out.size()) + " bytes at " + std::to_string(offset) +
+               " (was it truncated or changed while being read?)");
+    done += static_cast<size_t>(n);
+  }
+}
+
+void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n =
+        ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(path_, "", "write error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
+    }
+    done += static_cast<size_t>(n);
+  }
+}
+
+void File::preallocate(uint64_t size) const {
+  if (size == 0) return;
+  int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));
+  // Not every file system supports it (EOPNOTSUPP/EINVAL): then blocks are allocated on write.
+  if (rc == ENOSPC) fail(path_, "", "no space left on device for " + std::to_string(size) + " bytes");
+  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) fail(path_, "", "fallocate: " + errno_text(rc));
+}
+
+void File::truncate(uint64_t size) const {
+  if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
+    fail(path_, "", "cannot set size: " + errno_text(errno));
+}
+
+void File::sync() const {
+  if (::fsync(fd_) != 0) fail(path_, "", "fsync: " + errno_text(errno));
+}
+
+void File::close() {
+  if (fd_ >= 0) {
+    int rc = ::close(fd_);
+    fd_ = -1;
+    if (rc != 0 && errno != EINTR) fail(path_, "", "close: " + errno_text(errno));
+  }
+}
+
+void sync_directory(const std::filesystem::path& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) fail(dir.string(), "", "cannot open directory: " + errno_text(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0 && err != EINVAL) fail(dir.string(), "", "fsync of directory: " + errno_text(err));
+}
+
+std::filesystem::path temporary_name_for(const std::filesystem::path& final_path) {
+  static std::atomic<unsigned> counter{0};
+  auto name = "." + final_path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
+              std::to_string(counter++);
+  return final_path.parent_path() / name;
+}
+
+void write_file_atomically(const std::filesystem::path& path, std::string_view text) {
+  auto tmp = temporary_name_for(path);
+  try {
+    File f = File::create_exclusive(tmp);
+    f.pwrite_all(0, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
+    f.sync();
+    f.close();
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) fail(path.string(), "", "cannot rename temporary file into place: " + ec.message());
+    sync_directory(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."));
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw;
+  }
+}
+
+std::string read_small_file(const std::filesystem::path& path, uint64_t max_bytes) {
+  File f = File::open_read(path);
+  uint64_t size = f.size();
+  if (size > max_bytes)
+    fail(path.string(), "", "file too large: " + std::to_string(size) + " bytes",
+         "at most " + std::to_string(max_bytes));
+  std::string text(size, '\0');
+  f.pread_exact(0, {reinterpret_cast<uint8_t*>(text.data()), text.size()});
+  return text;
+}
+
+}  // namespace moeckpt::io

@@ -1,0 +1,53 @@
+#pragma once
+// A file descriptor with exact positional reads and writes. Short reads are errors (a file that
+// shrinks under us is reported, never turned into garbage or a SIGBUS).
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+
+namespace moeckpt::io {
+
+class File {
+ public:
+  File() = default;
+  static File open_read(const std::filesystem::path& path);
+  // Creates a new file (fails if it exists), mode 0644.
+  static File create_exclusive(const std::filesystem::path& path);
+  File(File&& other) noexcept;
+  File& operator=(File&& other) noexcept;
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File();
+
+  bool is_open() const noexcept { return fd_ >= 0; }
+  int fd() const noexcept { return fd_; }
+  const std::string& path() const noexcept { return path_; }
+  uint64_t size() const;
+
+  void pread_exact(uint64_t offset, std::span<uint8_t> out) const;
+  void pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const;
+  // Reserves the blocks up front where the file system supports it (ENOSPC early, less fragmentation).
+  void preallocate(uint64_t size) const;
+  void truncate(uint64_t size) const;
+  void sync() const;
+  void close();
+
+ private:
+  File(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+  int fd_ = -1;
+  std::string path_;
+};
+
+// fsync of a directory, so a rename inside it is durable.
+void sync_directory(const std::filesystem::path& dir);
+
+// Writes `text` to `path` through a temporary name: write, fsync, rename, fsync the directory.
+void write_file_atomically(const std::filesystem::path& path, std::string_view text);
+
+std::string read_small_file(const std::filesystem::path& path, uint64_t max_bytes);
+
+// A unique temporary name next to `final_path` (same directory, so rename is atomic).
+std::filesystem::path temporary_name_for(const std::filesystem::path& final_path);
+
+}  // namespace moeckpt::io

@@ -1,0 +1,107 @@
+#include <nlohmann/json.hpp>
+
+#include "io/file.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/safetensors_writer.hpp"
+
+namespace moeckpt {
+
+uint64_t TensorSpec::nbytes() const {
+  uint64_t bits = dtype_bits(dtype);
+  for (auto d : shape)
+    if (__builtin_mul_overflow(bits, d, &bits)) fail("", name, "tensor size overflows 64 bits");
+  if (bits % 8) fail("", name, "sub-byte tensor does not fill whole bytes");
+  return bits / 8;
+}
+
+std::vector<uint8_t> encode_header(const std::vector<TensorSpec>& tensors,
+                                   const std::map<std::string, std::string>& metadata,
+                                   std::vector<uint64_t>* data_offsets) {
+  using nlohmann::json;
+  std::string text = "{";
+  bool first = true;
+  if (!metadata.empty()) {
+    text += "\"__metadata__\":" + json(metadata).dump();
+    first = false;
+  }
+  uint64_t offset = 0;
+  if (data_offsets) data_offsets->clear();
+  for (const auto& t : tensors) {
+    uint64_t n = t.nbytes();
+    if (data_offsets) data_offsets->push_back(offset);
+    if (!first) text += ",";
+    first = false;
+    text += json(t.name).dump() + ":{\"dtype\":\"" + std::string(dtype_name(t.dtype)) +
+            "\",\"shape\":" + json(t.shape).dump() + ",\"data_offsets\":[" +
+            std::to_string(offset) + "," + std::to_string(offset + n) + "]}";
+    offset += n;
+  }
+  text += "}";
+  text.append((8 - text.size() % 8) % 8, ' ');  // data area starts 8-byte aligned
+  std::vector<uint8_t> out(8 + text.size());
+  uint64_t len = text.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<uint8_t>(len >> (8 * i));
+  std::copy(text.begin(), text.end(), out.begin() + 8);
+  return out;
+}
+
+ShardWriter::ShardWriter(std::filesystem::path final_path, std::vector<TensorSpec> tensors,
+                         std::map<std::string, std::string> metadata)
+    : final_path_(std::move(final_path)), tensors_(std::move(tensors)) {
+  std::vector<uint64_t> offsets;
+  auto header = encode_header(tensors_, metadata, &offsets);
+  uint64_t data_size = 0;
+  for (const auto& t : tensors_) data_size += t.nbytes();
+  file_size_ = header.size() + data_size;
+  file_offsets_.resize(offsets.size());
+  for (size_t i = 0; i < offsets.size(); ++i) file_offsets_[i] = header.size() + offsets[i];
+  written_ = std::make_unique<std::atomic<uint64_t>[]>(tensors_.size());
+  temp_path_ = io::temporary_name_for(final_path_);
+  file_ = std::make_unique<io::File>(io::File::create_exclusive(temp_path_));
+  try {
+    file_->preallocate(file_size_);
+    file_->truncate(file_size_);
+    file_->pwrite_all(0, header);
+  } catch (...) {
+    file_.reset();
+    std::error_code ec;
+    std::filesystem::remove(temp_path_, ec);
+    throw;
+  }
+}
+
+ShardWriter::~ShardWriter() {
+  if (!committed_) {
+    file_.reset();
+    std::error_code ec;
+    std::filesystem::remove(temp_path_, ec);
+  }
+}
+
+void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> bytes) {
+  const auto& t = tensors_.at(i);
+  uint64_t n = t.nbytes();
+  if (offset > n || bytes.size() > n - offset)
+    fail(final_path_.string(), t.name,
+         "piece of " + std::to_string(bytes.size()) + " bytes at " + std::to_string(offset) +
+             " does not fit the tensor's " + std::to_string(n) + " bytes");
+  file_->pwrite_all(file_offsets_[i] + offset, bytes);
+  written_[i] += bytes.size();
+}
+
+void ShardWriter::commit() {
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    if (written_[i].load() != tensors_[i].nbytes())
+      fail(final_path_.string(), tensors_[i].name,
+           "only " + std::to_string(written_[i].load()) + " of " +
+               std::to_string(tensors_[i].nbytes()) + " bytes were written");
+  file_->sync();
+  file_->close();
+  std::error_code ec;
+  std::filesystem::rename(temp_path_, final_path_, ec);
+  if (ec) fail(final_path_.string(), "", "cannot rename temporary file into place: " + ec.message());
+  committed_ = true;
+  io::sync_directory(final_path_.parent_path().empty() ? "." : final_path_.parent_path());
+}
+
+}  // namespace moeckpt

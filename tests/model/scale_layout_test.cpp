@@ -1,0 +1,89 @@
+#include <gtest/gtest.h>
+
+#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/scale_layout.hpp"
+
+namespace moeckpt {
+namespace {
+
+// The real full-attention layer: 64 heads x 192 (Q), 4 kv heads x 192 (K), 4 x 128 (V).
+TEST(FusedQkvLayout, MatchesThePublishedFullAttentionLayout) {
+  auto l = FusedQkvLayout::make(64 * 192, 4 * 192, 4 * 128, 128);
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->scale_rows(Projection::kQ), 96);
+  EXPECT_EQ(l->scale_rows(Projection::kK), 8);  // the plain grid would give 6
+  EXPECT_EQ(l->scale_rows(Projection::kV), 4);
+  EXPECT_TRUE(l->differs_from_plain());
+  for (int64_t g = 0; g < 12288; ++g) {
+    auto s = l->scale_source(Projection::kQ, g);
+    ASSERT_EQ(s.owner, Projection::kQ);
+    ASSERT_EQ(s.scale_row, g / 128);
+  }
+  for (int64_t g = 0; g < 768; ++g) {  // k row g uses k_s[2h + j // 128]
+    auto s = l->scale_source(Projection::kK, g);
+    int64_t h = g / 192, j = g % 192;
+    ASSERT_EQ(s.owner, Projection::kK) << g;
+    ASSERT_EQ(s.scale_row, 2 * h + j / 128) << g;
+  }
+  for (int64_t g = 0; g < 512; ++g) {  // v row: k_s[2h + 1] when j < 64, else v_s[h]
+    auto s = l->scale_source(Projection::kV, g);
+    int64_t h = g / 128, j = g % 128;
+    if (j < 64) {
+      ASSERT_EQ(s.owner, Projection::kK) << g;
+      ASSERT_EQ(s.scale_row, 2 * h + 1) << g;
+    } else {
+      ASSERT_EQ(s.owner, Projection::kV) << g;
+      ASSERT_EQ(s.scale_row, h) << g;
+    }
+  }
+}
+
+TEST(FusedQkvLayout, SlidingWindowLayersEqualThePlainGrid) {
+  auto l = FusedQkvLayout::make(64 * 192, 8 * 192, 8 * 128, 128);
+  ASSERT_TRUE(l);
+  EXPECT_FALSE(l->differs_from_plain());
+  EXPECT_EQ(l->scale_rows(Projection::kK), 12);
+  EXPECT_EQ(l->scale_rows(Projection::kV), 8);
+}
+
+TEST(FusedQkvLayout, TinyPresetFormulas) {
+  // Recipe: Qr = NH*hd/T, Sk = T*(cd(Qr+Kr,B) - cd(Qr,B)), Sv = T*(cd(Qr+Kr+Vr,B) - cd(Qr+Kr,B)).
+  auto l = FusedQkvLayout::make(8 * 192, 4 * 192, 4 * 128, 128);
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->scale_rows(Projection::kQ), 12);
+  EXPECT_EQ(l->scale_rows(Projection::kK), 8);
+  EXPECT_EQ(l->scale_rows(Projection::kV), 4);
+}
+
+TEST(FusedQkvLayout, RaggedQueryPartSendsKRowsToAQScaleRow) {
+  // Qr = 100 per shard: the first block of every shard holds Q rows 0..99 and K rows 0..27, so
+  // those K rows use a q scale row.
+  auto l = FusedQkvLayout::make(400, 200, 100, 128);
+  ASSERT_TRUE(l);
+  EXPECT_EQ(l->scale_rows(Projection::kQ), 4);  // one block per shard
+  EXPECT_EQ(l->scale_rows(Projection::kK), 4);  // block 1 of each shard starts at 128 (inside K)
+  EXPECT_EQ(l->scale_rows(Projection::kV), 0);  // V (150..174) starts no block
+  auto s = l->scale_source(Projection::kK, 50 + 27);  // shard 1, K row 27 -> position 127
+  EXPECT_EQ(s.owner, Projection::kQ);
+  EXPECT_EQ(s.scale_row, 1);
+  s = l->scale_source(Projection::kV, 3 * 25 + 5);  // shard 3, V row 5 -> position 155
+  EXPECT_EQ(s.owner, Projection::kK);
+  EXPECT_EQ(s.scale_row, 3);
+}
+
+TEST(FusedQkvLayout, RefusesRowsThatDoNotSplitOverFourShards) {
+  EXPECT_FALSE(FusedQkvLayout::make(130, 8, 8, 128));
+  EXPECT_FALSE(FusedQkvLayout::make(128, 6, 8, 128));
+}
+
+TEST(DetectFusedQkv, UsesTheKScaleRowCount) {
+  AttentionDims full{64, 4, 192, 128, false};
+  EXPECT_TRUE(detect_fused_qkv(full, 8, 128));
+  EXPECT_FALSE(detect_fused_qkv(full, 6, 128));  // plain grid
+  EXPECT_FALSE(detect_fused_qkv(full, 7, 128));  // plain with one extra row
+  AttentionDims swa{64, 8, 192, 128, true};
+  EXPECT_FALSE(detect_fused_qkv(swa, 12, 128));  // identical layouts: plain
+}
+
+}  // namespace
+}  // namespace moeckpt

@@ -1,0 +1,36 @@
+#pragma once
+// Helpers shared by tests: temporary folders, crafting raw safetensors bytes, running the CLI.
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace moeckpt::test {
+
+// A fresh directory under the system temp dir, removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::filesystem::path& path() const { return path_; }
+  std::filesystem::path operator/(const std::string& s) const { return path_ / s; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// 8-byte little-endian length + header text + data bytes.
+std::vector<uint8_t> raw_safetensors(const std::string& header, const std::vector<uint8_t>& data);
+void write_bytes(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);
+void write_text(const std::filesystem::path& p, const std::string& text);
+std::vector<uint8_t> read_bytes(const std::filesystem::path& p);
+
+struct CommandResult {
+  int exit_code;
+  std::string out;
+  std::string err;
+};
+// Runs the built moeckpt CLI with the given arguments (shell-quoted).
+CommandResult run_cli(const std::vector<std::string>& args);
+
+}  // namespace moeckpt::test

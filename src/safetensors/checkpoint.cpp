@@ -76,6 +76,7 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
           auto w = wm->find(t.name);
           if (w == wm->end())
             fail(sf.path(), t.name, "tensor is in the shard but not in the index's weight_map");
+          if (w->get<std::string>() == shard) continue;
           fail(sf.path(), t.name,
                "tensor is in this shard but the index places it in " + w->get<std::string>());
         }

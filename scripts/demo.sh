@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quick start, part 1: install, build, and run a demo on the built-in tiny checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+./scripts/build.sh release
+rm -rf demo && mkdir -p demo
+set -x
+./build/moeckpt synth demo/tiny --preset tiny --seed 1
+./build/moeckpt inspect demo/tiny
+./build/moeckpt inspect demo/tiny --json | head -c 300; echo

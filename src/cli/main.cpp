@@ -56,9 +56,11 @@ int run(int argc, char** argv) {
     else
       std::cout << moeckpt::to_text(r);
     if (!r.problems.empty()) {
-      std::cerr << "moeckpt: " << r.problems.front() << "\n";
-      if (r.problems.size() > 1)
-        std::cerr << "moeckpt: ... and " << r.problems.size() - 1 << " more problem(s)\n";
+      constexpr size_t kShown = 10;
+      for (size_t i = 0; i < r.problems.size() && i < kShown; ++i)
+        std::cerr << "moeckpt: error: " << r.problems[i] << "\n";
+      if (r.problems.size() > kShown)
+        std::cerr << "moeckpt: ... and " << r.problems.size() - kShown << " more problem(s)\n";
       return 1;
     }
     return 0;

@@ -1,0 +1,101 @@
+#pragma once
+// The MiMo-V2-Flash state-dict adapter (../shared/spec/ADAPTER.md): HF layout <-> native
+// (grouped-expert) layout, as plans over tensor sources, with a bit-exact Automodel mode.
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/plan.hpp"
+
+namespace moeckpt {
+
+enum class Compat { kNone, kAutomodel };
+
+// The experts an EP rank owns: q, rem = divmod(E, W); rank r < rem owns q+1 from r*(q+1), else q
+// from r*q + rem.
+struct ExpertRange {
+  int64_t first = 0;
+  int64_t count = 0;
+  static ExpertRange for_rank(int64_t n_experts, int64_t ep_size, int64_t ep_rank);
+  bool contains(int64_t e) const noexcept { return e >= first && e < first + count; }
+};
+
+struct FromHfOptions {
+  int64_t ep_size = 1;
+  int64_t ep_rank = 0;
+  Dtype dtype = Dtype::BF16;  // BF16 or F32
+  Compat compat = Compat::kNone;
+};
+
+struct ToHfOptions {
+  QuantMode quant = QuantMode::kBlock;
+  Compat compat = Compat::kNone;  // kAutomodel implies kCast
+  std::optional<std::string> exclude_regex;
+  std::optional<std::string> prefix;  // prefix of expert keys; default: the grouped key's own
+                                      // (Automodel mode: "model.")
+  bool require_all_experts = true;    // a whole checkpoint must hold every expert of a layer
+};
+
+// Automodel's `_should_quantize_key`: ends in ".weight", does not start with "visual." or
+// "audio.", and contains none of the excluded substrings (norms, lm_head, embed_tokens, router,
+// o_proj).
+bool should_quantize_key(std::string_view key);
+
+// The keys our default block quantization turns into FP8: the tensors the published checkpoint
+// stores as FP8 (q/k/v projections, dense MLP and expert projections).
+bool is_published_fp8_key(std::string_view key);
+
+// Metadata written into native shards.
+inline constexpr const char* kMetaLayout = "moeckpt.layout";
+inline constexpr const char* kMetaEpSize = "moeckpt.ep_size";
+inline constexpr const char* kMetaEpRank = "moeckpt.ep_rank";
+inline constexpr const char* kMetaExpertStart = "moeckpt.expert_start";
+inline constexpr const char* kMetaExpertCount = "moeckpt.expert_count";
+
+// Plans. Validation happens here: a bad input fails before any output exists.
+Plan plan_from_hf(const TensorSource& hf, const MimoConfig& config, const FromHfOptions& options);
+// `expert_start[part]` is the first global expert id held by part `part` of a native source.
+Plan plan_to_hf(const TensorSource& native, const MimoConfig& config, const ToHfOptions& options,
+                const std::vector<int64_t>& expert_start);
+
+// In-memory conversion: converted tensors in plan order.
+struct NamedTensor {
+  std::string name;
+  Dtype dtype;
+  std::vector<uint64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+std::vector<NamedTensor> run_in_memory(const Plan& plan, const TensorSource& source,
+                                       const ExecOptions& exec = {});
+
+// convert_single_tensor_to_hf: one native tensor (grouped experts hold all experts of the
+// layer from `expert_start`) -> its HF (key, tensor) pairs, weight first then its scale.
+std::vector<NamedTensor> convert_single_tensor_to_hf(const std::string& fqn, Dtype dtype,
+                                                     const std::vector<uint64_t>& shape,
+                                                     std::span<const uint8_t> bytes,
+                                                     const MimoConfig& config,
+                                                     const ToHfOptions& options,
+                                                     int64_t expert_start = 0);
+
+// Whole-folder conversions used by the CLI.
+struct ConvertOptions {
+  uint64_t max_shard_bytes = 5'000'000'000;
+  ExecOptions exec;
+};
+struct ConvertReport {
+  size_t tensors = 0;
+  uint64_t bytes_out = 0;
+  size_t shards = 0;
+};
+ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
+                          const FromHfOptions& options, const ConvertOptions& convert = {});
+ConvertReport to_hf_dirs(const std::vector<std::filesystem::path>& srcs,
+                         const std::filesystem::path& dst, const ToHfOptions& options,
+                         const std::optional<std::filesystem::path>& config_path,
+                         const ConvertOptions& convert = {});
+
+}  // namespace moeckpt

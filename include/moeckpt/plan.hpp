@@ -1,0 +1,138 @@
+#pragma once
+// A conversion plan: pure data computed from input headers, config and options. It lists every
+// output tensor (sizes known before any byte moves) and the tasks that fill them from source
+// tensors. Executors run plans; nothing here touches data.
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "moeckpt/safetensors_writer.hpp"
+#include "moeckpt/scale_layout.hpp"
+#include "moeckpt/tensor_source.hpp"
+
+namespace moeckpt {
+
+// What a dequantization does with NaN inputs: refuse them (default), or reproduce torch's CPU
+// kernels (NaN -> BF16 0xFFFF; F32 keeps the widened FP8 NaN 0x7FF00000 | sign).
+enum class NanPolicy { kRefuse, kTorchCompat };
+
+// Where the block scales of a weight come from.
+struct ScaleRef {
+  const SourceTensor* plain = nullptr;  // plain grid: the weight's own scale
+  std::optional<FusedQkvLayout> fused;  // fused Q/K/V: scales of q, k, v (any may be owner)
+  Projection projection = Projection::kNone;
+  std::array<const SourceTensor*, 3> qkv{};  // indexed q=0, k=1, v=2
+  int64_t block_rows = 128;
+  int64_t block_cols = 128;
+  bool check_values = true;  // refuse zero/negative/non-finite scales
+};
+
+struct DequantInput {
+  const SourceTensor* weight = nullptr;
+  std::optional<ScaleRef> scale;  // none: widen unscaled (Automodel's treatment of such experts)
+  NanPolicy nan = NanPolicy::kRefuse;
+};
+
+// from-hf
+struct CopyTask {
+  const SourceTensor* src;
+  size_t out;
+};
+struct DequantTask {
+  DequantInput in;
+  size_t out;
+  Dtype out_dtype;
+};
+// Writes slot `slot` of a grouped expert tensor [n, rows, cols]: part p's weight [w_rows, rows]
+// is dequantized and transposed into columns [col_offset, col_offset + w_rows).
+struct ExpertSlotTask {
+  size_t out;
+  int64_t slot;
+  int64_t rows;
+  int64_t cols;
+  std::vector<std::pair<DequantInput, int64_t>> parts;
+  Dtype out_dtype;
+};
+
+// to-hf
+enum class QuantMode { kBlock, kCast, kNone };
+
+// A 2-D matrix read from a native tensor: the whole 2-D tensor, or the transpose of columns
+// [col0, col0 + cols) of slot `slot` of a grouped [n, rows, width] tensor.
+struct MatrixView {
+  const SourceTensor* src = nullptr;
+  int64_t slot = -1;
+  int64_t col0 = 0;
+  int64_t cols = 0;
+};
+
+struct EmitTask {
+  MatrixView in;
+  size_t out_weight;
+  std::optional<size_t> out_scale;
+  QuantMode mode;
+  int64_t scale_rows = 0;  // rows of the scale tensor (>= ceil(R / block) when padded)
+  int64_t block_rows = 128;
+  int64_t block_cols = 128;
+};
+
+// Block quantization of one attention layer's q/k/v in the fused T=4 row space.
+struct FusedQuantTask {
+  std::array<std::optional<MatrixView>, 3> in;
+  std::array<std::optional<size_t>, 3> out_weight;
+  std::array<std::optional<size_t>, 3> out_scale;
+  FusedQkvLayout layout;
+  int64_t block_cols = 128;
+};
+
+using Task = std::variant<CopyTask, DequantTask, ExpertSlotTask, EmitTask, FusedQuantTask>;
+
+struct Plan {
+  std::vector<TensorSpec> outputs;
+  std::vector<Task> tasks;
+  std::map<std::string, std::string> metadata;  // __metadata__ of every output shard
+  uint64_t output_bytes() const;
+};
+
+// Receives output bytes; offsets are within an output tensor.
+class TensorSink {
+ public:
+  virtual ~TensorSink() = default;
+  virtual void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) = 0;
+};
+
+// Keeps outputs in memory (the in-memory API and tests).
+class MemorySink final : public TensorSink {
+ public:
+  explicit MemorySink(const std::vector<TensorSpec>& outputs);
+  void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override;
+  std::vector<std::vector<uint8_t>>& buffers() { return buffers_; }
+
+ private:
+  std::vector<std::vector<uint8_t>> buffers_;
+};
+
+class WriterSink final : public TensorSink {
+ public:
+  explicit WriterSink(CheckpointWriter& w) : w_(w) {}
+  void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override {
+    w_.write(out, offset, bytes);
+  }
+
+ private:
+  CheckpointWriter& w_;
+};
+
+struct ExecOptions {
+  unsigned threads = 0;  // 0: all cores
+};
+
+// Runs every task; the first error stops the run and is rethrown.
+void execute(const Plan& plan, const TensorSource& source, TensorSink& sink,
+             const ExecOptions& options = {});
+
+}  // namespace moeckpt

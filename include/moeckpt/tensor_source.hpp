@@ -1,0 +1,84 @@
+#pragma once
+// Where conversion reads tensors from: checkpoint folders on disk or tensors in memory. Plans refer
+// to SourceTensor entries; executors read byte ranges through the source.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "moeckpt/dtype.hpp"
+
+namespace moeckpt {
+
+class Checkpoint;
+
+struct SourceTensor {
+  std::string name;
+  Dtype dtype{};
+  std::vector<uint64_t> shape;
+  std::string file;    // for messages
+  size_t part = 0;     // which folder / buffer set it lives in
+  uint64_t nbytes = 0;
+};
+
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  // In a stable order (sorted by name within a part, parts in order).
+  const std::vector<SourceTensor>& tensors() const noexcept { return tensors_; }
+  const SourceTensor* find(std::string_view name) const;
+  // Tensors with this name across parts (a multi-rank native source holds replicas).
+  virtual void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const = 0;
+  std::vector<uint8_t> read_all(const SourceTensor& t) const;
+  // __metadata__ of the part's first shard (empty for memory sources).
+  virtual std::map<std::string, std::string> metadata(size_t part) const = 0;
+  virtual size_t parts() const = 0;
+
+ protected:
+  void index();  // builds the name lookup after tensors_ is filled
+  std::vector<SourceTensor> tensors_;
+
+ private:
+  std::unordered_map<std::string, size_t> by_name_;
+};
+
+// One or several checkpoint folders (several: the EP ranks of one native checkpoint). A name may
+// occur in several parts; find() returns the first part's.
+class CheckpointSource final : public TensorSource {
+ public:
+  explicit CheckpointSource(const std::vector<std::filesystem::path>& dirs);
+  ~CheckpointSource() override;
+  void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override;
+  std::map<std::string, std::string> metadata(size_t part) const override;
+  size_t parts() const override { return checkpoints_.size(); }
+  const Checkpoint& checkpoint(size_t part) const { return *checkpoints_[part]; }
+  // Every occurrence of `name` (one per part that has it).
+  std::vector<const SourceTensor*> all(std::string_view name) const;
+
+ private:
+  std::vector<std::unique_ptr<Checkpoint>> checkpoints_;
+};
+
+// Tensors held in memory (borrowed: the caller keeps the bytes alive while the source is used).
+class MemorySource final : public TensorSource {
+ public:
+  struct Entry {
+    std::string name;
+    Dtype dtype;
+    std::vector<uint64_t> shape;
+    std::span<const uint8_t> bytes;
+  };
+  explicit MemorySource(std::vector<Entry> entries);  // order kept as given
+  void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override;
+  std::map<std::string, std::string> metadata(size_t) const override { return {}; }
+  size_t parts() const override { return 1; }
+
+ private:
+  std::vector<std::span<const uint8_t>> bytes_;
+};
+
+}  // namespace moeckpt

@@ -1,0 +1,260 @@
+// HF -> native: dequantize every weight that has a `_scale_inv`, drop scales, group the rank's
+// experts into transposed gate_and_up_projs / down_projs slots.
+#include <fmt/format.h>
+
+#include <map>
+#include <set>
+
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/tensor_key.hpp"
+
+namespace moeckpt {
+namespace {
+
+constexpr std::string_view kScaleSuffix = "_scale_inv";
+
+bool groupable_prefix(const std::string& p) {
+  return p.empty() || p == "model." || p == "language_model." || p == "model.language_model.";
+}
+
+std::string shape_str(const std::vector<uint64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+bool is_scale_dtype(Dtype d) { return d == Dtype::F32 || d == Dtype::BF16 || d == Dtype::F16; }
+
+class FromHfPlanner {
+ public:
+  FromHfPlanner(const TensorSource& src, const MimoConfig& c, const FromHfOptions& o)
+      : src_(src), c_(c), o_(o), compat_(o.compat == Compat::kAutomodel) {
+    if (o.dtype != Dtype::BF16 && o.dtype != Dtype::F32)
+      fail("", "", "output dtype must be bf16 or f32");
+    block_ = c.block.value_or(BlockSize{});
+    range_ = ExpertRange::for_rank(c.n_routed_experts, o.ep_size, o.ep_rank);
+    nan_ = compat_ ? NanPolicy::kTorchCompat : NanPolicy::kRefuse;
+  }
+
+  Plan plan() {
+    collect_experts();
+    validate_experts();
+    std::set<std::pair<std::string, int64_t>> emitted;
+    for (const auto& t : src_.tensors()) {
+      if (t.name.ends_with(kScaleSuffix)) continue;  // dropped, orphans included
+      auto key = classify_tensor_name(t.name);
+      if (is_grouped_expert(key)) {
+        auto id = std::make_pair(key.prefix, *key.layer);
+        if (emitted.insert(id).second) emit_group(id);
+        continue;
+      }
+      emit_single(t, key);
+    }
+    plan_.metadata = {{"format", "pt"},
+                      {kMetaLayout, "native"},
+                      {kMetaEpSize, std::to_string(o_.ep_size)},
+                      {kMetaEpRank, std::to_string(o_.ep_rank)},
+                      {kMetaExpertStart, std::to_string(range_.first)},
+                      {kMetaExpertCount, std::to_string(range_.count)}};
+    return std::move(plan_);
+  }
+
+ private:
+  struct ExpertParts {
+    const SourceTensor* gate = nullptr;
+    const SourceTensor* up = nullptr;
+    const SourceTensor* down = nullptr;
+  };
+
+  bool is_grouped_expert(const TensorKey& k) const {
+    return k.kind == TensorKind::kExpertProj && !k.mtp && groupable_prefix(k.prefix);
+  }
+
+  void collect_experts() {
+    for (const auto& t : src_.tensors()) {
+      auto key = classify_tensor_name(t.name);
+      if (!is_grouped_expert(key)) continue;
+      auto id = std::make_pair(key.prefix, *key.layer);
+      auto& layer = layers_[id];  // any expert key, scales included, marks an expert layer
+      if (key.is_scale || *key.expert >= c_.n_routed_experts) continue;  // ids >= E ignored
+      auto& parts = layer[*key.expert];
+      (key.projection == Projection::kGate ? parts.gate
+       : key.projection == Projection::kUp ? parts.up
+                                           : parts.down) = &t;
+    }
+  }
+
+  void validate_experts() {
+    for (const auto& [id, experts] : layers_) {
+      std::vector<std::string> missing;
+      int64_t n_missing = 0;
+      for (int64_t e = range_.first; e < range_.first + range_.count; ++e) {
+        auto it = experts.find(e);
+        const ExpertParts p = it == experts.end() ? ExpertParts{} : it->second;
+        for (auto [ptr, proj] : {std::pair{p.gate, "gate_proj"}, std::pair{p.up, "up_proj"},
+                                 std::pair{p.down, "down_proj"}})
+          if (!ptr) {
+            ++n_missing;
+            if (missing.size() < 5)
+              missing.push_back(fmt::format("{}layers.{}.mlp.experts.{}.{}.weight", id.first,
+                                            id.second, e, proj));
+          }
+      }
+      if (n_missing)
+        fail(src_.tensors().empty() ? "" : src_.tensors().front().file, "",
+             fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) of EP "
+                         "rank {}/{}: {}{}",
+                         n_missing, id.second, range_.first, range_.first + range_.count,
+                         o_.ep_rank, o_.ep_size, fmt::join(missing, ", "),
+                         n_missing > 5 ? ", ..." : ""));
+    }
+  }
+
+  size_t add_output(std::string name, Dtype dt, std::vector<uint64_t> shape) {
+    plan_.outputs.push_back({std::move(name), dt, std::move(shape)});
+    return plan_.outputs.size() - 1;
+  }
+
+  // The scale reference for a weight that has a `_scale_inv`, with every shape check.
+  ScaleRef scale_ref(const SourceTensor& w, const SourceTensor& s, const TensorKey& key) {
+    if (w.shape.size() != 2)
+      fail(w.file, w.name,
+           "weight of shape " + shape_str(w.shape) + " has a scale but is not 2-D",
+           "a 2-D [out, in] weight");
+    if (s.shape.size() != 2)
+      fail(s.file, s.name, "scale of shape " + shape_str(s.shape) + " is not 2-D");
+    if (!is_scale_dtype(s.dtype))
+      fail(s.file, s.name, "scale dtype " + std::string(dtype_name(s.dtype)), "F32, BF16 or F16");
+    ScaleRef ref;
+    ref.block_rows = block_.rows;
+    ref.block_cols = block_.cols;
+    ref.check_values = !compat_;
+    const auto rows = static_cast<int64_t>(w.shape[0]), cols = static_cast<int64_t>(w.shape[1]);
+    const int64_t need_cols = ceil_div(cols, block_.cols);
+    if (!compat_ && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
+      if (auto fused = fused_layout(key, w)) {
+        ref.fused = fused;
+        ref.projection = key.projection;
+        const std::string base = w.name.substr(0, w.name.size() - 13);  // "...self_attn."
+        const char* names[3] = {"q_proj", "k_proj", "v_proj"};
+        for (size_t i = 0; i < 3; ++i) {
+          const auto* qs = src_.find(base + names[i] + ".weight_scale_inv");
+          if (!qs)
+            fail(w.file, base + names[i] + ".weight_scale_inv",
+                 "missing: the fused K/V scale layout of this layer needs the q, k and v scales");
+          const Projection p = i == 0 ? Projection::kQ : i == 1 ? Projection::kK : Projection::kV;
+          if (qs->shape.size() != 2 || !is_scale_dtype(qs->dtype) ||
+              static_cast<int64_t>(qs->shape[0]) < fused->scale_rows(p) ||
+              static_cast<int64_t>(qs->shape[1]) < need_cols)
+            fail(qs->file, qs->name,
+                 "scale " + shape_str(qs->shape) + " is too small for the fused K/V layout",
+                 fmt::format("at least [{}, {}]", fused->scale_rows(p), need_cols));
+          ref.qkv[i] = qs;
+        }
+        return ref;
+      }
+    }
+    const int64_t need_rows = ceil_div(rows, block_.rows);
+    if (static_cast<int64_t>(s.shape[0]) < need_rows || static_cast<int64_t>(s.shape[1]) < need_cols)
+      fail(s.file, s.name,
+           "scale " + shape_str(s.shape) + " is too small for weight " + shape_str(w.shape),
+           fmt::format("at least [{}, {}] for {}x{} blocks", need_rows, need_cols, block_.rows,
+                       block_.cols));
+    ref.plain = &s;
+    return ref;
+  }
+
+  // The fused T=4 layout when this attention layer's k scale reveals it (default mode only).
+  std::optional<FusedQkvLayout> fused_layout(const TensorKey& key, const SourceTensor& w) {
+    const std::string base = w.name.substr(0, w.name.size() - 13);
+    const auto* k_scale = src_.find(base + "k_proj.weight_scale_inv");
+    if (!k_scale || k_scale->shape.size() != 2) return std::nullopt;
+    const auto& dims = attention_dims_of(key, c_);
+    auto fused = detect_fused_qkv(dims, static_cast<int64_t>(k_scale->shape[0]), block_.rows);
+    if (!fused) return std::nullopt;
+    if (static_cast<int64_t>(w.shape[0]) != fused->rows(key.projection))
+      fail(w.file, w.name,
+           "has " + std::to_string(w.shape[0]) + " rows but the fused K/V layout of this layer needs " +
+               std::to_string(fused->rows(key.projection)));
+    return fused;
+  }
+
+  DequantInput dequant_input(const SourceTensor& w, const TensorKey& key) {
+    DequantInput in;
+    in.weight = &w;
+    in.nan = nan_;
+    if (const auto* s = w.name.ends_with(".weight") ? src_.find(w.name + "_scale_inv") : nullptr)
+      in.scale = scale_ref(w, *s, key);
+    return in;
+  }
+
+  void emit_single(const SourceTensor& t, const TensorKey& key) {
+    const auto* scale = t.name.ends_with(".weight") ? src_.find(t.name + "_scale_inv") : nullptr;
+    if (!scale) {
+      if (t.dtype == Dtype::F8_E4M3 && !compat_)
+        fail(t.file, t.name, "FP8 weight without a '_scale_inv' companion",
+             "every FP8 weight to have its block scales (--compat automodel passes it through)");
+      plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape)});
+      return;
+    }
+    auto in = dequant_input(t, key);
+    plan_.tasks.push_back(DequantTask{in, add_output(t.name, o_.dtype, t.shape), o_.dtype});
+  }
+
+  void emit_group(const std::pair<std::string, int64_t>& id) {
+    if (range_.count == 0) return;
+    const auto D = static_cast<uint64_t>(c_.hidden_size);
+    const auto Ie = static_cast<uint64_t>(c_.moe_intermediate_size);
+    const auto n = static_cast<uint64_t>(range_.count);
+    const std::string base = fmt::format("{}layers.{}.mlp.experts.", id.first, id.second);
+    const size_t gu = add_output(base + "gate_and_up_projs", o_.dtype, {n, D, 2 * Ie});
+    const size_t dn = add_output(base + "down_projs", o_.dtype, {n, Ie, D});
+    const auto& experts = layers_.at(id);
+    for (int64_t slot = 0; slot < range_.count; ++slot) {
+      const ExpertParts& p = experts.at(range_.first + slot);
+      for (auto [ptr, want] : {std::pair{p.gate, std::vector<uint64_t>{Ie, D}},
+                               std::pair{p.up, std::vector<uint64_t>{Ie, D}},
+                               std::pair{p.down, std::vector<uint64_t>{D, Ie}}})
+        if (ptr->shape != want)
+          fail(ptr->file, ptr->name,
+               "expert weight of shape " + shape_str(ptr->shape) + " disagrees with config.json",
+               shape_str(want) + " from hidden_size and moe_intermediate_size");
+      ExpertSlotTask gate_up{gu, slot, c_.hidden_size, 2 * c_.moe_intermediate_size, {}, o_.dtype};
+      gate_up.parts.push_back({expert_input(*p.gate), 0});
+      gate_up.parts.push_back({expert_input(*p.up), c_.moe_intermediate_size});
+      plan_.tasks.push_back(std::move(gate_up));
+      ExpertSlotTask down{dn, slot, c_.moe_intermediate_size, c_.hidden_size, {}, o_.dtype};
+      down.parts.push_back({expert_input(*p.down), 0});
+      plan_.tasks.push_back(std::move(down));
+    }
+  }
+
+  DequantInput expert_input(const SourceTensor& w) {
+    auto key = classify_tensor_name(w.name);
+    auto in = dequant_input(w, key);
+    if (!in.scale && w.dtype == Dtype::F8_E4M3 && !compat_)
+      fail(w.file, w.name, "FP8 expert weight without a '_scale_inv' companion",
+           "every FP8 weight to have its block scales");
+    return in;
+  }
+
+  const TensorSource& src_;
+  const MimoConfig& c_;
+  const FromHfOptions& o_;
+  const bool compat_;
+  BlockSize block_;
+  ExpertRange range_;
+  NanPolicy nan_;
+  std::map<std::pair<std::string, int64_t>, std::map<int64_t, ExpertParts>> layers_;
+  Plan plan_;
+};
+
+}  // namespace
+
+Plan plan_from_hf(const TensorSource& hf, const MimoConfig& config, const FromHfOptions& options) {
+  return FromHfPlanner(hf, config, options).plan();
+}
+
+}  // namespace moeckpt

@@ -1,0 +1,226 @@
+// native -> HF: split grouped experts back into per-expert [out, in] weights, optionally drop keys,
+// and quantize (real block scales, Automodel's raw cast, or none).
+#include <fmt/format.h>
+
+#include <map>
+#include <regex>
+
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/tensor_key.hpp"
+
+namespace moeckpt {
+namespace {
+
+std::string shape_str(const std::vector<uint64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+class ToHfPlanner {
+ public:
+  ToHfPlanner(const TensorSource& src, const MimoConfig& c, const ToHfOptions& o,
+              const std::vector<int64_t>& starts)
+      : src_(src), c_(c), o_(o), starts_(starts), compat_(o.compat == Compat::kAutomodel) {
+    mode_ = compat_ ? QuantMode::kCast : o.quant;
+    block_ = compat_ ? BlockSize{} : c.block.value_or(BlockSize{});
+    if (o.exclude_regex) {
+      try {
+        exclude_.emplace(*o.exclude_regex, std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        fail("", "", "--exclude regex \"" + *o.exclude_regex + "\" is invalid: " + e.what());
+      }
+    }
+  }
+
+  Plan plan() {
+    for (const auto& t : src_.tensors()) {
+      if (t.part != 0) continue;  // other EP ranks hold replicas of non-expert tensors
+      auto key = classify_tensor_name(t.name);
+      if (key.kind == TensorKind::kGroupedExperts) {
+        emit_grouped(t, key);
+        continue;
+      }
+      emit(t.name, MatrixView{&t}, t);
+    }
+    for (auto& [base, g] : fused_) {
+      FusedQuantTask task{{}, {}, {}, *g.layout, block_.cols};
+      for (size_t p = 0; p < 3; ++p) {
+        task.in[p] = g.view[p];
+        task.out_weight[p] = g.out_weight[p];
+        task.out_scale[p] = g.out_scale[p];
+      }
+      plan_.tasks.push_back(std::move(task));
+    }
+    plan_.metadata = {{"format", "pt"}};
+    return std::move(plan_);
+  }
+
+ private:
+  struct FusedGroup {
+    std::optional<FusedQkvLayout> layout;
+    std::array<std::optional<MatrixView>, 3> view;
+    std::array<std::optional<size_t>, 3> out_weight, out_scale;
+  };
+
+  bool excluded(const std::string& key) const {
+    if (!exclude_) return false;
+    // Automodel: re.match (anchored at the start, prefix match). Default: found anywhere.
+    return compat_ ? std::regex_search(key, *exclude_, std::regex_constants::match_continuous)
+                   : std::regex_search(key, *exclude_);
+  }
+
+  size_t add_output(std::string name, Dtype dt, std::vector<uint64_t> shape) {
+    plan_.outputs.push_back({std::move(name), dt, std::move(shape)});
+    return plan_.outputs.size() - 1;
+  }
+
+  bool quantize(const std::string& key) const {
+    switch (mode_) {
+      case QuantMode::kNone: return false;
+      case QuantMode::kCast: return should_quantize_key(key);
+      case QuantMode::kBlock: return is_published_fp8_key(key);
+    }
+    return false;
+  }
+
+  void emit(const std::string& key, const MatrixView& view, const SourceTensor& src) {
+    if (excluded(key)) return;
+    const bool slot = view.slot >= 0;
+    std::vector<uint64_t> shape =
+        slot ? std::vector<uint64_t>{static_cast<uint64_t>(view.cols), src.shape[1]} : src.shape;
+    if (!quantize(key)) {
+      if (slot)
+        plan_.tasks.push_back(EmitTask{view, add_output(key, src.dtype, shape), std::nullopt,
+                                       QuantMode::kNone});
+      else
+        plan_.tasks.push_back(CopyTask{&src, add_output(key, src.dtype, shape)});
+      return;
+    }
+    if (shape.size() != 2)
+      fail(src.file, src.name, "cannot quantize a weight of shape " + shape_str(shape),
+           "a 2-D [out, in] weight");
+    if (src.dtype != Dtype::BF16 && src.dtype != Dtype::F32 && src.dtype != Dtype::F16)
+      fail(src.file, src.name,
+           "cannot quantize a " + std::string(dtype_name(src.dtype)) + " tensor",
+           "BF16, F16 or F32 values");
+    const auto R = static_cast<int64_t>(shape[0]), C = static_cast<int64_t>(shape[1]);
+    if (mode_ == QuantMode::kBlock) {
+      if (auto* g = fused_group(key, R)) {
+        auto k = classify_tensor_name(key);
+        size_t p = k.projection == Projection::kQ ? 0 : k.projection == Projection::kK ? 1 : 2;
+        g->view[p] = view;
+        g->out_weight[p] = add_output(key, Dtype::F8_E4M3, shape);
+        g->out_scale[p] =
+            add_output(key + "_scale_inv", Dtype::F32,
+                       {static_cast<uint64_t>(g->layout->scale_rows(k.projection)),
+                        static_cast<uint64_t>(ceil_div(C, block_.cols))});
+        return;
+      }
+    }
+    int64_t scale_rows = ceil_div(R, block_.rows);
+    // Automodel pads the full-attention k scale to 8 rows (the published shape).
+    if (mode_ == QuantMode::kCast && key.ends_with(".self_attn.k_proj.weight") &&
+        R == c_.full.num_kv_heads * c_.full.head_dim)
+      scale_rows = std::max<int64_t>(scale_rows, 8);
+    const size_t w = add_output(key, Dtype::F8_E4M3, shape);
+    const size_t s = add_output(key + "_scale_inv", Dtype::F32,
+                                {static_cast<uint64_t>(scale_rows),
+                                 static_cast<uint64_t>(ceil_div(C, block_.cols))});
+    plan_.tasks.push_back(EmitTask{view, w, s, mode_, scale_rows, block_.rows, block_.cols});
+  }
+
+  // The fused q/k/v group this key belongs to, when its layer's published layout is the fused one.
+  FusedGroup* fused_group(const std::string& key, int64_t rows) {
+    auto k = classify_tensor_name(key);
+    if (k.kind != TensorKind::kAttentionProj || k.projection == Projection::kO || !k.layer)
+      return nullptr;
+    const auto& dims = attention_dims_of(k, c_);
+    auto layout = FusedQkvLayout::make(dims.q_rows(), dims.k_rows(), dims.v_rows(), block_.rows);
+    if (!layout || !layout->differs_from_plain()) return nullptr;
+    if (rows != layout->rows(k.projection))
+      fail("", key,
+           fmt::format("has {} rows but this layer's attention config gives {}", rows,
+                       layout->rows(k.projection)));
+    auto& g = fused_[key.substr(0, key.size() - 13)];
+    g.layout = layout;
+    return &g;
+  }
+
+  void emit_grouped(const SourceTensor& t, const TensorKey& key) {
+    const int64_t E = c_.n_routed_experts, Ie = c_.moe_intermediate_size, D = c_.hidden_size;
+    const bool gate_up = key.projection == Projection::kGateAndUp;
+    // Every rank's copy of this tensor, with its global expert ids.
+    std::map<int64_t, std::pair<const SourceTensor*, int64_t>> by_expert;  // id -> (tensor, slot)
+    for (const auto& part : src_.tensors()) {
+      if (part.name != t.name) continue;
+      if (part.shape.size() != 3 ||
+          (!compat_ && (part.shape[1] != static_cast<uint64_t>(gate_up ? D : Ie) ||
+                        part.shape[2] != static_cast<uint64_t>(gate_up ? 2 * Ie : D)))) {
+        if (compat_ && !gate_up) {  // Automodel passes such a down_projs through unchanged
+          emit(t.name, MatrixView{&t}, t);
+          return;
+        }
+        fail(part.file, part.name,
+             "grouped expert tensor of shape " + shape_str(part.shape) +
+                 " disagrees with config.json",
+             gate_up ? fmt::format("[n, {}, {}]", D, 2 * Ie) : fmt::format("[n, {}, {}]", Ie, D));
+      }
+      if (compat_ && !gate_up && part.shape[1] != static_cast<uint64_t>(Ie)) {
+        emit(t.name, MatrixView{&t}, t);
+        return;
+      }
+      if (gate_up && static_cast<int64_t>(part.shape[2]) < Ie)
+        fail(part.file, part.name, "gate_and_up_projs narrower than moe_intermediate_size");
+      const int64_t first = starts_.at(part.part);
+      const auto n = static_cast<int64_t>(part.shape[0]);
+      if (first < 0 || first + n > E)
+        fail(part.file, part.name,
+             fmt::format("holds experts [{}, {}) but n_routed_experts is {}", first, first + n, E));
+      for (int64_t s = 0; s < n; ++s)
+        if (!by_expert.emplace(first + s, std::make_pair(&part, s)).second)
+          fail(part.file, part.name, fmt::format("expert {} is held by two EP ranks", first + s));
+    }
+    if (o_.require_all_experts && static_cast<int64_t>(by_expert.size()) != E)
+      fail(t.file, t.name,
+           fmt::format("the inputs hold {} of the {} experts of this layer", by_expert.size(), E),
+           "every EP rank's folder (or a tensor with all n_routed_experts)");
+    const std::string prefix = o_.prefix ? *o_.prefix : compat_ ? "model." : key.prefix;
+    for (const auto& [id, where] : by_expert) {
+      const auto& [src, slot] = where;
+      const std::string base = fmt::format("{}layers.{}.mlp.experts.{}.", prefix, *key.layer, id);
+      if (gate_up) {
+        const auto width = static_cast<int64_t>(src->shape[2]);
+        emit(base + "gate_proj.weight", MatrixView{src, slot, 0, Ie}, *src);
+        emit(base + "up_proj.weight", MatrixView{src, slot, Ie, width - Ie}, *src);
+      } else {
+        emit(base + "down_proj.weight", MatrixView{src, slot, 0, static_cast<int64_t>(src->shape[2])},
+             *src);
+      }
+    }
+  }
+
+  const TensorSource& src_;
+  const MimoConfig& c_;
+  const ToHfOptions& o_;
+  const std::vector<int64_t>& starts_;
+  const bool compat_;
+  QuantMode mode_;
+  BlockSize block_;
+  std::optional<std::regex> exclude_;
+  std::map<std::string, FusedGroup> fused_;
+  Plan plan_;
+};
+
+}  // namespace
+
+Plan plan_to_hf(const TensorSource& native, const MimoConfig& config, const ToHfOptions& options,
+                const std::vector<int64_t>& expert_start) {
+  if (expert_start.size() != native.parts())
+    fail("", "", "one expert start per input folder is needed");
+  return ToHfPlanner(native, config, options, expert_start).plan();
+}
+
+}  // namespace moeckpt

@@ -1,0 +1,83 @@
+#include "moeckpt/tensor_source.hpp"
+
+#include <cstring>
+
+#include "moeckpt/error.hpp"
+#include "moeckpt/safetensors.hpp"
+
+namespace moeckpt {
+
+const SourceTensor* TensorSource::find(std::string_view name) const {
+  auto it = by_name_.find(std::string(name));
+  return it == by_name_.end() ? nullptr : &tensors_[it->second];
+}
+
+std::vector<uint8_t> TensorSource::read_all(const SourceTensor& t) const {
+  std::vector<uint8_t> out(t.nbytes);
+  read(t, 0, out);
+  return out;
+}
+
+void TensorSource::index() {
+  by_name_.clear();
+  for (size_t i = 0; i < tensors_.size(); ++i) by_name_.emplace(tensors_[i].name, i);
+}
+
+CheckpointSource::CheckpointSource(const std::vector<std::filesystem::path>& dirs) {
+  for (const auto& d : dirs) checkpoints_.push_back(std::make_unique<Checkpoint>(Checkpoint::open(d)));
+  for (size_t p = 0; p < checkpoints_.size(); ++p) {
+    const auto& ck = *checkpoints_[p];
+    for (const auto& name : ck.names()) {
+      const auto* e = ck.find(name);
+      tensors_.push_back({name, e->info->dtype, e->info->shape, ck.file_of(*e), p, e->info->nbytes()});
+    }
+  }
+  index();
+}
+
+CheckpointSource::~CheckpointSource() = default;
+
+void CheckpointSource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
+  const auto& ck = *checkpoints_.at(t.part);
+  ck.read(*ck.find(t.name), offset, out);
+}
+
+std::map<std::string, std::string> CheckpointSource::metadata(size_t part) const {
+  const auto& ck = *checkpoints_.at(part);
+  return ck.shard_count() ? ck.shard(0).header().metadata() : std::map<std::string, std::string>{};
+}
+
+std::vector<const SourceTensor*> CheckpointSource::all(std::string_view name) const {
+  std::vector<const SourceTensor*> out;
+  for (const auto& t : tensors_)
+    if (t.name == name) out.push_back(&t);
+  return out;
+}
+
+MemorySource::MemorySource(std::vector<Entry> entries) {
+  for (auto& e : entries) {
+    uint64_t bits = dtype_bits(e.dtype);
+    for (auto d : e.shape)
+      if (__builtin_mul_overflow(bits, d, &bits)) fail("", e.name, "tensor size overflows");
+    if (bits / 8 != e.bytes.size())
+      fail("", e.name,
+           "has " + std::to_string(e.bytes.size()) + " bytes but its dtype and shape need " +
+               std::to_string(bits / 8));
+    tensors_.push_back({e.name, e.dtype, e.shape, "<memory>", 0, e.bytes.size()});
+    bytes_.push_back(e.bytes);
+  }
+  index();
+  std::unordered_map<std::string, int> seen;
+  for (const auto& t : tensors_)
+    if (seen[t.name]++) fail("<memory>", t.name, "duplicate tensor name");
+}
+
+void MemorySource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
+  size_t i = static_cast<size_t>(&t - tensors_.data());
+  const auto& b = bytes_.at(i);
+  if (offset > b.size() || out.size() > b.size() - offset)
+    fail("<memory>", t.name, "read outside the tensor");
+  std::memcpy(out.data(), b.data() + offset, out.size());
+}
+
+}  // namespace moeckpt

@@ -1,0 +1,162 @@
+#include "exec/transforms.hpp"
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+
+#include "moeckpt/error.hpp"
+#include "moeckpt/numerics.hpp"
+
+namespace moeckpt::exec {
+
+float element_to_float(Dtype dtype, const uint8_t* p) {
+  switch (dtype) {
+    case Dtype::F8_E4M3: return numerics::fp8_e4m3fn_to_f32(p[0]);
+    case Dtype::BF16: return numerics::bf16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8));
+    case Dtype::F16: return numerics::f16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8));
+    case Dtype::F32: {
+      float f;
+      std::memcpy(&f, p, 4);
+      return f;
+    }
+    default: return 0.0f;
+  }
+}
+
+static bool is_float_dtype(Dtype d) {
+  return d == Dtype::F8_E4M3 || d == Dtype::BF16 || d == Dtype::F16 || d == Dtype::F32;
+}
+
+std::vector<float> to_floats(const SourceTensor& t, std::span<const uint8_t> bytes) {
+  if (!is_float_dtype(t.dtype))
+    fail(t.file, t.name, "dtype " + std::string(dtype_name(t.dtype)) + " cannot be converted",
+         "F8_E4M3, BF16, F16 or F32");
+  const size_t size = dtype_size(t.dtype);
+  std::vector<float> out(bytes.size() / size);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = element_to_float(t.dtype, &bytes[i * size]);
+  return out;
+}
+
+namespace {
+
+struct Scales {
+  std::vector<float> values;
+  int64_t cols = 0;
+};
+
+Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check) {
+  Scales out{to_floats(s, source.read_all(s)), static_cast<int64_t>(s.shape.at(1))};
+  if (check)
+    for (size_t i = 0; i < out.values.size(); ++i) {
+      float v = out.values[i];
+      if (!(std::isfinite(v) && v > 0))
+        fail(s.file, s.name,
+             "scale entry [" + std::to_string(static_cast<int64_t>(i) / out.cols) + ", " +
+                 std::to_string(static_cast<int64_t>(i) % out.cols) + "] is " + std::to_string(v),
+             "a positive finite multiplier");
+    }
+  return out;
+}
+
+}  // namespace
+
+std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in) {
+  const SourceTensor& w = *in.weight;
+  const int64_t rows = static_cast<int64_t>(w.shape.at(0));
+  const int64_t cols = static_cast<int64_t>(w.shape.at(1));
+  auto bytes = source.read_all(w);
+  const size_t esize = dtype_size(w.dtype);
+  if (!is_float_dtype(w.dtype))
+    fail(w.file, w.name, "dtype " + std::string(dtype_name(w.dtype)) + " cannot be dequantized",
+         "F8_E4M3, BF16, F16 or F32");
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+
+  // Scale row pointers per weight row.
+  std::array<Scales, 3> owners;
+  Scales plain;
+  std::vector<const float*> row_scale(static_cast<size_t>(rows), nullptr);
+  int64_t block_cols = 1;
+  if (in.scale) {
+    const ScaleRef& s = *in.scale;
+    block_cols = s.block_cols;
+    if (s.fused) {
+      for (int i = 0; i < 3; ++i)
+        if (s.qkv[static_cast<size_t>(i)]) owners[static_cast<size_t>(i)] = load_scales(source, *s.qkv[static_cast<size_t>(i)], s.check_values);
+      for (int64_t r = 0; r < rows; ++r) {
+        auto src = s.fused->scale_source(s.projection, r);
+        size_t o = src.owner == Projection::kQ ? 0 : src.owner == Projection::kK ? 1 : 2;
+        row_scale[static_cast<size_t>(r)] = &owners[o].values[static_cast<size_t>(src.scale_row * owners[o].cols)];
+      }
+    } else {
+      plain = load_scales(source, *s.plain, s.check_values);
+      for (int64_t r = 0; r < rows; ++r)
+        row_scale[static_cast<size_t>(r)] = &plain.values[static_cast<size_t>((r / s.block_rows) * plain.cols)];
+    }
+  }
+
+  const bool fp8 = w.dtype == Dtype::F8_E4M3;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* srow = row_scale[static_cast<size_t>(r)];
+    for (int64_t c = 0; c < cols; ++c) {
+      const size_t i = static_cast<size_t>(r * cols + c);
+      const uint8_t* p = &bytes[i * esize];
+      float x = element_to_float(w.dtype, p);
+      if (std::isnan(x)) {
+        if (in.nan == NanPolicy::kRefuse)
+          fail(w.file, w.name,
+               "element [" + std::to_string(r) + ", " + std::to_string(c) + "] is NaN" +
+                   (fp8 ? " (FP8 code 0x" + std::string(1, "0123456789abcdef"[p[0] >> 4]) +
+                              std::string(1, "0123456789abcdef"[p[0] & 15]) + ")"
+                        : ""),
+               "finite weights (--compat automodel passes NaN through as torch does)");
+        // torch widens FP8 NaN to 0x7FF00000 | sign and multiplies, keeping that NaN.
+        if (fp8) x = std::bit_cast<float>(0x7FF00000u | (p[0] & 0x80u ? 0x80000000u : 0u));
+      }
+      const float s = srow ? srow[c / block_cols] : 1.0f;
+      out[i] = x * s;  // one float32 multiply: no add to contract with, SSE has no excess precision
+    }
+  }
+  return out;
+}
+
+void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst) {
+  if (out == Dtype::F32) {
+    std::memcpy(dst, products.data(), products.size() * 4);
+    return;
+  }
+  for (size_t i = 0; i < products.size(); ++i) {
+    uint16_t b = numerics::f32_to_bf16_rne(products[i]);
+    // torch's vectorized float->bfloat16 kernels turn every NaN into 0xFFFF.
+    if (nan == NanPolicy::kTorchCompat && std::isnan(products[i])) b = 0xFFFF;
+    dst[2 * i] = static_cast<uint8_t>(b);
+    dst[2 * i + 1] = static_cast<uint8_t>(b >> 8);
+  }
+}
+
+LoadedMatrix load_matrix(const TensorSource& source, const MatrixView& v) {
+  const SourceTensor& t = *v.src;
+  const size_t esize = dtype_size(t.dtype);
+  LoadedMatrix m;
+  if (v.slot < 0) {
+    m.rows = static_cast<int64_t>(t.shape.at(0));
+    m.cols = static_cast<int64_t>(t.shape.size() > 1 ? t.shape[1] : 1);
+    m.raw = source.read_all(t);
+    return m;
+  }
+  // Grouped [n, R, W]: the view is the transpose of slot[:, col0:col0+cols] -> [cols, R].
+  const int64_t R = static_cast<int64_t>(t.shape.at(1));
+  const int64_t W = static_cast<int64_t>(t.shape.at(2));
+  const uint64_t slot_bytes = static_cast<uint64_t>(R * W) * esize;
+  std::vector<uint8_t> slot(slot_bytes);
+  source.read(t, static_cast<uint64_t>(v.slot) * slot_bytes, slot);
+  m.rows = v.cols;
+  m.cols = R;
+  m.raw.resize(static_cast<size_t>(m.rows * m.cols) * esize);
+  for (int64_t d = 0; d < R; ++d)
+    for (int64_t j = 0; j < v.cols; ++j)
+      std::memcpy(&m.raw[static_cast<size_t>(j * R + d) * esize],
+                  &slot[static_cast<size_t>(d * W + v.col0 + j) * esize], esize);
+  return m;
+}
+
+}  // namespace moeckpt::exec

@@ -1,0 +1,29 @@
+#pragma once
+// The data transforms tasks are made of: exact dequantization (one float32 multiply, then RNE) and
+// the two quantizers, on whole matrices. Scalar code built on the reference codecs.
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "moeckpt/plan.hpp"
+
+namespace moeckpt::exec {
+
+// Values of a floating tensor as float32 (F8_E4M3, F8_E5M2 not supported, BF16, F16, F32).
+float element_to_float(Dtype dtype, const uint8_t* p);
+std::vector<float> to_floats(const SourceTensor& t, std::span<const uint8_t> bytes);
+
+// out[r][c] = float(w[r][c]) * float(scale for (r, c)) for a 2-D weight; NaN handled per policy.
+std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in);
+
+// Encodes products as BF16 or F32 bytes (NaN per policy; refused NaN never reaches here).
+void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst);
+
+// Reads a matrix view: rows x cols floats, plus its raw element bytes in the source dtype.
+struct LoadedMatrix {
+  int64_t rows = 0, cols = 0;
+  std::vector<uint8_t> raw;  // row-major in the source dtype
+};
+LoadedMatrix load_matrix(const TensorSource& source, const MatrixView& view);
+
+}  // namespace moeckpt::exec

@@ -2,7 +2,7 @@
 # Installs what moeckpt needs to build and test (Debian 12 packages). Idempotent; run as root.
 set -euo pipefail
 packages=(build-essential cmake ninja-build g++ clang libclang-rt-14-dev
-          nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev
+          nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
           python3 valgrind)
 missing=()
 for p in "${packages[@]}"; do

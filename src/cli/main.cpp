@@ -4,9 +4,13 @@
 #include <cstdio>
 #include <iostream>
 
+#include <chrono>
+
+#include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/inspect.hpp"
 #include "moeckpt/synth.hpp"
+#include "moeckpt/verify.hpp"
 
 namespace {
 
@@ -36,6 +40,48 @@ int run(int argc, char** argv) {
   inspect_cmd->add_option("DIR", inspect_dir, "checkpoint folder")->required();
   inspect_cmd->add_flag("--json", inspect_json, "print one JSON object");
 
+  std::string fh_src, fh_dst, fh_compat = "none", fh_dtype = "bf16";
+  moeckpt::FromHfOptions fh;
+  moeckpt::ConvertOptions convert;
+  unsigned threads = 0;
+  auto* fh_cmd = app.add_subcommand("from-hf", "HF checkpoint -> native (grouped-expert) checkpoint");
+  fh_cmd->add_option("SRC", fh_src, "HF checkpoint folder")->required();
+  fh_cmd->add_option("DST", fh_dst, "destination folder")->required();
+  fh_cmd->add_option("--ep-size", fh.ep_size, "expert-parallel world size")->check(CLI::PositiveNumber);
+  fh_cmd->add_option("--ep-rank", fh.ep_rank, "this rank: only its experts are read and written");
+  fh_cmd->add_option("--compat", fh_compat, "automodel: reproduce NeMo Automodel bit for bit")
+      ->check(CLI::IsMember({"none", "automodel"}));
+  fh_cmd->add_option("--dtype", fh_dtype, "dtype of dequantized weights")
+      ->check(CLI::IsMember({"bf16", "f32"}));
+  fh_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
+  fh_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
+
+  std::vector<std::string> th_paths;
+  std::string th_quant = "block", th_compat = "none", th_exclude, th_prefix, th_config;
+  moeckpt::ToHfOptions th;
+  auto* th_cmd = app.add_subcommand("to-hf", "native checkpoint (one folder, or every EP rank's) -> HF");
+  th_cmd->add_option("SRC_AND_DST", th_paths, "native folder(s), then the destination folder")
+      ->required()
+      ->expected(2, -1);
+  th_cmd->add_option("--quant", th_quant, "block (real scales), cast (Automodel's), none (BF16)")
+      ->check(CLI::IsMember({"block", "cast", "none"}));
+  th_cmd->add_option("--compat", th_compat, "automodel: reproduce NeMo Automodel bit for bit")
+      ->check(CLI::IsMember({"none", "automodel"}));
+  th_cmd->add_option("--exclude", th_exclude, "drop HF keys matching this regex");
+  th_cmd->add_option("--prefix", th_prefix, "prefix of expert keys (default: the native key's own)");
+  th_cmd->add_option("--config", th_config, "config.json (default: the first folder's)");
+  th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
+  th_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
+
+  std::string va, vb, vconfig;
+  moeckpt::VerifyOptions vo;
+  auto* verify_cmd = app.add_subcommand("verify", "compare two checkpoints (HF or native) tensor by tensor");
+  verify_cmd->add_option("A", va, "first checkpoint folder")->required();
+  verify_cmd->add_option("B", vb, "second checkpoint folder (the reference for rtol)")->required();
+  verify_cmd->add_option("--rtol", vo.rtol, "relative tolerance (default 0: exact)")->check(CLI::NonNegativeNumber);
+  verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (default 0: exact)")->check(CLI::NonNegativeNumber);
+  verify_cmd->add_option("--config", vconfig, "config.json (default: A's, else B's)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -47,6 +93,50 @@ int run(int argc, char** argv) {
     auto r = moeckpt::synthesize_checkpoint(synth_dst, synth);
     std::printf("wrote %s: %zu tensors, %llu bytes, %zu shards\n", synth_dst.c_str(), r.tensors,
                 static_cast<unsigned long long>(r.total_bytes), r.shards);
+    return 0;
+  }
+  auto report = [](const char* what, const std::string& dst, const moeckpt::ConvertReport& r,
+                   std::chrono::steady_clock::time_point t0) {
+    double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s in %.2f s\n", what, dst.c_str(),
+                r.tensors, static_cast<unsigned long long>(r.bytes_out), r.shards,
+                r.shards == 1 ? "" : "s", secs);
+  };
+  convert.exec.threads = threads;
+  if (fh_cmd->parsed()) {
+    fh.compat = fh_compat == "automodel" ? moeckpt::Compat::kAutomodel : moeckpt::Compat::kNone;
+    fh.dtype = fh_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
+    if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
+      throw moeckpt::Error({"", "", "--ep-rank needs --ep-size", ""});
+    auto t0 = std::chrono::steady_clock::now();
+    report("from-hf", fh_dst, moeckpt::from_hf_dir(fh_src, fh_dst, fh, convert), t0);
+    return 0;
+  }
+  if (th_cmd->parsed()) {
+    th.compat = th_compat == "automodel" ? moeckpt::Compat::kAutomodel : moeckpt::Compat::kNone;
+    th.quant = th_quant == "cast"   ? moeckpt::QuantMode::kCast
+               : th_quant == "none" ? moeckpt::QuantMode::kNone
+                                    : moeckpt::QuantMode::kBlock;
+    if (th.compat == moeckpt::Compat::kAutomodel && th_cmd->count("--quant") && th_quant != "cast")
+      throw moeckpt::Error({"", "", "--compat automodel quantizes as Automodel does (cast)",
+                            "no --quant, or --quant cast"});
+    if (th_cmd->count("--exclude")) th.exclude_regex = th_exclude;
+    if (th_cmd->count("--prefix")) th.prefix = th_prefix;
+    std::vector<std::filesystem::path> srcs(th_paths.begin(), th_paths.end() - 1);
+    std::optional<std::filesystem::path> cfg;
+    if (th_cmd->count("--config")) cfg = th_config;
+    auto t0 = std::chrono::steady_clock::now();
+    report("to-hf", th_paths.back(), moeckpt::to_hf_dirs(srcs, th_paths.back(), th, cfg, convert), t0);
+    return 0;
+  }
+  if (verify_cmd->parsed()) {
+    if (verify_cmd->count("--config")) vo.config = vconfig;
+    auto r = moeckpt::verify_checkpoints(va, vb, vo);
+    std::cout << moeckpt::to_text(r, vo);
+    if (!r.ok()) {
+      std::cerr << "moeckpt: error: " << va << " and " << vb << " differ beyond the tolerance\n";
+      return 1;
+    }
     return 0;
   }
   if (inspect_cmd->parsed()) {

@@ -12,7 +12,8 @@
 namespace {
 
 std::filesystem::path make_dir() {
-  auto dir = std::filesystem::temp_directory_path() / ("moeckpt-fuzz-index-" + std::to_string(getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("moeckpt-fuzz-index-" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   auto shard = [&](const char* file, const std::string& header, size_t data) {
     std::ofstream f(dir / file, std::ios::binary | std::ios::trunc);

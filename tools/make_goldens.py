@@ -11,6 +11,7 @@ Writes into OUT_DIR:
   to_hf.safetensors                      to_hf(EP1 native, quantization=True)   (FP8 raw cast + ones scales)
   to_hf_noquant.safetensors              to_hf(EP1 native)  (Automodel default quantization=False)
   to_hf_special_input.safetensors        native EP1 state dict with special BF16 values planted
+                                         (--special-input targets: only the tensors that got them)
   to_hf_special.safetensors              to_hf(special input, quantization=True)
   to_hf_ep{W}_rank{r}.safetensors        (--ep-mode fakepg only) to_hf(rank's DTensor shard, quantization=True);
                                          when W does not divide n_experts Automodel raises: recorded in GOLDENS.json
@@ -259,6 +260,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ep", type=int, action="append", default=[], help="EP size (repeatable); EP 1 is always done")
     ap.add_argument("--ep-mode", choices=("fakepg", "mock"), default="fakepg")
     ap.add_argument("--check-mock", action="store_true", help="also run every EP rank in mock mode and compare")
+    ap.add_argument("--special-input", choices=("all", "targets"), default="all",
+                    help="to_hf_special input: the whole native state dict (default) or only the planted tensors "
+                         "(to_hf is per tensor, so the planted tensors' outputs are the same; keeps committed data small)")
+    ap.add_argument("--special-targets", default=None,
+                    help="comma-separated native keys to plant the special values in (default: chosen automatically)")
     args = ap.parse_args(argv)
 
     os.makedirs(args.out_dir, exist_ok=True)
@@ -326,12 +332,23 @@ def main(argv=None) -> int:
     record["files"]["to_hf_noquant.safetensors"] = {"call": "to_hf(native_ep1)  # quantization=False", "order": list(hf_nq)}
 
     # ---- to_hf of special values ----------------------------------------------------------------------------------
-    targets = special_targets(native, cfg_json)
+    if args.special_targets:
+        targets = [k for k in args.special_targets.split(",") if k]
+        for k in targets:
+            if k not in native or native[k].dtype != torch.bfloat16:
+                raise SystemExit(f"--special-targets: {k} is not a BF16 tensor of the native state dict")
+    else:
+        targets = special_targets(native, cfg_json)
     planted, where = plant_specials(native, targets)
+    if args.special_input == "targets":
+        planted = {k: planted[k] for k in targets}
+    where["input"] = args.special_input
     save(planted, os.path.join(args.out_dir, "to_hf_special_input.safetensors"))
     hf_s = adapter.to_hf(dict(planted), quantization=True)
     save(hf_s, os.path.join(args.out_dir, "to_hf_special.safetensors"))
-    record["files"]["to_hf_special.safetensors"] = {"call": "to_hf(to_hf_special_input, quantization=True)"}
+    record["files"]["to_hf_special_input.safetensors"] = {"keys": len(planted), "order": list(planted)}
+    record["files"]["to_hf_special.safetensors"] = {"call": "to_hf(to_hf_special_input, quantization=True)",
+                                                    "order": list(hf_s)}
     record["special_values"] = where
 
     # ---- exclude_key_regex ----------------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ std::optional<Dtype> parse_dtype(std::string_view name) noexcept;
 std::string_view dtype_name(Dtype dtype) noexcept;
 unsigned dtype_bits(Dtype dtype) noexcept;
 // Bytes per element for byte-sized types; 0 for sub-byte types.
-inline unsigned dtype_size(Dtype dtype) noexcept { return dtype_bits(dtype) % 8 ? 0 : dtype_bits(dtype) / 8; }
+inline unsigned dtype_size(Dtype dtype) noexcept {
+  return dtype_bits(dtype) % 8 ? 0 : dtype_bits(dtype) / 8;
+}
 
 }  // namespace moeckpt

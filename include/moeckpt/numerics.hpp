@@ -15,7 +15,8 @@ float fp8_e4m3fn_to_f32(uint8_t code) noexcept;
 uint8_t f32_to_fp8_e4m3fn_saturating(float x) noexcept;
 
 // float32 -> E4M3FN exactly as torch 2.11's `tensor.to(torch.float8_e4m3fn)` on CPU: round to
-// nearest even, no saturation: |x| > 464 (464 itself ties to 448), +-inf and NaN become 0x7F | sign.
+// nearest even, no saturation: |x| > 464 (464 itself ties to 448), +-inf and NaN become 0x7F |
+// sign.
 uint8_t f32_to_fp8_e4m3fn_torch(float x) noexcept;
 
 // float32 -> BF16 bits, round to nearest even; every NaN becomes 0x7FC0 (torch's scalar rule).

@@ -13,10 +13,14 @@ namespace moeckpt {
 
 inline constexpr int64_t kPublishedTensorParallel = 4;
 
-inline int64_t ceil_div(int64_t a, int64_t b) noexcept { return (a + b - 1) / b; }
+inline int64_t ceil_div(int64_t a, int64_t b) noexcept {
+  return (a + b - 1) / b;
+}
 
 // Scale rows (or columns) of the plain grid for `n` weight rows and block size `b`.
-inline int64_t plain_scale_count(int64_t n, int64_t b) noexcept { return ceil_div(n, b); }
+inline int64_t plain_scale_count(int64_t n, int64_t b) noexcept {
+  return ceil_div(n, b);
+}
 
 class FusedQkvLayout {
  public:

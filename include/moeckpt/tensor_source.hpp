@@ -20,8 +20,8 @@ struct SourceTensor {
   std::string name;
   Dtype dtype{};
   std::vector<uint64_t> shape;
-  std::string file;    // for messages
-  size_t part = 0;     // which folder / buffer set it lives in
+  std::string file;  // for messages
+  size_t part = 0;   // which folder / buffer set it lives in
   uint64_t nbytes = 0;
 };
 

@@ -108,8 +108,7 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
     int64_t start = parse_meta_int(md, kMetaExpertStart, srcs[p].string());
     if (start < 0) {
       if (srcs.size() > 1)
-        fail(srcs[p].string(), "",
-             "has no moeckpt metadata, so which experts it holds is unknown",
+        fail(srcs[p].string(), "", "has no moeckpt metadata, so which experts it holds is unknown",
              "the EP rank folders written by moeckpt from-hf, or one folder with all experts");
       start = 0;
     }

@@ -25,7 +25,9 @@ std::string shape_str(const std::vector<uint64_t>& s) {
   return out + "]";
 }
 
-bool is_scale_dtype(Dtype d) { return d == Dtype::F32 || d == Dtype::BF16 || d == Dtype::F16; }
+bool is_scale_dtype(Dtype d) {
+  return d == Dtype::F32 || d == Dtype::BF16 || d == Dtype::F16;
+}
 
 class FromHfPlanner {
  public:
@@ -103,12 +105,12 @@ class FromHfPlanner {
           }
       }
       if (n_missing)
-        fail(src_.tensors().empty() ? "" : src_.tensors().front().file, "",
-             fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) of EP "
-                         "rank {}/{}: {}{}",
-                         n_missing, id.second, range_.first, range_.first + range_.count,
-                         o_.ep_rank, o_.ep_size, fmt::join(missing, ", "),
-                         n_missing > 5 ? ", ..." : ""));
+        fail(
+            src_.tensors().empty() ? "" : src_.tensors().front().file, "",
+            fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) of EP "
+                        "rank {}/{}: {}{}",
+                        n_missing, id.second, range_.first, range_.first + range_.count, o_.ep_rank,
+                        o_.ep_size, fmt::join(missing, ", "), n_missing > 5 ? ", ..." : ""));
     }
   }
 
@@ -120,8 +122,7 @@ class FromHfPlanner {
   // The scale reference for a weight that has a `_scale_inv`, with every shape check.
   ScaleRef scale_ref(const SourceTensor& w, const SourceTensor& s, const TensorKey& key) {
     if (w.shape.size() != 2)
-      fail(w.file, w.name,
-           "weight of shape " + shape_str(w.shape) + " has a scale but is not 2-D",
+      fail(w.file, w.name, "weight of shape " + shape_str(w.shape) + " has a scale but is not 2-D",
            "a 2-D [out, in] weight");
     if (s.shape.size() != 2)
       fail(s.file, s.name, "scale of shape " + shape_str(s.shape) + " is not 2-D");
@@ -157,7 +158,8 @@ class FromHfPlanner {
       }
     }
     const int64_t need_rows = ceil_div(rows, block_.rows);
-    if (static_cast<int64_t>(s.shape[0]) < need_rows || static_cast<int64_t>(s.shape[1]) < need_cols)
+    if (static_cast<int64_t>(s.shape[0]) < need_rows ||
+        static_cast<int64_t>(s.shape[1]) < need_cols)
       fail(s.file, s.name,
            "scale " + shape_str(s.shape) + " is too small for weight " + shape_str(w.shape),
            fmt::format("at least [{}, {}] for {}x{} blocks", need_rows, need_cols, block_.rows,
@@ -176,7 +178,8 @@ class FromHfPlanner {
     if (!fused) return std::nullopt;
     if (static_cast<int64_t>(w.shape[0]) != fused->rows(key.projection))
       fail(w.file, w.name,
-           "has " + std::to_string(w.shape[0]) + " rows but the fused K/V layout of this layer needs " +
+           "has " + std::to_string(w.shape[0]) +
+               " rows but the fused K/V layout of this layer needs " +
                std::to_string(fused->rows(key.projection)));
     return fused;
   }

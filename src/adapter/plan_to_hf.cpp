@@ -79,9 +79,12 @@ class ToHfPlanner {
 
   bool quantize(const std::string& key) const {
     switch (mode_) {
-      case QuantMode::kNone: return false;
-      case QuantMode::kCast: return should_quantize_key(key);
-      case QuantMode::kBlock: return is_published_fp8_key(key);
+      case QuantMode::kNone:
+        return false;
+      case QuantMode::kCast:
+        return should_quantize_key(key);
+      case QuantMode::kBlock:
+        return is_published_fp8_key(key);
     }
     return false;
   }
@@ -93,8 +96,8 @@ class ToHfPlanner {
         slot ? std::vector<uint64_t>{static_cast<uint64_t>(view.cols), src.shape[1]} : src.shape;
     if (!quantize(key)) {
       if (slot)
-        plan_.tasks.push_back(EmitTask{view, add_output(key, src.dtype, shape), std::nullopt,
-                                       QuantMode::kNone});
+        plan_.tasks.push_back(
+            EmitTask{view, add_output(key, src.dtype, shape), std::nullopt, QuantMode::kNone});
       else
         plan_.tasks.push_back(CopyTask{&src, add_output(key, src.dtype, shape)});
       return;
@@ -113,10 +116,9 @@ class ToHfPlanner {
         size_t p = k.projection == Projection::kQ ? 0 : k.projection == Projection::kK ? 1 : 2;
         g->view[p] = view;
         g->out_weight[p] = add_output(key, Dtype::F8_E4M3, shape);
-        g->out_scale[p] =
-            add_output(key + "_scale_inv", Dtype::F32,
-                       {static_cast<uint64_t>(g->layout->scale_rows(k.projection)),
-                        static_cast<uint64_t>(ceil_div(C, block_.cols))});
+        g->out_scale[p] = add_output(key + "_scale_inv", Dtype::F32,
+                                     {static_cast<uint64_t>(g->layout->scale_rows(k.projection)),
+                                      static_cast<uint64_t>(ceil_div(C, block_.cols))});
         return;
       }
     }
@@ -126,9 +128,9 @@ class ToHfPlanner {
         R == c_.full.num_kv_heads * c_.full.head_dim)
       scale_rows = std::max<int64_t>(scale_rows, 8);
     const size_t w = add_output(key, Dtype::F8_E4M3, shape);
-    const size_t s = add_output(key + "_scale_inv", Dtype::F32,
-                                {static_cast<uint64_t>(scale_rows),
-                                 static_cast<uint64_t>(ceil_div(C, block_.cols))});
+    const size_t s = add_output(
+        key + "_scale_inv", Dtype::F32,
+        {static_cast<uint64_t>(scale_rows), static_cast<uint64_t>(ceil_div(C, block_.cols))});
     plan_.tasks.push_back(EmitTask{view, w, s, mode_, scale_rows, block_.rows, block_.cols});
   }
 
@@ -196,8 +198,8 @@ class ToHfPlanner {
         emit(base + "gate_proj.weight", MatrixView{src, slot, 0, Ie}, *src);
         emit(base + "up_proj.weight", MatrixView{src, slot, Ie, width - Ie}, *src);
       } else {
-        emit(base + "down_proj.weight", MatrixView{src, slot, 0, static_cast<int64_t>(src->shape[2])},
-             *src);
+        emit(base + "down_proj.weight",
+             MatrixView{src, slot, 0, static_cast<int64_t>(src->shape[2])}, *src);
       }
     }
   }

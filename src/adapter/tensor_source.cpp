@@ -24,12 +24,14 @@ void TensorSource::index() {
 }
 
 CheckpointSource::CheckpointSource(const std::vector<std::filesystem::path>& dirs) {
-  for (const auto& d : dirs) checkpoints_.push_back(std::make_unique<Checkpoint>(Checkpoint::open(d)));
+  for (const auto& d : dirs)
+    checkpoints_.push_back(std::make_unique<Checkpoint>(Checkpoint::open(d)));
   for (size_t p = 0; p < checkpoints_.size(); ++p) {
     const auto& ck = *checkpoints_[p];
     for (const auto& name : ck.names()) {
       const auto* e = ck.find(name);
-      tensors_.push_back({name, e->info->dtype, e->info->shape, ck.file_of(*e), p, e->info->nbytes()});
+      tensors_.push_back(
+          {name, e->info->dtype, e->info->shape, ck.file_of(*e), p, e->info->nbytes()});
     }
   }
   index();

@@ -15,13 +15,15 @@
 namespace {
 
 int run(int argc, char** argv) {
-  CLI::App app{"moeckpt: convert MoE checkpoints between the Hugging Face and grouped-expert layouts"};
+  CLI::App app{
+      "moeckpt: convert MoE checkpoints between the Hugging Face and grouped-expert layouts"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("moeckpt 0.1.0"));
 
   moeckpt::SynthOptions synth;
   std::string synth_dst;
-  auto* synth_cmd = app.add_subcommand("synth", "write a synthetic MiMo-V2-Flash-shaped FP8 checkpoint");
+  auto* synth_cmd =
+      app.add_subcommand("synth", "write a synthetic MiMo-V2-Flash-shaped FP8 checkpoint");
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
   synth_cmd->add_option("--preset", synth.preset, "tiny (toy sizes) or full (real dimensions)")
       ->check(CLI::IsMember({"tiny", "full"}));
@@ -36,7 +38,8 @@ int run(int argc, char** argv) {
 
   std::string inspect_dir;
   bool inspect_json = false;
-  auto* inspect_cmd = app.add_subcommand("inspect", "validate a checkpoint folder and summarize it");
+  auto* inspect_cmd =
+      app.add_subcommand("inspect", "validate a checkpoint folder and summarize it");
   inspect_cmd->add_option("DIR", inspect_dir, "checkpoint folder")->required();
   inspect_cmd->add_flag("--json", inspect_json, "print one JSON object");
 
@@ -44,10 +47,12 @@ int run(int argc, char** argv) {
   moeckpt::FromHfOptions fh;
   moeckpt::ConvertOptions convert;
   unsigned threads = 0;
-  auto* fh_cmd = app.add_subcommand("from-hf", "HF checkpoint -> native (grouped-expert) checkpoint");
+  auto* fh_cmd =
+      app.add_subcommand("from-hf", "HF checkpoint -> native (grouped-expert) checkpoint");
   fh_cmd->add_option("SRC", fh_src, "HF checkpoint folder")->required();
   fh_cmd->add_option("DST", fh_dst, "destination folder")->required();
-  fh_cmd->add_option("--ep-size", fh.ep_size, "expert-parallel world size")->check(CLI::PositiveNumber);
+  fh_cmd->add_option("--ep-size", fh.ep_size, "expert-parallel world size")
+      ->check(CLI::PositiveNumber);
   fh_cmd->add_option("--ep-rank", fh.ep_rank, "this rank: only its experts are read and written");
   fh_cmd->add_option("--compat", fh_compat, "automodel: reproduce NeMo Automodel bit for bit")
       ->check(CLI::IsMember({"none", "automodel"}));
@@ -59,7 +64,8 @@ int run(int argc, char** argv) {
   std::vector<std::string> th_paths;
   std::string th_quant = "block", th_compat = "none", th_exclude, th_prefix, th_config;
   moeckpt::ToHfOptions th;
-  auto* th_cmd = app.add_subcommand("to-hf", "native checkpoint (one folder, or every EP rank's) -> HF");
+  auto* th_cmd =
+      app.add_subcommand("to-hf", "native checkpoint (one folder, or every EP rank's) -> HF");
   th_cmd->add_option("SRC_AND_DST", th_paths, "native folder(s), then the destination folder")
       ->required()
       ->expected(2, -1);
@@ -68,18 +74,22 @@ int run(int argc, char** argv) {
   th_cmd->add_option("--compat", th_compat, "automodel: reproduce NeMo Automodel bit for bit")
       ->check(CLI::IsMember({"none", "automodel"}));
   th_cmd->add_option("--exclude", th_exclude, "drop HF keys matching this regex");
-  th_cmd->add_option("--prefix", th_prefix, "prefix of expert keys (default: the native key's own)");
+  th_cmd->add_option("--prefix", th_prefix,
+                     "prefix of expert keys (default: the native key's own)");
   th_cmd->add_option("--config", th_config, "config.json (default: the first folder's)");
   th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
   th_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
 
   std::string va, vb, vconfig;
   moeckpt::VerifyOptions vo;
-  auto* verify_cmd = app.add_subcommand("verify", "compare two checkpoints (HF or native) tensor by tensor");
+  auto* verify_cmd =
+      app.add_subcommand("verify", "compare two checkpoints (HF or native) tensor by tensor");
   verify_cmd->add_option("A", va, "first checkpoint folder")->required();
   verify_cmd->add_option("B", vb, "second checkpoint folder (the reference for rtol)")->required();
-  verify_cmd->add_option("--rtol", vo.rtol, "relative tolerance (default 0: exact)")->check(CLI::NonNegativeNumber);
-  verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (default 0: exact)")->check(CLI::NonNegativeNumber);
+  verify_cmd->add_option("--rtol", vo.rtol, "relative tolerance (default 0: exact)")
+      ->check(CLI::NonNegativeNumber);
+  verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (default 0: exact)")
+      ->check(CLI::NonNegativeNumber);
   verify_cmd->add_option("--config", vconfig, "config.json (default: A's, else B's)");
 
   try {
@@ -126,7 +136,8 @@ int run(int argc, char** argv) {
     std::optional<std::filesystem::path> cfg;
     if (th_cmd->count("--config")) cfg = th_config;
     auto t0 = std::chrono::steady_clock::now();
-    report("to-hf", th_paths.back(), moeckpt::to_hf_dirs(srcs, th_paths.back(), th, cfg, convert), t0);
+    report("to-hf", th_paths.back(), moeckpt::to_hf_dirs(srcs, th_paths.back(), th, cfg, convert),
+           t0);
     return 0;
   }
   if (verify_cmd->parsed()) {

@@ -44,11 +44,10 @@ nlohmann::json parse_strict_json(std::string_view text, const std::string& file,
     return json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true,
                        /*ignore_comments=*/false);
   } catch (const DuplicateKey& d) {
-    fail(file, "", std::string(what) + " has a duplicate key \"" + d.key + "\"",
-         "each key once");
+    fail(file, "", std::string(what) + " has a duplicate key \"" + d.key + "\"", "each key once");
   } catch (const TooDeep&) {
-    fail(file, "", std::string(what) + " is nested deeper than " + std::to_string(kMaxDepth) +
-                       " levels");
+    fail(file, "",
+         std::string(what) + " is nested deeper than " + std::to_string(kMaxDepth) + " levels");
   } catch (const json::exception& e) {
     fail(file, "", std::string(what) + " is not valid JSON: " + e.what());
   }

@@ -74,7 +74,9 @@ std::vector<uint8_t> float_bytes(const std::vector<float>& v) {
   return out;
 }
 
-float amax_finite(float a, float x) { return std::isfinite(x) ? std::max(a, std::fabs(x)) : a; }
+float amax_finite(float a, float x) {
+  return std::isfinite(x) ? std::max(a, std::fabs(x)) : a;
+}
 
 void check_finite(const MatrixView& v, const LoadedMatrix& m, const std::vector<float>& x) {
   for (size_t i = 0; i < x.size(); ++i)
@@ -82,8 +84,8 @@ void check_finite(const MatrixView& v, const LoadedMatrix& m, const std::vector<
       fail(v.src->file, v.src->name,
            (v.slot >= 0 ? "slot " + std::to_string(v.slot) + " " : std::string()) + "element [" +
                std::to_string(static_cast<int64_t>(i) / m.cols) + ", " +
-               std::to_string(static_cast<int64_t>(i) % m.cols) + "] of the weight to quantize is " +
-               std::to_string(x[i]),
+               std::to_string(static_cast<int64_t>(i) % m.cols) +
+               "] of the weight to quantize is " + std::to_string(x[i]),
            "finite values (block quantization; --quant cast reproduces torch's NaN codes)");
 }
 
@@ -95,7 +97,8 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
   }
   std::vector<float> x(static_cast<size_t>(m.rows * m.cols));
   const size_t esize = dtype_size(t.in.src->dtype);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
   const int64_t sc = ceil_div(m.cols, t.block_cols);
   std::vector<float> scales(static_cast<size_t>(t.scale_rows * sc), 1.0f);
   std::vector<uint8_t> codes(x.size());
@@ -140,13 +143,16 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
   }
   for (size_t p = 0; p < 3; ++p)
     scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kProj[p]) * sc), 0.0f);
-  auto owner_index = [](Projection o) { return o == Projection::kQ ? 0u : o == Projection::kK ? 1u : 2u; };
+  auto owner_index = [](Projection o) {
+    return o == Projection::kQ ? 0u : o == Projection::kK ? 1u : 2u;
+  };
   for (size_t p = 0; p < 3; ++p)
     for (int64_t r = 0; r < m[p].rows; ++r) {
       auto s = t.layout.scale_source(kProj[p], r);
       float* a = &scales[owner_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
       for (int64_t c = 0; c < m[p].cols; ++c)
-        a[c / t.block_cols] = amax_finite(a[c / t.block_cols], x[p][static_cast<size_t>(r * m[p].cols + c)]);
+        a[c / t.block_cols] =
+            amax_finite(a[c / t.block_cols], x[p][static_cast<size_t>(r * m[p].cols + c)]);
     }
   for (auto& v : scales)
     for (auto& s : v) s = numerics::block_scale_from_amax(s);
@@ -171,8 +177,10 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
 
 void execute(const Plan& plan, const TensorSource& source, TensorSink& sink,
              const ExecOptions& options) {
-  unsigned threads = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-  threads = std::min<unsigned>(threads, static_cast<unsigned>(std::max<size_t>(1, plan.tasks.size())));
+  unsigned threads =
+      options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  threads =
+      std::min<unsigned>(threads, static_cast<unsigned>(std::max<size_t>(1, plan.tasks.size())));
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
   std::exception_ptr error;

@@ -11,15 +11,19 @@ namespace moeckpt::exec {
 
 float element_to_float(Dtype dtype, const uint8_t* p) {
   switch (dtype) {
-    case Dtype::F8_E4M3: return numerics::fp8_e4m3fn_to_f32(p[0]);
-    case Dtype::BF16: return numerics::bf16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8));
-    case Dtype::F16: return numerics::f16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8));
+    case Dtype::F8_E4M3:
+      return numerics::fp8_e4m3fn_to_f32(p[0]);
+    case Dtype::BF16:
+      return numerics::bf16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8));
+    case Dtype::F16:
+      return numerics::f16_to_f32(static_cast<uint16_t>(p[0] | p[1] << 8));
     case Dtype::F32: {
       float f;
       std::memcpy(&f, p, 4);
       return f;
     }
-    default: return 0.0f;
+    default:
+      return 0.0f;
   }
 }
 
@@ -81,16 +85,20 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
     block_cols = s.block_cols;
     if (s.fused) {
       for (int i = 0; i < 3; ++i)
-        if (s.qkv[static_cast<size_t>(i)]) owners[static_cast<size_t>(i)] = load_scales(source, *s.qkv[static_cast<size_t>(i)], s.check_values);
+        if (s.qkv[static_cast<size_t>(i)])
+          owners[static_cast<size_t>(i)] =
+              load_scales(source, *s.qkv[static_cast<size_t>(i)], s.check_values);
       for (int64_t r = 0; r < rows; ++r) {
         auto src = s.fused->scale_source(s.projection, r);
         size_t o = src.owner == Projection::kQ ? 0 : src.owner == Projection::kK ? 1 : 2;
-        row_scale[static_cast<size_t>(r)] = &owners[o].values[static_cast<size_t>(src.scale_row * owners[o].cols)];
+        row_scale[static_cast<size_t>(r)] =
+            &owners[o].values[static_cast<size_t>(src.scale_row * owners[o].cols)];
       }
     } else {
       plain = load_scales(source, *s.plain, s.check_values);
       for (int64_t r = 0; r < rows; ++r)
-        row_scale[static_cast<size_t>(r)] = &plain.values[static_cast<size_t>((r / s.block_rows) * plain.cols)];
+        row_scale[static_cast<size_t>(r)] =
+            &plain.values[static_cast<size_t>((r / s.block_rows) * plain.cols)];
     }
   }
 

@@ -17,7 +17,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shape_str(const std::vector<uint64_t>& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+std::string shape_str(const std::vector<uint64_t>& s) {
+  return fmt::format("[{}]", fmt::join(s, ", "));
+}
 
 std::string human_bytes(uint64_t b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -48,7 +50,8 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
     config = MimoConfig::load(dir / "config.json");
     r.has_config = true;
     r.layers = config->num_hidden_layers;
-    for (auto k : config->layer_attention) (k == AttentionKind::kFull ? r.full_layers : r.swa_layers)++;
+    for (auto k : config->layer_attention)
+      (k == AttentionKind::kFull ? r.full_layers : r.swa_layers)++;
     r.moe_layers = config->moe_layer_count();
     r.dense_layers = r.layers - r.moe_layers;
     r.n_routed_experts = config->n_routed_experts;
@@ -58,7 +61,7 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
   const int64_t block_rows = config && config->block ? config->block->rows : 128;
   const int64_t block_cols = config && config->block ? config->block->cols : 128;
 
-  std::map<int64_t, std::set<int64_t>> experts;              // layer -> ids
+  std::map<int64_t, std::set<int64_t>> experts;             // layer -> ids
   std::map<std::pair<int64_t, int64_t>, int> expert_projs;  // (layer, id) -> bitmask
   std::set<int64_t> mtp_layers;
   std::map<std::string, InspectReport::Fp8Family> families;
@@ -82,21 +85,25 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
     }
     if (key.kind == TensorKind::kOther) {
       if (++unknown <= 20)
-        r.notes.push_back(fmt::format("{}: tensor '{}': not a MiMo-V2-Flash tensor name", file, name));
+        r.notes.push_back(
+            fmt::format("{}: tensor '{}': not a MiMo-V2-Flash tensor name", file, name));
     }
     if (key.kind == TensorKind::kExpertProj && key.layer && !key.mtp) {
       if (config && *key.expert >= config->n_routed_experts) {
-        r.problems.push_back(fmt::format("{}: tensor '{}': expert id {} is not below n_routed_experts = {}",
-                                         file, name, *key.expert, config->n_routed_experts));
+        r.problems.push_back(
+            fmt::format("{}: tensor '{}': expert id {} is not below n_routed_experts = {}", file,
+                        name, *key.expert, config->n_routed_experts));
       } else {
         experts[*key.layer].insert(*key.expert);
-        expert_projs[{*key.layer, *key.expert}] |=
-            key.projection == Projection::kGate ? 1 : key.projection == Projection::kUp ? 2 : 4;
+        expert_projs[{*key.layer, *key.expert}] |= key.projection == Projection::kGate ? 1
+                                                   : key.projection == Projection::kUp ? 2
+                                                                                       : 4;
       }
     }
     if (config && key.layer && !key.mtp && *key.layer >= config->num_hidden_layers)
-      r.problems.push_back(fmt::format("{}: tensor '{}': layer {} is not below num_hidden_layers = {}",
-                                       file, name, *key.layer, config->num_hidden_layers));
+      r.problems.push_back(
+          fmt::format("{}: tensor '{}': layer {} is not below num_hidden_layers = {}", file, name,
+                      *key.layer, config->num_hidden_layers));
     if (config) {
       if (auto want = expected_hf_shape(key, *config); want && *want != t.shape)
         r.problems.push_back(fmt::format("{}: tensor '{}': shape {} disagrees with config.json",
@@ -107,37 +114,42 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
     const auto* scale = ck.find(name + "_scale_inv");
     if (!scale) {
       if (t.dtype == Dtype::F8_E4M3 || t.dtype == Dtype::F8_E5M2)
-        r.problems.push_back(fmt::format("{}: tensor '{}': FP8 weight without a '_scale_inv' companion",
-                                         file, name));
+        r.problems.push_back(fmt::format(
+            "{}: tensor '{}': FP8 weight without a '_scale_inv' companion", file, name));
       continue;
     }
     const auto& s = *scale->info;
     if (t.shape.size() != 2 || s.shape.size() != 2) {
-      r.problems.push_back(fmt::format("{}: tensor '{}': weight {} with scale {} (both must be 2-D)",
-                                       file, name, shape_str(t.shape), shape_str(s.shape)));
+      r.problems.push_back(
+          fmt::format("{}: tensor '{}': weight {} with scale {} (both must be 2-D)", file, name,
+                      shape_str(t.shape), shape_str(s.shape)));
       continue;
     }
     std::string layout = "plain";
-    uint64_t need_rows = static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[0]), block_rows));
-    const uint64_t need_cols = static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[1]), block_cols));
+    uint64_t need_rows =
+        static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[0]), block_rows));
+    const uint64_t need_cols =
+        static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[1]), block_cols));
     if (config && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
       const auto& dims = attention_dims_of(key, *config);
-      const auto* k_scale = ck.find(key.prefix + (key.mtp ? "mtp." : "") + "layers." +
-                                    std::to_string(*key.layer) + ".self_attn.k_proj.weight_scale_inv");
+      const auto* k_scale =
+          ck.find(key.prefix + (key.mtp ? "mtp." : "") + "layers." + std::to_string(*key.layer) +
+                  ".self_attn.k_proj.weight_scale_inv");
       if (k_scale && k_scale->info->shape.size() == 2) {
-        auto fused = detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]), block_rows);
+        auto fused =
+            detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]), block_rows);
         if (fused) {
           layout = "fused_kv_t4";
           need_rows = static_cast<uint64_t>(fused->scale_rows(key.projection));
         }
         if (key.projection == Projection::kK)
-          r.attention.push_back({layer_label(key),
-                                 key.mtp ? "sliding_window"
-                                 : config->layer_attention[static_cast<size_t>(*key.layer)] ==
-                                         AttentionKind::kFull
-                                     ? "full"
-                                     : "sliding_window",
-                                 k_scale->info->shape, layout});
+          r.attention.push_back(
+              {layer_label(key),
+               key.mtp ? "sliding_window"
+               : config->layer_attention[static_cast<size_t>(*key.layer)] == AttentionKind::kFull
+                   ? "full"
+                   : "sliding_window",
+               k_scale->info->shape, layout});
       }
     }
     if (s.shape[0] < need_rows || s.shape[1] < need_cols)
@@ -146,8 +158,9 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
                                        shape_str(t.shape)) +
                            fmt::format(" (expected at least [{}, {}])", need_rows, need_cols));
     if (s.dtype != Dtype::F32 && s.dtype != Dtype::BF16 && s.dtype != Dtype::F16)
-      r.problems.push_back(fmt::format("{}: tensor '{}': scale dtype {} (expected F32, BF16 or F16)",
-                                       ck.file_of(*scale), name + "_scale_inv", dtype_name(s.dtype)));
+      r.problems.push_back(
+          fmt::format("{}: tensor '{}': scale dtype {} (expected F32, BF16 or F16)",
+                      ck.file_of(*scale), name + "_scale_inv", dtype_name(s.dtype)));
     std::string fam_name = key.kind == TensorKind::kExpertProj
                                ? "mlp.experts.*." + std::string(projection_name(key.projection))
                                : std::string(tensor_kind_name(key.kind)) +
@@ -169,17 +182,19 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
   r.mtp_layers = static_cast<int64_t>(mtp_layers.size());
   for (const auto& [layer, ids] : experts) {
     r.experts_per_layer[layer] = static_cast<int64_t>(ids.size());
-    if (config && (layer >= config->num_hidden_layers || !config->layer_is_moe[static_cast<size_t>(layer)]))
-      r.problems.push_back(fmt::format("layer {} has expert tensors but config.json says it is dense", layer));
+    if (config &&
+        (layer >= config->num_hidden_layers || !config->layer_is_moe[static_cast<size_t>(layer)]))
+      r.problems.push_back(
+          fmt::format("layer {} has expert tensors but config.json says it is dense", layer));
     else if (config && static_cast<int64_t>(ids.size()) != config->n_routed_experts)
       r.problems.push_back(fmt::format("layer {} has tensors for {} of its {} experts", layer,
                                        ids.size(), config->n_routed_experts));
   }
   for (const auto& [le, mask] : expert_projs)
     if (mask != 7)
-      r.problems.push_back(fmt::format(
-          "model.layers.{}.mlp.experts.{}: missing{}{}{}", le.first, le.second,
-          mask & 1 ? "" : " gate_proj", mask & 2 ? "" : " up_proj", mask & 4 ? "" : " down_proj"));
+      r.problems.push_back(fmt::format("model.layers.{}.mlp.experts.{}: missing{}{}{}", le.first,
+                                       le.second, mask & 1 ? "" : " gate_proj",
+                                       mask & 2 ? "" : " up_proj", mask & 4 ? "" : " down_proj"));
   return r;
 }
 
@@ -193,9 +208,12 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
   auto& dt = j["by_dtype"] = nlohmann::ordered_json::object();
   for (const auto& [name, d] : r.by_dtype) dt[name] = {{"tensors", d.tensors}, {"bytes", d.bytes}};
   if (r.has_config) {
-    j["layers"] = {{"total", r.layers},           {"full_attention", r.full_layers},
-                   {"sliding_window", r.swa_layers}, {"dense", r.dense_layers},
-                   {"moe", r.moe_layers},         {"mtp", r.mtp_layers}};
+    j["layers"] = {{"total", r.layers},
+                   {"full_attention", r.full_layers},
+                   {"sliding_window", r.swa_layers},
+                   {"dense", r.dense_layers},
+                   {"moe", r.moe_layers},
+                   {"mtp", r.mtp_layers}};
     j["n_routed_experts"] = r.n_routed_experts;
   } else {
     j["layers"] = {{"mtp", r.mtp_layers}};
@@ -204,12 +222,17 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
   for (const auto& [l, n] : r.experts_per_layer) epl[std::to_string(l)] = n;
   auto& fp8 = j["fp8"] = nlohmann::ordered_json::array();
   for (const auto& f : r.fp8)
-    fp8.push_back({{"family", f.family}, {"count", f.count}, {"shape", f.shape},
-                   {"scale_shape", f.scale_shape}, {"scale_dtype", f.scale_dtype},
+    fp8.push_back({{"family", f.family},
+                   {"count", f.count},
+                   {"shape", f.shape},
+                   {"scale_shape", f.scale_shape},
+                   {"scale_dtype", f.scale_dtype},
                    {"layout", f.layout}});
   auto& att = j["attention_scale_layouts"] = nlohmann::ordered_json::array();
   for (const auto& a : r.attention)
-    att.push_back({{"layer", a.layer}, {"kind", a.kind}, {"k_scale_shape", a.k_scale_shape},
+    att.push_back({{"layer", a.layer},
+                   {"kind", a.kind},
+                   {"k_scale_shape", a.k_scale_shape},
                    {"layout", a.layout}});
   j["problems"] = r.problems;
   j["notes"] = r.notes;
@@ -221,12 +244,14 @@ std::string to_text(const InspectReport& r) {
   auto line = [&](std::string s) { out += s + "\n"; };
   line(fmt::format("checkpoint {}: {} shard{}{}", r.dir, r.shards, r.shards == 1 ? "" : "s",
                    r.has_index ? " with index" : ""));
-  line(fmt::format("tensors: {}, {} ({} bytes)", r.tensors, human_bytes(r.total_bytes), r.total_bytes));
+  line(fmt::format("tensors: {}, {} ({} bytes)", r.tensors, human_bytes(r.total_bytes),
+                   r.total_bytes));
   for (const auto& [name, d] : r.by_dtype)
     line(fmt::format("  {:<8} {:>7} tensors  {:>12}", name, d.tensors, human_bytes(d.bytes)));
   if (r.has_config)
-    line(fmt::format("layers: {} ({} full attention, {} sliding window; {} dense, {} MoE), MTP layers: {}",
-                     r.layers, r.full_layers, r.swa_layers, r.dense_layers, r.moe_layers, r.mtp_layers));
+    line(fmt::format(
+        "layers: {} ({} full attention, {} sliding window; {} dense, {} MoE), MTP layers: {}",
+        r.layers, r.full_layers, r.swa_layers, r.dense_layers, r.moe_layers, r.mtp_layers));
   if (!r.experts_per_layer.empty()) {
     std::map<int64_t, std::vector<int64_t>> by_count;
     for (const auto& [l, n] : r.experts_per_layer) by_count[n].push_back(l);

@@ -13,14 +13,16 @@
 namespace moeckpt::io {
 namespace {
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string errno_text(int err) {
+  return std::strerror(err);
+}
 
 }  // namespace
 
 File File::open_read(const std::filesystem::path& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path.string(), "", "cannot open for reading: " + errno_text(errno));
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
     fail(path.string(), "", "not a regular file");
@@ -53,7 +55,7 @@ File::~File() {
 }
 
 uint64_t File::size() const {
-  struct stat st{};
+  struct stat st {};
   if (::fstat(fd_, &st) != 0) fail(path_, "", "cannot stat: " + errno_text(errno));
   return static_cast<uint64_t>(st.st_size);
 }
@@ -61,10 +63,12 @@ uint64_t File::size() const {
 void File::pread_exact(uint64_t offset, std::span<uint8_t> out) const {
   size_t done = 0;
   while (done < out.size()) {
-    ssize_t n = ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+    ssize_t n =
+        ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail(path_, "", "read error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
+      fail(path_, "",
+           "read error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
     }
     if (n == 0)
       fail(path_, "",
@@ -82,7 +86,8 @@ void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
         ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail(path_, "", "write error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
+      fail(path_, "",
+           "write error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
     }
     done += static_cast<size_t>(n);
   }
@@ -92,7 +97,8 @@ void File::preallocate(uint64_t size) const {
   if (size == 0) return;
   int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));
   // Not every file system supports it (EOPNOTSUPP/EINVAL): then blocks are allocated on write.
-  if (rc == ENOSPC) fail(path_, "", "no space left on device for " + std::to_string(size) + " bytes");
+  if (rc == ENOSPC)
+    fail(path_, "", "no space left on device for " + std::to_string(size) + " bytes");
   if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) fail(path_, "", "fallocate: " + errno_text(rc));
 }
 

@@ -27,7 +27,8 @@ class File {
 
   void pread_exact(uint64_t offset, std::span<uint8_t> out) const;
   void pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const;
-  // Reserves the blocks up front where the file system supports it (ENOSPC early, less fragmentation).
+  // Reserves the blocks up front where the file system supports it (ENOSPC early, less
+  // fragmentation).
   void preallocate(uint64_t size) const;
   void truncate(uint64_t size) const;
   void sync() const;

@@ -33,10 +33,10 @@ class FieldReader {
     if (!v->is_array())
       fail(file_, "", std::string("config field \"") + key + "\" is not a list", "a list of ints");
     if (v->size() != length)
-      fail(file_, "",
-           std::string("config field \"") + key + "\" has " + std::to_string(v->size()) +
-               " entries",
-           std::to_string(length) + " (num_hidden_layers)");
+      fail(
+          file_, "",
+          std::string("config field \"") + key + "\" has " + std::to_string(v->size()) + " entries",
+          std::to_string(length) + " (num_hidden_layers)");
     std::vector<int64_t> out;
     for (const auto& x : *v) {
       if (!x.is_number_integer() || (x.get<int64_t>() != 0 && x.get<int64_t>() != 1))

@@ -22,11 +22,16 @@ std::optional<std::vector<uint64_t>> expected_hf_shape(const TensorKey& k, const
       return Shape{D};
     case TensorKind::kAttentionProj:
       switch (k.projection) {
-        case Projection::kQ: return Shape{u(a.q_rows()), D};
-        case Projection::kK: return Shape{u(a.k_rows()), D};
-        case Projection::kV: return Shape{u(a.v_rows()), D};
-        case Projection::kO: return Shape{D, u(a.o_cols())};
-        default: return std::nullopt;
+        case Projection::kQ:
+          return Shape{u(a.q_rows()), D};
+        case Projection::kK:
+          return Shape{u(a.k_rows()), D};
+        case Projection::kV:
+          return Shape{u(a.v_rows()), D};
+        case Projection::kO:
+          return Shape{D, u(a.o_cols())};
+        default:
+          return std::nullopt;
       }
     case TensorKind::kAttentionSink:
       return Shape{u(a.num_heads)};

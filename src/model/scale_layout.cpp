@@ -2,9 +2,8 @@
 
 namespace moeckpt {
 
-std::optional<FusedQkvLayout> FusedQkvLayout::make(int64_t q_rows, int64_t k_rows,
-                                                   int64_t v_rows, int64_t block_rows,
-                                                   int64_t tp) {
+std::optional<FusedQkvLayout> FusedQkvLayout::make(int64_t q_rows, int64_t k_rows, int64_t v_rows,
+                                                   int64_t block_rows, int64_t tp) {
   if (tp <= 0 || block_rows <= 0 || q_rows <= 0 || k_rows <= 0 || v_rows <= 0) return std::nullopt;
   if (q_rows % tp || k_rows % tp || v_rows % tp) return std::nullopt;
   FusedQkvLayout l;
@@ -24,7 +23,9 @@ int64_t FusedQkvLayout::shard_offset(Projection p) const noexcept {
   return p == Projection::kQ ? 0 : p == Projection::kK ? q_ : q_ + k_;
 }
 
-int64_t FusedQkvLayout::rows(Projection p) const noexcept { return per_shard(p) * tp_; }
+int64_t FusedQkvLayout::rows(Projection p) const noexcept {
+  return per_shard(p) * tp_;
+}
 
 int64_t FusedQkvLayout::scale_rows(Projection p) const noexcept {
   // Blocks whose first row falls inside p's part of a shard, times the shard count.
@@ -37,7 +38,7 @@ FusedQkvLayout::ScaleSource FusedQkvLayout::scale_source(Projection p, int64_t r
   const int64_t pos = shard_offset(p) + row % per_shard(p);
   const int64_t block = pos / block_;
   const int64_t first_row = block * block_;
-  Projection owner = first_row < q_ ? Projection::kQ
+  Projection owner = first_row < q_        ? Projection::kQ
                      : first_row < q_ + k_ ? Projection::kK
                                            : Projection::kV;
   const int64_t owner_lo = shard_offset(owner);

@@ -7,7 +7,9 @@ namespace {
 
 constexpr std::string_view kScaleSuffix = "_scale_inv";
 
-bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
+bool starts_with(std::string_view s, std::string_view p) {
+  return s.substr(0, p.size()) == p;
+}
 bool ends_with(std::string_view s, std::string_view p) {
   return s.size() >= p.size() && s.substr(s.size() - p.size()) == p;
 }
@@ -38,9 +40,12 @@ std::optional<Projection> proj_of(std::string_view s) {
 
 // Classifies what follows "layers.<L>.".
 void classify_layer_rest(std::string_view rest, TensorKey& k) {
-  static constexpr std::string_view kNorms[] = {
-      "input_layernorm.weight", "post_attention_layernorm.weight", "pre_mlp_layernorm.weight",
-      "enorm.weight",           "hnorm.weight",                    "final_layernorm.weight"};
+  static constexpr std::string_view kNorms[] = {"input_layernorm.weight",
+                                                "post_attention_layernorm.weight",
+                                                "pre_mlp_layernorm.weight",
+                                                "enorm.weight",
+                                                "hnorm.weight",
+                                                "final_layernorm.weight"};
   for (auto n : kNorms)
     if (rest == n) {
       k.kind = TensorKind::kNorm;
@@ -137,8 +142,7 @@ TensorKey classify_tensor_name(std::string_view name) {
   }
   if (w == "lm_head.weight") {
     k.kind = TensorKind::kLmHead;
-  } else if (ends_with(w, "embed_tokens.weight") &&
-             (w.size() == 19 || w[w.size() - 20] == '.')) {
+  } else if (ends_with(w, "embed_tokens.weight") && (w.size() == 19 || w[w.size() - 20] == '.')) {
     k.kind = TensorKind::kEmbedding;
     k.prefix = std::string(w.substr(0, w.size() - 19));
   } else if (ends_with(w, "norm.weight") && (w.size() == 11 || w[w.size() - 12] == '.')) {
@@ -150,34 +154,56 @@ TensorKey classify_tensor_name(std::string_view name) {
 
 std::string_view tensor_kind_name(TensorKind kind) noexcept {
   switch (kind) {
-    case TensorKind::kEmbedding: return "embedding";
-    case TensorKind::kLmHead: return "lm_head";
-    case TensorKind::kFinalNorm: return "final_norm";
-    case TensorKind::kNorm: return "norm";
-    case TensorKind::kAttentionProj: return "attention_proj";
-    case TensorKind::kAttentionSink: return "attention_sink";
-    case TensorKind::kDenseMlpProj: return "dense_mlp_proj";
-    case TensorKind::kRouter: return "router";
-    case TensorKind::kRouterBias: return "router_bias";
-    case TensorKind::kExpertProj: return "expert_proj";
-    case TensorKind::kGroupedExperts: return "grouped_experts";
-    case TensorKind::kMtpEhProj: return "mtp_eh_proj";
-    case TensorKind::kOther: return "other";
+    case TensorKind::kEmbedding:
+      return "embedding";
+    case TensorKind::kLmHead:
+      return "lm_head";
+    case TensorKind::kFinalNorm:
+      return "final_norm";
+    case TensorKind::kNorm:
+      return "norm";
+    case TensorKind::kAttentionProj:
+      return "attention_proj";
+    case TensorKind::kAttentionSink:
+      return "attention_sink";
+    case TensorKind::kDenseMlpProj:
+      return "dense_mlp_proj";
+    case TensorKind::kRouter:
+      return "router";
+    case TensorKind::kRouterBias:
+      return "router_bias";
+    case TensorKind::kExpertProj:
+      return "expert_proj";
+    case TensorKind::kGroupedExperts:
+      return "grouped_experts";
+    case TensorKind::kMtpEhProj:
+      return "mtp_eh_proj";
+    case TensorKind::kOther:
+      return "other";
   }
   return "other";
 }
 
 std::string_view projection_name(Projection p) noexcept {
   switch (p) {
-    case Projection::kNone: return "";
-    case Projection::kQ: return "q_proj";
-    case Projection::kK: return "k_proj";
-    case Projection::kV: return "v_proj";
-    case Projection::kO: return "o_proj";
-    case Projection::kGate: return "gate_proj";
-    case Projection::kUp: return "up_proj";
-    case Projection::kDown: return "down_proj";
-    case Projection::kGateAndUp: return "gate_and_up_projs";
+    case Projection::kNone:
+      return "";
+    case Projection::kQ:
+      return "q_proj";
+    case Projection::kK:
+      return "k_proj";
+    case Projection::kV:
+      return "v_proj";
+    case Projection::kO:
+      return "o_proj";
+    case Projection::kGate:
+      return "gate_proj";
+    case Projection::kUp:
+      return "up_proj";
+    case Projection::kDown:
+      return "down_proj";
+    case Projection::kGateAndUp:
+      return "gate_and_up_projs";
   }
   return "";
 }

@@ -25,7 +25,8 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   Checkpoint ck;
   ck.dir_ = dir;
   std::error_code ec;
-  if (!fs::is_directory(dir, ec)) fail(dir.string(), "", "not a checkpoint folder (no such directory)");
+  if (!fs::is_directory(dir, ec))
+    fail(dir.string(), "", "not a checkpoint folder (no such directory)");
 
   const fs::path index_path = dir / kIndexFileName;
   const std::string index_name = index_path.string();
@@ -33,8 +34,8 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   std::map<std::string, std::vector<std::string>> expected;
   if (fs::exists(index_path, ec)) {
     ck.has_index_ = true;
-    auto doc = parse_strict_json(io::read_small_file(index_path, kMaxIndexBytes), index_name,
-                                 "index");
+    auto doc =
+        parse_strict_json(io::read_small_file(index_path, kMaxIndexBytes), index_name, "index");
     if (!doc.is_object()) fail(index_name, "", "index is not a JSON object");
     auto wm = doc.find("weight_map");
     if (wm == doc.end() || !wm->is_object())
@@ -56,9 +57,9 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
         // Some writers emit total_size as a float; accept it when it is a whole number.
         if (ts->is_number_unsigned()) {
           total_size = ts->get<uint64_t>();
-        } else if (ts->is_number_float() && ts->get<double>() >= 0 &&
-                   ts->get<double>() < 1.8e19 &&
-                   ts->get<double>() == static_cast<double>(static_cast<uint64_t>(ts->get<double>()))) {
+        } else if (ts->is_number_float() && ts->get<double>() >= 0 && ts->get<double>() < 1.8e19 &&
+                   ts->get<double>() ==
+                       static_cast<double>(static_cast<uint64_t>(ts->get<double>()))) {
           total_size = static_cast<uint64_t>(ts->get<double>());
         } else {
           fail(index_name, "", "metadata.total_size " + ts->dump() + " is not a byte count");
@@ -95,9 +96,9 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   } else {
     const fs::path single = dir / kSingleFileName;
     if (!fs::exists(single, ec))
-      fail(dir.string(), "",
-           std::string("no checkpoint here: neither ") + kIndexFileName + " nor " +
-               kSingleFileName);
+      fail(
+          dir.string(), "",
+          std::string("no checkpoint here: neither ") + kIndexFileName + " nor " + kSingleFileName);
     ck.shards_.push_back(SafetensorsFile::open(single));
     for (const auto& t : ck.shards_[0].header().tensors()) {
       ck.entries_.emplace(t.name, Entry{&t, 0});

@@ -33,8 +33,8 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<Tensor
   }
   if (groups.empty()) groups.emplace_back();
   for (size_t s = 0; s < groups.size(); ++s) {
-    auto name = groups.size() == 1 ? std::string(kSingleFileName)
-                                   : shard_file_name(s, groups.size());
+    auto name =
+        groups.size() == 1 ? std::string(kSingleFileName) : shard_file_name(s, groups.size());
     shards_.push_back(
         std::make_unique<ShardWriter>(dir_ / name, std::move(groups[s]), options.metadata));
   }

@@ -29,7 +29,9 @@ bool as_u64(const json& v, uint64_t& out) {
   return false;
 }
 
-bool checked_mul(uint64_t a, uint64_t b, uint64_t& out) { return !__builtin_mul_overflow(a, b, &out); }
+bool checked_mul(uint64_t a, uint64_t b, uint64_t& out) {
+  return !__builtin_mul_overflow(a, b, &out);
+}
 
 TensorInfo parse_tensor_info(const std::string& name, const json& v, const std::string& file) {
   if (!v.is_object())
@@ -137,8 +139,7 @@ Header Header::parse(std::span<const uint8_t> text, uint64_t data_size, const st
     uint64_t bits = 0;
     if (!checked_mul(numel, dtype_bits(t.dtype), bits))
       fail(file, t.name, "byte size of shape x dtype overflows 64 bits");
-    if (bits % 8 != 0)
-      fail(file, t.name, "sub-byte dtype does not fill a whole number of bytes");
+    if (bits % 8 != 0) fail(file, t.name, "sub-byte dtype does not fill a whole number of bytes");
     if (bits / 8 != t.nbytes())
       fail(file, t.name,
            "data_offsets cover " + std::to_string(t.nbytes()) + " bytes but " +
@@ -148,7 +149,8 @@ Header Header::parse(std::span<const uint8_t> text, uint64_t data_size, const st
   if (cursor != data_size)
     fail(file, "",
          "tensors cover " + std::to_string(cursor) + " bytes of a data area of " +
-             std::to_string(data_size) + (cursor < data_size ? " (trailing bytes)" : " (truncated)"),
+             std::to_string(data_size) +
+             (cursor < data_size ? " (trailing bytes)" : " (truncated)"),
          "the last tensor to end exactly at the end of the file");
 
   for (size_t i = 0; i < h.tensors_.size(); ++i) {

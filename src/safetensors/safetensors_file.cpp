@@ -25,10 +25,15 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   return SafetensorsFile(std::move(file), std::move(header));
 }
 
-const std::string& SafetensorsFile::path() const noexcept { return file_->path(); }
-int SafetensorsFile::fd() const noexcept { return file_->fd(); }
+const std::string& SafetensorsFile::path() const noexcept {
+  return file_->path();
+}
+int SafetensorsFile::fd() const noexcept {
+  return file_->fd();
+}
 
-void SafetensorsFile::read(const TensorInfo& tensor, uint64_t offset, std::span<uint8_t> out) const {
+void SafetensorsFile::read(const TensorInfo& tensor, uint64_t offset,
+                           std::span<uint8_t> out) const {
   if (offset > tensor.nbytes() || out.size() > tensor.nbytes() - offset)
     fail(path(), tensor.name,
          "read of " + std::to_string(out.size()) + " bytes at " + std::to_string(offset) +

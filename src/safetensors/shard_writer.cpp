@@ -99,7 +99,8 @@ void ShardWriter::commit() {
   file_->close();
   std::error_code ec;
   std::filesystem::rename(temp_path_, final_path_, ec);
-  if (ec) fail(final_path_.string(), "", "cannot rename temporary file into place: " + ec.message());
+  if (ec)
+    fail(final_path_.string(), "", "cannot rename temporary file into place: " + ec.message());
   committed_ = true;
   io::sync_directory(final_path_.parent_path().empty() ? "." : final_path_.parent_path());
 }

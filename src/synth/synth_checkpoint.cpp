@@ -153,7 +153,8 @@ Layout plan_layout(const MimoConfig& c, int64_t mtp_layers) {
             V::kWeight);
   auto layer = [&](const std::string& p, const AttentionDims& a, bool moe, bool mtp) {
     if (mtp) {
-      for (auto n : {"enorm.weight", "hnorm.weight"}) add_plain(l, p + n, Dtype::BF16, {D}, V::kNorm);
+      for (auto n : {"enorm.weight", "hnorm.weight"})
+        add_plain(l, p + n, Dtype::BF16, {D}, V::kNorm);
       add_plain(l, p + "eh_proj.weight", Dtype::BF16, {D, 2 * D}, V::kWeight);
     }
     add_plain(l, p + "input_layernorm.weight", Dtype::BF16, {D}, V::kNorm);
@@ -181,8 +182,7 @@ Layout plan_layout(const MimoConfig& c, int64_t mtp_layers) {
   for (int64_t m = 0; m < mtp_layers; ++m)
     layer("model.mtp.layers." + std::to_string(m) + ".", c.swa, false, true);
   add_plain(l, "model.norm.weight", Dtype::BF16, {D}, V::kNorm);
-  add_plain(l, "lm_head.weight", Dtype::BF16, {static_cast<uint64_t>(c.vocab_size), D},
-            V::kWeight);
+  add_plain(l, "lm_head.weight", Dtype::BF16, {static_cast<uint64_t>(c.vocab_size), D}, V::kWeight);
   return l;
 }
 
@@ -370,7 +370,8 @@ json synth_config(const SynthOptions& o) {
   if (o.experts) {
     check("experts", *o.experts, 1, 4096);
     c["n_routed_experts"] = *o.experts;
-    c["num_experts_per_tok"] = std::min<int64_t>(c["num_experts_per_tok"].get<int64_t>(), *o.experts);
+    c["num_experts_per_tok"] =
+        std::min<int64_t>(c["num_experts_per_tok"].get<int64_t>(), *o.experts);
   }
   if (o.vocab) {
     check("vocab", *o.vocab, 1, int64_t{1} << 22);

@@ -30,7 +30,8 @@ struct LogicalTensor {
 
 std::string family_of(const std::string& key) {
   auto k = classify_tensor_name(key);
-  if (k.kind == TensorKind::kExpertProj) return "experts." + std::string(projection_name(k.projection));
+  if (k.kind == TensorKind::kExpertProj)
+    return "experts." + std::string(projection_name(k.projection));
   std::string f(tensor_kind_name(k.kind));
   if (k.projection != Projection::kNone) f += "." + std::string(projection_name(k.projection));
   return (k.mtp ? "mtp." : "") + f;
@@ -100,8 +101,10 @@ class LogicalView {
           }
         }
     }
-    if (ref.plain && (static_cast<int64_t>(s.shape[0]) < ceil_div(static_cast<int64_t>(w.shape[0]), block.rows) ||
-                      static_cast<int64_t>(s.shape[1]) < ceil_div(static_cast<int64_t>(w.shape[1]), block.cols)))
+    if (ref.plain &&
+        (static_cast<int64_t>(s.shape[0]) <
+             ceil_div(static_cast<int64_t>(w.shape[0]), block.rows) ||
+         static_cast<int64_t>(s.shape[1]) < ceil_div(static_cast<int64_t>(w.shape[1]), block.cols)))
       fail(s.file, s.name, "scale too small for its weight");
     in.scale = ref;
     return in;
@@ -112,7 +115,8 @@ class LogicalView {
     const bool gate_up = key.projection == Projection::kGateAndUp;
     const auto n = static_cast<int64_t>(t.shape[0]);
     for (int64_t s = 0; s < n; ++s) {
-      const std::string base = fmt::format("{}layers.{}.mlp.experts.{}.", key.prefix, *key.layer, start + s);
+      const std::string base =
+          fmt::format("{}layers.{}.mlp.experts.{}.", key.prefix, *key.layer, start + s);
       auto add = [&](const std::string& name, int64_t col0, int64_t cols) {
         LogicalTensor lt;
         lt.shape = {static_cast<uint64_t>(cols), t.shape[1]};
@@ -150,7 +154,9 @@ bool VerifyReport::ok() const {
 
 VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const VerifyOptions& o) {
   std::error_code ec;
-  fs::path cfg = o.config ? *o.config : fs::exists(a / "config.json", ec) ? a / "config.json" : b / "config.json";
+  fs::path cfg = o.config                            ? *o.config
+                 : fs::exists(a / "config.json", ec) ? a / "config.json"
+                                                     : b / "config.json";
   MimoConfig config = MimoConfig::load(cfg);
   LogicalView va(a, config), vb(b, config);
   VerifyReport r;
@@ -217,16 +223,17 @@ VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const Veri
 
 std::string to_text(const VerifyReport& r, const VerifyOptions& o) {
   std::string out = fmt::format("{:<30} {:>7} {:>12} {:>12} {:>11} {:>11} {:>9}  {}\n", "family",
-                                "tensors", "elements", "bit-equal", "max abs", "max rel",
-                                "failing", "fp8 codes equal / one step");
+                                "tensors", "elements", "bit-equal", "max abs", "max rel", "failing",
+                                "fp8 codes equal / one step");
   uint64_t el = 0, eq = 0, bad = 0;
   for (const auto& [name, f] : r.families) {
     std::string fp8 = f.fp8_elements
                           ? fmt::format("{:.4f}% / {:.4f}%", 100.0 * f.fp8_equal / f.fp8_elements,
                                         100.0 * f.fp8_one_step / f.fp8_elements)
                           : "-";
-    out += fmt::format("{:<30} {:>7} {:>12} {:>12} {:>11.4g} {:>11.4g} {:>9}  {}\n", name, f.tensors,
-                       f.elements, f.bitwise_equal, f.max_abs, f.max_rel, f.beyond_tolerance, fp8);
+    out +=
+        fmt::format("{:<30} {:>7} {:>12} {:>12} {:>11.4g} {:>11.4g} {:>9}  {}\n", name, f.tensors,
+                    f.elements, f.bitwise_equal, f.max_abs, f.max_rel, f.beyond_tolerance, fp8);
     el += f.elements;
     eq += f.bitwise_equal;
     bad += f.beyond_tolerance;
@@ -234,8 +241,8 @@ std::string to_text(const VerifyReport& r, const VerifyOptions& o) {
   for (const auto& n : r.only_in_a) out += "only in A: " + n + "\n";
   for (const auto& n : r.only_in_b) out += "only in B: " + n + "\n";
   for (const auto& n : r.shape_mismatch) out += "shape differs: " + n + "\n";
-  out += fmt::format("total: {} elements, {} bitwise equal, {} beyond rtol={} atol={}; {}\n", el, eq,
-                     bad, o.rtol, o.atol, r.ok() ? "OK" : "MISMATCH");
+  out += fmt::format("total: {} elements, {} bitwise equal, {} beyond rtol={} atol={}; {}\n", el,
+                     eq, bad, o.rtol, o.atol, r.ok() ? "OK" : "MISMATCH");
   return out;
 }
 

@@ -94,8 +94,10 @@ TEST(FromHf, FusedKvLayoutIsDequantizedWithThePublishedScaleRows) {
   f.qs.assign(12 * 2, 0.01f);
   f.ks.resize(8 * 2);
   f.vs.resize(4 * 2);
-  for (size_t i = 0; i < f.ks.size(); ++i) f.ks[i] = 2.0f + 0.25f * static_cast<float>(i);      // K: large
-  for (size_t i = 0; i < f.vs.size(); ++i) f.vs[i] = 0.001f * static_cast<float>(i + 1);        // V: small
+  for (size_t i = 0; i < f.ks.size(); ++i)
+    f.ks[i] = 2.0f + 0.25f * static_cast<float>(i);  // K: large
+  for (size_t i = 0; i < f.vs.size(); ++i)
+    f.vs[i] = 0.001f * static_cast<float>(i + 1);  // V: small
 
   auto fused = f.run(Compat::kNone);
   auto plain = f.run(Compat::kAutomodel);
@@ -117,7 +119,8 @@ TEST(FromHf, FusedKvLayoutIsDequantizedWithThePublishedScaleRows) {
     for (int c = 0; c < 256; ++c) {
       const size_t i = static_cast<size_t>(g * 256 + c);
       const int h = g / 192, j = g % 192;
-      ASSERT_EQ(bf16_at(kf, i), expect(f.k[i], f.ks[static_cast<size_t>((2 * h + j / 128) * 2 + c / 128)]))
+      ASSERT_EQ(bf16_at(kf, i),
+                expect(f.k[i], f.ks[static_cast<size_t>((2 * h + j / 128) * 2 + c / 128)]))
           << "k row " << g;
       ASSERT_EQ(bf16_at(kp, i), expect(f.k[i], f.ks[static_cast<size_t>((g / 128) * 2 + c / 128)]))
           << "k row " << g;
@@ -194,7 +197,8 @@ TEST_F(TinyCheckpoint, EpRanksReassembleToTheFullConversion) {
     auto whole = full.read_all(*full.find("model.layers.1.mlp.experts.gate_and_up_projs"));
     auto part = ck.read_all(*gu);
     const size_t slot = 256 * 256 * 2;
-    EXPECT_TRUE(std::equal(part.begin(), part.end(), whole.begin() + static_cast<long>(r * 3 * slot)));
+    EXPECT_TRUE(
+        std::equal(part.begin(), part.end(), whole.begin() + static_cast<long>(r * 3 * slot)));
   }
   to_hf_dirs(ranks, dir_ / "from_ranks", {}, std::nullopt);
   to_hf_dirs({dir_ / "ep1"}, dir_ / "from_ep1", {}, std::nullopt);
@@ -234,7 +238,8 @@ TEST_F(TinyCheckpoint, ExcludeRegexDefaultSearchesCompatAnchors) {
   EXPECT_NE(a.find("model.layers.1.mlp.experts.4.up_proj.weight"), nullptr);
   o.compat = Compat::kAutomodel;  // re.match: anchored at the start -> excludes nothing here
   to_hf_dirs({dir_ / "native"}, dir_ / "b", o, std::nullopt);
-  EXPECT_NE(Checkpoint::open(dir_ / "b").find("model.layers.1.mlp.experts.2.up_proj.weight"), nullptr);
+  EXPECT_NE(Checkpoint::open(dir_ / "b").find("model.layers.1.mlp.experts.2.up_proj.weight"),
+            nullptr);
   o.exclude_regex = "model\\.layers\\.1\\.";
   to_hf_dirs({dir_ / "native"}, dir_ / "c", o, std::nullopt);
   auto c = Checkpoint::open(dir_ / "c");
@@ -270,7 +275,8 @@ TEST_F(TinyCheckpoint, ConvertSingleTensorSplitsExpertsInOrder) {
     for (int d : {0, 17, 255}) {
       const size_t i = slot0 + static_cast<size_t>(d * 256 + j) * 2;
       float x = numerics::bf16_to_f32(static_cast<uint16_t>(bytes[i] | bytes[i + 1] << 8));
-      EXPECT_EQ(out[0].bytes[static_cast<size_t>(j * 256 + d)], numerics::f32_to_fp8_e4m3fn_torch(x));
+      EXPECT_EQ(out[0].bytes[static_cast<size_t>(j * 256 + d)],
+                numerics::f32_to_fp8_e4m3fn_torch(x));
     }
 }
 
@@ -356,7 +362,8 @@ TEST_F(Refusals, BadScaleValuesAndNanCodes) {
   auto scale = ck.read_all(*ck.find(w + "_scale_inv"));
   float zero = 0.0f;
   std::memcpy(scale.data() + 4, &zero, 4);
-  auto src = variant("zero_scale", {w + "_scale_inv"}, {{{w + "_scale_inv", Dtype::F32, {4, 2}}, scale}});
+  auto src =
+      variant("zero_scale", {w + "_scale_inv"}, {{{w + "_scale_inv", Dtype::F32, {4, 2}}, scale}});
   expect_refused(src, {}, "scale entry [0, 1] is 0");
   auto codes = ck.read_all(*ck.find(w));
   codes[3] = 0xFF;

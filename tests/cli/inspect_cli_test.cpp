@@ -114,7 +114,9 @@ TEST(InspectCli, ReportsSemanticProblems) {
   const std::string e0 = "model.layers.1.mlp.experts.0.";
   const Case cases[] = {
       {"fp8_without_scale",
-       [&](SemanticCase& c) { c.add(e0 + "gate_proj.weight", Dtype::F8_E4M3, {128, 256}); },
+       [&](SemanticCase& c) {
+         c.add(e0 + "gate_proj.weight", Dtype::F8_E4M3, {128, 256});
+       },
        "FP8 weight without a '_scale_inv' companion"},
       {"scale_too_small",
        [&](SemanticCase& c) {
@@ -123,7 +125,9 @@ TEST(InspectCli, ReportsSemanticProblems) {
        },
        "is too small"},
       {"orphan_scale",
-       [&](SemanticCase& c) { c.add(e0 + "up_proj.weight_scale_inv", Dtype::F32, {1, 2}); },
+       [&](SemanticCase& c) {
+         c.add(e0 + "up_proj.weight_scale_inv", Dtype::F32, {1, 2});
+       },
        "scale without its weight"},
       {"scale_not_2d",
        [&](SemanticCase& c) {
@@ -138,10 +142,14 @@ TEST(InspectCli, ReportsSemanticProblems) {
        },
        "missing down_proj"},
       {"shape_disagrees_with_config",
-       [&](SemanticCase& c) { c.add("model.layers.1.self_attn.o_proj.weight", Dtype::BF16, {256, 512}); },
+       [&](SemanticCase& c) {
+         c.add("model.layers.1.self_attn.o_proj.weight", Dtype::BF16, {256, 512});
+       },
        "disagrees with config.json (expected [256, 1024])"},
       {"expert_id_out_of_range",
-       [&](SemanticCase& c) { c.add("model.layers.1.mlp.experts.8.up_proj.weight", Dtype::BF16, {128, 256}); },
+       [&](SemanticCase& c) {
+         c.add("model.layers.1.mlp.experts.8.up_proj.weight", Dtype::BF16, {128, 256});
+       },
        "expert id 8 is not below n_routed_experts = 8"},
   };
   for (const auto& c : cases) {

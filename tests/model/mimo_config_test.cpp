@@ -9,7 +9,9 @@ namespace {
 
 using nlohmann::json;
 
-json tiny() { return synth_config({}); }
+json tiny() {
+  return synth_config({});
+}
 
 TEST(MimoConfig, ParsesTheTinyConfig) {
   auto c = MimoConfig::parse(tiny(), "config.json");
@@ -56,8 +58,14 @@ TEST(MimoConfig, RefusesMissingAndInconsistentFields) {
       {[](json& c) { c["hidden_size"] = 25.5; }, "\"hidden_size\""},
       {[](json& c) { c["hidden_size"] = "256"; }, "\"hidden_size\""},
       {[](json& c) { c["hidden_size"] = int64_t{1} << 40; }, "at most"},
-      {[](json& c) { c["hybrid_layer_pattern"] = {0, 1, 1}; }, "has 3 entries"},
-      {[](json& c) { c["hybrid_layer_pattern"] = {0, 1, 2, 0}; }, "holds 2"},
+      {[](json& c) {
+         c["hybrid_layer_pattern"] = {0, 1, 1};
+       },
+       "has 3 entries"},
+      {[](json& c) {
+         c["hybrid_layer_pattern"] = {0, 1, 2, 0};
+       },
+       "holds 2"},
       {[](json& c) { c["moe_layer_freq"] = 1; }, "not a list"},
       {[](json& c) { c.erase("moe_layer_freq"); }, "no \"moe_layer_freq\""},
       {[](json& c) { c.erase("n_routed_experts"); }, "no \"n_routed_experts\""},
@@ -65,7 +73,9 @@ TEST(MimoConfig, RefusesMissingAndInconsistentFields) {
       {[](json& c) { c["num_key_value_heads"] = 3; }, "not a multiple"},
       {[](json& c) { c.erase("swa_v_head_dim"); }, "swa_v_head_dim"},
       {[](json& c) { c["quantization_config"]["weight_block_size"] = {128}; }, "weight_block_size"},
-      {[](json& c) { c["quantization_config"]["weight_block_size"] = {128, 0}; },
+      {[](json& c) {
+         c["quantization_config"]["weight_block_size"] = {128, 0};
+       },
        "weight_block_size"},
       {[](json& c) { c["quantization_config"] = 5; }, "quantization_config"},
       {[](json& c) { c["tie_word_embeddings"] = "no"; }, "tie_word_embeddings"},

@@ -13,12 +13,12 @@ using test::raw_safetensors;
 
 // Two shards: a.safetensors holds x (4 bytes), b.safetensors holds y (2 bytes).
 void make_two_shards(const fs::path& dir) {
-  test::write_bytes(dir / "a.safetensors",
-                    raw_safetensors(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
-                                    {1, 2, 3, 4}));
-  test::write_bytes(dir / "b.safetensors",
-                    raw_safetensors(R"({"y":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}})",
-                                    {5, 6}));
+  test::write_bytes(
+      dir / "a.safetensors",
+      raw_safetensors(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", {1, 2, 3, 4}));
+  test::write_bytes(
+      dir / "b.safetensors",
+      raw_safetensors(R"({"y":{"dtype":"BF16","shape":[1],"data_offsets":[0,2]}})", {5, 6}));
 }
 
 void expect_refused(const fs::path& dir, const std::string& fragment) {
@@ -33,8 +33,9 @@ void expect_refused(const fs::path& dir, const std::string& fragment) {
 TEST(Checkpoint, OpensIndexedShards) {
   test::TempDir dir;
   make_two_shards(dir.path());
-  test::write_text(dir / kIndexFileName,
-                   R"({"metadata":{"total_size":6},"weight_map":{"x":"a.safetensors","y":"b.safetensors"}})");
+  test::write_text(
+      dir / kIndexFileName,
+      R"({"metadata":{"total_size":6},"weight_map":{"x":"a.safetensors","y":"b.safetensors"}})");
   auto ck = Checkpoint::open(dir.path());
   EXPECT_TRUE(ck.has_index());
   EXPECT_EQ(ck.names(), (std::vector<std::string>{"x", "y"}));
@@ -86,8 +87,9 @@ TEST(Checkpoint, RefusesShardTensorMissingFromIndex) {
                     raw_safetensors(R"({"p":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
                                     R"("q":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}})",
                                     {7, 8}));
-  test::write_text(dir / kIndexFileName,
-                   R"({"weight_map":{"x":"a.safetensors","y":"b.safetensors","p":"c.safetensors"}})");
+  test::write_text(
+      dir / kIndexFileName,
+      R"({"weight_map":{"x":"a.safetensors","y":"b.safetensors","p":"c.safetensors"}})");
   expect_refused(dir.path(), "'q': tensor is in the shard but not in the index");
 }
 
@@ -95,8 +97,9 @@ TEST(Checkpoint, WrongShardPlacementIsNamed) {
   test::TempDir dir;
   make_two_shards(dir.path());
   // x is in a.safetensors, the index claims b: both files are opened, a's x is not expected.
-  test::write_text(dir / kIndexFileName,
-                   R"({"weight_map":{"x":"b.safetensors","y":"b.safetensors","w":"a.safetensors"}})");
+  test::write_text(
+      dir / kIndexFileName,
+      R"({"weight_map":{"x":"b.safetensors","y":"b.safetensors","w":"a.safetensors"}})");
   expect_refused(dir.path(), "lacks it");
 }
 

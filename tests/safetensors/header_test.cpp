@@ -31,7 +31,9 @@ void expect_refused(const std::string& header, const std::vector<uint8_t>& data,
   expect_refused(raw_safetensors(header, data), fragment);
 }
 
-std::vector<uint8_t> zeros(size_t n) { return std::vector<uint8_t>(n, 0); }
+std::vector<uint8_t> zeros(size_t n) {
+  return std::vector<uint8_t>(n, 0);
+}
 
 TEST(SafetensorsHeader, AcceptsEmptyPaddedHeader) {
   auto h = parse("{}      ");
@@ -67,10 +69,10 @@ TEST(SafetensorsHeader, AcceptsWhatTheReferenceAccepts) {
 
 TEST(SafetensorsHeader, KnowsEveryDtype) {
   const std::pair<const char*, unsigned> dtypes[] = {
-      {"BOOL", 8},    {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
-      {"I8", 8},      {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"I16", 16},
-      {"U16", 16},    {"F16", 16},    {"BF16", 16},   {"I32", 32},    {"U32", 32},
-      {"F32", 32},    {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64}};
+      {"BOOL", 8}, {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
+      {"I8", 8},   {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"I16", 16},
+      {"U16", 16}, {"F16", 16},    {"BF16", 16},   {"I32", 32},    {"U32", 32},
+      {"F32", 32}, {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64}};
   for (auto [name, bits] : dtypes) {
     uint64_t bytes = 8 * bits / 8;  // 8 elements
     auto h = parse(std::string("{\"t\":{\"dtype\":\"") + name +
@@ -81,7 +83,9 @@ TEST(SafetensorsHeader, KnowsEveryDtype) {
   }
 }
 
-TEST(SafetensorsHeader, RefusesShortFile) { expect_refused(std::vector<uint8_t>(7, 0), "too short"); }
+TEST(SafetensorsHeader, RefusesShortFile) {
+  expect_refused(std::vector<uint8_t>(7, 0), "too short");
+}
 
 TEST(SafetensorsHeader, RefusesHugeHeaderLength) {
   std::vector<uint8_t> b(16, 0);
@@ -179,17 +183,16 @@ TEST(SafetensorsHeader, RefusesOffsetsThatDoNotTileTheDataArea) {
 TEST(SafetensorsHeader, RefusesSizeMismatch) {
   expect_refused(R"({"t":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", zeros(12),
                  "needs 16");
-  expect_refused(R"({"t":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", zeros(2),
-                 "sub-byte");
+  expect_refused(R"({"t":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", zeros(2), "sub-byte");
 }
 
 TEST(SafetensorsHeader, RefusesSizeOverflowWithCheckedArithmetic) {
   // Element count overflows.
-  expect_refused(R"({"t":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})",
-                 {}, "overflows");
+  expect_refused(R"({"t":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", {},
+                 "overflows");
   // Count fits but count * 4 bytes wraps to exactly 0 mod 2^64.
-  expect_refused(R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})",
-                 {}, "overflows");
+  expect_refused(R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})", {},
+                 "overflows");
   // A zero dimension makes the product 0 even with huge others: valid, as in the reference.
   auto h = parse(R"({"t":{"dtype":"F32","shape":[0,18446744073709551615],"data_offsets":[0,0]}})");
   EXPECT_EQ(h.find("t")->nbytes(), 0u);

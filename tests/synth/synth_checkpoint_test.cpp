@@ -16,13 +16,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
-int64_t cd(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t cd(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // Tensor count and bytes straight from the recipe in MIMO_V2_FLASH.md ("A faithful tiny
 // checkpoint"), computed independently of the synthesizer.
 std::pair<uint64_t, uint64_t> recipe_totals(const nlohmann::json& c, int64_t n_mtp) {
   const int64_t D = c["hidden_size"], V = c["vocab_size"], I = c["intermediate_size"],
-                Ie = c["moe_intermediate_size"], E = c["n_routed_experts"], L = c["num_hidden_layers"];
+                Ie = c["moe_intermediate_size"], E = c["n_routed_experts"],
+                L = c["num_hidden_layers"];
   const int64_t B = 128, T = 4, C = cd(D, B);
   uint64_t count = 3, bytes = 2 * V * D * 2 + D * 2;
   auto attention = [&](int64_t nh, int64_t kv, int64_t hd, int64_t vd, bool sink) {
@@ -51,8 +54,8 @@ std::pair<uint64_t, uint64_t> recipe_totals(const nlohmann::json& c, int64_t n_m
       dense();
     } else {
       count += 2 + 6 * E;
-      bytes += E * D * 4 + E * 4 +
-               E * (3 * Ie * D + (2 * cd(Ie, B) * C + cd(D, B) * cd(Ie, B)) * 4);
+      bytes +=
+          E * D * 4 + E * 4 + E * (3 * Ie * D + (2 * cd(Ie, B) * C + cd(D, B) * cd(Ie, B)) * 4);
     }
   }
   for (int64_t m = 0; m < n_mtp; ++m) {
@@ -136,7 +139,8 @@ TEST(Synth, BlocksAreQuantizedWithRealAmaxScales) {
   for (int cb = 0; cb < 2; ++cb) {
     int max_mag = 0;
     for (int r = 0; r < 128; ++r)
-      for (int c = cb * 128; c < cb * 128 + 128; ++c) max_mag = std::max(max_mag, w[r * 256 + c] & 0x7F);
+      for (int c = cb * 128; c < cb * 128 + 128; ++c)
+        max_mag = std::max(max_mag, w[r * 256 + c] & 0x7F);
     EXPECT_EQ(max_mag, 0x7E);
   }
   // Full-attention layer 0: per shard h (kv head), K rows [192h, 192h+192) and V rows
@@ -148,7 +152,8 @@ TEST(Synth, BlocksAreQuantizedWithRealAmaxScales) {
       int max_k = 0, max_v_low = 0;
       for (int c = cb * 128; c < cb * 128 + 128; ++c) {
         for (int j = 128; j < 192; ++j) max_k = std::max(max_k, k[(192 * h + j) * 256 + c] & 0x7F);
-        for (int j = 0; j < 64; ++j) max_v_low = std::max(max_v_low, v[(128 * h + j) * 256 + c] & 0x7F);
+        for (int j = 0; j < 64; ++j)
+          max_v_low = std::max(max_v_low, v[(128 * h + j) * 256 + c] & 0x7F);
       }
       EXPECT_EQ(std::max(max_k, max_v_low), 0x7E) << "head " << h;
     }

@@ -1,0 +1,229 @@
+// Byte-for-byte parity with NeMo Automodel 0.7.0's MiMoV2FlashStateDictAdapter. The goldens
+// (tests/data/goldens/*.json, made by tools/make_all_goldens.sh with torch 2.11) hold the SHA-256
+// of every tensor the reference produced; the inputs are regenerated (tiny: `synth --seed 1`) or
+// committed (ragged) and checked against the digests the goldens were made from.
+#include <gtest/gtest.h>
+#include <openssl/evp.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/safetensors.hpp"
+#include "moeckpt/synth.hpp"
+#include "test_support.hpp"
+
+namespace moeckpt {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kData = MOECKPT_TEST_DATA_DIR;
+
+std::string sha256(std::span<const uint8_t> bytes) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  EVP_Digest(bytes.data(), bytes.size(), md, &n, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < n; ++i) out += {hex[md[i] >> 4], hex[md[i] & 15]};
+  return out;
+}
+
+json load_golden(const std::string& name) {
+  std::ifstream f(kData / "goldens" / (name + ".json"));
+  return json::parse(f);
+}
+
+// Every tensor of `actual` matches `expected` (name set, dtype, shape, digest).
+void expect_matches(
+    const std::map<std::string, std::tuple<Dtype, std::vector<uint64_t>, std::string>>& actual,
+    const json& expected, const std::string& what) {
+  SCOPED_TRACE(what);
+  std::set<std::string> names;
+  for (auto it = expected.begin(); it != expected.end(); ++it) {
+    names.insert(it.key());
+    auto a = actual.find(it.key());
+    if (a == actual.end()) {
+      ADD_FAILURE() << "missing output " << it.key();
+      continue;
+    }
+    const auto& [dtype, shape, digest] = a->second;
+    EXPECT_EQ(dtype_name(dtype), (*it)["dtype"].get<std::string>()) << it.key();
+    EXPECT_EQ(shape, (*it)["shape"].get<std::vector<uint64_t>>()) << it.key();
+    EXPECT_EQ(digest, (*it)["sha256"].get<std::string>()) << it.key();
+  }
+  for (const auto& [name, _] : actual) EXPECT_TRUE(names.count(name)) << "extra output " << name;
+}
+
+using Digests = std::map<std::string, std::tuple<Dtype, std::vector<uint64_t>, std::string>>;
+
+Digests digest_checkpoint(const fs::path& dir) {
+  auto ck = Checkpoint::open(dir);
+  Digests d;
+  for (const auto& n : ck.names()) {
+    const auto* e = ck.find(n);
+    d[n] = {e->info->dtype, e->info->shape, sha256(ck.read_all(*e))};
+  }
+  return d;
+}
+
+Digests digest_tensors(const std::vector<NamedTensor>& ts) {
+  Digests d;
+  for (const auto& t : ts) d[t.name] = {t.dtype, t.shape, sha256(t.bytes)};
+  return d;
+}
+
+class GoldenParity : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    golden_ = load_golden(GetParam());
+    if (GetParam() == "tiny") {
+      hf_ = dir_ / "hf";
+      SynthOptions o;
+      o.seed = 1;
+      synthesize_checkpoint(hf_, o);
+    } else {
+      hf_ = kData / "ragged" / "hf";
+    }
+    // The input is the one the goldens were made from.
+    expect_matches(digest_checkpoint(hf_), golden_["input"], "input");
+    config_ = MimoConfig::load(hf_ / "config.json");
+  }
+
+  std::vector<int64_t> ep_sizes() const {
+    std::set<int64_t> sizes;
+    for (auto it = golden_["outputs"].begin(); it != golden_["outputs"].end(); ++it)
+      if (it.key().starts_with("from_hf_ep")) sizes.insert(std::stoll(it.key().substr(10)));
+    return {sizes.begin(), sizes.end()};
+  }
+
+  fs::path from_hf(int64_t w, int64_t r) {
+    FromHfOptions o;
+    o.compat = Compat::kAutomodel;
+    o.ep_size = w;
+    o.ep_rank = r;
+    auto dst = dir_ / fmt("native_ep{}_{}", w, r);
+    if (!fs::exists(dst)) from_hf_dir(hf_, dst, o);
+    return dst;
+  }
+  static std::string fmt(const char* f, int64_t a, int64_t b) {
+    std::string s(f);
+    s.replace(s.find("{}"), 2, std::to_string(a));
+    s.replace(s.find("{}"), 2, std::to_string(b));
+    return s;
+  }
+
+  test::TempDir dir_;
+  fs::path hf_;
+  json golden_;
+  MimoConfig config_;
+};
+
+TEST_P(GoldenParity, FromHfEveryEpRankIsByteIdentical) {
+  auto sizes = ep_sizes();
+  EXPECT_GE(sizes.size(), 2u);
+  for (int64_t w : sizes)
+    for (int64_t r = 0; r < w; ++r)
+      expect_matches(digest_checkpoint(from_hf(w, r)),
+                     golden_["outputs"][fmt("from_hf_ep{}_rank{}", w, r)],
+                     fmt("from_hf ep {} rank {}", w, r));
+}
+
+TEST_P(GoldenParity, ToHfCastIsByteIdentical) {
+  ToHfOptions o;
+  o.compat = Compat::kAutomodel;
+  to_hf_dirs({from_hf(1, 0)}, dir_ / "to_hf", o, std::nullopt);
+  expect_matches(digest_checkpoint(dir_ / "to_hf"), golden_["outputs"]["to_hf"], "to_hf");
+  // Every EP rank's folder together gives the same checkpoint.
+  to_hf_dirs({from_hf(2, 0), from_hf(2, 1)}, dir_ / "to_hf_ep2", o, std::nullopt);
+  expect_matches(digest_checkpoint(dir_ / "to_hf_ep2"), golden_["outputs"]["to_hf"],
+                 "to_hf of 2 ranks");
+  // One rank's shard alone: Automodel's DTensor path offsets the expert ids.
+  for (int64_t r = 0; r < 2; ++r) {
+    CheckpointSource src({from_hf(2, r)});
+    ToHfOptions single = o;
+    single.require_all_experts = false;
+    auto start = std::stoll(src.metadata(0).at(kMetaExpertStart));
+    auto out = run_in_memory(plan_to_hf(src, config_, single, {start}), src);
+    expect_matches(digest_tensors(out), golden_["outputs"][fmt("to_hf_ep{}_rank{}", 2, r)],
+                   fmt("to_hf ep {} rank {}", 2, r));
+  }
+}
+
+TEST_P(GoldenParity, ToHfWithoutQuantizationMatchesAutomodelDefault) {
+  ToHfOptions o;
+  o.quant = QuantMode::kNone;
+  to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant", o, std::nullopt);
+  expect_matches(digest_checkpoint(dir_ / "noquant"), golden_["outputs"]["to_hf_noquant"],
+                 "noquant");
+}
+
+TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
+  const json& cases = golden_["to_hf_exclude"];
+  ASSERT_GE(cases.size(), 2u);
+  CheckpointSource src({from_hf(1, 0)});
+  for (auto it = cases.begin(); it != cases.end(); ++it) {
+    ToHfOptions o;
+    o.compat = Compat::kAutomodel;
+    o.exclude_regex = it.key();
+    std::vector<std::string> keys;
+    for (const auto& spec : plan_to_hf(src, config_, o, {0}).outputs) keys.push_back(spec.name);
+    std::sort(keys.begin(), keys.end());
+    auto want = (*it)["quantization=True"].get<std::vector<std::string>>();
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(keys, want) << it.key();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity, ::testing::Values("tiny", "ragged"));
+
+// BF16 inputs around the FP8 range limits (447..466, 480, +-inf, 2^-10, 1.5*2^-10, -0, NaN) cast
+// exactly as torch 2.11 does.
+TEST(GoldenParitySpecial, ToHfCastOfRangeLimitsIsByteIdentical) {
+  auto golden = load_golden("ragged");
+  test::TempDir dir;
+  fs::create_directories(dir / "native");
+  fs::copy_file(kData / "ragged" / "to_hf_special_input.safetensors",
+                dir / "native" / kSingleFileName);
+  fs::copy_file(kData / "ragged" / "hf" / "config.json", dir / "native" / "config.json");
+  expect_matches(digest_checkpoint(dir / "native"), golden["outputs"]["to_hf_special_input"],
+                 "input");
+  ToHfOptions o;
+  o.compat = Compat::kAutomodel;
+  to_hf_dirs({dir / "native"}, dir / "out", o, std::nullopt);
+  expect_matches(digest_checkpoint(dir / "out"), golden["outputs"]["to_hf_special"],
+                 "to_hf_special");
+}
+
+// Without NaN codes (the ragged fixture with its two NaN codes restored), the ragged checkpoint has
+// no fused layout: default from-hf equals Automodel's on every tensor.
+TEST(GoldenParityNoNan, DefaultFromHfEqualsCompatWithoutTheFusedLayout) {
+  auto golden = load_golden("ragged_nonan");
+  test::TempDir dir;
+  fs::copy(kData / "ragged" / "hf", dir / "hf");
+  {
+    const fs::path shard = dir / "hf" / "model-00002-of-00002.safetensors";
+    auto bytes = test::read_bytes(shard);
+    ASSERT_EQ(bytes.at(383229), 0x7F);
+    ASSERT_EQ(bytes.at(383230), 0xFF);
+    bytes[383229] = 0x5D;
+    bytes[383230] = 0xCD;
+    fs::permissions(shard, fs::perms::owner_write, fs::perm_options::add);
+    test::write_bytes(shard, bytes);
+  }
+  expect_matches(digest_checkpoint(dir / "hf"), golden["input"], "input");
+  FromHfOptions compat;
+  compat.compat = Compat::kAutomodel;
+  from_hf_dir(dir / "hf", dir / "compat", compat);
+  from_hf_dir(dir / "hf", dir / "default", {});
+  expect_matches(digest_checkpoint(dir / "compat"), golden["outputs"]["from_hf_ep1_rank0"],
+                 "compat");
+  expect_matches(digest_checkpoint(dir / "default"), golden["outputs"]["from_hf_ep1_rank0"],
+                 "default");
+}
+
+}  // namespace
+}  // namespace moeckpt

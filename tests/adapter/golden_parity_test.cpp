@@ -153,6 +153,25 @@ TEST_P(GoldenParity, ToHfCastIsByteIdentical) {
   }
 }
 
+// A native state dict saved by other tools (torch save_file of Automodel's from_hf output): no
+// moeckpt metadata, no config.json beside it; the expert range is then the full set.
+TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
+  auto ck = Checkpoint::open(from_hf(1, 0));
+  std::vector<TensorSpec> specs;
+  for (const auto& n : ck.names()) specs.push_back({n, ck.find(n)->info->dtype, ck.find(n)->info->shape});
+  fs::create_directories(dir_ / "foreign");
+  {
+    CheckpointWriter w(dir_ / "foreign", specs, {.max_shard_bytes = 1 << 20, .metadata = {{"format", "pt"}}});
+    for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, ck.read_all(*ck.find(specs[i].name)));
+    w.commit();
+  }
+  ToHfOptions o;
+  o.compat = Compat::kAutomodel;
+  EXPECT_THROW(to_hf_dirs({dir_ / "foreign"}, dir_ / "x", o, std::nullopt), Error);  // no config
+  to_hf_dirs({dir_ / "foreign"}, dir_ / "foreign_hf", o, hf_ / "config.json");
+  expect_matches(digest_checkpoint(dir_ / "foreign_hf"), golden_["outputs"]["to_hf"], "foreign");
+}
+
 TEST_P(GoldenParity, ToHfWithoutQuantizationMatchesAutomodelDefault) {
   ToHfOptions o;
   o.quant = QuantMode::kNone;

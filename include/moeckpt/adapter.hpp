@@ -29,6 +29,7 @@ struct FromHfOptions {
   int64_t ep_rank = 0;
   Dtype dtype = Dtype::BF16;  // BF16 or F32
   Compat compat = Compat::kNone;
+  uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
 };
 
 struct ToHfOptions {
@@ -38,6 +39,7 @@ struct ToHfOptions {
   std::optional<std::string> prefix;  // prefix of expert keys; default: the grouped key's own
                                       // (Automodel mode: "model.")
   bool require_all_experts = true;    // a whole checkpoint must hold every expert of a layer
+  uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
 };
 
 // Automodel's `_should_quantize_key`: ends in ".weight", does not start with "visual." or
@@ -81,13 +83,25 @@ std::vector<NamedTensor> convert_single_tensor_to_hf(const std::string& fqn, Dty
                                                      const ToHfOptions& options,
                                                      int64_t expert_start = 0);
 
+// Progress of a folder conversion, per output shard (called from worker threads).
+class ProgressListener {
+ public:
+  virtual ~ProgressListener() = default;
+  virtual void start(const std::vector<std::string>& shard_names,
+                     const std::vector<uint64_t>& shard_bytes) = 0;
+  virtual void written(size_t shard, uint64_t bytes) = 0;
+  virtual void finish() = 0;
+};
+
 // Whole-folder conversions used by the CLI.
 struct ConvertOptions {
   uint64_t max_shard_bytes = 5'000'000'000;
   ExecOptions exec;
+  ProgressListener* progress = nullptr;
 };
 struct ConvertReport {
   size_t tensors = 0;
+  uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   size_t shards = 0;
 };

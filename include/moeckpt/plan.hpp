@@ -4,6 +4,7 @@
 // tensors. Executors run plans; nothing here touches data.
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -42,10 +43,14 @@ struct CopyTask {
   const SourceTensor* src;
   size_t out;
 };
+// Rows [row0, row1) of a dequantized weight (large weights are split so that a task's buffers
+// stay small; row1 < 0 means all rows).
 struct DequantTask {
   DequantInput in;
   size_t out;
   Dtype out_dtype;
+  int64_t row0 = 0;
+  int64_t row1 = -1;
 };
 // Writes slot `slot` of a grouped expert tensor [n, rows, cols]: part p's weight [w_rows, rows]
 // is dequantized and transposed into columns [col_offset, col_offset + w_rows).
@@ -78,6 +83,10 @@ struct EmitTask {
   int64_t scale_rows = 0;  // rows of the scale tensor (>= ceil(R / block) when padded)
   int64_t block_rows = 128;
   int64_t block_cols = 128;
+  // Rows [row0, row1) of a whole-tensor view, a multiple of block_rows apart (row1 < 0: all).
+  // The task holding the last rows also writes the scale's padding rows.
+  int64_t row0 = 0;
+  int64_t row1 = -1;
 };
 
 // Block quantization of one attention layer's q/k/v in the fused T=4 row space.
@@ -128,8 +137,18 @@ class WriterSink final : public TensorSink {
 };
 
 struct ExecOptions {
-  unsigned threads = 0;  // 0: all cores
+  unsigned threads = 0;                // 0: all cores
+  uint64_t max_memory = 1ull << 30;    // task buffers in flight at once (a larger task runs alone)
+  // Called (from worker threads, concurrently) with the output bytes each write delivers.
+  std::function<void(size_t out, uint64_t bytes)> on_write;
 };
+
+// Buffer bytes a task holds while it runs (what the executor's memory budget counts).
+uint64_t task_memory(const Task& task);
+
+// Row ranges of at most ~target_bytes of output each, cut at multiples of `align` rows.
+std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_bytes,
+                                                    uint64_t target_bytes, int64_t align);
 
 // Runs every task; the first error stops the run and is rethrown.
 void execute(const Plan& plan, const TensorSource& source, TensorSink& sink,

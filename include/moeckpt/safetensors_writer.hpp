@@ -76,6 +76,9 @@ class CheckpointWriter {
 
   size_t tensor_count() const noexcept { return locations_.size(); }
   size_t shard_count() const noexcept { return shards_.size(); }
+  size_t shard_of(size_t tensor_index) const { return locations_.at(tensor_index).shard; }
+  uint64_t shard_data_bytes(size_t shard) const;
+  std::string shard_name(size_t shard) const;
   const TensorSpec& spec(size_t tensor_index) const;
   void write(size_t tensor_index, uint64_t offset, std::span<const uint8_t> bytes);
   // Commits every shard, then the index (when there are several shards).

@@ -1,6 +1,7 @@
 #pragma once
 // Where conversion reads tensors from: checkpoint folders on disk or tensors in memory. Plans refer
 // to SourceTensor entries; executors read byte ranges through the source.
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -37,8 +38,11 @@ class TensorSource {
   // __metadata__ of the part's first shard (empty for memory sources).
   virtual std::map<std::string, std::string> metadata(size_t part) const = 0;
   virtual size_t parts() const = 0;
+  // Bytes read so far through read() (for the closing summary).
+  uint64_t bytes_read() const noexcept { return bytes_read_.load(); }
 
  protected:
+  mutable std::atomic<uint64_t> bytes_read_{0};
   void index();  // builds the name lookup after tensors_ is filled
   std::vector<SourceTensor> tensors_;
 

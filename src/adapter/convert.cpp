@@ -62,10 +62,22 @@ ConvertReport write_plan(const Plan& plan, const TensorSource& source, const fs:
   try {
     CheckpointWriter writer(dst, plan.outputs, sharding);
     WriterSink sink(writer);
-    execute(plan, source, sink, convert.exec);
+    ExecOptions exec = convert.exec;
+    if (convert.progress) {
+      std::vector<std::string> names;
+      std::vector<uint64_t> bytes;
+      for (size_t s = 0; s < writer.shard_count(); ++s) {
+        names.push_back(writer.shard_name(s));
+        bytes.push_back(writer.shard_data_bytes(s));
+      }
+      convert.progress->start(names, bytes);
+      exec.on_write = [&](size_t out, uint64_t n) { convert.progress->written(writer.shard_of(out), n); };
+    }
+    execute(plan, source, sink, exec);
     io::write_file_atomically(config_path, config_text);
     writer.commit();
-    return {plan.outputs.size(), plan.output_bytes(), writer.shard_count()};
+    if (convert.progress) convert.progress->finish();
+    return {plan.outputs.size(), source.bytes_read(), plan.output_bytes(), writer.shard_count()};
   } catch (...) {
     if (!had_config) fs::remove(config_path, ec);
     throw;

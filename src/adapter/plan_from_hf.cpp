@@ -203,7 +203,10 @@ class FromHfPlanner {
       return;
     }
     auto in = dequant_input(t, key);
-    plan_.tasks.push_back(DequantTask{in, add_output(t.name, o_.dtype, t.shape), o_.dtype});
+    const size_t out = add_output(t.name, o_.dtype, t.shape);
+    const uint64_t row_bytes = t.shape[1] * dtype_size(o_.dtype);
+    for (auto [r0, r1] : split_rows(static_cast<int64_t>(t.shape[0]), row_bytes, o_.task_bytes, 1))
+      plan_.tasks.push_back(DequantTask{in, out, o_.dtype, r0, r1});
   }
 
   void emit_group(const std::pair<std::string, int64_t>& id) {

@@ -131,7 +131,14 @@ class ToHfPlanner {
     const size_t s = add_output(
         key + "_scale_inv", Dtype::F32,
         {static_cast<uint64_t>(scale_rows), static_cast<uint64_t>(ceil_div(C, block_.cols))});
-    plan_.tasks.push_back(EmitTask{view, w, s, mode_, scale_rows, block_.rows, block_.cols});
+    if (slot) {
+      plan_.tasks.push_back(EmitTask{view, w, s, mode_, scale_rows, block_.rows, block_.cols});
+      return;
+    }
+    for (auto [r0, r1] : split_rows(R, static_cast<uint64_t>(C) * dtype_size(src.dtype),
+                                    o_.task_bytes, block_.rows))
+      plan_.tasks.push_back(
+          EmitTask{view, w, s, mode_, scale_rows, block_.rows, block_.cols, r0, r1});
   }
 
   // The fused q/k/v group this key belongs to, when its layer's published layout is the fused one.

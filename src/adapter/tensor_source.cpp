@@ -42,6 +42,7 @@ CheckpointSource::~CheckpointSource() = default;
 void CheckpointSource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
   const auto& ck = *checkpoints_.at(t.part);
   ck.read(*ck.find(t.name), offset, out);
+  bytes_read_ += out.size();
 }
 
 std::map<std::string, std::string> CheckpointSource::metadata(size_t part) const {

@@ -4,7 +4,11 @@
 #include <cstdio>
 #include <iostream>
 
+#include <unistd.h>
+
 #include <chrono>
+
+#include "cli/progress_printer.hpp"
 
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -60,6 +64,10 @@ int run(int argc, char** argv) {
       ->check(CLI::IsMember({"bf16", "f32"}));
   fh_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
   fh_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
+  uint64_t max_memory = 1ull << 30;
+  bool quiet = false;
+  fh_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
+  fh_cmd->add_flag("--quiet", quiet, "no progress output");
 
   std::vector<std::string> th_paths;
   std::string th_quant = "block", th_compat = "none", th_exclude, th_prefix, th_config;
@@ -79,6 +87,8 @@ int run(int argc, char** argv) {
   th_cmd->add_option("--config", th_config, "config.json (default: the first folder's)");
   th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
   th_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
+  th_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
+  th_cmd->add_flag("--quiet", quiet, "no progress output");
 
   std::string va, vb, vconfig;
   moeckpt::VerifyOptions vo;
@@ -108,11 +118,19 @@ int run(int argc, char** argv) {
   auto report = [](const char* what, const std::string& dst, const moeckpt::ConvertReport& r,
                    std::chrono::steady_clock::time_point t0) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s in %.2f s\n", what, dst.c_str(),
-                r.tensors, static_cast<unsigned long long>(r.bytes_out), r.shards,
-                r.shards == 1 ? "" : "s", secs);
+    std::printf(
+        "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s in %.2f s (read %.3f GB, wrote %.3f GB, "
+        "%.2f GB/s out, peak RSS %.0f MiB)\n",
+        what, dst.c_str(), r.tensors, static_cast<unsigned long long>(r.bytes_out), r.shards,
+        r.shards == 1 ? "" : "s", secs, static_cast<double>(r.bytes_in) / 1e9,
+        static_cast<double>(r.bytes_out) / 1e9,
+        secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0,
+        static_cast<double>(moeckpt::cli::peak_rss_bytes()) / (1 << 20));
   };
   convert.exec.threads = threads;
+  convert.exec.max_memory = max_memory;
+  moeckpt::cli::ProgressPrinter printer(::isatty(2) == 1);
+  if (!quiet) convert.progress = &printer;
   if (fh_cmd->parsed()) {
     fh.compat = fh_compat == "automodel" ? moeckpt::Compat::kAutomodel : moeckpt::Compat::kNone;
     fh.dtype = fh_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;

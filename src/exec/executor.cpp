@@ -1,4 +1,6 @@
 #include <atomic>
+#include <condition_variable>
+#include <optional>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -45,10 +47,11 @@ void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
 }
 
 void run(const DequantTask& t, const TensorSource& src, TensorSink& sink) {
-  auto products = exec::dequant_products(src, t.in);
+  auto products = exec::dequant_products(src, t.in, t.row0, t.row1);
   std::vector<uint8_t> out(products.size() * dtype_size(t.out_dtype));
   exec::encode_products(products, t.out_dtype, t.in.nan, out.data());
-  sink.write(t.out, 0, out);
+  sink.write(t.out, static_cast<uint64_t>(t.row0) * t.in.weight->shape[1] * dtype_size(t.out_dtype),
+             out);
 }
 
 void run(const ExpertSlotTask& t, const TensorSource& src, TensorSink& sink) {
@@ -90,38 +93,46 @@ void check_finite(const MatrixView& v, const LoadedMatrix& m, const std::vector<
 }
 
 void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
-  LoadedMatrix m = exec::load_matrix(src, t.in);
+  const int64_t all_rows =
+      t.in.slot >= 0 ? t.in.cols : static_cast<int64_t>(t.in.src->shape.empty() ? 1 : t.in.src->shape[0]);
+  const int64_t r0 = t.in.slot >= 0 ? 0 : t.row0;
+  const int64_t r1 = t.in.slot >= 0 || t.row1 < 0 ? all_rows : t.row1;
+  LoadedMatrix m = exec::load_matrix(src, t.in, r0, r1);
+  const size_t esize = dtype_size(t.in.src->dtype);
   if (t.mode == QuantMode::kNone) {
-    sink.write(t.out_weight, 0, m.raw);
+    sink.write(t.out_weight, static_cast<uint64_t>(r0 * m.cols) * esize, m.raw);
     return;
   }
   std::vector<float> x(static_cast<size_t>(m.rows * m.cols));
-  const size_t esize = dtype_size(t.in.src->dtype);
-  for (size_t i = 0; i < x.size(); ++i)
-    x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
   const int64_t sc = ceil_div(m.cols, t.block_cols);
-  std::vector<float> scales(static_cast<size_t>(t.scale_rows * sc), 1.0f);
+  // This task's scale rows; the last rows' task also writes the padding rows (ones).
+  const int64_t sr0 = r0 / t.block_rows;
+  const int64_t sr1 = r1 == all_rows ? t.scale_rows : ceil_div(r1, t.block_rows);
+  std::vector<float> scales(static_cast<size_t>((sr1 - sr0) * sc), 1.0f);
   std::vector<uint8_t> codes(x.size());
   if (t.mode == QuantMode::kCast) {
     for (size_t i = 0; i < x.size(); ++i) codes[i] = numerics::f32_to_fp8_e4m3fn_torch(x[i]);
   } else {
     check_finite(t.in, m, x);
     std::fill(scales.begin(), scales.end(), 0.0f);
+    auto block = [&](int64_t r, int64_t c) -> float& {
+      return scales[static_cast<size_t>(((r0 + r) / t.block_rows - sr0) * sc + c / t.block_cols)];
+    };
     for (int64_t r = 0; r < m.rows; ++r)
       for (int64_t c = 0; c < m.cols; ++c) {
-        float& a = scales[static_cast<size_t>((r / t.block_rows) * sc + c / t.block_cols)];
+        float& a = block(r, c);
         a = amax_finite(a, x[static_cast<size_t>(r * m.cols + c)]);
       }
     for (auto& s : scales) s = numerics::block_scale_from_amax(s);
     for (int64_t r = 0; r < m.rows; ++r)
       for (int64_t c = 0; c < m.cols; ++c) {
         const size_t i = static_cast<size_t>(r * m.cols + c);
-        codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(
-            x[i] / scales[static_cast<size_t>((r / t.block_rows) * sc + c / t.block_cols)]);
+        codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[i] / block(r, c));
       }
   }
-  sink.write(t.out_weight, 0, codes);
-  if (t.out_scale) sink.write(*t.out_scale, 0, float_bytes(scales));
+  sink.write(t.out_weight, static_cast<uint64_t>(r0 * m.cols), codes);
+  if (t.out_scale) sink.write(*t.out_scale, static_cast<uint64_t>(sr0 * sc) * 4, float_bytes(scales));
 }
 
 void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
@@ -173,30 +184,111 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
     if (t.out_scale[p]) sink.write(*t.out_scale[p], 0, float_bytes(scales[p]));
 }
 
+// Counts delivered bytes for progress reporting.
+class ObservedSink final : public TensorSink {
+ public:
+  ObservedSink(TensorSink& inner, const std::function<void(size_t, uint64_t)>& cb)
+      : inner_(inner), cb_(cb) {}
+  void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override {
+    inner_.write(out, offset, bytes);
+    cb_(out, bytes.size());
+  }
+
+ private:
+  TensorSink& inner_;
+  const std::function<void(size_t, uint64_t)>& cb_;
+};
+
+uint64_t matrix_bytes(const SourceTensor& t, int64_t rows) {
+  const uint64_t cols = t.shape.size() > 1 ? t.shape[1] : 1;
+  return static_cast<uint64_t>(rows) * cols;
+}
+
 }  // namespace
 
-void execute(const Plan& plan, const TensorSource& source, TensorSink& sink,
+std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_bytes,
+                                                    uint64_t target_bytes, int64_t align) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  if (row_bytes == 0 || rows == 0) return {{0, rows}};
+  int64_t step = static_cast<int64_t>(target_bytes / row_bytes);
+  step = std::max<int64_t>(align, step / align * align);
+  for (int64_t r = 0; r < rows; r += step) out.emplace_back(r, std::min(rows, r + step));
+  if (out.empty()) out.emplace_back(0, rows);
+  return out;
+}
+
+uint64_t task_memory(const Task& task) {
+  struct Visitor {
+    uint64_t operator()(const CopyTask& t) const { return std::min<uint64_t>(t.src->nbytes, kCopyChunk); }
+    uint64_t operator()(const DequantTask& t) const {
+      const int64_t rows = (t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1) - t.row0;
+      return matrix_bytes(*t.in.weight, rows) * (dtype_size(t.in.weight->dtype) + 4 + dtype_size(t.out_dtype));
+    }
+    uint64_t operator()(const ExpertSlotTask& t) const {
+      uint64_t n = static_cast<uint64_t>(t.rows * t.cols) * (4 + dtype_size(t.out_dtype));
+      for (const auto& [in, _] : t.parts) n += in.weight->nbytes * 5;
+      return n;
+    }
+    uint64_t operator()(const EmitTask& t) const {
+      const int64_t rows = t.in.slot >= 0 ? t.in.cols
+                           : (t.row1 < 0 ? static_cast<int64_t>(t.in.src->shape.empty() ? 1 : t.in.src->shape[0]) : t.row1) - t.row0;
+      const uint64_t cols = t.in.slot >= 0 ? t.in.src->shape[1] : (t.in.src->shape.size() > 1 ? t.in.src->shape[1] : 1);
+      const uint64_t elems = static_cast<uint64_t>(rows) * cols;
+      return elems * (2 * dtype_size(t.in.src->dtype) + 5) +
+             (t.in.slot >= 0 ? t.in.src->shape[1] * t.in.src->shape[2] * dtype_size(t.in.src->dtype) : 0);
+    }
+    uint64_t operator()(const FusedQuantTask& t) const {
+      uint64_t n = 0;
+      for (const auto& v : t.in)
+        if (v) n += v->src->nbytes * 4;
+      return n;
+    }
+  };
+  return std::visit(Visitor{}, task);
+}
+
+void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
              const ExecOptions& options) {
+  std::optional<ObservedSink> observed;
+  if (options.on_write) observed.emplace(sink_in, options.on_write);
+  TensorSink& sink = observed ? static_cast<TensorSink&>(*observed) : sink_in;
   unsigned threads =
       options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   threads =
       std::min<unsigned>(threads, static_cast<unsigned>(std::max<size_t>(1, plan.tasks.size())));
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
+  // Tasks start in plan order; one waits while the buffers in flight plus its own would exceed the
+  // budget (a task larger than the whole budget runs alone).
+  size_t next = 0;
+  uint64_t in_use = 0;
+  bool failed = false;
   std::exception_ptr error;
-  std::mutex error_mutex;
+  std::mutex mutex;
+  std::condition_variable cv;
   auto worker = [&]() {
     for (;;) {
-      size_t i = next++;
-      if (i >= plan.tasks.size() || failed) return;
+      size_t i;
+      uint64_t need;
+      {
+        std::unique_lock lock(mutex);
+        if (next >= plan.tasks.size() || failed) return;
+        i = next++;
+        need = task_memory(plan.tasks[i]);
+        cv.wait(lock, [&] { return failed || in_use == 0 || in_use + need <= options.max_memory; });
+        if (failed) return;
+        in_use += need;
+      }
       try {
         std::visit([&](const auto& task) { run(task, source, sink); }, plan.tasks[i]);
       } catch (...) {
-        std::lock_guard lock(error_mutex);
+        std::lock_guard lock(mutex);
         if (!error) error = std::current_exception();
         failed = true;
-        return;
       }
+      {
+        std::lock_guard lock(mutex);
+        in_use -= need;
+      }
+      cv.notify_all();
     }
   };
   if (threads <= 1) {

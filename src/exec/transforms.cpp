@@ -64,12 +64,16 @@ Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check
 
 }  // namespace
 
-std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in) {
+std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in,
+                                    int64_t row0, int64_t row1) {
   const SourceTensor& w = *in.weight;
-  const int64_t rows = static_cast<int64_t>(w.shape.at(0));
+  const int64_t all_rows = static_cast<int64_t>(w.shape.at(0));
   const int64_t cols = static_cast<int64_t>(w.shape.at(1));
-  auto bytes = source.read_all(w);
+  if (row1 < 0) row1 = all_rows;
+  const int64_t rows = row1 - row0;
   const size_t esize = dtype_size(w.dtype);
+  std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols) * esize);
+  source.read(w, static_cast<uint64_t>(row0 * cols) * esize, bytes);
   if (!is_float_dtype(w.dtype))
     fail(w.file, w.name, "dtype " + std::string(dtype_name(w.dtype)) + " cannot be dequantized",
          "F8_E4M3, BF16, F16 or F32");
@@ -84,21 +88,25 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
     const ScaleRef& s = *in.scale;
     block_cols = s.block_cols;
     if (s.fused) {
-      for (int i = 0; i < 3; ++i)
-        if (s.qkv[static_cast<size_t>(i)])
-          owners[static_cast<size_t>(i)] =
-              load_scales(source, *s.qkv[static_cast<size_t>(i)], s.check_values);
+      std::vector<FusedQkvLayout::ScaleSource> sources;
+      std::array<bool, 3> needed{};
       for (int64_t r = 0; r < rows; ++r) {
-        auto src = s.fused->scale_source(s.projection, r);
+        sources.push_back(s.fused->scale_source(s.projection, row0 + r));
+        needed[sources.back().owner == Projection::kQ ? 0 : sources.back().owner == Projection::kK ? 1 : 2] = true;
+      }
+      // Only the scale tensors these rows use are read.
+      for (size_t i = 0; i < 3; ++i)
+        if (needed[i] && s.qkv[i]) owners[i] = load_scales(source, *s.qkv[i], s.check_values);
+      for (int64_t r = 0; r < rows; ++r) {
+        const auto& src = sources[static_cast<size_t>(r)];
         size_t o = src.owner == Projection::kQ ? 0 : src.owner == Projection::kK ? 1 : 2;
-        row_scale[static_cast<size_t>(r)] =
-            &owners[o].values[static_cast<size_t>(src.scale_row * owners[o].cols)];
+        row_scale[static_cast<size_t>(r)] = &owners[o].values[static_cast<size_t>(src.scale_row * owners[o].cols)];
       }
     } else {
       plain = load_scales(source, *s.plain, s.check_values);
       for (int64_t r = 0; r < rows; ++r)
         row_scale[static_cast<size_t>(r)] =
-            &plain.values[static_cast<size_t>((r / s.block_rows) * plain.cols)];
+            &plain.values[static_cast<size_t>(((row0 + r) / s.block_rows) * plain.cols)];
     }
   }
 
@@ -112,7 +120,7 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
       if (std::isnan(x)) {
         if (in.nan == NanPolicy::kRefuse)
           fail(w.file, w.name,
-               "element [" + std::to_string(r) + ", " + std::to_string(c) + "] is NaN" +
+               "element [" + std::to_string(row0 + r) + ", " + std::to_string(c) + "] is NaN" +
                    (fp8 ? " (FP8 code 0x" + std::string(1, "0123456789abcdef"[p[0] >> 4]) +
                               std::string(1, "0123456789abcdef"[p[0] & 15]) + ")"
                         : ""),
@@ -141,14 +149,18 @@ void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, 
   }
 }
 
-LoadedMatrix load_matrix(const TensorSource& source, const MatrixView& v) {
+LoadedMatrix load_matrix(const TensorSource& source, const MatrixView& v, int64_t row0,
+                         int64_t row1) {
   const SourceTensor& t = *v.src;
   const size_t esize = dtype_size(t.dtype);
   LoadedMatrix m;
   if (v.slot < 0) {
-    m.rows = static_cast<int64_t>(t.shape.at(0));
+    const auto all_rows = static_cast<int64_t>(t.shape.empty() ? 1 : t.shape[0]);
+    if (row1 < 0) row1 = all_rows;
+    m.rows = row1 - row0;
     m.cols = static_cast<int64_t>(t.shape.size() > 1 ? t.shape[1] : 1);
-    m.raw = source.read_all(t);
+    m.raw.resize(static_cast<size_t>(m.rows * m.cols) * esize);
+    source.read(t, static_cast<uint64_t>(row0 * m.cols) * esize, m.raw);
     return m;
   }
   // Grouped [n, R, W]: the view is the transpose of slot[:, col0:col0+cols] -> [cols, R].

@@ -14,7 +14,9 @@ float element_to_float(Dtype dtype, const uint8_t* p);
 std::vector<float> to_floats(const SourceTensor& t, std::span<const uint8_t> bytes);
 
 // out[r][c] = float(w[r][c]) * float(scale for (r, c)) for a 2-D weight; NaN handled per policy.
-std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in);
+// Rows [row0, row1) only (row1 < 0: all); only those rows' bytes are read.
+std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in,
+                                    int64_t row0 = 0, int64_t row1 = -1);
 
 // Encodes products as BF16 or F32 bytes (NaN per policy; refused NaN never reaches here).
 void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst);
@@ -24,6 +26,8 @@ struct LoadedMatrix {
   int64_t rows = 0, cols = 0;
   std::vector<uint8_t> raw;  // row-major in the source dtype
 };
-LoadedMatrix load_matrix(const TensorSource& source, const MatrixView& view);
+// For a whole-tensor view, rows [row0, row1) only (row1 < 0: all).
+LoadedMatrix load_matrix(const TensorSource& source, const MatrixView& view, int64_t row0 = 0,
+                         int64_t row1 = -1);
 
 }  // namespace moeckpt::exec

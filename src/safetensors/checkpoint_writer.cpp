@@ -42,6 +42,16 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<Tensor
 
 CheckpointWriter::~CheckpointWriter() = default;
 
+uint64_t CheckpointWriter::shard_data_bytes(size_t shard) const {
+  uint64_t n = 0;
+  for (const auto& t : shards_.at(shard)->tensors()) n += t.nbytes();
+  return n;
+}
+
+std::string CheckpointWriter::shard_name(size_t shard) const {
+  return shards_.at(shard)->final_path().filename().string();
+}
+
 const TensorSpec& CheckpointWriter::spec(size_t i) const {
   const auto& loc = locations_.at(i);
   return shards_[loc.shard]->tensors()[loc.index_in_shard];

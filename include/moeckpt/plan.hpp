@@ -89,6 +89,12 @@ struct EmitTask {
   int64_t row1 = -1;
 };
 
+// Several EmitTasks on the same slot of a grouped tensor (an expert's gate and up): the slot is
+// read once.
+struct SlotGroupTask {
+  std::vector<EmitTask> parts;
+};
+
 // Block quantization of one attention layer's q/k/v in the fused T=4 row space.
 struct FusedQuantTask {
   std::array<std::optional<MatrixView>, 3> in;
@@ -98,7 +104,8 @@ struct FusedQuantTask {
   int64_t block_cols = 128;
 };
 
-using Task = std::variant<CopyTask, DequantTask, ExpertSlotTask, EmitTask, FusedQuantTask>;
+using Task =
+    std::variant<CopyTask, DequantTask, ExpertSlotTask, EmitTask, SlotGroupTask, FusedQuantTask>;
 
 struct Plan {
   std::vector<TensorSpec> outputs;
@@ -137,8 +144,8 @@ class WriterSink final : public TensorSink {
 };
 
 struct ExecOptions {
-  unsigned threads = 0;                // 0: all cores
-  uint64_t max_memory = 1ull << 30;    // task buffers in flight at once (a larger task runs alone)
+  unsigned threads = 0;              // 0: all cores
+  uint64_t max_memory = 1ull << 30;  // task buffers in flight at once (a larger task runs alone)
   // Called (from worker threads, concurrently) with the output bytes each write delivers.
   std::function<void(size_t out, uint64_t bytes)> on_write;
 };

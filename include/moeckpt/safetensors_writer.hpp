@@ -57,6 +57,8 @@ class ShardWriter {
   std::unique_ptr<io::File> file_;
   uint64_t file_size_ = 0;
   bool committed_ = false;
+  static constexpr uint64_t kWritebackBytes = 64ull << 20;
+  std::atomic<uint64_t> unflushed_{0};
 };
 
 struct ShardingOptions {

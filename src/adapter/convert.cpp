@@ -71,7 +71,9 @@ ConvertReport write_plan(const Plan& plan, const TensorSource& source, const fs:
         bytes.push_back(writer.shard_data_bytes(s));
       }
       convert.progress->start(names, bytes);
-      exec.on_write = [&](size_t out, uint64_t n) { convert.progress->written(writer.shard_of(out), n); };
+      exec.on_write = [&](size_t out, uint64_t n) {
+        convert.progress->written(writer.shard_of(out), n);
+      };
     }
     execute(plan, source, sink, exec);
     io::write_file_atomically(config_path, config_text);

@@ -202,8 +202,16 @@ class ToHfPlanner {
       const std::string base = fmt::format("{}layers.{}.mlp.experts.{}.", prefix, *key.layer, id);
       if (gate_up) {
         const auto width = static_cast<int64_t>(src->shape[2]);
+        const size_t first = plan_.tasks.size();
         emit(base + "gate_proj.weight", MatrixView{src, slot, 0, Ie}, *src);
         emit(base + "up_proj.weight", MatrixView{src, slot, Ie, width - Ie}, *src);
+        if (plan_.tasks.size() - first == 2) {  // both kept: one task reads the slot once
+          SlotGroupTask group;
+          for (size_t i = first; i < plan_.tasks.size(); ++i)
+            group.parts.push_back(std::get<EmitTask>(plan_.tasks[i]));
+          plan_.tasks.resize(first);
+          plan_.tasks.push_back(std::move(group));
+        }
       } else {
         emit(base + "down_proj.weight",
              MatrixView{src, slot, 0, static_cast<int64_t>(src->shape[2])}, *src);

@@ -119,7 +119,8 @@ int run(int argc, char** argv) {
                    std::chrono::steady_clock::time_point t0) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf(
-        "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s in %.2f s (read %.3f GB, wrote %.3f GB, "
+        "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s in %.2f s (read %.3f GB, wrote %.3f "
+        "GB, "
         "%.2f GB/s out, peak RSS %.0f MiB)\n",
         what, dst.c_str(), r.tensors, static_cast<unsigned long long>(r.bytes_out), r.shards,
         r.shards == 1 ? "" : "s", secs, static_cast<double>(r.bytes_in) / 1e9,

@@ -61,7 +61,7 @@ void ProgressPrinter::finish() {
 }
 
 uint64_t peak_rss_bytes() {
-  struct rusage ru{};
+  struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
 }

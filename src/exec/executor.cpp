@@ -1,14 +1,16 @@
 #include <atomic>
-#include <condition_variable>
-#include <optional>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <mutex>
+#include <optional>
 #include <thread>
 
+#include "exec/raw_buffer.hpp"
 #include "exec/transforms.hpp"
 #include "moeckpt/error.hpp"
+#include "moeckpt/kernels.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/plan.hpp"
 
@@ -47,28 +49,42 @@ void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
 }
 
 void run(const DequantTask& t, const TensorSource& src, TensorSink& sink) {
+  const uint64_t cols = t.in.weight->shape[1];
+  const size_t esize = dtype_size(t.out_dtype);
+  if (t.in.weight->dtype == Dtype::F8_E4M3) {
+    const int64_t row1 = t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1;
+    exec::RawBuffer<uint8_t> out(static_cast<size_t>(row1 - t.row0) * cols * esize);
+    exec::dequant_fp8_into(src, t.in, t.row0, row1, t.out_dtype, out.data(),
+                           static_cast<int64_t>(cols), false);
+    sink.write(t.out, static_cast<uint64_t>(t.row0) * cols * esize, out.bytes());
+    return;
+  }
   auto products = exec::dequant_products(src, t.in, t.row0, t.row1);
-  std::vector<uint8_t> out(products.size() * dtype_size(t.out_dtype));
+  exec::RawBuffer<uint8_t> out(products.size() * esize);
   exec::encode_products(products, t.out_dtype, t.in.nan, out.data());
-  sink.write(t.out, static_cast<uint64_t>(t.row0) * t.in.weight->shape[1] * dtype_size(t.out_dtype),
-             out);
+  sink.write(t.out, static_cast<uint64_t>(t.row0) * cols * esize, out.bytes());
 }
 
 void run(const ExpertSlotTask& t, const TensorSource& src, TensorSink& sink) {
-  std::vector<float> slot(static_cast<size_t>(t.rows * t.cols), 0.0f);
-  NanPolicy nan = NanPolicy::kRefuse;
+  const size_t esize = dtype_size(t.out_dtype);
+  exec::RawBuffer<uint8_t> slot(static_cast<size_t>(t.rows * t.cols) * esize);
   for (const auto& [in, col0] : t.parts) {
-    nan = in.nan;
+    uint8_t* dst = slot.data() + static_cast<size_t>(col0) * esize;
+    if (in.weight->dtype == Dtype::F8_E4M3) {  // the hot path: dequantize + transpose in one pass
+      exec::dequant_fp8_into(src, in, 0, -1, t.out_dtype, dst, t.cols, true);
+      continue;
+    }
     auto p = exec::dequant_products(src, in);
     const int64_t w_rows = static_cast<int64_t>(in.weight->shape[0]);
-    for (int64_t j = 0; j < w_rows; ++j)
-      for (int64_t d = 0; d < t.rows; ++d)
-        slot[static_cast<size_t>(d * t.cols + col0 + j)] = p[static_cast<size_t>(j * t.rows + d)];
+    std::vector<float> column(static_cast<size_t>(w_rows));
+    for (int64_t d = 0; d < t.rows; ++d) {
+      for (int64_t j = 0; j < w_rows; ++j)
+        column[static_cast<size_t>(j)] = p[static_cast<size_t>(j * t.rows + d)];
+      exec::encode_products(column, t.out_dtype, in.nan,
+                            dst + static_cast<size_t>(d * t.cols) * esize);
+    }
   }
-  const size_t esize = dtype_size(t.out_dtype);
-  std::vector<uint8_t> out(slot.size() * esize);
-  exec::encode_products(slot, t.out_dtype, nan, out.data());
-  sink.write(t.out, static_cast<uint64_t>(t.slot) * out.size(), out);
+  sink.write(t.out, static_cast<uint64_t>(t.slot) * slot.size(), slot.bytes());
 }
 
 std::vector<uint8_t> float_bytes(const std::vector<float>& v) {
@@ -81,30 +97,108 @@ float amax_finite(float a, float x) {
   return std::isfinite(x) ? std::max(a, std::fabs(x)) : a;
 }
 
-void check_finite(const MatrixView& v, const LoadedMatrix& m, const std::vector<float>& x) {
+[[noreturn]] void fail_non_finite(const MatrixView& v, int64_t r, int64_t c, float x) {
+  fail(v.src->file, v.src->name,
+       (v.slot >= 0 ? "slot " + std::to_string(v.slot) + " " : std::string()) + "element [" +
+           std::to_string(r) + ", " + std::to_string(c) + "] of the weight to quantize is " +
+           std::to_string(x),
+       "finite values (block quantization; --quant cast reproduces torch's NaN codes)");
+}
+
+// `row0`: the first row of `x` within the view.
+void check_finite(const MatrixView& v, const LoadedMatrix& m, const std::vector<float>& x,
+                  int64_t row0 = 0) {
   for (size_t i = 0; i < x.size(); ++i)
     if (!std::isfinite(x[i]))
-      fail(v.src->file, v.src->name,
-           (v.slot >= 0 ? "slot " + std::to_string(v.slot) + " " : std::string()) + "element [" +
-               std::to_string(static_cast<int64_t>(i) / m.cols) + ", " +
-               std::to_string(static_cast<int64_t>(i) % m.cols) +
-               "] of the weight to quantize is " + std::to_string(x[i]),
-           "finite values (block quantization; --quant cast reproduces torch's NaN codes)");
+      fail_non_finite(v, row0 + static_cast<int64_t>(i) / m.cols, static_cast<int64_t>(i) % m.cols,
+                      x[i]);
+}
+
+// BF16 weights (the native dtype) quantized with the SIMD kernels: the slot view is read once and
+// transposed on the fly.
+void run_bf16_quant(const EmitTask& t, const TensorSource& src, TensorSink& sink, int64_t all_rows,
+                    int64_t r0, int64_t r1, const uint16_t* preloaded_slot = nullptr) {
+  const SourceTensor& s = *t.in.src;
+  exec::RawBuffer<uint16_t> data;
+  const uint16_t* base;
+  int64_t ld, rows = r1 - r0, cols;
+  bool transpose = t.in.slot >= 0;
+  if (transpose) {  // logical (r, c) = slot[c][col0 + r] of a [n, R, W] tensor
+    const int64_t R = static_cast<int64_t>(s.shape[1]), W = static_cast<int64_t>(s.shape[2]);
+    if (!preloaded_slot) {
+      data = exec::RawBuffer<uint16_t>(static_cast<size_t>(R * W));
+      src.read(s, static_cast<uint64_t>(t.in.slot * R * W) * 2,
+               {reinterpret_cast<uint8_t*>(data.data()), data.size() * 2});
+      preloaded_slot = data.data();
+    }
+    base = preloaded_slot + t.in.col0;
+    ld = W;
+    cols = R;
+  } else {
+    cols = static_cast<int64_t>(s.shape.size() > 1 ? s.shape[1] : 1);
+    data = exec::RawBuffer<uint16_t>(static_cast<size_t>(rows * cols));
+    src.read(s, static_cast<uint64_t>(r0 * cols) * 2,
+             {reinterpret_cast<uint8_t*>(data.data()), data.size() * 2});
+    base = data.data();
+    ld = cols;
+  }
+  const int64_t sc = ceil_div(cols, t.block_cols);
+  const int64_t sr0 = r0 / t.block_rows;
+  const int64_t sr1 = r1 == all_rows ? t.scale_rows : ceil_div(r1, t.block_rows);
+  std::vector<float> scales(static_cast<size_t>((sr1 - sr0) * sc), 1.0f);
+  exec::RawBuffer<uint8_t> codes(static_cast<size_t>(rows * cols));
+  kernels::QuantArgs q;
+  q.src = base;
+  q.rows = rows;
+  q.cols = cols;
+  q.src_ld = ld;
+  q.transpose = transpose;
+  q.dst = codes.data();
+  q.dst_ld = cols;
+  std::vector<const float*> row_scale;
+  if (t.mode == QuantMode::kCast) {
+    q.mode = kernels::QuantArgs::kTorchCast;
+  } else {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const uint16_t b = transpose ? base[c * ld + r] : base[r * ld + c];
+        if ((b & 0x7F80) == 0x7F80) fail_non_finite(t.in, r0 + r, c, numerics::bf16_to_f32(b));
+      }
+    std::fill(scales.begin(), scales.end(), 0.0f);
+    kernels::block_amax_bf16(base, rows, cols, ld, transpose, t.block_rows, t.block_cols,
+                             scales.data(), sc);
+    for (auto& v : scales) v = numerics::block_scale_from_amax(v);
+    for (int64_t r = 0; r < rows; ++r)
+      row_scale.push_back(&scales[static_cast<size_t>(((r0 + r) / t.block_rows - sr0) * sc)]);
+    q.mode = kernels::QuantArgs::kSaturating;
+    q.row_scale = row_scale.data();
+    q.block_cols = t.block_cols;
+  }
+  kernels::quant_bf16_to_fp8(q);
+  sink.write(t.out_weight, static_cast<uint64_t>(r0 * cols), codes.bytes());
+  if (t.out_scale)
+    sink.write(*t.out_scale, static_cast<uint64_t>(sr0 * sc) * 4, float_bytes(scales));
 }
 
 void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
   const int64_t all_rows =
-      t.in.slot >= 0 ? t.in.cols : static_cast<int64_t>(t.in.src->shape.empty() ? 1 : t.in.src->shape[0]);
+      t.in.slot >= 0 ? t.in.cols
+                     : static_cast<int64_t>(t.in.src->shape.empty() ? 1 : t.in.src->shape[0]);
   const int64_t r0 = t.in.slot >= 0 ? 0 : t.row0;
   const int64_t r1 = t.in.slot >= 0 || t.row1 < 0 ? all_rows : t.row1;
-  LoadedMatrix m = exec::load_matrix(src, t.in, r0, r1);
   const size_t esize = dtype_size(t.in.src->dtype);
+  if (t.mode != QuantMode::kNone && t.in.src->dtype == Dtype::BF16) {
+    run_bf16_quant(t, src, sink, all_rows, r0, r1);
+    return;
+  }
+  LoadedMatrix m = exec::load_matrix(src, t.in, r0, r1);
   if (t.mode == QuantMode::kNone) {
     sink.write(t.out_weight, static_cast<uint64_t>(r0 * m.cols) * esize, m.raw);
     return;
   }
   std::vector<float> x(static_cast<size_t>(m.rows * m.cols));
-  for (size_t i = 0; i < x.size(); ++i) x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
   const int64_t sc = ceil_div(m.cols, t.block_cols);
   // This task's scale rows; the last rows' task also writes the padding rows (ones).
   const int64_t sr0 = r0 / t.block_rows;
@@ -114,7 +208,7 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
   if (t.mode == QuantMode::kCast) {
     for (size_t i = 0; i < x.size(); ++i) codes[i] = numerics::f32_to_fp8_e4m3fn_torch(x[i]);
   } else {
-    check_finite(t.in, m, x);
+    check_finite(t.in, m, x, r0);
     std::fill(scales.begin(), scales.end(), 0.0f);
     auto block = [&](int64_t r, int64_t c) -> float& {
       return scales[static_cast<size_t>(((r0 + r) / t.block_rows - sr0) * sc + c / t.block_cols)];
@@ -132,10 +226,96 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
       }
   }
   sink.write(t.out_weight, static_cast<uint64_t>(r0 * m.cols), codes);
-  if (t.out_scale) sink.write(*t.out_scale, static_cast<uint64_t>(sr0 * sc) * 4, float_bytes(scales));
+  if (t.out_scale)
+    sink.write(*t.out_scale, static_cast<uint64_t>(sr0 * sc) * 4, float_bytes(scales));
+}
+
+void run(const SlotGroupTask& g, const TensorSource& src, TensorSink& sink) {
+  const SourceTensor& s = *g.parts.front().in.src;
+  if (s.dtype != Dtype::BF16 || g.parts.front().mode == QuantMode::kNone) {
+    for (const auto& part : g.parts) run(part, src, sink);
+    return;
+  }
+  const int64_t R = static_cast<int64_t>(s.shape[1]), W = static_cast<int64_t>(s.shape[2]);
+  exec::RawBuffer<uint16_t> slot(static_cast<size_t>(R * W));
+  src.read(s, static_cast<uint64_t>(g.parts.front().in.slot * R * W) * 2,
+           {reinterpret_cast<uint8_t*>(slot.data()), slot.size() * 2});
+  for (const auto& part : g.parts)
+    run_bf16_quant(part, src, sink, part.in.cols, 0, part.in.cols, slot.data());
+}
+
+// The fused layout with BF16 inputs: rows sharing a scale row are runs, so the SIMD amax and
+// quantize kernels apply run by run.
+void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
+  static constexpr Projection kProj[3] = {Projection::kQ, Projection::kK, Projection::kV};
+  auto owner_index = [](Projection o) -> size_t {
+    return o == Projection::kQ ? 0 : o == Projection::kK ? 1 : 2;
+  };
+  std::array<exec::RawBuffer<uint16_t>, 3> data;
+  std::array<int64_t, 3> rows{};
+  int64_t cols = 0;
+  for (size_t p = 0; p < 3; ++p) {
+    if (!t.in[p]) continue;
+    const SourceTensor& s = *t.in[p]->src;
+    rows[p] = static_cast<int64_t>(s.shape[0]);
+    cols = static_cast<int64_t>(s.shape[1]);
+    data[p] = exec::RawBuffer<uint16_t>(static_cast<size_t>(rows[p] * cols));
+    src.read(s, 0, {reinterpret_cast<uint8_t*>(data[p].data()), data[p].size() * 2});
+    for (size_t i = 0; i < data[p].size(); ++i)
+      if ((data[p][i] & 0x7F80) == 0x7F80)
+        fail_non_finite(*t.in[p], static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols,
+                        numerics::bf16_to_f32(data[p][i]));
+  }
+  const int64_t sc = ceil_div(cols, t.block_cols);
+  std::array<std::vector<float>, 3> scales;
+  for (size_t p = 0; p < 3; ++p)
+    scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kProj[p]) * sc), 0.0f);
+  std::array<std::vector<const float*>, 3> row_scale;
+  for (size_t p = 0; p < 3; ++p) {
+    for (int64_t r = 0; r < rows[p];) {
+      const auto s = t.layout.scale_source(kProj[p], r);
+      int64_t end = r + 1;
+      while (end < rows[p]) {
+        const auto n = t.layout.scale_source(kProj[p], end);
+        if (n.owner != s.owner || n.scale_row != s.scale_row) break;
+        ++end;
+      }
+      float* amax = &scales[owner_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
+      kernels::block_amax_bf16(data[p].data() + r * cols, end - r, cols, cols, false, end - r,
+                               t.block_cols, amax, sc);
+      for (int64_t i = r; i < end; ++i) row_scale[p].push_back(amax);
+      r = end;
+    }
+  }
+  for (auto& v : scales)
+    for (auto& x : v) x = numerics::block_scale_from_amax(x);
+  for (size_t p = 0; p < 3; ++p) {
+    if (!t.in[p]) continue;
+    exec::RawBuffer<uint8_t> codes(data[p].size());
+    kernels::QuantArgs q;
+    q.src = data[p].data();
+    q.rows = rows[p];
+    q.cols = cols;
+    q.src_ld = cols;
+    q.dst = codes.data();
+    q.dst_ld = cols;
+    q.mode = kernels::QuantArgs::kSaturating;
+    q.row_scale = row_scale[p].data();
+    q.block_cols = t.block_cols;
+    kernels::quant_bf16_to_fp8(q);
+    sink.write(*t.out_weight[p], 0, codes.bytes());
+  }
+  for (size_t p = 0; p < 3; ++p)
+    if (t.out_scale[p]) sink.write(*t.out_scale[p], 0, float_bytes(scales[p]));
 }
 
 void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
+  bool bf16 = true;
+  for (const auto& v : t.in) bf16 = bf16 && (!v || (v->slot < 0 && v->src->dtype == Dtype::BF16));
+  if (bf16) {
+    run_fused_bf16(t, src, sink);
+    return;
+  }
   static constexpr Projection kProj[3] = {Projection::kQ, Projection::kK, Projection::kV};
   std::array<std::vector<float>, 3> x;
   std::array<LoadedMatrix, 3> m;
@@ -219,10 +399,14 @@ std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_b
 
 uint64_t task_memory(const Task& task) {
   struct Visitor {
-    uint64_t operator()(const CopyTask& t) const { return std::min<uint64_t>(t.src->nbytes, kCopyChunk); }
+    uint64_t operator()(const CopyTask& t) const {
+      return std::min<uint64_t>(t.src->nbytes, kCopyChunk);
+    }
     uint64_t operator()(const DequantTask& t) const {
-      const int64_t rows = (t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1) - t.row0;
-      return matrix_bytes(*t.in.weight, rows) * (dtype_size(t.in.weight->dtype) + 4 + dtype_size(t.out_dtype));
+      const int64_t rows =
+          (t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1) - t.row0;
+      return matrix_bytes(*t.in.weight, rows) *
+             (dtype_size(t.in.weight->dtype) + 4 + dtype_size(t.out_dtype));
     }
     uint64_t operator()(const ExpertSlotTask& t) const {
       uint64_t n = static_cast<uint64_t>(t.rows * t.cols) * (4 + dtype_size(t.out_dtype));
@@ -230,12 +414,23 @@ uint64_t task_memory(const Task& task) {
       return n;
     }
     uint64_t operator()(const EmitTask& t) const {
-      const int64_t rows = t.in.slot >= 0 ? t.in.cols
-                           : (t.row1 < 0 ? static_cast<int64_t>(t.in.src->shape.empty() ? 1 : t.in.src->shape[0]) : t.row1) - t.row0;
-      const uint64_t cols = t.in.slot >= 0 ? t.in.src->shape[1] : (t.in.src->shape.size() > 1 ? t.in.src->shape[1] : 1);
+      const int64_t rows =
+          t.in.slot >= 0
+              ? t.in.cols
+              : (t.row1 < 0 ? static_cast<int64_t>(t.in.src->shape.empty() ? 1 : t.in.src->shape[0])
+                            : t.row1) -
+                    t.row0;
+      const uint64_t cols = t.in.slot >= 0 ? t.in.src->shape[1]
+                                           : (t.in.src->shape.size() > 1 ? t.in.src->shape[1] : 1);
       const uint64_t elems = static_cast<uint64_t>(rows) * cols;
       return elems * (2 * dtype_size(t.in.src->dtype) + 5) +
-             (t.in.slot >= 0 ? t.in.src->shape[1] * t.in.src->shape[2] * dtype_size(t.in.src->dtype) : 0);
+             (t.in.slot >= 0 ? t.in.src->shape[1] * t.in.src->shape[2] * dtype_size(t.in.src->dtype)
+                             : 0);
+    }
+    uint64_t operator()(const SlotGroupTask& g) const {
+      uint64_t n = 0;
+      for (const auto& p : g.parts) n += (*this)(p);
+      return n;
     }
     uint64_t operator()(const FusedQuantTask& t) const {
       uint64_t n = 0;
@@ -249,6 +444,7 @@ uint64_t task_memory(const Task& task) {
 
 void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
              const ExecOptions& options) {
+  exec::keep_freed_buffers_in_heap();
   std::optional<ObservedSink> observed;
   if (options.on_write) observed.emplace(sink_in, options.on_write);
   TensorSink& sink = observed ? static_cast<TensorSink&>(*observed) : sink_in;

@@ -1,13 +1,27 @@
 #include "exec/transforms.hpp"
 
+#include <malloc.h>
+
+#include "exec/raw_buffer.hpp"
+
 #include <bit>
 #include <cmath>
 #include <cstring>
 
 #include "moeckpt/error.hpp"
+#include "moeckpt/kernels.hpp"
 #include "moeckpt/numerics.hpp"
 
 namespace moeckpt::exec {
+
+void keep_freed_buffers_in_heap() {
+  static const bool once = [] {
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    return true;
+  }();
+  (void)once;
+}
 
 float element_to_float(Dtype dtype, const uint8_t* p) {
   switch (dtype) {
@@ -64,6 +78,84 @@ Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check
 
 }  // namespace
 
+RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t row0,
+                     int64_t rows) {
+  RowScales rs;
+  rs.row.assign(static_cast<size_t>(rows), nullptr);
+  if (!in.scale) return rs;
+  const ScaleRef& s = *in.scale;
+  rs.block_cols = s.block_cols;
+  auto slot_of = [](Projection o) -> size_t {
+    return o == Projection::kQ ? 0 : o == Projection::kK ? 1 : 2;
+  };
+  if (s.fused) {
+    std::vector<FusedQkvLayout::ScaleSource> sources;
+    std::array<bool, 3> needed{};
+    for (int64_t r = 0; r < rows; ++r) {
+      sources.push_back(s.fused->scale_source(s.projection, row0 + r));
+      needed[slot_of(sources.back().owner)] = true;
+    }
+    // Only the scale tensors these rows use are read.
+    for (size_t i = 0; i < 3; ++i)
+      if (needed[i] && s.qkv[i]) {
+        auto sc = load_scales(source, *s.qkv[i], s.check_values);
+        rs.values[i] = std::move(sc.values);
+        rs.cols[i] = sc.cols;
+      }
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto& src = sources[static_cast<size_t>(r)];
+      const size_t o = slot_of(src.owner);
+      rs.row[static_cast<size_t>(r)] =
+          &rs.values[o][static_cast<size_t>(src.scale_row * rs.cols[o])];
+    }
+  } else {
+    auto sc = load_scales(source, *s.plain, s.check_values);
+    rs.values[0] = std::move(sc.values);
+    rs.cols[0] = sc.cols;
+    for (int64_t r = 0; r < rows; ++r)
+      rs.row[static_cast<size_t>(r)] =
+          &rs.values[0][static_cast<size_t>(((row0 + r) / s.block_rows) * rs.cols[0])];
+  }
+  return rs;
+}
+
+[[noreturn]] void fail_nan(const SourceTensor& w, int64_t row, int64_t col, int code) {
+  fail(w.file, w.name,
+       "element [" + std::to_string(row) + ", " + std::to_string(col) + "] is NaN" +
+           (code >= 0 ? " (FP8 code 0x" + std::string(1, "0123456789abcdef"[code >> 4]) +
+                            std::string(1, "0123456789abcdef"[code & 15]) + ")"
+                      : ""),
+       "finite weights (--compat automodel passes NaN through as torch does)");
+}
+
+void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
+                      int64_t row1, Dtype out, uint8_t* dst, int64_t dst_ld, bool transpose) {
+  const SourceTensor& w = *in.weight;
+  const int64_t cols = static_cast<int64_t>(w.shape.at(1));
+  if (row1 < 0) row1 = static_cast<int64_t>(w.shape.at(0));
+  const int64_t rows = row1 - row0;
+  RawBuffer<uint8_t> codes(static_cast<size_t>(rows * cols));
+  source.read(w, static_cast<uint64_t>(row0 * cols), codes.span());
+  RowScales rs = row_scales(source, in, row0, rows);
+  kernels::DequantArgs a;
+  a.src = codes.data();
+  a.rows = rows;
+  a.cols = cols;
+  a.src_ld = cols;
+  a.row_scale = in.scale ? rs.row.data() : nullptr;
+  a.block_cols = rs.block_cols;
+  a.dst = dst;
+  a.dst_ld = dst_ld;
+  a.dst_f32 = out == Dtype::F32;
+  a.transpose = transpose;
+  a.torch_nan = in.nan == NanPolicy::kTorchCompat;
+  if (kernels::dequant_fp8(a) && in.nan == NanPolicy::kRefuse)
+    for (size_t i = 0; i < codes.size(); ++i)
+      if ((codes[i] & 0x7F) == 0x7F)
+        fail_nan(w, row0 + static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols,
+                 codes[i]);
+}
+
 std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in,
                                     int64_t row0, int64_t row1) {
   const SourceTensor& w = *in.weight;
@@ -72,44 +164,15 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
   if (row1 < 0) row1 = all_rows;
   const int64_t rows = row1 - row0;
   const size_t esize = dtype_size(w.dtype);
-  std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols) * esize);
-  source.read(w, static_cast<uint64_t>(row0 * cols) * esize, bytes);
   if (!is_float_dtype(w.dtype))
     fail(w.file, w.name, "dtype " + std::string(dtype_name(w.dtype)) + " cannot be dequantized",
          "F8_E4M3, BF16, F16 or F32");
+  std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols) * esize);
+  source.read(w, static_cast<uint64_t>(row0 * cols) * esize, bytes);
   std::vector<float> out(static_cast<size_t>(rows * cols));
-
-  // Scale row pointers per weight row.
-  std::array<Scales, 3> owners;
-  Scales plain;
-  std::vector<const float*> row_scale(static_cast<size_t>(rows), nullptr);
-  int64_t block_cols = 1;
-  if (in.scale) {
-    const ScaleRef& s = *in.scale;
-    block_cols = s.block_cols;
-    if (s.fused) {
-      std::vector<FusedQkvLayout::ScaleSource> sources;
-      std::array<bool, 3> needed{};
-      for (int64_t r = 0; r < rows; ++r) {
-        sources.push_back(s.fused->scale_source(s.projection, row0 + r));
-        needed[sources.back().owner == Projection::kQ ? 0 : sources.back().owner == Projection::kK ? 1 : 2] = true;
-      }
-      // Only the scale tensors these rows use are read.
-      for (size_t i = 0; i < 3; ++i)
-        if (needed[i] && s.qkv[i]) owners[i] = load_scales(source, *s.qkv[i], s.check_values);
-      for (int64_t r = 0; r < rows; ++r) {
-        const auto& src = sources[static_cast<size_t>(r)];
-        size_t o = src.owner == Projection::kQ ? 0 : src.owner == Projection::kK ? 1 : 2;
-        row_scale[static_cast<size_t>(r)] = &owners[o].values[static_cast<size_t>(src.scale_row * owners[o].cols)];
-      }
-    } else {
-      plain = load_scales(source, *s.plain, s.check_values);
-      for (int64_t r = 0; r < rows; ++r)
-        row_scale[static_cast<size_t>(r)] =
-            &plain.values[static_cast<size_t>(((row0 + r) / s.block_rows) * plain.cols)];
-    }
-  }
-
+  RowScales rs = row_scales(source, in, row0, rows);
+  const int64_t block_cols = rs.block_cols;
+  const auto& row_scale = rs.row;
   const bool fp8 = w.dtype == Dtype::F8_E4M3;
   for (int64_t r = 0; r < rows; ++r) {
     const float* srow = row_scale[static_cast<size_t>(r)];
@@ -118,13 +181,7 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
       const uint8_t* p = &bytes[i * esize];
       float x = element_to_float(w.dtype, p);
       if (std::isnan(x)) {
-        if (in.nan == NanPolicy::kRefuse)
-          fail(w.file, w.name,
-               "element [" + std::to_string(row0 + r) + ", " + std::to_string(c) + "] is NaN" +
-                   (fp8 ? " (FP8 code 0x" + std::string(1, "0123456789abcdef"[p[0] >> 4]) +
-                              std::string(1, "0123456789abcdef"[p[0] & 15]) + ")"
-                        : ""),
-               "finite weights (--compat automodel passes NaN through as torch does)");
+        if (in.nan == NanPolicy::kRefuse) fail_nan(w, row0 + r, c, fp8 ? p[0] : -1);
         // torch widens FP8 NaN to 0x7FF00000 | sign and multiplies, keeping that NaN.
         if (fp8) x = std::bit_cast<float>(0x7FF00000u | (p[0] & 0x80u ? 0x80000000u : 0u));
       }
@@ -172,6 +229,17 @@ LoadedMatrix load_matrix(const TensorSource& source, const MatrixView& v, int64_
   m.rows = v.cols;
   m.cols = R;
   m.raw.resize(static_cast<size_t>(m.rows * m.cols) * esize);
+  if (esize == 2) {  // BF16, the native dtype: a typed tiled transpose
+    const auto* in = reinterpret_cast<const uint16_t*>(slot.data());
+    auto* out = reinterpret_cast<uint16_t*>(m.raw.data());
+    constexpr int64_t kTile = 32;
+    for (int64_t d0 = 0; d0 < R; d0 += kTile)
+      for (int64_t j0 = 0; j0 < v.cols; j0 += kTile)
+        for (int64_t d = d0; d < std::min(R, d0 + kTile); ++d)
+          for (int64_t j = j0; j < std::min(v.cols, j0 + kTile); ++j)
+            out[j * R + d] = in[d * W + v.col0 + j];
+    return m;
+  }
   for (int64_t d = 0; d < R; ++d)
     for (int64_t j = 0; j < v.cols; ++j)
       std::memcpy(&m.raw[static_cast<size_t>(j * R + d) * esize],

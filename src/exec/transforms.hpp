@@ -1,6 +1,7 @@
 #pragma once
 // The data transforms tasks are made of: exact dequantization (one float32 multiply, then RNE) and
 // the two quantizers, on whole matrices. Scalar code built on the reference codecs.
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -17,6 +18,21 @@ std::vector<float> to_floats(const SourceTensor& t, std::span<const uint8_t> byt
 // Rows [row0, row1) only (row1 < 0: all); only those rows' bytes are read.
 std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in,
                                     int64_t row0 = 0, int64_t row1 = -1);
+
+// Per-row pointers into the block scales a weight's rows [row0, row0 + rows) use.
+struct RowScales {
+  std::array<std::vector<float>, 3> values;
+  std::array<int64_t, 3> cols{};
+  std::vector<const float*> row;
+  int64_t block_cols = 1;
+};
+RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t row0,
+                     int64_t rows);
+
+// FP8 weight rows [row0, row1) dequantized straight into `dst` (BF16 or F32 elements, row stride
+// dst_ld; transposed: dst[c * dst_ld + r]) with the SIMD kernels. NaN codes per the policy.
+void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
+                      int64_t row1, Dtype out, uint8_t* dst, int64_t dst_ld, bool transpose);
 
 // Encodes products as BF16 or F32 bytes (NaN per policy; refused NaN never reaches here).
 void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst);

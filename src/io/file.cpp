@@ -1,5 +1,8 @@
 #include "io/file.hpp"
 
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -109,6 +112,12 @@ void File::truncate(uint64_t size) const {
 
 void File::sync() const {
   if (::fsync(fd_) != 0) fail(path_, "", "fsync: " + errno_text(errno));
+}
+
+void File::start_writeback() const noexcept {
+#ifdef SYNC_FILE_RANGE_WRITE
+  ::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);
+#endif
 }
 
 void File::close() {

@@ -32,6 +32,8 @@ class File {
   void preallocate(uint64_t size) const;
   void truncate(uint64_t size) const;
   void sync() const;
+  // Asks the kernel to begin writing dirty pages back now (no wait; best effort).
+  void start_writeback() const noexcept;
   void close();
 
  private:

@@ -87,6 +87,11 @@ void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> byte
              " does not fit the tensor's " + std::to_string(n) + " bytes");
   file_->pwrite_all(file_offsets_[i] + offset, bytes);
   written_[i] += bytes.size();
+  // Start writeback of what has accumulated so the final fsync does not wait for all of it.
+  if ((unflushed_ += bytes.size()) >= kWritebackBytes) {
+    unflushed_ = 0;
+    file_->start_writeback();
+  }
 }
 
 void ShardWriter::commit() {

@@ -178,6 +178,19 @@ TEST_F(TinyCheckpoint, RoundTripGivesBackTheFp8Codes) {
   EXPECT_TRUE(verify_checkpoints(hf(), dir_ / "native", {}).ok());
 }
 
+TEST_F(TinyCheckpoint, F32NativeRoundTripsThroughTheScalarPaths) {
+  FromHfOptions f32;
+  f32.dtype = Dtype::F32;
+  from_hf_dir(hf(), dir_ / "native32", f32);
+  auto ck = Checkpoint::open(dir_ / "native32");
+  EXPECT_EQ(ck.find("model.layers.1.mlp.experts.gate_and_up_projs")->info->dtype, Dtype::F32);
+  EXPECT_EQ(ck.find("model.layers.0.self_attn.q_proj.weight")->info->dtype, Dtype::F32);
+  to_hf_dirs({dir_ / "native32"}, dir_ / "back32", {}, std::nullopt);
+  auto back = Checkpoint::open(dir_ / "back32"), orig = Checkpoint::open(hf());
+  for (const auto& n : orig.names())
+    EXPECT_EQ(back.read_all(*back.find(n)), orig.read_all(*orig.find(n))) << n;
+}
+
 TEST_F(TinyCheckpoint, EpRanksReassembleToTheFullConversion) {
   from_hf_dir(hf(), dir_ / "ep1", {});
   std::vector<fs::path> ranks;
@@ -376,6 +389,46 @@ TEST_F(Refusals, BadScaleValuesAndNanCodes) {
   auto bytes = out.read_all(*out.find(w));
   EXPECT_EQ(bytes[6], 0xFF);  // torch's vectorized NaN: 0xFFFF
   EXPECT_EQ(bytes[7], 0xFF);
+}
+
+TEST_F(Refusals, BlockQuantizationRefusesNonFiniteValues) {
+  from_hf_dir(hf(), dir_ / "native", {});
+  auto ck = Checkpoint::open(dir_ / "native");
+  std::vector<TensorSpec> specs;
+  std::vector<std::vector<uint8_t>> data;
+  for (const auto& n : ck.names()) {
+    const auto* e = ck.find(n);
+    specs.push_back({n, e->info->dtype, e->info->shape});
+    data.push_back(ck.read_all(*e));
+    if (n == "model.layers.2.mlp.experts.gate_and_up_projs") {
+      // slot 1, row d = 3, column 130 (up_proj row 2): +inf
+      const size_t i = (1 * 256 * 256 + 3 * 256 + 130) * 2;
+      data.back()[i] = 0x80;
+      data.back()[i + 1] = 0x7F;
+    }
+  }
+  fs::create_directories(dir_ / "inf_native");
+  fs::copy_file(hf() / "config.json", dir_ / "inf_native" / "config.json");
+  {
+    CheckpointWriter w(dir_ / "inf_native", specs);
+    for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
+    w.commit();
+  }
+  try {
+    to_hf_dirs({dir_ / "inf_native"}, dir_ / "inf_out", {}, std::nullopt);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("slot 1 element [2, 3] of the weight to quantize is inf"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "inf_out" / kSingleFileName));
+  ToHfOptions cast;
+  cast.quant = QuantMode::kCast;  // torch's cast turns it into a NaN code, as Automodel does
+  to_hf_dirs({dir_ / "inf_native"}, dir_ / "inf_cast", cast, std::nullopt);
+  auto out = Checkpoint::open(dir_ / "inf_cast");
+  EXPECT_EQ(out.read_all(*out.find("model.layers.2.mlp.experts.1.up_proj.weight"))[2 * 256 + 3],
+            0x7F);
 }
 
 TEST_F(Refusals, GroupedExpertDimensionMustMatchConfig) {

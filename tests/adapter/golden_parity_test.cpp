@@ -158,10 +158,12 @@ TEST_P(GoldenParity, ToHfCastIsByteIdentical) {
 TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
   auto ck = Checkpoint::open(from_hf(1, 0));
   std::vector<TensorSpec> specs;
-  for (const auto& n : ck.names()) specs.push_back({n, ck.find(n)->info->dtype, ck.find(n)->info->shape});
+  for (const auto& n : ck.names())
+    specs.push_back({n, ck.find(n)->info->dtype, ck.find(n)->info->shape});
   fs::create_directories(dir_ / "foreign");
   {
-    CheckpointWriter w(dir_ / "foreign", specs, {.max_shard_bytes = 1 << 20, .metadata = {{"format", "pt"}}});
+    CheckpointWriter w(dir_ / "foreign", specs,
+                       {.max_shard_bytes = 1 << 20, .metadata = {{"format", "pt"}}});
     for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, ck.read_all(*ck.find(specs[i].name)));
     w.commit();
   }

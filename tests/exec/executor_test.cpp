@@ -27,7 +27,7 @@ TEST(SplitRows, CoversEveryRowOnceAtAlignedCuts) {
   ASSERT_EQ(parts.size(), 8u);
   EXPECT_EQ(parts.front(), std::make_pair(int64_t{0}, int64_t{128}));
   EXPECT_EQ(parts.back(), std::make_pair(int64_t{896}, int64_t{1000}));
-  EXPECT_EQ(split_rows(5, 1 << 20, 1, 1).size(), 5u);   // one row per task at minimum
+  EXPECT_EQ(split_rows(5, 1 << 20, 1, 1).size(), 5u);  // one row per task at minimum
   EXPECT_EQ(split_rows(0, 10, 100, 1).size(), 1u);
   EXPECT_EQ(split_rows(300, 0, 100, 128).size(), 1u);  // zero-width rows: one task
 }

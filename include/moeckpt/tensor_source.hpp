@@ -32,8 +32,9 @@ class TensorSource {
   // In a stable order (sorted by name within a part, parts in order).
   const std::vector<SourceTensor>& tensors() const noexcept { return tensors_; }
   const SourceTensor* find(std::string_view name) const;
-  // Tensors with this name across parts (a multi-rank native source holds replicas).
   virtual void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const = 0;
+  // Hints that these bytes will be read soon (read-ahead; no effect in memory).
+  virtual void prefetch(const SourceTensor&, uint64_t /*offset*/, uint64_t /*bytes*/) const {}
   std::vector<uint8_t> read_all(const SourceTensor& t) const;
   // __metadata__ of the part's first shard (empty for memory sources).
   virtual std::map<std::string, std::string> metadata(size_t part) const = 0;
@@ -57,6 +58,7 @@ class CheckpointSource final : public TensorSource {
   explicit CheckpointSource(const std::vector<std::filesystem::path>& dirs);
   ~CheckpointSource() override;
   void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override;
+  void prefetch(const SourceTensor& t, uint64_t offset, uint64_t bytes) const override;
   std::map<std::string, std::string> metadata(size_t part) const override;
   size_t parts() const override { return checkpoints_.size(); }
   const Checkpoint& checkpoint(size_t part) const { return *checkpoints_[part]; }

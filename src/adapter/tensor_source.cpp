@@ -1,5 +1,7 @@
 #include "moeckpt/tensor_source.hpp"
 
+#include <fcntl.h>
+
 #include <cstring>
 
 #include "moeckpt/error.hpp"
@@ -43,6 +45,15 @@ void CheckpointSource::read(const SourceTensor& t, uint64_t offset, std::span<ui
   const auto& ck = *checkpoints_.at(t.part);
   ck.read(*ck.find(t.name), offset, out);
   bytes_read_ += out.size();
+}
+
+void CheckpointSource::prefetch(const SourceTensor& t, uint64_t offset, uint64_t bytes) const {
+  const auto& ck = *checkpoints_.at(t.part);
+  const auto* e = ck.find(t.name);
+  const auto& shard = ck.shard(e->shard);
+  ::posix_fadvise(shard.fd(),
+                  static_cast<off_t>(shard.header().data_offset() + e->info->begin + offset),
+                  static_cast<off_t>(bytes), POSIX_FADV_WILLNEED);
 }
 
 std::map<std::string, std::string> CheckpointSource::metadata(size_t part) const {

@@ -159,11 +159,19 @@ void run_bf16_quant(const EmitTask& t, const TensorSource& src, TensorSink& sink
   if (t.mode == QuantMode::kCast) {
     q.mode = kernels::QuantArgs::kTorchCast;
   } else {
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < cols; ++c) {
-        const uint16_t b = transpose ? base[c * ld + r] : base[r * ld + c];
-        if ((b & 0x7F80) == 0x7F80) fail_non_finite(t.in, r0 + r, c, numerics::bf16_to_f32(b));
-      }
+    // Scanned in memory order (the transposed view is strided): [outer][inner] of the source.
+    const int64_t outer = transpose ? cols : rows, inner = transpose ? rows : cols;
+    for (int64_t o = 0; o < outer; ++o) {
+      const uint16_t* line = base + o * ld;
+      // A max-reduction of the exponent bits vectorizes; the position is found only on error.
+      uint16_t top = 0;
+      for (int64_t i = 0; i < inner; ++i) top = std::max<uint16_t>(top, line[i] & 0x7F80);
+      if (top == 0x7F80)
+        for (int64_t i = 0; i < inner; ++i)
+          if ((line[i] & 0x7F80) == 0x7F80)
+            fail_non_finite(t.in, r0 + (transpose ? i : o), transpose ? o : i,
+                            numerics::bf16_to_f32(line[i]));
+    }
     std::fill(scales.begin(), scales.end(), 0.0f);
     kernels::block_amax_bf16(base, rows, cols, ld, transpose, t.block_rows, t.block_cols,
                              scales.data(), sc);
@@ -397,6 +405,35 @@ std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_b
   return out;
 }
 
+// Asks the source to read ahead what a task will read.
+void prefetch(const Task& task, const TensorSource& src) {
+  struct Visitor {
+    const TensorSource& src;
+    void whole(const SourceTensor* t) const { src.prefetch(*t, 0, t->nbytes); }
+    void operator()(const CopyTask& t) const { whole(t.src); }
+    void operator()(const DequantTask& t) const {
+      const uint64_t cols = t.in.weight->shape[1], esize = dtype_size(t.in.weight->dtype);
+      const int64_t row1 = t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1;
+      src.prefetch(*t.in.weight, static_cast<uint64_t>(t.row0) * cols * esize,
+                   static_cast<uint64_t>(row1 - t.row0) * cols * esize);
+    }
+    void operator()(const ExpertSlotTask& t) const {
+      for (const auto& [in, _] : t.parts) whole(in.weight);
+    }
+    void operator()(const EmitTask& t) const {
+      if (t.in.slot < 0) return whole(t.in.src);
+      const uint64_t slot = t.in.src->nbytes / t.in.src->shape[0];
+      src.prefetch(*t.in.src, static_cast<uint64_t>(t.in.slot) * slot, slot);
+    }
+    void operator()(const SlotGroupTask& g) const { (*this)(g.parts.front()); }
+    void operator()(const FusedQuantTask& t) const {
+      for (const auto& v : t.in)
+        if (v) whole(v->src);
+    }
+  };
+  std::visit(Visitor{src}, task);
+}
+
 uint64_t task_memory(const Task& task) {
   struct Visitor {
     uint64_t operator()(const CopyTask& t) const {
@@ -468,6 +505,8 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
         std::unique_lock lock(mutex);
         if (next >= plan.tasks.size() || failed) return;
         i = next++;
+        // Read-ahead in plan order: the task `threads` places ahead of this one.
+        if (i + threads < plan.tasks.size()) prefetch(plan.tasks[i + threads], source);
         need = task_memory(plan.tasks[i]);
         cv.wait(lock, [&] { return failed || in_use == 0 || in_use + need <= options.max_memory; });
         if (failed) return;

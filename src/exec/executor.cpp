@@ -36,10 +36,10 @@ namespace {
 
 using exec::LoadedMatrix;
 
-constexpr uint64_t kCopyChunk = 64ull << 20;
+constexpr uint64_t kCopyChunk = 16ull << 20;
 
 void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
-  std::vector<uint8_t> buf(std::min<uint64_t>(t.src->nbytes, kCopyChunk));
+  exec::RawBuffer<uint8_t> buf(std::min<uint64_t>(t.src->nbytes, kCopyChunk));
   for (uint64_t off = 0; off < t.src->nbytes; off += buf.size()) {
     auto n = std::min<uint64_t>(buf.size(), t.src->nbytes - off);
     std::span<uint8_t> part(buf.data(), n);
@@ -481,7 +481,6 @@ uint64_t task_memory(const Task& task) {
 
 void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
              const ExecOptions& options) {
-  exec::keep_freed_buffers_in_heap();
   std::optional<ObservedSink> observed;
   if (options.on_write) observed.emplace(sink_in, options.on_write);
   TensorSink& sink = observed ? static_cast<TensorSink&>(*observed) : sink_in;

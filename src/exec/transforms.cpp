@@ -1,7 +1,5 @@
 #include "exec/transforms.hpp"
 
-#include <malloc.h>
-
 #include "exec/raw_buffer.hpp"
 
 #include <bit>
@@ -13,15 +11,6 @@
 #include "moeckpt/numerics.hpp"
 
 namespace moeckpt::exec {
-
-void keep_freed_buffers_in_heap() {
-  static const bool once = [] {
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
-    return true;
-  }();
-  (void)once;
-}
 
 float element_to_float(Dtype dtype, const uint8_t* p) {
   switch (dtype) {

@@ -1,4 +1,6 @@
 // ISA detection, argument checks and dispatch for the bulk FP8 kernels.
+#include <cpuid.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -15,7 +17,10 @@ Isa detect_hardware() {
   __builtin_cpu_init();
   // libgcc also checks that the OS saves the YMM/ZMM state before it reports these.
   // F16C comes with every AVX2 CPU, but the FP8 decode relies on it, so check.
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+  // (F16C through CPUID leaf 1, ECX bit 29: clang's __builtin_cpu_supports does not know it.)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+  const bool avx2 = __builtin_cpu_supports("avx2") && f16c;
   if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl"))
     return Isa::kAvx512;

@@ -4,6 +4,7 @@
 
 #include <bit>
 #include <cstring>
+#include <functional>
 
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -320,6 +321,30 @@ class Refusals : public TinyCheckpoint {
     w.commit();
     return out;
   }
+  // A copy of checkpoint `from` (with its config.json) in which `edit` may change any tensor's
+  // shape and bytes.
+  using Edit =
+      std::function<void(const std::string&, std::vector<uint64_t>&, std::vector<uint8_t>&)>;
+  fs::path edited_copy(const fs::path& from, const std::string& name, const Edit& edit) {
+    auto ck = Checkpoint::open(from);
+    std::vector<TensorSpec> specs;
+    std::vector<std::vector<uint8_t>> data;
+    for (const auto& n : ck.names()) {
+      const auto* e = ck.find(n);
+      auto shape = e->info->shape;
+      auto bytes = ck.read_all(*e);
+      edit(n, shape, bytes);
+      specs.push_back({n, e->info->dtype, shape});
+      data.push_back(std::move(bytes));
+    }
+    const fs::path out = dir_ / name;
+    fs::create_directories(out);
+    fs::copy_file(hf() / "config.json", out / "config.json");
+    CheckpointWriter w(out, specs);
+    for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
+    w.commit();
+    return out;
+  }
   void expect_refused(const fs::path& src, const FromHfOptions& o, const std::string& fragment) {
     auto dst = dir_ / (src.filename().string() + "_out");
     try {
@@ -393,27 +418,13 @@ TEST_F(Refusals, BadScaleValuesAndNanCodes) {
 
 TEST_F(Refusals, BlockQuantizationRefusesNonFiniteValues) {
   from_hf_dir(hf(), dir_ / "native", {});
-  auto ck = Checkpoint::open(dir_ / "native");
-  std::vector<TensorSpec> specs;
-  std::vector<std::vector<uint8_t>> data;
-  for (const auto& n : ck.names()) {
-    const auto* e = ck.find(n);
-    specs.push_back({n, e->info->dtype, e->info->shape});
-    data.push_back(ck.read_all(*e));
-    if (n == "model.layers.2.mlp.experts.gate_and_up_projs") {
-      // slot 1, row d = 3, column 130 (up_proj row 2): +inf
-      const size_t i = (1 * 256 * 256 + 3 * 256 + 130) * 2;
-      data.back()[i] = 0x80;
-      data.back()[i + 1] = 0x7F;
-    }
-  }
-  fs::create_directories(dir_ / "inf_native");
-  fs::copy_file(hf() / "config.json", dir_ / "inf_native" / "config.json");
-  {
-    CheckpointWriter w(dir_ / "inf_native", specs);
-    for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
-    w.commit();
-  }
+  edited_copy(dir_ / "native", "inf_native", [](const std::string& n, auto&, auto& bytes) {
+    if (n != "model.layers.2.mlp.experts.gate_and_up_projs") return;
+    // slot 1, row d = 3, column 130 (up_proj row 2): +inf
+    const size_t i = (1 * 256 * 256 + 3 * 256 + 130) * 2;
+    bytes[i] = 0x80;
+    bytes[i + 1] = 0x7F;
+  });
   try {
     to_hf_dirs({dir_ / "inf_native"}, dir_ / "inf_out", {}, std::nullopt);
     FAIL();
@@ -433,27 +444,11 @@ TEST_F(Refusals, BlockQuantizationRefusesNonFiniteValues) {
 
 TEST_F(Refusals, GroupedExpertDimensionMustMatchConfig) {
   from_hf_dir(hf(), dir_ / "native", {});
-  auto ck = Checkpoint::open(dir_ / "native");
-  std::vector<TensorSpec> specs;
-  std::vector<std::vector<uint8_t>> data;
-  for (const auto& n : ck.names()) {
-    const auto* e = ck.find(n);
-    auto shape = e->info->shape;
-    auto bytes = ck.read_all(*e);
-    if (n == "model.layers.1.mlp.experts.down_projs") {  // drop the last expert: 7 of 8
-      shape[0] = 7;
-      bytes.resize(bytes.size() / 8 * 7);
-    }
-    specs.push_back({n, e->info->dtype, shape});
-    data.push_back(std::move(bytes));
-  }
-  fs::create_directories(dir_ / "bad_native");
-  fs::copy_file(hf() / "config.json", dir_ / "bad_native" / "config.json");
-  {
-    CheckpointWriter w(dir_ / "bad_native", specs);
-    for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
-    w.commit();
-  }
+  edited_copy(dir_ / "native", "bad_native", [](const std::string& n, auto& shape, auto& bytes) {
+    if (n != "model.layers.1.mlp.experts.down_projs") return;
+    shape[0] = 7;  // drop the last expert: 7 of 8
+    bytes.resize(bytes.size() / 8 * 7);
+  });
   try {
     to_hf_dirs({dir_ / "bad_native"}, dir_ / "bad_out", {}, std::nullopt);
     FAIL();

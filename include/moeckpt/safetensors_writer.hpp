@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -59,6 +60,7 @@ class ShardWriter {
   bool committed_ = false;
   static constexpr uint64_t kWritebackBytes = 64ull << 20;
   std::atomic<uint64_t> unflushed_{0};
+  std::mutex write_mutex_;
 };
 
 struct ShardingOptions {

@@ -85,7 +85,12 @@ void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> byte
     fail(final_path_.string(), t.name,
          "piece of " + std::to_string(bytes.size()) + " bytes at " + std::to_string(offset) +
              " does not fit the tensor's " + std::to_string(n) + " bytes");
-  file_->pwrite_all(file_offsets_[i] + offset, bytes);
+  {
+    // Buffered writes to one file serialize on its inode lock anyway; waiting here (asleep)
+    // instead of spinning in the kernel leaves the CPU to the threads that are computing.
+    std::lock_guard lock(write_mutex_);
+    file_->pwrite_all(file_offsets_[i] + offset, bytes);
+  }
   written_[i] += bytes.size();
   // Start writeback of what has accumulated so the final fsync does not wait for all of it.
   if ((unflushed_ += bytes.size()) >= kWritebackBytes) {

@@ -297,35 +297,13 @@ TEST_F(TinyCheckpoint, ConvertSingleTensorSplitsExpertsInOrder) {
 // Refusals: one clear message naming the tensor, and nothing under a final name.
 class Refusals : public TinyCheckpoint {
  protected:
-  // Rewrites the tiny checkpoint without `drop`, replacing tensors listed in `replace`.
-  fs::path variant(const std::string& name, const std::vector<std::string>& drop,
-                   std::vector<std::pair<TensorSpec, std::vector<uint8_t>>> add = {}) {
-    auto ck = Checkpoint::open(hf());
-    std::vector<TensorSpec> specs;
-    std::vector<std::vector<uint8_t>> data;
-    for (const auto& n : ck.names()) {
-      if (std::find(drop.begin(), drop.end(), n) != drop.end()) continue;
-      const auto* e = ck.find(n);
-      specs.push_back({n, e->info->dtype, e->info->shape});
-      data.push_back(ck.read_all(*e));
-    }
-    for (auto& [s, d] : add) {
-      specs.push_back(s);
-      data.push_back(std::move(d));
-    }
-    fs::path out = dir_ / name;
-    fs::create_directories(out);
-    fs::copy_file(hf() / "config.json", out / "config.json");
-    CheckpointWriter w(out, specs);
-    for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
-    w.commit();
-    return out;
-  }
-  // A copy of checkpoint `from` (with its config.json) in which `edit` may change any tensor's
-  // shape and bytes.
+  // A copy of checkpoint `from` (with the tiny config.json) in which `edit` may change any tensor's
+  // shape and bytes, or drop it by returning false; `add` tensors are appended.
   using Edit =
-      std::function<void(const std::string&, std::vector<uint64_t>&, std::vector<uint8_t>&)>;
-  fs::path edited_copy(const fs::path& from, const std::string& name, const Edit& edit) {
+      std::function<bool(const std::string&, std::vector<uint64_t>&, std::vector<uint8_t>&)>;
+  using Added = std::vector<std::pair<TensorSpec, std::vector<uint8_t>>>;
+  fs::path edited_copy(const fs::path& from, const std::string& name, const Edit& edit,
+                       Added add = {}) {
     auto ck = Checkpoint::open(from);
     std::vector<TensorSpec> specs;
     std::vector<std::vector<uint8_t>> data;
@@ -333,8 +311,12 @@ class Refusals : public TinyCheckpoint {
       const auto* e = ck.find(n);
       auto shape = e->info->shape;
       auto bytes = ck.read_all(*e);
-      edit(n, shape, bytes);
+      if (!edit(n, shape, bytes)) continue;
       specs.push_back({n, e->info->dtype, shape});
+      data.push_back(std::move(bytes));
+    }
+    for (auto& [spec, bytes] : add) {
+      specs.push_back(spec);
       data.push_back(std::move(bytes));
     }
     const fs::path out = dir_ / name;
@@ -344,6 +326,15 @@ class Refusals : public TinyCheckpoint {
     for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
     w.commit();
     return out;
+  }
+  // The tiny checkpoint without `drop`, plus `add`.
+  fs::path variant(const std::string& name, const std::vector<std::string>& drop, Added add = {}) {
+    return edited_copy(
+        hf(), name,
+        [&](const std::string& n, auto&, auto&) {
+          return std::find(drop.begin(), drop.end(), n) == drop.end();
+        },
+        std::move(add));
   }
   void expect_refused(const fs::path& src, const FromHfOptions& o, const std::string& fragment) {
     auto dst = dir_ / (src.filename().string() + "_out");
@@ -419,11 +410,12 @@ TEST_F(Refusals, BadScaleValuesAndNanCodes) {
 TEST_F(Refusals, BlockQuantizationRefusesNonFiniteValues) {
   from_hf_dir(hf(), dir_ / "native", {});
   edited_copy(dir_ / "native", "inf_native", [](const std::string& n, auto&, auto& bytes) {
-    if (n != "model.layers.2.mlp.experts.gate_and_up_projs") return;
+    if (n != "model.layers.2.mlp.experts.gate_and_up_projs") return true;
     // slot 1, row d = 3, column 130 (up_proj row 2): +inf
     const size_t i = (1 * 256 * 256 + 3 * 256 + 130) * 2;
     bytes[i] = 0x80;
     bytes[i + 1] = 0x7F;
+    return true;
   });
   try {
     to_hf_dirs({dir_ / "inf_native"}, dir_ / "inf_out", {}, std::nullopt);
@@ -445,9 +437,10 @@ TEST_F(Refusals, BlockQuantizationRefusesNonFiniteValues) {
 TEST_F(Refusals, GroupedExpertDimensionMustMatchConfig) {
   from_hf_dir(hf(), dir_ / "native", {});
   edited_copy(dir_ / "native", "bad_native", [](const std::string& n, auto& shape, auto& bytes) {
-    if (n != "model.layers.1.mlp.experts.down_projs") return;
+    if (n != "model.layers.1.mlp.experts.down_projs") return true;
     shape[0] = 7;  // drop the last expert: 7 of 8
     bytes.resize(bytes.size() / 8 * 7);
+    return true;
   });
   try {
     to_hf_dirs({dir_ / "bad_native"}, dir_ / "bad_out", {}, std::nullopt);

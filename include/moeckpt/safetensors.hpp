@@ -28,6 +28,9 @@ struct TensorInfo {
   uint64_t numel() const noexcept;  // valid once the header has been validated
 };
 
+// "[a, b, c]": how shapes appear in messages.
+std::string format_shape(const std::vector<uint64_t>& shape);
+
 // A parsed and validated header. Validation happens in the constructor path: a Header that exists
 // is valid for a data area of `data_size()` bytes.
 class Header {

@@ -4,6 +4,7 @@
 // as T tensor-parallel shards [Q_c | K_c | V_c], each cut into B-row blocks from its own first row;
 // a block's scale row belongs to the projection holding the block's first row
 // (../shared/spec/MIMO_V2_FLASH.md, "The full-attention K/V scale layout").
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 
@@ -16,6 +17,12 @@ inline constexpr int64_t kPublishedTensorParallel = 4;
 inline int64_t ceil_div(int64_t a, int64_t b) noexcept {
   return (a + b - 1) / b;
 }
+
+// Index of q, k, v (0, 1, 2) in per-projection arrays.
+inline size_t qkv_index(Projection p) noexcept {
+  return p == Projection::kQ ? 0 : p == Projection::kK ? 1 : 2;
+}
+inline constexpr Projection kQkv[3] = {Projection::kQ, Projection::kK, Projection::kV};
 
 // Scale rows (or columns) of the plain grid for `n` weight rows and block size `b`.
 inline int64_t plain_scale_count(int64_t n, int64_t b) noexcept {

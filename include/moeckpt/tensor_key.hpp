@@ -39,6 +39,9 @@ struct TensorKey {
 };
 
 TensorKey classify_tensor_name(std::string_view name);
+// For "...self_attn.{q,k,v}_proj.weight", the text up to and including "self_attn." (the names of
+// the layer's other projections and scales are built on it).
+std::string self_attn_prefix(std::string_view qkv_weight_name);
 std::string_view tensor_kind_name(TensorKind kind) noexcept;
 std::string_view projection_name(Projection p) noexcept;
 

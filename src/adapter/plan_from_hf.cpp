@@ -5,9 +5,11 @@
 #include <map>
 #include <set>
 
+#include "adapter/scale_ref.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/safetensors.hpp"
 #include "moeckpt/tensor_key.hpp"
 
 namespace moeckpt {
@@ -17,16 +19,6 @@ constexpr std::string_view kScaleSuffix = "_scale_inv";
 
 bool groupable_prefix(const std::string& p) {
   return p.empty() || p == "model." || p == "language_model." || p == "model.language_model.";
-}
-
-std::string shape_str(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-bool is_scale_dtype(Dtype d) {
-  return d == Dtype::F32 || d == Dtype::BF16 || d == Dtype::F16;
 }
 
 class FromHfPlanner {
@@ -119,77 +111,12 @@ class FromHfPlanner {
     return plan_.outputs.size() - 1;
   }
 
-  // The scale reference for a weight that has a `_scale_inv`, with every shape check.
-  ScaleRef scale_ref(const SourceTensor& w, const SourceTensor& s, const TensorKey& key) {
-    if (w.shape.size() != 2)
-      fail(w.file, w.name, "weight of shape " + shape_str(w.shape) + " has a scale but is not 2-D",
-           "a 2-D [out, in] weight");
-    if (s.shape.size() != 2)
-      fail(s.file, s.name, "scale of shape " + shape_str(s.shape) + " is not 2-D");
-    if (!is_scale_dtype(s.dtype))
-      fail(s.file, s.name, "scale dtype " + std::string(dtype_name(s.dtype)), "F32, BF16 or F16");
-    ScaleRef ref;
-    ref.block_rows = block_.rows;
-    ref.block_cols = block_.cols;
-    ref.check_values = !compat_;
-    const auto rows = static_cast<int64_t>(w.shape[0]), cols = static_cast<int64_t>(w.shape[1]);
-    const int64_t need_cols = ceil_div(cols, block_.cols);
-    if (!compat_ && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
-      if (auto fused = fused_layout(key, w)) {
-        ref.fused = fused;
-        ref.projection = key.projection;
-        const std::string base = w.name.substr(0, w.name.size() - 13);  // "...self_attn."
-        const char* names[3] = {"q_proj", "k_proj", "v_proj"};
-        for (size_t i = 0; i < 3; ++i) {
-          const auto* qs = src_.find(base + names[i] + ".weight_scale_inv");
-          if (!qs)
-            fail(w.file, base + names[i] + ".weight_scale_inv",
-                 "missing: the fused K/V scale layout of this layer needs the q, k and v scales");
-          const Projection p = i == 0 ? Projection::kQ : i == 1 ? Projection::kK : Projection::kV;
-          if (qs->shape.size() != 2 || !is_scale_dtype(qs->dtype) ||
-              static_cast<int64_t>(qs->shape[0]) < fused->scale_rows(p) ||
-              static_cast<int64_t>(qs->shape[1]) < need_cols)
-            fail(qs->file, qs->name,
-                 "scale " + shape_str(qs->shape) + " is too small for the fused K/V layout",
-                 fmt::format("at least [{}, {}]", fused->scale_rows(p), need_cols));
-          ref.qkv[i] = qs;
-        }
-        return ref;
-      }
-    }
-    const int64_t need_rows = ceil_div(rows, block_.rows);
-    if (static_cast<int64_t>(s.shape[0]) < need_rows ||
-        static_cast<int64_t>(s.shape[1]) < need_cols)
-      fail(s.file, s.name,
-           "scale " + shape_str(s.shape) + " is too small for weight " + shape_str(w.shape),
-           fmt::format("at least [{}, {}] for {}x{} blocks", need_rows, need_cols, block_.rows,
-                       block_.cols));
-    ref.plain = &s;
-    return ref;
-  }
-
-  // The fused T=4 layout when this attention layer's k scale reveals it (default mode only).
-  std::optional<FusedQkvLayout> fused_layout(const TensorKey& key, const SourceTensor& w) {
-    const std::string base = w.name.substr(0, w.name.size() - 13);
-    const auto* k_scale = src_.find(base + "k_proj.weight_scale_inv");
-    if (!k_scale || k_scale->shape.size() != 2) return std::nullopt;
-    const auto& dims = attention_dims_of(key, c_);
-    auto fused = detect_fused_qkv(dims, static_cast<int64_t>(k_scale->shape[0]), block_.rows);
-    if (!fused) return std::nullopt;
-    if (static_cast<int64_t>(w.shape[0]) != fused->rows(key.projection))
-      fail(w.file, w.name,
-           "has " + std::to_string(w.shape[0]) +
-               " rows but the fused K/V layout of this layer needs " +
-               std::to_string(fused->rows(key.projection)));
-    return fused;
-  }
-
   DequantInput dequant_input(const SourceTensor& w, const TensorKey& key) {
     DequantInput in;
     in.weight = &w;
     in.nan = nan_;
     if (const auto* s = w.name.ends_with(".weight") ? src_.find(w.name + "_scale_inv") : nullptr)
-      in.scale = scale_ref(w, *s, key);
+      in.scale = resolve_scale_ref(src_, w, *s, key, c_, {block_, !compat_, !compat_});
     return in;
   }
 
@@ -225,8 +152,8 @@ class FromHfPlanner {
                                std::pair{p.down, std::vector<uint64_t>{D, Ie}}})
         if (ptr->shape != want)
           fail(ptr->file, ptr->name,
-               "expert weight of shape " + shape_str(ptr->shape) + " disagrees with config.json",
-               shape_str(want) + " from hidden_size and moe_intermediate_size");
+               "expert weight of shape " + format_shape(ptr->shape) + " disagrees with config.json",
+               format_shape(want) + " from hidden_size and moe_intermediate_size");
       ExpertSlotTask gate_up{gu, slot, c_.hidden_size, 2 * c_.moe_intermediate_size, {}, o_.dtype};
       gate_up.parts.push_back({expert_input(*p.gate), 0});
       gate_up.parts.push_back({expert_input(*p.up), c_.moe_intermediate_size});

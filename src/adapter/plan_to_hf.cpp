@@ -8,16 +8,11 @@
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/safetensors.hpp"
 #include "moeckpt/tensor_key.hpp"
 
 namespace moeckpt {
 namespace {
-
-std::string shape_str(const std::vector<uint64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 class ToHfPlanner {
  public:
@@ -103,7 +98,7 @@ class ToHfPlanner {
       return;
     }
     if (shape.size() != 2)
-      fail(src.file, src.name, "cannot quantize a weight of shape " + shape_str(shape),
+      fail(src.file, src.name, "cannot quantize a weight of shape " + format_shape(shape),
            "a 2-D [out, in] weight");
     if (src.dtype != Dtype::BF16 && src.dtype != Dtype::F32 && src.dtype != Dtype::F16)
       fail(src.file, src.name,
@@ -113,7 +108,7 @@ class ToHfPlanner {
     if (mode_ == QuantMode::kBlock) {
       if (auto* g = fused_group(key, R)) {
         auto k = classify_tensor_name(key);
-        size_t p = k.projection == Projection::kQ ? 0 : k.projection == Projection::kK ? 1 : 2;
+        const size_t p = qkv_index(k.projection);
         g->view[p] = view;
         g->out_weight[p] = add_output(key, Dtype::F8_E4M3, shape);
         g->out_scale[p] = add_output(key + "_scale_inv", Dtype::F32,
@@ -153,7 +148,7 @@ class ToHfPlanner {
       fail("", key,
            fmt::format("has {} rows but this layer's attention config gives {}", rows,
                        layout->rows(k.projection)));
-    auto& g = fused_[key.substr(0, key.size() - 13)];
+    auto& g = fused_[self_attn_prefix(key)];
     g.layout = layout;
     return &g;
   }
@@ -173,7 +168,7 @@ class ToHfPlanner {
           return;
         }
         fail(part.file, part.name,
-             "grouped expert tensor of shape " + shape_str(part.shape) +
+             "grouped expert tensor of shape " + format_shape(part.shape) +
                  " disagrees with config.json",
              gate_up ? fmt::format("[n, {}, {}]", D, 2 * Ie) : fmt::format("[n, {}, {}]", Ie, D));
       }

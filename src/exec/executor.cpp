@@ -255,10 +255,6 @@ void run(const SlotGroupTask& g, const TensorSource& src, TensorSink& sink) {
 // The fused layout with BF16 inputs: rows sharing a scale row are runs, so the SIMD amax and
 // quantize kernels apply run by run.
 void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
-  static constexpr Projection kProj[3] = {Projection::kQ, Projection::kK, Projection::kV};
-  auto owner_index = [](Projection o) -> size_t {
-    return o == Projection::kQ ? 0 : o == Projection::kK ? 1 : 2;
-  };
   std::array<exec::RawBuffer<uint16_t>, 3> data;
   std::array<int64_t, 3> rows{};
   int64_t cols = 0;
@@ -277,18 +273,18 @@ void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink
   const int64_t sc = ceil_div(cols, t.block_cols);
   std::array<std::vector<float>, 3> scales;
   for (size_t p = 0; p < 3; ++p)
-    scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kProj[p]) * sc), 0.0f);
+    scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kQkv[p]) * sc), 0.0f);
   std::array<std::vector<const float*>, 3> row_scale;
   for (size_t p = 0; p < 3; ++p) {
     for (int64_t r = 0; r < rows[p];) {
-      const auto s = t.layout.scale_source(kProj[p], r);
+      const auto s = t.layout.scale_source(kQkv[p], r);
       int64_t end = r + 1;
       while (end < rows[p]) {
-        const auto n = t.layout.scale_source(kProj[p], end);
+        const auto n = t.layout.scale_source(kQkv[p], end);
         if (n.owner != s.owner || n.scale_row != s.scale_row) break;
         ++end;
       }
-      float* amax = &scales[owner_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
+      float* amax = &scales[qkv_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
       kernels::block_amax_bf16(data[p].data() + r * cols, end - r, cols, cols, false, end - r,
                                t.block_cols, amax, sc);
       for (int64_t i = r; i < end; ++i) row_scale[p].push_back(amax);
@@ -324,7 +320,6 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
     run_fused_bf16(t, src, sink);
     return;
   }
-  static constexpr Projection kProj[3] = {Projection::kQ, Projection::kK, Projection::kV};
   std::array<std::vector<float>, 3> x;
   std::array<LoadedMatrix, 3> m;
   std::array<std::vector<float>, 3> scales;
@@ -341,14 +336,11 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
     check_finite(*t.in[p], m[p], x[p]);
   }
   for (size_t p = 0; p < 3; ++p)
-    scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kProj[p]) * sc), 0.0f);
-  auto owner_index = [](Projection o) {
-    return o == Projection::kQ ? 0u : o == Projection::kK ? 1u : 2u;
-  };
+    scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kQkv[p]) * sc), 0.0f);
   for (size_t p = 0; p < 3; ++p)
     for (int64_t r = 0; r < m[p].rows; ++r) {
-      auto s = t.layout.scale_source(kProj[p], r);
-      float* a = &scales[owner_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
+      auto s = t.layout.scale_source(kQkv[p], r);
+      float* a = &scales[qkv_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
       for (int64_t c = 0; c < m[p].cols; ++c)
         a[c / t.block_cols] =
             amax_finite(a[c / t.block_cols], x[p][static_cast<size_t>(r * m[p].cols + c)]);
@@ -359,8 +351,8 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
     if (!t.in[p]) continue;
     std::vector<uint8_t> codes(x[p].size());
     for (int64_t r = 0; r < m[p].rows; ++r) {
-      auto s = t.layout.scale_source(kProj[p], r);
-      const float* srow = &scales[owner_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
+      auto s = t.layout.scale_source(kQkv[p], r);
+      const float* srow = &scales[qkv_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
       for (int64_t c = 0; c < m[p].cols; ++c) {
         const size_t i = static_cast<size_t>(r * m[p].cols + c);
         codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[p][i] / srow[c / t.block_cols]);

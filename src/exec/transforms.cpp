@@ -74,15 +74,12 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
   if (!in.scale) return rs;
   const ScaleRef& s = *in.scale;
   rs.block_cols = s.block_cols;
-  auto slot_of = [](Projection o) -> size_t {
-    return o == Projection::kQ ? 0 : o == Projection::kK ? 1 : 2;
-  };
   if (s.fused) {
     std::vector<FusedQkvLayout::ScaleSource> sources;
     std::array<bool, 3> needed{};
     for (int64_t r = 0; r < rows; ++r) {
       sources.push_back(s.fused->scale_source(s.projection, row0 + r));
-      needed[slot_of(sources.back().owner)] = true;
+      needed[qkv_index(sources.back().owner)] = true;
     }
     // Only the scale tensors these rows use are read.
     for (size_t i = 0; i < 3; ++i)
@@ -93,7 +90,7 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
       }
     for (int64_t r = 0; r < rows; ++r) {
       const auto& src = sources[static_cast<size_t>(r)];
-      const size_t o = slot_of(src.owner);
+      const size_t o = qkv_index(src.owner);
       rs.row[static_cast<size_t>(r)] =
           &rs.values[o][static_cast<size_t>(src.scale_row * rs.cols[o])];
     }

@@ -17,10 +17,6 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string shape_str(const std::vector<uint64_t>& s) {
-  return fmt::format("[{}]", fmt::join(s, ", "));
-}
-
 std::string human_bytes(uint64_t b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(b);
@@ -107,8 +103,8 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
     if (config) {
       if (auto want = expected_hf_shape(key, *config); want && *want != t.shape)
         r.problems.push_back(fmt::format("{}: tensor '{}': shape {} disagrees with config.json",
-                                         file, name, shape_str(t.shape)) +
-                             " (expected " + shape_str(*want) + ")");
+                                         file, name, format_shape(t.shape)) +
+                             " (expected " + format_shape(*want) + ")");
     }
 
     const auto* scale = ck.find(name + "_scale_inv");
@@ -122,7 +118,7 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
     if (t.shape.size() != 2 || s.shape.size() != 2) {
       r.problems.push_back(
           fmt::format("{}: tensor '{}': weight {} with scale {} (both must be 2-D)", file, name,
-                      shape_str(t.shape), shape_str(s.shape)));
+                      format_shape(t.shape), format_shape(s.shape)));
       continue;
     }
     std::string layout = "plain";
@@ -154,8 +150,8 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
     }
     if (s.shape[0] < need_rows || s.shape[1] < need_cols)
       r.problems.push_back(fmt::format("{}: tensor '{}': scale {} is too small for weight {}",
-                                       ck.file_of(*scale), name + "_scale_inv", shape_str(s.shape),
-                                       shape_str(t.shape)) +
+                                       ck.file_of(*scale), name + "_scale_inv",
+                                       format_shape(s.shape), format_shape(t.shape)) +
                            fmt::format(" (expected at least [{}, {}])", need_rows, need_cols));
     if (s.dtype != Dtype::F32 && s.dtype != Dtype::BF16 && s.dtype != Dtype::F16)
       r.problems.push_back(
@@ -167,7 +163,7 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
                                      (key.projection != Projection::kNone
                                           ? "." + std::string(projection_name(key.projection))
                                           : "");
-    auto fkey = fam_name + shape_str(t.shape) + shape_str(s.shape) + layout +
+    auto fkey = fam_name + format_shape(t.shape) + format_shape(s.shape) + layout +
                 std::string(dtype_name(s.dtype));
     auto& fam = families[fkey];
     fam.family = fam_name;
@@ -263,13 +259,14 @@ std::string to_text(const InspectReport& r) {
     line("FP8 weights (family, count, shape, scale shape, scale layout):");
     for (const auto& f : r.fp8)
       line(fmt::format("  {:<34} {:>6} x {:<14} scale {} {:<10} {}", f.family, f.count,
-                       shape_str(f.shape), f.scale_dtype, shape_str(f.scale_shape), f.layout));
+                       format_shape(f.shape), f.scale_dtype, format_shape(f.scale_shape),
+                       f.layout));
   }
   if (!r.attention.empty()) {
     line("attention q/k/v scale layout per layer:");
     for (const auto& a : r.attention)
       line(fmt::format("  layer {:<6} {:<15} k scale {:<10} {}", a.layer, a.kind,
-                       shape_str(a.k_scale_shape), a.layout));
+                       format_shape(a.k_scale_shape), a.layout));
   }
   if (r.problems.empty() && r.notes.empty()) line("unexpected: nothing");
   for (const auto& p : r.problems) line("problem: " + p);

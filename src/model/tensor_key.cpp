@@ -152,6 +152,11 @@ TensorKey classify_tensor_name(std::string_view name) {
   return k;
 }
 
+std::string self_attn_prefix(std::string_view name) {
+  constexpr std::string_view kProj = "q_proj.weight";  // as long as k_proj / v_proj .weight
+  return std::string(name.substr(0, name.size() - kProj.size()));
+}
+
 std::string_view tensor_kind_name(TensorKind kind) noexcept {
   switch (kind) {
     case TensorKind::kEmbedding:

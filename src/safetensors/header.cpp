@@ -70,6 +70,12 @@ TensorInfo parse_tensor_info(const std::string& name, const json& v, const std::
 
 }  // namespace
 
+std::string format_shape(const std::vector<uint64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
 uint64_t TensorInfo::numel() const noexcept {
   uint64_t n = 1;
   for (auto d : shape) n *= d;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 
+#include "adapter/scale_ref.hpp"
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -58,8 +59,6 @@ class LogicalView {
       const SourceTensor* tp = &t;
       const auto* scale = t.name.ends_with(".weight") ? src_.find(t.name + "_scale_inv") : nullptr;
       if (scale) {
-        FromHfOptions o;  // the default planner's layout detection
-        o.compat = Compat::kNone;
         DequantInput in = dequant_input_for(t, *scale, key, block);
         lt.values = [this, in]() { return exec::dequant_products(src_, in); };
         lt.dequantized = true;
@@ -77,36 +76,8 @@ class LogicalView {
                                  BlockSize block) {
     DequantInput in;
     in.weight = &w;
-    in.nan = NanPolicy::kTorchCompat;
-    ScaleRef ref;
-    ref.block_rows = block.rows;
-    ref.block_cols = block.cols;
-    ref.check_values = false;
-    ref.plain = &s;
-    if (w.shape.size() != 2 || s.shape.size() != 2)
-      fail(w.file, w.name, "weight with a scale must be 2-D, with a 2-D scale");
-    if (key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
-      const std::string base = w.name.substr(0, w.name.size() - 13);
-      const auto* ks = src_.find(base + "k_proj.weight_scale_inv");
-      if (ks && ks->shape.size() == 2)
-        if (auto fused = detect_fused_qkv(attention_dims_of(key, config_),
-                                          static_cast<int64_t>(ks->shape[0]), block.rows)) {
-          ref.fused = fused;
-          ref.projection = key.projection;
-          ref.plain = nullptr;
-          const char* names[3] = {"q_proj", "k_proj", "v_proj"};
-          for (size_t i = 0; i < 3; ++i) {
-            ref.qkv[i] = src_.find(base + names[i] + ".weight_scale_inv");
-            if (!ref.qkv[i]) fail(w.file, base + names[i] + ".weight_scale_inv", "missing");
-          }
-        }
-    }
-    if (ref.plain &&
-        (static_cast<int64_t>(s.shape[0]) <
-             ceil_div(static_cast<int64_t>(w.shape[0]), block.rows) ||
-         static_cast<int64_t>(s.shape[1]) < ceil_div(static_cast<int64_t>(w.shape[1]), block.cols)))
-      fail(s.file, s.name, "scale too small for its weight");
-    in.scale = ref;
+    in.nan = NanPolicy::kTorchCompat;  // compare NaN as NaN instead of refusing
+    in.scale = resolve_scale_ref(src_, w, s, key, config_, {block, true, false});
     return in;
   }
 

@@ -1,0 +1,83 @@
+#include "adapter/scale_ref.hpp"
+
+#include <fmt/format.h>
+
+#include "moeckpt/error.hpp"
+#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/safetensors.hpp"
+
+namespace moeckpt {
+namespace {
+
+bool is_scale_dtype(Dtype d) {
+  return d == Dtype::F32 || d == Dtype::BF16 || d == Dtype::F16;
+}
+
+// The fused T=4 layout when this attention layer's k scale reveals it.
+std::optional<FusedQkvLayout> fused_layout(const TensorSource& src, const SourceTensor& w,
+                                           const TensorKey& key, const MimoConfig& c,
+                                           int64_t block_rows) {
+  const auto* k_scale = src.find(self_attn_prefix(w.name) + "k_proj.weight_scale_inv");
+  if (!k_scale || k_scale->shape.size() != 2) return std::nullopt;
+  auto fused = detect_fused_qkv(attention_dims_of(key, c), static_cast<int64_t>(k_scale->shape[0]),
+                                block_rows);
+  if (!fused) return std::nullopt;
+  if (static_cast<int64_t>(w.shape[0]) != fused->rows(key.projection))
+    fail(w.file, w.name,
+         "has " + std::to_string(w.shape[0]) +
+             " rows but the fused K/V layout of this layer needs " +
+             std::to_string(fused->rows(key.projection)));
+  return fused;
+}
+
+}  // namespace
+
+ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const SourceTensor& s,
+                           const TensorKey& key, const MimoConfig& c, const ScaleRefOptions& o) {
+  if (w.shape.size() != 2)
+    fail(w.file, w.name, "weight of shape " + format_shape(w.shape) + " has a scale but is not 2-D",
+         "a 2-D [out, in] weight");
+  if (s.shape.size() != 2)
+    fail(s.file, s.name, "scale of shape " + format_shape(s.shape) + " is not 2-D");
+  if (!is_scale_dtype(s.dtype))
+    fail(s.file, s.name, "scale dtype " + std::string(dtype_name(s.dtype)), "F32, BF16 or F16");
+  ScaleRef ref;
+  ref.block_rows = o.block.rows;
+  ref.block_cols = o.block.cols;
+  ref.check_values = o.check_values;
+  const auto rows = static_cast<int64_t>(w.shape[0]), cols = static_cast<int64_t>(w.shape[1]);
+  const int64_t need_cols = ceil_div(cols, o.block.cols);
+  if (o.detect_fused && key.kind == TensorKind::kAttentionProj &&
+      key.projection != Projection::kO) {
+    if (auto fused = fused_layout(src, w, key, c, o.block.rows)) {
+      ref.fused = fused;
+      ref.projection = key.projection;
+      const std::string base = self_attn_prefix(w.name);
+      for (Projection p : kQkv) {
+        const std::string name = base + std::string(projection_name(p)) + ".weight_scale_inv";
+        const auto* qs = src.find(name);
+        if (!qs)
+          fail(w.file, name,
+               "missing: the fused K/V scale layout of this layer needs the q, k and v scales");
+        if (qs->shape.size() != 2 || !is_scale_dtype(qs->dtype) ||
+            static_cast<int64_t>(qs->shape[0]) < fused->scale_rows(p) ||
+            static_cast<int64_t>(qs->shape[1]) < need_cols)
+          fail(qs->file, qs->name,
+               "scale " + format_shape(qs->shape) + " is too small for the fused K/V layout",
+               fmt::format("at least [{}, {}]", fused->scale_rows(p), need_cols));
+        ref.qkv[qkv_index(p)] = qs;
+      }
+      return ref;
+    }
+  }
+  const int64_t need_rows = ceil_div(rows, o.block.rows);
+  if (static_cast<int64_t>(s.shape[0]) < need_rows || static_cast<int64_t>(s.shape[1]) < need_cols)
+    fail(s.file, s.name,
+         "scale " + format_shape(s.shape) + " is too small for weight " + format_shape(w.shape),
+         fmt::format("at least [{}, {}] for {}x{} blocks", need_rows, need_cols, o.block.rows,
+                     o.block.cols));
+  ref.plain = &s;
+  return ref;
+}
+
+}  // namespace moeckpt

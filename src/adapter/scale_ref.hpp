@@ -1,0 +1,21 @@
+#pragma once
+// Which block scales dequantize a weight: its own plain grid, or the fused Q/K/V layout its
+// attention layer's k scale reveals. Shared by from-hf planning and verify, with every shape check.
+#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/plan.hpp"
+#include "moeckpt/tensor_key.hpp"
+
+namespace moeckpt {
+
+struct ScaleRefOptions {
+  BlockSize block;
+  bool detect_fused = true;  // false: the plain grid everywhere (Automodel)
+  bool check_values = true;  // refuse zero/negative/non-finite scale values when read
+};
+
+// `w` has the companion `s` (its `_scale_inv`); `key` classifies `w`.
+ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const SourceTensor& s,
+                           const TensorKey& key, const MimoConfig& config,
+                           const ScaleRefOptions& options);
+
+}  // namespace moeckpt

@@ -93,17 +93,30 @@ class ProgressListener {
   virtual void finish() = 0;
 };
 
-// Whole-folder conversions used by the CLI.
+// What a folder conversion does when its destination already holds a checkpoint or the
+// remains of a killed conversion (its manifest).
+enum class ExistingOutput {
+  kRefuse,     // either one is an error
+  kOverwrite,  // both are removed first
+  kResume,     // an unfinished conversion of the same inputs and options is continued: its
+               // verified shards are kept; with nothing unfinished, a fresh start
+};
+
+// Whole-folder conversions used by the CLI. The destination is locked while they run; shards are
+// renamed into place as they finish and the index comes last, so a folder with an index is
+// complete; on error nothing is left under a final name.
 struct ConvertOptions {
   uint64_t max_shard_bytes = 5'000'000'000;
   ExecOptions exec;
   ProgressListener* progress = nullptr;
+  ExistingOutput existing = ExistingOutput::kRefuse;
 };
 struct ConvertReport {
   size_t tensors = 0;
   uint64_t bytes_in = 0;
   uint64_t bytes_out = 0;
   size_t shards = 0;
+  size_t shards_kept = 0;  // verified shards a resumed conversion did not redo
 };
 ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
                           const FromHfOptions& options, const ConvertOptions& convert = {});

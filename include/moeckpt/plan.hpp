@@ -150,6 +150,9 @@ struct ExecOptions {
   std::function<void(size_t out, uint64_t bytes)> on_write;
 };
 
+// The outputs a task writes to.
+std::vector<size_t> task_outputs(const Task& task);
+
 // Buffer bytes a task holds while it runs (what the executor's memory budget counts).
 uint64_t task_memory(const Task& task);
 

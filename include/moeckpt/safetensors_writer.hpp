@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -68,10 +69,26 @@ struct ShardingOptions {
   // File names: one shard -> "model.safetensors"; several -> "model-0000i-of-0000N.safetensors"
   // plus "model.safetensors.index.json", written last.
   std::map<std::string, std::string> metadata;  // __metadata__ of every shard
+  // Shards already complete on disk (a resumed conversion): not rewritten; writes to them are
+  // dropped. Indexed like the layout; empty means none.
+  std::vector<bool> completed;
+  // Called after each shard is renamed into place (from the thread whose write completed it).
+  std::function<void(size_t shard)> on_shard_committed;
 };
 
+// Where each tensor goes: shard names, contents and exact header bytes, before any file exists.
+struct ShardLayout {
+  std::string name;
+  std::vector<size_t> tensors;  // indices into the tensor list, in file order
+  std::vector<uint8_t> header;  // the file's first bytes
+  uint64_t file_size = 0;
+};
+std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
+                                       const ShardingOptions& options);
+
 // Assigns tensors (in the given order) to shards of at most max_shard_bytes (a larger tensor gets
-// a shard of its own) and writes them.
+// a shard of its own) and writes them. A shard is committed (fsync, rename) as soon as its last
+// byte arrives, so a long conversion leaves finished shards behind if it is killed.
 class CheckpointWriter {
  public:
   CheckpointWriter(std::filesystem::path dir, std::vector<TensorSpec> tensors,
@@ -84,8 +101,9 @@ class CheckpointWriter {
   uint64_t shard_data_bytes(size_t shard) const;
   std::string shard_name(size_t shard) const;
   const TensorSpec& spec(size_t tensor_index) const;
+  const std::vector<ShardLayout>& layout() const noexcept { return layout_; }
   void write(size_t tensor_index, uint64_t offset, std::span<const uint8_t> bytes);
-  // Commits every shard, then the index (when there are several shards).
+  // Commits the shards not committed yet, then writes the index (when there are several shards).
   void commit();
   static std::string shard_file_name(size_t i, size_t n);
 
@@ -94,9 +112,15 @@ class CheckpointWriter {
     size_t shard;
     size_t index_in_shard;
   };
+  void commit_shard(size_t shard);
   std::filesystem::path dir_;
+  std::vector<ShardLayout> layout_;
   std::vector<Location> locations_;
-  std::vector<std::unique_ptr<ShardWriter>> shards_;
+  std::vector<TensorSpec> specs_;
+  std::vector<std::unique_ptr<ShardWriter>> shards_;  // null for shards completed before
+  std::unique_ptr<std::atomic<uint64_t>[]> remaining_;
+  std::unique_ptr<std::atomic<bool>[]> committed_;
+  std::function<void(size_t)> on_shard_committed_;
   uint64_t total_bytes_ = 0;
 };
 

@@ -1,8 +1,13 @@
 // Folder-to-folder and in-memory conversions: thin layers over plan + execute.
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+
+#include <algorithm>
 #include <charconv>
 
+#include "adapter/output_folder.hpp"
+#include "io/checksum.hpp"
 #include "io/file.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -37,30 +42,55 @@ std::vector<NamedTensor> convert_single_tensor_to_hf(const std::string& fqn, Dty
 
 namespace {
 
-void prepare_destination(const fs::path& dst, const std::vector<fs::path>& srcs) {
-  std::error_code ec;
-  for (const auto& s : srcs) {
-    auto a = fs::weakly_canonical(s, ec), b = fs::weakly_canonical(dst, ec);
-    auto [ai, bi] = std::mismatch(a.begin(), a.end(), b.begin(), b.end());
-    if (ai == a.end())
-      fail(dst.string(), "", "destination is the source folder or inside it (" + s.string() + ")");
+// What the output bytes depend on: inputs (names, sizes, modification times and every tensor's
+// place), the config, the options and the output layout. A resumed run must match it exactly.
+std::string fingerprint(const CheckpointSource& source, const std::string& options,
+                        const std::string& config_text, const std::vector<ShardLayout>& layout) {
+  std::string text = "moeckpt 0.1.0\n" + options + "\n" + config_text + "\n";
+  for (size_t p = 0; p < source.parts(); ++p) {
+    const auto& ck = source.checkpoint(p);
+    for (size_t i = 0; i < ck.shard_count(); ++i) {
+      struct stat st {};
+      const auto& path = ck.shard(i).path();
+      if (::stat(path.c_str(), &st) != 0) fail(path, "", "cannot stat");
+      text += fmt::format("file {} {} {}.{}\n", path, st.st_size, st.st_mtim.tv_sec,
+                          st.st_mtim.tv_nsec);
+    }
   }
-  if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
-    fail(dst.string(), "", "destination already holds a checkpoint");
-  fs::create_directories(dst, ec);
-  if (ec) fail(dst.string(), "", "cannot create directory: " + ec.message());
+  for (const auto& t : source.tensors())
+    text += fmt::format("tensor {} {} {} {} {}\n", t.name, dtype_name(t.dtype), format_shape(t.shape),
+                        t.file, t.nbytes);
+  for (const auto& sh : layout) {
+    text += "shard " + sh.name + "\n";
+    text.append(sh.header.begin(), sh.header.end());
+  }
+  return io::text_checksum(text);
 }
 
-ConvertReport write_plan(const Plan& plan, const TensorSource& source, const fs::path& dst,
-                         const std::string& config_text, const ConvertOptions& convert) {
+ConvertReport write_plan(Plan plan, const CheckpointSource& source,
+                         const std::vector<fs::path>& srcs, const fs::path& dst,
+                         const std::string& options_text, const std::string& config_text,
+                         const ConvertOptions& convert) {
+  OutputFolder folder(dst, srcs, convert.existing);
   ShardingOptions sharding;
   sharding.max_shard_bytes = convert.max_shard_bytes;
   sharding.metadata = plan.metadata;
-  const fs::path config_path = dst / "config.json";
-  std::error_code ec;
-  const bool had_config = fs::exists(config_path, ec);
+  const auto layout = layout_shards(plan.outputs, sharding);
   try {
+    sharding.completed =
+        folder.begin(layout, fingerprint(source, options_text, config_text, layout), config_text);
+    const size_t kept = static_cast<size_t>(
+        std::count(sharding.completed.begin(), sharding.completed.end(), true));
+    sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
     CheckpointWriter writer(dst, plan.outputs, sharding);
+    if (kept > 0) {
+      // Only the tasks that write into an unfinished shard run again.
+      std::erase_if(plan.tasks, [&](const Task& t) {
+        for (size_t out : task_outputs(t))
+          if (!sharding.completed[writer.shard_of(out)]) return false;
+        return true;
+      });
+    }
     WriterSink sink(writer);
     ExecOptions exec = convert.exec;
     if (convert.progress) {
@@ -68,20 +98,24 @@ ConvertReport write_plan(const Plan& plan, const TensorSource& source, const fs:
       std::vector<uint64_t> bytes;
       for (size_t s = 0; s < writer.shard_count(); ++s) {
         names.push_back(writer.shard_name(s));
-        bytes.push_back(writer.shard_data_bytes(s));
+        bytes.push_back(sharding.completed[s] ? 0 : writer.shard_data_bytes(s));
       }
       convert.progress->start(names, bytes);
       exec.on_write = [&](size_t out, uint64_t n) {
-        convert.progress->written(writer.shard_of(out), n);
+        const size_t s = writer.shard_of(out);
+        if (!sharding.completed[s]) convert.progress->written(s, n);
       };
     }
     execute(plan, source, sink, exec);
-    io::write_file_atomically(config_path, config_text);
     writer.commit();
+    folder.finish();
     if (convert.progress) convert.progress->finish();
-    return {plan.outputs.size(), source.bytes_read(), plan.output_bytes(), writer.shard_count()};
+    uint64_t written = 0;
+    for (size_t s = 0; s < layout.size(); ++s)
+      if (!sharding.completed[s]) written += writer.shard_data_bytes(s);
+    return {plan.outputs.size(), source.bytes_read(), written, writer.shard_count(), kept};
   } catch (...) {
-    if (!had_config) fs::remove(config_path, ec);
+    folder.abandon();
     throw;
   }
 }
@@ -105,8 +139,10 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
   MimoConfig config = MimoConfig::load(src / "config.json");
   CheckpointSource source({src});
   Plan plan = plan_from_hf(source, config, options);
-  prepare_destination(dst, {src});
-  return write_plan(plan, source, dst, config_text, convert);
+  const auto options_text =
+      fmt::format("from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
+                  dtype_name(options.dtype), options.compat == Compat::kAutomodel ? "automodel" : "none");
+  return write_plan(std::move(plan), source, {src}, dst, options_text, config_text, convert);
 }
 
 ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
@@ -139,8 +175,14 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
                                          {"quant_method", "fp8"},
                                          {"weight_block_size", {128, 128}}};
   }
-  prepare_destination(dst, srcs);
-  return write_plan(plan, source, dst, out_config.dump(2) + "\n", convert);
+  std::string options_text = fmt::format(
+      "to-hf quant {} compat {} exclude {} prefix {} require_all {}", static_cast<int>(mode),
+      options.compat == Compat::kAutomodel ? "automodel" : "none",
+      options.exclude_regex ? "=" + *options.exclude_regex : "-",
+      options.prefix ? "=" + *options.prefix : "-", options.require_all_experts);
+  for (const auto& s : starts) options_text += fmt::format(" start {}", s);
+  return write_plan(std::move(plan), source, srcs, dst, options_text, out_config.dump(2) + "\n",
+                    convert);
 }
 
 }  // namespace moeckpt

@@ -1,6 +1,7 @@
 // The moeckpt command line: thin wrappers over the library; errors become one line on stderr and
 // exit code 1 (2 for usage errors).
 #include <CLI/CLI.hpp>
+#include <fmt/format.h>
 #include <cstdio>
 #include <iostream>
 
@@ -68,6 +69,15 @@ int run(int argc, char** argv) {
   bool quiet = false;
   fh_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
   fh_cmd->add_flag("--quiet", quiet, "no progress output");
+  bool overwrite = false, resume = false;
+  auto add_existing_flags = [&](CLI::App* cmd) {
+    auto* o = cmd->add_flag("--overwrite", overwrite, "replace a checkpoint already in DST");
+    auto* r = cmd->add_flag("--resume", resume,
+                            "continue a killed conversion into DST (same command): finished, "
+                            "verified shards are kept");
+    o->excludes(r);
+  };
+  add_existing_flags(fh_cmd);
 
   std::vector<std::string> th_paths;
   std::string th_quant = "block", th_compat = "none", th_exclude, th_prefix, th_config;
@@ -89,6 +99,7 @@ int run(int argc, char** argv) {
   th_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
   th_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
   th_cmd->add_flag("--quiet", quiet, "no progress output");
+  add_existing_flags(th_cmd);
 
   std::string va, vb, vconfig;
   moeckpt::VerifyOptions vo;
@@ -119,16 +130,21 @@ int run(int argc, char** argv) {
                    std::chrono::steady_clock::time_point t0) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf(
-        "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s in %.2f s (read %.3f GB, wrote %.3f "
-        "GB, "
-        "%.2f GB/s out, peak RSS %.0f MiB)\n",
+        "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s%s in %.2f s (read %.3f GB, wrote "
+        "%.3f GB, %.2f GB/s out, peak RSS %.0f MiB)\n",
         what, dst.c_str(), r.tensors, static_cast<unsigned long long>(r.bytes_out), r.shards,
-        r.shards == 1 ? "" : "s", secs, static_cast<double>(r.bytes_in) / 1e9,
+        r.shards == 1 ? "" : "s",
+        r.shards_kept ? fmt::format(" ({} kept from the interrupted run)", r.shards_kept).c_str()
+                      : "",
+        secs, static_cast<double>(r.bytes_in) / 1e9,
         static_cast<double>(r.bytes_out) / 1e9,
         secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0,
         static_cast<double>(moeckpt::cli::peak_rss_bytes()) / (1 << 20));
   };
   convert.exec.threads = threads;
+  convert.existing = overwrite ? moeckpt::ExistingOutput::kOverwrite
+                     : resume  ? moeckpt::ExistingOutput::kResume
+                               : moeckpt::ExistingOutput::kRefuse;
   convert.exec.max_memory = max_memory;
   moeckpt::cli::ProgressPrinter printer(::isatty(2) == 1);
   if (!quiet) convert.progress = &printer;

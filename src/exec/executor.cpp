@@ -426,6 +426,35 @@ void prefetch(const Task& task, const TensorSource& src) {
   std::visit(Visitor{src}, task);
 }
 
+std::vector<size_t> task_outputs(const Task& task) {
+  struct Visitor {
+    std::vector<size_t> operator()(const CopyTask& t) const { return {t.out}; }
+    std::vector<size_t> operator()(const DequantTask& t) const { return {t.out}; }
+    std::vector<size_t> operator()(const ExpertSlotTask& t) const { return {t.out}; }
+    std::vector<size_t> operator()(const EmitTask& t) const {
+      if (t.out_scale) return {t.out_weight, *t.out_scale};
+      return {t.out_weight};
+    }
+    std::vector<size_t> operator()(const SlotGroupTask& g) const {
+      std::vector<size_t> out;
+      for (const auto& p : g.parts) {
+        auto o = (*this)(p);
+        out.insert(out.end(), o.begin(), o.end());
+      }
+      return out;
+    }
+    std::vector<size_t> operator()(const FusedQuantTask& t) const {
+      std::vector<size_t> out;
+      for (size_t i = 0; i < 3; ++i) {
+        if (t.out_weight[i]) out.push_back(*t.out_weight[i]);
+        if (t.out_scale[i]) out.push_back(*t.out_scale[i]);
+      }
+      return out;
+    }
+  };
+  return std::visit(Visitor{}, task);
+}
+
 uint64_t task_memory(const Task& task) {
   struct Visitor {
     uint64_t operator()(const CopyTask& t) const {

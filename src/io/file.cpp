@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "moeckpt/error.hpp"
@@ -18,6 +19,23 @@ namespace {
 
 std::string errno_text(int err) {
   return std::strerror(err);
+}
+
+// Fault injection for the disk-full tests: MOECKPT_FAULT_ENOSPC_AFTER_BYTES=N makes writes fail
+// with ENOSPC once N bytes have been written by this process (for file systems where
+// preallocation does not catch a full disk up front).
+std::atomic<int64_t>& enospc_budget() {
+  static std::atomic<int64_t> budget = [] {
+    const char* v = std::getenv("MOECKPT_FAULT_ENOSPC_AFTER_BYTES");
+    return v ? std::atoll(v) : int64_t{-1};
+  }();
+  return budget;
+}
+
+bool injected_enospc(size_t bytes) {
+  auto& b = enospc_budget();
+  if (b.load(std::memory_order_relaxed) < 0) return false;
+  return b.fetch_sub(static_cast<int64_t>(bytes)) < static_cast<int64_t>(bytes);
 }
 
 }  // namespace
@@ -86,7 +104,9 @@ void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n =
-        ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+        injected_enospc(bytes.size() - done)
+            ? (errno = ENOSPC, -1)
+            : ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       fail(path_, "",

@@ -13,30 +13,63 @@ std::string CheckpointWriter::shard_file_name(size_t i, size_t n) {
   return fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
 }
 
-CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<TensorSpec> tensors,
-                                   ShardingOptions options)
-    : dir_(std::move(dir)) {
-  if (options.max_shard_bytes == 0) fail(dir_.string(), "", "shard size limit must be positive");
-  std::vector<std::vector<TensorSpec>> groups;
+std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
+                                       const ShardingOptions& options) {
+  if (options.max_shard_bytes == 0) fail("", "", "shard size limit must be positive");
+  std::vector<ShardLayout> shards;
   uint64_t current = 0;
-  locations_.reserve(tensors.size());
-  for (auto& t : tensors) {
-    uint64_t n = t.nbytes();
-    if (groups.empty() || (current > 0 && current + n > options.max_shard_bytes)) {
-      groups.emplace_back();
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    uint64_t n = tensors[i].nbytes();
+    if (shards.empty() || (current > 0 && current + n > options.max_shard_bytes)) {
+      shards.emplace_back();
       current = 0;
     }
     current += n;
-    total_bytes_ += n;
-    locations_.push_back({groups.size() - 1, groups.back().size()});
-    groups.back().push_back(std::move(t));
+    shards.back().tensors.push_back(i);
   }
-  if (groups.empty()) groups.emplace_back();
-  for (size_t s = 0; s < groups.size(); ++s) {
-    auto name =
-        groups.size() == 1 ? std::string(kSingleFileName) : shard_file_name(s, groups.size());
-    shards_.push_back(
-        std::make_unique<ShardWriter>(dir_ / name, std::move(groups[s]), options.metadata));
+  if (shards.empty()) shards.emplace_back();
+  for (size_t s = 0; s < shards.size(); ++s) {
+    auto& sh = shards[s];
+    sh.name = shards.size() == 1 ? std::string(kSingleFileName) : CheckpointWriter::shard_file_name(s, shards.size());
+    std::vector<TensorSpec> specs;
+    uint64_t data = 0;
+    for (size_t i : sh.tensors) {
+      specs.push_back(tensors[i]);
+      data += tensors[i].nbytes();
+    }
+    sh.header = encode_header(specs, options.metadata);
+    sh.file_size = sh.header.size() + data;
+  }
+  return shards;
+}
+
+CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<TensorSpec> tensors,
+                                   ShardingOptions options)
+    : dir_(std::move(dir)),
+      layout_(layout_shards(tensors, options)),
+      specs_(std::move(tensors)),
+      on_shard_committed_(std::move(options.on_shard_committed)) {
+  if (!options.completed.empty() && options.completed.size() != layout_.size())
+    fail(dir_.string(), "", "completed-shard list does not match the shard layout");
+  locations_.resize(specs_.size());
+  remaining_ = std::make_unique<std::atomic<uint64_t>[]>(layout_.size());
+  committed_ = std::make_unique<std::atomic<bool>[]>(layout_.size());
+  for (size_t s = 0; s < layout_.size(); ++s) {
+    uint64_t data = 0;
+    std::vector<TensorSpec> specs;
+    for (size_t k = 0; k < layout_[s].tensors.size(); ++k) {
+      const size_t i = layout_[s].tensors[k];
+      locations_[i] = {s, k};
+      data += specs_[i].nbytes();
+      specs.push_back(specs_[i]);
+    }
+    total_bytes_ += data;
+    remaining_[s] = data;
+    const bool done = !options.completed.empty() && options.completed[s];
+    committed_[s] = done;
+    shards_.push_back(done ? nullptr
+                           : std::make_unique<ShardWriter>(dir_ / layout_[s].name, std::move(specs),
+                                                           options.metadata));
   }
 }
 
@@ -44,33 +77,44 @@ CheckpointWriter::~CheckpointWriter() = default;
 
 uint64_t CheckpointWriter::shard_data_bytes(size_t shard) const {
   uint64_t n = 0;
-  for (const auto& t : shards_.at(shard)->tensors()) n += t.nbytes();
+  for (size_t i : layout_.at(shard).tensors) n += specs_[i].nbytes();
   return n;
 }
 
 std::string CheckpointWriter::shard_name(size_t shard) const {
-  return shards_.at(shard)->final_path().filename().string();
+  return layout_.at(shard).name;
 }
 
 const TensorSpec& CheckpointWriter::spec(size_t i) const {
-  const auto& loc = locations_.at(i);
-  return shards_[loc.shard]->tensors()[loc.index_in_shard];
+  return specs_.at(i);
 }
 
 void CheckpointWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> bytes) {
   const auto& loc = locations_.at(i);
-  shards_[loc.shard]->write(loc.index_in_shard, offset, bytes);
+  auto& shard = shards_[loc.shard];
+  if (!shard) return;  // finished by an earlier run: the bytes are already there
+  shard->write(loc.index_in_shard, offset, bytes);
+  // Pieces are disjoint (ShardWriter checks their bounds), so the write that brings the count to
+  // zero is the last one and every other has returned.
+  if (!bytes.empty() && (remaining_[loc.shard] -= bytes.size()) == 0) commit_shard(loc.shard);
+}
+
+void CheckpointWriter::commit_shard(size_t s) {
+  if (committed_[s].exchange(true)) return;
+  shards_[s]->commit();
+  if (on_shard_committed_) on_shard_committed_(s);
 }
 
 void CheckpointWriter::commit() {
-  for (auto& s : shards_) s->commit();
+  for (size_t s = 0; s < shards_.size(); ++s)
+    if (!committed_[s]) commit_shard(s);
   if (shards_.size() == 1) return;
   nlohmann::ordered_json index;
   index["metadata"]["total_size"] = total_bytes_;
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   std::map<std::string, std::string> sorted;
-  for (const auto& s : shards_)
-    for (const auto& t : s->tensors()) sorted[t.name] = s->final_path().filename().string();
+  for (const auto& sh : layout_)
+    for (size_t i : sh.tensors) sorted[specs_[i].name] = sh.name;
   for (const auto& [name, file] : sorted) weight_map[name] = file;
   index["weight_map"] = std::move(weight_map);
   io::write_file_atomically(dir_ / kIndexFileName, index.dump(2) + "\n");

@@ -51,10 +51,12 @@ File File::open_read(const std::filesystem::path& path) {
   return File(fd, path.string());
 }
 
-File File::create_exclusive(const std::filesystem::path& path) {
+File File::create_exclusive(const std::filesystem::path& path,
+                            const std::filesystem::path& name_in_errors) {
+  const auto& shown = name_in_errors.empty() ? path : name_in_errors;
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail(path.string(), "", "cannot create: " + errno_text(errno));
-  return File(fd, path.string());
+  if (fd < 0) fail(shown.string(), "", "cannot create: " + errno_text(errno));
+  return File(fd, shown.string());
 }
 
 File::File(File&& other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) {
@@ -167,7 +169,7 @@ std::filesystem::path temporary_name_for(const std::filesystem::path& final_path
 void write_file_atomically(const std::filesystem::path& path, std::string_view text) {
   auto tmp = temporary_name_for(path);
   try {
-    File f = File::create_exclusive(tmp);
+    File f = File::create_exclusive(tmp, path);
     f.pwrite_all(0, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
     f.sync();
     f.close();

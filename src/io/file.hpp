@@ -12,8 +12,10 @@ class File {
  public:
   File() = default;
   static File open_read(const std::filesystem::path& path);
-  // Creates a new file (fails if it exists), mode 0644.
-  static File create_exclusive(const std::filesystem::path& path);
+  // Creates a new file (fails if it exists), mode 0644. Errors after creation name
+  // `name_in_errors` when given: the final name a temporary file is written for.
+  static File create_exclusive(const std::filesystem::path& path,
+                               const std::filesystem::path& name_in_errors = {});
   File(File&& other) noexcept;
   File& operator=(File&& other) noexcept;
   File(const File&) = delete;

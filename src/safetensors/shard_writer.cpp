@@ -57,7 +57,7 @@ ShardWriter::ShardWriter(std::filesystem::path final_path, std::vector<TensorSpe
   for (size_t i = 0; i < offsets.size(); ++i) file_offsets_[i] = header.size() + offsets[i];
   written_ = std::make_unique<std::atomic<uint64_t>[]>(tensors_.size());
   temp_path_ = io::temporary_name_for(final_path_);
-  file_ = std::make_unique<io::File>(io::File::create_exclusive(temp_path_));
+  file_ = std::make_unique<io::File>(io::File::create_exclusive(temp_path_, final_path_));
   try {
     file_->preallocate(file_size_);
     file_->truncate(file_size_);

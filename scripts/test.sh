@@ -10,6 +10,9 @@ echo "== release build and tests"
 ./scripts/build.sh release
 ctest --test-dir build --output-on-failure -j2
 
+echo "== valgrind (memcheck) on the tiny preset"
+./scripts/valgrind.sh build/moeckpt
+
 echo "== ASan + UBSan build and tests"
 ./scripts/build.sh sanitize
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \

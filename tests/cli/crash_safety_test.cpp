@@ -147,33 +147,36 @@ void kill_and_resume_trials(const std::vector<std::string>& args, const fs::path
 class CrashSafety : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto r = run_cli({"synth", (dir_ / "hf").string(), "--experts", "32", "--seed", "5"});
+    auto r = run_cli({"synth", (dir_ / "hf").string(), "--experts", "16", "--seed", "5"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   test::TempDir dir_;
 };
 
 TEST_F(CrashSafety, FromHfKilledAtRandomMomentsResumesByteIdentical) {
-  kill_and_resume_trials({"from-hf", (dir_ / "hf").string(), "--shard-size", "2000000",
+  const auto inputs = final_files(dir_ / "hf");
+  kill_and_resume_trials({"from-hf", (dir_ / "hf").string(), "--shard-size", "1000000",
                           "--threads", "2", "--quiet", (dir_ / "out").string()},
                          dir_ / "out", dir_ / "clean", 20, 11);
+  EXPECT_TRUE(final_files(dir_ / "hf") == inputs) << "an input was modified";
+  EXPECT_TRUE(hidden_files(dir_ / "hf").empty());
 }
 
 TEST_F(CrashSafety, ToHfKilledAtRandomMomentsResumesByteIdentical) {
   auto r = run_cli({"from-hf", (dir_ / "hf").string(), (dir_ / "native").string(), "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  kill_and_resume_trials({"to-hf", (dir_ / "native").string(), "--shard-size", "1000000",
+  kill_and_resume_trials({"to-hf", (dir_ / "native").string(), "--shard-size", "500000",
                           "--threads", "2", "--quiet", (dir_ / "out").string()},
                          dir_ / "out", dir_ / "clean", 12, 12);
 }
 
 TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
   const auto src = (dir_ / "hf").string(), out = (dir_ / "out").string();
-  auto clean = run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "2000000", "--quiet"});
+  auto clean = run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "1000000", "--quiet"});
   ASSERT_EQ(clean.exit_code, 0) << clean.err;
   const auto reference = final_files(dir_ / "clean");
   // Build the remains of a killed run by hand: all shards, a manifest, no index.
-  auto r = run_cli({"from-hf", src, out, "--shard-size", "2000000", "--quiet"});
+  auto r = run_cli({"from-hf", src, out, "--shard-size", "1000000", "--quiet"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // A complete run removes its manifest; take one from a run killed after it finished a few
   // shards (the manifest does not depend on the destination's path).
@@ -185,7 +188,7 @@ TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
   };
   for (int us = 5000; us < 5000000 && recorded() < 3; us = us * 5 / 4) {
     fs::remove_all(dir_ / "killed");
-    run_and_kill({"from-hf", src, (dir_ / "killed").string(), "--shard-size", "2000000",
+    run_and_kill({"from-hf", src, (dir_ / "killed").string(), "--shard-size", "1000000",
                   "--threads", "1", "--quiet"},
                  std::chrono::microseconds(us));
   }
@@ -202,18 +205,18 @@ TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
   bytes[bytes.size() / 2] ^= 0x01;
   test::write_bytes(victim, bytes);
 
-  auto plain = run_cli({"from-hf", src, out, "--shard-size", "2000000", "--quiet"});
+  auto plain = run_cli({"from-hf", src, out, "--shard-size", "1000000", "--quiet"});
   EXPECT_EQ(plain.exit_code, 1);
   EXPECT_NE(plain.err.find("unfinished conversion"), std::string::npos) << plain.err;
   EXPECT_NE(plain.err.find("--resume"), std::string::npos) << plain.err;
 
-  auto other = run_cli({"from-hf", src, out, "--shard-size", "2000000", "--quiet", "--resume",
+  auto other = run_cli({"from-hf", src, out, "--shard-size", "1000000", "--quiet", "--resume",
                         "--dtype", "f32"});
   EXPECT_EQ(other.exit_code, 1);
   EXPECT_NE(other.err.find("other inputs or with other options"), std::string::npos) << other.err;
   EXPECT_TRUE(fs::exists(victim)) << "a refused resume must keep the unfinished conversion";
 
-  auto resumed = run_cli({"from-hf", src, out, "--shard-size", "2000000", "--resume"});
+  auto resumed = run_cli({"from-hf", src, out, "--shard-size", "1000000", "--resume"});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
   EXPECT_NE(resumed.out.find("kept from the interrupted run"), std::string::npos) << resumed.out;
   EXPECT_TRUE(final_files(dir_ / "out") == reference);
@@ -281,7 +284,7 @@ TEST_F(CrashSafety, InjectedDiskFullMidRunLeavesNothing) {
     SCOPED_TRACE(budget);
     ::setenv("MOECKPT_FAULT_ENOSPC_AFTER_BYTES", budget, 1);
     auto r = run_cli({"from-hf", (dir_ / "hf").string(), (dir_ / "out").string(), "--shard-size",
-                      "2000000", "--quiet"});
+                      "1000000", "--quiet"});
     ::unsetenv("MOECKPT_FAULT_ENOSPC_AFTER_BYTES");
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_NE(r.err.find("No space left on device"), std::string::npos) << r.err;
@@ -302,7 +305,7 @@ TEST_F(CrashSafety, FullTmpfsEndsCleanly) {
     ~Unmount() { ::umount(p.c_str()); }
   } unmount{dir_ / "small"};
   const auto out = dir_ / "small" / "out";
-  auto r = run_cli({"from-hf", (dir_ / "hf").string(), out.string(), "--shard-size", "2000000",
+  auto r = run_cli({"from-hf", (dir_ / "hf").string(), out.string(), "--shard-size", "1000000",
                     "--quiet"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("no space left on device"), std::string::npos) << r.err;

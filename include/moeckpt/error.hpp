@@ -22,6 +22,13 @@ class Error : public std::runtime_error {
   ErrorInfo info_;
 };
 
+// A run stopped on request (ExecOptions::cancel, set by SIGINT/SIGTERM in the CLI): finished work
+// is kept so that it can be resumed.
+class Interrupted : public Error {
+ public:
+  using Error::Error;
+};
+
 // Builds the one-line message: "<file>: tensor '<t>': <what> (expected <e>)".
 std::string format_error(const ErrorInfo& info);
 

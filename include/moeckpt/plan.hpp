@@ -3,6 +3,7 @@
 // output tensor (sizes known before any byte moves) and the tasks that fill them from source
 // tensors. Executors run plans; nothing here touches data.
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -148,6 +149,8 @@ struct ExecOptions {
   uint64_t max_memory = 1ull << 30;  // task buffers in flight at once (a larger task runs alone)
   // Called (from worker threads, concurrently) with the output bytes each write delivers.
   std::function<void(size_t out, uint64_t bytes)> on_write;
+  // When set (e.g. from a signal), no further task starts and execute() throws Interrupted.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 // The outputs a task writes to.

@@ -114,6 +114,13 @@ ConvertReport write_plan(Plan plan, const CheckpointSource& source,
     for (size_t s = 0; s < layout.size(); ++s)
       if (!sharding.completed[s]) written += writer.shard_data_bytes(s);
     return {plan.outputs.size(), source.bytes_read(), written, writer.shard_count(), kept};
+  } catch (const Interrupted&) {
+    // Temporary files are gone with the writer; finished shards and the manifest stay for
+    // --resume.
+    throw Interrupted({dst.string(), "",
+                       "interrupted; the shards finished so far are kept: run the same command "
+                       "with --resume to continue",
+                       ""});
   } catch (...) {
     folder.abandon();
     throw;

@@ -9,6 +9,7 @@
 
 #include <chrono>
 
+#include "cli/interrupt_watch.hpp"
 #include "cli/progress_printer.hpp"
 
 #include "moeckpt/adapter.hpp"
@@ -19,7 +20,7 @@
 
 namespace {
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   CLI::App app{
       "moeckpt: convert MoE checkpoints between the Hugging Face and grouped-expert layouts"};
   app.require_subcommand(1);
@@ -142,6 +143,7 @@ int run(int argc, char** argv) {
         static_cast<double>(moeckpt::cli::peak_rss_bytes()) / (1 << 20));
   };
   convert.exec.threads = threads;
+  convert.exec.cancel = interrupts.flag();
   convert.existing = overwrite ? moeckpt::ExistingOutput::kOverwrite
                      : resume  ? moeckpt::ExistingOutput::kResume
                                : moeckpt::ExistingOutput::kRefuse;
@@ -154,6 +156,7 @@ int run(int argc, char** argv) {
     if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
       throw moeckpt::Error({"", "", "--ep-rank needs --ep-size", ""});
     auto t0 = std::chrono::steady_clock::now();
+    interrupts.set_graceful(true);
     report("from-hf", fh_dst, moeckpt::from_hf_dir(fh_src, fh_dst, fh, convert), t0);
     return 0;
   }
@@ -171,6 +174,7 @@ int run(int argc, char** argv) {
     std::optional<std::filesystem::path> cfg;
     if (th_cmd->count("--config")) cfg = th_config;
     auto t0 = std::chrono::steady_clock::now();
+    interrupts.set_graceful(true);
     report("to-hf", th_paths.back(), moeckpt::to_hf_dirs(srcs, th_paths.back(), th, cfg, convert),
            t0);
     return 0;
@@ -207,8 +211,12 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  moeckpt::cli::InterruptWatch interrupts;
   try {
-    return run(argc, argv);
+    return run(argc, argv, interrupts);
+  } catch (const moeckpt::Interrupted& e) {
+    std::cerr << "moeckpt: error: " << e.what() << "\n";
+    return 130;
   } catch (const moeckpt::Error& e) {
     std::cerr << "moeckpt: error: " << e.what() << "\n";
   } catch (const std::bad_alloc&) {

@@ -524,6 +524,14 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
       {
         std::unique_lock lock(mutex);
         if (next >= plan.tasks.size() || failed) return;
+        if (options.cancel && options.cancel->load()) {
+          if (!error)
+            error = std::make_exception_ptr(
+                Interrupted({"", "", "interrupted before the conversion finished", ""}));
+          failed = true;
+          cv.notify_all();
+          return;
+        }
         i = next++;
         // Read-ahead in plan order: the task `threads` places ahead of this one.
         if (i + threads < plan.tasks.size()) prefetch(plan.tasks[i + threads], source);

@@ -46,9 +46,10 @@ std::vector<std::string> hidden_files(const fs::path& dir) {
   return out;
 }
 
-// Starts the CLI, lets it run for `delay`, then SIGKILLs it. Returns true if it was still
-// running when killed.
-bool run_and_kill(const std::vector<std::string>& args, std::chrono::microseconds delay) {
+// Starts the CLI, lets it run for `delay`, then sends it `sig`. Returns true if it was still
+// running then; `status` gets its wait status.
+bool run_and_kill(const std::vector<std::string>& args, std::chrono::microseconds delay,
+                  int sig = SIGKILL, int* status_out = nullptr) {
   std::vector<std::string> argv_s{MOECKPT_CLI_PATH};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -68,9 +69,10 @@ bool run_and_kill(const std::vector<std::string>& args, std::chrono::microsecond
   int status = 0;
   bool running = ::waitpid(pid, &status, WNOHANG) == 0;
   if (running) {
-    ::kill(pid, SIGKILL);
+    ::kill(pid, sig);
     ::waitpid(pid, &status, 0);
   }
+  if (status_out) *status_out = status;
   return running;
 }
 
@@ -221,6 +223,41 @@ TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
   EXPECT_NE(resumed.out.find("kept from the interrupted run"), std::string::npos) << resumed.out;
   EXPECT_TRUE(final_files(dir_ / "out") == reference);
   EXPECT_TRUE(hidden_files(dir_ / "out").empty());
+}
+
+TEST_F(CrashSafety, InterruptKeepsFinishedShardsRemovesTemporariesAndResumes) {
+  const auto src = (dir_ / "hf").string(), out = (dir_ / "out").string();
+  auto clean = run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "1000000",
+                        "--quiet"});
+  ASSERT_EQ(clean.exit_code, 0) << clean.err;
+  const auto reference = final_files(dir_ / "clean");
+  int interrupted = 0;
+  for (int us = 5000; us < 5000000 && interrupted < 3; us = us * 3 / 2) {
+    SCOPED_TRACE(us);
+    fs::remove_all(dir_ / "out");
+    int status = 0;
+    for (int sig : {SIGINT, SIGTERM}) {
+      if (!run_and_kill({"from-hf", src, out, "--shard-size", "1000000", "--threads", "1",
+                         "--quiet"},
+                        std::chrono::microseconds(us), sig, &status))
+        continue;
+      ASSERT_TRUE(WIFEXITED(status)) << "died of signal " << WTERMSIG(status);
+      if (WEXITSTATUS(status) == 0) continue;  // the signal came after the last task started
+      ASSERT_EQ(WEXITSTATUS(status), 130);
+      ++interrupted;
+      // No temporary files and no lock: only finished shards, config.json and the manifest.
+      for (const auto& h : hidden_files(dir_ / "out")) EXPECT_EQ(h, ".moeckpt-manifest.json");
+      for (const auto& [name, bytes] : final_files(dir_ / "out"))
+        EXPECT_TRUE(bytes == reference.at(name)) << name;
+      EXPECT_FALSE(fs::exists(dir_ / "out" / "model.safetensors.index.json"));
+      auto resumed = run_cli({"from-hf", src, out, "--shard-size", "1000000", "--resume"});
+      ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+      EXPECT_TRUE(final_files(dir_ / "out") == reference);
+      EXPECT_TRUE(hidden_files(dir_ / "out").empty());
+      fs::remove_all(dir_ / "out");
+    }
+  }
+  EXPECT_GE(interrupted, 1) << "no signal landed while the conversion ran";
 }
 
 TEST_F(CrashSafety, ExistingCheckpointNeedsOverwriteWhichReplacesIt) {

@@ -241,7 +241,11 @@ TEST_F(CrashSafety, InterruptKeepsFinishedShardsRemovesTemporariesAndResumes) {
                          "--quiet"},
                         std::chrono::microseconds(us), sig, &status))
         continue;
-      ASSERT_TRUE(WIFEXITED(status)) << "died of signal " << WTERMSIG(status);
+      if (WIFSIGNALED(status)) {
+        // Arrived before main() set up its handling (process start-up): nothing written yet.
+        EXPECT_TRUE(final_files(dir_ / "out").empty());
+        continue;
+      }
       if (WEXITSTATUS(status) == 0) continue;  // the signal came after the last task started
       ASSERT_EQ(WEXITSTATUS(status), 130);
       ++interrupted;

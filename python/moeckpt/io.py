@@ -42,7 +42,7 @@ def from_hf_dir(
         ep_rank, ep_size = _mesh_rank_size(device_mesh)
     if ep_size < 1 or not 0 <= ep_rank < ep_size:
         raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
-    out, _metadata, _config_text = _core.from_hf_dir(
+    out, _metadata, _config_text, _bytes_read = _core.from_hf_dir(
         os.fspath(path), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_flag(compat),
         int(threads), int(max_memory))
     result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}

@@ -199,7 +199,7 @@ NB_MODULE(_core, m) {
       nb::arg("compat"), nb::arg("threads"), nb::arg("max_memory"));
 
   // An HF checkpoint folder -> native tensors of one EP rank, streamed from the files (only the
-  // rank's bytes are read). Returns (tensors, __metadata__, config.json text).
+  // rank's bytes are read). Returns (tensors, __metadata__, config.json text, bytes read).
   m.def(
       "from_hf_dir",
       [](const std::string& dir, int64_t ep_size, int64_t ep_rank, const std::string& dtype,
@@ -208,6 +208,7 @@ NB_MODULE(_core, m) {
         std::vector<NamedTensor> out;
         std::map<std::string, std::string> metadata;
         std::string config_text;
+        uint64_t bytes_read = 0;
         {
           nb::gil_scoped_release release;
           config_text = io::read_small_file(fs::path(dir) / "config.json", 64ull << 20);
@@ -216,8 +217,9 @@ NB_MODULE(_core, m) {
           Plan plan = plan_from_hf(src, config, o);
           metadata = plan.metadata;
           out = run_in_memory(plan, src, exec_of(threads, max_memory));
+          bytes_read = src.bytes_read();
         }
-        return std::make_tuple(to_python(std::move(out)), metadata, config_text);
+        return std::make_tuple(to_python(std::move(out)), metadata, config_text, bytes_read);
       },
       nb::arg("dir"), nb::arg("ep_size"), nb::arg("ep_rank"), nb::arg("dtype"), nb::arg("compat"),
       nb::arg("threads"), nb::arg("max_memory"));

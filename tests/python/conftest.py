@@ -38,6 +38,21 @@ def tiny_dir(tmp_path_factory) -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def ragged_nonan_dir(tmp_path_factory) -> Path:
+    """The ragged fixture without its NaN codes (tools/make_ragged_fixture.py writes both; the
+    committed one is checked to be what the script writes)."""
+    import subprocess
+    import sys
+
+    d = tmp_path_factory.mktemp("ragged")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_ragged_fixture.py"), str(d / "hf"),
+                    "--nonan-dir", str(d / "hf_nonan")], check=True, capture_output=True)
+    for name in os.listdir(RAGGED):
+        assert (d / "hf" / name).read_bytes() == (RAGGED / name).read_bytes(), name
+    return d / "hf_nonan"
+
+
 class Case:
     """One HF checkpoint with its config, tensors (keys sorted, as the goldens load them) and the
     reference adapter."""
@@ -63,6 +78,13 @@ def case(request, mg, tiny_dir) -> Case:
         path = tiny_dir if request.param == "tiny" else RAGGED
         _cases[request.param] = Case(request.param, path, mg)
     return _cases[request.param]
+
+
+@pytest.fixture(scope="session")
+def case_ragged_nonan(mg, ragged_nonan_dir) -> Case:
+    if "ragged_nonan" not in _cases:
+        _cases["ragged_nonan"] = Case("ragged_nonan", ragged_nonan_dir, mg)
+    return _cases["ragged_nonan"]
 
 
 @pytest.fixture(scope="session")

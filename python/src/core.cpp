@@ -152,12 +152,20 @@ NB_MODULE(_core, m) {
       .def_prop_ro("num_hidden_layers", [](const Config& c) { return c.config.num_hidden_layers; })
       .def_prop_ro("text", [](const Config& c) { return c.text; });
 
-  m.def("should_quantize_key", [](const std::string& k) { return should_quantize_key(k); });
-  m.def("is_published_fp8_key", [](const std::string& k) { return is_published_fp8_key(k); });
-  m.def("expert_range", [](int64_t n, int64_t size, int64_t rank) {
-    auto r = ExpertRange::for_rank(n, size, rank);
-    return std::make_tuple(r.first, r.count);
-  });
+  m.def(
+      "should_quantize_key", [](const std::string& k) { return should_quantize_key(k); },
+      nb::arg("key"));
+  m.def(
+      "is_published_fp8_key", [](const std::string& k) { return is_published_fp8_key(k); },
+      nb::arg("key"));
+  // (first expert, count) of an EP rank.
+  m.def(
+      "expert_range",
+      [](int64_t n, int64_t size, int64_t rank) {
+        auto r = ExpertRange::for_rank(n, size, rank);
+        return std::make_tuple(r.first, r.count);
+      },
+      nb::arg("n_experts"), nb::arg("ep_size"), nb::arg("ep_rank"));
 
   m.def(
       "synth",

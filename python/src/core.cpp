@@ -50,9 +50,9 @@ std::vector<MemorySource::Entry> entries_of(const std::vector<InRow>& rows) {
     // The same size rule as a file's header: a tensor's bytes must be exactly its shape's.
     const uint64_t want = TensorSpec{name, dt, shape}.nbytes();
     if (want != nbytes)
-      fail("", name,
-           "holds " + std::to_string(nbytes) + " bytes but its shape needs " +
-               std::to_string(want));
+      fail(
+          "", name,
+          "holds " + std::to_string(nbytes) + " bytes but its shape needs " + std::to_string(want));
     out.push_back({name, dt, shape,
                    std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(addr), nbytes)});
   }

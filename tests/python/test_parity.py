@@ -142,3 +142,11 @@ def test_should_quantize_key_matches_the_reference(case, native):
     keys = list(case.ref.to_hf(dict(native[0]))) + ["visual.x.weight", "audio.y.weight", "model.visual.x.weight",
                                                    "a.bias", "model.mtp.layers.0.enorm.weight"]
     assert [moeckpt.should_quantize_key(k) for k in keys] == [_should_quantize_key(k) for k in keys]
+
+
+def test_config_as_object_path_or_dict(case, native):
+    # The reference's own transformers config object, the folder, the file: same adapter.
+    ref_native, _ = native
+    for cfg in (case.ref.config, case.path, case.path / "config.json"):
+        got = moeckpt.MiMoV2FlashStateDictAdapter(cfg, compat="automodel").from_hf(case.hf)
+        assert_same(ref_native, got, f"{case.name} config {type(cfg).__name__}")

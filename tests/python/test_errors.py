@@ -16,9 +16,10 @@ def test_error_is_a_runtime_error():
     assert issubclass(moeckpt.Error, RuntimeError)
 
 
-def test_nan_codes_are_refused_by_default_and_named(case):
-    if case.name != "ragged":
-        pytest.skip("only the ragged fixture plants NaN codes")
+def test_nan_codes_are_refused_by_default_and_named(mg):
+    from conftest import RAGGED, Case
+
+    case = Case("ragged", RAGGED, mg)  # plants the NaN codes 0x7F, 0xFF in layer 2's q_proj
     with pytest.raises(moeckpt.Error) as e:
         case.ours().from_hf(case.hf)
     assert "model.layers.2.self_attn.q_proj.weight" in str(e.value) and "NaN" in str(e.value)

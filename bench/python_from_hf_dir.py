@@ -10,7 +10,8 @@ one: .venv-py). The input is synthesized with moeckpt.synth(preset "full", layer
 4096, seed 0), the same as `moeckpt synth --preset full --layers 2 --experts E --vocab 4096` in
 bench/e2e.py. Every measurement runs in a fresh subprocess; its wall time is taken inside the child
 around the work only (imports excluded, shown apart), its peak RSS from wait4() of that child
-(ru_maxrss: the whole process, torch included). Reported per row: the median of --repeat runs.
+(ru_maxrss: the whole process, torch included). Reported per row: the median of --repeat runs, taken in
+rounds (every path once per round) so that background load hits all paths alike.
 
 Rows:
   reference         load_file of every shard + Automodel from_hf (EP 1, bf16), as bench/e2e.py
@@ -155,24 +156,30 @@ def main() -> int:
     script = work / "child.py"
     script.write_text(CHILD, encoding="utf-8")
 
-    results: dict = {}
+    # Rounds: every path once per round, so that each sees the same background load.
+    runs: dict = {mode: [] for mode, _ in ROWS}
     digests: dict = {}
-    for mode, _ in ROWS:
-        runs = []
-        for i in range(args.repeat):
+    for i in range(args.repeat):
+        for mode, _ in ROWS:
             digest = mode in ("reference", "dir_compat") and i == 0
+            load_before = os.getloadavg()[0]
             data, rss = run_child(sys.executable, str(script), mode, hf_dir, digest)
             if digest:
                 digests[mode] = (data.pop("sha256"), data.pop("dtypes"))
             data["peak_rss"] = rss
-            runs.append(data)
-            print(f"{mode} run {i + 1}: {data['total_s']:.2f} s, peak RSS {fmt_b(rss)}", flush=True)
+            data["loadavg_1min"] = [load_before, os.getloadavg()[0]]
+            runs[mode].append(data)
+            print(f"round {i + 1} {mode}: {data['total_s']:.2f} s, peak RSS {fmt_b(rss)}, "
+                  f"load {load_before:.1f}", flush=True)
+    results: dict = {}
+    for mode, _ in ROWS:
+        rs = runs[mode]
         results[mode] = {
-            "total_s": statistics.median(r["total_s"] for r in runs),
-            "peak_rss": statistics.median(r["peak_rss"] for r in runs),
-            "import_s": statistics.median(r["import_s"] for r in runs),
-            "tensors_out": runs[0]["tensors_out"], "bytes_out": runs[0]["bytes_out"],
-            "runs": runs,
+            "total_s": statistics.median(r["total_s"] for r in rs),
+            "peak_rss": statistics.median(r["peak_rss"] for r in rs),
+            "import_s": statistics.median(r["import_s"] for r in rs),
+            "tensors_out": rs[0]["tensors_out"], "bytes_out": rs[0]["bytes_out"],
+            "runs": rs,
         }
     identical = digests["reference"] == digests["dir_compat"]
     ref = results["reference"]
@@ -193,15 +200,17 @@ def main() -> int:
         f"Input: `moeckpt.synth(DIR, \"full\", layers=2, experts={args.experts}, vocab=4096, seed=0)`, "
         f"{fmt_b(in_bytes)} of safetensors. Each row: a fresh subprocess per run, median of {args.repeat}; time "
         "inside the child around the work (imports excluded), peak RSS of the whole child (wait4 ru_maxrss). "
-        "Page cache warm.",
+        "Page cache warm. Rounds: every path once per round.",
         "",
-        "| path | time | peak RSS | speedup vs reference | tensors out | bytes out |",
-        "|---|---|---|---|---|---|",
+        "| path | time (median) | all runs | peak RSS | speedup vs reference | tensors out | bytes out |",
+        "|---|---|---|---|---|---|---|",
     ]
     for mode, label in ROWS:
         r = results[mode]
-        lines.append(f"| {label} | {r['total_s']:.2f} s | {fmt_b(r['peak_rss'])} | "
+        every = ", ".join(f"{x['total_s']:.2f}" for x in r["runs"])
+        lines.append(f"| {label} | {r['total_s']:.2f} s | {every} | {fmt_b(r['peak_rss'])} | "
                      f"{ref['total_s'] / r['total_s']:.1f}x | {r['tensors_out']} | {fmt_b(r['bytes_out'])} |")
+    loads = [x for r in results.values() for run in r["runs"] for x in run["loadavg_1min"]]
     lines += [
         "",
         f"`from_hf_dir` (default mode) vs reference: **{speedup:.1f}x** faster (target >= {TARGET_SPEEDUP:.0f}x: "
@@ -209,6 +218,9 @@ def main() -> int:
         f"{fmt_b(ref['peak_rss'])}.",
         f"`from_hf_dir(compat=\"automodel\")` output identical to the reference (SHA-256 of every tensor, same "
         f"keys and dtypes): **{'yes' if identical else 'NO'}**.",
+        "",
+        f"1-minute load average during the runs: {min(loads):.1f} to {max(loads):.1f} on {facts['nproc']} vCPUs "
+        "(other work shared the machine when above ~2; rounds interleave the paths so each sees similar load).",
         "",
         "The native state dict is returned in memory, so the RSS of the moeckpt rows includes the "
         "result itself (bytes out) plus torch; the reference holds the whole FP8 input, the dequantized "

@@ -100,8 +100,8 @@ ROWS = [
 ]
 
 
-def run_child(py: str, script: str, mode: str, hf_dir: Path, digest: bool) -> tuple[dict, int]:
-    """Runs one measurement; returns its JSON and the child's peak RSS in bytes."""
+def run_child(py: str, script: str, mode: str, hf_dir: Path, digest: bool) -> tuple[dict, int, float]:
+    """Runs one measurement; returns its JSON, the child's peak RSS in bytes and its CPU seconds."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         p = subprocess.Popen([py, script, mode, str(hf_dir), str(REPO), "1" if digest else "0"],
                              stdout=out, stderr=err)
@@ -112,7 +112,8 @@ def run_child(py: str, script: str, mode: str, hf_dir: Path, digest: bool) -> tu
         if p.returncode != 0:
             sys.stderr.write(err.read().decode(errors="replace"))
             raise SystemExit(f"{mode}: child failed with exit code {p.returncode}")
-        return json.loads(out.read().decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024
+        data = json.loads(out.read().decode().strip().splitlines()[-1])
+        return data, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
 
 
 def machine() -> dict:
@@ -163,10 +164,11 @@ def main() -> int:
         for mode, _ in ROWS:
             digest = mode in ("reference", "dir_compat") and i == 0
             load_before = os.getloadavg()[0]
-            data, rss = run_child(sys.executable, str(script), mode, hf_dir, digest)
+            data, rss, cpu = run_child(sys.executable, str(script), mode, hf_dir, digest)
             if digest:
                 digests[mode] = (data.pop("sha256"), data.pop("dtypes"))
             data["peak_rss"] = rss
+            data["cpu_s"] = cpu
             data["loadavg_1min"] = [load_before, os.getloadavg()[0]]
             runs[mode].append(data)
             print(f"round {i + 1} {mode}: {data['total_s']:.2f} s, peak RSS {fmt_b(rss)}, "
@@ -178,6 +180,7 @@ def main() -> int:
             "total_s": statistics.median(r["total_s"] for r in rs),
             "peak_rss": statistics.median(r["peak_rss"] for r in rs),
             "import_s": statistics.median(r["import_s"] for r in rs),
+            "cpu_s": statistics.median(r["cpu_s"] for r in rs),
             "tensors_out": rs[0]["tensors_out"], "bytes_out": rs[0]["bytes_out"],
             "runs": rs,
         }
@@ -199,17 +202,18 @@ def main() -> int:
         "",
         f"Input: `moeckpt.synth(DIR, \"full\", layers=2, experts={args.experts}, vocab=4096, seed=0)`, "
         f"{fmt_b(in_bytes)} of safetensors. Each row: a fresh subprocess per run, median of {args.repeat}; time "
-        "inside the child around the work (imports excluded), peak RSS of the whole child (wait4 ru_maxrss). "
+        "inside the child around the work (imports excluded); peak RSS and CPU time (user+sys, imports "
+        "included) of the whole child from wait4. "
         "Page cache warm. Rounds: every path once per round.",
         "",
-        "| path | time (median) | all runs | peak RSS | speedup vs reference | tensors out | bytes out |",
-        "|---|---|---|---|---|---|---|",
+        "| path | time (median) | all runs | speedup vs reference | peak RSS | child CPU (user+sys) | tensors out | bytes out |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode, label in ROWS:
         r = results[mode]
         every = ", ".join(f"{x['total_s']:.2f}" for x in r["runs"])
-        lines.append(f"| {label} | {r['total_s']:.2f} s | {every} | {fmt_b(r['peak_rss'])} | "
-                     f"{ref['total_s'] / r['total_s']:.1f}x | {r['tensors_out']} | {fmt_b(r['bytes_out'])} |")
+        lines.append(f"| {label} | {r['total_s']:.2f} s | {every} | {ref['total_s'] / r['total_s']:.1f}x | "
+                     f"{fmt_b(r['peak_rss'])} | {r['cpu_s']:.1f} s | {r['tensors_out']} | {fmt_b(r['bytes_out'])} |")
     loads = [x for r in results.values() for run in r["runs"] for x in run["loadavg_1min"]]
     lines += [
         "",

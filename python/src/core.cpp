@@ -12,6 +12,7 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +21,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <vector>
 
@@ -31,6 +33,10 @@
 #include "moeckpt/safetensors_writer.hpp"
 #include "moeckpt/synth.hpp"
 #include "moeckpt/tensor_source.hpp"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; glibc 2.36 headers do not name it
+#endif
 
 namespace nb = nanobind;
 namespace fs = std::filesystem;
@@ -84,20 +90,19 @@ struct Config {
 };
 
 // An output tensor's memory, written by the engine and then owned by a torch tensor. Large buffers
-// are anonymous mappings with transparent huge pages where the system allows them: the kernel's
-// zeroed pages are the only initialization (no second memset pass, as a std::vector would do), and
-// a multi-GiB result takes 512x fewer page faults.
+// are anonymous mappings: the kernel's zeroed pages are the only initialization (a std::vector
+// would memset them once more). No MADV_HUGEPAGE: with THP defrag "madvise" the faults compact
+// memory synchronously (measured: 10-12 s of system time for a 4.4 GiB result, against ~2 s).
 class Buffer {
  public:
   explicit Buffer(uint64_t n) : n_(n) {
     if (n >= kMapBytes) {
       void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (p == MAP_FAILED) throw std::bad_alloc();
-      madvise(p, n, MADV_HUGEPAGE);  // advice only: ignored where THP is off
       data_ = static_cast<uint8_t*>(p);
       mapped_ = true;
     } else {
-      data_ = static_cast<uint8_t*>(std::malloc(n ? n : 1));
+      data_ = static_cast<uint8_t*>(std::calloc(n ? n : 1, 1));  // zeroed, as mapped pages are
       if (!data_) throw std::bad_alloc();
     }
   }
@@ -121,8 +126,9 @@ class Buffer {
 
 class BufferSink final : public TensorSink {
  public:
-  explicit BufferSink(const std::vector<TensorSpec>& outputs) {
+  explicit BufferSink(const std::vector<TensorSpec>& outputs, unsigned threads) {
     for (const auto& o : outputs) buffers_.push_back(std::make_unique<Buffer>(o.nbytes()));
+    populate(threads);
   }
   void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override {
     Buffer& b = *buffers_.at(out);
@@ -133,6 +139,28 @@ class BufferSink final : public TensorSink {
   std::vector<std::unique_ptr<Buffer>>& buffers() { return buffers_; }
 
  private:
+  // Faults every page in up front, 64 MiB pieces over the threads: one kernel call per piece
+  // instead of one trap per 4 KiB page (MADV_POPULATE_WRITE, Linux 5.14; older kernels refuse the
+  // advice and the pages fault in as they are written).
+  void populate(unsigned threads) {
+    std::vector<std::pair<uint8_t*, uint64_t>> pieces;
+    constexpr uint64_t kPiece = 64ull << 20;
+    for (const auto& b : buffers_)
+      if (b->size() >= (1ull << 20))
+        for (uint64_t o = 0; o < b->size(); o += kPiece)
+          pieces.push_back({b->data() + o, std::min(kPiece, b->size() - o)});
+    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < pieces.size();)
+        madvise(pieces[i].first, pieces[i].second, MADV_POPULATE_WRITE);
+    };
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+  }
+
   std::vector<std::unique_ptr<Buffer>> buffers_;
 };
 
@@ -143,7 +171,7 @@ struct Converted {
 };
 
 Converted run_into_buffers(const Plan& plan, const TensorSource& source, const ExecOptions& exec) {
-  BufferSink sink(plan.outputs);
+  BufferSink sink(plan.outputs, exec.threads);
   execute(plan, source, sink, exec);
   return {plan.outputs, std::move(sink.buffers())};
 }

@@ -1,0 +1,28 @@
+"""moeckpt: MiMo-V2-Flash MoE checkpoint conversion backed by a C++ engine.
+
+- :class:`MiMoV2FlashStateDictAdapter`: a drop-in for NeMo Automodel's adapter (``from_hf``, ``to_hf``,
+  ``convert_single_tensor_to_hf``) on ``torch.Tensor`` state dicts.
+- :func:`from_hf_dir` / :func:`to_hf_dir`: checkpoint folders straight to/from native state dicts.
+- :class:`Error`: every refusal of the engine, with its one-line message (file, tensor, problem,
+  expectation).
+"""
+from __future__ import annotations
+
+import torch as _torch  # noqa: F401  (the extension hands out torch tensors)
+
+from ._core import Error
+from .adapter import MiMoV2FlashStateDictAdapter, is_published_fp8_key, should_quantize_key
+from .io import WriteReport, from_hf_dir, synth, to_hf_dir
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Error",
+    "MiMoV2FlashStateDictAdapter",
+    "WriteReport",
+    "from_hf_dir",
+    "is_published_fp8_key",
+    "should_quantize_key",
+    "synth",
+    "to_hf_dir",
+]

@@ -1,0 +1,261 @@
+"""A drop-in for NeMo Automodel's ``MiMoV2FlashStateDictAdapter`` backed by the C++ engine."""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import torch
+
+from . import _core
+from . import _tensors as T
+
+_EXPERT_KEY = re.compile(
+    r"(?P<prefix>(?:model\.)?(?:language_model\.)?)layers\.(?P<layer>\d+)\.mlp\.experts\.(?P<id>\d+)\."
+    r"(?P<proj>gate_proj|up_proj|down_proj)\.weight$"
+)
+_GROUPED_KEY = re.compile(r"(?P<prefix>.*?)layers\.(?P<layer>\d+)\.mlp\.experts\.(?P<kind>gate_and_up_projs|down_projs)$")
+
+
+def should_quantize_key(key: str) -> bool:
+    """Automodel's ``_should_quantize_key``: the keys ``to_hf(..., quantization=True)`` casts to FP8 in
+    compat mode (ends in ``.weight``; not ``visual.``/``audio.``; not a norm, ``lm_head``, embedding,
+    router or ``o_proj``)."""
+    return _core.should_quantize_key(key)
+
+
+def is_published_fp8_key(key: str) -> bool:
+    """The keys the default block quantization writes as FP8 (those the published checkpoint stores
+    as FP8: q/k/v projections, dense MLP and expert projections)."""
+    return _core.is_published_fp8_key(key)
+
+
+def is_grouped_expert_key(key: str) -> bool:
+    return _GROUPED_KEY.match(key) is not None
+
+
+def _ep_mesh(device_mesh: Any) -> Any:
+    names = getattr(device_mesh, "mesh_dim_names", None) or ()
+    return device_mesh["ep"] if "ep" in names else device_mesh
+
+
+def _mesh_rank_size(device_mesh: Any) -> tuple[int, int]:
+    ep = _ep_mesh(device_mesh)
+    return int(ep.get_local_rank()), int(ep.size())
+
+
+class MiMoV2FlashStateDictAdapter:
+    """Converts MiMo-V2-Flash state dicts between the Hugging Face layout (per-expert weights, FP8
+    with 128x128 block ``_scale_inv``) and the grouped-expert native layout of NeMo Automodel, with
+    the methods of Automodel's ``MiMoV2FlashStateDictAdapter``.
+
+    Args:
+        config: the checkpoint's config.json as a dict, a path (file or folder) or a
+            transformers-style config object.
+        ep_rank, ep_size: the expert-parallel rank used when no ``device_mesh`` is given.
+        dtype: dtype of dequantized weights and grouped experts (``torch.bfloat16`` or ``torch.float32``).
+        compat: ``None`` (default: correct fused K/V scales of the full-attention layers, real block
+            scales, NaN/bad scales refused) or ``"automodel"``: byte-for-byte Automodel 0.7.0.
+        quant: what ``to_hf(..., quantization=True)`` writes in the default mode: ``"block"`` (real
+            ``amax / 448`` 128x128 block scales for the tensors the published checkpoint stores as FP8),
+            ``"cast"`` (Automodel's raw cast with ones scales) or ``"none"`` (BF16). Compat mode always casts.
+        threads: engine worker threads (0: all cores).
+        max_memory: bytes of engine task buffers in flight at once.
+
+    ``quantization=False`` (the reference's default) returns BF16 without scales in both modes.
+    ``exclude_key_regex`` is matched at the key's start (``re.match``), as the reference does.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        ep_rank: int = 0,
+        ep_size: int = 1,
+        dtype: torch.dtype = torch.bfloat16,
+        compat: Optional[str] = None,
+        quant: str = "block",
+        *,
+        threads: int = 0,
+        max_memory: int = 1 << 30,
+    ) -> None:
+        self._config = T.parse_config(config)
+        self.config = config
+        self.dtype = dtype
+        self._dtype_name = T.out_dtype_name(dtype)
+        self.compat = compat
+        self._compat = T.compat_flag(compat)
+        self.quant = T.quant_mode(quant)
+        if ep_size < 1 or not 0 <= ep_rank < ep_size:
+            raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
+        self.ep_rank, self.ep_size = int(ep_rank), int(ep_size)
+        self.threads, self.max_memory = int(threads), int(max_memory)
+        # As the reference: the expert keys' "model." prefix seen by the last from_hf decides the
+        # prefix to_hf writes in compat mode.
+        self._uses_model_prefix = True
+
+    @property
+    def n_routed_experts(self) -> int:
+        return self._config.n_routed_experts
+
+    # ------------------------------------------------------------------------------------------ from_hf
+
+    def from_hf(self, hf_state_dict: dict[str, torch.Tensor], device_mesh: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """HF state dict -> native state dict of one EP rank.
+
+        Weights with a ``_scale_inv`` are dequantized to ``dtype``, scales dropped, the rank's experts
+        grouped into ``...mlp.experts.gate_and_up_projs [n, D, 2*Ie]`` and ``down_projs [n, Ie, D]``.
+        With a ``device_mesh`` (its ``"ep"`` dimension, or the mesh itself) rank and size come from
+        the mesh and the grouped tensors are DTensors sharded on dim 0. The input is not modified.
+        """
+        del kwargs
+        for key in hf_state_dict:
+            if ".mlp.experts." in key and key.endswith(".weight"):
+                self._uses_model_prefix = key.startswith("model.")
+                break
+        if device_mesh is not None:
+            rank, size = _mesh_rank_size(device_mesh)
+        else:
+            rank, size = self.ep_rank, self.ep_size
+        keep: list = []
+        rows = T.rows(hf_state_dict.items(), keep)
+        out = _core.from_hf(rows, self._config, size, rank, self._dtype_name, self._compat, self.threads, self.max_memory)
+        del keep
+        result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
+        result = self._reference_order(result, list(hf_state_dict), rank, size)
+        device = _input_device(hf_state_dict)
+        if device is not None and device.type != "cpu":
+            result = {k: v.to(device) for k, v in result.items()}
+        if device_mesh is not None:
+            result = {k: (self._as_dtensor(v, device_mesh, rank, size) if is_grouped_expert_key(k) else v)
+                      for k, v in result.items()}
+        return result
+
+    def _reference_order(self, result: dict, input_keys: list[str], rank: int, size: int) -> dict:
+        """Automodel's key order: other keys in input order, a grouped tensor where its last part was."""
+        first, count = _core.expert_range(self._config.n_routed_experts, size, rank)
+        pos = {k: i for i, k in enumerate(input_keys)}
+        last: dict[str, int] = {}
+        for i, k in enumerate(input_keys):
+            m = _EXPERT_KEY.match(k)
+            if m and first <= int(m["id"]) < first + count:
+                kind = "down_projs" if m["proj"] == "down_proj" else "gate_and_up_projs"
+                last[f"{m['prefix']}layers.{m['layer']}.mlp.experts.{kind}"] = i
+        items = list(result.items())
+        order = sorted(range(len(items)), key=lambda j: (_key_pos(items[j][0], pos, last), j))
+        return {items[j][0]: items[j][1] for j in order}
+
+    def _as_dtensor(self, local: torch.Tensor, device_mesh: Any, rank: int, size: int) -> Any:
+        from torch.distributed.tensor import DTensor, Shard
+
+        ep = _ep_mesh(device_mesh)
+        if self._compat:  # exactly the reference's create_dtensor_from_local (assumes an even split)
+            return DTensor.from_local(local, ep, [Shard(0)])
+        # Uneven splits (E % W != 0): give the true global shape.
+        n = self._config.n_routed_experts
+        shape = torch.Size([n, *local.shape[1:]])
+        stride = torch.empty(shape, device="meta").stride()
+        return DTensor.from_local(local, ep, [Shard(0)], shape=shape, stride=stride)
+
+    # -------------------------------------------------------------------------------------------- to_hf
+
+    def to_hf(
+        self,
+        state_dict: dict[str, Any],
+        exclude_key_regex: Optional[str] = None,
+        quantization: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Native state dict -> HF state dict (per-expert ``[out, in]`` weights).
+
+        ``quantization=False``: tensors keep their dtype (BF16), no scales (the reference's default).
+        ``quantization=True``: compat mode casts as Automodel (ones scales); the default mode writes
+        the adapter's ``quant``. Grouped DTensors sharded on dim 0 (an EP rank's shard) give that
+        rank's experts with their global ids.
+        """
+        del kwargs
+        quant, prefix = self._to_hf_mode(quantization)
+        keep: list = []
+        items, start, require_all = self._native_items(state_dict)
+        rows = T.rows(items, keep)
+        out = _core.to_hf(rows, self._config, quant, self._compat and quant == "cast", T.anchored(exclude_key_regex),
+                          prefix, start, require_all, self.threads, self.max_memory)
+        del keep
+        return {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
+
+    def convert_single_tensor_to_hf(self, fqn: str, tensor: Any, **kwargs: Any) -> list[tuple[str, torch.Tensor]]:
+        """One native tensor -> its HF ``(key, tensor)`` pairs, each weight followed by its ``_scale_inv``.
+        Keyword arguments: ``exclude_key_regex``, ``quantization`` (as in ``to_hf``)."""
+        quant, prefix = self._to_hf_mode(bool(kwargs.get("quantization", False)))
+        items, start, _ = self._native_items({fqn: tensor})
+        name, t = items[0]
+        t = T.host_tensor(t)
+        out = _core.convert_single_tensor_to_hf(T.row(name, t), self._config, quant, self._compat and quant == "cast",
+                                                T.anchored(kwargs.get("exclude_key_regex")), prefix, start)
+        return [(name, T.from_engine(dt, shape, raw)) for name, dt, shape, raw in out]
+
+    def _to_hf_mode(self, quantization: bool) -> tuple[str, Optional[str]]:
+        if self._compat:
+            # The reference writes expert keys under "model." or "" (as its last from_hf saw), never
+            # the grouped key's own prefix.
+            return ("cast" if quantization else "none"), ("model." if self._uses_model_prefix else "")
+        return (self.quant if quantization else "none"), None
+
+    def _native_items(self, state_dict: dict[str, Any]) -> tuple[list[tuple[str, torch.Tensor]], int, bool]:
+        """Plain tensors (DTensor expert shards -> local), the first expert id they hold, and whether
+        every expert must be present."""
+        n = self._config.n_routed_experts
+        items, starts, partial = [], set(), False
+        for k, v in state_dict.items():
+            if T.is_dtensor(v):
+                if is_grouped_expert_key(k):
+                    local, first = _local_expert_shard(v, n)
+                    starts.add(first)
+                    partial = True
+                    items.append((k, local))
+                else:
+                    items.append((k, v.full_tensor()))
+                continue
+            if is_grouped_expert_key(k) and isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] != n:
+                if self._compat:
+                    raise ValueError(f"Expected first dimension to be {n}, got {v.shape[0]}")
+                first, count = _core.expert_range(n, self.ep_size, self.ep_rank)
+                if v.shape[0] != count:
+                    raise ValueError(
+                        f"moeckpt: {k} holds {v.shape[0]} experts; expected all {n}, or the {count} of EP rank "
+                        f"{self.ep_rank}/{self.ep_size} (or a DTensor shard)")
+                starts.add(first)
+                partial = True
+            items.append((k, v))
+        if len(starts) > 1:
+            raise ValueError(f"moeckpt: grouped expert tensors start at different experts {sorted(starts)}")
+        start = starts.pop() if starts else 0
+        return items, start, not partial
+
+
+def _key_pos(key: str, pos: dict[str, int], last: dict[str, int]) -> int:
+    if key in pos:
+        return pos[key]
+    return last.get(key, len(pos))
+
+
+def _input_device(sd: dict) -> Optional[torch.device]:
+    for v in sd.values():
+        if isinstance(v, torch.Tensor):
+            return v.device
+    return None
+
+
+def _local_expert_shard(t: Any, n_experts: int) -> tuple[torch.Tensor, int]:
+    """The local experts of a DTensor and the global id of the first (Automodel's
+    get_expert_slice_for_rank: Shard(0) over the EP dimension; otherwise all experts)."""
+    from torch.distributed.tensor import Shard
+
+    local = t.to_local()
+    for i, p in enumerate(t.placements):
+        if isinstance(p, Shard) and p.dim == 0:
+            mesh = t.device_mesh
+            rank, size = int(mesh.get_local_rank(i)), int(mesh.size(i))
+            first, count = _core.expert_range(n_experts, size, rank)
+            if local.shape[0] != count:
+                raise ValueError(f"moeckpt: a DTensor shard holds {local.shape[0]} experts, EP rank {rank}/{size} owns {count}")
+            return local, first
+    return local, 0

@@ -1,0 +1,113 @@
+"""Checkpoint folders: read an HF folder straight into a native state dict, write one from a native
+state dict, synthesize test checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple, Optional
+
+import torch
+
+from . import _core
+from . import _tensors as T
+from .adapter import MiMoV2FlashStateDictAdapter, _mesh_rank_size, is_grouped_expert_key
+
+class WriteReport(NamedTuple):
+    tensors: int
+    bytes: int
+    shards: int
+
+
+def from_hf_dir(
+    path: "str | os.PathLike[str]",
+    ep_rank: int = 0,
+    ep_size: int = 1,
+    compat: Optional[str] = None,
+    dtype: torch.dtype = torch.bfloat16,
+    device: "str | torch.device" = "cpu",
+    *,
+    device_mesh: Any = None,
+    threads: int = 0,
+    max_memory: int = 1 << 30,
+) -> dict[str, Any]:
+    """Reads an HF checkpoint folder (``config.json`` + safetensors shards) and returns the native
+    state dict of EP rank ``ep_rank`` of ``ep_size``: what ``MiMoV2FlashStateDictAdapter.from_hf`` of
+    the loaded tensors gives, without loading them into Python first. The C++ engine streams from
+    the files and reads only the rank's bytes (the other ranks' experts are never read); the GIL is
+    released meanwhile. With ``device_mesh`` rank and size come from its ``"ep"`` dimension and the
+    grouped experts are DTensors, as from ``from_hf``. Key order: the engine's (non-expert keys by
+    name, a layer's grouped experts at its first expert key).
+    """
+    if device_mesh is not None:
+        ep_rank, ep_size = _mesh_rank_size(device_mesh)
+    if ep_size < 1 or not 0 <= ep_rank < ep_size:
+        raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
+    out, _metadata, _config_text, _bytes_read = _core.from_hf_dir(
+        os.fspath(path), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_flag(compat),
+        int(threads), int(max_memory))
+    result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
+    if torch.device(device).type != "cpu":
+        result = {k: v.to(device) for k, v in result.items()}
+    if device_mesh is not None:
+        adapter = MiMoV2FlashStateDictAdapter(json.loads(_config_text), dtype=dtype, compat=compat)
+        result = {k: (adapter._as_dtensor(v, device_mesh, ep_rank, ep_size) if is_grouped_expert_key(k) else v)
+                  for k, v in result.items()}
+    return result
+
+
+def to_hf_dir(
+    state_dict: dict[str, Any],
+    path: "str | os.PathLike[str]",
+    config: Any,
+    quant: str = "block",
+    compat: Optional[str] = None,
+    exclude_key_regex: Optional[str] = None,
+    max_shard_bytes: int = 5_000_000_000,
+    *,
+    ep_rank: int = 0,
+    ep_size: int = 1,
+    threads: int = 0,
+    max_memory: int = 1 << 30,
+) -> WriteReport:
+    """Writes a native state dict as an HF checkpoint folder: per-expert weights, ``quant`` =
+    ``"block"`` (real ``amax / 448`` block scales), ``"cast"`` (Automodel's ones scales) or ``"none"``
+    (BF16, ``quantization_config`` removed from config.json); ``compat="automodel"`` is Automodel's
+    ``to_hf(..., quantization=True)`` byte for byte. Shards of at most ``max_shard_bytes`` are written
+    under temporary names and renamed when complete, the index last; ``config.json`` is written
+    beside them. ``exclude_key_regex`` drops HF keys it matches at their start (``re.match``).
+    The state dict may hold one EP rank's experts (DTensor shards, or plain tensors with
+    ``ep_rank``/``ep_size``); the folder then holds that rank's experts.
+    """
+    compat_on = T.compat_flag(compat)
+    quant = T.quant_mode(quant)
+    if compat_on and quant not in ("cast", "block"):
+        raise ValueError("moeckpt: compat='automodel' quantizes as Automodel does (cast); use compat=None for "
+                         f"quant={quant!r}")
+    adapter = MiMoV2FlashStateDictAdapter(config, ep_rank=ep_rank, ep_size=ep_size, compat=compat)
+    items, start, require_all = adapter._native_items(state_dict)
+    keep: list = []
+    rows = T.rows(items, keep)
+    tensors, nbytes, shards = _core.to_hf_dir(
+        rows, os.fspath(path), adapter._config, "cast" if compat_on else quant, compat_on,
+        T.anchored(exclude_key_regex), None, start, require_all, int(max_shard_bytes), int(threads),
+        int(max_memory))
+    return WriteReport(tensors, nbytes, shards)
+
+
+def synth(
+    dst: "str | os.PathLike[str]",
+    preset: str = "tiny",
+    *,
+    seed: int = 0,
+    layers: Optional[int] = None,
+    experts: Optional[int] = None,
+    vocab: Optional[int] = None,
+    mtp: Optional[int] = None,
+    shard_size: Optional[int] = None,
+) -> WriteReport:
+    """Writes a synthetic MiMo-V2-Flash-shaped FP8 checkpoint (``moeckpt synth``): ``preset`` ``"tiny"``
+    (hidden 256, 4 layers, 8 experts, 257 tensors) or ``"full"`` (real dimensions, trimmed by the
+    options). Deterministic for a seed."""
+    if preset not in ("tiny", "full"):
+        raise ValueError(f"moeckpt: preset must be 'tiny' or 'full', not {preset!r}")
+    return WriteReport(*_core.synth(os.fspath(dst), preset, layers, experts, vocab, mtp, int(seed), shard_size))

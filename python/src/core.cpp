@@ -1,0 +1,418 @@
+// moeckpt._core: the C++ engine for Python. Tensors come in as (name, dtype, shape, address,
+// nbytes) rows over memory the Python caller keeps alive (no copy), go out as 1-D uint8 torch
+// tensors that own the engine's buffers (DLPack, no copy). The GIL is released while the engine
+// plans and runs. The typed, documented API is the pure-Python layer in python/moeckpt/.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/map.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "io/file.hpp"
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/safetensors.hpp"
+#include "moeckpt/safetensors_writer.hpp"
+#include "moeckpt/synth.hpp"
+#include "moeckpt/tensor_source.hpp"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; glibc 2.36 headers do not name it
+#endif
+
+namespace nb = nanobind;
+namespace fs = std::filesystem;
+using namespace moeckpt;
+
+namespace {
+
+// One input tensor: name, safetensors dtype name, shape, address of its bytes, byte count.
+using InRow = std::tuple<std::string, std::string, std::vector<uint64_t>, uintptr_t, uint64_t>;
+
+Dtype dtype_of(const std::string& name) {
+  auto d = parse_dtype(name);
+  if (!d) fail("", "", "unknown dtype \"" + name + "\"", "a safetensors dtype name such as BF16");
+  return *d;
+}
+
+std::vector<MemorySource::Entry> entries_of(const std::vector<InRow>& rows) {
+  std::vector<MemorySource::Entry> out;
+  out.reserve(rows.size());
+  for (const auto& [name, dtype, shape, addr, nbytes] : rows) {
+    const Dtype dt = dtype_of(dtype);
+    // The same size rule as a file's header: a tensor's bytes must be exactly its shape's.
+    const uint64_t want = TensorSpec{name, dt, shape}.nbytes();
+    if (want != nbytes)
+      fail(
+          "", name,
+          "holds " + std::to_string(nbytes) + " bytes but its shape needs " + std::to_string(want));
+    out.push_back({name, dt, shape,
+                   std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(addr), nbytes)});
+  }
+  return out;
+}
+
+QuantMode quant_of(const std::string& q) {
+  if (q == "block") return QuantMode::kBlock;
+  if (q == "cast") return QuantMode::kCast;
+  if (q == "none") return QuantMode::kNone;
+  fail("", "", "unknown quantization mode \"" + q + "\"", "block, cast or none");
+}
+
+Dtype out_dtype_of(const std::string& d) {
+  if (d == "BF16") return Dtype::BF16;
+  if (d == "F32") return Dtype::F32;
+  fail("", "", "from_hf output dtype " + d + " is not supported", "bfloat16 or float32");
+}
+
+// A parsed config.json (parsed once per adapter).
+struct Config {
+  MimoConfig config;
+  std::string text;  // the document as given, written into output folders
+};
+
+// An output tensor's memory, written by the engine and then owned by a torch tensor. Large buffers
+// are anonymous mappings: the kernel's zeroed pages are the only initialization (a std::vector
+// would memset them once more). No MADV_HUGEPAGE: with THP defrag "madvise" the faults compact
+// memory synchronously (measured: 10-12 s of system time for a 4.4 GiB result, against ~2 s).
+class Buffer {
+ public:
+  explicit Buffer(uint64_t n) : n_(n) {
+    if (n >= kMapBytes) {
+      void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      data_ = static_cast<uint8_t*>(p);
+      mapped_ = true;
+    } else {
+      data_ = static_cast<uint8_t*>(std::calloc(n ? n : 1, 1));  // zeroed, as mapped pages are
+      if (!data_) throw std::bad_alloc();
+    }
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() {
+    if (mapped_)
+      munmap(data_, n_);
+    else
+      std::free(data_);
+  }
+  uint8_t* data() const noexcept { return data_; }
+  uint64_t size() const noexcept { return n_; }
+
+ private:
+  static constexpr uint64_t kMapBytes = 1ull << 20;
+  uint8_t* data_ = nullptr;
+  uint64_t n_ = 0;
+  bool mapped_ = false;
+};
+
+class BufferSink final : public TensorSink {
+ public:
+  explicit BufferSink(const std::vector<TensorSpec>& outputs, unsigned threads) {
+    for (const auto& o : outputs) buffers_.push_back(std::make_unique<Buffer>(o.nbytes()));
+    populate(threads);
+  }
+  void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override {
+    Buffer& b = *buffers_.at(out);
+    if (offset > b.size() || bytes.size() > b.size() - offset)
+      fail("", "", "internal: write past the end of an output tensor");
+    std::memcpy(b.data() + offset, bytes.data(), bytes.size());
+  }
+  std::vector<std::unique_ptr<Buffer>>& buffers() { return buffers_; }
+
+ private:
+  // Faults every page in up front, 64 MiB pieces over the threads: one kernel call per piece
+  // instead of one trap per 4 KiB page (MADV_POPULATE_WRITE, Linux 5.14; older kernels refuse the
+  // advice and the pages fault in as they are written).
+  void populate(unsigned threads) {
+    std::vector<std::pair<uint8_t*, uint64_t>> pieces;
+    constexpr uint64_t kPiece = 64ull << 20;
+    for (const auto& b : buffers_)
+      if (b->size() >= (1ull << 20))
+        for (uint64_t o = 0; o < b->size(); o += kPiece)
+          pieces.push_back({b->data() + o, std::min(kPiece, b->size() - o)});
+    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < pieces.size();)
+        madvise(pieces[i].first, pieces[i].second, MADV_POPULATE_WRITE);
+    };
+    std::vector<std::thread> pool;
+    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
+    work();
+    for (auto& t : pool) t.join();
+  }
+
+  std::vector<std::unique_ptr<Buffer>> buffers_;
+};
+
+// A plan's outputs, converted: specs and their buffers (plan order).
+struct Converted {
+  std::vector<TensorSpec> specs;
+  std::vector<std::unique_ptr<Buffer>> buffers;
+};
+
+Converted run_into_buffers(const Plan& plan, const TensorSource& source, const ExecOptions& exec) {
+  BufferSink sink(plan.outputs, exec.threads);
+  execute(plan, source, sink, exec);
+  return {plan.outputs, std::move(sink.buffers())};
+}
+
+// Hands a buffer to torch without a copy (DLPack): the capsule owns it.
+nb::object as_torch(std::unique_ptr<Buffer> buffer) {
+  Buffer* owned = buffer.release();
+  nb::capsule owner(owned, [](void* p) noexcept { delete static_cast<Buffer*>(p); });
+  return nb::cast(
+      nb::ndarray<nb::pytorch, uint8_t, nb::ndim<1>>(owned->data(), {owned->size()}, owner));
+}
+
+// [(name, dtype name, shape, uint8 tensor)] in plan order.
+nb::list to_python(Converted&& c) {
+  nb::list out;
+  for (size_t i = 0; i < c.specs.size(); ++i)
+    out.append(nb::make_tuple(c.specs[i].name, std::string(dtype_name(c.specs[i].dtype)),
+                              c.specs[i].shape, as_torch(std::move(c.buffers[i]))));
+  return out;
+}
+
+ExecOptions exec_of(unsigned threads, uint64_t max_memory) {
+  ExecOptions e;
+  e.threads = threads;
+  e.max_memory = max_memory;
+  return e;
+}
+
+FromHfOptions from_hf_options(int64_t ep_size, int64_t ep_rank, const std::string& dtype,
+                              bool compat) {
+  FromHfOptions o;
+  o.ep_size = ep_size;
+  o.ep_rank = ep_rank;
+  o.dtype = out_dtype_of(dtype);
+  o.compat = compat ? Compat::kAutomodel : Compat::kNone;
+  return o;
+}
+
+ToHfOptions to_hf_options(const std::string& quant, bool compat,
+                          const std::optional<std::string>& exclude,
+                          const std::optional<std::string>& prefix, bool require_all) {
+  ToHfOptions o;
+  o.quant = quant_of(quant);
+  o.compat = compat ? Compat::kAutomodel : Compat::kNone;
+  o.exclude_regex = exclude;
+  o.prefix = prefix;
+  o.require_all_experts = require_all;
+  return o;
+}
+
+}  // namespace
+
+NB_MODULE(_core, m) {
+  m.doc() = "moeckpt C++ engine (use the moeckpt package, not this module)";
+  // Every refusal of the engine (one line naming file, tensor, problem, expectation).
+  nb::exception<Error>(m, "Error", PyExc_RuntimeError);
+
+  nb::class_<Config>(m, "Config")
+      .def(
+          "__init__",
+          [](Config* self, const std::string& text, const std::string& where) {
+            nlohmann::json doc;
+            try {
+              doc = nlohmann::json::parse(text);
+            } catch (const nlohmann::json::exception& e) {
+              fail(where, "", std::string("config is not valid JSON: ") + e.what());
+            }
+            new (self) Config{MimoConfig::parse(doc, where), text};
+          },
+          nb::arg("text"), nb::arg("where") = "config.json")
+      .def_prop_ro("n_routed_experts", [](const Config& c) { return c.config.n_routed_experts; })
+      .def_prop_ro("moe_intermediate_size",
+                   [](const Config& c) { return c.config.moe_intermediate_size; })
+      .def_prop_ro("hidden_size", [](const Config& c) { return c.config.hidden_size; })
+      .def_prop_ro("num_hidden_layers", [](const Config& c) { return c.config.num_hidden_layers; })
+      .def_prop_ro("text", [](const Config& c) { return c.text; });
+
+  m.def(
+      "should_quantize_key", [](const std::string& k) { return should_quantize_key(k); },
+      nb::arg("key"));
+  m.def(
+      "is_published_fp8_key", [](const std::string& k) { return is_published_fp8_key(k); },
+      nb::arg("key"));
+  // (first expert, count) of an EP rank.
+  m.def(
+      "expert_range",
+      [](int64_t n, int64_t size, int64_t rank) {
+        auto r = ExpertRange::for_rank(n, size, rank);
+        return std::make_tuple(r.first, r.count);
+      },
+      nb::arg("n_experts"), nb::arg("ep_size"), nb::arg("ep_rank"));
+
+  m.def(
+      "synth",
+      [](const std::string& dst, const std::string& preset, std::optional<int64_t> layers,
+         std::optional<int64_t> experts, std::optional<int64_t> vocab, std::optional<int64_t> mtp,
+         uint64_t seed, std::optional<uint64_t> shard_size) {
+        SynthOptions o;
+        o.preset = preset;
+        o.layers = layers;
+        o.experts = experts;
+        o.vocab = vocab;
+        o.mtp_layers = mtp;
+        o.seed = seed;
+        o.max_shard_bytes = shard_size;
+        nb::gil_scoped_release release;
+        auto r = synthesize_checkpoint(dst, o);
+        return std::make_tuple(r.tensors, r.total_bytes, r.shards);
+      },
+      nb::arg("dst"), nb::arg("preset"), nb::arg("layers").none(), nb::arg("experts").none(),
+      nb::arg("vocab").none(), nb::arg("mtp").none(), nb::arg("seed"),
+      nb::arg("shard_size").none());
+
+  // HF tensors in memory -> native tensors of one EP rank.
+  m.def(
+      "from_hf",
+      [](const std::vector<InRow>& rows, const Config& cfg, int64_t ep_size, int64_t ep_rank,
+         const std::string& dtype, bool compat, unsigned threads, uint64_t max_memory) {
+        auto entries = entries_of(rows);
+        auto o = from_hf_options(ep_size, ep_rank, dtype, compat);
+        Converted out;
+        {
+          nb::gil_scoped_release release;
+          MemorySource src(std::move(entries));
+          out =
+              run_into_buffers(plan_from_hf(src, cfg.config, o), src, exec_of(threads, max_memory));
+        }
+        return to_python(std::move(out));
+      },
+      nb::arg("rows"), nb::arg("config"), nb::arg("ep_size"), nb::arg("ep_rank"), nb::arg("dtype"),
+      nb::arg("compat"), nb::arg("threads"), nb::arg("max_memory"));
+
+  // An HF checkpoint folder -> native tensors of one EP rank, streamed from the files (only the
+  // rank's bytes are read). Returns (tensors, __metadata__, config.json text, bytes read).
+  m.def(
+      "from_hf_dir",
+      [](const std::string& dir, int64_t ep_size, int64_t ep_rank, const std::string& dtype,
+         bool compat, unsigned threads, uint64_t max_memory) {
+        auto o = from_hf_options(ep_size, ep_rank, dtype, compat);
+        Converted out;
+        std::map<std::string, std::string> metadata;
+        std::string config_text;
+        uint64_t bytes_read = 0;
+        {
+          nb::gil_scoped_release release;
+          config_text = io::read_small_file(fs::path(dir) / "config.json", 64ull << 20);
+          MimoConfig config = MimoConfig::load(fs::path(dir) / "config.json");
+          CheckpointSource src({fs::path(dir)});
+          Plan plan = plan_from_hf(src, config, o);
+          metadata = plan.metadata;
+          out = run_into_buffers(plan, src, exec_of(threads, max_memory));
+          bytes_read = src.bytes_read();
+        }
+        return std::make_tuple(to_python(std::move(out)), metadata, config_text, bytes_read);
+      },
+      nb::arg("dir"), nb::arg("ep_size"), nb::arg("ep_rank"), nb::arg("dtype"), nb::arg("compat"),
+      nb::arg("threads"), nb::arg("max_memory"));
+
+  // Native tensors in memory -> HF tensors. `expert_start`: first global expert id of the grouped
+  // tensors given (an EP rank's shard).
+  m.def(
+      "to_hf",
+      [](const std::vector<InRow>& rows, const Config& cfg, const std::string& quant, bool compat,
+         std::optional<std::string> exclude, std::optional<std::string> prefix,
+         int64_t expert_start, bool require_all, unsigned threads, uint64_t max_memory) {
+        auto entries = entries_of(rows);
+        auto o = to_hf_options(quant, compat, exclude, prefix, require_all);
+        Converted out;
+        {
+          nb::gil_scoped_release release;
+          MemorySource src(std::move(entries));
+          out = run_into_buffers(plan_to_hf(src, cfg.config, o, {expert_start}), src,
+                                 exec_of(threads, max_memory));
+        }
+        return to_python(std::move(out));
+      },
+      nb::arg("rows"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
+      nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
+      nb::arg("require_all"), nb::arg("threads"), nb::arg("max_memory"));
+
+  m.def(
+      "convert_single_tensor_to_hf",
+      [](const InRow& row, const Config& cfg, const std::string& quant, bool compat,
+         std::optional<std::string> exclude, std::optional<std::string> prefix,
+         int64_t expert_start) {
+        auto entries = entries_of({row});
+        auto o = to_hf_options(quant, compat, exclude, prefix, false);
+        Converted out;
+        {
+          nb::gil_scoped_release release;
+          // As the library's convert_single_tensor_to_hf (o.require_all_experts is false), but
+          // into buffers torch will own, so a large grouped tensor is not copied once more.
+          MemorySource src(std::move(entries));
+          out = run_into_buffers(plan_to_hf(src, cfg.config, o, {expert_start}), src, {});
+        }
+        return to_python(std::move(out));
+      },
+      nb::arg("row"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
+      nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"));
+
+  // Native tensors in memory -> an HF checkpoint folder, through the crash-safe sharded writer
+  // (temporary names, rename, index last). Returns (tensors, bytes, shards).
+  m.def(
+      "to_hf_dir",
+      [](const std::vector<InRow>& rows, const std::string& dst, const Config& cfg,
+         const std::string& quant, bool compat, std::optional<std::string> exclude,
+         std::optional<std::string> prefix, int64_t expert_start, bool require_all,
+         uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory) {
+        auto entries = entries_of(rows);
+        auto o = to_hf_options(quant, compat, exclude, prefix, require_all);
+        nb::gil_scoped_release release;
+        const fs::path dir(dst);
+        std::error_code ec;
+        if (fs::exists(dir / kIndexFileName, ec) || fs::exists(dir / kSingleFileName, ec))
+          fail(dst, "", "destination already holds a checkpoint");
+        MemorySource src(std::move(entries));
+        Plan plan = plan_to_hf(src, cfg.config, o, {expert_start});
+        // config.json as to_hf_dirs writes it: quantization_config present iff FP8 is written.
+        nlohmann::json out_config = cfg.config.raw;
+        const QuantMode mode = compat ? QuantMode::kCast : o.quant;
+        if (mode == QuantMode::kNone)
+          out_config.erase("quantization_config");
+        else if (!out_config.contains("quantization_config"))
+          out_config["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                               {"fmt", "e4m3"},
+                                               {"quant_method", "fp8"},
+                                               {"weight_block_size", {128, 128}}};
+        fs::create_directories(dir, ec);
+        if (ec) fail(dst, "", "cannot create directory: " + ec.message());
+        ShardingOptions sharding;
+        sharding.max_shard_bytes = max_shard_bytes;
+        sharding.metadata = plan.metadata;
+        CheckpointWriter writer(dir, plan.outputs, sharding);
+        WriterSink sink(writer);
+        execute(plan, src, sink, exec_of(threads, max_memory));
+        io::write_file_atomically(dir / "config.json", out_config.dump(2) + "\n");
+        writer.commit();
+        return std::make_tuple(plan.outputs.size(), plan.output_bytes(), writer.shard_count());
+      },
+      nb::arg("rows"), nb::arg("dst"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
+      nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
+      nb::arg("require_all"), nb::arg("max_shard_bytes"), nb::arg("threads"),
+      nb::arg("max_memory"));
+}

@@ -1,0 +1,114 @@
+"""Fixtures: the tiny preset (synthesized by the package itself), the committed ragged fixture, and
+NeMo Automodel's own MiMoV2FlashStateDictAdapter (the reference), constructed exactly as
+tools/make_goldens.py does."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import moeckpt
+
+ROOT = Path(__file__).resolve().parents[2]
+RAGGED = ROOT / "tests" / "data" / "ragged" / "hf"
+
+
+def _load_make_goldens():
+    spec = importlib.util.spec_from_file_location("make_goldens", ROOT / "tools" / "make_goldens.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def mg():
+    """tools/make_goldens.py: make_adapter (the reference), load_hf_dir, EPContext, plant_specials."""
+    return _load_make_goldens()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("tiny") / "hf"
+    report = moeckpt.synth(d, "tiny", seed=1)
+    assert report.tensors == 257
+    return d
+
+
+@pytest.fixture(scope="session")
+def ragged_nonan_dir(tmp_path_factory) -> Path:
+    """The ragged fixture without its NaN codes (tools/make_ragged_fixture.py writes both; the
+    committed one is checked to be what the script writes)."""
+    import subprocess
+    import sys
+
+    d = tmp_path_factory.mktemp("ragged")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "make_ragged_fixture.py"), str(d / "hf"),
+                    "--nonan-dir", str(d / "hf_nonan")], check=True, capture_output=True)
+    for name in os.listdir(RAGGED):
+        assert (d / "hf" / name).read_bytes() == (RAGGED / name).read_bytes(), name
+    return d / "hf_nonan"
+
+
+class Case:
+    """One HF checkpoint with its config, tensors (keys sorted, as the goldens load them) and the
+    reference adapter."""
+
+    def __init__(self, name: str, path: Path, mg):
+        self.name, self.path = name, path
+        with open(path / "config.json", encoding="utf-8") as f:
+            self.config = json.load(f)
+        self.hf = mg.load_hf_dir(str(path))
+        self.ref = mg.make_adapter(self.config)
+        self.n_experts = int(self.config["n_routed_experts"])
+
+    def ours(self, **kw) -> moeckpt.MiMoV2FlashStateDictAdapter:
+        return moeckpt.MiMoV2FlashStateDictAdapter(self.config, **kw)
+
+
+_cases: dict[str, Case] = {}
+
+
+@pytest.fixture(scope="session", params=["tiny", "ragged"])
+def case(request, mg, tiny_dir) -> Case:
+    if request.param not in _cases:
+        path = tiny_dir if request.param == "tiny" else RAGGED
+        _cases[request.param] = Case(request.param, path, mg)
+    return _cases[request.param]
+
+
+@pytest.fixture(scope="session")
+def case_ragged_nonan(mg, ragged_nonan_dir) -> Case:
+    if "ragged_nonan" not in _cases:
+        _cases["ragged_nonan"] = Case("ragged_nonan", ragged_nonan_dir, mg)
+    return _cases["ragged_nonan"]
+
+
+@pytest.fixture(scope="session")
+def case_tiny(mg, tiny_dir) -> Case:
+    if "tiny" not in _cases:
+        _cases["tiny"] = Case("tiny", tiny_dir, mg)
+    return _cases["tiny"]
+
+
+def raw(t: torch.Tensor) -> bytes:
+    if hasattr(t, "to_local"):
+        t = t.to_local()
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def assert_same(expected: dict, actual: dict, what: str = "", order: bool = True) -> None:
+    """Same keys (and order), and per key the same dtype, shape and bytes."""
+    if order:
+        assert list(actual) == list(expected), f"{what}: key order differs"
+    else:
+        assert sorted(actual) == sorted(expected), f"{what}: key sets differ"
+    bad = []
+    for k, e in expected.items():
+        a = actual[k]
+        if a.dtype != e.dtype or tuple(a.shape) != tuple(e.shape) or raw(a) != raw(e):
+            bad.append(f"{k}: {a.dtype}{tuple(a.shape)} vs reference {e.dtype}{tuple(e.shape)}")
+    assert not bad, f"{what}: {len(bad)} tensors differ from the reference, e.g. {bad[:3]}"

@@ -29,8 +29,8 @@ int run(int argc, char** argv) {
   auto* synth_cmd =
       app.add_subcommand("synth", "write a synthetic MiMo-V2-Flash-shaped FP8 checkpoint");
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
-  synth_cmd->add_option("--preset", synth.preset, "tiny (toy sizes) or full (real dimensions)")
-      ->check(CLI::IsMember({"tiny", "full"}));
+  synth_cmd->add_option("--preset", synth.preset, "tiny (toy sizes), micro (smallest) or full (real dimensions)")
+      ->check(CLI::IsMember({"tiny", "micro", "full"}));
   synth_cmd->add_option("--layers", synth.layers, "number of decoder layers (trims the preset)");
   synth_cmd->add_option("--experts", synth.experts, "routed experts per MoE layer");
   synth_cmd->add_option("--vocab", synth.vocab, "vocabulary size");
@@ -46,6 +46,9 @@ int run(int argc, char** argv) {
       app.add_subcommand("inspect", "validate a checkpoint folder and summarize it");
   inspect_cmd->add_option("DIR", inspect_dir, "checkpoint folder")->required();
   inspect_cmd->add_flag("--json", inspect_json, "print one JSON object");
+  moeckpt::InspectOptions inspect_opts;
+  inspect_cmd->add_flag("--headers-only", inspect_opts.headers_only,
+                        "skip the data scan (scale values, FP8 NaN codes)");
 
   std::string fh_src, fh_dst, fh_compat = "none", fh_dtype = "bf16";
   moeckpt::FromHfOptions fh;
@@ -100,7 +103,7 @@ int run(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (default 0: exact)")
       ->check(CLI::NonNegativeNumber);
-  verify_cmd->add_option("--config", vconfig, "config.json (default: A's, else B's)");
+  verify_cmd->add_option("--config", vconfig, "config.json for both (default: each folder's own)");
 
   try {
     app.parse(argc, argv);
@@ -170,7 +173,7 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (inspect_cmd->parsed()) {
-    auto r = moeckpt::inspect_checkpoint(inspect_dir);
+    auto r = moeckpt::inspect_checkpoint(inspect_dir, inspect_opts);
     if (inspect_json)
       std::cout << moeckpt::to_json(r).dump(2) << "\n";
     else

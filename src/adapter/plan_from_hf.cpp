@@ -57,7 +57,8 @@ class FromHfPlanner {
                       {kMetaExpertCount, std::to_string(range_.count)}};
     // Scales are small: refusing a bad one now means no output is ever started for it.
     if (!compat_ && o_.prescan_scales)
-      for (const auto* s : scales_used_) check_scale_values(src_, *s);
+      for (const auto& [s, used] : scales_used_)
+        check_scale_values(src_, *s, used.first, used.second);
     return std::move(plan_);
   }
 
@@ -146,9 +147,15 @@ class FromHfPlanner {
              "weight of dtype " + std::string(dtype_name(w.dtype)) + " has a block scale",
              "an F8_E4M3 (or BF16, F16, F32) weight");
       in.scale = resolve_scale_ref(src_, w, *s, key, c_, {block_, !compat_, !compat_});
-      if (in.scale->plain) scales_used_.insert(in.scale->plain);
-      for (const auto* q : in.scale->qkv)
-        if (q) scales_used_.insert(q);
+      const int64_t cols = ceil_div(static_cast<int64_t>(w.shape[1]), in.scale->block_cols);
+      auto use = [&](const SourceTensor* st, int64_t rows) {
+        auto& u = scales_used_[st];
+        u = {std::max(u.first, rows), std::max(u.second, cols)};
+      };
+      if (in.scale->plain)
+        use(in.scale->plain, ceil_div(static_cast<int64_t>(w.shape[0]), in.scale->block_rows));
+      for (size_t p = 0; p < 3; ++p)
+        if (in.scale->qkv[p]) use(in.scale->qkv[p], in.scale->fused->scale_rows(kQkv[p]));
     }
     return in;
   }
@@ -214,7 +221,7 @@ class FromHfPlanner {
   ExpertRange range_;
   NanPolicy nan_;
   std::map<std::pair<std::string, int64_t>, std::map<int64_t, ExpertParts>> layers_;
-  std::set<const SourceTensor*> scales_used_;
+  std::map<const SourceTensor*, std::pair<int64_t, int64_t>> scales_used_;  // -> rows, cols used
   Plan plan_;
 };
 

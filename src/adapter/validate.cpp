@@ -310,17 +310,19 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
   return starts;
 }
 
-void check_scale_values(const TensorSource& src, const SourceTensor& s) {
+void check_scale_values(const TensorSource& src, const SourceTensor& s, int64_t used_rows,
+                        int64_t used_cols) {
   if (s.shape.size() != 2) return;  // refused by the scale reference checks
   const uint64_t cols = std::max<uint64_t>(1, s.shape[1]);
   scan_parallel(src, {&s}, 1, [&](const SourceTensor& t, uint64_t first, auto bytes) {
     const auto v = exec::to_floats(t, bytes);
-    for (size_t i = 0; i < v.size(); ++i)
-      if (!(std::isfinite(v[i]) && v[i] > 0))
-        fail(t.file, t.name,
-             fmt::format("scale entry [{}, {}] is {}", (first + i) / cols, (first + i) % cols,
-                         v[i]),
+    for (size_t i = 0; i < v.size(); ++i) {
+      const uint64_t r = (first + i) / cols, c = (first + i) % cols;
+      if (static_cast<int64_t>(r) < used_rows && static_cast<int64_t>(c) < used_cols &&
+          !(std::isfinite(v[i]) && v[i] > 0))
+        fail(t.file, t.name, fmt::format("scale entry [{}, {}] is {}", r, c, v[i]),
              "a positive finite multiplier");
+    }
   });
 }
 

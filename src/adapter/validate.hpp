@@ -37,8 +37,10 @@ void check_layers_complete(const TensorSource& src, const MimoConfig& config, bo
 // Returns each part's first expert id (0 without metadata).
 std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoConfig& config);
 
-// Reads a scale tensor and refuses zero, negative, NaN or infinite entries.
-void check_scale_values(const TensorSource& src, const SourceTensor& scale);
+// Reads a scale tensor and refuses zero, negative, NaN or infinite entries among the
+// [used_rows, used_cols] that blocks use (extra trailing rows/columns are ignored).
+void check_scale_values(const TensorSource& src, const SourceTensor& scale, int64_t used_rows,
+                        int64_t used_cols);
 
 // Data scans, streaming in bounded chunks on `threads` threads (0: all cores):
 // FP8 NaN codes (0x7F / 0xFF) in every F8_E4M3 tensor ...

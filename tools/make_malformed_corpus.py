@@ -31,6 +31,9 @@ DATA = pathlib.Path(__file__).resolve().parent.parent / "tests" / "data"
 BAD = DATA / "malformed"
 GOOD = DATA / "accepted"
 BASE = DATA / "corpus_base"
+SEEDS = DATA.parent.parent / "fuzz" / "corpus" / "from_hf"
+FUZZ_FILES = ["config.json", "model.safetensors.index.json"] + [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+MAX_SEED = 65536  # scripts/test.sh runs the fuzzers with -max_len=65536
 
 DTYPE_SIZE = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
 
@@ -81,6 +84,10 @@ class Folder:
         self.index = json.loads(idx.read_text()) if idx.exists() else None
         files = sorted(set(self.index["weight_map"].values())) if self.index else ["model.safetensors"]
         self.shards = {f: Shard((self.path / f).read_bytes()) for f in files}
+        # Unchanged files are saved byte for byte as they were (git stores them once).
+        self.original = {f: (self.shards[f].raw(), (self.path / f).read_bytes()) for f in files}
+        self.original_config = (json.dumps(self.config), (self.path / "config.json").read_text())
+        self.original_index = (json.dumps(self.index), idx.read_text()) if self.index else None
 
     def file_of(self, name):
         for f, s in self.shards.items():
@@ -108,14 +115,18 @@ class Folder:
     def save(self, dst):
         dst = pathlib.Path(dst)
         dst.mkdir(parents=True, exist_ok=True)
-        (dst / "config.json").write_text(json.dumps(self.config, indent=2) + "\n")
+        same = json.dumps(self.config) == self.original_config[0]
+        (dst / "config.json").write_text(self.original_config[1] if same else json.dumps(self.config, indent=2) + "\n")
         total = 0
         for f, s in self.shards.items():
-            (dst / f).write_bytes(s.raw())
+            raw = s.raw()
+            (dst / f).write_bytes(self.original[f][1] if f in self.original and raw == self.original[f][0] else raw)
             total += len(s.data())
         if self.index:
             self.index.setdefault("metadata", {})["total_size"] = total
-            (dst / "model.safetensors.index.json").write_text(json.dumps(self.index, indent=2) + "\n")
+            same = json.dumps(self.index) == self.original_index[0]
+            (dst / "model.safetensors.index.json").write_text(
+                self.original_index[1] if same else json.dumps(self.index, indent=2) + "\n")
 
 
 def f32(x):
@@ -670,7 +681,45 @@ def main():
         d = GOOD / name
         d.parent.mkdir(parents=True, exist_ok=True)
         build(d)
+    write_fuzz_seeds()
     print(f"wrote {len(CASES)} malformed and {len(ACCEPTED)} accepted cases under {DATA}")
+
+
+def write_fuzz_seeds():
+    """Seeds of fuzz/fuzz_from_hf.cpp: records [u8 file id][u32 length][bytes] replacing files of
+    the micro base (which the fuzzer synthesizes itself); id | 0x80 deletes the file."""
+    if SEEDS.exists():
+        shutil.rmtree(SEEDS)
+    SEEDS.mkdir(parents=True)
+
+    def record(i, content):
+        return bytes([i]) + struct.pack("<I", len(content)) + content
+
+    seeds = {"empty": b"", "no_config": b"\x80", "no_index": b"\x81"}
+    for i, name in enumerate(FUZZ_FILES):
+        seeds[f"base_{i}"] = record(i, (BASE / "hf" / name).read_bytes())
+    cases = {}
+    for case_name in sorted(p.name for p in BAD.iterdir()):
+        d = BAD / case_name
+        changed = b""
+        for i, name in enumerate(FUZZ_FILES):
+            p = d / name
+            if not p.exists():
+                changed += bytes([0x80 | i])
+            elif p.read_bytes() != (BASE / "hf" / name).read_bytes():
+                changed += record(i, p.read_bytes())
+        if changed and len(changed) <= MAX_SEED and (d / "expect.json").exists() and \
+                json.loads((d / "expect.json").read_text())["layout"] == "hf":
+            cases[case_name] = changed
+    # Kept small: the base files plus the smallest variants of a few kinds of defect.
+    by_size = sorted(cases, key=lambda n: (len(cases[n]), n))
+    for name in by_size[:12]:
+        seeds[name] = cases[name]
+    # ... and defects in tensor data: those in the small last shard (the late scales of odd experts).
+    for name in [n for n in by_size if 6000 < len(cases[n]) <= 20000][:8]:
+        seeds[name] = cases[name]
+    for name, content in seeds.items():
+        (SEEDS / name).write_bytes(content)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,7 @@ class FromHfPlanner {
       if (!is_grouped_expert(key)) continue;
       auto id = std::make_pair(key.prefix, *key.layer);
       if (!compat_ && !key.is_scale) {
-        if (*key.layer >= c_.num_hidden_layers ||
-            !c_.layer_is_moe[static_cast<size_t>(*key.layer)])
+        if (*key.layer >= c_.num_hidden_layers || !c_.layer_is_moe[static_cast<size_t>(*key.layer)])
           fail(t.file, t.name,
                fmt::format("expert weight in layer {}, which config.json makes a dense layer "
                            "(moe_layer_freq / num_hidden_layers)",
@@ -121,13 +120,12 @@ class FromHfPlanner {
           }
       }
       if (n_missing)
-        fail(
-            src_.tensors().empty() ? "" : src_.tensors().front().file, "",
-            fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) "
-                        "(n_routed_experts = {}, EP rank {}/{}): {}{}",
-                        n_missing, id.second, e0, e1, c_.n_routed_experts, o_.ep_rank, o_.ep_size,
-                        fmt::join(missing, ", "), n_missing > 5 ? ", ..." : ""),
-            "gate_proj, up_proj and down_proj for every expert config.json declares");
+        fail(src_.tensors().empty() ? "" : src_.tensors().front().file, "",
+             fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) "
+                         "(n_routed_experts = {}, EP rank {}/{}): {}{}",
+                         n_missing, id.second, e0, e1, c_.n_routed_experts, o_.ep_rank, o_.ep_size,
+                         fmt::join(missing, ", "), n_missing > 5 ? ", ..." : ""),
+             "gate_proj, up_proj and down_proj for every expert config.json declares");
     }
   }
 

@@ -218,12 +218,11 @@ void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool na
   };
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const auto base = fmt::format("{}layers.{}.", prefix, l);
-    const std::string what =
-        fmt::format("layer {} ({}, {})", l,
-                    c.layer_attention[static_cast<size_t>(l)] == AttentionKind::kFull
-                        ? "full attention"
-                        : "sliding window",
-                    c.layer_is_moe[static_cast<size_t>(l)] ? "MoE" : "dense");
+    const std::string what = fmt::format(
+        "layer {} ({}, {})", l,
+        c.layer_attention[static_cast<size_t>(l)] == AttentionKind::kFull ? "full attention"
+                                                                          : "sliding window",
+        c.layer_is_moe[static_cast<size_t>(l)] ? "MoE" : "dense");
     for (const auto& n : required_layer_tensors(c, l, false, native)) need(base + n, what);
   }
   for (int64_t m : mtp_layers)
@@ -248,8 +247,8 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
       const auto& ck = ck_src->checkpoint(p);
       file = ck.shard(0).path();
       for (size_t s = 1; s < ck.shard_count(); ++s)
-        for (const char* key : {kMetaLayout, kMetaEpSize, kMetaEpRank, kMetaExpertStart,
-                                kMetaExpertCount}) {
+        for (const char* key :
+             {kMetaLayout, kMetaEpSize, kMetaEpRank, kMetaExpertStart, kMetaExpertCount}) {
           auto a = md.find(key);
           auto b = ck.shard(s).header().metadata().find(key);
           const bool ha = a != md.end(), hb = b != ck.shard(s).header().metadata().end();
@@ -294,8 +293,9 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
            "the folders of one expert-parallel checkpoint");
     world = size;
     if (auto [it, fresh] = ranks.emplace(rank, p); !fresh)
-      fail(file, "", fmt::format("EP rank {} is given twice (input folders {} and {})", rank,
-                                 it->second + 1, p + 1),
+      fail(file, "",
+           fmt::format("EP rank {} is given twice (input folders {} and {})", rank, it->second + 1,
+                       p + 1),
            "each rank's folder once");
     for (const auto& t : src.tensors())
       if (t.part == p && classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts &&

@@ -29,7 +29,7 @@ int run(int argc, char** argv) {
   auto* synth_cmd =
       app.add_subcommand("synth", "write a synthetic MiMo-V2-Flash-shaped FP8 checkpoint");
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
-  synth_cmd->add_option("--preset", synth.preset, "tiny (toy sizes), micro (smallest) or full (real dimensions)")
+  synth_cmd->add_option("--preset", synth.preset, "tiny, micro or full (real dimensions)")
       ->check(CLI::IsMember({"tiny", "micro", "full"}));
   synth_cmd->add_option("--layers", synth.layers, "number of decoder layers (trims the preset)");
   synth_cmd->add_option("--experts", synth.experts, "routed experts per MoE layer");

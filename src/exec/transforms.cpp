@@ -53,8 +53,8 @@ struct Scales {
 
 // `check`: refuse zero/negative/non-finite entries in the rows and columns blocks use (extra
 // trailing rows/columns are ignored, whatever they hold).
-Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check,
-                   int64_t used_rows, int64_t used_cols) {
+Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check, int64_t used_rows,
+                   int64_t used_cols) {
   Scales out{to_floats(s, source.read_all(s)), static_cast<int64_t>(s.shape.at(1))};
   if (check)
     for (size_t i = 0; i < out.values.size(); ++i) {
@@ -89,8 +89,8 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
     // Only the scale tensors these rows use are read.
     for (size_t i = 0; i < 3; ++i)
       if (needed[i] && s.qkv[i]) {
-        auto sc = load_scales(source, *s.qkv[i], s.check_values, s.fused->scale_rows(kQkv[i]),
-                              used_cols);
+        auto sc =
+            load_scales(source, *s.qkv[i], s.check_values, s.fused->scale_rows(kQkv[i]), used_cols);
         rs.values[i] = std::move(sc.values);
         rs.cols[i] = sc.cols;
       }

@@ -131,7 +131,7 @@ void add_attention(Layout& l, const std::string& p, const AttentionDims& a, int6
   // quantized on the plain grid.
   if (!g.fused->every_projection_owns_scale_rows()) {
     for (Projection pr : kQkv) {
-      const int64_t rows = pr == Projection::kQ ? a.q_rows()
+      const int64_t rows = pr == Projection::kQ   ? a.q_rows()
                            : pr == Projection::kK ? a.k_rows()
                                                   : a.v_rows();
       add_fp8(l, p + "self_attn." + std::string(projection_name(pr)) + ".weight", rows, hidden);

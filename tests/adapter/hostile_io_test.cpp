@@ -113,8 +113,7 @@ TEST(HostileInput, FileRewrittenInPlaceIsRefused) {
     f.write("\x11\x22\x33\x44", 4);
   }
   fs::last_write_time(shard, fs::last_write_time(shard) + std::chrono::seconds(5));
-  expect_error([&] { run_in_memory(plan, src); }, "file changed while being read",
-               shard.string());
+  expect_error([&] { run_in_memory(plan, src); }, "file changed while being read", shard.string());
 }
 
 TEST(HostileInput, FileReplacedByRenameKeepsReadingTheOpenedFile) {

@@ -42,7 +42,7 @@ void expect_refusal(const test::CommandResult& r, const std::string& fragment,
   EXPECT_EQ(r.exit_code, 1) << r.err;  // 2 is a usage error, > 128 a signal
   EXPECT_TRUE(r.err.starts_with("moeckpt: error: ")) << r.err;
   EXPECT_NE(r.err.find(fragment), std::string::npos) << "expected \"" << fragment << "\" in\n"
-                                                      << r.err;
+                                                     << r.err;
   EXPECT_NE(r.err.find(path_at_fault), std::string::npos)
       << "expected the path " << path_at_fault << " in\n"
       << r.err;
@@ -65,9 +65,8 @@ TEST_P(MalformedCorpus, EveryCommandRefusesWithOneClearLine) {
   test::TempDir tmp;
   for (const auto& [command, what] : expect["commands"].items()) {
     const auto fragment = what["error"].get<std::string>();
-    const std::string at_fault = what["file"].is_null()
-                                     ? dir.string()
-                                     : (dir / what["file"].get<std::string>()).string();
+    const std::string at_fault =
+        what["file"].is_null() ? dir.string() : (dir / what["file"].get<std::string>()).string();
     const fs::path dst = tmp / (command + "_out");
     std::vector<std::vector<std::string>> runs;
     if (command == "inspect") {
@@ -85,7 +84,8 @@ TEST_P(MalformedCorpus, EveryCommandRefusesWithOneClearLine) {
       runs = {args};
     }
     for (const auto& args : runs) {
-      SCOPED_TRACE(GetParam() + ": moeckpt " + args[0] + (args.back() == "--json" ? " --json" : ""));
+      SCOPED_TRACE(GetParam() + ": moeckpt " + args[0] +
+                   (args.back() == "--json" ? " --json" : ""));
       auto r = run_cli(args);
       expect_refusal(r, fragment, at_fault);
       EXPECT_EQ(files_under(dst), std::vector<std::string>{}) << "left behind by " << command;
@@ -106,7 +106,8 @@ TEST(MalformedCorpusSize, HoldsAtLeastSixtyCasesCoveringEveryCommand) {
     std::ifstream(kData / "malformed" / n / "expect.json") >> expect;
     for (const auto& [command, _] : expect["commands"].items()) per_command[command]++;
   }
-  for (const char* c : {"inspect", "from-hf", "to-hf", "verify"}) EXPECT_GE(per_command[c], 30u) << c;
+  for (const char* c : {"inspect", "from-hf", "to-hf", "verify"})
+    EXPECT_GE(per_command[c], 30u) << c;
 }
 
 class AcceptedCorpus : public ::testing::TestWithParam<std::string> {};
@@ -120,8 +121,8 @@ TEST_P(AcceptedCorpus, EveryCommandSucceeds) {
   };
   ok(run_cli({"inspect", dir.string()}));
   ok(run_cli({"from-hf", dir.string(), (tmp / "native").string(), "--quiet"}));
-  ok(run_cli({"from-hf", dir.string(), (tmp / "rank1").string(), "--ep-size", "2", "--ep-rank",
-              "1", "--quiet"}));
+  ok(run_cli({"from-hf", dir.string(), (tmp / "rank1").string(), "--ep-size", "2", "--ep-rank", "1",
+              "--quiet"}));
   ok(run_cli({"from-hf", dir.string(), (tmp / "am").string(), "--compat", "automodel", "--quiet"}));
   // HF vs its own conversion: exact (the dequantized values are what from-hf wrote).
   ok(run_cli({"verify", dir.string(), (tmp / "native").string()}));
@@ -166,8 +167,8 @@ TEST(MicroPreset, MatchesTheCorpusBaseAndConvertsInEveryMode) {
   ok(run_cli({"from-hf", hf.string(), (tmp / "am").string(), "--compat", "automodel", "--quiet"}));
   ok(run_cli({"to-hf", (tmp / "am").string(), (tmp / "amback").string(), "--compat", "automodel",
               "--quiet"}));
-  ok(run_cli({"to-hf", (tmp / "n").string(), (tmp / "bf16").string(), "--quant", "none",
-              "--quiet"}));
+  ok(run_cli(
+      {"to-hf", (tmp / "n").string(), (tmp / "bf16").string(), "--quant", "none", "--quiet"}));
   ok(run_cli({"verify", (tmp / "bf16").string(), (tmp / "n").string()}));
   for (int w : {2, 3}) {
     std::vector<std::string> args{"to-hf"};

@@ -58,7 +58,6 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     r.notes.push_back("no config.json: shapes and layer kinds are not checked");
   }
   const int64_t block_rows = config && config->block ? config->block->rows : 128;
-  const int64_t block_cols = config && config->block ? config->block->cols : 128;
 
   std::map<int64_t, std::set<int64_t>> experts;             // layer -> ids
   std::map<std::pair<int64_t, int64_t>, int> expert_projs;  // (layer, id) -> bitmask
@@ -94,10 +93,6 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     const auto& s = *scale->info;
     if (t.shape.size() != 2 || s.shape.size() != 2) continue;  // refused by the validation
     std::string layout = "plain";
-    uint64_t need_rows =
-        static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[0]), block_rows));
-    const uint64_t need_cols =
-        static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[1]), block_cols));
     if (config && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
       const auto& dims = attention_dims_of(key, *config);
       const auto* k_scale =
@@ -106,22 +101,13 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
       if (k_scale && k_scale->info->shape.size() == 2) {
         auto fused =
             detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]), block_rows);
-        if (fused) {
-          layout = "fused_kv_t4";
-          need_rows = static_cast<uint64_t>(fused->scale_rows(key.projection));
-        }
+        if (fused) layout = "fused_kv_t4";
         if (key.projection == Projection::kK)
-          r.attention.push_back(
-              {layer_label(key),
-               key.mtp ? "sliding_window"
-               : config->layer_attention[static_cast<size_t>(*key.layer)] == AttentionKind::kFull
-                   ? "full"
-                   : "sliding_window",
-               k_scale->info->shape, layout});
+          r.attention.push_back({layer_label(key),
+                                 &dims == &config->full ? "full" : "sliding_window",
+                                 k_scale->info->shape, layout});
       }
     }
-    (void)need_rows;
-    (void)need_cols;
     std::string fam_name = key.kind == TensorKind::kExpertProj
                                ? "mlp.experts.*." + std::string(projection_name(key.projection))
                                : std::string(tensor_kind_name(key.kind)) +

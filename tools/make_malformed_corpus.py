@@ -139,7 +139,7 @@ ACCEPTED = []  # (name, build(dst))
 
 HF_SHARD = "model-00002-of-00004.safetensors"  # the middle shard (the first opened is 00001)
 INDEX = "model.safetensors.index.json"
-NATIVE_FILE = "model.safetensors"
+NATIVE_FILE = "model.safetensors"  # an EP rank's single file
 NOT_NATIVE = "holds the HF layout, not the native layout"
 NOT_HF = "holds the native layout, not HF"
 E = "model.layers.1.mlp.experts."
@@ -519,7 +519,11 @@ def register_hf_semantic_cases():
 
 # --- semantic problems of the native layout (inspect, verify and to-hf validate; from-hf refuses)
 def register_native_cases():
-    def reg(name, fragment, edit, file=NATIVE_FILE, from_hf=NOT_HF, to_hf=None):
+    base = Folder(BASE / "native")
+    first = sorted(base.shards)[0]  # where __metadata__ problems are reported
+    nw = base.file_of
+
+    def reg(name, fragment, edit, file=first, from_hf=NOT_HF, to_hf=None):
         case(name, fragment, file=file, layout="native", from_hf=from_hf, to_hf=to_hf)(native_edit(edit))
 
     gu, dn = E + "gate_and_up_projs", E + "down_projs"
@@ -527,8 +531,8 @@ def register_native_cases():
     def reshape(name, shape):
         return lambda f: f.t(name).update(shape=shape)
 
-    reg("native_grouped_wrong_shape", "grouped expert tensor of shape [4, 48, 136] disagrees with config.json", reshape(gu, [4, 48, 136]))
-    reg("native_grouped_wrong_dtype", "grouped expert tensor of dtype I16", lambda f: f.t(dn).update(dtype="I16"))
+    reg("native_grouped_wrong_shape", "grouped expert tensor of shape [4, 48, 136] disagrees with config.json", reshape(gu, [4, 48, 136]), file=nw(gu))
+    reg("native_grouped_wrong_dtype", "grouped expert tensor of dtype I16", lambda f: f.t(dn).update(dtype="I16"), file=nw(dn))
     reg("native_missing_down_projs", "tensor 'model.layers.1.mlp.experts.down_projs': missing", lambda f: f.remove(dn), file=None)
     reg("native_missing_gate_and_up_projs", "tensor 'model.layers.1.mlp.experts.gate_and_up_projs': missing", lambda f: f.remove(gu), file=None)
     reg("native_missing_o_proj", "tensor 'model.layers.0.self_attn.o_proj.weight': missing", lambda f: f.remove("model.layers.0.self_attn.o_proj.weight"), file=None)
@@ -538,12 +542,13 @@ def register_native_cases():
             t = f.t(n)
             t["shape"][0] = 3
             t["data"] = t["data"][: len(t["data"]) * 3 // 4]
-    reg("native_fewer_experts_than_metadata", "grouped expert tensor of shape [3, 24, 136] but __metadata__ moeckpt.expert_count = 4", three_experts)
+    reg("native_fewer_experts_than_metadata", "grouped expert tensor of shape [3, 24, 136] but __metadata__ moeckpt.expert_count = 4", three_experts, file=nw(dn))
 
     def three_experts_no_meta(f):
         three_experts(f)
-        f.shards[NATIVE_FILE].meta = {"format": "pt"}
-    reg("native_fewer_experts_than_config", "the inputs hold 3 of the 4 experts of this layer", three_experts_no_meta, from_hf="is a grouped expert tensor: this folder " + NOT_HF)
+        for sh in f.shards.values():
+            sh.meta = {"format": "pt"}
+    reg("native_fewer_experts_than_config", "the inputs hold 3 of the 4 experts of this layer", three_experts_no_meta, file=nw(dn), from_hf="is a grouped expert tensor: this folder " + NOT_HF)
 
     def more_experts_config(f):
         f.config["n_routed_experts"] = 5
@@ -551,7 +556,8 @@ def register_native_cases():
 
     def meta(**kv):
         def edit(f):
-            f.shards[NATIVE_FILE].meta.update({"moeckpt." + k: v for k, v in kv.items()})
+            for sh in f.shards.values():
+                sh.meta.update({"moeckpt." + k: v for k, v in kv.items()})
         return edit
     reg("native_metadata_layout_not_native", 'moeckpt.layout is "hf"', meta(layout="hf"), from_hf="is a grouped expert tensor: this folder " + NOT_HF)
     reg("native_metadata_rank_outside_world", "moeckpt.ep_rank = 3 with ep_size = 2", meta(ep_size="2", ep_rank="3"))
@@ -560,7 +566,8 @@ def register_native_cases():
     reg("native_metadata_not_a_number", '__metadata__ moeckpt.ep_size = "two" is not a count', meta(ep_size="two"))
 
     def drop_rank(f):
-        del f.shards[NATIVE_FILE].meta["moeckpt.ep_rank"]
+        for sh in f.shards.values():
+            del sh.meta["moeckpt.ep_rank"]
     reg("native_metadata_missing_key", 'has moeckpt keys but no "moeckpt.ep_rank"', drop_rank)
 
     def bf16_bits(name, index, bits):
@@ -569,22 +576,22 @@ def register_native_cases():
         return edit
     only_quantizing = {"inspect": "of the weight to quantize is nan", "to-hf": "of the weight to quantize is nan",
                        "verify": "of the weight to quantize is nan", "from-hf": NOT_HF}
-    case("native_bf16_nan_in_experts", None, file=NATIVE_FILE, layout="native", only=only_quantizing)(native_edit(bf16_bits(gu, 1000, 0x7FC0)))
-    case("native_bf16_inf_in_attention", None, file=NATIVE_FILE, layout="native",
+    case("native_bf16_nan_in_experts", None, file=nw(gu), layout="native", only=only_quantizing)(native_edit(bf16_bits(gu, 1000, 0x7FC0)))
+    case("native_bf16_inf_in_attention", None, file=nw("model.layers.0.self_attn.q_proj.weight"), layout="native",
          only={c: ("of the weight to quantize is inf" if c != "from-hf" else NOT_HF) for c in only_quantizing})(
         native_edit(bf16_bits("model.layers.0.self_attn.q_proj.weight", 200, 0x7F80)))
-    case("native_bf16_neg_inf_in_dense_mlp", None, file=NATIVE_FILE, layout="native",
+    case("native_bf16_neg_inf_in_dense_mlp", None, file=nw("model.layers.0.mlp.down_proj.weight"), layout="native",
          only={c: ("of the weight to quantize is -inf" if c != "from-hf" else NOT_HF) for c in only_quantizing})(
         native_edit(bf16_bits("model.layers.0.mlp.down_proj.weight", 7, 0xFF80)))
 
     def scale_in_native(f):
-        f.add("model.layers.0.mlp.up_proj.weight_scale_inv", "F32", [1, 2], f32(1.0) * 2, file=NATIVE_FILE)
+        f.add("model.layers.0.mlp.up_proj.weight_scale_inv", "F32", [1, 2], f32(1.0) * 2)
     reg("native_with_hf_scale", "tensor 'model.layers.0.mlp.up_proj.weight_scale_inv': is an FP8 block scale: this folder " + NOT_NATIVE, scale_in_native, from_hf="is a grouped expert tensor: this folder " + NOT_HF)
-    reg("native_shape_disagrees", "tensor 'model.layers.1.self_attn.o_proj.weight': shape [32, 136] disagrees with config.json", reshape("model.layers.1.self_attn.o_proj.weight", [32, 136]))
+    reg("native_shape_disagrees", "tensor 'model.layers.1.self_attn.o_proj.weight': shape [32, 136] disagrees with config.json", reshape("model.layers.1.self_attn.o_proj.weight", [32, 136]), file=nw("model.layers.1.self_attn.o_proj.weight"))
 
     def grouped_in_dense(f):
         t = f.t(dn)
-        f.add("model.layers.0.mlp.experts.down_projs", "BF16", list(t["shape"]), t["data"], file=NATIVE_FILE)
+        f.add("model.layers.0.mlp.experts.down_projs", "BF16", list(t["shape"]), t["data"])
     reg("native_grouped_in_dense_layer", "grouped expert tensor in layer 0, which config.json makes a dense layer", grouped_in_dense)
 
     # EP rank folders that do not make one checkpoint (to-hf gets rank0/ and rank1/)
@@ -658,7 +665,8 @@ def main():
         if d.exists():
             shutil.rmtree(d)
     run(cli, "synth", BASE / "hf", "--preset", "micro", "--seed", "1")
-    run(cli, "from-hf", BASE / "hf", BASE / "native", "--quiet")
+    # Several shards, so that a case edits one of them (git stores the others once).
+    run(cli, "from-hf", BASE / "hf", BASE / "native", "--quiet", "--shard-size", "60000")
     with tempfile.TemporaryDirectory() as tmp:
         for w, r in ((2, 0), (3, 0), (3, 1), (3, 2)):
             run(cli, "from-hf", BASE / "hf", pathlib.Path(tmp) / f"ep{w}_rank{r}", "--ep-size", w, "--ep-rank", r, "--quiet")

@@ -30,6 +30,12 @@ struct FromHfOptions {
   Dtype dtype = Dtype::BF16;  // BF16 or F32
   Compat compat = Compat::kNone;
   uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
+  // Planning reads every scale the rank uses and refuses zero/negative/non-finite entries, so a
+  // bad scale fails before any output exists (default mode only; false: headers only).
+  bool prescan_scales = true;
+  // The source is a whole checkpoint: every tensor config.json implies must be there (default
+  // mode; false for a few tensors converted on their own).
+  bool whole_checkpoint = true;
 };
 
 struct ToHfOptions {
@@ -38,7 +44,8 @@ struct ToHfOptions {
   std::optional<std::string> exclude_regex;
   std::optional<std::string> prefix;  // prefix of expert keys; default: the grouped key's own
                                       // (Automodel mode: "model.")
-  bool require_all_experts = true;    // a whole checkpoint must hold every expert of a layer
+  bool require_all_experts = true;    // a whole checkpoint: every expert of a layer and every
+                                      // tensor config.json implies (default mode)
   uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
 };
 

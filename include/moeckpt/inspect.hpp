@@ -46,11 +46,21 @@ struct InspectReport {
   std::vector<Fp8Family> fp8;
   std::vector<AttentionLayer> attention;
   std::vector<std::string> problems;  // semantic errors: the checkpoint cannot be converted as is
+                                      // (validation stops at the first)
   std::vector<std::string> notes;     // unexpected but harmless (unknown tensor names, ...)
 };
 
-// Throws moeckpt::Error when the folder or a file in it is invalid.
-InspectReport inspect_checkpoint(const std::filesystem::path& dir);
+struct InspectOptions {
+  // Headers, index and config.json only: no scan of scale values and FP8 NaN codes (and a folder
+  // without config.json is summarized instead of refused).
+  bool headers_only = false;
+  unsigned threads = 0;  // of the data scan; 0: all cores
+};
+
+// Throws moeckpt::Error when the folder, a file in it or config.json is invalid; semantic problems
+// (what a conversion would refuse) are listed in `problems`.
+InspectReport inspect_checkpoint(const std::filesystem::path& dir,
+                                 const InspectOptions& options = {});
 nlohmann::ordered_json to_json(const InspectReport& report);
 std::string to_text(const InspectReport& report);
 

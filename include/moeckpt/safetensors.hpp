@@ -73,15 +73,22 @@ class SafetensorsFile {
 
   const std::string& path() const noexcept;
   const Header& header() const noexcept { return header_; }
-  // Reads `out.size()` bytes of `tensor` starting at `offset` bytes into the tensor.
+  // Reads `out.size()` bytes of `tensor` starting at `offset` bytes into the tensor. Refuses with
+  // an Error (never a signal: reads are pread, not mmap) when the file has shrunk or changed since
+  // it was opened. A file replaced by rename keeps being read from the opened (old) inode.
   void read(const TensorInfo& tensor, uint64_t offset, std::span<uint8_t> out) const;
   std::vector<uint8_t> read_all(const TensorInfo& tensor) const;
   int fd() const noexcept;
 
  private:
   SafetensorsFile(std::unique_ptr<io::File> file, Header header);
+  void check_unchanged(const TensorInfo& tensor) const;
   std::unique_ptr<io::File> file_;
   Header header_;
+  // Size and modification time at open: a read that finds them changed refuses the data
+  // (the file shrank or was rewritten in place while being read).
+  uint64_t size_at_open_ = 0;
+  int64_t mtime_ns_at_open_ = 0;
 };
 
 // A checkpoint folder: `model.safetensors.index.json` + shards, or a single `model.safetensors`.

@@ -44,6 +44,12 @@ class FusedQkvLayout {
   int64_t scale_rows(Projection p) const noexcept;  // Sq, Sk, Sv
   int64_t rows(Projection p) const noexcept;
   ScaleSource scale_source(Projection p, int64_t row) const noexcept;
+  // False when a projection owns no scale row (every block of its part starts in another one):
+  // projections that small are quantized on the plain grid by synth and to-hf.
+  bool every_projection_owns_scale_rows() const noexcept {
+    return scale_rows(Projection::kQ) > 0 && scale_rows(Projection::kK) > 0 &&
+           scale_rows(Projection::kV) > 0;
+  }
   // True when some row uses a different scale row (or owner) than the plain grid would give it.
   bool differs_from_plain() const noexcept;
   int64_t tp() const noexcept { return tp_; }

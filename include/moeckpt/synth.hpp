@@ -11,7 +11,7 @@
 namespace moeckpt {
 
 struct SynthOptions {
-  std::string preset = "tiny";  // "tiny" or "full"
+  std::string preset = "tiny";  // "tiny", "micro" (~120 KB, for test corpora) or "full"
   std::optional<int64_t> layers;
   std::optional<int64_t> experts;
   std::optional<int64_t> vocab;

@@ -13,7 +13,7 @@ namespace moeckpt {
 struct VerifyOptions {
   double rtol = 0.0;
   double atol = 0.0;
-  std::optional<std::filesystem::path> config;  // default: A's config.json, else B's
+  std::optional<std::filesystem::path> config;  // for both sides; default: each folder's own
 };
 
 struct VerifyFamily {

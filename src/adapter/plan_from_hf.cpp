@@ -6,6 +6,8 @@
 #include <set>
 
 #include "adapter/scale_ref.hpp"
+#include "adapter/validate.hpp"
+#include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
@@ -16,10 +18,6 @@ namespace moeckpt {
 namespace {
 
 constexpr std::string_view kScaleSuffix = "_scale_inv";
-
-bool groupable_prefix(const std::string& p) {
-  return p.empty() || p == "model." || p == "language_model." || p == "model.language_model.";
-}
 
 class FromHfPlanner {
  public:
@@ -33,8 +31,13 @@ class FromHfPlanner {
   }
 
   Plan plan() {
+    refuse_native_layout(src_);
     collect_experts();
     validate_experts();
+    if (!compat_) {  // Automodel converts whatever it is given; the default mode validates
+      check_shapes_against_config(src_, c_);
+      if (o_.whole_checkpoint) check_layers_complete(src_, c_, false);
+    }
     std::set<std::pair<std::string, int64_t>> emitted;
     for (const auto& t : src_.tensors()) {
       if (t.name.ends_with(kScaleSuffix)) continue;  // dropped, orphans included
@@ -52,6 +55,10 @@ class FromHfPlanner {
                       {kMetaEpRank, std::to_string(o_.ep_rank)},
                       {kMetaExpertStart, std::to_string(range_.first)},
                       {kMetaExpertCount, std::to_string(range_.count)}};
+    // Scales are small: refusing a bad one now means no output is ever started for it.
+    if (!compat_ && o_.prescan_scales)
+      for (const auto& [s, used] : scales_used_)
+        check_scale_values(src_, *s, used.first, used.second);
     return std::move(plan_);
   }
 
@@ -63,7 +70,7 @@ class FromHfPlanner {
   };
 
   bool is_grouped_expert(const TensorKey& k) const {
-    return k.kind == TensorKind::kExpertProj && !k.mtp && groupable_prefix(k.prefix);
+    return k.kind == TensorKind::kExpertProj && !k.mtp && is_groupable_expert_prefix(k.prefix);
   }
 
   void collect_experts() {
@@ -71,6 +78,19 @@ class FromHfPlanner {
       auto key = classify_tensor_name(t.name);
       if (!is_grouped_expert(key)) continue;
       auto id = std::make_pair(key.prefix, *key.layer);
+      if (!compat_ && !key.is_scale) {
+        if (*key.layer >= c_.num_hidden_layers || !c_.layer_is_moe[static_cast<size_t>(*key.layer)])
+          fail(t.file, t.name,
+               fmt::format("expert weight in layer {}, which config.json makes a dense layer "
+                           "(moe_layer_freq / num_hidden_layers)",
+                           *key.layer),
+               "expert weights only in MoE layers");
+        if (*key.expert >= c_.n_routed_experts)
+          fail(t.file, t.name,
+               fmt::format("expert id {} is not below n_routed_experts = {} of config.json",
+                           *key.expert, c_.n_routed_experts),
+               "as many experts as config.json says");
+      }
       auto& layer = layers_[id];  // any expert key, scales included, marks an expert layer
       if (key.is_scale || *key.expert >= c_.n_routed_experts) continue;  // ids >= E ignored
       auto& parts = layer[*key.expert];
@@ -84,7 +104,10 @@ class FromHfPlanner {
     for (const auto& [id, experts] : layers_) {
       std::vector<std::string> missing;
       int64_t n_missing = 0;
-      for (int64_t e = range_.first; e < range_.first + range_.count; ++e) {
+      // A rank needs (and reads) only its own experts.
+      const int64_t e0 = range_.first;
+      const int64_t e1 = range_.first + range_.count;
+      for (int64_t e = e0; e < e1; ++e) {
         auto it = experts.find(e);
         const ExpertParts p = it == experts.end() ? ExpertParts{} : it->second;
         for (auto [ptr, proj] : {std::pair{p.gate, "gate_proj"}, std::pair{p.up, "up_proj"},
@@ -97,12 +120,12 @@ class FromHfPlanner {
           }
       }
       if (n_missing)
-        fail(
-            src_.tensors().empty() ? "" : src_.tensors().front().file, "",
-            fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) of EP "
-                        "rank {}/{}: {}{}",
-                        n_missing, id.second, range_.first, range_.first + range_.count, o_.ep_rank,
-                        o_.ep_size, fmt::join(missing, ", "), n_missing > 5 ? ", ..." : ""));
+        fail(src_.tensors().empty() ? "" : src_.tensors().front().file, "",
+             fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) "
+                         "(n_routed_experts = {}, EP rank {}/{}): {}{}",
+                         n_missing, id.second, e0, e1, c_.n_routed_experts, o_.ep_rank, o_.ep_size,
+                         fmt::join(missing, ", "), n_missing > 5 ? ", ..." : ""),
+             "gate_proj, up_proj and down_proj for every expert config.json declares");
     }
   }
 
@@ -115,8 +138,23 @@ class FromHfPlanner {
     DequantInput in;
     in.weight = &w;
     in.nan = nan_;
-    if (const auto* s = w.name.ends_with(".weight") ? src_.find(w.name + "_scale_inv") : nullptr)
+    if (const auto* s = w.name.ends_with(".weight") ? src_.find(w.name + "_scale_inv") : nullptr) {
+      if (w.dtype != Dtype::F8_E4M3 && w.dtype != Dtype::BF16 && w.dtype != Dtype::F16 &&
+          w.dtype != Dtype::F32)
+        fail(w.file, w.name,
+             "weight of dtype " + std::string(dtype_name(w.dtype)) + " has a block scale",
+             "an F8_E4M3 (or BF16, F16, F32) weight");
       in.scale = resolve_scale_ref(src_, w, *s, key, c_, {block_, !compat_, !compat_});
+      const int64_t cols = ceil_div(static_cast<int64_t>(w.shape[1]), in.scale->block_cols);
+      auto use = [&](const SourceTensor* st, int64_t rows) {
+        auto& u = scales_used_[st];
+        u = {std::max(u.first, rows), std::max(u.second, cols)};
+      };
+      if (in.scale->plain)
+        use(in.scale->plain, ceil_div(static_cast<int64_t>(w.shape[0]), in.scale->block_rows));
+      for (size_t p = 0; p < 3; ++p)
+        if (in.scale->qkv[p]) use(in.scale->qkv[p], in.scale->fused->scale_rows(kQkv[p]));
+    }
     return in;
   }
 
@@ -181,6 +219,7 @@ class FromHfPlanner {
   ExpertRange range_;
   NanPolicy nan_;
   std::map<std::pair<std::string, int64_t>, std::map<int64_t, ExpertParts>> layers_;
+  std::map<const SourceTensor*, std::pair<int64_t, int64_t>> scales_used_;  // -> rows, cols used
   Plan plan_;
 };
 

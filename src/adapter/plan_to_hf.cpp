@@ -5,6 +5,7 @@
 #include <map>
 #include <regex>
 
+#include "adapter/validate.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
@@ -31,6 +32,12 @@ class ToHfPlanner {
   }
 
   Plan plan() {
+    refuse_hf_layout(src_);
+    check_native_metadata(src_, c_);
+    if (!compat_) {  // Automodel converts whatever it is given; the default mode validates
+      check_shapes_against_config(src_, c_);
+      if (o_.require_all_experts) check_layers_complete(src_, c_, true);
+    }
     for (const auto& t : src_.tensors()) {
       if (t.part != 0) continue;  // other EP ranks hold replicas of non-expert tensors
       auto key = classify_tensor_name(t.name);
@@ -143,7 +150,8 @@ class ToHfPlanner {
       return nullptr;
     const auto& dims = attention_dims_of(k, c_);
     auto layout = FusedQkvLayout::make(dims.q_rows(), dims.k_rows(), dims.v_rows(), block_.rows);
-    if (!layout || !layout->differs_from_plain()) return nullptr;
+    if (!layout || !layout->differs_from_plain() || !layout->every_projection_owns_scale_rows())
+      return nullptr;
     if (rows != layout->rows(k.projection))
       fail("", key,
            fmt::format("has {} rows but this layer's attention config gives {}", rows,
@@ -158,8 +166,19 @@ class ToHfPlanner {
     const bool gate_up = key.projection == Projection::kGateAndUp;
     // Every rank's copy of this tensor, with its global expert ids.
     std::map<int64_t, std::pair<const SourceTensor*, int64_t>> by_expert;  // id -> (tensor, slot)
+    if (!compat_ && (key.mtp || *key.layer >= c_.num_hidden_layers ||
+                     !c_.layer_is_moe[static_cast<size_t>(*key.layer)]))
+      fail(t.file, t.name,
+           fmt::format("grouped expert tensor in layer {}, which config.json makes a dense layer",
+                       *key.layer),
+           "expert tensors only in MoE layers (moe_layer_freq)");
     for (const auto& part : src_.tensors()) {
       if (part.name != t.name) continue;
+      if (!compat_ && part.dtype != Dtype::BF16 && part.dtype != Dtype::F16 &&
+          part.dtype != Dtype::F32)
+        fail(part.file, part.name,
+             "grouped expert tensor of dtype " + std::string(dtype_name(part.dtype)),
+             "BF16, F16 or F32 values");
       if (part.shape.size() != 3 ||
           (!compat_ && (part.shape[1] != static_cast<uint64_t>(gate_up ? D : Ie) ||
                         part.shape[2] != static_cast<uint64_t>(gate_up ? 2 * Ie : D)))) {

@@ -31,8 +31,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   auto* synth_cmd =
       app.add_subcommand("synth", "write a synthetic MiMo-V2-Flash-shaped FP8 checkpoint");
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
-  synth_cmd->add_option("--preset", synth.preset, "tiny (toy sizes) or full (real dimensions)")
-      ->check(CLI::IsMember({"tiny", "full"}));
+  synth_cmd->add_option("--preset", synth.preset, "tiny, micro or full (real dimensions)")
+      ->check(CLI::IsMember({"tiny", "micro", "full"}));
   synth_cmd->add_option("--layers", synth.layers, "number of decoder layers (trims the preset)");
   synth_cmd->add_option("--experts", synth.experts, "routed experts per MoE layer");
   synth_cmd->add_option("--vocab", synth.vocab, "vocabulary size");
@@ -48,6 +48,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       app.add_subcommand("inspect", "validate a checkpoint folder and summarize it");
   inspect_cmd->add_option("DIR", inspect_dir, "checkpoint folder")->required();
   inspect_cmd->add_flag("--json", inspect_json, "print one JSON object");
+  moeckpt::InspectOptions inspect_opts;
+  inspect_cmd->add_flag("--headers-only", inspect_opts.headers_only,
+                        "skip the data scan (scale values, FP8 NaN codes)");
 
   std::string fh_src, fh_dst, fh_compat = "none", fh_dtype = "bf16";
   moeckpt::FromHfOptions fh;
@@ -112,7 +115,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(CLI::NonNegativeNumber);
   verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (default 0: exact)")
       ->check(CLI::NonNegativeNumber);
-  verify_cmd->add_option("--config", vconfig, "config.json (default: A's, else B's)");
+  verify_cmd->add_option("--config", vconfig, "config.json for both (default: each folder's own)");
 
   try {
     app.parse(argc, argv);
@@ -190,7 +193,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     return 0;
   }
   if (inspect_cmd->parsed()) {
-    auto r = moeckpt::inspect_checkpoint(inspect_dir);
+    auto r = moeckpt::inspect_checkpoint(inspect_dir, inspect_opts);
     if (inspect_json)
       std::cout << moeckpt::to_json(r).dump(2) << "\n";
     else

@@ -51,15 +51,19 @@ struct Scales {
   int64_t cols = 0;
 };
 
-Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check) {
+// `check`: refuse zero/negative/non-finite entries in the rows and columns blocks use (extra
+// trailing rows/columns are ignored, whatever they hold).
+Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check, int64_t used_rows,
+                   int64_t used_cols) {
   Scales out{to_floats(s, source.read_all(s)), static_cast<int64_t>(s.shape.at(1))};
   if (check)
     for (size_t i = 0; i < out.values.size(); ++i) {
+      const int64_t r = static_cast<int64_t>(i) / out.cols, c = static_cast<int64_t>(i) % out.cols;
       float v = out.values[i];
-      if (!(std::isfinite(v) && v > 0))
+      if (r < used_rows && c < used_cols && !(std::isfinite(v) && v > 0))
         fail(s.file, s.name,
-             "scale entry [" + std::to_string(static_cast<int64_t>(i) / out.cols) + ", " +
-                 std::to_string(static_cast<int64_t>(i) % out.cols) + "] is " + std::to_string(v),
+             "scale entry [" + std::to_string(r) + ", " + std::to_string(c) + "] is " +
+                 std::to_string(v),
              "a positive finite multiplier");
     }
   return out;
@@ -74,6 +78,7 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
   if (!in.scale) return rs;
   const ScaleRef& s = *in.scale;
   rs.block_cols = s.block_cols;
+  const int64_t used_cols = ceil_div(static_cast<int64_t>(in.weight->shape.at(1)), s.block_cols);
   if (s.fused) {
     std::vector<FusedQkvLayout::ScaleSource> sources;
     std::array<bool, 3> needed{};
@@ -84,7 +89,8 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
     // Only the scale tensors these rows use are read.
     for (size_t i = 0; i < 3; ++i)
       if (needed[i] && s.qkv[i]) {
-        auto sc = load_scales(source, *s.qkv[i], s.check_values);
+        auto sc =
+            load_scales(source, *s.qkv[i], s.check_values, s.fused->scale_rows(kQkv[i]), used_cols);
         rs.values[i] = std::move(sc.values);
         rs.cols[i] = sc.cols;
       }
@@ -95,7 +101,9 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
           &rs.values[o][static_cast<size_t>(src.scale_row * rs.cols[o])];
     }
   } else {
-    auto sc = load_scales(source, *s.plain, s.check_values);
+    auto sc = load_scales(source, *s.plain, s.check_values,
+                          ceil_div(static_cast<int64_t>(in.weight->shape.at(0)), s.block_rows),
+                          used_cols);
     rs.values[0] = std::move(sc.values);
     rs.cols[0] = sc.cols;
     for (int64_t r = 0; r < rows; ++r)

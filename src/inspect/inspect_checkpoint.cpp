@@ -5,6 +5,9 @@
 
 #include <set>
 
+#include "moeckpt/tensor_source.hpp"
+
+#include "adapter/validate.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_config.hpp"
 #include "moeckpt/mimo_rules.hpp"
@@ -31,7 +34,7 @@ std::string layer_label(const TensorKey& k) {
 
 }  // namespace
 
-InspectReport inspect_checkpoint(const fs::path& dir) {
+InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& options) {
   Checkpoint ck = Checkpoint::open(dir);
   InspectReport r;
   r.dir = dir.string();
@@ -42,8 +45,8 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
 
   std::optional<MimoConfig> config;
   std::error_code ec;
-  if (fs::exists(dir / "config.json", ec)) {
-    config = MimoConfig::load(dir / "config.json");
+  if (!options.headers_only || fs::exists(dir / "config.json", ec)) {
+    config = MimoConfig::load(dir / "config.json");  // refuses a missing or broken config.json
     r.has_config = true;
     r.layers = config->num_hidden_layers;
     for (auto k : config->layer_attention)
@@ -55,7 +58,6 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
     r.notes.push_back("no config.json: shapes and layer kinds are not checked");
   }
   const int64_t block_rows = config && config->block ? config->block->rows : 128;
-  const int64_t block_cols = config && config->block ? config->block->cols : 128;
 
   std::map<int64_t, std::set<int64_t>> experts;             // layer -> ids
   std::map<std::pair<int64_t, int64_t>, int> expert_projs;  // (layer, id) -> bitmask
@@ -75,8 +77,8 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
 
     if (key.is_scale) {
       if (!ck.find(key.weight_name))
-        r.problems.push_back(fmt::format("{}: tensor '{}': scale without its weight '{}'", file,
-                                         name, key.weight_name));
+        r.notes.push_back(fmt::format("{}: tensor '{}': scale without its weight '{}' (ignored)",
+                                      file, name, key.weight_name));
       continue;
     }
     if (key.kind == TensorKind::kOther) {
@@ -84,48 +86,13 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
         r.notes.push_back(
             fmt::format("{}: tensor '{}': not a MiMo-V2-Flash tensor name", file, name));
     }
-    if (key.kind == TensorKind::kExpertProj && key.layer && !key.mtp) {
-      if (config && *key.expert >= config->n_routed_experts) {
-        r.problems.push_back(
-            fmt::format("{}: tensor '{}': expert id {} is not below n_routed_experts = {}", file,
-                        name, *key.expert, config->n_routed_experts));
-      } else {
-        experts[*key.layer].insert(*key.expert);
-        expert_projs[{*key.layer, *key.expert}] |= key.projection == Projection::kGate ? 1
-                                                   : key.projection == Projection::kUp ? 2
-                                                                                       : 4;
-      }
-    }
-    if (config && key.layer && !key.mtp && *key.layer >= config->num_hidden_layers)
-      r.problems.push_back(
-          fmt::format("{}: tensor '{}': layer {} is not below num_hidden_layers = {}", file, name,
-                      *key.layer, config->num_hidden_layers));
-    if (config) {
-      if (auto want = expected_hf_shape(key, *config); want && *want != t.shape)
-        r.problems.push_back(fmt::format("{}: tensor '{}': shape {} disagrees with config.json",
-                                         file, name, format_shape(t.shape)) +
-                             " (expected " + format_shape(*want) + ")");
-    }
-
+    if (key.kind == TensorKind::kExpertProj && key.layer && !key.mtp)
+      experts[*key.layer].insert(*key.expert);
     const auto* scale = ck.find(name + "_scale_inv");
-    if (!scale) {
-      if (t.dtype == Dtype::F8_E4M3 || t.dtype == Dtype::F8_E5M2)
-        r.problems.push_back(fmt::format(
-            "{}: tensor '{}': FP8 weight without a '_scale_inv' companion", file, name));
-      continue;
-    }
+    if (!scale) continue;
     const auto& s = *scale->info;
-    if (t.shape.size() != 2 || s.shape.size() != 2) {
-      r.problems.push_back(
-          fmt::format("{}: tensor '{}': weight {} with scale {} (both must be 2-D)", file, name,
-                      format_shape(t.shape), format_shape(s.shape)));
-      continue;
-    }
+    if (t.shape.size() != 2 || s.shape.size() != 2) continue;  // refused by the validation
     std::string layout = "plain";
-    uint64_t need_rows =
-        static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[0]), block_rows));
-    const uint64_t need_cols =
-        static_cast<uint64_t>(ceil_div(static_cast<int64_t>(t.shape[1]), block_cols));
     if (config && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
       const auto& dims = attention_dims_of(key, *config);
       const auto* k_scale =
@@ -134,29 +101,13 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
       if (k_scale && k_scale->info->shape.size() == 2) {
         auto fused =
             detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]), block_rows);
-        if (fused) {
-          layout = "fused_kv_t4";
-          need_rows = static_cast<uint64_t>(fused->scale_rows(key.projection));
-        }
+        if (fused) layout = "fused_kv_t4";
         if (key.projection == Projection::kK)
-          r.attention.push_back(
-              {layer_label(key),
-               key.mtp ? "sliding_window"
-               : config->layer_attention[static_cast<size_t>(*key.layer)] == AttentionKind::kFull
-                   ? "full"
-                   : "sliding_window",
-               k_scale->info->shape, layout});
+          r.attention.push_back({layer_label(key),
+                                 &dims == &config->full ? "full" : "sliding_window",
+                                 k_scale->info->shape, layout});
       }
     }
-    if (s.shape[0] < need_rows || s.shape[1] < need_cols)
-      r.problems.push_back(fmt::format("{}: tensor '{}': scale {} is too small for weight {}",
-                                       ck.file_of(*scale), name + "_scale_inv",
-                                       format_shape(s.shape), format_shape(t.shape)) +
-                           fmt::format(" (expected at least [{}, {}])", need_rows, need_cols));
-    if (s.dtype != Dtype::F32 && s.dtype != Dtype::BF16 && s.dtype != Dtype::F16)
-      r.problems.push_back(
-          fmt::format("{}: tensor '{}': scale dtype {} (expected F32, BF16 or F16)",
-                      ck.file_of(*scale), name + "_scale_inv", dtype_name(s.dtype)));
     std::string fam_name = key.kind == TensorKind::kExpertProj
                                ? "mlp.experts.*." + std::string(projection_name(key.projection))
                                : std::string(tensor_kind_name(key.kind)) +
@@ -176,21 +127,18 @@ InspectReport inspect_checkpoint(const fs::path& dir) {
   if (unknown > 20) r.notes.push_back(fmt::format("... {} unknown tensor names in all", unknown));
   for (auto& [_, f] : families) r.fp8.push_back(f);
   r.mtp_layers = static_cast<int64_t>(mtp_layers.size());
-  for (const auto& [layer, ids] : experts) {
+  for (const auto& [layer, ids] : experts)
     r.experts_per_layer[layer] = static_cast<int64_t>(ids.size());
-    if (config &&
-        (layer >= config->num_hidden_layers || !config->layer_is_moe[static_cast<size_t>(layer)]))
-      r.problems.push_back(
-          fmt::format("layer {} has expert tensors but config.json says it is dense", layer));
-    else if (config && static_cast<int64_t>(ids.size()) != config->n_routed_experts)
-      r.problems.push_back(fmt::format("layer {} has tensors for {} of its {} experts", layer,
-                                       ids.size(), config->n_routed_experts));
+  // The checks a conversion of this folder would make (from-hf for HF folders, to-hf for native
+  // ones), data included unless headers only: the first refusal is the problem.
+  if (config) {
+    try {
+      CheckpointSource src({dir});
+      validate_checkpoint(src, *config, {!options.headers_only, options.threads});
+    } catch (const Error& e) {
+      r.problems.push_back(e.what());
+    }
   }
-  for (const auto& [le, mask] : expert_projs)
-    if (mask != 7)
-      r.problems.push_back(fmt::format("model.layers.{}.mlp.experts.{}: missing{}{}{}", le.first,
-                                       le.second, mask & 1 ? "" : " gate_proj",
-                                       mask & 2 ? "" : " up_proj", mask & 4 ? "" : " down_proj"));
   return r;
 }
 

@@ -1,11 +1,33 @@
+#include <sys/stat.h>
+
 #include "io/file.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors.hpp"
 
 namespace moeckpt {
 
+namespace {
+
+struct FileState {
+  uint64_t size = 0;
+  int64_t mtime_ns = 0;
+};
+
+FileState state_of(int fd, const std::string& path) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) fail(path, "", "cannot stat the open file");
+  return {static_cast<uint64_t>(st.st_size),
+          static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
+}
+
+}  // namespace
+
 SafetensorsFile::SafetensorsFile(std::unique_ptr<io::File> file, Header header)
-    : file_(std::move(file)), header_(std::move(header)) {}
+    : file_(std::move(file)), header_(std::move(header)) {
+  const auto st = state_of(file_->fd(), file_->path());
+  size_at_open_ = st.size;
+  mtime_ns_at_open_ = st.mtime_ns;
+}
 SafetensorsFile::SafetensorsFile(SafetensorsFile&&) noexcept = default;
 SafetensorsFile& SafetensorsFile::operator=(SafetensorsFile&&) noexcept = default;
 SafetensorsFile::~SafetensorsFile() = default;
@@ -22,7 +44,13 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   std::vector<uint8_t> text(n);
   file->pread_exact(8, text);
   Header header = Header::parse(text, size - 8 - n, name);
-  return SafetensorsFile(std::move(file), std::move(header));
+  SafetensorsFile sf(std::move(file), std::move(header));
+  if (sf.size_at_open_ != size)
+    fail(sf.path(), "",
+         "file changed while its header was read (size " + std::to_string(size) + " -> " +
+             std::to_string(sf.size_at_open_) + " bytes)",
+         "the file to stay unchanged during the conversion");
+  return sf;
 }
 
 const std::string& SafetensorsFile::path() const noexcept {
@@ -41,8 +69,27 @@ void SafetensorsFile::read(const TensorInfo& tensor, uint64_t offset,
   try {
     file_->pread_exact(header_.data_offset() + tensor.begin + offset, out);
   } catch (const Error& e) {
+    check_unchanged(tensor);
     fail(path(), tensor.name, e.info().what);
   }
+  // Bytes read after an in-place rewrite may mix old and new contents: refuse them.
+  check_unchanged(tensor);
+}
+
+void SafetensorsFile::check_unchanged(const TensorInfo& tensor) const {
+  const auto now = state_of(file_->fd(), path());
+  if (now.size < size_at_open_)
+    fail(path(), tensor.name,
+         "file shrank from " + std::to_string(size_at_open_) + " to " + std::to_string(now.size) +
+             " bytes while being read (truncated by another process?)",
+         "the file to stay unchanged during the conversion");
+  if (now.size != size_at_open_ || now.mtime_ns != mtime_ns_at_open_)
+    fail(path(), tensor.name,
+         now.size != size_at_open_
+             ? "file changed while being read (it grew from " + std::to_string(size_at_open_) +
+                   " to " + std::to_string(now.size) + " bytes)"
+             : std::string("file changed while being read (modified since it was opened)"),
+         "the file to stay unchanged during the conversion");
 }
 
 std::vector<uint8_t> SafetensorsFile::read_all(const TensorInfo& tensor) const {

@@ -127,10 +127,21 @@ void add_attention(Layout& l, const std::string& p, const AttentionDims& a, int6
   g.fused = FusedQkvLayout::make(a.q_rows(), a.k_rows(), a.v_rows(), kBlock);
   if (!g.fused)
     fail("", p + "self_attn", "q/k/v rows do not split over the published tensor parallelism (4)");
-  for (Projection pr : {Projection::kQ, Projection::kK, Projection::kV})
-    g.members.push_back({p + "self_attn." + std::string(projection_name(pr)) + ".weight", pr,
-                         g.fused->rows(pr), g.fused->scale_rows(pr)});
-  l.fp8.push_back(std::move(g));
+  // Projections too small to own a scale row in the fused layout (the micro preset's) are
+  // quantized on the plain grid.
+  if (!g.fused->every_projection_owns_scale_rows()) {
+    for (Projection pr : kQkv) {
+      const int64_t rows = pr == Projection::kQ   ? a.q_rows()
+                           : pr == Projection::kK ? a.k_rows()
+                                                  : a.v_rows();
+      add_fp8(l, p + "self_attn." + std::string(projection_name(pr)) + ".weight", rows, hidden);
+    }
+  } else {
+    for (Projection pr : kQkv)
+      g.members.push_back({p + "self_attn." + std::string(projection_name(pr)) + ".weight", pr,
+                           g.fused->rows(pr), g.fused->scale_rows(pr)});
+    l.fp8.push_back(std::move(g));
+  }
   add_plain(l, p + "self_attn.o_proj.weight", Dtype::BF16,
             {static_cast<uint64_t>(hidden), static_cast<uint64_t>(a.o_cols())},
             PlainTensor::Values::kWeight);
@@ -334,8 +345,29 @@ json tiny_config() {
     "routed_scaling_factor": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
 }
 
+// The smallest checkpoint with the structural features a malformed-input corpus needs (~120 KB):
+// a dense full-attention layer and a sliding-window MoE layer with sinks, the fused K/V scale
+// layout, dimensions over 128 (several scale blocks, ragged last blocks), 4 experts, no MTP layer.
+json micro_config() {
+  return json::parse(R"({
+    "architectures": ["MiMoV2FlashForCausalLM"], "model_type": "mimo_v2_flash",
+    "vocab_size": 32, "hidden_size": 136, "intermediate_size": 40, "moe_intermediate_size": 24,
+    "num_hidden_layers": 2, "hybrid_layer_pattern": [0, 1], "moe_layer_freq": [0, 1],
+    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "v_head_dim": 16,
+    "swa_num_attention_heads": 2, "swa_num_key_value_heads": 2, "swa_head_dim": 32,
+    "swa_v_head_dim": 16, "sliding_window": 128, "sliding_window_size": 128,
+    "add_swa_attention_sink_bias": true, "add_full_attention_sink_bias": false,
+    "attention_value_scale": 0.707, "attention_bias": false, "partial_rotary_factor": 0.334,
+    "rope_theta": 5000000, "swa_rope_theta": 10000, "max_position_embeddings": 4096,
+    "layernorm_epsilon": 1e-5, "hidden_act": "silu", "n_routed_experts": 4,
+    "num_experts_per_tok": 2, "n_shared_experts": null, "scoring_func": "sigmoid",
+    "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1, "norm_topk_prob": true,
+    "routed_scaling_factor": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+}
+
 int64_t default_mtp_layers(const SynthOptions& o) {
   if (o.mtp_layers) return *o.mtp_layers;
+  if (o.preset == "micro") return 0;
   // A trimmed full-size model keeps one MTP layer (each is ~0.3 GB at real size).
   return o.preset == "full" && o.layers && *o.layers < 48 ? 1 : 3;
 }
@@ -348,8 +380,10 @@ json synth_config(const SynthOptions& o) {
     c = tiny_config();
   else if (o.preset == "full")
     c = full_config();
+  else if (o.preset == "micro")
+    c = micro_config();
   else
-    fail("", "", "unknown preset \"" + o.preset + "\"", "tiny or full");
+    fail("", "", "unknown preset \"" + o.preset + "\"", "tiny, micro or full");
   auto check = [](const char* what, int64_t v, int64_t lo, int64_t hi) {
     if (v < lo || v > hi)
       fail("", "", std::string("--") + what + " " + std::to_string(v) + " is out of range",

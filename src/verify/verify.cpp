@@ -8,6 +8,7 @@
 #include <functional>
 
 #include "adapter/scale_ref.hpp"
+#include "adapter/validate.hpp"
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -41,6 +42,9 @@ std::string family_of(const std::string& key) {
 class LogicalView {
  public:
   LogicalView(const fs::path& dir, const MimoConfig& config) : src_({dir}), config_(config) {
+    // Each side must be a checkpoint its conversion would accept (the same checks: layout,
+    // shapes against config.json, completeness, scales, NaN codes), so a difference is a real one.
+    validate_checkpoint(src_, config);
     auto md = src_.metadata(0);
     int64_t start = 0;
     if (auto it = md.find(kMetaExpertStart); it != md.end())
@@ -124,12 +128,10 @@ bool VerifyReport::ok() const {
 }
 
 VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const VerifyOptions& o) {
-  std::error_code ec;
-  fs::path cfg = o.config                            ? *o.config
-                 : fs::exists(a / "config.json", ec) ? a / "config.json"
-                                                     : b / "config.json";
-  MimoConfig config = MimoConfig::load(cfg);
-  LogicalView va(a, config), vb(b, config);
+  // Each side is read with its own config.json (a folder without one cannot be validated).
+  MimoConfig config_a = MimoConfig::load(o.config ? *o.config : a / "config.json");
+  MimoConfig config_b = o.config ? config_a : MimoConfig::load(b / "config.json");
+  LogicalView va(a, config_a), vb(b, config_b);
   VerifyReport r;
   for (auto& [name, ta] : va.tensors()) {
     auto it = vb.tensors().find(name);

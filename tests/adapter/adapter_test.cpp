@@ -71,6 +71,7 @@ struct FusedFixture {
     auto config = MimoConfig::parse(synth_config({}), "tiny");
     FromHfOptions o;
     o.compat = compat;
+    o.whole_checkpoint = false;  // one attention layer's q/k/v only
     return run_in_memory(plan_from_hf(src, config, o), src);
   }
 };
@@ -378,7 +379,8 @@ TEST_F(Refusals, NonTwoDimensionalWeightWithScaleAndBadEpRank) {
   auto src = variant("three_d", {"model.layers.0.mlp.up_proj.weight"},
                      {{{"model.layers.0.mlp.up_proj.weight", Dtype::F8_E4M3, {2, 256, 256}},
                        std::vector<uint8_t>(2 * 256 * 256, 0x38)}});
-  expect_refused(src, {}, "has a scale but is not 2-D");
+  // The config's shape is checked first; a 3-D weight under another name would be "not 2-D".
+  expect_refused(src, {}, "shape [2, 256, 256] disagrees with config.json (expected [512, 256])");
   FromHfOptions bad;
   bad.ep_size = 4;
   bad.ep_rank = 4;

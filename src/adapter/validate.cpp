@@ -1,0 +1,394 @@
+#include "adapter/validate.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "exec/transforms.hpp"
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/safetensors.hpp"
+#include "moeckpt/tensor_key.hpp"
+
+namespace moeckpt {
+namespace {
+
+// Where a missing tensor should have been: the folder of the source's files.
+std::string folder_of(const TensorSource& src) {
+  if (src.tensors().empty()) return {};
+  const std::string& f = src.tensors().front().file;
+  auto slash = f.rfind('/');
+  return slash == std::string::npos ? std::string(".") : f.substr(0, slash);
+}
+
+bool native_metadata(const std::map<std::string, std::string>& md) {
+  auto it = md.find(kMetaLayout);
+  return it != md.end() && it->second == "native";
+}
+
+std::string elements_at(const SourceTensor& t, uint64_t index) {
+  if (t.shape.size() < 2) return fmt::format("[{}]", index);
+  std::vector<uint64_t> at(t.shape.size());
+  for (size_t d = t.shape.size(); d-- > 0;) {
+    at[d] = index % t.shape[d];
+    index /= t.shape[d];
+  }
+  return format_shape(at);
+}
+
+// Reads the listed tensors in chunks of at most 8 MiB on several threads; `check` sees each
+// chunk with the index of its first element and throws to refuse. The first error is rethrown.
+template <class Check>
+void scan_parallel(const TensorSource& src, const std::vector<const SourceTensor*>& tensors,
+                   unsigned threads, const Check& check) {
+  constexpr uint64_t kChunk = 8ull << 20;
+  struct Item {
+    const SourceTensor* t;
+    uint64_t offset, bytes;
+  };
+  std::vector<Item> items;
+  for (const auto* t : tensors) {
+    const uint64_t esize = std::max<uint64_t>(1, dtype_size(t->dtype));
+    const uint64_t chunk = kChunk / esize * esize;
+    for (uint64_t off = 0; off < t->nbytes; off += chunk)
+      items.push_back({t, off, std::min(chunk, t->nbytes - off)});
+  }
+  if (items.empty()) return;
+  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<size_t>(threads, items.size()));
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  std::mutex mutex;
+  auto worker = [&] {
+    std::vector<uint8_t> buf;
+    for (;;) {
+      const size_t i = next++;
+      if (i >= items.size() || failed) return;
+      const Item& it = items[i];
+      try {
+        buf.resize(it.bytes);
+        src.read(*it.t, it.offset, buf);
+        check(*it.t, it.offset / std::max<uint64_t>(1, dtype_size(it.t->dtype)),
+              std::span<const uint8_t>(buf));
+      } catch (...) {
+        std::lock_guard lock(mutex);
+        if (!error) error = std::current_exception();
+        failed = true;
+        return;
+      }
+    }
+  };
+  if (threads <= 1) {
+    worker();
+  } else {
+    std::vector<std::thread> pool;
+    for (unsigned i = 0; i < threads; ++i) pool.emplace_back(worker);
+    for (auto& th : pool) th.join();
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// The non-expert tensors a decoder layer (or MTP layer) must hold, relative to its base name.
+std::vector<std::string> required_layer_tensors(const MimoConfig& c, int64_t layer, bool mtp,
+                                                bool native) {
+  std::vector<std::string> out;
+  const AttentionDims& a = mtp ? c.swa : c.layer_attention_dims(layer);
+  const bool moe = !mtp && c.layer_is_moe[static_cast<size_t>(layer)];
+  if (mtp)
+    for (const char* n : {"enorm.weight", "hnorm.weight", "eh_proj.weight"}) out.push_back(n);
+  out.push_back("input_layernorm.weight");
+  for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
+    out.push_back(std::string("self_attn.") + p + ".weight");
+  if (a.has_sink) out.push_back("self_attn.attention_sink_bias");
+  out.push_back(mtp ? "pre_mlp_layernorm.weight" : "post_attention_layernorm.weight");
+  if (moe) {
+    out.push_back("mlp.gate.weight");
+    out.push_back("mlp.gate.e_score_correction_bias");
+    if (native) {
+      out.push_back("mlp.experts.gate_and_up_projs");
+      out.push_back("mlp.experts.down_projs");
+    }
+  } else {
+    for (const char* p : {"gate_proj", "up_proj", "down_proj"})
+      out.push_back(std::string("mlp.") + p + ".weight");
+  }
+  if (mtp) out.push_back("final_layernorm.weight");
+  return out;
+}
+
+int64_t parse_count(const std::map<std::string, std::string>& md, const char* key,
+                    const std::string& file) {
+  auto it = md.find(key);
+  if (it == md.end())
+    fail(file, "", fmt::format("__metadata__ has moeckpt keys but no \"{}\"", key),
+         "moeckpt.ep_size, ep_rank, expert_start and expert_count together");
+  int64_t v = -1;
+  const auto& s = it->second;
+  auto [p, e] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (e != std::errc() || p != s.data() + s.size() || v < 0 || v > (int64_t{1} << 24))
+    fail(file, "", fmt::format("__metadata__ {} = \"{}\" is not a count", key, s),
+         "a non-negative integer");
+  return v;
+}
+
+}  // namespace
+
+bool is_native_layout(const TensorSource& src) {
+  for (size_t p = 0; p < src.parts(); ++p)
+    if (native_metadata(src.metadata(p))) return true;
+  for (const auto& t : src.tensors())
+    if (classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts) return true;
+  return false;
+}
+
+void refuse_native_layout(const TensorSource& src) {
+  for (const auto& t : src.tensors())
+    if (classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts)
+      fail(t.file, t.name,
+           "is a grouped expert tensor: this folder holds the native layout, not HF",
+           "an HF checkpoint with per-expert weights (to-hf converts native folders)");
+  for (size_t p = 0; p < src.parts(); ++p)
+    if (native_metadata(src.metadata(p)))
+      fail(src.tensors().empty() ? folder_of(src) : src.tensors().front().file, "",
+           "__metadata__ says moeckpt.layout = native: this folder holds the native layout, not "
+           "HF",
+           "an HF checkpoint (to-hf converts native folders)");
+}
+
+void refuse_hf_layout(const TensorSource& src) {
+  for (const auto& t : src.tensors()) {
+    const auto k = classify_tensor_name(t.name);
+    if (k.is_scale)
+      fail(t.file, t.name,
+           "is an FP8 block scale: this folder holds the HF layout, not the native layout",
+           "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
+    if (k.kind == TensorKind::kExpertProj && !k.mtp && is_groupable_expert_prefix(k.prefix))
+      fail(t.file, t.name,
+           "is a per-expert weight: this folder holds the HF layout, not the native layout",
+           "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
+  }
+}
+
+bool is_groupable_expert_prefix(const std::string& p) {
+  return p.empty() || p == "model." || p == "language_model." || p == "model.language_model.";
+}
+
+void check_shapes_against_config(const TensorSource& src, const MimoConfig& c) {
+  for (const auto& t : src.tensors()) {
+    const auto k = classify_tensor_name(t.name);
+    if (k.is_scale) continue;
+    if (k.layer && !k.mtp && *k.layer >= c.num_hidden_layers)
+      fail(t.file, t.name,
+           fmt::format("layer {} is not below num_hidden_layers = {} of config.json", *k.layer,
+                       c.num_hidden_layers));
+    if (auto want = expected_hf_shape(k, c); want && *want != t.shape)
+      fail(t.file, t.name, "shape " + format_shape(t.shape) + " disagrees with config.json",
+           format_shape(*want));
+  }
+}
+
+void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool native) {
+  std::string prefix = "model.";
+  std::set<int64_t> mtp_layers;
+  bool lm_head = false;
+  for (const auto& t : src.tensors()) {
+    const auto k = classify_tensor_name(t.name);
+    if (k.kind == TensorKind::kLmHead) lm_head = true;
+    if (k.is_scale || !k.layer) continue;
+    if (k.mtp)
+      mtp_layers.insert(*k.layer);
+    else
+      prefix = k.prefix;
+  }
+  const std::string where = folder_of(src);
+  auto need = [&](const std::string& name, const std::string& what) {
+    if (!src.find(name))
+      fail(where, name, "missing: " + what + " needs it", "every tensor config.json implies");
+  };
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const auto base = fmt::format("{}layers.{}.", prefix, l);
+    const std::string what = fmt::format(
+        "layer {} ({}, {})", l,
+        c.layer_attention[static_cast<size_t>(l)] == AttentionKind::kFull ? "full attention"
+                                                                          : "sliding window",
+        c.layer_is_moe[static_cast<size_t>(l)] ? "MoE" : "dense");
+    for (const auto& n : required_layer_tensors(c, l, false, native)) need(base + n, what);
+  }
+  for (int64_t m : mtp_layers)
+    for (const auto& n : required_layer_tensors(c, m, true, native))
+      need(fmt::format("{}mtp.layers.{}.{}", prefix, m, n), fmt::format("MTP layer {}", m));
+  need(prefix + "embed_tokens.weight", "the model");
+  need(prefix + "norm.weight", "the model");
+  if (!c.tie_word_embeddings && !lm_head)
+    fail(where, "lm_head.weight", "missing: the model needs it (tie_word_embeddings is false)",
+         "every tensor config.json implies");
+}
+
+std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoConfig& c) {
+  std::vector<int64_t> starts;
+  std::optional<int64_t> world;
+  std::map<int64_t, size_t> ranks;  // rank -> part
+  const auto* ck_src = dynamic_cast<const CheckpointSource*>(&src);
+  for (size_t p = 0; p < src.parts(); ++p) {
+    const auto md = src.metadata(p);
+    std::string file = "<memory>";
+    if (ck_src && ck_src->checkpoint(p).shard_count()) {
+      const auto& ck = ck_src->checkpoint(p);
+      file = ck.shard(0).path();
+      for (size_t s = 1; s < ck.shard_count(); ++s)
+        for (const char* key :
+             {kMetaLayout, kMetaEpSize, kMetaEpRank, kMetaExpertStart, kMetaExpertCount}) {
+          auto a = md.find(key);
+          auto b = ck.shard(s).header().metadata().find(key);
+          const bool ha = a != md.end(), hb = b != ck.shard(s).header().metadata().end();
+          if (ha != hb || (ha && a->second != b->second))
+            fail(ck.shard(s).path(), "",
+                 fmt::format("__metadata__ {} = \"{}\" disagrees with {} (\"{}\")", key,
+                             hb ? b->second : "", file, ha ? a->second : ""),
+                 "the same moeckpt metadata in every shard of a folder");
+        }
+    }
+    bool any = false;
+    for (const char* key :
+         {kMetaLayout, kMetaEpSize, kMetaEpRank, kMetaExpertStart, kMetaExpertCount})
+      any = any || md.count(key);
+    if (!any) {
+      starts.push_back(0);
+      continue;
+    }
+    if (auto it = md.find(kMetaLayout); it == md.end() || it->second != "native")
+      fail(file, "",
+           fmt::format("__metadata__ moeckpt.layout is \"{}\"", it == md.end() ? "" : it->second),
+           "\"native\"");
+    const int64_t size = parse_count(md, kMetaEpSize, file);
+    const int64_t rank = parse_count(md, kMetaEpRank, file);
+    const int64_t start = parse_count(md, kMetaExpertStart, file);
+    const int64_t count = parse_count(md, kMetaExpertCount, file);
+    if (size < 1 || rank >= size)
+      fail(file, "", fmt::format("__metadata__ moeckpt.ep_rank = {} with ep_size = {}", rank, size),
+           "0 <= ep_rank < ep_size");
+    const auto want = ExpertRange::for_rank(c.n_routed_experts, size, rank);
+    if (start != want.first || count != want.count)
+      fail(file, "",
+           fmt::format("__metadata__ says experts [{}, {}) for EP rank {}/{}, but with "
+                       "n_routed_experts = {} that rank holds [{}, {})",
+                       start, start + count, rank, size, c.n_routed_experts, want.first,
+                       want.first + want.count),
+           "moeckpt metadata consistent with config.json");
+    if (world && *world != size)
+      fail(file, "",
+           fmt::format("__metadata__ moeckpt.ep_size = {} but another input folder says {}", size,
+                       *world),
+           "the folders of one expert-parallel checkpoint");
+    world = size;
+    if (auto [it, fresh] = ranks.emplace(rank, p); !fresh)
+      fail(file, "",
+           fmt::format("EP rank {} is given twice (input folders {} and {})", rank, it->second + 1,
+                       p + 1),
+           "each rank's folder once");
+    for (const auto& t : src.tensors())
+      if (t.part == p && classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts &&
+          (t.shape.empty() || static_cast<int64_t>(t.shape[0]) != count))
+        fail(t.file, t.name,
+             fmt::format("grouped expert tensor of shape {} but __metadata__ "
+                         "moeckpt.expert_count = {}",
+                         format_shape(t.shape), count),
+             fmt::format("[{}, ...]", count));
+    starts.push_back(start);
+  }
+  return starts;
+}
+
+void check_scale_values(const TensorSource& src, const SourceTensor& s, int64_t used_rows,
+                        int64_t used_cols) {
+  if (s.shape.size() != 2) return;  // refused by the scale reference checks
+  const uint64_t cols = std::max<uint64_t>(1, s.shape[1]);
+  scan_parallel(src, {&s}, 1, [&](const SourceTensor& t, uint64_t first, auto bytes) {
+    const auto v = exec::to_floats(t, bytes);
+    for (size_t i = 0; i < v.size(); ++i) {
+      const uint64_t r = (first + i) / cols, c = (first + i) % cols;
+      if (static_cast<int64_t>(r) < used_rows && static_cast<int64_t>(c) < used_cols &&
+          !(std::isfinite(v[i]) && v[i] > 0))
+        fail(t.file, t.name, fmt::format("scale entry [{}, {}] is {}", r, c, v[i]),
+             "a positive finite multiplier");
+    }
+  });
+}
+
+void scan_fp8_nan_codes(const TensorSource& src, unsigned threads) {
+  std::vector<const SourceTensor*> list;
+  for (const auto& t : src.tensors())
+    if (t.dtype == Dtype::F8_E4M3) list.push_back(&t);
+  scan_parallel(src, list, threads, [](const SourceTensor& t, uint64_t first, auto bytes) {
+    uint8_t any = 0;
+    for (uint8_t b : bytes) any |= static_cast<uint8_t>((b & 0x7F) == 0x7F);
+    if (!any) return;
+    for (size_t i = 0; i < bytes.size(); ++i)
+      if ((bytes[i] & 0x7F) == 0x7F)
+        fail(t.file, t.name,
+             fmt::format("element {} is NaN (FP8 code 0x{:02x})", elements_at(t, first + i),
+                         bytes[i]),
+             "finite weights (--compat automodel passes NaN through as torch does)");
+  });
+}
+
+void scan_native_non_finite(const TensorSource& src, unsigned threads) {
+  std::vector<const SourceTensor*> list;
+  for (const auto& t : src.tensors()) {
+    if (t.dtype != Dtype::BF16 && t.dtype != Dtype::F16 && t.dtype != Dtype::F32) continue;
+    const auto k = classify_tensor_name(t.name);
+    if (k.kind == TensorKind::kGroupedExperts || is_published_fp8_key(t.name)) list.push_back(&t);
+  }
+  scan_parallel(src, list, threads, [](const SourceTensor& t, uint64_t first, auto bytes) {
+    const size_t es = dtype_size(t.dtype);
+    for (size_t i = 0; i < bytes.size() / es; ++i) {
+      const uint8_t* p = &bytes[i * es];
+      bool bad;
+      if (es == 2) {
+        const uint16_t v = static_cast<uint16_t>(p[0] | p[1] << 8);
+        bad = t.dtype == Dtype::BF16 ? (v & 0x7F80) == 0x7F80 : (v & 0x7C00) == 0x7C00;
+      } else {
+        uint32_t v;
+        std::memcpy(&v, p, 4);
+        bad = (v & 0x7F800000u) == 0x7F800000u;
+      }
+      if (bad)
+        fail(t.file, t.name,
+             fmt::format("element {} of the weight to quantize is {}", elements_at(t, first + i),
+                         exec::element_to_float(t.dtype, p)),
+             "finite values (block quantization; --quant cast reproduces torch's NaN codes)");
+    }
+  });
+}
+
+void validate_checkpoint(const TensorSource& src, const MimoConfig& config,
+                         const ValidateOptions& o) {
+  if (is_native_layout(src)) {
+    auto starts = check_native_metadata(src, config);
+    ToHfOptions th;
+    // One EP rank's folder holds only its experts.
+    auto md = src.metadata(0);
+    auto ws = md.find(kMetaEpSize);
+    th.require_all_experts = src.parts() > 1 || ws == md.end() || ws->second == "1";
+    (void)plan_to_hf(src, config, th, starts);
+    if (o.scan_data) scan_native_non_finite(src, o.threads);
+    return;
+  }
+  FromHfOptions fh;
+  fh.prescan_scales = o.scan_data;
+  (void)plan_from_hf(src, config, fh);
+  if (o.scan_data) scan_fp8_nan_codes(src, o.threads);
+}
+
+}  // namespace moeckpt

@@ -1,0 +1,60 @@
+#pragma once
+// Checks that a tensor source is a convertible MiMo-V2-Flash checkpoint. One set of rules shared
+// by from-hf / to-hf planning, verify and inspect: each refusal is a moeckpt::Error naming the
+// file, the tensor, what is wrong and what was expected.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/tensor_source.hpp"
+
+namespace moeckpt {
+
+// Prefixes under which per-expert keys are grouped (others pass through unchanged).
+bool is_groupable_expert_prefix(const std::string& prefix);
+
+// True when the source holds the native (grouped-expert) layout: a grouped expert tensor, or
+// moeckpt metadata saying so.
+bool is_native_layout(const TensorSource& src);
+
+// from-hf's input must be HF: refuses grouped expert tensors and native metadata.
+void refuse_native_layout(const TensorSource& src);
+// to-hf's input must be native: refuses `_scale_inv` companions and per-expert HF keys.
+void refuse_hf_layout(const TensorSource& src);
+
+// Every (non-scale, non-grouped) tensor the config determines has the config's shape, and every
+// layer index is below num_hidden_layers.
+void check_shapes_against_config(const TensorSource& src, const MimoConfig& config);
+
+// Every decoder / MTP layer that holds any tensor holds all of its non-expert tensors (norms,
+// q/k/v/o, the sink when configured, the dense MLP or the router), and the model's embedding,
+// final norm and (untied) lm_head exist. `native`: MoE layers need both grouped expert tensors.
+void check_layers_complete(const TensorSource& src, const MimoConfig& config, bool native);
+
+// The moeckpt.* metadata of each part agrees with itself, with config.json, with the grouped
+// tensors' expert dimension and with the other parts (one EP world size, distinct ranks).
+// Returns each part's first expert id (0 without metadata).
+std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoConfig& config);
+
+// Reads a scale tensor and refuses zero, negative, NaN or infinite entries among the
+// [used_rows, used_cols] that blocks use (extra trailing rows/columns are ignored).
+void check_scale_values(const TensorSource& src, const SourceTensor& scale, int64_t used_rows,
+                        int64_t used_cols);
+
+// Data scans, streaming in bounded chunks on `threads` threads (0: all cores):
+// FP8 NaN codes (0x7F / 0xFF) in every F8_E4M3 tensor ...
+void scan_fp8_nan_codes(const TensorSource& src, unsigned threads = 0);
+// ... and NaN / infinity in the native tensors block quantization would quantize.
+void scan_native_non_finite(const TensorSource& src, unsigned threads = 0);
+
+struct ValidateOptions {
+  bool scan_data = true;  // read scales and weights (false: headers and config only)
+  unsigned threads = 0;
+};
+// The whole validation a conversion of this folder would do (plan + data), for verify and
+// inspect: HF folders as from-hf sees them, native folders as to-hf does.
+void validate_checkpoint(const TensorSource& src, const MimoConfig& config,
+                         const ValidateOptions& options = {});
+
+}  // namespace moeckpt

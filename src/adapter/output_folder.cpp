@@ -86,7 +86,7 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
     if (ai == a.end())
       fail(dst_.string(), "", "destination is the source folder or inside it (" + s.string() + ")");
   }
-  fs::create_directories(dst_, ec);
+  created_ = fs::create_directories(dst_, ec);
   if (ec) fail(dst_.string(), "", "cannot create directory: " + ec.message());
   if (!fs::is_directory(dst_, ec)) fail(dst_.string(), "", "destination is not a directory");
   lock_.emplace(dst_);
@@ -162,8 +162,15 @@ void OutputFolder::finish() {
   io::sync_directory(dst_);
 }
 
+OutputFolder::~OutputFolder() {
+  lock_.reset();
+  std::error_code ec;
+  if (abandoned_ && created_) fs::remove(dst_, ec);  // only if empty: user files stay
+}
+
 void OutputFolder::abandon() noexcept {
   if (!began_) return;
+  abandoned_ = true;
   std::error_code ec;
   fs::remove(dst_ / kIndexFileName, ec);
   for (const auto& s : layout_) fs::remove(dst_ / s.name, ec);

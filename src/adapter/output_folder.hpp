@@ -24,6 +24,7 @@ class OutputFolder {
                ExistingOutput existing);
   OutputFolder(const OutputFolder&) = delete;
   OutputFolder& operator=(const OutputFolder&) = delete;
+  ~OutputFolder();  // releases the lock; an abandoned folder this conversion created goes too
 
   const std::filesystem::path& path() const noexcept { return dst_; }
 
@@ -43,6 +44,8 @@ class OutputFolder {
   std::optional<io::DirectoryLock> lock_;
   bool resume_ = false;
   bool began_ = false;
+  bool created_ = false;
+  bool abandoned_ = false;
   bool config_was_there_ = false;
   std::vector<ShardLayout> layout_;
   ConversionManifest manifest_;

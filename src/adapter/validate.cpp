@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "exec/transforms.hpp"
+#include "exec/worker_threads.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
@@ -64,7 +65,7 @@ void scan_parallel(const TensorSource& src, const std::vector<const SourceTensor
       items.push_back({t, off, std::min(chunk, t->nbytes - off)});
   }
   if (items.empty()) return;
-  if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+  threads = exec::default_threads(threads);
   threads = static_cast<unsigned>(std::min<size_t>(threads, items.size()));
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -89,13 +90,7 @@ void scan_parallel(const TensorSource& src, const std::vector<const SourceTensor
       }
     }
   };
-  if (threads <= 1) {
-    worker();
-  } else {
-    std::vector<std::thread> pool;
-    for (unsigned i = 0; i < threads; ++i) pool.emplace_back(worker);
-    for (auto& th : pool) th.join();
-  }
+  exec::run_worker_threads(threads, worker);
   if (error) std::rethrow_exception(error);
 }
 

@@ -9,6 +9,7 @@
 
 #include "exec/raw_buffer.hpp"
 #include "exec/transforms.hpp"
+#include "exec/worker_threads.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/kernels.hpp"
 #include "moeckpt/numerics.hpp"
@@ -506,7 +507,7 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
   if (options.on_write) observed.emplace(sink_in, options.on_write);
   TensorSink& sink = observed ? static_cast<TensorSink&>(*observed) : sink_in;
   unsigned threads =
-      options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+      exec::default_threads(options.threads);
   threads =
       std::min<unsigned>(threads, static_cast<unsigned>(std::max<size_t>(1, plan.tasks.size())));
   // Tasks start in plan order; one waits while the buffers in flight plus its own would exceed the
@@ -554,13 +555,7 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
       cv.notify_all();
     }
   };
-  if (threads <= 1) {
-    worker();
-  } else {
-    std::vector<std::thread> pool;
-    for (unsigned i = 0; i < threads; ++i) pool.emplace_back(worker);
-    for (auto& th : pool) th.join();
-  }
+  exec::run_worker_threads(threads, worker);
   if (error) std::rethrow_exception(error);
 }
 

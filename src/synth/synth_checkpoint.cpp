@@ -304,21 +304,29 @@ void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
   w.write(index.at(p.name), 0, p.dtype == Dtype::F32 ? to_f32_bytes(v) : to_bf16_bytes(v));
 }
 
-json full_config() {
+// What every preset shares: the architecture's fixed choices (attention sinks, rope, routing).
+json preset_config(const char* dimensions) {
   json c = json::parse(R"({
     "architectures": ["MiMoV2FlashForCausalLM"], "model_type": "mimo_v2_flash",
+    "sliding_window": 128, "sliding_window_size": 128,
+    "add_swa_attention_sink_bias": true, "add_full_attention_sink_bias": false,
+    "attention_value_scale": 0.707, "attention_bias": false, "partial_rotary_factor": 0.334,
+    "rope_theta": 5000000, "swa_rope_theta": 10000, "layernorm_epsilon": 1e-5,
+    "hidden_act": "silu", "n_shared_experts": null, "scoring_func": "sigmoid",
+    "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1, "norm_topk_prob": true,
+    "routed_scaling_factor": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+  c.update(json::parse(dimensions));
+  return c;
+}
+
+json full_config() {
+  json c = preset_config(R"({
     "vocab_size": 152576, "hidden_size": 4096, "intermediate_size": 16384,
     "moe_intermediate_size": 2048, "num_hidden_layers": 48,
     "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 192, "v_head_dim": 128,
     "swa_num_attention_heads": 64, "swa_num_key_value_heads": 8, "swa_head_dim": 192,
-    "swa_v_head_dim": 128, "sliding_window": 128, "sliding_window_size": 128,
-    "add_swa_attention_sink_bias": true, "add_full_attention_sink_bias": false,
-    "attention_value_scale": 0.707, "attention_bias": false, "partial_rotary_factor": 0.334,
-    "rope_theta": 5000000, "swa_rope_theta": 10000, "max_position_embeddings": 262144,
-    "layernorm_epsilon": 1e-5, "hidden_act": "silu", "n_routed_experts": 256,
-    "num_experts_per_tok": 8, "n_shared_experts": null, "scoring_func": "sigmoid",
-    "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1, "norm_topk_prob": true,
-    "routed_scaling_factor": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+    "swa_v_head_dim": 128, "max_position_embeddings": 262144, "n_routed_experts": 256,
+    "num_experts_per_tok": 8})");
   std::vector<int> pattern(48, 1);
   for (int l : {0, 5, 11, 17, 23, 29, 35, 41, 47}) pattern[static_cast<size_t>(l)] = 0;
   std::vector<int> moe(48, 1);
@@ -329,40 +337,26 @@ json full_config() {
 }
 
 json tiny_config() {
-  return json::parse(R"({
-    "architectures": ["MiMoV2FlashForCausalLM"], "model_type": "mimo_v2_flash",
+  return preset_config(R"({
     "vocab_size": 512, "hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 128,
     "num_hidden_layers": 4, "hybrid_layer_pattern": [0, 1, 1, 0], "moe_layer_freq": [0, 1, 1, 1],
     "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 192, "v_head_dim": 128,
     "swa_num_attention_heads": 8, "swa_num_key_value_heads": 8, "swa_head_dim": 192,
-    "swa_v_head_dim": 128, "sliding_window": 128, "sliding_window_size": 128,
-    "add_swa_attention_sink_bias": true, "add_full_attention_sink_bias": false,
-    "attention_value_scale": 0.707, "attention_bias": false, "partial_rotary_factor": 0.334,
-    "rope_theta": 5000000, "swa_rope_theta": 10000, "max_position_embeddings": 4096,
-    "layernorm_epsilon": 1e-5, "hidden_act": "silu", "n_routed_experts": 8,
-    "num_experts_per_tok": 2, "n_shared_experts": null, "scoring_func": "sigmoid",
-    "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1, "norm_topk_prob": true,
-    "routed_scaling_factor": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+    "swa_v_head_dim": 128, "max_position_embeddings": 4096, "n_routed_experts": 8,
+    "num_experts_per_tok": 2})");
 }
 
 // The smallest checkpoint with the structural features a malformed-input corpus needs (~120 KB):
-// a dense full-attention layer and a sliding-window MoE layer with sinks, the fused K/V scale
-// layout, dimensions over 128 (several scale blocks, ragged last blocks), 4 experts, no MTP layer.
+// a dense full-attention layer and a sliding-window MoE layer with sinks, dimensions over 128
+// (several scale blocks, ragged last blocks), 4 experts, no MTP layer.
 json micro_config() {
-  return json::parse(R"({
-    "architectures": ["MiMoV2FlashForCausalLM"], "model_type": "mimo_v2_flash",
+  return preset_config(R"({
     "vocab_size": 32, "hidden_size": 136, "intermediate_size": 40, "moe_intermediate_size": 24,
     "num_hidden_layers": 2, "hybrid_layer_pattern": [0, 1], "moe_layer_freq": [0, 1],
     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "v_head_dim": 16,
     "swa_num_attention_heads": 2, "swa_num_key_value_heads": 2, "swa_head_dim": 32,
-    "swa_v_head_dim": 16, "sliding_window": 128, "sliding_window_size": 128,
-    "add_swa_attention_sink_bias": true, "add_full_attention_sink_bias": false,
-    "attention_value_scale": 0.707, "attention_bias": false, "partial_rotary_factor": 0.334,
-    "rope_theta": 5000000, "swa_rope_theta": 10000, "max_position_embeddings": 4096,
-    "layernorm_epsilon": 1e-5, "hidden_act": "silu", "n_routed_experts": 4,
-    "num_experts_per_tok": 2, "n_shared_experts": null, "scoring_func": "sigmoid",
-    "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1, "norm_topk_prob": true,
-    "routed_scaling_factor": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
+    "swa_v_head_dim": 16, "max_position_embeddings": 4096, "n_routed_experts": 4,
+    "num_experts_per_tok": 2})");
 }
 
 int64_t default_mtp_layers(const SynthOptions& o) {

@@ -292,6 +292,9 @@ NB_MODULE(_core, m) {
          const std::string& dtype, bool compat, unsigned threads, uint64_t max_memory) {
         auto entries = entries_of(rows);
         auto o = from_hf_options(ep_size, ep_rank, dtype, compat);
+        // A state dict may be any part of a checkpoint, as the reference accepts (a folder,
+        // below, must be whole).
+        o.whole_checkpoint = false;
         Converted out;
         {
           nb::gil_scoped_release release;

@@ -8,8 +8,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 vg() {
   echo "valgrind: moeckpt $*"
-  valgrind --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect \
-    --errors-for-leak-kinds=definite,indirect -q "$cli" "$@" >/dev/null
+  valgrind --error-exitcode=99 --leak-check=full --show-leak-kinds=definite,indirect,possible \
+    --errors-for-leak-kinds=definite,indirect,possible -q "$cli" "$@" >/dev/null
 }
 vg synth --seed 1 "$work/hf"
 vg inspect "$work/hf"
@@ -21,7 +21,7 @@ vg verify "$work/back" "$work/hf"
 vg from-hf "$work/hf" "$work/native" --overwrite --quiet
 # A refusal is clean too (exit 1, not a valgrind error).
 rc=0
-valgrind --error-exitcode=99 --leak-check=full -q "$cli" from-hf "$work/hf" "$work/native" \
+valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite,indirect,possible -q "$cli" from-hf "$work/hf" "$work/native" \
   --quiet 2>/dev/null || rc=$?
 [ "$rc" -eq 1 ] || { echo "valgrind: refusal exited $rc" >&2; exit 1; }
 echo "valgrind: no errors"

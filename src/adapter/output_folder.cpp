@@ -151,7 +151,7 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
 }
 
 void OutputFolder::shard_committed(const ShardLayout& shard) {
-  const auto sum = io::file_checksum(dst_ / shard.name);
+  const auto sum = io::own_file_checksum(dst_ / shard.name);
   std::lock_guard lock(mutex_);
   manifest_.shards[shard.name] = {shard.file_size, sum};
   manifest_.save(dst_);

@@ -1,5 +1,6 @@
 #include "io/checksum.hpp"
 
+#include <sys/mman.h>
 #include <xxhash.h>
 
 #include <fmt/format.h>
@@ -35,6 +36,18 @@ std::string file_checksum(const std::filesystem::path& path) {
     XXH3_128bits_update(state.get(), part.data(), part.size());
   }
   return hex(XXH3_128bits_digest(state.get()));
+}
+
+std::string own_file_checksum(const std::filesystem::path& path) {
+  File f = File::open_read(path);
+  const uint64_t size = f.size();
+  if (size == 0) return text_checksum({});
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, f.fd(), 0);
+  if (p == MAP_FAILED) return file_checksum(path);
+  ::madvise(p, size, MADV_SEQUENTIAL);
+  const auto h = XXH3_128bits(p, size);
+  ::munmap(p, size);
+  return hex(h);
 }
 
 std::string text_checksum(std::string_view text) {

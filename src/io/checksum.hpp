@@ -7,6 +7,10 @@
 namespace moeckpt::io {
 
 std::string file_checksum(const std::filesystem::path& path);
+// The same checksum, read through a mapping (a third of the cost: no copy out of the page cache).
+// Only for files this process just wrote and still owns (a locked destination): a mapped file
+// truncated by someone else meanwhile would raise SIGBUS, so inputs are never read this way.
+std::string own_file_checksum(const std::filesystem::path& path);
 std::string text_checksum(std::string_view text);
 
 }  // namespace moeckpt::io

@@ -128,10 +128,11 @@ void kill_and_resume_trials(const std::vector<std::string>& args, const fs::path
     else
       ++stats.before_any_shard;
 
+    const bool finished = indexed && !fs::exists(dst / ".moeckpt-manifest.json");
     std::vector<std::string> resume_args = args;
     resume_args.push_back("--resume");
     auto resumed = run_cli(resume_args);
-    if (indexed && !fs::exists(dst / ".moeckpt-manifest.json")) {
+    if (finished) {
       // Killed after it finished: nothing to resume, which is said plainly.
       EXPECT_EQ(resumed.exit_code, 1);
       EXPECT_NE(resumed.err.find("nothing to resume"), std::string::npos) << resumed.err;

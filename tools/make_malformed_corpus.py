@@ -169,21 +169,19 @@ def hf_copy(dst):
     shutil.copytree(BASE / "hf", dst)
 
 
-def hf_edit(edit):
-    """A case built by editing the HF base with `edit(folder)` and saving it."""
-    def build(dst):
-        f = Folder(BASE / "hf")
-        edit(f)
-        f.save(dst)
-    return build
+def base_edit(base):
+    """Cases built by editing the `base` folder with `edit(folder)` and saving the result."""
+    def make(edit):
+        def build(dst):
+            f = Folder(BASE / base)
+            edit(f)
+            f.save(dst)
+        return build
+    return make
 
 
-def native_edit(edit):
-    def build(dst):
-        f = Folder(BASE / "native")
-        edit(f)
-        f.save(dst)
-    return build
+hf_edit = base_edit("hf")
+native_edit = base_edit("native")
 
 
 def shard_raw(edit_raw, shard=HF_SHARD):

@@ -39,7 +39,8 @@ void ConversionManifest::save(const std::filesystem::path& dir) const {
   j["format"] = kFormat;
   j["fingerprint"] = fingerprint;
   j["shards"] = nlohmann::ordered_json::object();
-  for (const auto& [name, s] : shards) j["shards"][name] = {{"size", s.size}, {"xxh3_128", s.checksum}};
+  for (const auto& [name, s] : shards)
+    j["shards"][name] = {{"size", s.size}, {"xxh3_128", s.checksum}};
   io::write_file_atomically(dir / kManifestFileName, j.dump(2) + "\n");
 }
 

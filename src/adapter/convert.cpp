@@ -58,8 +58,8 @@ std::string fingerprint(const CheckpointSource& source, const std::string& optio
     }
   }
   for (const auto& t : source.tensors())
-    text += fmt::format("tensor {} {} {} {} {}\n", t.name, dtype_name(t.dtype), format_shape(t.shape),
-                        t.file, t.nbytes);
+    text += fmt::format("tensor {} {} {} {} {}\n", t.name, dtype_name(t.dtype),
+                        format_shape(t.shape), t.file, t.nbytes);
   for (const auto& sh : layout) {
     text += "shard " + sh.name + "\n";
     text.append(sh.header.begin(), sh.header.end());
@@ -79,8 +79,8 @@ ConvertReport write_plan(Plan plan, const CheckpointSource& source,
   try {
     sharding.completed =
         folder.begin(layout, fingerprint(source, options_text, config_text, layout), config_text);
-    const size_t kept = static_cast<size_t>(
-        std::count(sharding.completed.begin(), sharding.completed.end(), true));
+    const size_t kept =
+        static_cast<size_t>(std::count(sharding.completed.begin(), sharding.completed.end(), true));
     sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
     CheckpointWriter writer(dst, plan.outputs, sharding);
     if (kept > 0) {
@@ -146,9 +146,9 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
   MimoConfig config = MimoConfig::load(src / "config.json");
   CheckpointSource source({src});
   Plan plan = plan_from_hf(source, config, options);
-  const auto options_text =
-      fmt::format("from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
-                  dtype_name(options.dtype), options.compat == Compat::kAutomodel ? "automodel" : "none");
+  const auto options_text = fmt::format(
+      "from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
+      dtype_name(options.dtype), options.compat == Compat::kAutomodel ? "automodel" : "none");
   return write_plan(std::move(plan), source, {src}, dst, options_text, config_text, convert);
 }
 

@@ -1,7 +1,7 @@
 // The moeckpt command line: thin wrappers over the library; errors become one line on stderr and
 // exit code 1 (2 for usage errors).
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
 
@@ -140,8 +140,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
         r.shards == 1 ? "" : "s",
         r.shards_kept ? fmt::format(" ({} kept from the interrupted run)", r.shards_kept).c_str()
                       : "",
-        secs, static_cast<double>(r.bytes_in) / 1e9,
-        static_cast<double>(r.bytes_out) / 1e9,
+        secs, static_cast<double>(r.bytes_in) / 1e9, static_cast<double>(r.bytes_out) / 1e9,
         secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0,
         static_cast<double>(moeckpt::cli::peak_rss_bytes()) / (1 << 20));
   };

@@ -506,8 +506,7 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
   std::optional<ObservedSink> observed;
   if (options.on_write) observed.emplace(sink_in, options.on_write);
   TensorSink& sink = observed ? static_cast<TensorSink&>(*observed) : sink_in;
-  unsigned threads =
-      exec::default_threads(options.threads);
+  unsigned threads = exec::default_threads(options.threads);
   threads =
       std::min<unsigned>(threads, static_cast<unsigned>(std::max<size_t>(1, plan.tasks.size())));
   // Tasks start in plan order; one waits while the buffers in flight plus its own would exceed the

@@ -28,7 +28,8 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir) : path_(dir / kLo
              "one conversion per destination (lock file " + path_.string() + ")");
       fail(path_.string(), "", std::string("cannot lock: ") + std::strerror(err));
     }
-    struct stat held {}, now {};
+    struct stat held {
+    }, now{};
     if (::fstat(fd, &held) == 0 && ::stat(path_.c_str(), &now) == 0 && held.st_ino == now.st_ino &&
         held.st_dev == now.st_dev) {
       fd_ = fd;

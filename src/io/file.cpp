@@ -105,10 +105,10 @@ void File::pread_exact(uint64_t offset, std::span<uint8_t> out) const {
 void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
   size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t n =
-        injected_enospc(bytes.size() - done)
-            ? (errno = ENOSPC, -1)
-            : ::pwrite(fd_, bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
+    ssize_t n = injected_enospc(bytes.size() - done)
+                    ? (errno = ENOSPC, -1)
+                    : ::pwrite(fd_, bytes.data() + done, bytes.size() - done,
+                               static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
       fail(path_, "",

@@ -30,7 +30,8 @@ std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
   if (shards.empty()) shards.emplace_back();
   for (size_t s = 0; s < shards.size(); ++s) {
     auto& sh = shards[s];
-    sh.name = shards.size() == 1 ? std::string(kSingleFileName) : CheckpointWriter::shard_file_name(s, shards.size());
+    sh.name = shards.size() == 1 ? std::string(kSingleFileName)
+                                 : CheckpointWriter::shard_file_name(s, shards.size());
     std::vector<TensorSpec> specs;
     uint64_t data = 0;
     for (size_t i : sh.tensors) {

@@ -163,7 +163,10 @@ TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
   fs::create_directories(dir_ / "foreign");
   {
     CheckpointWriter w(dir_ / "foreign", specs,
-                       {.max_shard_bytes = 1 << 20, .metadata = {{"format", "pt"}}, .completed = {}, .on_shard_committed = {}});
+                       {.max_shard_bytes = 1 << 20,
+                        .metadata = {{"format", "pt"}},
+                        .completed = {},
+                        .on_shard_committed = {}});
     for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, ck.read_all(*ck.find(specs[i].name)));
     w.commit();
   }

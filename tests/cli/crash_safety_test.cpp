@@ -158,8 +158,8 @@ class CrashSafety : public ::testing::Test {
 
 TEST_F(CrashSafety, FromHfKilledAtRandomMomentsResumesByteIdentical) {
   const auto inputs = final_files(dir_ / "hf");
-  kill_and_resume_trials({"from-hf", (dir_ / "hf").string(), "--shard-size", "1000000",
-                          "--threads", "2", "--quiet", (dir_ / "out").string()},
+  kill_and_resume_trials({"from-hf", (dir_ / "hf").string(), "--shard-size", "1000000", "--threads",
+                          "2", "--quiet", (dir_ / "out").string()},
                          dir_ / "out", dir_ / "clean", 20, 11);
   EXPECT_TRUE(final_files(dir_ / "hf") == inputs) << "an input was modified";
   EXPECT_TRUE(hidden_files(dir_ / "hf").empty());
@@ -175,7 +175,8 @@ TEST_F(CrashSafety, ToHfKilledAtRandomMomentsResumesByteIdentical) {
 
 TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
   const auto src = (dir_ / "hf").string(), out = (dir_ / "out").string();
-  auto clean = run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "1000000", "--quiet"});
+  auto clean =
+      run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "1000000", "--quiet"});
   ASSERT_EQ(clean.exit_code, 0) << clean.err;
   const auto reference = final_files(dir_ / "clean");
   // Build the remains of a killed run by hand: all shards, a manifest, no index.
@@ -196,7 +197,8 @@ TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
                  std::chrono::microseconds(us));
   }
   ASSERT_GE(recorded(), 3);
-  fs::copy_file(dir_ / "killed" / ".moeckpt-manifest.json", dir_ / "out" / ".moeckpt-manifest.json");
+  fs::copy_file(dir_ / "killed" / ".moeckpt-manifest.json",
+                dir_ / "out" / ".moeckpt-manifest.json");
   fs::remove(dir_ / "out" / "model.safetensors.index.json");
   // Damage one shard in place (same size, one byte flipped) and leave others unrecorded.
   std::vector<std::string> shard_names;
@@ -213,8 +215,8 @@ TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
   EXPECT_NE(plain.err.find("unfinished conversion"), std::string::npos) << plain.err;
   EXPECT_NE(plain.err.find("--resume"), std::string::npos) << plain.err;
 
-  auto other = run_cli({"from-hf", src, out, "--shard-size", "1000000", "--quiet", "--resume",
-                        "--dtype", "f32"});
+  auto other = run_cli(
+      {"from-hf", src, out, "--shard-size", "1000000", "--quiet", "--resume", "--dtype", "f32"});
   EXPECT_EQ(other.exit_code, 1);
   EXPECT_NE(other.err.find("other inputs or with other options"), std::string::npos) << other.err;
   EXPECT_TRUE(fs::exists(victim)) << "a refused resume must keep the unfinished conversion";
@@ -228,8 +230,8 @@ TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {
 
 TEST_F(CrashSafety, InterruptKeepsFinishedShardsRemovesTemporariesAndResumes) {
   const auto src = (dir_ / "hf").string(), out = (dir_ / "out").string();
-  auto clean = run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "1000000",
-                        "--quiet"});
+  auto clean =
+      run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "1000000", "--quiet"});
   ASSERT_EQ(clean.exit_code, 0) << clean.err;
   const auto reference = final_files(dir_ / "clean");
   int interrupted = 0;
@@ -238,9 +240,9 @@ TEST_F(CrashSafety, InterruptKeepsFinishedShardsRemovesTemporariesAndResumes) {
     fs::remove_all(dir_ / "out");
     int status = 0;
     for (int sig : {SIGINT, SIGTERM}) {
-      if (!run_and_kill({"from-hf", src, out, "--shard-size", "1000000", "--threads", "1",
-                         "--quiet"},
-                        std::chrono::microseconds(us), sig, &status))
+      if (!run_and_kill(
+              {"from-hf", src, out, "--shard-size", "1000000", "--threads", "1", "--quiet"},
+              std::chrono::microseconds(us), sig, &status))
         continue;
       if (WIFSIGNALED(status)) {
         // Arrived before main() set up its handling (process start-up): nothing written yet.
@@ -281,10 +283,10 @@ TEST_F(CrashSafety, ExistingCheckpointNeedsOverwriteWhichReplacesIt) {
   auto files = final_files(dir_ / "out");
   EXPECT_LT(files.size(), many);
   EXPECT_EQ(files.count("README.md"), 1u) << "files that are not the checkpoint's stay";
-  ASSERT_EQ(run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "100000000",
-                     "--quiet"})
-                .exit_code,
-            0);
+  ASSERT_EQ(
+      run_cli({"from-hf", src, (dir_ / "clean").string(), "--shard-size", "100000000", "--quiet"})
+          .exit_code,
+      0);
   files.erase("README.md");
   EXPECT_TRUE(files == final_files(dir_ / "clean"));
 
@@ -347,8 +349,8 @@ TEST_F(CrashSafety, FullTmpfsEndsCleanly) {
     ~Unmount() { ::umount(p.c_str()); }
   } unmount{dir_ / "small"};
   const auto out = dir_ / "small" / "out";
-  auto r = run_cli({"from-hf", (dir_ / "hf").string(), out.string(), "--shard-size", "1000000",
-                    "--quiet"});
+  auto r = run_cli(
+      {"from-hf", (dir_ / "hf").string(), out.string(), "--shard-size", "1000000", "--quiet"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("no space left on device"), std::string::npos) << r.err;
   EXPECT_TRUE(final_files(out).empty());

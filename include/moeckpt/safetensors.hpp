@@ -79,6 +79,9 @@ class SafetensorsFile {
   void read(const TensorInfo& tensor, uint64_t offset, std::span<uint8_t> out) const;
   std::vector<uint8_t> read_all(const TensorInfo& tensor) const;
   int fd() const noexcept;
+  // What the file was when opened: what a conversion's output depends on.
+  uint64_t size_at_open() const noexcept { return size_at_open_; }
+  int64_t mtime_ns_at_open() const noexcept { return mtime_ns_at_open_; }
 
  private:
   SafetensorsFile(std::unique_ptr<io::File> file, Header header);

@@ -1,12 +1,11 @@
 // Folder-to-folder and in-memory conversions: thin layers over plan + execute.
 #include <fmt/format.h>
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <charconv>
 
 #include "adapter/output_folder.hpp"
+#include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/file.hpp"
 #include "moeckpt/adapter.hpp"
@@ -50,11 +49,8 @@ std::string fingerprint(const CheckpointSource& source, const std::string& optio
   for (size_t p = 0; p < source.parts(); ++p) {
     const auto& ck = source.checkpoint(p);
     for (size_t i = 0; i < ck.shard_count(); ++i) {
-      struct stat st {};
-      const auto& path = ck.shard(i).path();
-      if (::stat(path.c_str(), &st) != 0) fail(path, "", "cannot stat");
-      text += fmt::format("file {} {} {}.{}\n", path, st.st_size, st.st_mtim.tv_sec,
-                          st.st_mtim.tv_nsec);
+      const auto& f = ck.shard(i);
+      text += fmt::format("file {} {} {}\n", f.path(), f.size_at_open(), f.mtime_ns_at_open());
     }
   }
   for (const auto& t : source.tensors())
@@ -142,8 +138,11 @@ int64_t parse_meta_int(const std::map<std::string, std::string>& md, const char*
 
 ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHfOptions& options,
                           const ConvertOptions& convert) {
-  auto config_text = io::read_small_file(src / "config.json", 64ull << 20);
-  MimoConfig config = MimoConfig::load(src / "config.json");
+  // Parsed from the bytes that are copied to the output, read once.
+  const auto config_path = src / "config.json";
+  auto config_text = io::read_small_file(config_path, 64ull << 20);
+  MimoConfig config = MimoConfig::parse(
+      parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
   CheckpointSource source({src});
   Plan plan = plan_from_hf(source, config, options);
   const auto options_text = fmt::format(

@@ -29,6 +29,11 @@ void remove_file(const fs::path& p) {
   if (ec) fail(p.string(), "", "cannot remove: " + ec.message());
 }
 
+bool is_shard_name(const std::string& name) {
+  static const std::regex shard_name(R"(model(-\d+-of-\d+)?\.safetensors)");
+  return std::regex_match(name, shard_name);
+}
+
 // The files of a checkpoint in `dir` that --overwrite replaces: the index first (so that, if we
 // are killed midway, what is left no longer passes for a checkpoint), then its shards.
 void remove_checkpoint(const fs::path& dir) {
@@ -46,10 +51,9 @@ void remove_checkpoint(const fs::path& dir) {
     }
     remove_file(dir / kIndexFileName);
   }
-  static const std::regex shard_name(R"(model(-\d+-of-\d+)?\.safetensors)");
   for (const auto& e : fs::directory_iterator(dir)) {
     const auto name = e.path().filename().string();
-    if (std::regex_match(name, shard_name)) shards.push_back(name);
+    if (is_shard_name(name)) shards.push_back(name);
   }
   std::sort(shards.begin(), shards.end());
   shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
@@ -60,10 +64,12 @@ void remove_checkpoint(const fs::path& dir) {
 
 // Temporary files of conversions that died (we hold the lock, so no live one writes here).
 void remove_dead_temporaries(const fs::path& dir) {
-  static const std::regex temp_name(
-      R"(\.(model(-\d+-of-\d+)?\.safetensors(\.index\.json)?|config\.json|\.moeckpt-manifest\.json)\.tmp\.\d+\.\d+)");
-  for (const auto& e : fs::directory_iterator(dir))
-    if (std::regex_match(e.path().filename().string(), temp_name)) remove_file(e.path());
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto final_name = io::final_name_of_temporary(e.path().filename().string());
+    if (final_name && (is_shard_name(*final_name) || *final_name == kIndexFileName ||
+                       *final_name == kConfigFileName || *final_name == kManifestFileName))
+      remove_file(e.path());
+  }
 }
 
 bool starts_with_bytes(const fs::path& p, const std::vector<uint8_t>& header, uint64_t size) {

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
@@ -164,6 +165,25 @@ std::filesystem::path temporary_name_for(const std::filesystem::path& final_path
   auto name = "." + final_path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
               std::to_string(counter++);
   return final_path.parent_path() / name;
+}
+
+std::optional<std::string> final_name_of_temporary(std::string_view file_name) {
+  // "." + final name + ".tmp." + pid + "." + counter
+  auto digits = [](std::string_view d) {
+    return !d.empty() &&
+           std::all_of(d.begin(), d.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  const auto counter_dot = file_name.rfind('.');
+  if (counter_dot == std::string_view::npos || !digits(file_name.substr(counter_dot + 1)))
+    return std::nullopt;
+  const auto head = file_name.substr(0, counter_dot);
+  const auto pid_dot = head.rfind('.');
+  if (pid_dot == std::string_view::npos || !digits(head.substr(pid_dot + 1))) return std::nullopt;
+  const auto named = head.substr(0, pid_dot);
+  constexpr std::string_view kTmp = ".tmp";
+  if (!named.starts_with('.') || !named.ends_with(kTmp) || named.size() <= 1 + kTmp.size())
+    return std::nullopt;
+  return std::string(named.substr(1, named.size() - 1 - kTmp.size()));
 }
 
 void write_file_atomically(const std::filesystem::path& path, std::string_view text) {

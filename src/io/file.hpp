@@ -3,6 +3,7 @@
 // shrinks under us is reported, never turned into garbage or a SIGBUS).
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -54,5 +55,7 @@ std::string read_small_file(const std::filesystem::path& path, uint64_t max_byte
 
 // A unique temporary name next to `final_path` (same directory, so rename is atomic).
 std::filesystem::path temporary_name_for(const std::filesystem::path& final_path);
+// The final name a temporary_name_for() name stands for; nullopt for any other name.
+std::optional<std::string> final_name_of_temporary(std::string_view file_name);
 
 }  // namespace moeckpt::io

@@ -8,7 +8,8 @@ rm -rf demo && mkdir -p demo
 set -x
 ./build/moeckpt synth demo/tiny --preset tiny --seed 1
 ./build/moeckpt inspect demo/tiny
-./build/moeckpt inspect demo/tiny --json | head -c 300; echo
+./build/moeckpt inspect demo/tiny --json > demo/tiny-inspect.json
+head -c 300 demo/tiny-inspect.json; echo
 ./build/moeckpt from-hf demo/tiny demo/native
 ./build/moeckpt from-hf demo/tiny demo/native-rank1of3 --ep-size 3 --ep-rank 1
 ./build/moeckpt to-hf demo/native demo/hf-again

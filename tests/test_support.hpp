@@ -29,8 +29,11 @@ struct CommandResult {
   int exit_code;
   std::string out;
   std::string err;
+  uint64_t peak_rss_bytes = 0;  // the child's, from wait4 (run_cli_measured only)
 };
 // Runs the built moeckpt CLI with the given arguments (shell-quoted).
 CommandResult run_cli(const std::vector<std::string>& args);
+// The same, as a direct child whose peak resident set is read from outside (wait4's ru_maxrss).
+CommandResult run_cli_measured(const std::vector<std::string>& args);
 
 }  // namespace moeckpt::test

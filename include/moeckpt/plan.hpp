@@ -39,10 +39,14 @@ struct DequantInput {
   NanPolicy nan = NanPolicy::kRefuse;
 };
 
+// The largest buffer a copy moves bytes through.
+inline constexpr uint64_t kCopyChunkBytes = 16ull << 20;
+
 // from-hf
 struct CopyTask {
   const SourceTensor* src;
   size_t out;
+  uint64_t chunk_bytes = kCopyChunkBytes;  // moved through one buffer of this size
 };
 // Rows [row0, row1) of a dequantized weight (large weights are split so that a task's buffers
 // stay small; row1 < 0 means all rows).
@@ -103,6 +107,9 @@ struct FusedQuantTask {
   std::array<std::optional<size_t>, 3> out_scale;
   FusedQkvLayout layout;
   int64_t block_cols = 128;
+  // BF16 inputs are read in runs of this many rows, twice (block amax, then quantization), so the
+  // buffers stay small whatever the projection size; 0: whole tensors.
+  int64_t chunk_rows = 0;
 };
 
 using Task =
@@ -145,12 +152,25 @@ class WriterSink final : public TensorSink {
 };
 
 struct ExecOptions {
-  unsigned threads = 0;              // 0: all cores
-  uint64_t max_memory = 1ull << 30;  // task buffers in flight at once (a larger task runs alone)
+  unsigned threads = 0;  // 0: all cores
+  // Task buffers held at once (MemoryBudget); a plan with a task larger than its in-flight share
+  // is refused before any task runs.
+  uint64_t max_memory = 1ull << 30;
   // Called (from worker threads, concurrently) with the output bytes each write delivers.
   std::function<void(size_t out, uint64_t bytes)> on_write;
   // When set (e.g. from a signal), no further task starts and execute() throws Interrupted.
   const std::atomic<bool>* cancel = nullptr;
+};
+
+// How the executor divides ExecOptions::max_memory: buffers of the tasks in flight, and freed
+// buffers each worker thread keeps for reuse (at most a quarter of the budget in all, 256 MiB per
+// thread), so the resident set of task buffers stays within the budget.
+struct MemoryBudget {
+  uint64_t in_flight = 0;
+  uint64_t cache_per_thread = 0;
+  static MemoryBudget split(uint64_t max_memory, unsigned threads);
+  // The smallest max_memory whose in-flight share holds a task of `need` bytes.
+  static uint64_t needed_for(uint64_t need, unsigned threads);
 };
 
 // The outputs a task writes to.

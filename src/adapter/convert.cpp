@@ -123,6 +123,13 @@ ConvertReport write_plan(Plan plan, const CheckpointSource& source,
   }
 }
 
+// Tasks small enough that several fit the memory budget at once.
+template <class Options>
+Options within_budget(Options o, const ExecOptions& exec) {
+  o.task_bytes = std::clamp<uint64_t>(exec.max_memory / 32, 64ull << 10, o.task_bytes);
+  return o;
+}
+
 int64_t parse_meta_int(const std::map<std::string, std::string>& md, const char* key,
                        const std::string& where) {
   auto it = md.find(key);
@@ -144,7 +151,7 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
   MimoConfig config = MimoConfig::parse(
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
   CheckpointSource source({src});
-  Plan plan = plan_from_hf(source, config, options);
+  Plan plan = plan_from_hf(source, config, within_budget(options, convert.exec));
   const auto options_text = fmt::format(
       "from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
       dtype_name(options.dtype), options.compat == Compat::kAutomodel ? "automodel" : "none");
@@ -170,7 +177,7 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
     }
     starts.push_back(start);
   }
-  Plan plan = plan_to_hf(source, config, options, starts);
+  Plan plan = plan_to_hf(source, config, within_budget(options, convert.exec), starts);
   nlohmann::json out_config = config.raw;
   const QuantMode mode = options.compat == Compat::kAutomodel ? QuantMode::kCast : options.quant;
   if (mode == QuantMode::kNone) {

@@ -164,7 +164,8 @@ class FromHfPlanner {
       if (t.dtype == Dtype::F8_E4M3 && !compat_)
         fail(t.file, t.name, "FP8 weight without a '_scale_inv' companion",
              "every FP8 weight to have its block scales (--compat automodel passes it through)");
-      plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape)});
+      plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape),
+                                     std::min(o_.task_bytes / 2, kCopyChunkBytes)});
       return;
     }
     auto in = dequant_input(t, key);

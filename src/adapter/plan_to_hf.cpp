@@ -50,6 +50,9 @@ class ToHfPlanner {
     for (auto& [base, g] : fused_) {
       FusedQuantTask task{{}, {}, {}, *g.layout, block_.cols};
       for (size_t p = 0; p < 3; ++p) {
+        if (g.view[p] && g.view[p]->src->shape.size() == 2 && g.view[p]->src->shape[1] > 0)
+          task.chunk_rows = std::max<int64_t>(
+              1, static_cast<int64_t>(o_.task_bytes / (g.view[p]->src->shape[1] * 3)));
         task.in[p] = g.view[p];
         task.out_weight[p] = g.out_weight[p];
         task.out_scale[p] = g.out_scale[p];
@@ -101,7 +104,8 @@ class ToHfPlanner {
         plan_.tasks.push_back(
             EmitTask{view, add_output(key, src.dtype, shape), std::nullopt, QuantMode::kNone});
       else
-        plan_.tasks.push_back(CopyTask{&src, add_output(key, src.dtype, shape)});
+        plan_.tasks.push_back(CopyTask{&src, add_output(key, src.dtype, shape),
+                                       std::min(o_.task_bytes / 2, kCopyChunkBytes)});
       return;
     }
     if (shape.size() != 2)

@@ -1,3 +1,5 @@
+#include <fmt/format.h>
+
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -37,10 +39,9 @@ namespace {
 
 using exec::LoadedMatrix;
 
-constexpr uint64_t kCopyChunk = 16ull << 20;
-
 void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
-  exec::RawBuffer<uint8_t> buf(std::min<uint64_t>(t.src->nbytes, kCopyChunk));
+  exec::RawBuffer<uint8_t> buf(
+      std::min<uint64_t>(t.src->nbytes, std::max<uint64_t>(1, t.chunk_bytes)));
   for (uint64_t off = 0; off < t.src->nbytes; off += buf.size()) {
     auto n = std::min<uint64_t>(buf.size(), t.src->nbytes - off);
     std::span<uint8_t> part(buf.data(), n);
@@ -254,28 +255,23 @@ void run(const SlotGroupTask& g, const TensorSource& src, TensorSink& sink) {
 }
 
 // The fused layout with BF16 inputs: rows sharing a scale row are runs, so the SIMD amax and
-// quantize kernels apply run by run.
+// quantize kernels apply run by run. Two passes over row chunks (block amax of every input, then
+// quantization), since a scale row can take rows from q, k and v.
 void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
-  std::array<exec::RawBuffer<uint16_t>, 3> data;
   std::array<int64_t, 3> rows{};
   int64_t cols = 0;
   for (size_t p = 0; p < 3; ++p) {
     if (!t.in[p]) continue;
-    const SourceTensor& s = *t.in[p]->src;
-    rows[p] = static_cast<int64_t>(s.shape[0]);
-    cols = static_cast<int64_t>(s.shape[1]);
-    data[p] = exec::RawBuffer<uint16_t>(static_cast<size_t>(rows[p] * cols));
-    src.read(s, 0, {reinterpret_cast<uint8_t*>(data[p].data()), data[p].size() * 2});
-    for (size_t i = 0; i < data[p].size(); ++i)
-      if ((data[p][i] & 0x7F80) == 0x7F80)
-        fail_non_finite(*t.in[p], static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols,
-                        numerics::bf16_to_f32(data[p][i]));
+    rows[p] = static_cast<int64_t>(t.in[p]->src->shape[0]);
+    cols = static_cast<int64_t>(t.in[p]->src->shape[1]);
   }
   const int64_t sc = ceil_div(cols, t.block_cols);
   std::array<std::vector<float>, 3> scales;
   for (size_t p = 0; p < 3; ++p)
     scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kQkv[p]) * sc), 0.0f);
-  std::array<std::vector<const float*>, 3> row_scale;
+  // Each row's scale row, and the runs of rows that share one.
+  std::array<std::vector<float*>, 3> row_scale;
+  std::array<std::vector<std::pair<int64_t, int64_t>>, 3> runs;
   for (size_t p = 0; p < 3; ++p) {
     for (int64_t r = 0; r < rows[p];) {
       const auto s = t.layout.scale_source(kQkv[p], r);
@@ -286,29 +282,60 @@ void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink
         ++end;
       }
       float* amax = &scales[qkv_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
-      kernels::block_amax_bf16(data[p].data() + r * cols, end - r, cols, cols, false, end - r,
-                               t.block_cols, amax, sc);
       for (int64_t i = r; i < end; ++i) row_scale[p].push_back(amax);
+      runs[p].emplace_back(r, end);
       r = end;
+    }
+  }
+  const int64_t max_rows = std::max({rows[0], rows[1], rows[2], int64_t{1}});
+  const int64_t chunk = t.chunk_rows > 0 ? std::min(t.chunk_rows, max_rows) : max_rows;
+  exec::RawBuffer<uint16_t> data(static_cast<size_t>(chunk * cols));
+  auto read_rows = [&](size_t p, int64_t r0, int64_t r1) {
+    const SourceTensor& s = *t.in[p]->src;
+    src.read(s, static_cast<uint64_t>(r0 * cols) * 2,
+             {reinterpret_cast<uint8_t*>(data.data()), static_cast<size_t>((r1 - r0) * cols) * 2});
+  };
+  for (size_t p = 0; p < 3; ++p) {
+    if (!t.in[p]) continue;
+    for (int64_t c0 = 0; c0 < rows[p]; c0 += chunk) {
+      const int64_t c1 = std::min(rows[p], c0 + chunk);
+      read_rows(p, c0, c1);
+      const size_t n = static_cast<size_t>((c1 - c0) * cols);
+      for (size_t i = 0; i < n; ++i)
+        if ((data[i] & 0x7F80) == 0x7F80)
+          fail_non_finite(*t.in[p], c0 + static_cast<int64_t>(i) / cols,
+                          static_cast<int64_t>(i) % cols, numerics::bf16_to_f32(data[i]));
+      for (auto [r, end] : runs[p]) {
+        const int64_t a = std::max(r, c0), e = std::min(end, c1);
+        if (a >= e) continue;
+        kernels::block_amax_bf16(data.data() + (a - c0) * cols, e - a, cols, cols, false, e - a,
+                                 t.block_cols, row_scale[p][static_cast<size_t>(a)], sc);
+      }
     }
   }
   for (auto& v : scales)
     for (auto& x : v) x = numerics::block_scale_from_amax(x);
+  exec::RawBuffer<uint8_t> codes(static_cast<size_t>(chunk * cols));
   for (size_t p = 0; p < 3; ++p) {
     if (!t.in[p]) continue;
-    exec::RawBuffer<uint8_t> codes(data[p].size());
-    kernels::QuantArgs q;
-    q.src = data[p].data();
-    q.rows = rows[p];
-    q.cols = cols;
-    q.src_ld = cols;
-    q.dst = codes.data();
-    q.dst_ld = cols;
-    q.mode = kernels::QuantArgs::kSaturating;
-    q.row_scale = row_scale[p].data();
-    q.block_cols = t.block_cols;
-    kernels::quant_bf16_to_fp8(q);
-    sink.write(*t.out_weight[p], 0, codes.bytes());
+    for (int64_t c0 = 0; c0 < rows[p]; c0 += chunk) {
+      const int64_t c1 = std::min(rows[p], c0 + chunk);
+      read_rows(p, c0, c1);
+      std::vector<const float*> rs(row_scale[p].begin() + c0, row_scale[p].begin() + c1);
+      kernels::QuantArgs q;
+      q.src = data.data();
+      q.rows = c1 - c0;
+      q.cols = cols;
+      q.src_ld = cols;
+      q.dst = codes.data();
+      q.dst_ld = cols;
+      q.mode = kernels::QuantArgs::kSaturating;
+      q.row_scale = rs.data();
+      q.block_cols = t.block_cols;
+      kernels::quant_bf16_to_fp8(q);
+      sink.write(*t.out_weight[p], static_cast<uint64_t>(c0 * cols),
+                 codes.bytes().first(static_cast<size_t>((c1 - c0) * cols)));
+    }
   }
   for (size_t p = 0; p < 3; ++p)
     if (t.out_scale[p]) sink.write(*t.out_scale[p], 0, float_bytes(scales[p]));
@@ -387,6 +414,21 @@ uint64_t matrix_bytes(const SourceTensor& t, int64_t rows) {
 
 }  // namespace
 
+MemoryBudget MemoryBudget::split(uint64_t max_memory, unsigned threads) {
+  threads = std::max(1u, threads);
+  MemoryBudget b;
+  b.cache_per_thread = std::min<uint64_t>(256ull << 20, max_memory / 4 / threads);
+  b.in_flight = max_memory - b.cache_per_thread * threads;
+  return b;
+}
+
+uint64_t MemoryBudget::needed_for(uint64_t need, unsigned threads) {
+  // in_flight >= 3/4 of the budget; search upward from there (at most a few steps).
+  uint64_t m = need + need / 3;
+  while (split(m, threads).in_flight < need) m += (1ull << 20);
+  return m;
+}
+
 std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_bytes,
                                                     uint64_t target_bytes, int64_t align) {
   std::vector<std::pair<int64_t, int64_t>> out;
@@ -457,48 +499,83 @@ std::vector<size_t> task_outputs(const Task& task) {
 }
 
 uint64_t task_memory(const Task& task) {
+  // Upper bounds of what each run() above holds at once: its buffers (rounded up to whole blocks),
+  // and a block's worth for the small ones (scales, row pointers).
+  constexpr uint64_t kSmall = 2ull << 20;
+  auto block = [](uint64_t n) -> uint64_t { return exec::detail::block_bytes(n); };
   struct Visitor {
+    decltype(block)& b;
+    // One input weight dequantized on its own (an expert part, a row range).
+    uint64_t dequant_input(const DequantInput& in, uint64_t elems) const {
+      const uint64_t raw = elems * dtype_size(in.weight->dtype);
+      return in.weight->dtype == Dtype::F8_E4M3 ? b(raw) : raw + elems * 4 + kSmall;
+    }
     uint64_t operator()(const CopyTask& t) const {
-      return std::min<uint64_t>(t.src->nbytes, kCopyChunk);
+      return b(std::min<uint64_t>(t.src->nbytes, std::max<uint64_t>(1, t.chunk_bytes)));
     }
     uint64_t operator()(const DequantTask& t) const {
       const int64_t rows =
           (t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1) - t.row0;
-      return matrix_bytes(*t.in.weight, rows) *
-             (dtype_size(t.in.weight->dtype) + 4 + dtype_size(t.out_dtype));
+      const uint64_t elems = matrix_bytes(*t.in.weight, rows);
+      const uint64_t out = elems * dtype_size(t.out_dtype);
+      return b(out) + dequant_input(t.in, elems) + kSmall;
     }
     uint64_t operator()(const ExpertSlotTask& t) const {
-      uint64_t n = static_cast<uint64_t>(t.rows * t.cols) * (4 + dtype_size(t.out_dtype));
-      for (const auto& [in, _] : t.parts) n += in.weight->nbytes * 5;
-      return n;
+      // Parts are dequantized one after the other into the one slot buffer.
+      uint64_t part = 0;
+      for (const auto& [in, _] : t.parts)
+        part = std::max(part, dequant_input(in, in.weight->nbytes / dtype_size(in.weight->dtype)));
+      return b(static_cast<uint64_t>(t.rows * t.cols) * dtype_size(t.out_dtype)) + part + kSmall;
     }
-    uint64_t operator()(const EmitTask& t) const {
+    uint64_t operator()(const EmitTask& t) const { return emit(t, false); }
+    // `slot_loaded`: part of a SlotGroupTask, whose slot buffer is counted once by the group.
+    uint64_t emit(const EmitTask& t, bool slot_loaded) const {
+      const SourceTensor& s = *t.in.src;
       const int64_t rows =
           t.in.slot >= 0
               ? t.in.cols
-              : (t.row1 < 0 ? static_cast<int64_t>(t.in.src->shape.empty() ? 1 : t.in.src->shape[0])
-                            : t.row1) -
+              : (t.row1 < 0 ? static_cast<int64_t>(s.shape.empty() ? 1 : s.shape[0]) : t.row1) -
                     t.row0;
-      const uint64_t cols = t.in.slot >= 0 ? t.in.src->shape[1]
-                                           : (t.in.src->shape.size() > 1 ? t.in.src->shape[1] : 1);
+      const uint64_t cols = t.in.slot >= 0 ? s.shape[1] : (s.shape.size() > 1 ? s.shape[1] : 1);
       const uint64_t elems = static_cast<uint64_t>(rows) * cols;
-      return elems * (2 * dtype_size(t.in.src->dtype) + 5) +
-             (t.in.slot >= 0 ? t.in.src->shape[1] * t.in.src->shape[2] * dtype_size(t.in.src->dtype)
-                             : 0);
+      const uint64_t esize = dtype_size(s.dtype);
+      const uint64_t slot = t.in.slot >= 0 ? s.shape[1] * s.shape[2] * esize : 0;
+      if (t.mode != QuantMode::kNone && s.dtype == Dtype::BF16)  // run_bf16_quant
+        return (slot_loaded ? 0 : b(slot)) + (slot ? 0 : b(elems * 2)) + b(elems) + kSmall;
+      // load_matrix (slot copy and the view), floats, codes.
+      return slot + elems * (esize + 4 + 1) + kSmall;
     }
     uint64_t operator()(const SlotGroupTask& g) const {
+      const SourceTensor& s = *g.parts.front().in.src;
+      if (s.dtype != Dtype::BF16 || g.parts.front().mode == QuantMode::kNone) {
+        uint64_t n = 0;  // parts run one after the other
+        for (const auto& p : g.parts) n = std::max(n, emit(p, false));
+        return n;
+      }
       uint64_t n = 0;
-      for (const auto& p : g.parts) n += (*this)(p);
-      return n;
+      for (const auto& p : g.parts) n = std::max(n, emit(p, true));
+      return b(s.shape[1] * s.shape[2] * 2) + n;
     }
     uint64_t operator()(const FusedQuantTask& t) const {
-      uint64_t n = 0;
-      for (const auto& v : t.in)
-        if (v) n += v->src->nbytes * 4;
-      return n;
+      bool bf16 = true;
+      uint64_t max_rows = 1, cols = 0, all = 0;
+      for (const auto& v : t.in) {
+        if (!v) continue;
+        bf16 = bf16 && v->slot < 0 && v->src->dtype == Dtype::BF16;
+        all += v->src->nbytes + v->src->nbytes / dtype_size(v->src->dtype) * (4 + 1);
+        if (v->src->shape.size() == 2) {
+          max_rows = std::max<uint64_t>(max_rows, v->src->shape[0]);
+          cols = v->src->shape[1];
+        }
+      }
+      const uint64_t chunk = t.chunk_rows > 0
+                                 ? std::min<uint64_t>(max_rows, static_cast<uint64_t>(t.chunk_rows))
+                                 : max_rows;
+      // run_fused_bf16: a chunk of BF16 rows, its codes, the scales and row pointers.
+      return (bf16 ? b(chunk * cols * 2) + b(chunk * cols) + 3 * max_rows * 8 : all) + kSmall;
     }
   };
-  return std::visit(Visitor{}, task);
+  return std::visit(Visitor{block}, task);
 }
 
 void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
@@ -509,6 +586,22 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
   unsigned threads = exec::default_threads(options.threads);
   threads =
       std::min<unsigned>(threads, static_cast<unsigned>(std::max<size_t>(1, plan.tasks.size())));
+  // The budget covers the buffers of the tasks in flight and the freed buffers each thread keeps
+  // for reuse (a quarter of the budget at most), so the resident set stays within it.
+  const MemoryBudget budget = MemoryBudget::split(options.max_memory, threads);
+  for (size_t i = 0; i < plan.tasks.size(); ++i) {
+    const uint64_t need = task_memory(plan.tasks[i]);
+    if (need > budget.in_flight) {
+      const auto outs = task_outputs(plan.tasks[i]);
+      fail("", outs.empty() ? "" : plan.outputs[outs.front()].name,
+           fmt::format("its conversion holds {:.1f} MiB of buffers at once, more than a memory "
+                       "budget of {:.1f} MiB allows",
+                       static_cast<double>(need) / (1 << 20),
+                       static_cast<double>(options.max_memory) / (1 << 20)),
+           fmt::format("a memory budget of at least {} bytes",
+                       MemoryBudget::needed_for(need, threads)));
+    }
+  }
   // Tasks start in plan order; one waits while the buffers in flight plus its own would exceed the
   // budget (a task larger than the whole budget runs alone).
   size_t next = 0;
@@ -518,6 +611,7 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
   std::mutex mutex;
   std::condition_variable cv;
   auto worker = [&]() {
+    exec::ScopedBufferCache cache(budget.cache_per_thread);
     for (;;) {
       size_t i;
       uint64_t need;
@@ -536,7 +630,7 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
         // Read-ahead in plan order: the task `threads` places ahead of this one.
         if (i + threads < plan.tasks.size()) prefetch(plan.tasks[i + threads], source);
         need = task_memory(plan.tasks[i]);
-        cv.wait(lock, [&] { return failed || in_use == 0 || in_use + need <= options.max_memory; });
+        cv.wait(lock, [&] { return failed || in_use + need <= budget.in_flight; });
         if (failed) return;
         in_use += need;
       }

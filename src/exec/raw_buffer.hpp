@@ -12,7 +12,27 @@ namespace moeckpt::exec {
 namespace detail {
 void* acquire_block(size_t bytes, size_t& capacity);
 void release_block(void* p, size_t capacity) noexcept;
+// What a buffer of `bytes` occupies (sizes are rounded up so near sizes share blocks).
+size_t block_bytes(size_t bytes) noexcept;
+// The most bytes of freed blocks this thread keeps for reuse (it frees the excess); returns the
+// previous limit.
+size_t set_cache_limit(size_t bytes) noexcept;
 }  // namespace detail
+
+// Sets this thread's buffer cache limit for its lifetime in scope, then frees what it kept.
+class ScopedBufferCache {
+ public:
+  explicit ScopedBufferCache(size_t limit) : old_(detail::set_cache_limit(limit)) {}
+  ~ScopedBufferCache() {
+    detail::set_cache_limit(0);
+    detail::set_cache_limit(old_);
+  }
+  ScopedBufferCache(const ScopedBufferCache&) = delete;
+  ScopedBufferCache& operator=(const ScopedBufferCache&) = delete;
+
+ private:
+  size_t old_;
+};
 
 template <class T>
 class RawBuffer {

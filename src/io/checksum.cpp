@@ -41,13 +41,19 @@ std::string file_checksum(const std::filesystem::path& path) {
 std::string own_file_checksum(const std::filesystem::path& path) {
   File f = File::open_read(path);
   const uint64_t size = f.size();
-  if (size == 0) return text_checksum({});
-  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, f.fd(), 0);
-  if (p == MAP_FAILED) return file_checksum(path);
-  ::madvise(p, size, MADV_SEQUENTIAL);
-  const auto h = XXH3_128bits(p, size);
-  ::munmap(p, size);
-  return hex(h);
+  std::unique_ptr<XXH3_state_t, StateDeleter> state(XXH3_createState());
+  if (!state || XXH3_128bits_reset(state.get()) != XXH_OK) fail(path.string(), "", "out of memory");
+  // Bounded windows: mapped file pages count in the resident set (and in a job scheduler's memory
+  // accounting) while mapped, so a whole-file mapping of a 5 GB shard would add 5 GB to the peak.
+  for (uint64_t off = 0; off < size; off += kChecksumWindowBytes) {
+    const uint64_t len = std::min<uint64_t>(kChecksumWindowBytes, size - off);
+    void* p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, f.fd(), static_cast<off_t>(off));
+    if (p == MAP_FAILED) return file_checksum(path);
+    ::madvise(p, len, MADV_SEQUENTIAL);
+    XXH3_128bits_update(state.get(), p, len);
+    ::munmap(p, len);
+  }
+  return hex(XXH3_128bits_digest(state.get()));
 }
 
 std::string text_checksum(std::string_view text) {

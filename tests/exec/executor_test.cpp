@@ -39,7 +39,7 @@ TEST(Executor, TinyTasksManyThreadsAndASmallBudgetGiveTheSameBytes) {
   plain.exec.threads = 1;
   ConvertOptions stressed;
   stressed.exec.threads = 4;
-  stressed.exec.max_memory = 64 << 10;
+  stressed.exec.max_memory = 12 << 20;  // a few tiny tasks in flight at once
   stressed.max_shard_bytes = 3 << 20;  // several shards too
   for (Compat compat : {Compat::kNone, Compat::kAutomodel}) {
     const std::string tag = compat == Compat::kNone ? "default" : "compat";

@@ -117,7 +117,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const moeckpt::Error&) {
   }
   // ... and from-hf in both modes, whole and as EP rank 1 of 2.
-  for (auto compat : {moeckpt::Compat::kNone, moeckpt::Compat::kAutomodel})
+  for (auto compat : {moeckpt::Compat::kNone, moeckpt::Compat::kAutomodel07})
     for (int64_t rank : {-1, 1}) {
       try {
         auto config = moeckpt::MimoConfig::load(ws.dir / "config.json");

@@ -13,7 +13,18 @@
 
 namespace moeckpt {
 
-enum class Compat { kNone, kAutomodel };
+// Which NeMo Automodel MiMoV2FlashStateDictAdapter to reproduce byte for byte (kNone: moeckpt's
+// own, lossless behaviour). 0.6 (before 0.7) ignores to_hf's `quantization` and always emits FP8
+// with ones scales; 0.7 honours it (default False) and never quantizes visual./audio. keys.
+enum class Compat { kNone, kAutomodel06, kAutomodel07 };
+inline constexpr Compat kNewestAutomodel = Compat::kAutomodel07;
+inline bool is_automodel(Compat c) noexcept {
+  return c != Compat::kNone;
+}
+// "none", "automodel-0.6", "automodel-0.7".
+std::string_view compat_name(Compat c) noexcept;
+// Those names, and "automodel" (the newest version); nullopt for anything else.
+std::optional<Compat> parse_compat(std::string_view name);
 
 // The experts an EP rank owns: q, rem = divmod(E, W); rank r < rem owns q+1 from r*(q+1), else q
 // from r*q + rem.
@@ -40,7 +51,8 @@ struct FromHfOptions {
 
 struct ToHfOptions {
   QuantMode quant = QuantMode::kBlock;
-  Compat compat = Compat::kNone;  // kAutomodel implies kCast
+  // An Automodel mode quantizes as that version does: its cast (effective_quant).
+  Compat compat = Compat::kNone;
   std::optional<std::string> exclude_regex;
   std::optional<std::string> prefix;  // prefix of expert keys; default: the grouped key's own
                                       // (Automodel mode: "model.")
@@ -49,10 +61,14 @@ struct ToHfOptions {
   uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
 };
 
-// Automodel's `_should_quantize_key`: ends in ".weight", does not start with "visual." or
-// "audio.", and contains none of the excluded substrings (norms, lm_head, embed_tokens, router,
-// o_proj).
-bool should_quantize_key(std::string_view key);
+// What to-hf writes under these options: in an Automodel mode, that version's behaviour (0.6:
+// always its cast; 0.7: its cast unless kNone, i.e. `quantization=False`); otherwise `quant`.
+QuantMode effective_quant(const ToHfOptions& options) noexcept;
+
+// Automodel's `_should_quantize_key`: ends in ".weight", contains none of the excluded substrings
+// (norms, lm_head, embed_tokens, router, o_proj), and (0.7 on) does not start with "visual." or
+// "audio.".
+bool should_quantize_key(std::string_view key, Compat version = kNewestAutomodel);
 
 // The keys our default block quantization turns into FP8: the tensors the published checkpoint
 // stores as FP8 (q/k/v projections, dense MLP and expert projections).
@@ -127,6 +143,11 @@ struct ConvertReport {
 };
 ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
                           const FromHfOptions& options, const ConvertOptions& convert = {});
+// to-hf of tensors in memory (the Python package's to_hf_dir) through the same job layer: the
+// resume fingerprint holds each input tensor's content checksum.
+ConvertReport to_hf_dir_from_memory(const MemorySource& native, const MimoConfig& config,
+                                    const std::filesystem::path& dst, const ToHfOptions& options,
+                                    int64_t expert_start, const ConvertOptions& convert = {});
 ConvertReport to_hf_dirs(const std::vector<std::filesystem::path>& srcs,
                          const std::filesystem::path& dst, const ToHfOptions& options,
                          const std::optional<std::filesystem::path>& config_path,

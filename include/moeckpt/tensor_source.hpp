@@ -82,6 +82,8 @@ class MemorySource final : public TensorSource {
   void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override;
   std::map<std::string, std::string> metadata(size_t) const override { return {}; }
   size_t parts() const override { return 1; }
+  // The borrowed bytes of one of this source's tensors.
+  std::span<const uint8_t> bytes(const SourceTensor& t) const;
 
  private:
   std::vector<std::span<const uint8_t>> bytes_;

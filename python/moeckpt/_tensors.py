@@ -114,12 +114,19 @@ def parse_config(config: Any) -> _core.Config:
     return _core.Config(text, where)
 
 
-def compat_flag(compat: str | None) -> bool:
+COMPAT_MODES = ("automodel", "automodel-0.6", "automodel-0.7")
+
+
+def compat_name(compat: str | None) -> str:
+    """The engine's name of a compat mode: "none", "automodel-0.6" or "automodel-0.7" ("automodel" is
+    the newest version, 0.7)."""
     if compat in (None, "none"):
-        return False
+        return "none"
     if compat == "automodel":
-        return True
-    raise ValueError(f"moeckpt: compat must be None or 'automodel', not {compat!r}")
+        return "automodel-0.7"
+    if compat in COMPAT_MODES:
+        return compat
+    raise ValueError(f"moeckpt: compat must be None, 'automodel', 'automodel-0.6' or 'automodel-0.7', not {compat!r}")
 
 
 def quant_mode(quant: str) -> str:

@@ -16,11 +16,11 @@ _EXPERT_KEY = re.compile(
 _GROUPED_KEY = re.compile(r"(?P<prefix>.*?)layers\.(?P<layer>\d+)\.mlp\.experts\.(?P<kind>gate_and_up_projs|down_projs)$")
 
 
-def should_quantize_key(key: str) -> bool:
-    """Automodel's ``_should_quantize_key``: the keys ``to_hf(..., quantization=True)`` casts to FP8 in
-    compat mode (ends in ``.weight``; not ``visual.``/``audio.``; not a norm, ``lm_head``, embedding,
-    router or ``o_proj``)."""
-    return _core.should_quantize_key(key)
+def should_quantize_key(key: str, compat: str = "automodel") -> bool:
+    """Automodel's ``_should_quantize_key``: the keys its ``to_hf`` casts to FP8 (ends in ``.weight``;
+    not a norm, ``lm_head``, embedding, router or ``o_proj``; from 0.7 on, not ``visual.``/``audio.``).
+    ``compat`` names the version (``"automodel-0.6"``, ``"automodel-0.7"``; ``"automodel"``: 0.7)."""
+    return _core.should_quantize_key(key, T.compat_name(compat))
 
 
 def is_published_fp8_key(key: str) -> bool:
@@ -54,7 +54,10 @@ class MiMoV2FlashStateDictAdapter:
         ep_rank, ep_size: the expert-parallel rank used when no ``device_mesh`` is given.
         dtype: dtype of dequantized weights and grouped experts (``torch.bfloat16`` or ``torch.float32``).
         compat: ``None`` (default: correct fused K/V scales of the full-attention layers, real block
-            scales, NaN/bad scales refused) or ``"automodel"``: byte-for-byte Automodel 0.7.0.
+            scales, NaN/bad scales refused), ``"automodel-0.7"``: byte-for-byte NeMo Automodel 0.7.0 (its
+            ``to_hf`` honours ``quantization``), ``"automodel-0.6"``: byte-for-byte 0.6.0 (its ``to_hf``
+            always casts to FP8 with ones scales, whatever ``quantization`` says), ``"automodel"``: the
+            newest (0.7).
         quant: what ``to_hf(..., quantization=True)`` writes in the default mode: ``"block"`` (real
             ``amax / 448`` 128x128 block scales for the tensors the published checkpoint stores as FP8),
             ``"cast"`` (Automodel's raw cast with ones scales) or ``"none"`` (BF16). Compat mode always casts.
@@ -82,7 +85,8 @@ class MiMoV2FlashStateDictAdapter:
         self.dtype = dtype
         self._dtype_name = T.out_dtype_name(dtype)
         self.compat = compat
-        self._compat = T.compat_flag(compat)
+        self._compat_name = T.compat_name(compat)
+        self._compat = self._compat_name != "none"
         self.quant = T.quant_mode(quant)
         if ep_size < 1 or not 0 <= ep_rank < ep_size:
             raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
@@ -117,7 +121,8 @@ class MiMoV2FlashStateDictAdapter:
             rank, size = self.ep_rank, self.ep_size
         keep: list = []
         rows = T.rows(hf_state_dict.items(), keep)
-        out = _core.from_hf(rows, self._config, size, rank, self._dtype_name, self._compat, self.threads, self.max_memory)
+        out = _core.from_hf(rows, self._config, size, rank, self._dtype_name, self._compat_name, self.threads,
+                            self.max_memory)
         del keep
         result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
         result = self._reference_order(result, list(hf_state_dict), rank, size)
@@ -168,7 +173,8 @@ class MiMoV2FlashStateDictAdapter:
 
         ``quantization=False``: tensors keep their dtype (BF16), no scales (the reference's default).
         ``quantization=True``: compat mode casts as Automodel (ones scales); the default mode writes
-        the adapter's ``quant``. Grouped DTensors sharded on dim 0 (an EP rank's shard) give that
+        the adapter's ``quant``. ``compat="automodel-0.6"`` casts whatever ``quantization`` says, as
+        Automodel 0.6 did. Grouped DTensors sharded on dim 0 (an EP rank's shard) give that
         rank's experts with their global ids.
         """
         del kwargs
@@ -176,7 +182,7 @@ class MiMoV2FlashStateDictAdapter:
         keep: list = []
         items, start, require_all = self._native_items(state_dict)
         rows = T.rows(items, keep)
-        out = _core.to_hf(rows, self._config, quant, self._compat and quant == "cast", T.anchored(exclude_key_regex),
+        out = _core.to_hf(rows, self._config, quant, self._compat_name, T.anchored(exclude_key_regex),
                           prefix, start, require_all, self.threads, self.max_memory)
         del keep
         return {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
@@ -188,7 +194,7 @@ class MiMoV2FlashStateDictAdapter:
         items, start, _ = self._native_items({fqn: tensor})
         name, t = items[0]
         t = T.host_tensor(t)
-        out = _core.convert_single_tensor_to_hf(T.row(name, t), self._config, quant, self._compat and quant == "cast",
+        out = _core.convert_single_tensor_to_hf(T.row(name, t), self._config, quant, self._compat_name,
                                                 T.anchored(kwargs.get("exclude_key_regex")), prefix, start)
         return [(name, T.from_engine(dt, shape, raw)) for name, dt, shape, raw in out]
 
@@ -196,7 +202,9 @@ class MiMoV2FlashStateDictAdapter:
         if self._compat:
             # The reference writes expert keys under "model." or "" (as its last from_hf saw), never
             # the grouped key's own prefix.
-            return ("cast" if quantization else "none"), ("model." if self._uses_model_prefix else "")
+            # 0.6 ignores `quantization` and always casts; 0.7 casts only when asked.
+            cast = quantization or self._compat_name == "automodel-0.6"
+            return ("cast" if cast else "none"), ("model." if self._uses_model_prefix else "")
         return (self.quant if quantization else "none"), None
 
     def _native_items(self, state_dict: dict[str, Any]) -> tuple[list[tuple[str, torch.Tensor]], int, bool]:

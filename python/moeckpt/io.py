@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, NamedTuple, Optional
+import threading
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
@@ -43,7 +44,7 @@ def from_hf_dir(
     if ep_size < 1 or not 0 <= ep_rank < ep_size:
         raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
     out, _metadata, _config_text, _bytes_read = _core.from_hf_dir(
-        os.fspath(path), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_flag(compat),
+        os.fspath(path), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_name(compat),
         int(threads), int(max_memory))
     result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
     if torch.device(device).type != "cpu":
@@ -68,30 +69,71 @@ def to_hf_dir(
     ep_size: int = 1,
     threads: int = 0,
     max_memory: int = 1 << 30,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> WriteReport:
     """Writes a native state dict as an HF checkpoint folder: per-expert weights, ``quant`` =
     ``"block"`` (real ``amax / 448`` block scales), ``"cast"`` (Automodel's ones scales) or ``"none"``
-    (BF16, ``quantization_config`` removed from config.json); ``compat="automodel"`` is Automodel's
-    ``to_hf(..., quantization=True)`` byte for byte. Shards of at most ``max_shard_bytes`` are written
-    under temporary names and renamed when complete, the index last; ``config.json`` is written
-    beside them. ``exclude_key_regex`` drops HF keys it matches at their start (``re.match``).
-    The state dict may hold one EP rank's experts (DTensor shards, or plain tensors with
-    ``ep_rank``/``ep_size``); the folder then holds that rank's experts.
+    (BF16, ``quantization_config`` removed from config.json); ``compat="automodel-0.7"`` (or
+    ``"automodel"``) is Automodel 0.7's ``to_hf(..., quantization=quant != "none")`` byte for byte,
+    ``compat="automodel-0.6"`` Automodel 0.6's (always its cast). ``exclude_key_regex`` drops HF keys
+    it matches at their start (``re.match``). The state dict may hold one EP rank's experts (DTensor
+    shards, or plain tensors with ``ep_rank``/``ep_size``); the folder then holds that rank's experts.
+
+    The same job layer as ``moeckpt to-hf``: a destination holding a checkpoint is refused unless
+    ``overwrite=True``; the folder is locked while writing; shards are written under temporary names
+    and renamed when complete, the index last; a manifest records finished shards, so after a kill the
+    same call with ``resume=True`` keeps the verified shards and completes the folder byte-identically.
+    Any error removes what the call wrote; KeyboardInterrupt stops it at the next task, keeping the
+    finished shards for ``resume=True``.
     """
-    compat_on = T.compat_flag(compat)
+    if overwrite and resume:
+        raise ValueError("moeckpt: overwrite and resume exclude each other")
+    compat_name = T.compat_name(compat)
     quant = T.quant_mode(quant)
-    if compat_on and quant not in ("cast", "block"):
-        raise ValueError("moeckpt: compat='automodel' quantizes as Automodel does (cast); use compat=None for "
-                         f"quant={quant!r}")
+    if compat_name == "automodel-0.6" and quant != "cast" and quant != "block":
+        raise ValueError("moeckpt: compat='automodel-0.6' always quantizes as Automodel 0.6 does (cast); "
+                         f"use compat=None or 'automodel-0.7' for quant={quant!r}")
+    if compat_name != "none" and quant == "block":
+        quant = "cast"  # Automodel's to_hf(quantization=True)
     adapter = MiMoV2FlashStateDictAdapter(config, ep_rank=ep_rank, ep_size=ep_size, compat=compat)
     items, start, require_all = adapter._native_items(state_dict)
     keep: list = []
     rows = T.rows(items, keep)
-    tensors, nbytes, shards = _core.to_hf_dir(
-        rows, os.fspath(path), adapter._config, "cast" if compat_on else quant, compat_on,
-        T.anchored(exclude_key_regex), None, start, require_all, int(max_shard_bytes), int(threads),
-        int(max_memory))
+    existing = "overwrite" if overwrite else "resume" if resume else "refuse"
+    tensors, nbytes, shards, _kept = _run_interruptible(
+        lambda cancel: _core.to_hf_dir(
+            rows, os.fspath(path), adapter._config, quant, compat_name, T.anchored(exclude_key_regex), None, start,
+            require_all, int(max_shard_bytes), int(threads), int(max_memory), existing, cancel))
+    del keep
     return WriteReport(tensors, nbytes, shards)
+
+
+def _run_interruptible(call: Callable[[Any], Any]) -> Any:
+    """Runs an engine folder conversion on a helper thread while this thread waits, so that Ctrl-C
+    (KeyboardInterrupt, raised only here) can ask the engine to stop at its next task: temporary files
+    are removed, finished shards kept for ``resume=True``, and the interrupt is raised again."""
+    cancel = _core.CancelFlag()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = call(cancel)
+        except BaseException as e:  # handed to the waiting thread
+            box["error"] = e
+
+    th = threading.Thread(target=work, name="moeckpt-engine", daemon=True)
+    th.start()
+    try:
+        while th.is_alive():
+            th.join(0.1)
+    except BaseException:
+        cancel.set()
+        th.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def synth(

@@ -200,22 +200,52 @@ ExecOptions exec_of(unsigned threads, uint64_t max_memory) {
   return e;
 }
 
+struct CancelFlag {
+  std::atomic<bool> flag{false};
+};
+
+ConvertOptions convert_options(uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
+                               const std::string& existing, const CancelFlag& cancel) {
+  ConvertOptions c;
+  c.max_shard_bytes = max_shard_bytes;
+  c.exec = exec_of(threads, max_memory);
+  c.exec.cancel = &cancel.flag;
+  if (existing == "refuse")
+    c.existing = ExistingOutput::kRefuse;
+  else if (existing == "overwrite")
+    c.existing = ExistingOutput::kOverwrite;
+  else if (existing == "resume")
+    c.existing = ExistingOutput::kResume;
+  else
+    fail("", "", "unknown handling of an existing destination \"" + existing + "\"",
+         "refuse, overwrite or resume");
+  return c;
+}
+
+Compat compat_of(const std::string& name) {
+  auto c = parse_compat(name);
+  if (!c)
+    fail("", "", "unknown compat mode \"" + name + "\"",
+         "None, \"automodel\", \"automodel-0.6\" or \"automodel-0.7\"");
+  return *c;
+}
+
 FromHfOptions from_hf_options(int64_t ep_size, int64_t ep_rank, const std::string& dtype,
-                              bool compat) {
+                              const std::string& compat) {
   FromHfOptions o;
   o.ep_size = ep_size;
   o.ep_rank = ep_rank;
   o.dtype = out_dtype_of(dtype);
-  o.compat = compat ? Compat::kAutomodel : Compat::kNone;
+  o.compat = compat_of(compat);
   return o;
 }
 
-ToHfOptions to_hf_options(const std::string& quant, bool compat,
+ToHfOptions to_hf_options(const std::string& quant, const std::string& compat,
                           const std::optional<std::string>& exclude,
                           const std::optional<std::string>& prefix, bool require_all) {
   ToHfOptions o;
   o.quant = quant_of(quant);
-  o.compat = compat ? Compat::kAutomodel : Compat::kNone;
+  o.compat = compat_of(compat);
   o.exclude_regex = exclude;
   o.prefix = prefix;
   o.require_all_experts = require_all;
@@ -250,7 +280,10 @@ NB_MODULE(_core, m) {
       .def_prop_ro("text", [](const Config& c) { return c.text; });
 
   m.def(
-      "should_quantize_key", [](const std::string& k) { return should_quantize_key(k); },
+      "should_quantize_key",
+      [](const std::string& k, const std::string& compat) {
+        return should_quantize_key(k, compat_of(compat));
+      },
       nb::arg("key"));
   m.def(
       "is_published_fp8_key", [](const std::string& k) { return is_published_fp8_key(k); },
@@ -289,7 +322,8 @@ NB_MODULE(_core, m) {
   m.def(
       "from_hf",
       [](const std::vector<InRow>& rows, const Config& cfg, int64_t ep_size, int64_t ep_rank,
-         const std::string& dtype, bool compat, unsigned threads, uint64_t max_memory) {
+         const std::string& dtype, const std::string& compat, unsigned threads,
+         uint64_t max_memory) {
         auto entries = entries_of(rows);
         auto o = from_hf_options(ep_size, ep_rank, dtype, compat);
         // A state dict may be any part of a checkpoint, as the reference accepts (a folder,
@@ -312,7 +346,7 @@ NB_MODULE(_core, m) {
   m.def(
       "from_hf_dir",
       [](const std::string& dir, int64_t ep_size, int64_t ep_rank, const std::string& dtype,
-         bool compat, unsigned threads, uint64_t max_memory) {
+         const std::string& compat, unsigned threads, uint64_t max_memory) {
         auto o = from_hf_options(ep_size, ep_rank, dtype, compat);
         Converted out;
         std::map<std::string, std::string> metadata;
@@ -337,9 +371,10 @@ NB_MODULE(_core, m) {
   // tensors given (an EP rank's shard).
   m.def(
       "to_hf",
-      [](const std::vector<InRow>& rows, const Config& cfg, const std::string& quant, bool compat,
-         std::optional<std::string> exclude, std::optional<std::string> prefix,
-         int64_t expert_start, bool require_all, unsigned threads, uint64_t max_memory) {
+      [](const std::vector<InRow>& rows, const Config& cfg, const std::string& quant,
+         const std::string& compat, std::optional<std::string> exclude,
+         std::optional<std::string> prefix, int64_t expert_start, bool require_all,
+         unsigned threads, uint64_t max_memory) {
         auto entries = entries_of(rows);
         auto o = to_hf_options(quant, compat, exclude, prefix, require_all);
         Converted out;
@@ -357,7 +392,7 @@ NB_MODULE(_core, m) {
 
   m.def(
       "convert_single_tensor_to_hf",
-      [](const InRow& row, const Config& cfg, const std::string& quant, bool compat,
+      [](const InRow& row, const Config& cfg, const std::string& quant, const std::string& compat,
          std::optional<std::string> exclude, std::optional<std::string> prefix,
          int64_t expert_start) {
         auto entries = entries_of({row});
@@ -375,47 +410,35 @@ NB_MODULE(_core, m) {
       nb::arg("row"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"));
 
-  // Native tensors in memory -> an HF checkpoint folder, through the crash-safe sharded writer
-  // (temporary names, rename, index last). Returns (tensors, bytes, shards).
+  // A stop request for a folder conversion running with the GIL released: the Python layer sets it
+  // when the waiting thread is interrupted (KeyboardInterrupt), and the conversion stops at the
+  // next task as the CLI's does on SIGINT.
+  nb::class_<CancelFlag>(m, "CancelFlag")
+      .def(nb::init<>())
+      .def("set", [](CancelFlag& f) { f.flag.store(true); })
+      .def("is_set", [](const CancelFlag& f) { return f.flag.load(); });
+
+  // Native tensors in memory -> an HF checkpoint folder, through the same job layer as the CLI's
+  // to-hf (destination checks, lock, manifest, resume, cleanup on error). Returns (tensors, bytes,
+  // shards, shards kept from an interrupted run).
   m.def(
       "to_hf_dir",
       [](const std::vector<InRow>& rows, const std::string& dst, const Config& cfg,
-         const std::string& quant, bool compat, std::optional<std::string> exclude,
+         const std::string& quant, const std::string& compat, std::optional<std::string> exclude,
          std::optional<std::string> prefix, int64_t expert_start, bool require_all,
-         uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory) {
+         uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
+         const std::string& existing, CancelFlag& cancel) {
         auto entries = entries_of(rows);
         auto o = to_hf_options(quant, compat, exclude, prefix, require_all);
         nb::gil_scoped_release release;
-        const fs::path dir(dst);
-        std::error_code ec;
-        if (fs::exists(dir / kIndexFileName, ec) || fs::exists(dir / kSingleFileName, ec))
-          fail(dst, "", "destination already holds a checkpoint");
         MemorySource src(std::move(entries));
-        Plan plan = plan_to_hf(src, cfg.config, o, {expert_start});
-        // config.json as to_hf_dirs writes it: quantization_config present iff FP8 is written.
-        nlohmann::json out_config = cfg.config.raw;
-        const QuantMode mode = compat ? QuantMode::kCast : o.quant;
-        if (mode == QuantMode::kNone)
-          out_config.erase("quantization_config");
-        else if (!out_config.contains("quantization_config"))
-          out_config["quantization_config"] = {{"activation_scheme", "dynamic"},
-                                               {"fmt", "e4m3"},
-                                               {"quant_method", "fp8"},
-                                               {"weight_block_size", {128, 128}}};
-        fs::create_directories(dir, ec);
-        if (ec) fail(dst, "", "cannot create directory: " + ec.message());
-        ShardingOptions sharding;
-        sharding.max_shard_bytes = max_shard_bytes;
-        sharding.metadata = plan.metadata;
-        CheckpointWriter writer(dir, plan.outputs, sharding);
-        WriterSink sink(writer);
-        execute(plan, src, sink, exec_of(threads, max_memory));
-        io::write_file_atomically(dir / "config.json", out_config.dump(2) + "\n");
-        writer.commit();
-        return std::make_tuple(plan.outputs.size(), plan.output_bytes(), writer.shard_count());
+        const auto r = to_hf_dir_from_memory(
+            src, cfg.config, dst, o, expert_start,
+            convert_options(max_shard_bytes, threads, max_memory, existing, cancel));
+        return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
       },
       nb::arg("rows"), nb::arg("dst"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
-      nb::arg("require_all"), nb::arg("max_shard_bytes"), nb::arg("threads"),
-      nb::arg("max_memory"));
+      nb::arg("require_all"), nb::arg("max_shard_bytes"), nb::arg("threads"), nb::arg("max_memory"),
+      nb::arg("existing"), nb::arg("cancel"));
 }

@@ -43,9 +43,9 @@ namespace {
 
 // What the output bytes depend on: inputs (names, sizes, modification times and every tensor's
 // place), the config, the options and the output layout. A resumed run must match it exactly.
-std::string fingerprint(const CheckpointSource& source, const std::string& options,
-                        const std::string& config_text, const std::vector<ShardLayout>& layout) {
-  std::string text = "moeckpt 0.1.0\n" + options + "\n" + config_text + "\n";
+// The inputs of a folder conversion: every file with its size and modification time.
+std::string describe_inputs(const CheckpointSource& source) {
+  std::string text;
   for (size_t p = 0; p < source.parts(); ++p) {
     const auto& ck = source.checkpoint(p);
     for (size_t i = 0; i < ck.shard_count(); ++i) {
@@ -53,6 +53,25 @@ std::string fingerprint(const CheckpointSource& source, const std::string& optio
       text += fmt::format("file {} {} {}\n", f.path(), f.size_at_open(), f.mtime_ns_at_open());
     }
   }
+  return text;
+}
+
+// Tensors in memory have no file to date: their content is the identity (one pass over memory,
+// a small cost next to writing the bytes out).
+std::string describe_inputs(const MemorySource& source) {
+  std::string text;
+  for (const auto& t : source.tensors())
+    text += "content " + t.name + " " +
+            io::text_checksum(
+                {reinterpret_cast<const char*>(source.bytes(t).data()), source.bytes(t).size()}) +
+            "\n";
+  return text;
+}
+
+std::string fingerprint(const TensorSource& source, const std::string& inputs,
+                        const std::string& options, const std::string& config_text,
+                        const std::vector<ShardLayout>& layout) {
+  std::string text = "moeckpt 0.1.0\n" + options + "\n" + config_text + "\n" + inputs;
   for (const auto& t : source.tensors())
     text += fmt::format("tensor {} {} {} {} {}\n", t.name, dtype_name(t.dtype),
                         format_shape(t.shape), t.file, t.nbytes);
@@ -63,7 +82,7 @@ std::string fingerprint(const CheckpointSource& source, const std::string& optio
   return io::text_checksum(text);
 }
 
-ConvertReport write_plan(Plan plan, const CheckpointSource& source,
+ConvertReport write_plan(Plan plan, const TensorSource& source, const std::string& inputs_text,
                          const std::vector<fs::path>& srcs, const fs::path& dst,
                          const std::string& options_text, const std::string& config_text,
                          const ConvertOptions& convert) {
@@ -73,8 +92,8 @@ ConvertReport write_plan(Plan plan, const CheckpointSource& source,
   sharding.metadata = plan.metadata;
   const auto layout = layout_shards(plan.outputs, sharding);
   try {
-    sharding.completed =
-        folder.begin(layout, fingerprint(source, options_text, config_text, layout), config_text);
+    sharding.completed = folder.begin(
+        layout, fingerprint(source, inputs_text, options_text, config_text, layout), config_text);
     const size_t kept =
         static_cast<size_t>(std::count(sharding.completed.begin(), sharding.completed.end(), true));
     sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
@@ -123,6 +142,30 @@ ConvertReport write_plan(Plan plan, const CheckpointSource& source,
   }
 }
 
+// config.json of an HF output: quantization_config present exactly when FP8 is written.
+std::string hf_config_text(const MimoConfig& config, const ToHfOptions& options) {
+  nlohmann::json out_config = config.raw;
+  if (effective_quant(options) == QuantMode::kNone) {
+    out_config.erase("quantization_config");
+  } else if (!out_config.contains("quantization_config")) {
+    out_config["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                         {"fmt", "e4m3"},
+                                         {"quant_method", "fp8"},
+                                         {"weight_block_size", {128, 128}}};
+  }
+  return out_config.dump(2) + "\n";
+}
+
+std::string to_hf_options_text(const ToHfOptions& options, const std::vector<int64_t>& starts) {
+  std::string text =
+      fmt::format("to-hf quant {} compat {} exclude {} prefix {} require_all {}",
+                  static_cast<int>(effective_quant(options)), compat_name(options.compat),
+                  options.exclude_regex ? "=" + *options.exclude_regex : "-",
+                  options.prefix ? "=" + *options.prefix : "-", options.require_all_experts);
+  for (const auto& s : starts) text += fmt::format(" start {}", s);
+  return text;
+}
+
 // Tasks small enough that several fit the memory budget at once.
 template <class Options>
 Options within_budget(Options o, const ExecOptions& exec) {
@@ -152,10 +195,11 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
   CheckpointSource source({src});
   Plan plan = plan_from_hf(source, config, within_budget(options, convert.exec));
-  const auto options_text = fmt::format(
-      "from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
-      dtype_name(options.dtype), options.compat == Compat::kAutomodel ? "automodel" : "none");
-  return write_plan(std::move(plan), source, {src}, dst, options_text, config_text, convert);
+  const auto options_text =
+      fmt::format("from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
+                  dtype_name(options.dtype), compat_name(options.compat));
+  return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst, options_text,
+                    config_text, convert);
 }
 
 ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
@@ -178,23 +222,16 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
     starts.push_back(start);
   }
   Plan plan = plan_to_hf(source, config, within_budget(options, convert.exec), starts);
-  nlohmann::json out_config = config.raw;
-  const QuantMode mode = options.compat == Compat::kAutomodel ? QuantMode::kCast : options.quant;
-  if (mode == QuantMode::kNone) {
-    out_config.erase("quantization_config");
-  } else if (!out_config.contains("quantization_config")) {
-    out_config["quantization_config"] = {{"activation_scheme", "dynamic"},
-                                         {"fmt", "e4m3"},
-                                         {"quant_method", "fp8"},
-                                         {"weight_block_size", {128, 128}}};
-  }
-  std::string options_text = fmt::format(
-      "to-hf quant {} compat {} exclude {} prefix {} require_all {}", static_cast<int>(mode),
-      options.compat == Compat::kAutomodel ? "automodel" : "none",
-      options.exclude_regex ? "=" + *options.exclude_regex : "-",
-      options.prefix ? "=" + *options.prefix : "-", options.require_all_experts);
-  for (const auto& s : starts) options_text += fmt::format(" start {}", s);
-  return write_plan(std::move(plan), source, srcs, dst, options_text, out_config.dump(2) + "\n",
+  return write_plan(std::move(plan), source, describe_inputs(source), srcs, dst,
+                    to_hf_options_text(options, starts), hf_config_text(config, options), convert);
+}
+
+ConvertReport to_hf_dir_from_memory(const MemorySource& native, const MimoConfig& config,
+                                    const fs::path& dst, const ToHfOptions& options,
+                                    int64_t expert_start, const ConvertOptions& convert) {
+  Plan plan = plan_to_hf(native, config, within_budget(options, convert.exec), {expert_start});
+  return write_plan(std::move(plan), native, describe_inputs(native), {}, dst,
+                    to_hf_options_text(options, {expert_start}), hf_config_text(config, options),
                     convert);
 }
 

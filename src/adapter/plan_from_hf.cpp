@@ -22,7 +22,7 @@ constexpr std::string_view kScaleSuffix = "_scale_inv";
 class FromHfPlanner {
  public:
   FromHfPlanner(const TensorSource& src, const MimoConfig& c, const FromHfOptions& o)
-      : src_(src), c_(c), o_(o), compat_(o.compat == Compat::kAutomodel) {
+      : src_(src), c_(c), o_(o), compat_(is_automodel(o.compat)) {
     if (o.dtype != Dtype::BF16 && o.dtype != Dtype::F32)
       fail("", "", "output dtype must be bf16 or f32");
     block_ = c.block.value_or(BlockSize{});

@@ -19,8 +19,8 @@ class ToHfPlanner {
  public:
   ToHfPlanner(const TensorSource& src, const MimoConfig& c, const ToHfOptions& o,
               const std::vector<int64_t>& starts)
-      : src_(src), c_(c), o_(o), starts_(starts), compat_(o.compat == Compat::kAutomodel) {
-    mode_ = compat_ ? QuantMode::kCast : o.quant;
+      : src_(src), c_(c), o_(o), starts_(starts), compat_(is_automodel(o.compat)) {
+    mode_ = effective_quant(o);
     block_ = compat_ ? BlockSize{} : c.block.value_or(BlockSize{});
     if (o.exclude_regex) {
       try {
@@ -87,7 +87,7 @@ class ToHfPlanner {
       case QuantMode::kNone:
         return false;
       case QuantMode::kCast:
-        return should_quantize_key(key);
+        return should_quantize_key(key, o_.compat);
       case QuantMode::kBlock:
         return is_published_fp8_key(key);
     }

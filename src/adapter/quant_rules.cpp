@@ -6,9 +6,42 @@
 
 namespace moeckpt {
 
-bool should_quantize_key(std::string_view key) {
+std::string_view compat_name(Compat c) noexcept {
+  switch (c) {
+    case Compat::kAutomodel06:
+      return "automodel-0.6";
+    case Compat::kAutomodel07:
+      return "automodel-0.7";
+    case Compat::kNone:
+      break;
+  }
+  return "none";
+}
+
+std::optional<Compat> parse_compat(std::string_view name) {
+  if (name == "none") return Compat::kNone;
+  if (name == "automodel") return kNewestAutomodel;
+  if (name == "automodel-0.6") return Compat::kAutomodel06;
+  if (name == "automodel-0.7") return Compat::kAutomodel07;
+  return std::nullopt;
+}
+
+QuantMode effective_quant(const ToHfOptions& o) noexcept {
+  switch (o.compat) {
+    case Compat::kAutomodel06:
+      return QuantMode::kCast;
+    case Compat::kAutomodel07:
+      return o.quant == QuantMode::kNone ? QuantMode::kNone : QuantMode::kCast;
+    case Compat::kNone:
+      break;
+  }
+  return o.quant;
+}
+
+bool should_quantize_key(std::string_view key, Compat version) {
   if (!key.ends_with(".weight")) return false;
-  if (key.starts_with("visual.") || key.starts_with("audio.")) return false;
+  if (version != Compat::kAutomodel06 && (key.starts_with("visual.") || key.starts_with("audio.")))
+    return false;
   static constexpr std::array<std::string_view, 7> kExcluded = {"input_layernorm.weight",
                                                                 "post_attention_layernorm.weight",
                                                                 "norm.weight",

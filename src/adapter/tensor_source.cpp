@@ -86,9 +86,12 @@ MemorySource::MemorySource(std::vector<Entry> entries) {
     if (seen[t.name]++) fail("<memory>", t.name, "duplicate tensor name");
 }
 
+std::span<const uint8_t> MemorySource::bytes(const SourceTensor& t) const {
+  return bytes_.at(static_cast<size_t>(&t - tensors_.data()));
+}
+
 void MemorySource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
-  size_t i = static_cast<size_t>(&t - tensors_.data());
-  const auto& b = bytes_.at(i);
+  const auto b = bytes(t);
   if (offset > b.size() || out.size() > b.size() - offset)
     fail("<memory>", t.name, "read outside the tensor");
   std::memcpy(out.data(), b.data() + offset, out.size());

@@ -20,6 +20,11 @@
 
 namespace {
 
+constexpr const char* kCompatHelp =
+    "reproduce NeMo Automodel's adapter bit for bit: automodel-0.6, automodel-0.7, automodel (the "
+    "newest, 0.7)";
+const std::vector<std::string> kCompatNames{"none", "automodel", "automodel-0.6", "automodel-0.7"};
+
 int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   CLI::App app{
       "moeckpt: convert MoE checkpoints between the Hugging Face and grouped-expert layouts"};
@@ -63,8 +68,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   fh_cmd->add_option("--ep-size", fh.ep_size, "expert-parallel world size")
       ->check(CLI::PositiveNumber);
   fh_cmd->add_option("--ep-rank", fh.ep_rank, "this rank: only its experts are read and written");
-  fh_cmd->add_option("--compat", fh_compat, "automodel: reproduce NeMo Automodel bit for bit")
-      ->check(CLI::IsMember({"none", "automodel"}));
+  fh_cmd->add_option("--compat", fh_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
   fh_cmd->add_option("--dtype", fh_dtype, "dtype of dequantized weights")
       ->check(CLI::IsMember({"bf16", "f32"}));
   fh_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
@@ -93,8 +97,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->expected(2, -1);
   th_cmd->add_option("--quant", th_quant, "block (real scales), cast (Automodel's), none (BF16)")
       ->check(CLI::IsMember({"block", "cast", "none"}));
-  th_cmd->add_option("--compat", th_compat, "automodel: reproduce NeMo Automodel bit for bit")
-      ->check(CLI::IsMember({"none", "automodel"}));
+  th_cmd->add_option("--compat", th_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
   th_cmd->add_option("--exclude", th_exclude, "drop HF keys matching this regex");
   th_cmd->add_option("--prefix", th_prefix,
                      "prefix of expert keys (default: the native key's own)");
@@ -153,7 +156,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   moeckpt::cli::ProgressPrinter printer(::isatty(2) == 1);
   if (!quiet) convert.progress = &printer;
   if (fh_cmd->parsed()) {
-    fh.compat = fh_compat == "automodel" ? moeckpt::Compat::kAutomodel : moeckpt::Compat::kNone;
+    fh.compat = *moeckpt::parse_compat(fh_compat);
     fh.dtype = fh_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
     if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
       throw moeckpt::Error({"", "", "--ep-rank needs --ep-size", ""});
@@ -163,13 +166,24 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     return 0;
   }
   if (th_cmd->parsed()) {
-    th.compat = th_compat == "automodel" ? moeckpt::Compat::kAutomodel : moeckpt::Compat::kNone;
+    th.compat = *moeckpt::parse_compat(th_compat);
     th.quant = th_quant == "cast"   ? moeckpt::QuantMode::kCast
                : th_quant == "none" ? moeckpt::QuantMode::kNone
                                     : moeckpt::QuantMode::kBlock;
-    if (th.compat == moeckpt::Compat::kAutomodel && th_cmd->count("--quant") && th_quant != "cast")
-      throw moeckpt::Error({"", "", "--compat automodel quantizes as Automodel does (cast)",
+    // Automodel 0.7's to_hf(quantization=False) is --quant none; with quantization=True, and
+    // always in 0.6, it writes its cast.
+    if (th.compat == moeckpt::Compat::kAutomodel06 && th_cmd->count("--quant") &&
+        th_quant != "cast")
+      throw moeckpt::Error({"", "",
+                            "--compat automodel-0.6 always quantizes as Automodel 0.6 does (cast "
+                            "with ones scales; its to_hf ignores `quantization`)",
                             "no --quant, or --quant cast"});
+    if (th.compat == moeckpt::Compat::kAutomodel07 && th_cmd->count("--quant") &&
+        th_quant == "block")
+      throw moeckpt::Error({"", "",
+                            "--compat automodel-0.7 writes what Automodel 0.7 writes: its cast "
+                            "(quantization=True) or BF16 (quantization=False)",
+                            "no --quant, --quant cast or --quant none"});
     if (th_cmd->count("--exclude")) th.exclude_regex = th_exclude;
     if (th_cmd->count("--prefix")) th.prefix = th_prefix;
     std::vector<std::filesystem::path> srcs(th_paths.begin(), th_paths.end() - 1);

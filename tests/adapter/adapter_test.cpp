@@ -102,7 +102,7 @@ TEST(FromHf, FusedKvLayoutIsDequantizedWithThePublishedScaleRows) {
     f.vs[i] = 0.001f * static_cast<float>(i + 1);  // V: small
 
   auto fused = f.run(Compat::kNone);
-  auto plain = f.run(Compat::kAutomodel);
+  auto plain = f.run(Compat::kAutomodel07);
   auto find = [](std::vector<NamedTensor>& ts, const std::string& suffix) -> const NamedTensor& {
     for (const auto& t : ts)
       if (t.name.ends_with(suffix)) return t;
@@ -251,7 +251,7 @@ TEST_F(TinyCheckpoint, ExcludeRegexDefaultSearchesCompatAnchors) {
   EXPECT_EQ(a.find("model.layers.1.mlp.experts.2.up_proj.weight"), nullptr);
   EXPECT_EQ(a.find("model.layers.1.mlp.experts.2.up_proj.weight_scale_inv"), nullptr);
   EXPECT_NE(a.find("model.layers.1.mlp.experts.4.up_proj.weight"), nullptr);
-  o.compat = Compat::kAutomodel;  // re.match: anchored at the start -> excludes nothing here
+  o.compat = Compat::kAutomodel07;  // re.match: anchored at the start -> excludes nothing here
   to_hf_dirs({dir_ / "native"}, dir_ / "b", o, std::nullopt);
   EXPECT_NE(Checkpoint::open(dir_ / "b").find("model.layers.1.mlp.experts.2.up_proj.weight"),
             nullptr);
@@ -269,7 +269,7 @@ TEST_F(TinyCheckpoint, ConvertSingleTensorSplitsExpertsInOrder) {
   auto bytes = ck.read_all(*ck.find(name));
   auto config = MimoConfig::load(hf() / "config.json");
   ToHfOptions o;
-  o.compat = Compat::kAutomodel;
+  o.compat = Compat::kAutomodel07;
   // As an EP shard holding experts 4..7 (slots 4..7 of the full tensor).
   std::vector<uint8_t> half(bytes.begin() + static_cast<long>(bytes.size() / 2), bytes.end());
   auto out = convert_single_tensor_to_hf(name, Dtype::BF16, {4, 256, 256}, half, config, o, 4);
@@ -366,7 +366,7 @@ TEST_F(Refusals, ScaleTooSmallAndFp8WithoutScale) {
                        {{{w + "_scale_inv", Dtype::F32, {1, 1}}, std::vector<uint8_t>(4, 0x3F)}});
   expect_refused(small, {}, "is too small for weight [256, 128]");
   FromHfOptions compat;
-  compat.compat = Compat::kAutomodel;
+  compat.compat = Compat::kAutomodel07;
   expect_refused(small, compat, "is too small");
   auto noscale = variant("noscale", {"model.layers.1.self_attn.q_proj.weight_scale_inv"});
   expect_refused(noscale, {}, "FP8 weight without a '_scale_inv' companion");
@@ -401,7 +401,7 @@ TEST_F(Refusals, BadScaleValuesAndNanCodes) {
   auto nan = variant("nan_code", {w}, {{{w, Dtype::F8_E4M3, {512, 256}}, codes}});
   expect_refused(nan, {}, "element [0, 3] is NaN (FP8 code 0xff)");
   FromHfOptions compat;
-  compat.compat = Compat::kAutomodel;
+  compat.compat = Compat::kAutomodel07;
   from_hf_dir(nan, dir_ / "nan_compat", compat);
   auto out = Checkpoint::open(dir_ / "nan_compat");
   auto bytes = out.read_all(*out.find(w));

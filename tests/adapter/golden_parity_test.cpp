@@ -102,7 +102,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
 
   fs::path from_hf(int64_t w, int64_t r) {
     FromHfOptions o;
-    o.compat = Compat::kAutomodel;
+    o.compat = Compat::kAutomodel07;
     o.ep_size = w;
     o.ep_rank = r;
     auto dst = dir_ / fmt("native_ep{}_{}", w, r);
@@ -134,7 +134,7 @@ TEST_P(GoldenParity, FromHfEveryEpRankIsByteIdentical) {
 
 TEST_P(GoldenParity, ToHfCastIsByteIdentical) {
   ToHfOptions o;
-  o.compat = Compat::kAutomodel;
+  o.compat = Compat::kAutomodel07;
   to_hf_dirs({from_hf(1, 0)}, dir_ / "to_hf", o, std::nullopt);
   expect_matches(digest_checkpoint(dir_ / "to_hf"), golden_["outputs"]["to_hf"], "to_hf");
   // Every EP rank's folder together gives the same checkpoint.
@@ -171,7 +171,7 @@ TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
     w.commit();
   }
   ToHfOptions o;
-  o.compat = Compat::kAutomodel;
+  o.compat = Compat::kAutomodel07;
   EXPECT_THROW(to_hf_dirs({dir_ / "foreign"}, dir_ / "x", o, std::nullopt), Error);  // no config
   to_hf_dirs({dir_ / "foreign"}, dir_ / "foreign_hf", o, hf_ / "config.json");
   expect_matches(digest_checkpoint(dir_ / "foreign_hf"), golden_["outputs"]["to_hf"], "foreign");
@@ -191,7 +191,7 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
   CheckpointSource src({from_hf(1, 0)});
   for (auto it = cases.begin(); it != cases.end(); ++it) {
     ToHfOptions o;
-    o.compat = Compat::kAutomodel;
+    o.compat = Compat::kAutomodel07;
     o.exclude_regex = it.key();
     std::vector<std::string> keys;
     for (const auto& spec : plan_to_hf(src, config_, o, {0}).outputs) keys.push_back(spec.name);
@@ -216,7 +216,7 @@ TEST(GoldenParitySpecial, ToHfCastOfRangeLimitsIsByteIdentical) {
   expect_matches(digest_checkpoint(dir / "native"), golden["outputs"]["to_hf_special_input"],
                  "input");
   ToHfOptions o;
-  o.compat = Compat::kAutomodel;
+  o.compat = Compat::kAutomodel07;
   to_hf_dirs({dir / "native"}, dir / "out", o, std::nullopt);
   expect_matches(digest_checkpoint(dir / "out"), golden["outputs"]["to_hf_special"],
                  "to_hf_special");
@@ -240,7 +240,7 @@ TEST(GoldenParityNoNan, DefaultFromHfEqualsCompatWithoutTheFusedLayout) {
   }
   expect_matches(digest_checkpoint(dir / "hf"), golden["input"], "input");
   FromHfOptions compat;
-  compat.compat = Compat::kAutomodel;
+  compat.compat = Compat::kAutomodel07;
   from_hf_dir(dir / "hf", dir / "compat", compat);
   from_hf_dir(dir / "hf", dir / "default", {});
   expect_matches(digest_checkpoint(dir / "compat"), golden["outputs"]["from_hf_ep1_rank0"],

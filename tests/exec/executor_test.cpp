@@ -41,7 +41,7 @@ TEST(Executor, TinyTasksManyThreadsAndASmallBudgetGiveTheSameBytes) {
   stressed.exec.threads = 4;
   stressed.exec.max_memory = 12 << 20;  // a few tiny tasks in flight at once
   stressed.max_shard_bytes = 3 << 20;  // several shards too
-  for (Compat compat : {Compat::kNone, Compat::kAutomodel}) {
+  for (Compat compat : {Compat::kNone, Compat::kAutomodel07}) {
     const std::string tag = compat == Compat::kNone ? "default" : "compat";
     FromHfOptions big, small;
     big.compat = small.compat = compat;

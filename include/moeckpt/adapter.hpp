@@ -47,6 +47,9 @@ struct FromHfOptions {
   // The source is a whole checkpoint: every tensor config.json implies must be there (default
   // mode; false for a few tensors converted on their own).
   bool whole_checkpoint = true;
+  // false: experts stay per-expert HF tensors (dequantized in place, keys kept): the HF -> HF
+  // dequantization, equal tensor for tensor to from-hf then to-hf --quant none. Needs EP 1.
+  bool group_experts = true;
 };
 
 struct ToHfOptions {
@@ -59,6 +62,9 @@ struct ToHfOptions {
   bool require_all_experts = true;    // a whole checkpoint: every expert of a layer and every
                                       // tensor config.json implies (default mode)
   uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
+  // true: the source is an HF checkpoint of unquantized (BF16/F16/F32) weights, experts per expert:
+  // the HF -> HF quantization, equal tensor for tensor to from-hf then to-hf.
+  bool hf_source = false;
 };
 
 // What to-hf writes under these options: in an Automodel mode, that version's behaviour (0.6:
@@ -148,6 +154,13 @@ ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesyste
 ConvertReport to_hf_dir_from_memory(const MemorySource& native, const MimoConfig& config,
                                     const std::filesystem::path& dst, const ToHfOptions& options,
                                     int64_t expert_start, const ConvertOptions& convert = {});
+// HF -> HF in one pass (plan_from_hf without grouping / plan_to_hf of an HF source): an FP8
+// checkpoint to BF16/F32 without scales, quantization_config removed; an unquantized checkpoint to
+// the published FP8 layout.
+ConvertReport dequantize_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
+                             const FromHfOptions& options, const ConvertOptions& convert = {});
+ConvertReport quantize_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
+                           const ToHfOptions& options, const ConvertOptions& convert = {});
 ConvertReport to_hf_dirs(const std::vector<std::filesystem::path>& srcs,
                          const std::filesystem::path& dst, const ToHfOptions& options,
                          const std::optional<std::filesystem::path>& config_path,

@@ -202,6 +202,38 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
                     config_text, convert);
 }
 
+ConvertReport dequantize_dir(const fs::path& src, const fs::path& dst, const FromHfOptions& options,
+                             const ConvertOptions& convert) {
+  const auto config_path = src / "config.json";
+  const auto config_text = io::read_small_file(config_path, 64ull << 20);
+  auto config_json = parse_strict_json(config_text, config_path.string(), "config");
+  MimoConfig config = MimoConfig::parse(config_json, config_path.string());
+  CheckpointSource source({src});
+  FromHfOptions o = within_budget(options, convert.exec);
+  o.group_experts = false;
+  o.ep_size = 1;
+  o.ep_rank = 0;
+  Plan plan = plan_from_hf(source, config, o);
+  config_json.erase("quantization_config");
+  const auto options_text =
+      fmt::format("dequantize dtype {} compat {}", dtype_name(o.dtype), compat_name(o.compat));
+  return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst, options_text,
+                    config_json.dump(2) + "\n", convert);
+}
+
+ConvertReport quantize_dir(const fs::path& src, const fs::path& dst, const ToHfOptions& options,
+                           const ConvertOptions& convert) {
+  MimoConfig config = MimoConfig::load(src / "config.json");
+  CheckpointSource source({src});
+  ToHfOptions o = within_budget(options, convert.exec);
+  o.hf_source = true;
+  if (effective_quant(o) == QuantMode::kNone)
+    fail("", "", "quantize needs a quantization mode", "block or cast");
+  Plan plan = plan_to_hf(source, config, o, {0});
+  return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst,
+                    "quantize " + to_hf_options_text(o, {0}), hf_config_text(config, o), convert);
+}
+
 ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
                          const ToHfOptions& options, const std::optional<fs::path>& config_path,
                          const ConvertOptions& convert) {

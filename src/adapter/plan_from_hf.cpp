@@ -32,6 +32,9 @@ class FromHfPlanner {
 
   Plan plan() {
     refuse_native_layout(src_);
+    if (!o_.group_experts && (o_.ep_size != 1 || o_.ep_rank != 0))
+      fail("", "", "an expert-parallel rank needs grouped experts",
+           "EP size 1 when experts stay per expert");
     collect_experts();
     validate_experts();
     if (!compat_) {  // Automodel converts whatever it is given; the default mode validates
@@ -42,19 +45,22 @@ class FromHfPlanner {
     for (const auto& t : src_.tensors()) {
       if (t.name.ends_with(kScaleSuffix)) continue;  // dropped, orphans included
       auto key = classify_tensor_name(t.name);
-      if (is_grouped_expert(key)) {
+      if (is_grouped_expert(key) && o_.group_experts) {
         auto id = std::make_pair(key.prefix, *key.layer);
         if (emitted.insert(id).second) emit_group(id);
         continue;
       }
       emit_single(t, key);
     }
-    plan_.metadata = {{"format", "pt"},
-                      {kMetaLayout, "native"},
-                      {kMetaEpSize, std::to_string(o_.ep_size)},
-                      {kMetaEpRank, std::to_string(o_.ep_rank)},
-                      {kMetaExpertStart, std::to_string(range_.first)},
-                      {kMetaExpertCount, std::to_string(range_.count)}};
+    if (!o_.group_experts)
+      plan_.metadata = {{"format", "pt"}};
+    else
+      plan_.metadata = {{"format", "pt"},
+                        {kMetaLayout, "native"},
+                        {kMetaEpSize, std::to_string(o_.ep_size)},
+                        {kMetaEpRank, std::to_string(o_.ep_rank)},
+                        {kMetaExpertStart, std::to_string(range_.first)},
+                        {kMetaExpertCount, std::to_string(range_.count)}};
     // Scales are small: refusing a bad one now means no output is ever started for it.
     if (!compat_ && o_.prescan_scales)
       for (const auto& [s, used] : scales_used_)
@@ -160,6 +166,17 @@ class FromHfPlanner {
 
   void emit_single(const SourceTensor& t, const TensorKey& key) {
     const auto* scale = t.name.ends_with(".weight") ? src_.find(t.name + "_scale_inv") : nullptr;
+    if (is_grouped_expert(key)) {  // kept per expert: the shape check of emit_group
+      const auto D = static_cast<uint64_t>(c_.hidden_size);
+      const auto Ie = static_cast<uint64_t>(c_.moe_intermediate_size);
+      const std::vector<uint64_t> want = key.projection == Projection::kDown
+                                             ? std::vector<uint64_t>{D, Ie}
+                                             : std::vector<uint64_t>{Ie, D};
+      if (*key.expert < c_.n_routed_experts && t.shape != want)
+        fail(t.file, t.name,
+             "expert weight of shape " + format_shape(t.shape) + " disagrees with config.json",
+             format_shape(want) + " from hidden_size and moe_intermediate_size");
+    }
     if (!scale) {
       if (t.dtype == Dtype::F8_E4M3 && !compat_)
         fail(t.file, t.name, "FP8 weight without a '_scale_inv' companion",

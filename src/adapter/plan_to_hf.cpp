@@ -32,11 +32,16 @@ class ToHfPlanner {
   }
 
   Plan plan() {
-    refuse_hf_layout(src_);
-    check_native_metadata(src_, c_);
+    if (o_.hf_source) {
+      refuse_native_layout(src_);
+      refuse_quantized(src_);
+    } else {
+      refuse_hf_layout(src_);
+      check_native_metadata(src_, c_);
+    }
     if (!compat_) {  // Automodel converts whatever it is given; the default mode validates
       check_shapes_against_config(src_, c_);
-      if (o_.require_all_experts) check_layers_complete(src_, c_, true);
+      if (o_.require_all_experts) check_layers_complete(src_, c_, !o_.hf_source);
     }
     for (const auto& t : src_.tensors()) {
       if (t.part != 0) continue;  // other EP ranks hold replicas of non-expert tensors
@@ -69,6 +74,16 @@ class ToHfPlanner {
     std::array<std::optional<MatrixView>, 3> view;
     std::array<std::optional<size_t>, 3> out_weight, out_scale;
   };
+
+  // An HF source to quantize holds no FP8 weights and no block scales.
+  static void refuse_quantized(const TensorSource& src) {
+    for (const auto& t : src.tensors())
+      if (t.dtype == Dtype::F8_E4M3 || t.name.ends_with("_scale_inv"))
+        fail(t.file, t.name,
+             t.dtype == Dtype::F8_E4M3 ? "is already FP8: the checkpoint is quantized"
+                                       : "is a block scale: the checkpoint is quantized",
+             "an unquantized (BF16, F16 or F32) HF checkpoint");
+  }
 
   bool excluded(const std::string& key) const {
     if (!exclude_) return false;

@@ -108,6 +108,29 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   th_cmd->add_flag("--quiet", quiet, "no progress output");
   add_existing_flags(th_cmd);
 
+  // HF -> HF in one pass.
+  std::string dq_src, dq_dst, dq_dtype = "bf16";
+  auto* dq_cmd = app.add_subcommand(
+      "dequantize", "HF FP8 checkpoint -> HF BF16/F32 checkpoint (same keys, no scales)");
+  dq_cmd->add_option("SRC", dq_src, "HF FP8 checkpoint folder (or repo id)")->required();
+  dq_cmd->add_option("DST", dq_dst, "destination folder")->required();
+  dq_cmd->add_option("--dtype", dq_dtype, "dtype of dequantized weights")
+      ->check(CLI::IsMember({"bf16", "f32"}));
+  std::string q_src, q_dst, q_quant = "block";
+  auto* q_cmd = app.add_subcommand(
+      "quantize", "HF BF16/F32 checkpoint -> HF FP8 checkpoint in the published layout");
+  q_cmd->add_option("SRC", q_src, "HF BF16/F16/F32 checkpoint folder (or repo id)")->required();
+  q_cmd->add_option("DST", q_dst, "destination folder")->required();
+  q_cmd->add_option("--quant", q_quant, "block (real 128x128 scales) or cast (Automodel's)")
+      ->check(CLI::IsMember({"block", "cast"}));
+  for (auto* cmd : {dq_cmd, q_cmd}) {
+    cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
+    cmd->add_option("--threads", threads, "worker threads (default: all cores)");
+    cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
+    cmd->add_flag("--quiet", quiet, "no progress output");
+    add_existing_flags(cmd);
+  }
+
   std::string va, vb, vconfig;
   moeckpt::VerifyOptions vo;
   auto* verify_cmd =
@@ -193,6 +216,22 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     interrupts.set_graceful(true);
     report("to-hf", th_paths.back(), moeckpt::to_hf_dirs(srcs, th_paths.back(), th, cfg, convert),
            t0);
+    return 0;
+  }
+  if (dq_cmd->parsed()) {
+    moeckpt::FromHfOptions o;
+    o.dtype = dq_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
+    auto t0 = std::chrono::steady_clock::now();
+    interrupts.set_graceful(true);
+    report("dequantize", dq_dst, moeckpt::dequantize_dir(dq_src, dq_dst, o, convert), t0);
+    return 0;
+  }
+  if (q_cmd->parsed()) {
+    moeckpt::ToHfOptions o;
+    o.quant = q_quant == "cast" ? moeckpt::QuantMode::kCast : moeckpt::QuantMode::kBlock;
+    auto t0 = std::chrono::steady_clock::now();
+    interrupts.set_graceful(true);
+    report("quantize", q_dst, moeckpt::quantize_dir(q_src, q_dst, o, convert), t0);
     return 0;
   }
   if (verify_cmd->parsed()) {

@@ -3,6 +3,7 @@
 - :class:`MiMoV2FlashStateDictAdapter`: a drop-in for NeMo Automodel's adapter (``from_hf``, ``to_hf``,
   ``convert_single_tensor_to_hf``) on ``torch.Tensor`` state dicts.
 - :func:`from_hf_dir` / :func:`to_hf_dir`: checkpoint folders straight to/from native state dicts.
+- :func:`dequantize_dir` / :func:`quantize_dir`: HF FP8 <-> HF BF16/F32 folders in one pass.
 - :class:`Error`: every refusal of the engine, with its one-line message (file, tensor, problem,
   expectation).
 """
@@ -12,7 +13,7 @@ import torch as _torch  # noqa: F401  (the extension hands out torch tensors)
 
 from ._core import Error
 from .adapter import MiMoV2FlashStateDictAdapter, is_published_fp8_key, should_quantize_key
-from .io import WriteReport, from_hf_dir, synth, to_hf_dir
+from .io import WriteReport, dequantize_dir, from_hf_dir, quantize_dir, synth, to_hf_dir
 
 __version__ = "0.1.0"
 
@@ -20,8 +21,10 @@ __all__ = [
     "Error",
     "MiMoV2FlashStateDictAdapter",
     "WriteReport",
+    "dequantize_dir",
     "from_hf_dir",
     "is_published_fp8_key",
+    "quantize_dir",
     "should_quantize_key",
     "synth",
     "to_hf_dir",

@@ -28,6 +28,7 @@ def from_hf_dir(
     device: "str | torch.device" = "cpu",
     *,
     device_mesh: Any = None,
+    revision: Optional[str] = None,
     threads: int = 0,
     max_memory: int = 1 << 30,
 ) -> dict[str, Any]:
@@ -37,14 +38,16 @@ def from_hf_dir(
     the files and reads only the rank's bytes (the other ranks' experts are never read); the GIL is
     released meanwhile. With ``device_mesh`` rank and size come from its ``"ep"`` dimension and the
     grouped experts are DTensors, as from ``from_hf``. Key order: the engine's (non-expert keys by
-    name, a layer's grouped experts at its first expert key).
+    name, a layer's grouped experts at its first expert key). ``path`` may be a repo id such as
+    ``"XiaomiMiMo/MiMo-V2-Flash"`` resolved in the local Hugging Face cache at ``revision`` (default
+    ``main``); nothing is downloaded.
     """
     if device_mesh is not None:
         ep_rank, ep_size = _mesh_rank_size(device_mesh)
     if ep_size < 1 or not 0 <= ep_rank < ep_size:
         raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
     out, _metadata, _config_text, _bytes_read = _core.from_hf_dir(
-        os.fspath(path), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_name(compat),
+        _resolve(path, revision), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_name(compat),
         int(threads), int(max_memory))
     result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
     if torch.device(device).type != "cpu":
@@ -87,8 +90,7 @@ def to_hf_dir(
     Any error removes what the call wrote; KeyboardInterrupt stops it at the next task, keeping the
     finished shards for ``resume=True``.
     """
-    if overwrite and resume:
-        raise ValueError("moeckpt: overwrite and resume exclude each other")
+    existing = _existing(overwrite, resume)
     compat_name = T.compat_name(compat)
     quant = T.quant_mode(quant)
     if compat_name == "automodel-0.6" and quant != "cast" and quant != "block":
@@ -100,13 +102,73 @@ def to_hf_dir(
     items, start, require_all = adapter._native_items(state_dict)
     keep: list = []
     rows = T.rows(items, keep)
-    existing = "overwrite" if overwrite else "resume" if resume else "refuse"
     tensors, nbytes, shards, _kept = _run_interruptible(
         lambda cancel: _core.to_hf_dir(
             rows, os.fspath(path), adapter._config, quant, compat_name, T.anchored(exclude_key_regex), None, start,
             require_all, int(max_shard_bytes), int(threads), int(max_memory), existing, cancel))
     del keep
     return WriteReport(tensors, nbytes, shards)
+
+
+def dequantize_dir(
+    src: "str | os.PathLike[str]",
+    dst: "str | os.PathLike[str]",
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    revision: Optional[str] = None,
+    max_shard_bytes: int = 5_000_000_000,
+    threads: int = 0,
+    max_memory: int = 1 << 30,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> WriteReport:
+    """``moeckpt dequantize``: an HF FP8 checkpoint folder (or a repo id in the local Hugging Face
+    cache) to an HF checkpoint in ``dtype`` (bfloat16 or float32) with the same keys, no ``_scale_inv``
+    tensors and no ``quantization_config``; equal, tensor for tensor, to ``from_hf`` then
+    ``to_hf(quantization=False)``. Streams in bounded memory through the same job layer as
+    ``to_hf_dir`` (``overwrite``, ``resume``, cleanup on error, Ctrl-C)."""
+    existing = _existing(overwrite, resume)
+    src_dir = _resolve(src, revision)
+    r = _run_interruptible(lambda cancel: _core.dequantize_dir(
+        src_dir, os.fspath(dst), T.out_dtype_name(dtype), int(max_shard_bytes), int(threads), int(max_memory),
+        existing, cancel))
+    return WriteReport(r[0], r[1], r[2])
+
+
+def quantize_dir(
+    src: "str | os.PathLike[str]",
+    dst: "str | os.PathLike[str]",
+    quant: str = "block",
+    *,
+    revision: Optional[str] = None,
+    max_shard_bytes: int = 5_000_000_000,
+    threads: int = 0,
+    max_memory: int = 1 << 30,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> WriteReport:
+    """``moeckpt quantize``: an unquantized HF checkpoint folder (BF16, F16 or F32, e.g. what NeMo
+    Automodel saves after fine-tuning) to the published FP8 layout: ``quant="block"`` real 128x128
+    ``amax / 448`` scales (full-attention q/k/v in the published fused layout), ``"cast"`` Automodel's
+    cast with ones scales. Equal, tensor for tensor, to ``from_hf`` then ``to_hf`` with that
+    quantization. Same job layer as ``to_hf_dir``."""
+    if quant not in ("block", "cast"):
+        raise ValueError(f"moeckpt: quant must be 'block' or 'cast', not {quant!r}")
+    existing = _existing(overwrite, resume)
+    src_dir = _resolve(src, revision)
+    r = _run_interruptible(lambda cancel: _core.quantize_dir(
+        src_dir, os.fspath(dst), quant, int(max_shard_bytes), int(threads), int(max_memory), existing, cancel))
+    return WriteReport(r[0], r[1], r[2])
+
+
+def _existing(overwrite: bool, resume: bool) -> str:
+    if overwrite and resume:
+        raise ValueError("moeckpt: overwrite and resume exclude each other")
+    return "overwrite" if overwrite else "resume" if resume else "refuse"
+
+
+def _resolve(src: "str | os.PathLike[str]", revision: Optional[str]) -> str:
+    return _core.resolve_checkpoint(os.fspath(src), revision)
 
 
 def _run_interruptible(call: Callable[[Any], Any]) -> Any:

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "io/file.hpp"
+#include "io/hub_cache.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_config.hpp"
@@ -284,7 +285,7 @@ NB_MODULE(_core, m) {
       [](const std::string& k, const std::string& compat) {
         return should_quantize_key(k, compat_of(compat));
       },
-      nb::arg("key"));
+      nb::arg("key"), nb::arg("compat"));
   m.def(
       "is_published_fp8_key", [](const std::string& k) { return is_published_fp8_key(k); },
       nb::arg("key"));
@@ -441,4 +442,41 @@ NB_MODULE(_core, m) {
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
       nb::arg("require_all"), nb::arg("max_shard_bytes"), nb::arg("threads"), nb::arg("max_memory"),
       nb::arg("existing"), nb::arg("cancel"));
+
+  // HF -> HF folder conversions (moeckpt dequantize / quantize), the same job layer. Return
+  // (tensors, bytes, shards, shards kept).
+  m.def(
+      "dequantize_dir",
+      [](const std::string& src, const std::string& dst, const std::string& dtype,
+         uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
+         const std::string& existing, CancelFlag& cancel) {
+        auto o = from_hf_options(1, 0, dtype, "none");
+        nb::gil_scoped_release release;
+        const auto r = dequantize_dir(
+            src, dst, o, convert_options(max_shard_bytes, threads, max_memory, existing, cancel));
+        return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
+      },
+      nb::arg("src"), nb::arg("dst"), nb::arg("dtype"), nb::arg("max_shard_bytes"),
+      nb::arg("threads"), nb::arg("max_memory"), nb::arg("existing"), nb::arg("cancel"));
+  m.def(
+      "quantize_dir",
+      [](const std::string& src, const std::string& dst, const std::string& quant,
+         uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
+         const std::string& existing, CancelFlag& cancel) {
+        auto o = to_hf_options(quant, "none", std::nullopt, std::nullopt, true);
+        nb::gil_scoped_release release;
+        const auto r = quantize_dir(
+            src, dst, o, convert_options(max_shard_bytes, threads, max_memory, existing, cancel));
+        return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
+      },
+      nb::arg("src"), nb::arg("dst"), nb::arg("quant"), nb::arg("max_shard_bytes"),
+      nb::arg("threads"), nb::arg("max_memory"), nb::arg("existing"), nb::arg("cancel"));
+
+  // A checkpoint folder, or a repo id resolved in the local Hugging Face cache.
+  m.def(
+      "resolve_checkpoint",
+      [](const std::string& spec, std::optional<std::string> revision) {
+        return io::resolve_checkpoint(spec, revision).string();
+      },
+      nb::arg("spec"), nb::arg("revision").none());
 }

@@ -11,6 +11,7 @@
 
 #include "cli/interrupt_watch.hpp"
 #include "cli/progress_printer.hpp"
+#include "io/hub_cache.hpp"
 
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -30,6 +31,14 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       "moeckpt: convert MoE checkpoints between the Hugging Face and grouped-expert layouts"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("moeckpt 0.1.0"));
+
+  // Every command that reads a checkpoint takes a folder or a repo id in the local hub cache.
+  std::string revision;
+  auto add_revision = [&](CLI::App* cmd) {
+    cmd->add_option("--revision", revision,
+                    "revision of a repo id given for a checkpoint (branch, tag or commit; default "
+                    "main)");
+  };
 
   moeckpt::SynthOptions synth;
   std::string synth_dst;
@@ -143,12 +152,21 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(CLI::NonNegativeNumber);
   verify_cmd->add_option("--config", vconfig, "config.json for both (default: each folder's own)");
 
+  for (auto* cmd : {inspect_cmd, fh_cmd, th_cmd, verify_cmd, dq_cmd, q_cmd}) add_revision(cmd);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
+
+  // A folder, or a repo id resolved in the local Hugging Face cache.
+  auto where = [&](const std::string& spec) -> std::string {
+    std::optional<std::string> rev;
+    if (!revision.empty()) rev = revision;
+    return moeckpt::io::resolve_checkpoint(spec, rev).string();
+  };
 
   if (synth_cmd->parsed()) {
     auto r = moeckpt::synthesize_checkpoint(synth_dst, synth);
@@ -185,7 +203,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       throw moeckpt::Error({"", "", "--ep-rank needs --ep-size", ""});
     auto t0 = std::chrono::steady_clock::now();
     interrupts.set_graceful(true);
-    report("from-hf", fh_dst, moeckpt::from_hf_dir(fh_src, fh_dst, fh, convert), t0);
+    report("from-hf", fh_dst, moeckpt::from_hf_dir(where(fh_src), fh_dst, fh, convert), t0);
     return 0;
   }
   if (th_cmd->parsed()) {
@@ -209,7 +227,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
                             "no --quant, --quant cast or --quant none"});
     if (th_cmd->count("--exclude")) th.exclude_regex = th_exclude;
     if (th_cmd->count("--prefix")) th.prefix = th_prefix;
-    std::vector<std::filesystem::path> srcs(th_paths.begin(), th_paths.end() - 1);
+    std::vector<std::filesystem::path> srcs;
+    for (auto it = th_paths.begin(); it + 1 != th_paths.end(); ++it) srcs.push_back(where(*it));
     std::optional<std::filesystem::path> cfg;
     if (th_cmd->count("--config")) cfg = th_config;
     auto t0 = std::chrono::steady_clock::now();
@@ -223,7 +242,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     o.dtype = dq_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
     auto t0 = std::chrono::steady_clock::now();
     interrupts.set_graceful(true);
-    report("dequantize", dq_dst, moeckpt::dequantize_dir(dq_src, dq_dst, o, convert), t0);
+    report("dequantize", dq_dst, moeckpt::dequantize_dir(where(dq_src), dq_dst, o, convert), t0);
     return 0;
   }
   if (q_cmd->parsed()) {
@@ -231,12 +250,12 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     o.quant = q_quant == "cast" ? moeckpt::QuantMode::kCast : moeckpt::QuantMode::kBlock;
     auto t0 = std::chrono::steady_clock::now();
     interrupts.set_graceful(true);
-    report("quantize", q_dst, moeckpt::quantize_dir(q_src, q_dst, o, convert), t0);
+    report("quantize", q_dst, moeckpt::quantize_dir(where(q_src), q_dst, o, convert), t0);
     return 0;
   }
   if (verify_cmd->parsed()) {
     if (verify_cmd->count("--config")) vo.config = vconfig;
-    auto r = moeckpt::verify_checkpoints(va, vb, vo);
+    auto r = moeckpt::verify_checkpoints(where(va), where(vb), vo);
     std::cout << moeckpt::to_text(r, vo);
     if (!r.ok()) {
       std::cerr << "moeckpt: error: " << va << " and " << vb << " differ beyond the tolerance\n";
@@ -245,7 +264,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     return 0;
   }
   if (inspect_cmd->parsed()) {
-    auto r = moeckpt::inspect_checkpoint(inspect_dir, inspect_opts);
+    auto r = moeckpt::inspect_checkpoint(where(inspect_dir), inspect_opts);
     if (inspect_json)
       std::cout << moeckpt::to_json(r).dump(2) << "\n";
     else

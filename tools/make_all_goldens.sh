@@ -3,15 +3,20 @@
 #
 #   tests/data/ragged/hf/, tests/data/ragged/hf_nonan/      the ragged HF fixture (tools/make_ragged_fixture.py)
 #   tests/data/ragged/to_hf_special_input.safetensors      native tensors with special BF16 values (to_hf input)
-#   tests/data/goldens/{tiny,ragged,ragged_nonan}.json      digests of Automodel's outputs (tools/digest_goldens.py)
+#   tests/data/goldens/{tiny,ragged,ragged_nonan}.json      digests of Automodel 0.7.0's outputs (tools/digest_goldens.py)
+#   tests/data/goldens/{tiny,ragged,ragged_nonan}_am06.json the same inputs through Automodel 0.6.0 (to_hf ignores
+#                                                          quantization=False there: see tools/ORACLE_NOTES.md)
 #
 # Steps: set up the oracle venv; `moeckpt synth --preset tiny --seed 1` (the C++ test regenerates the same bytes);
 # the ragged fixture; make_goldens on tiny (EP 3: 8 experts over 3 ranks, uneven; EP 2), ragged/hf (EP 4: 6 over 4,
-# uneven; EP 2) and ragged/hf_nonan (EP 1 only); digests. Full outputs stay in $WORK (default /tmp/moeckpt-goldens).
+# uneven; EP 2) and ragged/hf_nonan (EP 1 only); digests; then the same three runs with nemo-automodel 0.6.0 (installed
+# with --no-deps into $AM06_SITE and put first on PYTHONPATH over the oracle venv, whose torch / transformers it
+# reuses). Full outputs stay in $WORK (default /tmp/moeckpt-goldens; 0.6.0 ones under $WORK/am06/).
 #
 # Usage: tools/make_all_goldens.sh          (from anywhere; needs ./build/moeckpt, override with MOECKPT=...)
 # Env:   ORACLE_VENV (default <repo>/.venv-oracle), WORK, MOECKPT, SKIP_SETUP=1 (skip tools/setup_oracle.sh),
-#        OMP_NUM_THREADS (default 1: the oracle is elementwise, threads do not change results).
+#        OMP_NUM_THREADS (default 1: the oracle is elementwise, threads do not change results),
+#        AM06_SITE (default <repo>/.am06-site, created if missing), SKIP_AM06=1 (skip the 0.6.0 goldens).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -21,6 +26,7 @@ WORK="${WORK:-/tmp/moeckpt-goldens}"
 MOECKPT="${MOECKPT:-$ROOT/build/moeckpt}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 PY="$VENV/bin/python"
+AM06_SITE="${AM06_SITE:-$ROOT/.am06-site}"
 
 # (a) oracle
 if [ "${SKIP_SETUP:-0}" != 1 ]; then
@@ -29,7 +35,7 @@ fi
 
 # (b) tiny fixture, from the C++ generator
 [ -x "$MOECKPT" ] || { echo "error: $MOECKPT not found (build first, or set MOECKPT)" >&2; exit 1; }
-rm -rf "$WORK/tiny" "$WORK/ragged" "$WORK/ragged_nonan"
+rm -rf "$WORK/tiny" "$WORK/ragged" "$WORK/ragged_nonan" "$WORK/am06"
 mkdir -p "$WORK/tiny"
 "$MOECKPT" synth "$WORK/tiny/hf" --preset tiny --seed 1
 
@@ -41,22 +47,40 @@ run_goldens() {
   local hf="$1" out="$2"
   shift 2
   "$PY" tools/make_goldens.py "$hf" "$out" --special-input targets "$@" 2>&1 |
-    grep -v -e '`torch_dtype` is deprecated' || true
+    grep -v -e '`torch_dtype` is deprecated' -e grouped_gemm || true
   [ -f "$out/GOLDENS.json" ] || { echo "error: make_goldens failed for $hf" >&2; exit 1; }
 }
-run_goldens "$WORK/tiny/hf" "$WORK/tiny/out" --ep 3 --ep 2
 # Ragged: special values only in an expert gate_and_up (split into gate and up), a quantized non-expert weight and a
 # non-quantized one (passed through), so the committed to_hf_special_input stays small.
 RAGGED_SPECIAL="model.layers.1.mlp.experts.gate_and_up_projs,model.layers.1.self_attn.q_proj.weight"
 RAGGED_SPECIAL+=",model.layers.1.self_attn.o_proj.weight"
-run_goldens tests/data/ragged/hf "$WORK/ragged/out" --ep 4 --ep 2 --special-targets "$RAGGED_SPECIAL"
-run_goldens tests/data/ragged/hf_nonan "$WORK/ragged_nonan/out" --special-targets "$RAGGED_SPECIAL"
+run_all() {  # $1: output root
+  run_goldens "$WORK/tiny/hf" "$1/tiny/out" --ep 3 --ep 2
+  run_goldens tests/data/ragged/hf "$1/ragged/out" --ep 4 --ep 2 --special-targets "$RAGGED_SPECIAL"
+  run_goldens tests/data/ragged/hf_nonan "$1/ragged_nonan/out" --special-targets "$RAGGED_SPECIAL"
+}
+run_all "$WORK"
 
 # (e) digests (standard library only)
 mkdir -p tests/data/goldens
 "$PY" tools/digest_goldens.py "$WORK/tiny/out" tests/data/goldens/tiny.json --root "$ROOT"
 "$PY" tools/digest_goldens.py "$WORK/ragged/out" tests/data/goldens/ragged.json --root "$ROOT"
 "$PY" tools/digest_goldens.py "$WORK/ragged_nonan/out" tests/data/goldens/ragged_nonan.json --root "$ROOT"
+
+# (e2) Automodel 0.6.0 on the same inputs (its to_hf quantizes regardless of the flag: GOLDENS.json
+#      quantization_honoured is False, to_hf_noquant equals to_hf)
+if [ "${SKIP_AM06:-0}" != 1 ]; then
+  if [ ! -d "$AM06_SITE/nemo_automodel" ]; then
+    "$PY" -m pip install --no-deps --target "$AM06_SITE" nemo-automodel==0.6.0
+  fi
+  PYTHONPATH="$AM06_SITE${PYTHONPATH:+:$PYTHONPATH}" run_all "$WORK/am06"
+  v="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["nemo_automodel"])' \
+    "$WORK/am06/tiny/out/GOLDENS.json")"
+  [ "$v" = 0.6.0 ] || { echo "error: $AM06_SITE gave nemo-automodel $v, expected 0.6.0" >&2; exit 1; }
+  for f in tiny ragged ragged_nonan; do
+    "$PY" tools/digest_goldens.py "$WORK/am06/$f/out" "tests/data/goldens/${f}_am06.json" --root "$ROOT"
+  done
+fi
 
 # (f) the ragged special-values input (the C++ to-hf special test converts it); the tiny one is not kept (size)
 cp "$WORK/ragged/out/to_hf_special_input.safetensors" tests/data/ragged/to_hf_special_input.safetensors

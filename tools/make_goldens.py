@@ -9,14 +9,18 @@ Writes into OUT_DIR:
   from_hf_ep1_rank0.safetensors          from_hf(all tensors), no device mesh
   from_hf_ep{W}_rank{r}.safetensors      from_hf with an EP mesh of size W, rank r (every r, every --ep W)
   to_hf.safetensors                      to_hf(EP1 native, quantization=True)   (FP8 raw cast + ones scales)
-  to_hf_noquant.safetensors              to_hf(EP1 native)  (Automodel default quantization=False)
+  to_hf_noquant.safetensors              to_hf(EP1 native) with Automodel's default quantization=False: BF16 in 0.7,
+                                         FP8 + ones scales (same as to_hf) in 0.6, which ignores the flag
   to_hf_special_input.safetensors        native EP1 state dict with special BF16 values planted
                                          (--special-input targets: only the tensors that got them)
   to_hf_special.safetensors              to_hf(special input, quantization=True)
   to_hf_ep{W}_rank{r}.safetensors        (--ep-mode fakepg only) to_hf(rank's DTensor shard, quantization=True);
                                          when W does not divide n_experts Automodel raises: recorded in GOLDENS.json
-  to_hf_exclude.json                     sorted key lists of to_hf with exclude_key_regex (both quantization modes)
-  GOLDENS.json                           versions, command, CPU capability, special-value positions, notes
+  to_hf_exclude.json                     sorted key lists of to_hf with exclude_key_regex, labelled by the argument
+                                         passed ("quantization=True" / "quantization=False"; 0.6 quantizes both)
+  GOLDENS.json                           versions (nemo_automodel), quantization_honoured (does to_hf(sd) with the
+                                         default quantization=False differ from quantization=True: True from 0.7,
+                                         False in 0.6.x), command, CPU capability, special-value positions, notes
 
 Only for small fixtures: everything is held in memory, and from_hf dequantizes every expert on every EP rank
 (as Automodel does).
@@ -94,7 +98,7 @@ def make_adapter(config_json: dict) -> MiMoV2FlashStateDictAdapter:
         router_bias=False,
         expert_bias=False,
         expert_activation="swiglu",
-        apply_router_weight_after_down=config.apply_router_weight_after_down,
+        apply_router_weight_after_down=getattr(config, "apply_router_weight_after_down", False),  # absent in 0.6.0
         softmax_before_topk=False,
         force_e_score_correction_bias=True,
         dtype=get_dtype(config.torch_dtype, torch.bfloat16),
@@ -280,6 +284,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__,
         "safetensors": safetensors.__version__,
         "nemo_automodel": pkg_version("nemo-automodel"),
+        "quantization_honoured": None,  # set after the to_hf calls below
         "transformers": pkg_version("transformers"),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "hf_dir": os.path.abspath(args.hf_dir),
@@ -329,7 +334,14 @@ def main(argv=None) -> int:
     record["files"]["to_hf.safetensors"] = {"call": "to_hf(native_ep1, quantization=True)", "order": list(hf_q)}
     hf_nq = adapter.to_hf(dict(native))
     save(hf_nq, os.path.join(args.out_dir, "to_hf_noquant.safetensors"))
-    record["files"]["to_hf_noquant.safetensors"] = {"call": "to_hf(native_ep1)  # quantization=False", "order": list(hf_nq)}
+    record["files"]["to_hf_noquant.safetensors"] = {
+        "call": "to_hf(native_ep1) with Automodel's default quantization=False: BF16 in 0.7, "
+                "FP8 in 0.6 which ignores the flag",
+        "order": list(hf_nq),
+    }
+    # Observed, not inferred from the version: 0.6.x always quantizes (to_hf's docstring says the flag is ignored).
+    record["quantization_honoured"] = list(hf_nq) != list(hf_q) or any(
+        hf_nq[k].dtype != hf_q[k].dtype for k in hf_q)
 
     # ---- to_hf of special values ----------------------------------------------------------------------------------
     if args.special_targets:
@@ -366,7 +378,8 @@ def main(argv=None) -> int:
         json.dump(record, f, indent=1)
         f.write("\n")
     print(f"wrote goldens to {args.out_dir}: torch {torch.__version__}, nemo-automodel {record['nemo_automodel']}, "
-          f"cpu {record['cpu_capability']}, {len(native)} native keys, {len(hf_q)} to_hf keys")
+          f"cpu {record['cpu_capability']}, {len(native)} native keys, {len(hf_q)} to_hf keys, "
+          f"quantization honoured: {record['quantization_honoured']}")
     return 0
 
 

@@ -1,4 +1,5 @@
-// Byte-for-byte parity with NeMo Automodel 0.7.0's MiMoV2FlashStateDictAdapter. The goldens
+// Byte-for-byte parity with NeMo Automodel 0.7.0's and 0.6.0's MiMoV2FlashStateDictAdapter
+// (goldens named *_am06 come from 0.6.0, whose to_hf ignores `quantization`). The goldens
 // (tests/data/goldens/*.json, made by tools/make_all_goldens.sh with torch 2.11) hold the SHA-256
 // of every tensor the reference produced; the inputs are regenerated (tiny: `synth --seed 1`) or
 // committed (ragged) and checked against the digests the goldens were made from.
@@ -80,7 +81,8 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     golden_ = load_golden(GetParam());
-    if (GetParam() == "tiny") {
+    compat_ = GetParam().ends_with("_am06") ? Compat::kAutomodel06 : Compat::kAutomodel07;
+    if (GetParam().starts_with("tiny")) {
       hf_ = dir_ / "hf";
       SynthOptions o;
       o.seed = 1;
@@ -102,7 +104,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
 
   fs::path from_hf(int64_t w, int64_t r) {
     FromHfOptions o;
-    o.compat = Compat::kAutomodel07;
+    o.compat = compat_;
     o.ep_size = w;
     o.ep_rank = r;
     auto dst = dir_ / fmt("native_ep{}_{}", w, r);
@@ -120,6 +122,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
   fs::path hf_;
   json golden_;
   MimoConfig config_;
+  Compat compat_ = Compat::kAutomodel07;
 };
 
 TEST_P(GoldenParity, FromHfEveryEpRankIsByteIdentical) {
@@ -134,7 +137,7 @@ TEST_P(GoldenParity, FromHfEveryEpRankIsByteIdentical) {
 
 TEST_P(GoldenParity, ToHfCastIsByteIdentical) {
   ToHfOptions o;
-  o.compat = Compat::kAutomodel07;
+  o.compat = compat_;
   to_hf_dirs({from_hf(1, 0)}, dir_ / "to_hf", o, std::nullopt);
   expect_matches(digest_checkpoint(dir_ / "to_hf"), golden_["outputs"]["to_hf"], "to_hf");
   // Every EP rank's folder together gives the same checkpoint.
@@ -171,18 +174,28 @@ TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
     w.commit();
   }
   ToHfOptions o;
-  o.compat = Compat::kAutomodel07;
+  o.compat = compat_;
   EXPECT_THROW(to_hf_dirs({dir_ / "foreign"}, dir_ / "x", o, std::nullopt), Error);  // no config
   to_hf_dirs({dir_ / "foreign"}, dir_ / "foreign_hf", o, hf_ / "config.json");
   expect_matches(digest_checkpoint(dir_ / "foreign_hf"), golden_["outputs"]["to_hf"], "foreign");
 }
 
+// to_hf(sd) with Automodel's default quantization=False: BF16 in 0.7; in 0.6, which ignores the
+// flag, FP8 with ones scales (the compat mode's effective_quant).
 TEST_P(GoldenParity, ToHfWithoutQuantizationMatchesAutomodelDefault) {
   ToHfOptions o;
   o.quant = QuantMode::kNone;
+  o.compat = compat_;
   to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant", o, std::nullopt);
   expect_matches(digest_checkpoint(dir_ / "noquant"), golden_["outputs"]["to_hf_noquant"],
                  "noquant");
+  if (compat_ == Compat::kAutomodel07) {  // the default mode's --quant none writes the same
+    ToHfOptions plain;
+    plain.quant = QuantMode::kNone;
+    to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant_default", plain, std::nullopt);
+    expect_matches(digest_checkpoint(dir_ / "noquant_default"),
+                   golden_["outputs"]["to_hf_noquant"], "noquant default mode");
+  }
 }
 
 TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
@@ -191,7 +204,7 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
   CheckpointSource src({from_hf(1, 0)});
   for (auto it = cases.begin(); it != cases.end(); ++it) {
     ToHfOptions o;
-    o.compat = Compat::kAutomodel07;
+    o.compat = compat_;
     o.exclude_regex = it.key();
     std::vector<std::string> keys;
     for (const auto& spec : plan_to_hf(src, config_, o, {0}).outputs) keys.push_back(spec.name);
@@ -199,6 +212,14 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
     auto want = (*it)["quantization=True"].get<std::vector<std::string>>();
     std::sort(want.begin(), want.end());
     EXPECT_EQ(keys, want) << it.key();
+    // quantization=False: BF16 key set in 0.7, the same FP8 key set in 0.6.
+    o.quant = QuantMode::kNone;
+    keys.clear();
+    for (const auto& spec : plan_to_hf(src, config_, o, {0}).outputs) keys.push_back(spec.name);
+    std::sort(keys.begin(), keys.end());
+    want = (*it)["quantization=False"].get<std::vector<std::string>>();
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(keys, want) << it.key() << " quantization=False";
   }
 }
 

@@ -44,13 +44,13 @@ def test_from_hf_dir_reads_only_the_ranks_bytes(case_tiny):
                    and int(k.split(".mlp.experts.")[1].split(".")[0]) in ids)
 
     scale_bytes = sum(v.numel() * v.element_size() for k, v in hf.items() if k.endswith("_scale_inv"))
-    _, meta, _, read_all = _core.from_hf_dir(str(case_tiny.path), 1, 0, "BF16", False, 0, 1 << 30)
+    _, meta, _, read_all = _core.from_hf_dir(str(case_tiny.path), 1, 0, "BF16", "none", 0, 1 << 30)
     # Every byte once, and the scales a second time: planning checks their values before any output
     # exists (plus a few fused K/V scale bytes that serve both k and v).
     assert total + scale_bytes <= read_all < total + scale_bytes + 1024 and meta["moeckpt.expert_count"] == str(n)
     for rank in range(4):
         first, count = _core.expert_range(n, 4, rank)
-        _, meta, _, read = _core.from_hf_dir(str(case_tiny.path), 4, rank, "BF16", False, 0, 1 << 30)
+        _, meta, _, read = _core.from_hf_dir(str(case_tiny.path), 4, rank, "BF16", "none", 0, 1 << 30)
         others = set(range(n)) - set(range(first, first + count))
         # The other ranks' experts and their scales: never read.
         assert read == read_all - expert_bytes(others) - expert_bytes(others, scales_only=True), rank

@@ -100,7 +100,7 @@ def test_the_gil_is_released_during_conversion(case_tiny):
 
     idle = spin(0.5, threading.Event())
     t0 = time.perf_counter()
-    _core.to_hf(rows, cfg, "block", False, None, None, 0, True, 1, 1 << 30)
+    _core.to_hf(rows, cfg, "block", "none", None, None, 0, True, 1, 1 << 30)
     call = time.perf_counter() - t0
     assert call > 0.02  # long enough for the comparison to mean something
 
@@ -108,7 +108,7 @@ def test_the_gil_is_released_during_conversion(case_tiny):
 
     def work():
         while not stop.is_set():
-            _core.to_hf(rows, cfg, "block", False, None, None, 0, True, 1, 1 << 30)
+            _core.to_hf(rows, cfg, "block", "none", None, None, 0, True, 1, 1 << 30)
 
     th = threading.Thread(target=work)
     th.start()

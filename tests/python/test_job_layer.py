@@ -1,0 +1,143 @@
+"""The Python folder functions go through the CLI's job layer: refusal of a destination holding a
+checkpoint (overwrite=True replaces it), cleanup on any error, SIGKILL at random moments never
+leaving a broken checkpoint, resume=True completing byte-identically; dequantize_dir /
+quantize_dir; repo ids from the local Hugging Face cache."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import moeckpt
+
+from test_dir import load_dir
+from test_parity import assert_same
+
+
+def final_files(d: Path) -> dict[str, bytes]:
+    return {n: (d / n).read_bytes() for n in sorted(os.listdir(d)) if not n.startswith(".")} if d.exists() else {}
+
+
+def test_overwrite_and_refusal(case_tiny, tmp_path):
+    native = moeckpt.from_hf_dir(case_tiny.path)
+    moeckpt.to_hf_dir(native, tmp_path / "out", case_tiny.config, quant="none")
+    before = final_files(tmp_path / "out")
+    with pytest.raises(moeckpt.Error, match="already holds a checkpoint"):
+        moeckpt.to_hf_dir(native, tmp_path / "out", case_tiny.config)
+    assert final_files(tmp_path / "out") == before  # the refusal touched nothing
+    moeckpt.to_hf_dir(native, tmp_path / "out", case_tiny.config, overwrite=True)
+    moeckpt.to_hf_dir(native, tmp_path / "fresh", case_tiny.config)
+    assert final_files(tmp_path / "out") == final_files(tmp_path / "fresh")
+    with pytest.raises(ValueError):
+        moeckpt.to_hf_dir(native, tmp_path / "x", case_tiny.config, overwrite=True, resume=True)
+
+
+@pytest.mark.parametrize("where", ["model.layers.1.mlp.experts.down_projs", "model.layers.3.self_attn.v_proj.weight",
+                                   "model.layers.2.mlp.experts.gate_and_up_projs"])
+def test_an_error_leaves_nothing_under_a_final_name(case_tiny, tmp_path, where):
+    native = moeckpt.from_hf_dir(case_tiny.path)
+    t = native[where].clone()
+    t.view(-1)[t.numel() - 3] = float("nan")  # block quantization refuses it, late in the tensor
+    native[where] = t
+    with pytest.raises(moeckpt.Error, match="finite"):
+        moeckpt.to_hf_dir(native, tmp_path / "out", case_tiny.config, max_shard_bytes=1 << 20)
+    assert final_files(tmp_path / "out") == {}
+    assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+
+
+KILL_CHILD = r'''
+import sys, torch, moeckpt
+from safetensors.torch import load_file
+native = load_file(sys.argv[1])
+print("ready", flush=True)
+moeckpt.to_hf_dir(native, sys.argv[2], sys.argv[3], max_shard_bytes=1 << 20, threads=1,
+                  resume=len(sys.argv) > 4)
+print("done", flush=True)
+'''
+
+
+def test_sigkill_at_random_moments_then_resume(case_tiny, tmp_path):
+    save_file(moeckpt.from_hf_dir(case_tiny.path), str(tmp_path / "native.safetensors"))
+    native = load_file(str(tmp_path / "native.safetensors"))  # the child's key order
+    clean = tmp_path / "clean"
+    moeckpt.to_hf_dir(native, clean, case_tiny.path, max_shard_bytes=1 << 20)
+    want = final_files(clean)
+    assert len([n for n in want if n.endswith(".safetensors")]) > 5
+    # How long the child's conversion takes after "ready", to spread the kills over it.
+    p = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(tmp_path / "native.safetensors"),
+                          str(tmp_path / "timing"), str(case_tiny.path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    t0 = time.perf_counter()
+    assert p.stdout.readline().strip() == "done"
+    span = time.perf_counter() - t0
+    p.wait()
+    assert final_files(tmp_path / "timing") == want
+    rng = random.Random(12345)
+    outcomes = {"before": 0, "partial": 0, "complete": 0}
+    for trial in range(16):
+        out = tmp_path / f"k{trial}"
+        args = [sys.executable, "-c", KILL_CHILD, str(tmp_path / "native.safetensors"), str(out), str(case_tiny.path)]
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0, span * 1.3))
+        p.kill()
+        p.wait()
+        got = final_files(out)
+        index = "model.safetensors.index.json"
+        if index in got:
+            assert got == want, "an index appeared with other contents than a clean run's"
+            outcomes["complete"] += 1
+            with pytest.raises(moeckpt.Error, match="nothing to resume"):  # a finished folder stays
+                moeckpt.to_hf_dir(native, out, case_tiny.path, max_shard_bytes=1 << 20, resume=True)
+            assert final_files(out) == want
+            continue
+        else:
+            for name, data in got.items():  # every final-named file is a clean run's
+                assert want.get(name) == data, name
+            outcomes["partial" if any(n.endswith(".safetensors") for n in got) else "before"] += 1
+        r = subprocess.run(args + ["resume"], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert final_files(out) == want
+        assert not [n for n in os.listdir(out) if n.startswith(".") and n != ".moeckpt.lock"], os.listdir(out)
+    print("kill outcomes", outcomes, "span", span)
+    assert outcomes["partial"] + outcomes["complete"] > 0, outcomes  # some kills landed mid-write
+
+
+def test_dequantize_and_quantize_dir(case_tiny, tmp_path):
+    moeckpt.dequantize_dir(case_tiny.path, tmp_path / "bf16")
+    ad = case_tiny.ours()
+    want = ad.to_hf(ad.from_hf(case_tiny.hf), quantization=False)
+    assert_same(want, load_dir(tmp_path / "bf16"), "dequantize_dir", order=False)
+    assert "quantization_config" not in json.load(open(tmp_path / "bf16" / "config.json"))
+    moeckpt.quantize_dir(tmp_path / "bf16", tmp_path / "fp8")
+    assert_same(case_tiny.hf, load_dir(tmp_path / "fp8"), "quantize_dir", order=False)
+    with pytest.raises(moeckpt.Error, match="already FP8"):
+        moeckpt.quantize_dir(case_tiny.path, tmp_path / "x")
+    assert not (tmp_path / "x").exists() or not os.listdir(tmp_path / "x")
+
+
+def test_repo_id_from_the_hub_cache(case_tiny, tmp_path, monkeypatch):
+    repo = tmp_path / "hub" / "models--XiaomiMiMo--MiMo-V2-Flash"
+    commit = "a" * 40
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for i, name in enumerate(sorted(os.listdir(case_tiny.path))):
+        (repo / "blobs" / f"b{i}").write_bytes((case_tiny.path / name).read_bytes())
+        os.symlink(f"../../blobs/b{i}", repo / "snapshots" / commit / name)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    got = moeckpt.from_hf_dir("XiaomiMiMo/MiMo-V2-Flash")
+    assert_same(moeckpt.from_hf_dir(case_tiny.path), got, "repo id", order=False)
+    with pytest.raises(moeckpt.Error, match="local Hugging Face cache"):
+        moeckpt.from_hf_dir("XiaomiMiMo/MiMo-V2-Flash", revision="v2")
+    with pytest.raises(moeckpt.Error, match="neither a folder nor a repo id"):
+        moeckpt.dequantize_dir("XiaomiMiMo/Other", tmp_path / "d")

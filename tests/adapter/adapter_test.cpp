@@ -456,3 +456,29 @@ TEST_F(Refusals, GroupedExpertDimensionMustMatchConfig) {
 
 }  // namespace
 }  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+TEST(QuantRules, VisualAndAudioKeysAreExcludedFromAutomodel07On) {
+  EXPECT_TRUE(should_quantize_key("visual.blocks.0.attn.qkv.weight", Compat::kAutomodel06));
+  EXPECT_FALSE(should_quantize_key("visual.blocks.0.attn.qkv.weight", Compat::kAutomodel07));
+  EXPECT_TRUE(should_quantize_key("audio.encoder.proj.weight", Compat::kAutomodel06));
+  EXPECT_FALSE(should_quantize_key("audio.encoder.proj.weight"));
+  EXPECT_TRUE(should_quantize_key("model.visual.x.weight", Compat::kAutomodel07));  // startswith
+  EXPECT_FALSE(should_quantize_key("model.norm.weight", Compat::kAutomodel06));
+  EXPECT_EQ(parse_compat("automodel"), Compat::kAutomodel07);
+  EXPECT_EQ(parse_compat("automodel-0.6"), Compat::kAutomodel06);
+  EXPECT_FALSE(parse_compat("automodel-0.8"));
+  ToHfOptions o;
+  o.quant = QuantMode::kNone;
+  o.compat = Compat::kAutomodel06;
+  EXPECT_EQ(effective_quant(o), QuantMode::kCast);
+  o.compat = Compat::kAutomodel07;
+  EXPECT_EQ(effective_quant(o), QuantMode::kNone);
+  o.quant = QuantMode::kBlock;
+  EXPECT_EQ(effective_quant(o), QuantMode::kCast);
+}
+
+}  // namespace
+}  // namespace moeckpt

@@ -193,8 +193,8 @@ TEST_P(GoldenParity, ToHfWithoutQuantizationMatchesAutomodelDefault) {
     ToHfOptions plain;
     plain.quant = QuantMode::kNone;
     to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant_default", plain, std::nullopt);
-    expect_matches(digest_checkpoint(dir_ / "noquant_default"),
-                   golden_["outputs"]["to_hf_noquant"], "noquant default mode");
+    expect_matches(digest_checkpoint(dir_ / "noquant_default"), golden_["outputs"]["to_hf_noquant"],
+                   "noquant default mode");
   }
 }
 
@@ -223,7 +223,8 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity, ::testing::Values("tiny", "ragged"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity,
+                         ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06"));
 
 // BF16 inputs around the FP8 range limits (447..466, 480, +-inf, 2^-10, 1.5*2^-10, -0, NaN) cast
 // exactly as torch 2.11 does.

@@ -58,3 +58,42 @@ TEST(ConvertCli, RefusesBadArguments) {
 
 }  // namespace
 }  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+// --compat names the Automodel version; each version's to-hf rules.
+TEST(CompatCli, VersionsAndTheirQuantizationRules) {
+  test::TempDir dir;
+  ASSERT_EQ(test::run_cli({"synth", (dir / "hf").string(), "--preset", "micro"}).exit_code, 0);
+  ASSERT_EQ(test::run_cli({"from-hf", (dir / "hf").string(), (dir / "n").string(), "--quiet",
+                           "--compat", "automodel-0.6"})
+                .exit_code,
+            0);
+  auto r = test::run_cli({"to-hf", (dir / "n").string(), (dir / "x").string(), "--compat",
+                          "automodel-0.6", "--quant", "none"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("always quantizes as Automodel 0.6 does"), std::string::npos) << r.err;
+  r = test::run_cli({"to-hf", (dir / "n").string(), (dir / "x").string(), "--compat",
+                     "automodel-0.7", "--quant", "block"});
+  EXPECT_EQ(r.exit_code, 1);
+  r = test::run_cli({"to-hf", (dir / "n").string(), (dir / "bf16").string(), "--quiet", "--compat",
+                     "automodel-0.7", "--quant", "none"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  for (const char* v : {"automodel", "automodel-0.6", "automodel-0.7"}) {
+    r = test::run_cli({"to-hf", (dir / "n").string(), (dir / (std::string("c") + v)).string(),
+                       "--quiet", "--compat", v});
+    EXPECT_EQ(r.exit_code, 0) << v << r.err;
+  }
+  // 0.6 and 0.7 casts agree on a checkpoint without visual./audio. keys; "automodel" is 0.7.
+  EXPECT_EQ(test::read_bytes(dir / "cautomodel-0.6" / "model.safetensors"),
+            test::read_bytes(dir / "cautomodel-0.7" / "model.safetensors"));
+  EXPECT_EQ(test::read_bytes(dir / "cautomodel" / "model.safetensors"),
+            test::read_bytes(dir / "cautomodel-0.7" / "model.safetensors"));
+  r = test::run_cli(
+      {"from-hf", (dir / "hf").string(), (dir / "y").string(), "--compat", "automodel-0.5"});
+  EXPECT_EQ(r.exit_code, 2);  // a usage error
+}
+
+}  // namespace
+}  // namespace moeckpt

@@ -97,4 +97,22 @@ CommandResult run_cli_measured(const std::vector<std::string>& args) {
   return {code, slurp(tmp / "out"), slurp(tmp / "err"), static_cast<uint64_t>(ru.ru_maxrss) * 1024};
 }
 
+std::map<std::string, std::vector<uint8_t>> final_files(const fs::path& dir) {
+  std::map<std::string, std::vector<uint8_t>> out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto name = e.path().filename().string();
+    if (!name.starts_with(".") && fs::is_regular_file(e.path())) out[name] = read_bytes(e.path());
+  }
+  return out;
+}
+
+std::vector<std::string> hidden_files(const fs::path& dir) {
+  std::vector<std::string> out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().filename().string().starts_with(".")) out.push_back(e.path().filename());
+  return out;
+}
+
 }  // namespace moeckpt::test

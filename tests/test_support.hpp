@@ -2,6 +2,7 @@
 // Helpers shared by tests: temporary folders, crafting raw safetensors bytes, running the CLI.
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,11 @@ struct CommandResult {
   std::string err;
   uint64_t peak_rss_bytes = 0;  // the child's, from wait4 (run_cli_measured only)
 };
+// The files a reader would take at face value in `dir` (everything but hidden names: temporary
+// files, the lock, the manifest, a staging folder), with their bytes; and the hidden names.
+std::map<std::string, std::vector<uint8_t>> final_files(const std::filesystem::path& dir);
+std::vector<std::string> hidden_files(const std::filesystem::path& dir);
+
 // Runs the built moeckpt CLI with the given arguments (shell-quoted).
 CommandResult run_cli(const std::vector<std::string>& args);
 // The same, as a direct child whose peak resident set is read from outside (wait4's ru_maxrss).

@@ -97,7 +97,7 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
     const size_t kept =
         static_cast<size_t>(std::count(sharding.completed.begin(), sharding.completed.end(), true));
     sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
-    CheckpointWriter writer(dst, plan.outputs, sharding);
+    CheckpointWriter writer(folder.write_dir(), plan.outputs, sharding);
     if (kept > 0) {
       // Only the tasks that write into an unfinished shard run again.
       std::erase_if(plan.tasks, [&](const Task& t) {

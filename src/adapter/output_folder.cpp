@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
 #include <regex>
 
@@ -29,14 +31,26 @@ void remove_file(const fs::path& p) {
   if (ec) fail(p.string(), "", "cannot remove: " + ec.message());
 }
 
+void rename_file(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  if (ec) fail(to.string(), "", "cannot move " + from.string() + " into place: " + ec.message());
+}
+
 bool is_shard_name(const std::string& name) {
   static const std::regex shard_name(R"(model(-\d+-of-\d+)?\.safetensors)");
   return std::regex_match(name, shard_name);
 }
 
-// The files of a checkpoint in `dir` that --overwrite replaces: the index first (so that, if we
-// are killed midway, what is left no longer passes for a checkpoint), then its shards.
-void remove_checkpoint(const fs::path& dir) {
+std::optional<std::pair<uint64_t, uint64_t>> file_id(const fs::path& p, bool follow) {
+  struct stat st {};
+  if ((follow ? ::stat(p.c_str(), &st) : ::lstat(p.c_str(), &st)) != 0) return std::nullopt;
+  return std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
+}
+
+// The shard files a checkpoint in `dir` names: its index's weight_map (plain *.safetensors names)
+// and the shard name pattern. Candidates only: OutputFolder::removable_shard decides.
+std::vector<std::string> checkpoint_shard_names(const fs::path& dir) {
   std::vector<std::string> shards;
   if (present(dir / kIndexFileName)) {
     try {
@@ -44,12 +58,12 @@ void remove_checkpoint(const fs::path& dir) {
                                  (dir / kIndexFileName).string());
       if (j.is_object() && j.contains("weight_map") && j["weight_map"].is_object())
         for (const auto& [name, file] : j["weight_map"].items())
-          if (file.is_string() && is_plain_file_name(file.get<std::string>()))
+          if (file.is_string() && is_plain_file_name(file.get<std::string>()) &&
+              file.get<std::string>().ends_with(".safetensors"))
             shards.push_back(file.get<std::string>());
     } catch (const Error&) {
-      // A broken index still goes; its shards are caught by the name pattern below.
+      // A broken index: its shards are found by the name pattern below.
     }
-    remove_file(dir / kIndexFileName);
   }
   for (const auto& e : fs::directory_iterator(dir)) {
     const auto name = e.path().filename().string();
@@ -57,9 +71,7 @@ void remove_checkpoint(const fs::path& dir) {
   }
   std::sort(shards.begin(), shards.end());
   shards.erase(std::unique(shards.begin(), shards.end()), shards.end());
-  for (const auto& s : shards) remove_file(dir / s);
-  remove_file(dir / kManifestFileName);
-  io::sync_directory(dir);
+  return shards;
 }
 
 // Temporary files of conversions that died (we hold the lock, so no live one writes here).
@@ -72,9 +84,24 @@ void remove_dead_temporaries(const fs::path& dir) {
   }
 }
 
+// A dead overwrite's staging folder: ours by name; a symlink put there is only unlinked.
+void remove_staging(const fs::path& dir) {
+  std::error_code ec;
+  const auto st = fs::symlink_status(dir, ec);
+  if (st.type() == fs::file_type::not_found) return;
+  if (st.type() != fs::file_type::directory) {
+    remove_file(dir);
+    return;
+  }
+  fs::remove_all(dir, ec);
+  if (ec)
+    fail(dir.string(), "", "cannot remove a dead conversion's staging folder: " + ec.message());
+}
+
 bool starts_with_bytes(const fs::path& p, const std::vector<uint8_t>& header, uint64_t size) {
   std::error_code ec;
-  if (!fs::is_regular_file(p, ec) || fs::file_size(p, ec) != size || ec) return false;
+  if (!fs::is_regular_file(fs::symlink_status(p, ec)) || fs::file_size(p, ec) != size || ec)
+    return false;
   io::File f = io::File::open_read(p);
   std::vector<uint8_t> got(header.size());
   f.pread_exact(0, got);
@@ -83,43 +110,90 @@ bool starts_with_bytes(const fs::path& p, const std::vector<uint8_t>& header, ui
 
 }  // namespace
 
-OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, ExistingOutput existing)
-    : dst_(std::move(dst)) {
+bool OutputFolder::removable_shard(const fs::path& p) const {
   std::error_code ec;
+  if (!fs::is_regular_file(fs::symlink_status(p, ec))) return false;  // no links, FIFOs, dirs
+  const auto id = file_id(p, false);
+  if (!id || std::find(inputs_.begin(), inputs_.end(), *id) != inputs_.end()) return false;
+  try {
+    (void)SafetensorsFile::open(p);  // a valid safetensors file, not a README under a shard name
+  } catch (const Error&) {
+    return false;
+  }
+  return true;
+}
+
+OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, ExistingOutput existing)
+    : dst_(std::move(dst)), work_(dst_) {
+  std::error_code ec;
+  // The destination may not be a source or lie inside one, whatever path leads there (bind
+  // mounts, symlinks, ".."): compared by device and inode, ancestor by ancestor.
+  std::vector<std::pair<FileId, fs::path>> src_dirs;
   for (const auto& s : srcs) {
-    auto a = fs::weakly_canonical(s, ec), b = fs::weakly_canonical(dst_, ec);
-    auto [ai, bi] = std::mismatch(a.begin(), a.end(), b.begin(), b.end());
-    if (ai == a.end())
-      fail(dst_.string(), "", "destination is the source folder or inside it (" + s.string() + ")");
+    if (auto id = file_id(s, true)) src_dirs.push_back({*id, s});
+    for (const auto& e : fs::directory_iterator(s, ec))
+      if (auto id = file_id(e.path(), true)) inputs_.push_back(*id);
+  }
+  for (fs::path p = fs::absolute(dst_, ec); !p.empty(); p = p.parent_path()) {
+    const auto id = file_id(p, true);
+    for (const auto& [src_id, src] : src_dirs)
+      if (id && *id == src_id)
+        fail(dst_.string(), "",
+             "destination is the source folder or inside it (" + p.string() +
+                 " is the same folder as source " + src.string() + ", by device and inode)",
+             "a destination outside every source folder");
+    if (p == p.root_path()) break;
   }
   created_ = fs::create_directories(dst_, ec);
   if (ec) fail(dst_.string(), "", "cannot create directory: " + ec.message());
-  if (!fs::is_directory(dst_, ec)) fail(dst_.string(), "", "destination is not a directory");
+  if (!fs::is_directory(fs::symlink_status(dst_, ec)) && !fs::is_directory(dst_, ec))
+    fail(dst_.string(), "", "destination is not a directory");
   lock_.emplace(dst_);
   remove_dead_temporaries(dst_);
 
+  const fs::path staging = dst_ / kStagingDirName;
+  const bool staged_unfinished = present(staging / kManifestFileName);
   const bool unfinished = present(dst_ / kManifestFileName);
   const bool checkpoint = present(dst_ / kIndexFileName) || present(dst_ / kSingleFileName);
   switch (existing) {
     case ExistingOutput::kRefuse:
-      if (unfinished)
+      if (unfinished || staged_unfinished)
         fail(dst_.string(), "", "destination holds an unfinished conversion",
              "--resume to continue it, or --overwrite to start over");
       if (checkpoint)
         fail(dst_.string(), "", "destination already holds a checkpoint",
              "an empty folder, or --overwrite to replace it");
+      remove_staging(staging);
       break;
     case ExistingOutput::kOverwrite:
-      remove_checkpoint(dst_);
+      remove_staging(staging);
+      for (const auto& name : checkpoint_shard_names(dst_))
+        if (removable_shard(dst_ / name)) old_shards_.push_back(name);
+      staging_ = checkpoint || unfinished || !old_shards_.empty();
       break;
     case ExistingOutput::kResume:
+      if (staged_unfinished) {  // an overwrite that was interrupted before its swap
+        staging_ = true;
+        resume_ = true;
+        for (const auto& name : checkpoint_shard_names(dst_))
+          if (removable_shard(dst_ / name)) old_shards_.push_back(name);
+        break;
+      }
       if (!unfinished && checkpoint)
         fail(dst_.string(), "", "destination holds a finished checkpoint: nothing to resume",
              "--overwrite to replace it");
+      remove_staging(staging);
       resume_ = unfinished;  // nothing unfinished: a fresh start
       break;
   }
-  config_was_there_ = !resume_ && present(dst_ / kConfigFileName);
+  if (staging_) {
+    work_ = staging;
+    fs::create_directories(work_, ec);
+    if (ec || !fs::is_directory(fs::symlink_status(work_, ec)))
+      fail(work_.string(), "", "cannot create the staging folder: " + ec.message());
+    remove_dead_temporaries(work_);
+  }
+  config_was_there_ = !resume_ && !staging_ && present(dst_ / kConfigFileName);
 }
 
 std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
@@ -128,43 +202,87 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
   std::vector<bool> done(layout.size(), false);
   ConversionManifest previous;
   if (resume_) {
-    previous = *ConversionManifest::load(dst_);
+    previous = *ConversionManifest::load(work_);
     if (previous.fingerprint != fingerprint)
       fail(dst_.string(), "",
            "the unfinished conversion here was started from other inputs or with other options",
            "the same command as the interrupted run, or --overwrite to start over");
   }
-  // From here on a failure owns the destination's final names (a refused resume keeps them).
+  // Names the new checkpoint takes in the destination: whatever holds them now must be ours to
+  // replace (a shard of the old checkpoint or of the unfinished conversion), never a user's file.
+  for (const auto& sh : layout) {
+    const auto path = dst_ / sh.name;
+    const bool ours = resume_ && !staging_ && previous.shards.count(sh.name);
+    if (present(path) && !ours && !removable_shard(path))
+      fail(path.string(), "",
+           "exists and is not a safetensors shard this conversion may replace (or is one of its "
+           "inputs)",
+           "a destination without other files under the new checkpoint's shard names");
+    if (present(path) && !staging_ && !resume_ && !ours)
+      fail(path.string(), "", "exists in a destination without a checkpoint index",
+           "an empty folder, or --overwrite to replace it");
+  }
+  // From here on a failure owns the write folder's final names (a refused resume keeps them).
   layout_ = layout;
   began_ = true;
   manifest_ = ConversionManifest{fingerprint, {}};
   for (size_t s = 0; s < layout.size(); ++s) {
-    const auto path = dst_ / layout[s].name;
+    const auto path = work_ / layout[s].name;
     auto it = previous.shards.find(layout[s].name);
     if (resume_ && it != previous.shards.end() && it->second.size == layout[s].file_size &&
         starts_with_bytes(path, layout[s].header, layout[s].file_size) &&
         io::file_checksum(path) == it->second.checksum) {
       done[s] = true;
       manifest_.shards[layout[s].name] = it->second;
-    } else if (present(path)) {
-      remove_file(path);  // unrecorded or damaged: redone
+    } else if (present(path) && (staging_ || resume_)) {
+      remove_file(path);  // unrecorded or damaged (checked above when in the destination): redone
     }
   }
   // The manifest exists before any shard does, so every final-named shard is accounted for.
-  manifest_.save(dst_);
-  io::write_file_atomically(dst_ / kConfigFileName, config_text);
+  manifest_.save(work_);
+  io::write_file_atomically(work_ / kConfigFileName, config_text);
   return done;
 }
 
 void OutputFolder::shard_committed(const ShardLayout& shard) {
-  const auto sum = io::own_file_checksum(dst_ / shard.name);
+  const auto sum = io::own_file_checksum(work_ / shard.name);
   std::lock_guard lock(mutex_);
   manifest_.shards[shard.name] = {shard.file_size, sum};
-  manifest_.save(dst_);
+  manifest_.save(work_);
+}
+
+// The new checkpoint is complete in the staging folder. The old one stops passing for a checkpoint
+// first (its index, or its single file, goes), then the new files move in, the old shards the
+// new layout does not reuse go, and the new index comes last.
+void OutputFolder::swap_in() {
+  const bool new_index = present(work_ / kIndexFileName);
+  if (present(dst_ / kIndexFileName)) remove_file(dst_ / kIndexFileName);
+  if (std::find(old_shards_.begin(), old_shards_.end(), kSingleFileName) != old_shards_.end())
+    remove_file(dst_ / kSingleFileName);
+  if (present(dst_ / kManifestFileName)) remove_file(dst_ / kManifestFileName);
+  io::sync_directory(dst_);
+  rename_file(work_ / kConfigFileName, dst_ / kConfigFileName);
+  std::vector<std::string> new_names;
+  for (const auto& sh : layout_) {
+    rename_file(work_ / sh.name, dst_ / sh.name);
+    new_names.push_back(sh.name);
+  }
+  for (const auto& old : old_shards_)
+    if (std::find(new_names.begin(), new_names.end(), old) == new_names.end() &&
+        present(dst_ / old))
+      remove_file(dst_ / old);
+  io::sync_directory(dst_);
+  if (new_index) rename_file(work_ / kIndexFileName, dst_ / kIndexFileName);
+  io::sync_directory(dst_);
+  remove_staging(work_);
 }
 
 void OutputFolder::finish() {
-  remove_file(dst_ / kManifestFileName);
+  if (staging_) {
+    swap_in();
+  } else {
+    remove_file(dst_ / kManifestFileName);
+  }
   io::sync_directory(dst_);
 }
 
@@ -175,6 +293,12 @@ OutputFolder::~OutputFolder() {
 }
 
 void OutputFolder::abandon() noexcept {
+  if (staging_) {  // the old checkpoint was never touched
+    abandoned_ = true;
+    std::error_code ec;
+    fs::remove_all(work_, ec);
+    return;
+  }
   if (!began_) return;
   abandoned_ = true;
   std::error_code ec;

@@ -15,11 +15,18 @@
 
 namespace moeckpt {
 
+// Overwriting never deletes the old checkpoint before the new one is complete: the new one is
+// written into a staging folder inside the destination (kStagingDirName) and swapped in at
+// finish(). Only files that are verifiably safetensors shards of the old checkpoint (named by its
+// index or by the shard name pattern, regular files, valid headers, none of the inputs by device
+// and inode) are ever removed or replaced.
+inline constexpr const char* kStagingDirName = ".moeckpt-staging";
+
 class OutputFolder {
  public:
-  // Checks the destination against the sources, creates it, takes its lock, removes temporary
-  // files of dead conversions and applies `existing` to a checkpoint or unfinished conversion
-  // already there.
+  // Checks the destination against the sources (by device and inode, so another path to the same
+  // folder is caught), creates it, takes its lock, removes temporary files of dead conversions
+  // and applies `existing` to a checkpoint or unfinished conversion already there.
   OutputFolder(std::filesystem::path dst, const std::vector<std::filesystem::path>& srcs,
                ExistingOutput existing);
   OutputFolder(const OutputFolder&) = delete;
@@ -27,6 +34,9 @@ class OutputFolder {
   ~OutputFolder();  // releases the lock; an abandoned folder this conversion created goes too
 
   const std::filesystem::path& path() const noexcept { return dst_; }
+  // Where the shards, config.json and index are written: the destination, or its staging folder
+  // when an existing checkpoint is overwritten.
+  const std::filesystem::path& write_dir() const noexcept { return work_; }
 
   // Starts (or, when resuming the same fingerprint, continues) the conversion of `layout`.
   // Returns the shards already complete on disk: size, header bytes and checksum verified.
@@ -34,13 +44,22 @@ class OutputFolder {
                           const std::string& config_text);
   // Records a shard renamed into place (thread-safe).
   void shard_committed(const ShardLayout& shard);
-  // The index is in place: the manifest goes.
+  // The writer committed everything (index included) into write_dir(): an overwrite swaps the new
+  // checkpoint in (the old index first, the new index last); the manifest goes.
   void finish();
   // Removes what this conversion (and the unfinished one it resumed) put under final names.
   void abandon() noexcept;
 
  private:
+  using FileId = std::pair<uint64_t, uint64_t>;  // device, inode
+  bool removable_shard(const std::filesystem::path& p) const;
+  void swap_in();
+
   std::filesystem::path dst_;
+  std::filesystem::path work_;
+  bool staging_ = false;
+  std::vector<FileId> inputs_;           // every file in the source folders
+  std::vector<std::string> old_shards_;  // removable shards of the checkpoint being replaced
   std::optional<io::DirectoryLock> lock_;
   bool resume_ = false;
   bool began_ = false;

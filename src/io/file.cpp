@@ -42,14 +42,45 @@ bool injected_enospc(size_t bytes) {
 }  // namespace
 
 File File::open_read(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // Non-blocking open: a FIFO (or a device) in place of a file would otherwise block open()
+  // forever; the type is checked on the descriptor, then reads block as usual.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
   if (fd < 0) fail(path.string(), "", "cannot open for reading: " + errno_text(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail(path.string(), "", "not a regular file");
+    fail(path.string(), "",
+         std::string("is not a regular file (") + file_type_name(st.st_mode) + ")",
+         "a regular file");
+  }
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    const int err = errno;
+    ::close(fd);
+    fail(path.string(), "", "cannot set blocking mode: " + errno_text(err));
   }
   return File(fd, path.string());
+}
+
+const char* file_type_name(unsigned mode) noexcept {
+  switch (mode & S_IFMT) {
+    case S_IFREG:
+      return "regular file";
+    case S_IFDIR:
+      return "a directory";
+    case S_IFIFO:
+      return "a FIFO";
+    case S_IFCHR:
+      return "a character device";
+    case S_IFBLK:
+      return "a block device";
+    case S_IFSOCK:
+      return "a socket";
+    case S_IFLNK:
+      return "a symbolic link";
+    default:
+      return "an unknown file type";
+  }
 }
 
 File File::create_exclusive(const std::filesystem::path& path,

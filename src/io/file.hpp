@@ -54,6 +54,9 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view t
 std::string read_small_file(const std::filesystem::path& path, uint64_t max_bytes);
 
 // A unique temporary name next to `final_path` (same directory, so rename is atomic).
+// "a FIFO", "a directory", ... for a stat mode (messages).
+const char* file_type_name(unsigned mode) noexcept;
+
 std::filesystem::path temporary_name_for(const std::filesystem::path& final_path);
 // The final name a temporary_name_for() name stands for; nullopt for any other name.
 std::optional<std::string> final_name_of_temporary(std::string_view file_name);

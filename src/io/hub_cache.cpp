@@ -1,9 +1,8 @@
 #include "io/hub_cache.hpp"
 
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
+#include "io/file.hpp"
 #include "moeckpt/error.hpp"
 
 namespace moeckpt::io {
@@ -95,10 +94,7 @@ fs::path resolve_checkpoint(const std::string& spec, const std::optional<std::st
   std::string commit;
   const fs::path ref = repo / "refs" / rev;
   if (fs::is_regular_file(ref, ec)) {
-    std::ifstream f(ref);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    commit = ss.str();
+    commit = read_small_file(ref, 4096);
     while (!commit.empty() &&
            (commit.back() == '\n' || commit.back() == '\r' || commit.back() == ' '))
       commit.pop_back();

@@ -26,25 +26,8 @@ namespace {
 namespace fs = std::filesystem;
 using test::run_cli;
 
-// The files a reader would take at face value: everything but hidden (temporary, lock,
-// manifest) names.
-std::map<std::string, std::vector<uint8_t>> final_files(const fs::path& dir) {
-  std::map<std::string, std::vector<uint8_t>> out;
-  if (!fs::exists(dir)) return out;
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const auto name = e.path().filename().string();
-    if (!name.starts_with(".")) out[name] = test::read_bytes(e.path());
-  }
-  return out;
-}
-
-std::vector<std::string> hidden_files(const fs::path& dir) {
-  std::vector<std::string> out;
-  if (!fs::exists(dir)) return out;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.path().filename().string().starts_with(".")) out.push_back(e.path().filename());
-  return out;
-}
+using test::final_files;
+using test::hidden_files;
 
 // Starts the CLI, lets it run for `delay`, then sends it `sig`. Returns true if it was still
 // running then; `status` gets its wait status.

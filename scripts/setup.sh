@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build g++ clang libclang-rt-14-dev
           nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
-          libxxhash-dev pkg-config
+          libxxhash-dev libre2-dev pkg-config
           python3 python3-venv python3-dev valgrind)
 missing=()
 for p in "${packages[@]}"; do

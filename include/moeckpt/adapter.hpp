@@ -3,6 +3,7 @@
 // (grouped-expert) layout, as plans over tensor sources, with a bit-exact Automodel mode.
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -139,6 +140,10 @@ struct ConvertOptions {
   ExecOptions exec;
   ProgressListener* progress = nullptr;
   ExistingOutput existing = ExistingOutput::kRefuse;
+  // Called once the destination is taken (created, locked), before any output is written: from
+  // here on a stop request (exec.cancel) ends the conversion cleanly; before, nothing needs
+  // cleaning up (the CLI lets a signal end planning at once).
+  std::function<void()> on_start;
 };
 struct ConvertReport {
   size_t tensors = 0;

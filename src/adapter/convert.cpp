@@ -87,6 +87,7 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
                          const std::string& options_text, const std::string& config_text,
                          const ConvertOptions& convert) {
   OutputFolder folder(dst, srcs, convert.existing);
+  if (convert.on_start) convert.on_start();
   ShardingOptions sharding;
   sharding.max_shard_bytes = convert.max_shard_bytes;
   sharding.metadata = plan.metadata;

@@ -3,9 +3,9 @@
 #include <fmt/format.h>
 
 #include <map>
-#include <regex>
 
 #include "adapter/validate.hpp"
+#include "core/key_pattern.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
@@ -22,13 +22,10 @@ class ToHfPlanner {
       : src_(src), c_(c), o_(o), starts_(starts), compat_(is_automodel(o.compat)) {
     mode_ = effective_quant(o);
     block_ = compat_ ? BlockSize{} : c.block.value_or(BlockSize{});
-    if (o.exclude_regex) {
-      try {
-        exclude_.emplace(*o.exclude_regex, std::regex::ECMAScript);
-      } catch (const std::regex_error& e) {
-        fail("", "", "--exclude regex \"" + *o.exclude_regex + "\" is invalid: " + e.what());
-      }
-    }
+    // Automodel's exclude_key_regex is re.match (anchored at the key's start); ours is a search.
+    if (o.exclude_regex)
+      exclude_.emplace(*o.exclude_regex,
+                       compat_ ? KeyPattern::Anchor::kStart : KeyPattern::Anchor::kSearch);
   }
 
   Plan plan() {
@@ -88,8 +85,7 @@ class ToHfPlanner {
   bool excluded(const std::string& key) const {
     if (!exclude_) return false;
     // Automodel: re.match (anchored at the start, prefix match). Default: found anywhere.
-    return compat_ ? std::regex_search(key, *exclude_, std::regex_constants::match_continuous)
-                   : std::regex_search(key, *exclude_);
+    return exclude_->matches(key);
   }
 
   size_t add_output(std::string name, Dtype dt, std::vector<uint64_t> shape) {
@@ -259,7 +255,7 @@ class ToHfPlanner {
   const bool compat_;
   QuantMode mode_;
   BlockSize block_;
-  std::optional<std::regex> exclude_;
+  std::optional<KeyPattern> exclude_;
   std::map<std::string, FusedGroup> fused_;
   Plan plan_;
 };

@@ -194,6 +194,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
                      : resume  ? moeckpt::ExistingOutput::kResume
                                : moeckpt::ExistingOutput::kRefuse;
   convert.exec.max_memory = max_memory;
+  // Until the destination is taken (planning, validation), SIGINT/SIGTERM end the run at once:
+  // nothing exists to clean up. From then on they stop it at the next task.
+  convert.on_start = [&interrupts] { interrupts.set_graceful(true); };
   moeckpt::cli::ProgressPrinter printer(::isatty(2) == 1);
   if (!quiet) convert.progress = &printer;
   if (fh_cmd->parsed()) {
@@ -202,7 +205,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
       throw moeckpt::Error({"", "", "--ep-rank needs --ep-size", ""});
     auto t0 = std::chrono::steady_clock::now();
-    interrupts.set_graceful(true);
     report("from-hf", fh_dst, moeckpt::from_hf_dir(where(fh_src), fh_dst, fh, convert), t0);
     return 0;
   }
@@ -232,7 +234,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     std::optional<std::filesystem::path> cfg;
     if (th_cmd->count("--config")) cfg = th_config;
     auto t0 = std::chrono::steady_clock::now();
-    interrupts.set_graceful(true);
     report("to-hf", th_paths.back(), moeckpt::to_hf_dirs(srcs, th_paths.back(), th, cfg, convert),
            t0);
     return 0;
@@ -241,7 +242,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     moeckpt::FromHfOptions o;
     o.dtype = dq_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
     auto t0 = std::chrono::steady_clock::now();
-    interrupts.set_graceful(true);
     report("dequantize", dq_dst, moeckpt::dequantize_dir(where(dq_src), dq_dst, o, convert), t0);
     return 0;
   }
@@ -249,7 +249,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     moeckpt::ToHfOptions o;
     o.quant = q_quant == "cast" ? moeckpt::QuantMode::kCast : moeckpt::QuantMode::kBlock;
     auto t0 = std::chrono::steady_clock::now();
-    interrupts.set_graceful(true);
     report("quantize", q_dst, moeckpt::quantize_dir(where(q_src), q_dst, o, convert), t0);
     return 0;
   }

@@ -2,6 +2,8 @@
 // experts into transposed gate_and_up_projs / down_projs slots.
 #include <fmt/format.h>
 
+#include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -10,6 +12,7 @@
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
+#include "moeckpt/numerics.hpp"
 #include "moeckpt/mimo_rules.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/tensor_key.hpp"
@@ -64,7 +67,9 @@ class FromHfPlanner {
     // Scales are small: refusing a bad one now means no output is ever started for it.
     if (!compat_ && o_.prescan_scales)
       for (const auto& [s, used] : scales_used_)
-        check_scale_values(src_, *s, used.first, used.second);
+        for (const auto& big : check_scale_values(src_, *s, used.first, used.second,
+                                                  largest_safe_scale()))
+          check_large_scale(*s, big);
     return std::move(plan_);
   }
 
@@ -140,6 +145,46 @@ class FromHfPlanner {
     return plan_.outputs.size() - 1;
   }
 
+  // Scales up to this keep every product with an FP8 code (|x| <= 448) finite in the output dtype.
+  float largest_safe_scale() const {
+    const float max_out = o_.dtype == Dtype::F32 ? std::numeric_limits<float>::max()
+                                                 : numerics::bf16_to_f32(0x7F7F);  // BF16 max
+    return max_out / 448.0f;
+  }
+
+  // A scale entry above largest_safe_scale(): its block's largest code decides whether a
+  // dequantized value overflows (exactly, for a plain grid; a fused layout's entry serves rows of
+  // several projections, and is refused as soon as 448 x scale would overflow).
+  void check_large_scale(const SourceTensor& s, const LargeScale& big) const {
+    float largest = 448.0f;
+    auto owner = plain_owner_.find(&s);
+    if (owner != plain_owner_.end()) {
+      const SourceTensor& w = *owner->second;
+      if (w.dtype != Dtype::F8_E4M3) return;  // unquantized weights are refused elsewhere if bad
+      const int64_t R = static_cast<int64_t>(w.shape[0]), C = static_cast<int64_t>(w.shape[1]);
+      const int64_t r0 = big.row * block_.rows, r1 = std::min(R, r0 + block_.rows);
+      const int64_t c0 = big.col * block_.cols, c1 = std::min(C, c0 + block_.cols);
+      largest = 0.0f;
+      std::vector<uint8_t> row(static_cast<size_t>(c1 - c0));
+      for (int64_t r = r0; r < r1; ++r) {
+        src_.read(w, static_cast<uint64_t>(r * C + c0), row);
+        for (uint8_t b : row)
+          if ((b & 0x7F) != 0x7F)
+            largest = std::max(largest, std::fabs(numerics::fp8_e4m3fn_to_f32(b)));
+      }
+    }
+    const float product = largest * big.value;  // the dequantization's one float32 multiply
+    const bool finite = o_.dtype == Dtype::F32
+                            ? std::isfinite(product)
+                            : (numerics::f32_to_bf16_rne(product) & 0x7F80) != 0x7F80;
+    if (!finite)
+      fail(s.file, s.name,
+           fmt::format("scale entry [{}, {}] is {}: times the block's largest FP8 magnitude {} it "
+                       "is {}, not finite in {}",
+                       big.row, big.col, big.value, largest, product, dtype_name(o_.dtype)),
+           "scales whose dequantized weights are finite");
+  }
+
   DequantInput dequant_input(const SourceTensor& w, const TensorKey& key) {
     DequantInput in;
     in.weight = &w;
@@ -156,8 +201,10 @@ class FromHfPlanner {
         auto& u = scales_used_[st];
         u = {std::max(u.first, rows), std::max(u.second, cols)};
       };
-      if (in.scale->plain)
+      if (in.scale->plain) {
         use(in.scale->plain, ceil_div(static_cast<int64_t>(w.shape[0]), in.scale->block_rows));
+        plain_owner_[in.scale->plain] = &w;
+      }
       for (size_t p = 0; p < 3; ++p)
         if (in.scale->qkv[p]) use(in.scale->qkv[p], in.scale->fused->scale_rows(kQkv[p]));
     }
@@ -238,6 +285,7 @@ class FromHfPlanner {
   NanPolicy nan_;
   std::map<std::pair<std::string, int64_t>, std::map<int64_t, ExpertParts>> layers_;
   std::map<const SourceTensor*, std::pair<int64_t, int64_t>> scales_used_;  // -> rows, cols used
+  std::map<const SourceTensor*, const SourceTensor*> plain_owner_;  // plain scale -> its weight
   Plan plan_;
 };
 

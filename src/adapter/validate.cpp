@@ -305,20 +305,27 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
   return starts;
 }
 
-void check_scale_values(const TensorSource& src, const SourceTensor& s, int64_t used_rows,
-                        int64_t used_cols) {
-  if (s.shape.size() != 2) return;  // refused by the scale reference checks
+std::vector<LargeScale> check_scale_values(const TensorSource& src, const SourceTensor& s,
+                                           int64_t used_rows, int64_t used_cols, float large) {
+  std::vector<LargeScale> out;
+  if (s.shape.size() != 2) return out;  // refused by the scale reference checks
   const uint64_t cols = std::max<uint64_t>(1, s.shape[1]);
+  std::mutex m;
   scan_parallel(src, {&s}, 1, [&](const SourceTensor& t, uint64_t first, auto bytes) {
     const auto v = exec::to_floats(t, bytes);
     for (size_t i = 0; i < v.size(); ++i) {
       const uint64_t r = (first + i) / cols, c = (first + i) % cols;
-      if (static_cast<int64_t>(r) < used_rows && static_cast<int64_t>(c) < used_cols &&
-          !(std::isfinite(v[i]) && v[i] > 0))
+      if (static_cast<int64_t>(r) >= used_rows || static_cast<int64_t>(c) >= used_cols) continue;
+      if (!(std::isfinite(v[i]) && v[i] > 0))
         fail(t.file, t.name, fmt::format("scale entry [{}, {}] is {}", r, c, v[i]),
              "a positive finite multiplier");
+      if (v[i] > large) {
+        std::lock_guard lock(m);
+        out.push_back({static_cast<int64_t>(r), static_cast<int64_t>(c), v[i]});
+      }
     }
   });
+  return out;
 }
 
 void scan_fp8_nan_codes(const TensorSource& src, unsigned threads) {

@@ -4,6 +4,7 @@
 // file, the tensor, what is wrong and what was expected.
 #include <cstdint>
 #include <string>
+#include <limits>
 #include <vector>
 
 #include "moeckpt/mimo_config.hpp"
@@ -38,9 +39,16 @@ void check_layers_complete(const TensorSource& src, const MimoConfig& config, bo
 std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoConfig& config);
 
 // Reads a scale tensor and refuses zero, negative, NaN or infinite entries among the
-// [used_rows, used_cols] that blocks use (extra trailing rows/columns are ignored).
-void check_scale_values(const TensorSource& src, const SourceTensor& scale, int64_t used_rows,
-                        int64_t used_cols);
+// [used_rows, used_cols] that blocks use (extra trailing rows/columns are ignored). Returns the
+// entries above `large` (row, column, value): those whose products with large FP8 codes may not
+// be finite in the output dtype, for the caller to check against their blocks.
+struct LargeScale {
+  int64_t row, col;
+  float value;
+};
+std::vector<LargeScale> check_scale_values(const TensorSource& src, const SourceTensor& scale,
+                                           int64_t used_rows, int64_t used_cols,
+                                           float large = std::numeric_limits<float>::infinity());
 
 // Data scans, streaming in bounded chunks on `threads` threads (0: all cores):
 // FP8 NaN codes (0x7F / 0xFF) in every F8_E4M3 tensor ...

@@ -88,7 +88,14 @@ class ToHfPlanner {
     return exclude_->matches(key);
   }
 
+  // Every output name is produced once: two sources mapping to one HF key (a passthrough tensor
+  // named like a split expert, grouped tensors under two prefixes, a --prefix choice) would give a
+  // file with a duplicate key, or a state dict that silently keeps one of them.
   size_t add_output(std::string name, Dtype dt, std::vector<uint64_t> shape) {
+    auto [it, fresh] = origins_.emplace(name, origin_);
+    if (!fresh)
+      fail(origin_file_, name, "is produced twice: from " + it->second + " and from " + origin_,
+           "sources that map to distinct HF keys (check the tensor names and the expert prefix)");
     plan_.outputs.push_back({std::move(name), dt, std::move(shape)});
     return plan_.outputs.size() - 1;
   }
@@ -107,6 +114,10 @@ class ToHfPlanner {
 
   void emit(const std::string& key, const MatrixView& view, const SourceTensor& src) {
     if (excluded(key)) return;
+    origin_ = "'" + src.name + "'" +
+              (view.slot >= 0 ? " (expert slot " + std::to_string(view.slot) + ")" : "") +
+              (src_.parts() > 1 ? " of " + src.file : "");
+    origin_file_ = src.file;
     const bool slot = view.slot >= 0;
     std::vector<uint64_t> shape =
         slot ? std::vector<uint64_t>{static_cast<uint64_t>(view.cols), src.shape[1]} : src.shape;
@@ -256,6 +267,8 @@ class ToHfPlanner {
   QuantMode mode_;
   BlockSize block_;
   std::optional<KeyPattern> exclude_;
+  std::map<std::string, std::string> origins_;  // output name -> the source it comes from
+  std::string origin_, origin_file_;            // the source being emitted
   std::map<std::string, FusedGroup> fused_;
   Plan plan_;
 };

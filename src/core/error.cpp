@@ -1,13 +1,16 @@
 #include "moeckpt/error.hpp"
 
+#include "core/printable.hpp"
+
 namespace moeckpt {
 
 std::string format_error(const ErrorInfo& info) {
+  // Every part may carry text from a file: one line, always.
   std::string msg;
-  if (!info.file.empty()) msg += info.file + ": ";
-  if (!info.tensor.empty()) msg += "tensor '" + info.tensor + "': ";
-  msg += info.what;
-  if (!info.expected.empty()) msg += " (expected " + info.expected + ")";
+  if (!info.file.empty()) msg += printable(info.file) + ": ";
+  if (!info.tensor.empty()) msg += "tensor '" + printable(info.tensor) + "': ";
+  msg += printable(info.what);
+  if (!info.expected.empty()) msg += " (expected " + printable(info.expected) + ")";
   return msg;
 }
 

@@ -280,7 +280,8 @@ def register_format_cases():
     reg("offsets_reversed", "reversed", reversed_offsets)
     reg("size_mismatch", "needs", lambda s: header_json(s, lambda h: first(h).update(shape=[first(h)["shape"][0] + 1] + first(h)["shape"][1:])))
     reg("shape_product_overflows", "overflows", lambda s: header_json(s, lambda h: first(h).update(shape=[2**32, 2**32])))
-    reg("byte_size_wraps_to_zero", "overflows", lambda s: header_json(s, lambda h: first(h).update(dtype="F32", shape=[2**62])))
+    reg("byte_size_wraps_to_zero", "overflows", lambda s: header_json(s, lambda h: first(h).update(dtype="F32", shape=[2**31, 2**31])))
+    reg("dimension_beyond_2_48", "has a dimension larger than any tensor", lambda s: header_json(s, lambda h: first(h).update(shape=[2**64 - 1, 0])))
     reg("trailing_bytes", "trailing bytes", lambda s: s.raw() + b"\0\0\0")
     reg("truncated_data", "truncated", lambda s: s.raw()[:-3])
 
@@ -319,6 +320,7 @@ def register_index_cases():
     reg("index_path_traversal", "not a plain file name", lambda i: i["weight_map"].update({some: "../" + HF_SHARD}))
     reg("index_absolute_path", "not a plain file name", lambda i: i["weight_map"].update({some: "/etc/passwd"}))
     reg("index_subdirectory", "not a plain file name", lambda i: i["weight_map"].update({some: "sub/" + HF_SHARD}))
+    reg("index_names_config_json", "which is not a .safetensors file", lambda i: i["weight_map"].update({some: "config.json"}))
     reg("index_tensor_not_in_shard", "lacks it", lambda i: i["weight_map"].update({"model.layers.0.extra.weight": HF_SHARD}), file=HF_SHARD)
 
     def wrong(i):
@@ -449,6 +451,10 @@ def register_hf_semantic_cases():
         reg(f"expert_scale_{tag}", f"scale entry [1, 0] {shown}", scale_value(s, 1, value), file=where(s))
     d = "model.layers.0.mlp.gate_proj.weight_scale_inv"
     reg("dense_scale_zero", "scale entry [0, 1] is 0", scale_value(d, 1, 0.0), file=where(d))
+    # Finite but huge: the dequantized values would be +-inf (from-hf used to exit 0).
+    reg("expert_scale_overflows", "scale entry [1, 0] is 1e+37: times the block's largest FP8 magnitude",
+        scale_value(s, 1, 1e37), file=where(s))
+    reg("dense_scale_overflows_bf16", "not finite in BF16", scale_value(d, 1, 3e36), file=where(d))
     k = "model.layers.1.self_attn.k_proj.weight_scale_inv"
     reg("attention_scale_nan", "scale entry [0, 0] is nan", scale_value(k, 0, math.nan), file=where(k))
 

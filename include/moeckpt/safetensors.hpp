@@ -17,6 +17,9 @@ namespace moeckpt {
 
 inline constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
+// The largest dimension a header may give a tensor (moeckpt's rule on top of the format's).
+inline constexpr uint64_t kMaxDimension = uint64_t{1} << 48;
+
 struct TensorInfo {
   std::string name;
   Dtype dtype{};

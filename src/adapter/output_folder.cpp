@@ -144,6 +144,11 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
              "a destination outside every source folder");
     if (p == p.root_path()) break;
   }
+  if (fs::is_symlink(fs::symlink_status(dst_, ec)) && !fs::exists(dst_, ec))
+    fail(dst_.string(), "",
+         "destination is a symbolic link to " + fs::read_symlink(dst_, ec).string() +
+             ", which does not exist",
+         "a folder, or a link to an existing folder");
   created_ = fs::create_directories(dst_, ec);
   if (ec) fail(dst_.string(), "", "cannot create directory: " + ec.message());
   if (!fs::is_directory(fs::symlink_status(dst_, ec)) && !fs::is_directory(dst_, ec))

@@ -7,7 +7,10 @@
 
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
+#include <cmath>
+#include <limits>
 
 #include "cli/interrupt_watch.hpp"
 #include "cli/progress_printer.hpp"
@@ -20,6 +23,37 @@
 #include "moeckpt/verify.hpp"
 
 namespace {
+
+// Integer options: decimal digits within [lo, hi]; anything else ("-1", "1e3", "0x10", a value that
+// would wrap an unsigned field) is a usage error naming the range.
+CLI::Validator integer_in(uint64_t lo, uint64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) -> std::string {
+        uint64_t v = 0;
+        const char* b = text.data();
+        const char* e = b + text.size();
+        auto [p, ec] = std::from_chars(b, e, v);
+        if (text.empty() || ec != std::errc() || p != e || v < lo || v > hi)
+          return fmt::format("must be a whole number from {} to {}, not '{}'", lo, hi, text);
+        return {};
+      },
+      fmt::format("INT in [{} - {}]", lo, hi));
+}
+
+// Tolerances: finite and not negative (NaN would make every comparison pass).
+const CLI::Validator kTolerance(
+    [](std::string& text) -> std::string {
+      double v = 0;
+      auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (text.empty() || ec != std::errc() || p != text.data() + text.size() ||
+          !std::isfinite(v) || v < 0)
+        return "must be a finite number >= 0, not '" + text + "'";
+      return {};
+    },
+    "FLOAT >= 0");
+
+constexpr uint64_t kMaxBytes = uint64_t{1} << 56;  // far beyond any checkpoint
+constexpr uint64_t kMaxCount = uint64_t{1} << 20;
 
 constexpr const char* kCompatHelp =
     "reproduce NeMo Automodel's adapter bit for bit: automodel-0.6, automodel-0.7, automodel (the "
@@ -47,14 +81,20 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
   synth_cmd->add_option("--preset", synth.preset, "tiny, micro or full (real dimensions)")
       ->check(CLI::IsMember({"tiny", "micro", "full"}));
-  synth_cmd->add_option("--layers", synth.layers, "number of decoder layers (trims the preset)");
-  synth_cmd->add_option("--experts", synth.experts, "routed experts per MoE layer");
-  synth_cmd->add_option("--vocab", synth.vocab, "vocabulary size");
-  synth_cmd->add_option("--mtp", synth.mtp_layers,
-                        "MTP layers (default 3; 1 for a trimmed full preset)");
-  synth_cmd->add_option("--seed", synth.seed, "random seed");
-  synth_cmd->add_option("--shard-size", synth.max_shard_bytes,
-                        "maximum bytes per shard (default: a third of the total, at most 5 GB)");
+  synth_cmd->add_option("--layers", synth.layers, "number of decoder layers (trims the preset)")
+      ->check(integer_in(1, 1024));
+  synth_cmd->add_option("--experts", synth.experts, "routed experts per MoE layer")
+      ->check(integer_in(1, 4096));
+  synth_cmd->add_option("--vocab", synth.vocab, "vocabulary size")->check(integer_in(1, kMaxCount));
+  synth_cmd
+      ->add_option("--mtp", synth.mtp_layers, "MTP layers (default 3; 1 for a trimmed full preset)")
+      ->check(integer_in(0, 64));
+  synth_cmd->add_option("--seed", synth.seed, "random seed")
+      ->check(integer_in(0, std::numeric_limits<uint32_t>::max()));
+  synth_cmd
+      ->add_option("--shard-size", synth.max_shard_bytes,
+                   "maximum bytes per shard (default: a third of the total, at most 5 GB)")
+      ->check(integer_in(1, kMaxBytes));
 
   std::string inspect_dir;
   bool inspect_json = false;
@@ -75,16 +115,20 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   fh_cmd->add_option("SRC", fh_src, "HF checkpoint folder")->required();
   fh_cmd->add_option("DST", fh_dst, "destination folder")->required();
   fh_cmd->add_option("--ep-size", fh.ep_size, "expert-parallel world size")
-      ->check(CLI::PositiveNumber);
-  fh_cmd->add_option("--ep-rank", fh.ep_rank, "this rank: only its experts are read and written");
+      ->check(integer_in(1, kMaxCount));
+  fh_cmd->add_option("--ep-rank", fh.ep_rank, "this rank: only its experts are read and written")
+      ->check(integer_in(0, kMaxCount));
   fh_cmd->add_option("--compat", fh_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
   fh_cmd->add_option("--dtype", fh_dtype, "dtype of dequantized weights")
       ->check(CLI::IsMember({"bf16", "f32"}));
-  fh_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
-  fh_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
+  fh_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
+      ->check(integer_in(1, kMaxBytes));
+  fh_cmd->add_option("--threads", threads, "worker threads (default: all cores)")
+      ->check(integer_in(0, 4096));
   uint64_t max_memory = 1ull << 30;
   bool quiet = false;
-  fh_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
+  fh_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)")
+      ->check(integer_in(1, kMaxBytes));
   fh_cmd->add_flag("--quiet", quiet, "no progress output");
   bool overwrite = false, resume = false;
   auto add_existing_flags = [&](CLI::App* cmd) {
@@ -111,9 +155,12 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   th_cmd->add_option("--prefix", th_prefix,
                      "prefix of expert keys (default: the native key's own)");
   th_cmd->add_option("--config", th_config, "config.json (default: the first folder's)");
-  th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
-  th_cmd->add_option("--threads", threads, "worker threads (default: all cores)");
-  th_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
+  th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
+      ->check(integer_in(1, kMaxBytes));
+  th_cmd->add_option("--threads", threads, "worker threads (default: all cores)")
+      ->check(integer_in(0, 4096));
+  th_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)")
+      ->check(integer_in(1, kMaxBytes));
   th_cmd->add_flag("--quiet", quiet, "no progress output");
   add_existing_flags(th_cmd);
 
@@ -133,9 +180,12 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   q_cmd->add_option("--quant", q_quant, "block (real 128x128 scales) or cast (Automodel's)")
       ->check(CLI::IsMember({"block", "cast"}));
   for (auto* cmd : {dq_cmd, q_cmd}) {
-    cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard");
-    cmd->add_option("--threads", threads, "worker threads (default: all cores)");
-    cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)");
+    cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
+        ->check(integer_in(1, kMaxBytes));
+    cmd->add_option("--threads", threads, "worker threads (default: all cores)")
+        ->check(integer_in(0, 4096));
+    cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)")
+        ->check(integer_in(1, kMaxBytes));
     cmd->add_flag("--quiet", quiet, "no progress output");
     add_existing_flags(cmd);
   }
@@ -147,9 +197,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   verify_cmd->add_option("A", va, "first checkpoint folder")->required();
   verify_cmd->add_option("B", vb, "second checkpoint folder (the reference for rtol)")->required();
   verify_cmd->add_option("--rtol", vo.rtol, "relative tolerance (default 0: exact)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kTolerance);
   verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (default 0: exact)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(kTolerance);
   verify_cmd->add_option("--config", vconfig, "config.json for both (default: each folder's own)");
 
   for (auto* cmd : {inspect_cmd, fh_cmd, th_cmd, verify_cmd, dq_cmd, q_cmd}) add_revision(cmd);
@@ -265,7 +315,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   if (inspect_cmd->parsed()) {
     auto r = moeckpt::inspect_checkpoint(where(inspect_dir), inspect_opts);
     if (inspect_json)
-      std::cout << moeckpt::to_json(r).dump(2) << "\n";
+      // Names and paths that are not UTF-8 are shown with U+FFFD, never a library exception.
+      std::cout << moeckpt::to_json(r).dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+                << "\n";
     else
       std::cout << moeckpt::to_text(r);
     if (!r.problems.empty()) {

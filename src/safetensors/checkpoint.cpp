@@ -48,6 +48,10 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
         fail(index_name, it.key(),
              "shard name \"" + shard + "\" is not a plain file name inside the checkpoint folder",
              "no '/', '\\', '..' or absolute paths");
+      if (!shard.ends_with(".safetensors"))
+        fail(index_name, it.key(),
+             "weight_map names \"" + shard + "\" as a shard, which is not a .safetensors file",
+             "shard files named *.safetensors");
       expected[shard].push_back(it.key());
     }
     std::optional<uint64_t> total_size;

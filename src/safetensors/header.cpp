@@ -139,9 +139,16 @@ Header Header::parse(std::span<const uint8_t> text, uint64_t data_size, const st
     }
     cursor = t.end;
     uint64_t numel = 1;
-    for (auto d : t.shape)
+    for (auto d : t.shape) {
+      // A dimension beyond 2^48 is no real tensor (even with a zero elsewhere in the shape), and
+      // would overflow the offset arithmetic of any conversion of it.
+      if (d > kMaxDimension)
+        fail(file, t.name,
+             "shape " + format_shape(t.shape) + " has a dimension larger than any tensor",
+             "dimensions of at most 2^48");
       if (!checked_mul(numel, d, numel))
         fail(file, t.name, "shape element count overflows 64 bits");
+    }
     uint64_t bits = 0;
     if (!checked_mul(numel, dtype_bits(t.dtype), bits))
       fail(file, t.name, "byte size of shape x dtype overflows 64 bits");

@@ -128,6 +128,11 @@ bool VerifyReport::ok() const {
 }
 
 VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const VerifyOptions& o) {
+  // NaN would make every comparison pass.
+  if (!std::isfinite(o.rtol) || !std::isfinite(o.atol) || o.rtol < 0 || o.atol < 0)
+    fail("", "",
+         fmt::format("tolerances rtol={} atol={} are not finite and non-negative", o.rtol, o.atol),
+         "finite tolerances >= 0");
   // Each side is read with its own config.json (a folder without one cannot be validated).
   MimoConfig config_a = MimoConfig::load(o.config ? *o.config : a / "config.json");
   MimoConfig config_b = o.config ? config_a : MimoConfig::load(b / "config.json");

@@ -191,10 +191,17 @@ TEST(SafetensorsHeader, RefusesSizeOverflowWithCheckedArithmetic) {
   expect_refused(R"({"t":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", {},
                  "overflows");
   // Count fits but count * 4 bytes wraps to exactly 0 mod 2^64.
+  expect_refused(R"({"t":{"dtype":"F32","shape":[2147483648,2147483648],"data_offsets":[0,0]}})",
+                 {}, "overflows");
+  // moeckpt's rule beyond the reference: no dimension above 2^48, even beside a zero (a
+  // [2^64-1, 0] weight would overflow a conversion's offset arithmetic), so that inspect and
+  // every conversion refuse the same files.
+  expect_refused(R"({"t":{"dtype":"F32","shape":[0,18446744073709551615],"data_offsets":[0,0]}})",
+                 {}, "has a dimension larger than any tensor");
   expect_refused(R"({"t":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}})", {},
-                 "overflows");
-  // A zero dimension makes the product 0 even with huge others: valid, as in the reference.
-  auto h = parse(R"({"t":{"dtype":"F32","shape":[0,18446744073709551615],"data_offsets":[0,0]}})");
+                 "has a dimension larger than any tensor");
+  // A zero dimension makes the product 0 with large others: valid.
+  auto h = parse(R"({"t":{"dtype":"F32","shape":[0,281474976710656],"data_offsets":[0,0]}})");
   EXPECT_EQ(h.find("t")->nbytes(), 0u);
 }
 

@@ -381,6 +381,10 @@ def register_config_cases():
     reg("config_heads_not_multiple_of_kv", "is not a multiple of its key/value head count", lambda c: c.update(num_attention_heads=3, num_key_value_heads=2))
     reg("config_experts_per_tok_exceeds", "exceeds n_routed_experts", lambda c: c.update(num_experts_per_tok=9))
     reg("config_block_size_malformed", "weight_block_size is missing or malformed", lambda c: c["quantization_config"].update(weight_block_size=[128]))
+    reg("config_block_size_zero", "weight_block_size is missing or malformed", lambda c: c["quantization_config"].update(weight_block_size=[0, 128]))
+    reg("config_block_size_negative", "weight_block_size is missing or malformed", lambda c: c["quantization_config"].update(weight_block_size=[128, -128]))
+    reg("config_block_size_near_int64_max", "is larger than any block scaling uses", lambda c: c["quantization_config"].update(weight_block_size=[2**63 - 1, 128]))
+    reg("config_block_size_beyond_bound", "is larger than any block scaling uses", lambda c: c["quantization_config"].update(weight_block_size=[128, 65537]))
     # consistent on its own, but not with the tensors
     reg("config_more_experts_than_tensors", "are missing for experts [0, 5)", lambda c: c.update(n_routed_experts=5), file=None, to_hf=NOT_NATIVE)
     reg("config_fewer_experts_than_tensors", "expert id 3 is not below n_routed_experts = 3", lambda c: c.update(n_routed_experts=3), file=None, to_hf=NOT_NATIVE)
@@ -389,6 +393,11 @@ def register_config_cases():
     reg("config_moe_intermediate_disagrees", "disagrees with config.json", lambda c: c.update(moe_intermediate_size=32), file=None, to_hf=NOT_NATIVE)
     reg("config_vocab_disagrees", "disagrees with config.json", lambda c: c.update(vocab_size=64), file=None, to_hf=NOT_NATIVE)
     reg("config_head_dim_disagrees", "disagrees with config.json", lambda c: c.update(head_dim=64), file=None, to_hf=NOT_NATIVE)
+    # Sizes that drove row loops before they were checked against the tensors (inspect ran "for years").
+    reg("config_heads_2_24", "disagrees with config.json", lambda c: c.update(num_attention_heads=2**24), file=None, to_hf=NOT_NATIVE)
+    reg("config_head_dim_2_24", "disagrees with config.json", lambda c: c.update(head_dim=2**24), file=None, to_hf=NOT_NATIVE)
+    reg("config_swa_heads_2_24", "disagrees with config.json", lambda c: c.update(swa_num_attention_heads=2**24), file=None, to_hf=NOT_NATIVE)
+    reg("config_swa_head_dim_2_24", "disagrees with config.json", lambda c: c.update(swa_head_dim=2**24), file=None, to_hf=NOT_NATIVE)
     reg("config_more_layers_than_tensors", "missing: layer 2", lambda c: c.update(num_hidden_layers=3, hybrid_layer_pattern=[0, 1, 1], moe_layer_freq=[0, 1, 1]), file=None, to_hf=NOT_NATIVE)
     reg("config_fewer_layers_than_tensors", "which config.json makes a dense layer", lambda c: c.update(num_hidden_layers=1, hybrid_layer_pattern=[0], moe_layer_freq=[0]), file=None, to_hf=NOT_NATIVE)
     reg("config_moe_layer_marked_dense", "which config.json makes a dense layer", lambda c: c.update(moe_layer_freq=[0, 0]), file=None, to_hf=NOT_NATIVE)

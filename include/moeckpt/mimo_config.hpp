@@ -26,6 +26,9 @@ struct AttentionDims {
   int64_t o_cols() const noexcept { return num_heads * v_head_dim; }
 };
 
+// The largest block side a config may give (the published checkpoint uses 128).
+inline constexpr int64_t kMaxBlockSize = 65536;
+
 struct BlockSize {
   int64_t rows = 128;
   int64_t cols = 128;

@@ -1,4 +1,5 @@
 #pragma once
+#include <array>
 // Where the block scale of a weight row lives. Plain grid: row r of a projection uses its own scale
 // row r / B. Fused Q/K/V (the published full-attention layout): the projections were quantized
 // as T tensor-parallel shards [Q_c | K_c | V_c], each cut into B-row blocks from its own first row;
@@ -69,8 +70,12 @@ struct AttentionDims;
 
 // The layout a k scale with `k_scale_rows` rows reveals for an attention layer of these
 // dimensions: the fused T=4 layout when that row count is the fused one and differs from the plain
-// grid's; nullopt means the plain grid (extra trailing rows ignored).
+// grid's; nullopt means the plain grid (extra trailing rows ignored). `weight_rows` are the row
+// counts of the layer's q, k and v weights as the files give them: unless they equal the
+// dimensions config.json implies, nothing is derived from those dimensions (a hostile config must
+// not drive work before its values are checked against the tensors), and the answer is nullopt.
 std::optional<FusedQkvLayout> detect_fused_qkv(const AttentionDims& dims, int64_t k_scale_rows,
-                                               int64_t block_rows);
+                                               int64_t block_rows,
+                                               const std::array<int64_t, 3>& weight_rows);
 
 }  // namespace moeckpt

@@ -18,9 +18,16 @@ std::optional<FusedQkvLayout> fused_layout(const TensorSource& src, const Source
                                            const TensorKey& key, const MimoConfig& c,
                                            int64_t block_rows) {
   const auto* k_scale = src.find(self_attn_prefix(w.name) + "k_proj.weight_scale_inv");
+  constexpr std::array<std::string_view, 3> kQkvNames{"q_proj", "k_proj", "v_proj"};
   if (!k_scale || k_scale->shape.size() != 2) return std::nullopt;
+  const std::string prefix = self_attn_prefix(w.name);
+  std::array<int64_t, 3> weight_rows{-1, -1, -1};
+  for (size_t p = 0; p < 3; ++p)
+    if (const auto* t = src.find(prefix + std::string(kQkvNames[p]) + ".weight");
+        t && t->shape.size() == 2)
+      weight_rows[p] = static_cast<int64_t>(t->shape[0]);
   auto fused = detect_fused_qkv(attention_dims_of(key, c), static_cast<int64_t>(k_scale->shape[0]),
-                                block_rows);
+                                block_rows, weight_rows);
   if (!fused) return std::nullopt;
   if (static_cast<int64_t>(w.shape[0]) != fused->rows(key.projection))
     fail(w.file, w.name,

@@ -95,12 +95,20 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     std::string layout = "plain";
     if (config && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
       const auto& dims = attention_dims_of(key, *config);
-      const auto* k_scale =
-          ck.find(key.prefix + (key.mtp ? "mtp." : "") + "layers." + std::to_string(*key.layer) +
-                  ".self_attn.k_proj.weight_scale_inv");
+      const std::string attn = key.prefix + (key.mtp ? "mtp." : "") + "layers." +
+                               std::to_string(*key.layer) + ".self_attn.";
+      const auto* k_scale = ck.find(attn + "k_proj.weight_scale_inv");
       if (k_scale && k_scale->info->shape.size() == 2) {
-        auto fused =
-            detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]), block_rows);
+        std::array<int64_t, 3> weight_rows{-1, -1, -1};
+        int i = 0;
+        for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
+          const auto* e = ck.find(attn + proj + ".weight");
+          if (e && e->info->shape.size() == 2)
+            weight_rows[static_cast<size_t>(i)] = static_cast<int64_t>(e->info->shape[0]);
+          ++i;
+        }
+        auto fused = detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]),
+                                      block_rows, weight_rows);
         if (fused) layout = "fused_kv_t4";
         if (key.projection == Projection::kK)
           r.attention.push_back({layer_label(key),

@@ -114,6 +114,12 @@ MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
         (*bs)[1].get<int64_t>() <= 0)
       fail(file, "", "quantization_config.weight_block_size is missing or malformed",
            "[rows, cols] of positive integers, e.g. [128, 128]");
+    // Block arithmetic multiplies block indices by these: a bound keeps it far from overflow.
+    if ((*bs)[0].get<int64_t>() > kMaxBlockSize || (*bs)[1].get<int64_t>() > kMaxBlockSize)
+      fail(file, "",
+           "quantization_config.weight_block_size [" + (*bs)[0].dump() + ", " + (*bs)[1].dump() +
+               "] is larger than any block scaling uses",
+           "block sides of at most " + std::to_string(kMaxBlockSize) + " (the published: 128)");
     c.block = BlockSize{(*bs)[0].get<int64_t>(), (*bs)[1].get<int64_t>()};
   }
   return c;

@@ -1,5 +1,7 @@
 #include "moeckpt/scale_layout.hpp"
 
+#include <algorithm>
+
 namespace moeckpt {
 
 std::optional<FusedQkvLayout> FusedQkvLayout::make(int64_t q_rows, int64_t k_rows, int64_t v_rows,
@@ -50,9 +52,14 @@ FusedQkvLayout::ScaleSource FusedQkvLayout::scale_source(Projection p, int64_t r
 bool FusedQkvLayout::differs_from_plain() const noexcept {
   for (Projection p : {Projection::kQ, Projection::kK, Projection::kV}) {
     if (scale_rows(p) != plain_scale_count(rows(p), block_)) return true;
-    for (int64_t r = 0; r < rows(p); ++r) {
+    // Both mappings are constant between breakpoints (a plain block boundary, a shard boundary,
+    // a fused block boundary): one check per piece, O(rows / block), not one per row.
+    const int64_t ps = per_shard(p);
+    for (int64_t r = 0; r < rows(p);) {
       auto s = scale_source(p, r);
       if (s.owner != p || s.scale_row != r / block_) return true;
+      const int64_t pos = shard_offset(p) + r % ps;
+      r = std::min({(r / block_ + 1) * block_, (r / ps + 1) * ps, r + (block_ - pos % block_)});
     }
   }
   return false;
@@ -65,7 +72,10 @@ bool FusedQkvLayout::differs_from_plain() const noexcept {
 namespace moeckpt {
 
 std::optional<FusedQkvLayout> detect_fused_qkv(const AttentionDims& dims, int64_t k_scale_rows,
-                                               int64_t block_rows) {
+                                               int64_t block_rows,
+                                               const std::array<int64_t, 3>& weight_rows) {
+  if (weight_rows != std::array<int64_t, 3>{dims.q_rows(), dims.k_rows(), dims.v_rows()})
+    return std::nullopt;
   auto fused = FusedQkvLayout::make(dims.q_rows(), dims.k_rows(), dims.v_rows(), block_rows);
   if (!fused || !fused->differs_from_plain()) return std::nullopt;
   if (k_scale_rows != fused->scale_rows(Projection::kK)) return std::nullopt;

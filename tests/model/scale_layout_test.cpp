@@ -78,11 +78,41 @@ TEST(FusedQkvLayout, RefusesRowsThatDoNotSplitOverFourShards) {
 
 TEST(DetectFusedQkv, UsesTheKScaleRowCount) {
   AttentionDims full{64, 4, 192, 128, false};
-  EXPECT_TRUE(detect_fused_qkv(full, 8, 128));
-  EXPECT_FALSE(detect_fused_qkv(full, 6, 128));  // plain grid
-  EXPECT_FALSE(detect_fused_qkv(full, 7, 128));  // plain with one extra row
+  const std::array<int64_t, 3> rows{full.q_rows(), full.k_rows(), full.v_rows()};
+  EXPECT_TRUE(detect_fused_qkv(full, 8, 128, rows));
+  EXPECT_FALSE(detect_fused_qkv(full, 6, 128, rows));  // plain grid
+  EXPECT_FALSE(detect_fused_qkv(full, 7, 128, rows));  // plain with one extra row
   AttentionDims swa{64, 8, 192, 128, true};
-  EXPECT_FALSE(detect_fused_qkv(swa, 12, 128));  // identical layouts: plain
+  EXPECT_FALSE(detect_fused_qkv(swa, 12, 128, {swa.q_rows(), swa.k_rows(), swa.v_rows()}));
+}
+
+TEST(DetectFusedQkv, NothingIsDerivedFromDimensionsTheWeightsContradict) {
+  // A hostile config: 2^24 heads. The weights say otherwise, so no row-driven work happens.
+  AttentionDims hostile{int64_t{1} << 24, 4, 192, 128, false};
+  EXPECT_FALSE(detect_fused_qkv(hostile, 8, 128, {64 * 192, 4 * 192, 4 * 128}));
+  AttentionDims full{64, 4, 192, 128, false};
+  EXPECT_FALSE(detect_fused_qkv(full, 8, 128, {-1, 4 * 192, 4 * 128}));  // q missing
+}
+
+TEST(FusedQkvLayout, DiffersFromPlainCheckedPieceByPieceAgreesWithRowByRow) {
+  // The breakpoint walk gives the row-by-row answer on every small layout.
+  for (int64_t q : {0, 32, 64, 128, 256, 384, 512, 1024, 12288})
+    for (int64_t k : {0, 32, 64, 128, 256, 512, 768})
+      for (int64_t v : {0, 32, 64, 128, 256, 512})
+        for (int64_t block : {32, 64, 128}) {
+          auto l = FusedQkvLayout::make(q, k, v, block);
+          if (!l) continue;
+          bool row_by_row = false;
+          for (Projection p : {Projection::kQ, Projection::kK, Projection::kV}) {
+            if (l->scale_rows(p) != plain_scale_count(l->rows(p), block)) row_by_row = true;
+            for (int64_t r = 0; r < l->rows(p) && !row_by_row; ++r) {
+              auto s = l->scale_source(p, r);
+              row_by_row = s.owner != p || s.scale_row != r / block;
+            }
+          }
+          EXPECT_EQ(l->differs_from_plain(), row_by_row)
+              << q << " " << k << " " << v << " " << block;
+        }
 }
 
 }  // namespace

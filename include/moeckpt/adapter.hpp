@@ -87,6 +87,10 @@ inline constexpr const char* kMetaEpSize = "moeckpt.ep_size";
 inline constexpr const char* kMetaEpRank = "moeckpt.ep_rank";
 inline constexpr const char* kMetaExpertStart = "moeckpt.expert_start";
 inline constexpr const char* kMetaExpertCount = "moeckpt.expert_count";
+// Identifies the HF checkpoint an EP rank's folder was converted from (config.json, every tensor's
+// name, dtype and shape, and the content of every scale and every tensor of at most 4 MiB: norms,
+// routers, biases). to-hf refuses rank folders whose fingerprints differ.
+inline constexpr const char* kMetaSourceFingerprint = "moeckpt.source_fingerprint";
 
 // Plans. Validation happens here: a bad input fails before any output exists.
 Plan plan_from_hf(const TensorSource& hf, const MimoConfig& config, const FromHfOptions& options);

@@ -167,6 +167,22 @@ std::string to_hf_options_text(const ToHfOptions& options, const std::vector<int
   return text;
 }
 
+// kMetaSourceFingerprint of an HF source: the same for every EP rank converted from it, different
+// for another checkpoint of the same architecture (its norms, routers and scales differ).
+std::string source_fingerprint(const CheckpointSource& source, const std::string& config_text) {
+  constexpr uint64_t kSmall = 4ull << 20;
+  std::string text = "config " + io::text_checksum(config_text) + "\n";
+  for (const auto& t : source.tensors()) {
+    text += fmt::format("{} {} {}", t.name, dtype_name(t.dtype), format_shape(t.shape));
+    if (t.nbytes <= kSmall || t.name.ends_with("_scale_inv")) {
+      const auto bytes = source.read_all(t);
+      text += " " + io::text_checksum({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
+    }
+    text += "\n";
+  }
+  return io::text_checksum(text);
+}
+
 // Tasks small enough that several fit the memory budget at once.
 template <class Options>
 Options within_budget(Options o, const ExecOptions& exec) {
@@ -196,6 +212,7 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
   CheckpointSource source({src});
   Plan plan = plan_from_hf(source, config, within_budget(options, convert.exec));
+  plan.metadata[kMetaSourceFingerprint] = source_fingerprint(source, config_text);
   const auto options_text =
       fmt::format("from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
                   dtype_name(options.dtype), compat_name(options.compat));
@@ -253,6 +270,29 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
       start = 0;
     }
     starts.push_back(start);
+  }
+  // Rank folders of one conversion: the same source, the same config.
+  if (srcs.size() > 1) {
+    const auto md0 = source.metadata(0);
+    const auto config0 =
+        parse_strict_json(io::read_small_file(srcs[0] / "config.json", 64ull << 20),
+                          (srcs[0] / "config.json").string(), "config");
+    for (size_t p = 1; p < srcs.size(); ++p) {
+      const auto md = source.metadata(p);
+      const auto a = md0.find(kMetaSourceFingerprint), b = md.find(kMetaSourceFingerprint);
+      const bool ha = a != md0.end(), hb = b != md.end();
+      if (ha != hb || (ha && a->second != b->second))
+        fail(srcs[p].string(), "",
+             fmt::format("was converted from another checkpoint than {} (__metadata__ {} = \"{}\", "
+                         "there \"{}\")",
+                         srcs[0].string(), kMetaSourceFingerprint, hb ? b->second : "",
+                         ha ? a->second : ""),
+             "the EP rank folders of one from-hf conversion");
+      const auto cp = srcs[p] / "config.json";
+      if (parse_strict_json(io::read_small_file(cp, 64ull << 20), cp.string(), "config") != config0)
+        fail(cp.string(), "", "differs from " + (srcs[0] / "config.json").string(),
+             "the same config.json in every EP rank folder");
+    }
   }
   Plan plan = plan_to_hf(source, config, within_budget(options, convert.exec), starts);
   return write_plan(std::move(plan), source, describe_inputs(source), srcs, dst,

@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "cli/interrupt_watch.hpp"
+#include "cli/option_values.hpp"
 #include "cli/progress_printer.hpp"
 #include "io/hub_cache.hpp"
 
@@ -28,29 +29,12 @@ namespace {
 // would wrap an unsigned field) is a usage error naming the range.
 CLI::Validator integer_in(uint64_t lo, uint64_t hi) {
   return CLI::Validator(
-      [lo, hi](std::string& text) -> std::string {
-        uint64_t v = 0;
-        const char* b = text.data();
-        const char* e = b + text.size();
-        auto [p, ec] = std::from_chars(b, e, v);
-        if (text.empty() || ec != std::errc() || p != e || v < lo || v > hi)
-          return fmt::format("must be a whole number from {} to {}, not '{}'", lo, hi, text);
-        return {};
-      },
+      [lo, hi](std::string& text) { return moeckpt::cli::check_integer(text, lo, hi); },
       fmt::format("INT in [{} - {}]", lo, hi));
 }
 
-// Tolerances: finite and not negative (NaN would make every comparison pass).
 const CLI::Validator kTolerance(
-    [](std::string& text) -> std::string {
-      double v = 0;
-      auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-      if (text.empty() || ec != std::errc() || p != text.data() + text.size() ||
-          !std::isfinite(v) || v < 0)
-        return "must be a finite number >= 0, not '" + text + "'";
-      return {};
-    },
-    "FLOAT >= 0");
+    [](std::string& text) { return moeckpt::cli::check_tolerance(text); }, "FLOAT >= 0");
 
 constexpr uint64_t kMaxBytes = uint64_t{1} << 56;  // far beyond any checkpoint
 constexpr uint64_t kMaxCount = uint64_t{1} << 20;

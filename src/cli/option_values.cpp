@@ -1,0 +1,29 @@
+#include "cli/option_values.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cmath>
+
+namespace moeckpt::cli {
+
+std::string check_integer(std::string_view text, uint64_t lo, uint64_t hi) {
+  uint64_t v = 0;
+  const char* b = text.data();
+  const char* e = b + text.size();
+  auto [p, ec] = std::from_chars(b, e, v);
+  if (text.empty() || ec != std::errc() || p != e || v < lo || v > hi)
+    return fmt::format("must be a whole number from {} to {}, not '{}'", lo, hi, text);
+  return {};
+}
+
+std::string check_tolerance(std::string_view text) {
+  double v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (text.empty() || ec != std::errc() || p != text.data() + text.size() || !std::isfinite(v) ||
+      v < 0)
+    return fmt::format("must be a finite number >= 0, not '{}'", text);
+  return {};
+}
+
+}  // namespace moeckpt::cli

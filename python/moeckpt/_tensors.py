@@ -69,10 +69,16 @@ def row(name: str, t: torch.Tensor) -> Row:
 
 
 def rows(items: Iterable[tuple[str, torch.Tensor]], keep: list) -> list[Row]:
-    out = []
+    items = list(items)
+    # Every input is checked before any is converted, so a refusal is the same on every rank.
     for name, t in items:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"moeckpt: '{name}' is a {type(t).__name__}, expected a torch.Tensor")
+        if t.device.type == "meta" or (is_dtensor(t) and t.to_local().device.type == "meta"):
+            raise _core.Error(f"tensor '{name}': is a meta tensor: it has a shape but no data "
+                              "(expected a tensor with values, e.g. after the model is materialized)")
+    out = []
+    for name, t in items:
         t = host_tensor(t)
         keep.append(t)  # the engine reads this memory in place
         out.append(row(name, t))

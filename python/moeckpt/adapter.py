@@ -192,9 +192,10 @@ class MiMoV2FlashStateDictAdapter:
         Keyword arguments: ``exclude_key_regex``, ``quantization`` (as in ``to_hf``)."""
         quant, prefix = self._to_hf_mode(bool(kwargs.get("quantization", False)))
         items, start, _ = self._native_items({fqn: tensor})
-        name, t = items[0]
-        t = T.host_tensor(t)
-        out = _core.convert_single_tensor_to_hf(T.row(name, t), self._config, quant, self._compat_name,
+        keep: list = []
+        (row,) = T.rows(items[:1], keep)
+        name = row[0]
+        out = _core.convert_single_tensor_to_hf(row, self._config, quant, self._compat_name,
                                                 T.anchored(kwargs.get("exclude_key_regex")), prefix, start)
         return [(name, T.from_engine(dt, shape, raw)) for name, dt, shape, raw in out]
 
@@ -211,6 +212,15 @@ class MiMoV2FlashStateDictAdapter:
         """Plain tensors (DTensor expert shards -> local), the first expert id they hold, and whether
         every expert must be present."""
         n = self._config.n_routed_experts
+        # Grouped experts are all DTensor shards or all plain tensors: a mix (a DTensor
+        # gate_and_up_projs beside a plain down_projs) has no consistent expert range, and is refused
+        # before anything is converted, the same way on every rank.
+        grouped = {k: T.is_dtensor(v) for k, v in state_dict.items() if is_grouped_expert_key(k)}
+        if len(set(grouped.values())) > 1:
+            dt = next(k for k, d in grouped.items() if d)
+            plain = next(k for k, d in grouped.items() if not d)
+            raise _core.Error(f"tensor '{plain}': is a plain tensor while '{dt}' is a DTensor (expected the "
+                              "grouped experts all as DTensor shards, or all as plain tensors)")
         items, starts, partial = [], set(), False
         for k, v in state_dict.items():
             if T.is_dtensor(v):

@@ -56,7 +56,7 @@ def test_bad_inputs(case_tiny, tmp_path):
     with pytest.raises(moeckpt.Error, match="no such file|cannot open|does not exist|not found|No such"):
         moeckpt.from_hf_dir(tmp_path / "nothing")
     native = case_tiny.ours().from_hf(case_tiny.hf)
-    with pytest.raises(moeckpt.Error, match="regex"):
+    with pytest.raises(moeckpt.Error, match="regular expression"):
         case_tiny.ours().to_hf(native, exclude_key_regex="(")
     with pytest.raises(TypeError, match="torch.Tensor"):
         case_tiny.ours().from_hf({"a.weight": [1, 2]})
@@ -116,3 +116,34 @@ def test_the_gil_is_released_during_conversion(case_tiny):
     stop.set()
     th.join()
     assert busy > 0.25 * idle, (busy, idle, call)  # measured: ~0.5-0.9 released, ~0.08 held
+
+
+def test_meta_tensors_are_a_clear_error_everywhere(case_tiny, tmp_path):
+    ad = case_tiny.ours()
+    native = ad.from_hf(case_tiny.hf)
+    for key in ("model.layers.1.mlp.experts.gate_and_up_projs", "model.norm.weight"):
+        bad = dict(native)
+        bad[key] = torch.empty(native[key].shape, dtype=native[key].dtype, device="meta")
+        with pytest.raises(moeckpt.Error, match=f"tensor '{key}': is a meta tensor"):
+            ad.to_hf(bad, quantization=True)
+        with pytest.raises(moeckpt.Error, match="is a meta tensor"):
+            moeckpt.to_hf_dir(bad, tmp_path / "out", case_tiny.config)
+        assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")
+        with pytest.raises(moeckpt.Error, match="is a meta tensor"):
+            ad.convert_single_tensor_to_hf(key, bad[key])
+    hf = dict(case_tiny.hf)
+    hf["model.norm.weight"] = torch.empty(hf["model.norm.weight"].shape, device="meta")
+    with pytest.raises(moeckpt.Error, match="is a meta tensor"):
+        ad.from_hf(hf)
+
+
+def test_a_dtensor_beside_a_plain_grouped_tensor_is_refused(case_tiny, mg):
+    ad = case_tiny.ours()
+    for rank in range(2):
+        with mg.EPContext(2, rank, "fakepg") as mesh:
+            sharded = ad.from_hf(case_tiny.hf, device_mesh=mesh)
+            mixed = dict(sharded)
+            key = "model.layers.1.mlp.experts.down_projs"
+            mixed[key] = sharded[key].to_local()  # plain, beside DTensor gate_and_up_projs
+            with pytest.raises(moeckpt.Error, match=f"tensor '{key}': is a plain tensor while"):
+                ad.to_hf(mixed, quantization=True)

@@ -426,6 +426,9 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
   std::error_code ec;
   if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
     fail(dst.string(), "", "destination already holds a checkpoint");
+  // A zero shard size would write config.json and no shard: refused before anything exists.
+  if (o.max_shard_bytes && *o.max_shard_bytes == 0)
+    fail(dst.string(), "", "shard size 0", "a maximum shard size of at least 1 byte");
   fs::create_directories(dst, ec);
   if (ec) fail(dst.string(), "", "cannot create directory: " + ec.message());
 

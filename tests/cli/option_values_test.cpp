@@ -87,3 +87,18 @@ TEST(OptionValues, PathsThatUsedToGiveLibraryMessages) {
 
 }  // namespace
 }  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+TEST(OptionValues, SynthWithAZeroShardSizeWritesNothing) {
+  test::TempDir dir;
+  SynthOptions o;
+  o.preset = "micro";
+  o.max_shard_bytes = 0;
+  EXPECT_THROW(synthesize_checkpoint(dir / "s", o), Error);
+  EXPECT_FALSE(std::filesystem::exists(dir / "s"));
+}
+
+}  // namespace
+}  // namespace moeckpt

@@ -21,14 +21,28 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// One HF-layout tensor of a checkpoint, as float values (and FP8 codes when stored as FP8).
+// Elements of one comparison step: the two sides' values are held a chunk of rows at a time, so
+// memory stays bounded whatever the tensor size (a single row is the smallest step).
+constexpr uint64_t kChunkElements = 4ull << 20;
+
+// One HF-layout tensor of a checkpoint as a [rows, cols] matrix, read as float values (and FP8
+// codes when stored as FP8) a range of rows at a time.
 struct LogicalTensor {
   std::vector<uint64_t> shape;
   Dtype dtype{};             // as stored
   bool dequantized = false;  // values are float32 products fp8 * scale
-  std::function<std::vector<float>()> values;
-  std::function<std::vector<uint8_t>()> fp8_codes;  // empty when not FP8
+  int64_t rows = 1, cols = 1;
+  std::function<std::vector<float>(int64_t r0, int64_t r1)> values;
+  std::function<std::vector<uint8_t>(int64_t r0, int64_t r1)> fp8_codes;  // empty when not FP8
 };
+
+// [rows, cols] of a stored tensor: its first dimension by the rest (a scalar is [1, 1]).
+std::pair<int64_t, int64_t> matrix_dims(const std::vector<uint64_t>& shape) {
+  if (shape.empty()) return {1, 1};
+  uint64_t cols = 1;
+  for (size_t i = 1; i < shape.size(); ++i) cols *= shape[i];
+  return {static_cast<int64_t>(shape[0]), static_cast<int64_t>(cols)};
+}
 
 std::string family_of(const std::string& key) {
   auto k = classify_tensor_name(key);
@@ -60,16 +74,28 @@ class LogicalView {
       LogicalTensor lt;
       lt.shape = t.shape;
       lt.dtype = t.dtype;
+      std::tie(lt.rows, lt.cols) = matrix_dims(t.shape);
       const SourceTensor* tp = &t;
+      const int64_t cols = lt.cols;
+      const uint64_t es = dtype_size(t.dtype);
+      auto read_rows = [this, tp, cols, es](int64_t r0, int64_t r1) {
+        std::vector<uint8_t> bytes(static_cast<size_t>((r1 - r0) * cols) * es);
+        src_.read(*tp, static_cast<uint64_t>(r0 * cols) * es, bytes);
+        return bytes;
+      };
       const auto* scale = t.name.ends_with(".weight") ? src_.find(t.name + "_scale_inv") : nullptr;
       if (scale) {
         DequantInput in = dequant_input_for(t, *scale, key, block);
-        lt.values = [this, in]() { return exec::dequant_products(src_, in); };
+        lt.values = [this, in](int64_t r0, int64_t r1) {
+          return exec::dequant_products(src_, in, r0, r1);
+        };
         lt.dequantized = true;
       } else {
-        lt.values = [this, tp]() { return exec::to_floats(*tp, src_.read_all(*tp)); };
+        lt.values = [tp, read_rows](int64_t r0, int64_t r1) {
+          return exec::to_floats(*tp, read_rows(r0, r1));
+        };
       }
-      if (t.dtype == Dtype::F8_E4M3) lt.fp8_codes = [this, tp]() { return src_.read_all(*tp); };
+      if (t.dtype == Dtype::F8_E4M3) lt.fp8_codes = read_rows;
       tensors_[t.name] = std::move(lt);
     }
   }
@@ -96,11 +122,18 @@ class LogicalView {
         LogicalTensor lt;
         lt.shape = {static_cast<uint64_t>(cols), t.shape[1]};
         lt.dtype = t.dtype;
+        lt.rows = cols;
+        lt.cols = static_cast<int64_t>(t.shape[1]);
         MatrixView v{&t, s, col0, cols};
         const SourceTensor* tp = &t;
-        lt.values = [this, v, tp]() {
+        // A slot view is the transpose of one expert's slot: read the slot (bounded by one
+        // expert's size) and keep the rows asked for.
+        lt.values = [this, v, tp](int64_t r0, int64_t r1) {
           auto m = exec::load_matrix(src_, v);
-          return exec::to_floats(*tp, m.raw);
+          const size_t row_bytes = static_cast<size_t>(m.cols) * dtype_size(tp->dtype);
+          return exec::to_floats(*tp, std::span<const uint8_t>(m.raw).subspan(
+                                          static_cast<size_t>(r0) * row_bytes,
+                                          static_cast<size_t>(r1 - r0) * row_bytes));
         };
         tensors_[name] = std::move(lt);
       };
@@ -117,6 +150,52 @@ class LogicalView {
   const MimoConfig& config_;
   std::map<std::string, LogicalTensor> tensors_;
 };
+
+}  // namespace
+
+namespace {
+
+template <class Round>
+void compare_values(LogicalTensor& ta, LogicalTensor& tb, int64_t r0, int64_t r1,
+                    const VerifyOptions& o, VerifyFamily& f, Round&& round_to) {
+  auto xa = ta.values(r0, r1), xb = tb.values(r0, r1);
+  if (ta.dequantized && !tb.dequantized) round_to(xa, tb.dtype);
+  if (tb.dequantized && !ta.dequantized) round_to(xb, ta.dtype);
+  f.elements += xa.size();
+  for (size_t i = 0; i < xa.size(); ++i) {
+    const float p = xa[i], q = xb[i];
+    uint32_t bp, bq;
+    std::memcpy(&bp, &p, 4);
+    std::memcpy(&bq, &q, 4);
+    const bool both_nan = std::isnan(p) && std::isnan(q);
+    if (bp == bq || both_nan) {
+      f.bitwise_equal++;
+      continue;
+    }
+    const double d = std::fabs(static_cast<double>(p) - static_cast<double>(q));
+    if (std::isnan(d) || d > o.atol + o.rtol * std::fabs(static_cast<double>(q)))
+      f.beyond_tolerance++;
+    if (!std::isnan(d)) {
+      f.max_abs = std::max(f.max_abs, d);
+      if (q != 0) f.max_rel = std::max(f.max_rel, d / std::fabs(static_cast<double>(q)));
+    }
+  }
+}
+
+void compare_codes(const std::vector<uint8_t>& ca, const std::vector<uint8_t>& cb,
+                   VerifyFamily& f) {
+  f.fp8_elements += ca.size();
+  for (size_t i = 0; i < ca.size(); ++i) {
+    if (ca[i] == cb[i]) {
+      f.fp8_equal++;
+      continue;
+    }
+    // Same sign and adjacent magnitudes (codes are ordered by magnitude within a sign).
+    if ((ca[i] & 0x80) == (cb[i] & 0x80) && std::abs((ca[i] & 0x7F) - (cb[i] & 0x7F)) == 1)
+      f.fp8_one_step++;
+    if ((ca[i] == 0x80 && cb[i] == 0x00) || (ca[i] == 0x00 && cb[i] == 0x80)) f.signed_zeros_lost++;
+  }
+}
 
 }  // namespace
 
@@ -151,47 +230,18 @@ VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const Veri
     }
     auto& f = r.families[family_of(name)];
     f.tensors++;
-    auto xa = ta.values(), xb = tb.values();
     // A dequantized side is compared at the precision the other side stores (from-hf's BF16).
     auto round_to = [](std::vector<float>& x, Dtype d) {
       if (d != Dtype::BF16) return;
       for (auto& v : x) v = numerics::bf16_to_f32(numerics::f32_to_bf16_rne(v));
     };
-    if (ta.dequantized && !tb.dequantized) round_to(xa, tb.dtype);
-    if (tb.dequantized && !ta.dequantized) round_to(xb, ta.dtype);
-    f.elements += xa.size();
-    for (size_t i = 0; i < xa.size(); ++i) {
-      const float p = xa[i], q = xb[i];
-      uint32_t bp, bq;
-      std::memcpy(&bp, &p, 4);
-      std::memcpy(&bq, &q, 4);
-      const bool both_nan = std::isnan(p) && std::isnan(q);
-      if (bp == bq || both_nan) {
-        f.bitwise_equal++;
-        continue;
-      }
-      const double d = std::fabs(static_cast<double>(p) - static_cast<double>(q));
-      if (std::isnan(d) || d > o.atol + o.rtol * std::fabs(static_cast<double>(q)))
-        f.beyond_tolerance++;
-      if (!std::isnan(d)) {
-        f.max_abs = std::max(f.max_abs, d);
-        if (q != 0) f.max_rel = std::max(f.max_rel, d / std::fabs(static_cast<double>(q)));
-      }
-    }
-    if (ta.fp8_codes && tb.fp8_codes) {
-      auto ca = ta.fp8_codes(), cb = tb.fp8_codes();
-      f.fp8_elements += ca.size();
-      for (size_t i = 0; i < ca.size(); ++i) {
-        if (ca[i] == cb[i]) {
-          f.fp8_equal++;
-          continue;
-        }
-        // Same sign and adjacent magnitudes (codes are ordered by magnitude within a sign).
-        if ((ca[i] & 0x80) == (cb[i] & 0x80) && std::abs((ca[i] & 0x7F) - (cb[i] & 0x7F)) == 1)
-          f.fp8_one_step++;
-        if ((ca[i] == 0x80 && cb[i] == 0x00) || (ca[i] == 0x00 && cb[i] == 0x80))
-          f.signed_zeros_lost++;
-      }
+    const int64_t step =
+        std::max<int64_t>(1, static_cast<int64_t>(kChunkElements) / std::max<int64_t>(1, ta.cols));
+    for (int64_t r0 = 0; r0 < ta.rows; r0 += step) {
+      const int64_t r1 = std::min(ta.rows, r0 + step);
+      compare_values(ta, tb, r0, r1, o, f, round_to);
+      if (ta.fp8_codes && tb.fp8_codes)
+        compare_codes(ta.fp8_codes(r0, r1), tb.fp8_codes(r0, r1), f);
     }
   }
   for (auto& [name, _] : vb.tensors())

@@ -64,6 +64,10 @@ TEST_F(MemoryBound, FromHfAndToHfStayWithinTheBudgetAndFlat) {
               budget + 64 * kMiB)
         << "to-hf --max-memory " << b;
   }
+  // verify streams too: a chunk of rows of each side at a time.
+  auto v = run_cli_measured({"verify", hf8, n8});
+  EXPECT_EQ(v.exit_code, 0) << v.err;
+  EXPECT_LE(v.peak_rss_bytes, 256 * kMiB);
   // Not growing with the shard size (one 20 GB shard vs the default) ...
   const uint64_t big_shard =
       peak({"from-hf", hf8, (dir / "n8big").string(), "--quiet", "--shard-size", "20000000000"});

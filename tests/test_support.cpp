@@ -74,6 +74,25 @@ CommandResult run_cli(const std::vector<std::string>& args) {
   return {code, slurp(tmp / "out"), slurp(tmp / "err")};
 }
 
+int spawn_cli(const std::vector<std::string>& args) {
+  std::vector<std::string> argv_s{MOECKPT_CLI_PATH};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : argv_s) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    if (null >= 0) {
+      ::dup2(null, 1);
+      ::dup2(null, 2);
+    }
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
 CommandResult run_cli_measured(const std::vector<std::string>& args) {
   TempDir tmp;
   const auto out = (tmp / "out").string(), err = (tmp / "err").string();

@@ -39,6 +39,9 @@ std::vector<std::string> hidden_files(const std::filesystem::path& dir);
 
 // Runs the built moeckpt CLI with the given arguments (shell-quoted).
 CommandResult run_cli(const std::vector<std::string>& args);
+// Starts the built CLI with `args` as a direct child (its output discarded) and returns its pid,
+// for tests that signal it; the caller waits for it.
+int spawn_cli(const std::vector<std::string>& args);
 // The same, as a direct child whose peak resident set is read from outside (wait4's ru_maxrss).
 CommandResult run_cli_measured(const std::vector<std::string>& args);
 

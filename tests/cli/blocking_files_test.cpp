@@ -74,17 +74,8 @@ TEST(SignalWhilePlanning, EndsTheRunAtOnce) {
   o.mtp_layers = 0;
   synthesize_checkpoint(dir / "hf", o);
   for (int sig : {SIGINT, SIGTERM}) {
-    std::vector<std::string> args{
-        MOECKPT_CLI_PATH, "from-hf", (dir / "hf").string(), (dir / "out").string(), "--quiet",
-        "--threads",      "1"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
+    const pid_t pid = test::spawn_cli(
+        {"from-hf", (dir / "hf").string(), (dir / "out").string(), "--quiet", "--threads", "1"});
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
     const auto t0 = std::chrono::steady_clock::now();
     ::kill(pid, sig);

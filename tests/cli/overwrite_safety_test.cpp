@@ -148,19 +148,8 @@ TEST_F(OverwriteSafety, AKilledOverwriteKeepsTheOldCheckpointAndResumes) {
   std::mt19937 rng(7);
   int mid = 0;
   for (int trial = 0; trial < 12; ++trial) {
-    const std::vector<std::string> args{
-        MOECKPT_CLI_PATH, "from-hf", (dir_ / "hf2").string(), out(),
-        "--overwrite",    "--quiet", "--shard-size",          "3000000",
-        "--threads",      "1"};
-    std::vector<char*> argv;
-    std::vector<std::string> copy = args;
-    for (auto& a : copy) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
+    const pid_t pid = test::spawn_cli({"from-hf", (dir_ / "hf2").string(), out(), "--overwrite",
+                                       "--quiet", "--shard-size", "3000000", "--threads", "1"});
     std::this_thread::sleep_for(
         std::chrono::microseconds(std::uniform_int_distribution<int>(0, 120000)(rng)));
     const bool alive = ::kill(pid, SIGKILL) == 0;
@@ -193,17 +182,9 @@ TEST_F(OverwriteSafety, AKilledOverwriteKeepsTheOldCheckpointAndResumes) {
 
 TEST_F(OverwriteSafety, AnInterruptedOverwriteResumesFromItsStagingFolder) {
   // SIGINT during the overwrite: finished staged shards are kept, the old checkpoint untouched.
-  std::vector<std::string> args{MOECKPT_CLI_PATH, "from-hf", (dir_ / "hf2").string(), out(),
-                                "--overwrite",    "--quiet", "--shard-size",          "2000000",
-                                "--threads",      "1",       "--max-memory",          "8000000"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
+  const pid_t pid =
+      test::spawn_cli({"from-hf", (dir_ / "hf2").string(), out(), "--overwrite", "--quiet",
+                       "--shard-size", "2000000", "--threads", "1", "--max-memory", "8000000"});
   std::this_thread::sleep_for(std::chrono::milliseconds(40));
   ::kill(pid, SIGINT);
   int status = 0;

@@ -185,7 +185,11 @@ TEST_F(OverwriteSafety, AnInterruptedOverwriteResumesFromItsStagingFolder) {
   const pid_t pid =
       test::spawn_cli({"from-hf", (dir_ / "hf2").string(), out(), "--overwrite", "--quiet",
                        "--shard-size", "2000000", "--threads", "1", "--max-memory", "8000000"});
-  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  // Signal once the overwrite is staging (its manifest exists): an earlier signal ends planning
+  // at once, which leaves nothing to resume (that case is SignalWhilePlanning's).
+  const auto manifest = dir_ / "out" / ".moeckpt-staging" / ".moeckpt-manifest.json";
+  for (int i = 0; i < 4000 && !fs::exists(manifest); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   ::kill(pid, SIGINT);
   int status = 0;
   ::waitpid(pid, &status, 0);

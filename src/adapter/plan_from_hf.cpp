@@ -12,8 +12,8 @@
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/numerics.hpp"
 #include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/numerics.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/tensor_key.hpp"
 
@@ -67,8 +67,8 @@ class FromHfPlanner {
     // Scales are small: refusing a bad one now means no output is ever started for it.
     if (!compat_ && o_.prescan_scales)
       for (const auto& [s, used] : scales_used_)
-        for (const auto& big : check_scale_values(src_, *s, used.first, used.second,
-                                                  largest_safe_scale()))
+        for (const auto& big :
+             check_scale_values(src_, *s, used.first, used.second, largest_safe_scale()))
           check_large_scale(*s, big);
     return std::move(plan_);
   }

@@ -3,8 +3,8 @@
 // by from-hf / to-hf planning, verify and inspect: each refusal is a moeckpt::Error naming the
 // file, the tensor, what is wrong and what was expected.
 #include <cstdint>
-#include <string>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "moeckpt/mimo_config.hpp"

@@ -40,7 +40,7 @@ TEST(Executor, TinyTasksManyThreadsAndASmallBudgetGiveTheSameBytes) {
   ConvertOptions stressed;
   stressed.exec.threads = 4;
   stressed.exec.max_memory = 12 << 20;  // a few tiny tasks in flight at once
-  stressed.max_shard_bytes = 3 << 20;  // several shards too
+  stressed.max_shard_bytes = 3 << 20;   // several shards too
   for (Compat compat : {Compat::kNone, Compat::kAutomodel07}) {
     const std::string tag = compat == Compat::kNone ? "default" : "compat";
     FromHfOptions big, small;

@@ -74,28 +74,11 @@ CommandResult run_cli(const std::vector<std::string>& args) {
   return {code, slurp(tmp / "out"), slurp(tmp / "err")};
 }
 
-int spawn_cli(const std::vector<std::string>& args) {
-  std::vector<std::string> argv_s{MOECKPT_CLI_PATH};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : argv_s) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int null = ::open("/dev/null", O_WRONLY);
-    if (null >= 0) {
-      ::dup2(null, 1);
-      ::dup2(null, 2);
-    }
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
+namespace {
 
-CommandResult run_cli_measured(const std::vector<std::string>& args) {
-  TempDir tmp;
-  const auto out = (tmp / "out").string(), err = (tmp / "err").string();
+// Forks the built CLI with `args`, its stdout and stderr sent to the given files.
+pid_t fork_cli(const std::vector<std::string>& args, const std::string& out,
+               const std::string& err) {
   std::vector<std::string> argv_s{MOECKPT_CLI_PATH};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -109,6 +92,19 @@ CommandResult run_cli_measured(const std::vector<std::string>& args) {
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
+  return pid;
+}
+
+}  // namespace
+
+int spawn_cli(const std::vector<std::string>& args) {
+  return fork_cli(args, "/dev/null", "/dev/null");
+}
+
+CommandResult run_cli_measured(const std::vector<std::string>& args) {
+  TempDir tmp;
+  const auto out = (tmp / "out").string(), err = (tmp / "err").string();
+  const pid_t pid = fork_cli(args, out, err);
   int status = 0;
   struct rusage ru {};
   if (pid < 0 || ::wait4(pid, &status, 0, &ru) != pid) return {-1, "", "fork/wait4 failed", 0};

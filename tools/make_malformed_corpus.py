@@ -385,6 +385,12 @@ def register_config_cases():
     reg("config_block_size_negative", "weight_block_size is missing or malformed", lambda c: c["quantization_config"].update(weight_block_size=[128, -128]))
     reg("config_block_size_near_int64_max", "is larger than any block scaling uses", lambda c: c["quantization_config"].update(weight_block_size=[2**63 - 1, 128]))
     reg("config_block_size_beyond_bound", "is larger than any block scaling uses", lambda c: c["quantization_config"].update(weight_block_size=[128, 65537]))
+    # A block size the scale grids contradict (the real 128-grids would be read as "extras"): the
+    # error names a scale grid that shows it.
+    reg("config_block_size_double", "weight_block_size that matches the scale grids", lambda c: c["quantization_config"].update(weight_block_size=[256, 256]), file="model-00001-of-00004.safetensors", to_hf=NOT_NATIVE)
+    reg("config_block_size_rows_only", "fit 128-element blocks along rows", lambda c: c["quantization_config"].update(weight_block_size=[512, 128]), file="model-00001-of-00004.safetensors", to_hf=NOT_NATIVE)
+    reg("config_block_size_columns_only", "fit 128-element blocks along columns", lambda c: c["quantization_config"].update(weight_block_size=[128, 1024]), file="model-00001-of-00004.safetensors", to_hf=NOT_NATIVE)
+    reg("config_block_size_beyond_tensors", "weight_block_size that matches the scale grids", lambda c: c["quantization_config"].update(weight_block_size=[65536, 65536]), file="model-00001-of-00004.safetensors", to_hf=NOT_NATIVE)
     # consistent on its own, but not with the tensors
     reg("config_more_experts_than_tensors", "are missing for experts [0, 5)", lambda c: c.update(n_routed_experts=5), file=None, to_hf=NOT_NATIVE)
     reg("config_fewer_experts_than_tensors", "expert id 3 is not below n_routed_experts = 3", lambda c: c.update(n_routed_experts=3), file=None, to_hf=NOT_NATIVE)

@@ -13,6 +13,7 @@
 #include <set>
 #include <thread>
 
+#include "adapter/block_size_check.hpp"
 #include "exec/transforms.hpp"
 #include "exec/worker_threads.hpp"
 #include "moeckpt/adapter.hpp"
@@ -191,6 +192,7 @@ void check_shapes_against_config(const TensorSource& src, const MimoConfig& c) {
       fail(t.file, t.name, "shape " + format_shape(t.shape) + " disagrees with config.json",
            format_shape(*want));
   }
+  if (c.block) check_block_size_matches_scales(src, *c.block);
 }
 
 void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool native) {

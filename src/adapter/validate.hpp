@@ -25,7 +25,7 @@ void refuse_native_layout(const TensorSource& src);
 void refuse_hf_layout(const TensorSource& src);
 
 // Every (non-scale, non-grouped) tensor the config determines has the config's shape, and every
-// layer index is below num_hidden_layers.
+// layer index is below num_hidden_layers, and the scale grids agree with weight_block_size.
 void check_shapes_against_config(const TensorSource& src, const MimoConfig& config);
 
 // Every decoder / MTP layer that holds any tensor holds all of its non-expert tensors (norms,

@@ -41,7 +41,7 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 def out_dtype_name(dtype: torch.dtype) -> str:
     if dtype not in (torch.bfloat16, torch.float32):
-        raise ValueError(f"moeckpt: dequantized weights can be torch.bfloat16 or torch.float32, not {dtype}")
+        raise _core.InvalidArgumentError(f"moeckpt: dequantized weights can be torch.bfloat16 or torch.float32, not {dtype}")
     return _TO_NAME[dtype]
 
 
@@ -75,7 +75,7 @@ def rows(items: Iterable[tuple[str, torch.Tensor]], keep: list) -> list[Row]:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"moeckpt: '{name}' is a {type(t).__name__}, expected a torch.Tensor")
         if t.device.type == "meta" or (is_dtensor(t) and t.to_local().device.type == "meta"):
-            raise _core.Error(f"tensor '{name}': is a meta tensor: it has a shape but no data "
+            raise _core.InvalidArgumentError(f"tensor '{name}': is a meta tensor: it has a shape but no data "
                               "(expected a tensor with values, e.g. after the model is materialized)")
     out = []
     for name, t in items:
@@ -132,12 +132,12 @@ def compat_name(compat: str | None) -> str:
         return "automodel-0.7"
     if compat in COMPAT_MODES:
         return compat
-    raise ValueError(f"moeckpt: compat must be None, 'automodel', 'automodel-0.6' or 'automodel-0.7', not {compat!r}")
+    raise _core.InvalidArgumentError(f"moeckpt: compat must be None, 'automodel', 'automodel-0.6' or 'automodel-0.7', not {compat!r}")
 
 
 def quant_mode(quant: str) -> str:
     if quant not in ("block", "cast", "none"):
-        raise ValueError(f"moeckpt: quant must be 'block', 'cast' or 'none', not {quant!r}")
+        raise _core.InvalidArgumentError(f"moeckpt: quant must be 'block', 'cast' or 'none', not {quant!r}")
     return quant
 
 

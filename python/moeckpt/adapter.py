@@ -89,7 +89,7 @@ class MiMoV2FlashStateDictAdapter:
         self._compat = self._compat_name != "none"
         self.quant = T.quant_mode(quant)
         if ep_size < 1 or not 0 <= ep_rank < ep_size:
-            raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
+            raise _core.InvalidArgumentError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
         self.ep_rank, self.ep_size = int(ep_rank), int(ep_size)
         self.threads, self.max_memory = int(threads), int(max_memory)
         # As the reference: the expert keys' "model." prefix seen by the last from_hf decides the
@@ -219,7 +219,7 @@ class MiMoV2FlashStateDictAdapter:
         if len(set(grouped.values())) > 1:
             dt = next(k for k, d in grouped.items() if d)
             plain = next(k for k, d in grouped.items() if not d)
-            raise _core.Error(f"tensor '{plain}': is a plain tensor while '{dt}' is a DTensor (expected the "
+            raise _core.InvalidArgumentError(f"tensor '{plain}': is a plain tensor while '{dt}' is a DTensor (expected the "
                               "grouped experts all as DTensor shards, or all as plain tensors)")
         items, starts, partial = [], set(), False
         for k, v in state_dict.items():
@@ -244,7 +244,7 @@ class MiMoV2FlashStateDictAdapter:
                 partial = True
             items.append((k, v))
         if len(starts) > 1:
-            raise ValueError(f"moeckpt: grouped expert tensors start at different experts {sorted(starts)}")
+            raise _core.InvalidArgumentError(f"moeckpt: grouped expert tensors start at different experts {sorted(starts)}")
         start = starts.pop() if starts else 0
         return items, start, not partial
 
@@ -274,6 +274,6 @@ def _local_expert_shard(t: Any, n_experts: int) -> tuple[torch.Tensor, int]:
             rank, size = int(mesh.get_local_rank(i)), int(mesh.size(i))
             first, count = _core.expert_range(n_experts, size, rank)
             if local.shape[0] != count:
-                raise ValueError(f"moeckpt: a DTensor shard holds {local.shape[0]} experts, EP rank {rank}/{size} owns {count}")
+                raise _core.InvalidArgumentError(f"moeckpt: a DTensor shard holds {local.shape[0]} experts, EP rank {rank}/{size} owns {count}")
             return local, first
     return local, 0

@@ -45,7 +45,7 @@ def from_hf_dir(
     if device_mesh is not None:
         ep_rank, ep_size = _mesh_rank_size(device_mesh)
     if ep_size < 1 or not 0 <= ep_rank < ep_size:
-        raise ValueError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
+        raise _core.InvalidArgumentError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
     out, _metadata, _config_text, _bytes_read = _core.from_hf_dir(
         _resolve(path, revision), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_name(compat),
         int(threads), int(max_memory))
@@ -94,7 +94,7 @@ def to_hf_dir(
     compat_name = T.compat_name(compat)
     quant = T.quant_mode(quant)
     if compat_name == "automodel-0.6" and quant != "cast" and quant != "block":
-        raise ValueError("moeckpt: compat='automodel-0.6' always quantizes as Automodel 0.6 does (cast); "
+        raise _core.InvalidArgumentError("moeckpt: compat='automodel-0.6' always quantizes as Automodel 0.6 does (cast); "
                          f"use compat=None or 'automodel-0.7' for quant={quant!r}")
     if compat_name != "none" and quant == "block":
         quant = "cast"  # Automodel's to_hf(quantization=True)
@@ -153,7 +153,7 @@ def quantize_dir(
     cast with ones scales. Equal, tensor for tensor, to ``from_hf`` then ``to_hf`` with that
     quantization. Same job layer as ``to_hf_dir``."""
     if quant not in ("block", "cast"):
-        raise ValueError(f"moeckpt: quant must be 'block' or 'cast', not {quant!r}")
+        raise _core.InvalidArgumentError(f"moeckpt: quant must be 'block' or 'cast', not {quant!r}")
     existing = _existing(overwrite, resume)
     src_dir = _resolve(src, revision)
     r = _run_interruptible(lambda cancel: _core.quantize_dir(
@@ -163,7 +163,7 @@ def quantize_dir(
 
 def _existing(overwrite: bool, resume: bool) -> str:
     if overwrite and resume:
-        raise ValueError("moeckpt: overwrite and resume exclude each other")
+        raise _core.InvalidArgumentError("moeckpt: overwrite and resume exclude each other")
     return "overwrite" if overwrite else "resume" if resume else "refuse"
 
 
@@ -213,5 +213,5 @@ def synth(
     (hidden 256, 4 layers, 8 experts, 257 tensors) or ``"full"`` (real dimensions, trimmed by the
     options). Deterministic for a seed."""
     if preset not in ("tiny", "full"):
-        raise ValueError(f"moeckpt: preset must be 'tiny' or 'full', not {preset!r}")
+        raise _core.InvalidArgumentError(f"moeckpt: preset must be 'tiny' or 'full', not {preset!r}")
     return WriteReport(*_core.synth(os.fspath(dst), preset, layers, experts, vocab, mtp, int(seed), shard_size))

@@ -50,7 +50,9 @@ using InRow = std::tuple<std::string, std::string, std::vector<uint64_t>, uintpt
 
 Dtype dtype_of(const std::string& name) {
   auto d = parse_dtype(name);
-  if (!d) fail("", "", "unknown dtype \"" + name + "\"", "a safetensors dtype name such as BF16");
+  if (!d)
+    fail(ErrorKind::kInvalidArgument, "", "", "unknown dtype \"" + name + "\"",
+         "a safetensors dtype name such as BF16");
   return *d;
 }
 
@@ -63,7 +65,7 @@ std::vector<MemorySource::Entry> entries_of(const std::vector<InRow>& rows) {
     const uint64_t want = TensorSpec{name, dt, shape}.nbytes();
     if (want != nbytes)
       fail(
-          "", name,
+          ErrorKind::kInvalidArgument, "", name,
           "holds " + std::to_string(nbytes) + " bytes but its shape needs " + std::to_string(want));
     out.push_back({name, dt, shape,
                    std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(addr), nbytes)});
@@ -75,13 +77,15 @@ QuantMode quant_of(const std::string& q) {
   if (q == "block") return QuantMode::kBlock;
   if (q == "cast") return QuantMode::kCast;
   if (q == "none") return QuantMode::kNone;
-  fail("", "", "unknown quantization mode \"" + q + "\"", "block, cast or none");
+  fail(ErrorKind::kInvalidArgument, "", "", "unknown quantization mode \"" + q + "\"",
+       "block, cast or none");
 }
 
 Dtype out_dtype_of(const std::string& d) {
   if (d == "BF16") return Dtype::BF16;
   if (d == "F32") return Dtype::F32;
-  fail("", "", "from_hf output dtype " + d + " is not supported", "bfloat16 or float32");
+  fail(ErrorKind::kInvalidArgument, "", "", "from_hf output dtype " + d + " is not supported",
+       "bfloat16 or float32");
 }
 
 // A parsed config.json (parsed once per adapter).
@@ -134,7 +138,7 @@ class BufferSink final : public TensorSink {
   void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override {
     Buffer& b = *buffers_.at(out);
     if (offset > b.size() || bytes.size() > b.size() - offset)
-      fail("", "", "internal: write past the end of an output tensor");
+      fail(ErrorKind::kInvalidArgument, "", "", "internal: write past the end of an output tensor");
     std::memcpy(b.data() + offset, bytes.data(), bytes.size());
   }
   std::vector<std::unique_ptr<Buffer>>& buffers() { return buffers_; }
@@ -218,7 +222,8 @@ ConvertOptions convert_options(uint64_t max_shard_bytes, unsigned threads, uint6
   else if (existing == "resume")
     c.existing = ExistingOutput::kResume;
   else
-    fail("", "", "unknown handling of an existing destination \"" + existing + "\"",
+    fail(ErrorKind::kInvalidArgument, "", "",
+         "unknown handling of an existing destination \"" + existing + "\"",
          "refuse, overwrite or resume");
   return c;
 }
@@ -226,7 +231,7 @@ ConvertOptions convert_options(uint64_t max_shard_bytes, unsigned threads, uint6
 Compat compat_of(const std::string& name) {
   auto c = parse_compat(name);
   if (!c)
-    fail("", "", "unknown compat mode \"" + name + "\"",
+    fail(ErrorKind::kInvalidArgument, "", "", "unknown compat mode \"" + name + "\"",
          "None, \"automodel\", \"automodel-0.6\" or \"automodel-0.7\"");
   return *c;
 }
@@ -257,8 +262,48 @@ ToHfOptions to_hf_options(const std::string& quant, const std::string& compat,
 
 NB_MODULE(_core, m) {
   m.doc() = "moeckpt C++ engine (use the moeckpt package, not this module)";
-  // Every refusal of the engine (one line naming file, tensor, problem, expectation).
-  nb::exception<Error>(m, "Error", PyExc_RuntimeError);
+  // Every refusal of the engine (one line naming file, tensor, problem, expectation), raised as
+  // the subclass of its kind; each class carries `kind` ("numeric", ...), so callers branch on
+  // classes, never on message text.
+  // Raw references kept for the life of the process (the interpreter may be gone at exit).
+  nb::object error_class = nb::exception<Error>(m, "Error", PyExc_RuntimeError);
+  error_class.attr("kind") = nb::none();
+  static PyObject* base = error_class.inc_ref().ptr();
+  struct KindClass {
+    ErrorKind kind;
+    const char* name;
+    PyObject* also;  // a builtin base that fits, or null
+  };
+  static const KindClass kClasses[] = {
+      {ErrorKind::kMalformedFile, "MalformedFileError", PyExc_ValueError},
+      {ErrorKind::kConfigMismatch, "ConfigMismatchError", PyExc_ValueError},
+      {ErrorKind::kUnsupportedLayout, "UnsupportedLayoutError", PyExc_ValueError},
+      {ErrorKind::kNumeric, "NumericError", PyExc_ValueError},
+      {ErrorKind::kDestination, "DestinationError", PyExc_OSError},
+      {ErrorKind::kInterrupted, "ConversionInterrupted", nullptr},
+      {ErrorKind::kInvalidArgument, "InvalidArgumentError", PyExc_ValueError},
+      {ErrorKind::kIo, "InputIOError", PyExc_OSError},
+  };
+  static std::map<ErrorKind, PyObject*> by_kind;
+  for (const auto& k : kClasses) {
+    nb::object bases = k.also ? nb::make_tuple(nb::handle(base), nb::handle(k.also))
+                              : nb::make_tuple(nb::handle(base));
+    const std::string qualified = std::string("moeckpt._core.") + k.name;
+    nb::object cls = nb::steal(PyErr_NewException(qualified.c_str(), bases.ptr(), nullptr));
+    if (!cls.is_valid()) throw nb::python_error();
+    cls.attr("kind") = error_kind_name(k.kind);
+    m.attr(k.name) = cls;
+    by_kind[k.kind] = cls.inc_ref().ptr();
+  }
+  // Registered after nb::exception<Error>, so it is tried first.
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const Error& e) {
+      auto it = by_kind.find(e.kind());
+      PyErr_SetString(it == by_kind.end() ? base : it->second, e.what());
+    }
+  });
 
   nb::class_<Config>(m, "Config")
       .def(
@@ -268,7 +313,8 @@ NB_MODULE(_core, m) {
             try {
               doc = nlohmann::json::parse(text);
             } catch (const nlohmann::json::exception& e) {
-              fail(where, "", std::string("config is not valid JSON: ") + e.what());
+              fail(ErrorKind::kMalformedFile, where, "",
+                   std::string("config is not valid JSON: ") + e.what());
             }
             new (self) Config{MimoConfig::parse(doc, where), text};
           },

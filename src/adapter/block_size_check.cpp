@@ -81,7 +81,7 @@ void check_block_size_matches_scales(const TensorSource& src, const BlockSize& b
         std::string_view(example->name).substr(0, example->name.size() - kScaleSuffix.size()));
     const size_t a = is_rows ? 0 : 1;
     const auto dim = static_cast<int64_t>(w->shape[a]);
-    fail(example->file, example->name,
+    fail(ErrorKind::kConfigMismatch, example->file, example->name,
          fmt::format("scale {} of weight {} has {} block {} where config.json's weight_block_size "
                      "[{}, {}] gives {}: the scale grids of {} of {} FP8 weights fit {}-element "
                      "blocks along {}, only {} fit {}",

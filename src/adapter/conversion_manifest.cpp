@@ -21,15 +21,17 @@ std::optional<ConversionManifest> ConversionManifest::load(const std::filesystem
     auto j = parse_strict_json(text, path.string());
     if (!j.is_object() || j.value("format", "") != kFormat || !j["fingerprint"].is_string() ||
         !j["shards"].is_object())
-      fail(path.string(), "", "not a moeckpt conversion manifest");
+      fail(ErrorKind::kDestination, path.string(), "", "not a moeckpt conversion manifest");
     m.fingerprint = j["fingerprint"].get<std::string>();
     for (const auto& [name, v] : j["shards"].items()) {
       if (!v.is_object() || !v["size"].is_number_unsigned() || !v["xxh3_128"].is_string())
-        fail(path.string(), name, "malformed shard entry in the conversion manifest");
+        fail(ErrorKind::kDestination, path.string(), name,
+             "malformed shard entry in the conversion manifest");
       m.shards[name] = {v["size"].get<uint64_t>(), v["xxh3_128"].get<std::string>()};
     }
   } catch (const nlohmann::json::exception& e) {
-    fail(path.string(), "", std::string("malformed conversion manifest: ") + e.what());
+    fail(ErrorKind::kDestination, path.string(), "",
+         std::string("malformed conversion manifest: ") + e.what());
   }
   return m;
 }

@@ -133,7 +133,7 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
   } catch (const Interrupted&) {
     // Temporary files are gone with the writer; finished shards and the manifest stay for
     // --resume.
-    throw Interrupted({dst.string(), "",
+    throw Interrupted({ErrorKind::kInterrupted, dst.string(), "",
                        "interrupted; the shards finished so far are kept: run the same command "
                        "with --resume to continue",
                        ""});
@@ -197,7 +197,8 @@ int64_t parse_meta_int(const std::map<std::string, std::string>& md, const char*
   if (it == md.end()) return -1;
   auto [p, e] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), v);
   if (e != std::errc() || p != it->second.data() + it->second.size() || v < 0)
-    fail(where, "", fmt::format("__metadata__ {} = \"{}\" is not a count", key, it->second));
+    fail(ErrorKind::kMalformedFile, where, "",
+         fmt::format("__metadata__ {} = \"{}\" is not a count", key, it->second));
   return v;
 }
 
@@ -246,7 +247,8 @@ ConvertReport quantize_dir(const fs::path& src, const fs::path& dst, const ToHfO
   ToHfOptions o = within_budget(options, convert.exec);
   o.hf_source = true;
   if (effective_quant(o) == QuantMode::kNone)
-    fail("", "", "quantize needs a quantization mode", "block or cast");
+    fail(ErrorKind::kInvalidArgument, "", "", "quantize needs a quantization mode",
+         "block or cast");
   Plan plan = plan_to_hf(source, config, o, {0});
   return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst,
                     "quantize " + to_hf_options_text(o, {0}), hf_config_text(config, o), convert);
@@ -255,7 +257,7 @@ ConvertReport quantize_dir(const fs::path& src, const fs::path& dst, const ToHfO
 ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
                          const ToHfOptions& options, const std::optional<fs::path>& config_path,
                          const ConvertOptions& convert) {
-  if (srcs.empty()) fail("", "", "no input folder");
+  if (srcs.empty()) fail(ErrorKind::kInvalidArgument, "", "", "no input folder");
   const fs::path cfg = config_path ? *config_path : srcs.front() / "config.json";
   MimoConfig config = MimoConfig::load(cfg);
   CheckpointSource source(srcs);
@@ -265,7 +267,8 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
     int64_t start = parse_meta_int(md, kMetaExpertStart, srcs[p].string());
     if (start < 0) {
       if (srcs.size() > 1)
-        fail(srcs[p].string(), "", "has no moeckpt metadata, so which experts it holds is unknown",
+        fail(ErrorKind::kConfigMismatch, srcs[p].string(), "",
+             "has no moeckpt metadata, so which experts it holds is unknown",
              "the EP rank folders written by moeckpt from-hf, or one folder with all experts");
       start = 0;
     }
@@ -282,7 +285,7 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
       const auto a = md0.find(kMetaSourceFingerprint), b = md.find(kMetaSourceFingerprint);
       const bool ha = a != md0.end(), hb = b != md.end();
       if (ha != hb || (ha && a->second != b->second))
-        fail(srcs[p].string(), "",
+        fail(ErrorKind::kConfigMismatch, srcs[p].string(), "",
              fmt::format("was converted from another checkpoint than {} (__metadata__ {} = \"{}\", "
                          "there \"{}\")",
                          srcs[0].string(), kMetaSourceFingerprint, hb ? b->second : "",
@@ -290,7 +293,8 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
              "the EP rank folders of one from-hf conversion");
       const auto cp = srcs[p] / "config.json";
       if (parse_strict_json(io::read_small_file(cp, 64ull << 20), cp.string(), "config") != config0)
-        fail(cp.string(), "", "differs from " + (srcs[0] / "config.json").string(),
+        fail(ErrorKind::kConfigMismatch, cp.string(), "",
+             "differs from " + (srcs[0] / "config.json").string(),
              "the same config.json in every EP rank folder");
     }
   }

@@ -28,13 +28,15 @@ bool present(const fs::path& p) {
 void remove_file(const fs::path& p) {
   std::error_code ec;
   fs::remove(p, ec);
-  if (ec) fail(p.string(), "", "cannot remove: " + ec.message());
+  if (ec) fail(ErrorKind::kDestination, p.string(), "", "cannot remove: " + ec.message());
 }
 
 void rename_file(const fs::path& from, const fs::path& to) {
   std::error_code ec;
   fs::rename(from, to, ec);
-  if (ec) fail(to.string(), "", "cannot move " + from.string() + " into place: " + ec.message());
+  if (ec)
+    fail(ErrorKind::kDestination, to.string(), "",
+         "cannot move " + from.string() + " into place: " + ec.message());
 }
 
 bool is_shard_name(const std::string& name) {
@@ -95,7 +97,8 @@ void remove_staging(const fs::path& dir) {
   }
   fs::remove_all(dir, ec);
   if (ec)
-    fail(dir.string(), "", "cannot remove a dead conversion's staging folder: " + ec.message());
+    fail(ErrorKind::kDestination, dir.string(), "",
+         "cannot remove a dead conversion's staging folder: " + ec.message());
 }
 
 bool starts_with_bytes(const fs::path& p, const std::vector<uint8_t>& header, uint64_t size) {
@@ -138,21 +141,22 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
     const auto id = file_id(p, true);
     for (const auto& [src_id, src] : src_dirs)
       if (id && *id == src_id)
-        fail(dst_.string(), "",
+        fail(ErrorKind::kDestination, dst_.string(), "",
              "destination is the source folder or inside it (" + p.string() +
                  " is the same folder as source " + src.string() + ", by device and inode)",
              "a destination outside every source folder");
     if (p == p.root_path()) break;
   }
   if (fs::is_symlink(fs::symlink_status(dst_, ec)) && !fs::exists(dst_, ec))
-    fail(dst_.string(), "",
+    fail(ErrorKind::kDestination, dst_.string(), "",
          "destination is a symbolic link to " + fs::read_symlink(dst_, ec).string() +
              ", which does not exist",
          "a folder, or a link to an existing folder");
   created_ = fs::create_directories(dst_, ec);
-  if (ec) fail(dst_.string(), "", "cannot create directory: " + ec.message());
+  if (ec)
+    fail(ErrorKind::kDestination, dst_.string(), "", "cannot create directory: " + ec.message());
   if (!fs::is_directory(fs::symlink_status(dst_, ec)) && !fs::is_directory(dst_, ec))
-    fail(dst_.string(), "", "destination is not a directory");
+    fail(ErrorKind::kDestination, dst_.string(), "", "destination is not a directory");
   lock_.emplace(dst_);
   remove_dead_temporaries(dst_);
 
@@ -163,10 +167,11 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
   switch (existing) {
     case ExistingOutput::kRefuse:
       if (unfinished || staged_unfinished)
-        fail(dst_.string(), "", "destination holds an unfinished conversion",
+        fail(ErrorKind::kDestination, dst_.string(), "",
+             "destination holds an unfinished conversion",
              "--resume to continue it, or --overwrite to start over");
       if (checkpoint)
-        fail(dst_.string(), "", "destination already holds a checkpoint",
+        fail(ErrorKind::kDestination, dst_.string(), "", "destination already holds a checkpoint",
              "an empty folder, or --overwrite to replace it");
       remove_staging(staging);
       break;
@@ -185,7 +190,8 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
         break;
       }
       if (!unfinished && checkpoint)
-        fail(dst_.string(), "", "destination holds a finished checkpoint: nothing to resume",
+        fail(ErrorKind::kDestination, dst_.string(), "",
+             "destination holds a finished checkpoint: nothing to resume",
              "--overwrite to replace it");
       remove_staging(staging);
       resume_ = unfinished;  // nothing unfinished: a fresh start
@@ -195,7 +201,8 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
     work_ = staging;
     fs::create_directories(work_, ec);
     if (ec || !fs::is_directory(fs::symlink_status(work_, ec)))
-      fail(work_.string(), "", "cannot create the staging folder: " + ec.message());
+      fail(ErrorKind::kDestination, work_.string(), "",
+           "cannot create the staging folder: " + ec.message());
     remove_dead_temporaries(work_);
   }
   config_was_there_ = !resume_ && !staging_ && present(dst_ / kConfigFileName);
@@ -209,7 +216,7 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
   if (resume_) {
     previous = *ConversionManifest::load(work_);
     if (previous.fingerprint != fingerprint)
-      fail(dst_.string(), "",
+      fail(ErrorKind::kDestination, dst_.string(), "",
            "the unfinished conversion here was started from other inputs or with other options",
            "the same command as the interrupted run, or --overwrite to start over");
   }
@@ -219,12 +226,13 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
     const auto path = dst_ / sh.name;
     const bool ours = resume_ && !staging_ && previous.shards.count(sh.name);
     if (present(path) && !ours && !removable_shard(path))
-      fail(path.string(), "",
+      fail(ErrorKind::kDestination, path.string(), "",
            "exists and is not a safetensors shard this conversion may replace (or is one of its "
            "inputs)",
            "a destination without other files under the new checkpoint's shard names");
     if (present(path) && !staging_ && !resume_ && !ours)
-      fail(path.string(), "", "exists in a destination without a checkpoint index",
+      fail(ErrorKind::kDestination, path.string(), "",
+           "exists in a destination without a checkpoint index",
            "an empty folder, or --overwrite to replace it");
   }
   // From here on a failure owns the write folder's final names (a refused resume keeps them).

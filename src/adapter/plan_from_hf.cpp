@@ -27,7 +27,7 @@ class FromHfPlanner {
   FromHfPlanner(const TensorSource& src, const MimoConfig& c, const FromHfOptions& o)
       : src_(src), c_(c), o_(o), compat_(is_automodel(o.compat)) {
     if (o.dtype != Dtype::BF16 && o.dtype != Dtype::F32)
-      fail("", "", "output dtype must be bf16 or f32");
+      fail(ErrorKind::kInvalidArgument, "", "", "output dtype must be bf16 or f32");
     block_ = c.block.value_or(BlockSize{});
     range_ = ExpertRange::for_rank(c.n_routed_experts, o.ep_size, o.ep_rank);
     nan_ = compat_ ? NanPolicy::kTorchCompat : NanPolicy::kRefuse;
@@ -36,7 +36,7 @@ class FromHfPlanner {
   Plan plan() {
     refuse_native_layout(src_);
     if (!o_.group_experts && (o_.ep_size != 1 || o_.ep_rank != 0))
-      fail("", "", "an expert-parallel rank needs grouped experts",
+      fail(ErrorKind::kInvalidArgument, "", "", "an expert-parallel rank needs grouped experts",
            "EP size 1 when experts stay per expert");
     collect_experts();
     validate_experts();
@@ -91,13 +91,13 @@ class FromHfPlanner {
       auto id = std::make_pair(key.prefix, *key.layer);
       if (!compat_ && !key.is_scale) {
         if (*key.layer >= c_.num_hidden_layers || !c_.layer_is_moe[static_cast<size_t>(*key.layer)])
-          fail(t.file, t.name,
+          fail(ErrorKind::kConfigMismatch, t.file, t.name,
                fmt::format("expert weight in layer {}, which config.json makes a dense layer "
                            "(moe_layer_freq / num_hidden_layers)",
                            *key.layer),
                "expert weights only in MoE layers");
         if (*key.expert >= c_.n_routed_experts)
-          fail(t.file, t.name,
+          fail(ErrorKind::kConfigMismatch, t.file, t.name,
                fmt::format("expert id {} is not below n_routed_experts = {} of config.json",
                            *key.expert, c_.n_routed_experts),
                "as many experts as config.json says");
@@ -131,7 +131,8 @@ class FromHfPlanner {
           }
       }
       if (n_missing)
-        fail(src_.tensors().empty() ? "" : src_.tensors().front().file, "",
+        fail(ErrorKind::kConfigMismatch, src_.tensors().empty() ? "" : src_.tensors().front().file,
+             "",
              fmt::format("{} expert weights of layer {} are missing for experts [{}, {}) "
                          "(n_routed_experts = {}, EP rank {}/{}): {}{}",
                          n_missing, id.second, e0, e1, c_.n_routed_experts, o_.ep_rank, o_.ep_size,
@@ -178,7 +179,7 @@ class FromHfPlanner {
                             ? std::isfinite(product)
                             : (numerics::f32_to_bf16_rne(product) & 0x7F80) != 0x7F80;
     if (!finite)
-      fail(s.file, s.name,
+      fail(ErrorKind::kNumeric, s.file, s.name,
            fmt::format("scale entry [{}, {}] is {}: times the block's largest FP8 magnitude {} it "
                        "is {}, not finite in {}",
                        big.row, big.col, big.value, largest, product, dtype_name(o_.dtype)),
@@ -192,7 +193,7 @@ class FromHfPlanner {
     if (const auto* s = w.name.ends_with(".weight") ? src_.find(w.name + "_scale_inv") : nullptr) {
       if (w.dtype != Dtype::F8_E4M3 && w.dtype != Dtype::BF16 && w.dtype != Dtype::F16 &&
           w.dtype != Dtype::F32)
-        fail(w.file, w.name,
+        fail(ErrorKind::kMalformedFile, w.file, w.name,
              "weight of dtype " + std::string(dtype_name(w.dtype)) + " has a block scale",
              "an F8_E4M3 (or BF16, F16, F32) weight");
       in.scale = resolve_scale_ref(src_, w, *s, key, c_, {block_, !compat_, !compat_});
@@ -220,14 +221,16 @@ class FromHfPlanner {
                                              ? std::vector<uint64_t>{D, Ie}
                                              : std::vector<uint64_t>{Ie, D};
       if (*key.expert < c_.n_routed_experts && t.shape != want)
-        fail(t.file, t.name,
+        fail(ErrorKind::kConfigMismatch, t.file, t.name,
              "expert weight of shape " + format_shape(t.shape) + " disagrees with config.json",
              format_shape(want) + " from hidden_size and moe_intermediate_size");
     }
     if (!scale) {
       if (t.dtype == Dtype::F8_E4M3 && !compat_)
-        fail(t.file, t.name, "FP8 weight without a '_scale_inv' companion",
-             "every FP8 weight to have its block scales (--compat automodel passes it through)");
+        fail(ErrorKind::kMalformedFile, t.file, t.name,
+             "FP8 weight without a '_scale_inv' companion",
+             "every FP8 weight to have its block scales (the Automodel compat mode passes it "
+             "through)");
       plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape),
                                      std::min(o_.task_bytes / 2, kCopyChunkBytes)});
       return;
@@ -254,7 +257,7 @@ class FromHfPlanner {
                                std::pair{p.up, std::vector<uint64_t>{Ie, D}},
                                std::pair{p.down, std::vector<uint64_t>{D, Ie}}})
         if (ptr->shape != want)
-          fail(ptr->file, ptr->name,
+          fail(ErrorKind::kConfigMismatch, ptr->file, ptr->name,
                "expert weight of shape " + format_shape(ptr->shape) + " disagrees with config.json",
                format_shape(want) + " from hidden_size and moe_intermediate_size");
       ExpertSlotTask gate_up{gu, slot, c_.hidden_size, 2 * c_.moe_intermediate_size, {}, o_.dtype};
@@ -271,7 +274,8 @@ class FromHfPlanner {
     auto key = classify_tensor_name(w.name);
     auto in = dequant_input(w, key);
     if (!in.scale && w.dtype == Dtype::F8_E4M3 && !compat_)
-      fail(w.file, w.name, "FP8 expert weight without a '_scale_inv' companion",
+      fail(ErrorKind::kMalformedFile, w.file, w.name,
+           "FP8 expert weight without a '_scale_inv' companion",
            "every FP8 weight to have its block scales");
     return in;
   }

@@ -76,7 +76,7 @@ class ToHfPlanner {
   static void refuse_quantized(const TensorSource& src) {
     for (const auto& t : src.tensors())
       if (t.dtype == Dtype::F8_E4M3 || t.name.ends_with("_scale_inv"))
-        fail(t.file, t.name,
+        fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
              t.dtype == Dtype::F8_E4M3 ? "is already FP8: the checkpoint is quantized"
                                        : "is a block scale: the checkpoint is quantized",
              "an unquantized (BF16, F16 or F32) HF checkpoint");
@@ -94,7 +94,8 @@ class ToHfPlanner {
   size_t add_output(std::string name, Dtype dt, std::vector<uint64_t> shape) {
     auto [it, fresh] = origins_.emplace(name, origin_);
     if (!fresh)
-      fail(origin_file_, name, "is produced twice: from " + it->second + " and from " + origin_,
+      fail(ErrorKind::kConfigMismatch, origin_file_, name,
+           "is produced twice: from " + it->second + " and from " + origin_,
            "sources that map to distinct HF keys (check the tensor names and the expert prefix)");
     plan_.outputs.push_back({std::move(name), dt, std::move(shape)});
     return plan_.outputs.size() - 1;
@@ -131,10 +132,10 @@ class ToHfPlanner {
       return;
     }
     if (shape.size() != 2)
-      fail(src.file, src.name, "cannot quantize a weight of shape " + format_shape(shape),
-           "a 2-D [out, in] weight");
+      fail(ErrorKind::kMalformedFile, src.file, src.name,
+           "cannot quantize a weight of shape " + format_shape(shape), "a 2-D [out, in] weight");
     if (src.dtype != Dtype::BF16 && src.dtype != Dtype::F32 && src.dtype != Dtype::F16)
-      fail(src.file, src.name,
+      fail(ErrorKind::kMalformedFile, src.file, src.name,
            "cannot quantize a " + std::string(dtype_name(src.dtype)) + " tensor",
            "BF16, F16 or F32 values");
     const auto R = static_cast<int64_t>(shape[0]), C = static_cast<int64_t>(shape[1]);
@@ -179,7 +180,7 @@ class ToHfPlanner {
     if (!layout || !layout->differs_from_plain() || !layout->every_projection_owns_scale_rows())
       return nullptr;
     if (rows != layout->rows(k.projection))
-      fail("", key,
+      fail(ErrorKind::kConfigMismatch, "", key,
            fmt::format("has {} rows but this layer's attention config gives {}", rows,
                        layout->rows(k.projection)));
     auto& g = fused_[self_attn_prefix(key)];
@@ -194,7 +195,7 @@ class ToHfPlanner {
     std::map<int64_t, std::pair<const SourceTensor*, int64_t>> by_expert;  // id -> (tensor, slot)
     if (!compat_ && (key.mtp || *key.layer >= c_.num_hidden_layers ||
                      !c_.layer_is_moe[static_cast<size_t>(*key.layer)]))
-      fail(t.file, t.name,
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("grouped expert tensor in layer {}, which config.json makes a dense layer",
                        *key.layer),
            "expert tensors only in MoE layers (moe_layer_freq)");
@@ -202,7 +203,7 @@ class ToHfPlanner {
       if (part.name != t.name) continue;
       if (!compat_ && part.dtype != Dtype::BF16 && part.dtype != Dtype::F16 &&
           part.dtype != Dtype::F32)
-        fail(part.file, part.name,
+        fail(ErrorKind::kMalformedFile, part.file, part.name,
              "grouped expert tensor of dtype " + std::string(dtype_name(part.dtype)),
              "BF16, F16 or F32 values");
       if (part.shape.size() != 3 ||
@@ -212,7 +213,7 @@ class ToHfPlanner {
           emit(t.name, MatrixView{&t}, t);
           return;
         }
-        fail(part.file, part.name,
+        fail(ErrorKind::kConfigMismatch, part.file, part.name,
              "grouped expert tensor of shape " + format_shape(part.shape) +
                  " disagrees with config.json",
              gate_up ? fmt::format("[n, {}, {}]", D, 2 * Ie) : fmt::format("[n, {}, {}]", Ie, D));
@@ -222,18 +223,20 @@ class ToHfPlanner {
         return;
       }
       if (gate_up && static_cast<int64_t>(part.shape[2]) < Ie)
-        fail(part.file, part.name, "gate_and_up_projs narrower than moe_intermediate_size");
+        fail(ErrorKind::kConfigMismatch, part.file, part.name,
+             "gate_and_up_projs narrower than moe_intermediate_size");
       const int64_t first = starts_.at(part.part);
       const auto n = static_cast<int64_t>(part.shape[0]);
       if (first < 0 || first + n > E)
-        fail(part.file, part.name,
+        fail(ErrorKind::kConfigMismatch, part.file, part.name,
              fmt::format("holds experts [{}, {}) but n_routed_experts is {}", first, first + n, E));
       for (int64_t s = 0; s < n; ++s)
         if (!by_expert.emplace(first + s, std::make_pair(&part, s)).second)
-          fail(part.file, part.name, fmt::format("expert {} is held by two EP ranks", first + s));
+          fail(ErrorKind::kConfigMismatch, part.file, part.name,
+               fmt::format("expert {} is held by two EP ranks", first + s));
     }
     if (o_.require_all_experts && static_cast<int64_t>(by_expert.size()) != E)
-      fail(t.file, t.name,
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("the inputs hold {} of the {} experts of this layer", by_expert.size(), E),
            "every EP rank's folder (or a tensor with all n_routed_experts)");
     const std::string prefix = o_.prefix ? *o_.prefix : compat_ ? "model." : key.prefix;
@@ -278,7 +281,7 @@ class ToHfPlanner {
 Plan plan_to_hf(const TensorSource& native, const MimoConfig& config, const ToHfOptions& options,
                 const std::vector<int64_t>& expert_start) {
   if (expert_start.size() != native.parts())
-    fail("", "", "one expert start per input folder is needed");
+    fail(ErrorKind::kInvalidArgument, "", "", "one expert start per input folder is needed");
   return ToHfPlanner(native, config, options, expert_start).plan();
 }
 

@@ -30,7 +30,7 @@ std::optional<FusedQkvLayout> fused_layout(const TensorSource& src, const Source
                                 block_rows, weight_rows);
   if (!fused) return std::nullopt;
   if (static_cast<int64_t>(w.shape[0]) != fused->rows(key.projection))
-    fail(w.file, w.name,
+    fail(ErrorKind::kConfigMismatch, w.file, w.name,
          "has " + std::to_string(w.shape[0]) +
              " rows but the fused K/V layout of this layer needs " +
              std::to_string(fused->rows(key.projection)));
@@ -42,12 +42,15 @@ std::optional<FusedQkvLayout> fused_layout(const TensorSource& src, const Source
 ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const SourceTensor& s,
                            const TensorKey& key, const MimoConfig& c, const ScaleRefOptions& o) {
   if (w.shape.size() != 2)
-    fail(w.file, w.name, "weight of shape " + format_shape(w.shape) + " has a scale but is not 2-D",
+    fail(ErrorKind::kMalformedFile, w.file, w.name,
+         "weight of shape " + format_shape(w.shape) + " has a scale but is not 2-D",
          "a 2-D [out, in] weight");
   if (s.shape.size() != 2)
-    fail(s.file, s.name, "scale of shape " + format_shape(s.shape) + " is not 2-D");
+    fail(ErrorKind::kMalformedFile, s.file, s.name,
+         "scale of shape " + format_shape(s.shape) + " is not 2-D");
   if (!is_scale_dtype(s.dtype))
-    fail(s.file, s.name, "scale dtype " + std::string(dtype_name(s.dtype)), "F32, BF16 or F16");
+    fail(ErrorKind::kMalformedFile, s.file, s.name,
+         "scale dtype " + std::string(dtype_name(s.dtype)), "F32, BF16 or F16");
   ScaleRef ref;
   ref.block_rows = o.block.rows;
   ref.block_cols = o.block.cols;
@@ -64,12 +67,12 @@ ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const
         const std::string name = base + std::string(projection_name(p)) + ".weight_scale_inv";
         const auto* qs = src.find(name);
         if (!qs)
-          fail(w.file, name,
+          fail(ErrorKind::kMalformedFile, w.file, name,
                "missing: the fused K/V scale layout of this layer needs the q, k and v scales");
         if (qs->shape.size() != 2 || !is_scale_dtype(qs->dtype) ||
             static_cast<int64_t>(qs->shape[0]) < fused->scale_rows(p) ||
             static_cast<int64_t>(qs->shape[1]) < need_cols)
-          fail(qs->file, qs->name,
+          fail(ErrorKind::kConfigMismatch, qs->file, qs->name,
                "scale " + format_shape(qs->shape) + " is too small for the fused K/V layout",
                fmt::format("at least [{}, {}]", fused->scale_rows(p), need_cols));
         ref.qkv[qkv_index(p)] = qs;
@@ -79,7 +82,7 @@ ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const
   }
   const int64_t need_rows = ceil_div(rows, o.block.rows);
   if (static_cast<int64_t>(s.shape[0]) < need_rows || static_cast<int64_t>(s.shape[1]) < need_cols)
-    fail(s.file, s.name,
+    fail(ErrorKind::kConfigMismatch, s.file, s.name,
          "scale " + format_shape(s.shape) + " is too small for weight " + format_shape(w.shape),
          fmt::format("at least [{}, {}] for {}x{} blocks", need_rows, need_cols, o.block.rows,
                      o.block.cols));

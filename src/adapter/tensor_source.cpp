@@ -72,9 +72,10 @@ MemorySource::MemorySource(std::vector<Entry> entries) {
   for (auto& e : entries) {
     uint64_t bits = dtype_bits(e.dtype);
     for (auto d : e.shape)
-      if (__builtin_mul_overflow(bits, d, &bits)) fail("", e.name, "tensor size overflows");
+      if (__builtin_mul_overflow(bits, d, &bits))
+        fail(ErrorKind::kInvalidArgument, "", e.name, "tensor size overflows");
     if (bits / 8 != e.bytes.size())
-      fail("", e.name,
+      fail(ErrorKind::kInvalidArgument, "", e.name,
            "has " + std::to_string(e.bytes.size()) + " bytes but its dtype and shape need " +
                std::to_string(bits / 8));
     tensors_.push_back({e.name, e.dtype, e.shape, "<memory>", 0, e.bytes.size()});
@@ -83,7 +84,8 @@ MemorySource::MemorySource(std::vector<Entry> entries) {
   index();
   std::unordered_map<std::string, int> seen;
   for (const auto& t : tensors_)
-    if (seen[t.name]++) fail("<memory>", t.name, "duplicate tensor name");
+    if (seen[t.name]++)
+      fail(ErrorKind::kInvalidArgument, "<memory>", t.name, "duplicate tensor name");
 }
 
 std::span<const uint8_t> MemorySource::bytes(const SourceTensor& t) const {
@@ -93,7 +95,7 @@ std::span<const uint8_t> MemorySource::bytes(const SourceTensor& t) const {
 void MemorySource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
   const auto b = bytes(t);
   if (offset > b.size() || out.size() > b.size() - offset)
-    fail("<memory>", t.name, "read outside the tensor");
+    fail(ErrorKind::kInvalidArgument, "<memory>", t.name, "read outside the tensor");
   std::memcpy(out.data(), b.data() + offset, out.size());
 }
 

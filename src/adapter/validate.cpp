@@ -127,14 +127,15 @@ int64_t parse_count(const std::map<std::string, std::string>& md, const char* ke
                     const std::string& file) {
   auto it = md.find(key);
   if (it == md.end())
-    fail(file, "", fmt::format("__metadata__ has moeckpt keys but no \"{}\"", key),
+    fail(ErrorKind::kMalformedFile, file, "",
+         fmt::format("__metadata__ has moeckpt keys but no \"{}\"", key),
          "moeckpt.ep_size, ep_rank, expert_start and expert_count together");
   int64_t v = -1;
   const auto& s = it->second;
   auto [p, e] = std::from_chars(s.data(), s.data() + s.size(), v);
   if (e != std::errc() || p != s.data() + s.size() || v < 0 || v > (int64_t{1} << 24))
-    fail(file, "", fmt::format("__metadata__ {} = \"{}\" is not a count", key, s),
-         "a non-negative integer");
+    fail(ErrorKind::kMalformedFile, file, "",
+         fmt::format("__metadata__ {} = \"{}\" is not a count", key, s), "a non-negative integer");
   return v;
 }
 
@@ -151,12 +152,13 @@ bool is_native_layout(const TensorSource& src) {
 void refuse_native_layout(const TensorSource& src) {
   for (const auto& t : src.tensors())
     if (classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts)
-      fail(t.file, t.name,
+      fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is a grouped expert tensor: this folder holds the native layout, not HF",
            "an HF checkpoint with per-expert weights (to-hf converts native folders)");
   for (size_t p = 0; p < src.parts(); ++p)
     if (native_metadata(src.metadata(p)))
-      fail(src.tensors().empty() ? folder_of(src) : src.tensors().front().file, "",
+      fail(ErrorKind::kUnsupportedLayout,
+           src.tensors().empty() ? folder_of(src) : src.tensors().front().file, "",
            "__metadata__ says moeckpt.layout = native: this folder holds the native layout, not "
            "HF",
            "an HF checkpoint (to-hf converts native folders)");
@@ -166,11 +168,11 @@ void refuse_hf_layout(const TensorSource& src) {
   for (const auto& t : src.tensors()) {
     const auto k = classify_tensor_name(t.name);
     if (k.is_scale)
-      fail(t.file, t.name,
+      fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is an FP8 block scale: this folder holds the HF layout, not the native layout",
            "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
     if (k.kind == TensorKind::kExpertProj && !k.mtp && is_groupable_expert_prefix(k.prefix))
-      fail(t.file, t.name,
+      fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is a per-expert weight: this folder holds the HF layout, not the native layout",
            "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
   }
@@ -185,12 +187,12 @@ void check_shapes_against_config(const TensorSource& src, const MimoConfig& c) {
     const auto k = classify_tensor_name(t.name);
     if (k.is_scale) continue;
     if (k.layer && !k.mtp && *k.layer >= c.num_hidden_layers)
-      fail(t.file, t.name,
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("layer {} is not below num_hidden_layers = {} of config.json", *k.layer,
                        c.num_hidden_layers));
     if (auto want = expected_hf_shape(k, c); want && *want != t.shape)
-      fail(t.file, t.name, "shape " + format_shape(t.shape) + " disagrees with config.json",
-           format_shape(*want));
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
+           "shape " + format_shape(t.shape) + " disagrees with config.json", format_shape(*want));
   }
   if (c.block) check_block_size_matches_scales(src, *c.block);
 }
@@ -211,7 +213,8 @@ void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool na
   const std::string where = folder_of(src);
   auto need = [&](const std::string& name, const std::string& what) {
     if (!src.find(name))
-      fail(where, name, "missing: " + what + " needs it", "every tensor config.json implies");
+      fail(ErrorKind::kConfigMismatch, where, name, "missing: " + what + " needs it",
+           "every tensor config.json implies");
   };
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const auto base = fmt::format("{}layers.{}.", prefix, l);
@@ -228,7 +231,8 @@ void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool na
   need(prefix + "embed_tokens.weight", "the model");
   need(prefix + "norm.weight", "the model");
   if (!c.tie_word_embeddings && !lm_head)
-    fail(where, "lm_head.weight", "missing: the model needs it (tie_word_embeddings is false)",
+    fail(ErrorKind::kConfigMismatch, where, "lm_head.weight",
+         "missing: the model needs it (tie_word_embeddings is false)",
          "every tensor config.json implies");
 }
 
@@ -250,7 +254,7 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
           auto b = ck.shard(s).header().metadata().find(key);
           const bool ha = a != md.end(), hb = b != ck.shard(s).header().metadata().end();
           if (ha != hb || (ha && a->second != b->second))
-            fail(ck.shard(s).path(), "",
+            fail(ErrorKind::kMalformedFile, ck.shard(s).path(), "",
                  fmt::format("__metadata__ {} = \"{}\" disagrees with {} (\"{}\")", key,
                              hb ? b->second : "", file, ha ? a->second : ""),
                  "the same moeckpt metadata in every shard of a folder");
@@ -265,7 +269,7 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
       continue;
     }
     if (auto it = md.find(kMetaLayout); it == md.end() || it->second != "native")
-      fail(file, "",
+      fail(ErrorKind::kMalformedFile, file, "",
            fmt::format("__metadata__ moeckpt.layout is \"{}\"", it == md.end() ? "" : it->second),
            "\"native\"");
     const int64_t size = parse_count(md, kMetaEpSize, file);
@@ -273,31 +277,32 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
     const int64_t start = parse_count(md, kMetaExpertStart, file);
     const int64_t count = parse_count(md, kMetaExpertCount, file);
     if (size < 1 || rank >= size)
-      fail(file, "", fmt::format("__metadata__ moeckpt.ep_rank = {} with ep_size = {}", rank, size),
+      fail(ErrorKind::kMalformedFile, file, "",
+           fmt::format("__metadata__ moeckpt.ep_rank = {} with ep_size = {}", rank, size),
            "0 <= ep_rank < ep_size");
     const auto want = ExpertRange::for_rank(c.n_routed_experts, size, rank);
     if (start != want.first || count != want.count)
-      fail(file, "",
+      fail(ErrorKind::kConfigMismatch, file, "",
            fmt::format("__metadata__ says experts [{}, {}) for EP rank {}/{}, but with "
                        "n_routed_experts = {} that rank holds [{}, {})",
                        start, start + count, rank, size, c.n_routed_experts, want.first,
                        want.first + want.count),
            "moeckpt metadata consistent with config.json");
     if (world && *world != size)
-      fail(file, "",
+      fail(ErrorKind::kConfigMismatch, file, "",
            fmt::format("__metadata__ moeckpt.ep_size = {} but another input folder says {}", size,
                        *world),
            "the folders of one expert-parallel checkpoint");
     world = size;
     if (auto [it, fresh] = ranks.emplace(rank, p); !fresh)
-      fail(file, "",
+      fail(ErrorKind::kConfigMismatch, file, "",
            fmt::format("EP rank {} is given twice (input folders {} and {})", rank, it->second + 1,
                        p + 1),
            "each rank's folder once");
     for (const auto& t : src.tensors())
       if (t.part == p && classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts &&
           (t.shape.empty() || static_cast<int64_t>(t.shape[0]) != count))
-        fail(t.file, t.name,
+        fail(ErrorKind::kConfigMismatch, t.file, t.name,
              fmt::format("grouped expert tensor of shape {} but __metadata__ "
                          "moeckpt.expert_count = {}",
                          format_shape(t.shape), count),
@@ -319,8 +324,8 @@ std::vector<LargeScale> check_scale_values(const TensorSource& src, const Source
       const uint64_t r = (first + i) / cols, c = (first + i) % cols;
       if (static_cast<int64_t>(r) >= used_rows || static_cast<int64_t>(c) >= used_cols) continue;
       if (!(std::isfinite(v[i]) && v[i] > 0))
-        fail(t.file, t.name, fmt::format("scale entry [{}, {}] is {}", r, c, v[i]),
-             "a positive finite multiplier");
+        fail(ErrorKind::kNumeric, t.file, t.name,
+             fmt::format("scale entry [{}, {}] is {}", r, c, v[i]), "a positive finite multiplier");
       if (v[i] > large) {
         std::lock_guard lock(m);
         out.push_back({static_cast<int64_t>(r), static_cast<int64_t>(c), v[i]});
@@ -340,10 +345,10 @@ void scan_fp8_nan_codes(const TensorSource& src, unsigned threads) {
     if (!any) return;
     for (size_t i = 0; i < bytes.size(); ++i)
       if ((bytes[i] & 0x7F) == 0x7F)
-        fail(t.file, t.name,
+        fail(ErrorKind::kNumeric, t.file, t.name,
              fmt::format("element {} is NaN (FP8 code 0x{:02x})", elements_at(t, first + i),
                          bytes[i]),
-             "finite weights (--compat automodel passes NaN through as torch does)");
+             "finite weights (the Automodel compat mode passes NaN through, as torch does)");
   });
 }
 
@@ -368,10 +373,10 @@ void scan_native_non_finite(const TensorSource& src, unsigned threads) {
         bad = (v & 0x7F800000u) == 0x7F800000u;
       }
       if (bad)
-        fail(t.file, t.name,
+        fail(ErrorKind::kNumeric, t.file, t.name,
              fmt::format("element {} of the weight to quantize is {}", elements_at(t, first + i),
                          exec::element_to_float(t.dtype, p)),
-             "finite values (block quantization; --quant cast reproduces torch's NaN codes)");
+             "finite values (block quantization; cast quantization reproduces torch's NaN codes)");
     }
   });
 }

@@ -237,7 +237,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     fh.compat = *moeckpt::parse_compat(fh_compat);
     fh.dtype = fh_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
     if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
-      throw moeckpt::Error({"", "", "--ep-rank needs --ep-size", ""});
+      throw moeckpt::Error(
+          {moeckpt::ErrorKind::kInvalidArgument, "", "", "--ep-rank needs --ep-size", ""});
     auto t0 = std::chrono::steady_clock::now();
     report("from-hf", fh_dst, moeckpt::from_hf_dir(where(fh_src), fh_dst, fh, convert), t0);
     return 0;
@@ -251,13 +252,13 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     // always in 0.6, it writes its cast.
     if (th.compat == moeckpt::Compat::kAutomodel06 && th_cmd->count("--quant") &&
         th_quant != "cast")
-      throw moeckpt::Error({"", "",
+      throw moeckpt::Error({moeckpt::ErrorKind::kInvalidArgument, "", "",
                             "--compat automodel-0.6 always quantizes as Automodel 0.6 does (cast "
                             "with ones scales; its to_hf ignores `quantization`)",
                             "no --quant, or --quant cast"});
     if (th.compat == moeckpt::Compat::kAutomodel07 && th_cmd->count("--quant") &&
         th_quant == "block")
-      throw moeckpt::Error({"", "",
+      throw moeckpt::Error({moeckpt::ErrorKind::kInvalidArgument, "", "",
                             "--compat automodel-0.7 writes what Automodel 0.7 writes: its cast "
                             "(quantization=True) or BF16 (quantization=False)",
                             "no --quant, --quant cast or --quant none"});

@@ -16,8 +16,32 @@ std::string format_error(const ErrorInfo& info) {
 
 Error::Error(ErrorInfo info) : std::runtime_error(format_error(info)), info_(std::move(info)) {}
 
-void fail(std::string file, std::string tensor, std::string what, std::string expected) {
-  throw Error(ErrorInfo{std::move(file), std::move(tensor), std::move(what), std::move(expected)});
+const char* error_kind_name(ErrorKind kind) noexcept {
+  switch (kind) {
+    case ErrorKind::kMalformedFile:
+      return "malformed_file";
+    case ErrorKind::kConfigMismatch:
+      return "config_mismatch";
+    case ErrorKind::kUnsupportedLayout:
+      return "unsupported_layout";
+    case ErrorKind::kNumeric:
+      return "numeric";
+    case ErrorKind::kDestination:
+      return "destination";
+    case ErrorKind::kInterrupted:
+      return "interrupted";
+    case ErrorKind::kInvalidArgument:
+      return "invalid_argument";
+    case ErrorKind::kIo:
+      return "io";
+  }
+  return "unknown";
+}
+
+void fail(ErrorKind kind, std::string file, std::string tensor, std::string what,
+          std::string expected) {
+  throw Error(
+      ErrorInfo{kind, std::move(file), std::move(tensor), std::move(what), std::move(expected)});
 }
 
 }  // namespace moeckpt

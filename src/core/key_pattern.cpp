@@ -18,7 +18,7 @@ KeyPattern::KeyPattern(const std::string& pattern, Anchor anchor)
                              re_->error_code() == RE2::ErrorBadEscape ||
                              why.find("invalid perl operator") != std::string::npos;
     fail(
-        "", "",
+        ErrorKind::kInvalidArgument, "", "",
         "regular expression \"" + pattern + "\" " +
             (unsupported ? "uses a construct the linear-time matcher does not support (" + why + ")"
                          : "is invalid (" + why + ")"),

@@ -80,12 +80,14 @@ nlohmann::json parse_strict_json(std::string_view text, const std::string& file,
                     /*ignore_comments=*/false);
     return out;
   } catch (const DuplicateKey& d) {
-    fail(file, "", std::string(what) + " has a duplicate key \"" + d.key + "\"", "each key once");
+    fail(ErrorKind::kMalformedFile, file, "",
+         std::string(what) + " has a duplicate key \"" + d.key + "\"", "each key once");
   } catch (const TooDeep&) {
-    fail(file, "",
+    fail(ErrorKind::kMalformedFile, file, "",
          std::string(what) + " is nested deeper than " + std::to_string(kMaxDepth) + " levels");
   } catch (const json::exception& e) {
-    fail(file, "", std::string(what) + " is not valid JSON: " + e.what());
+    fail(ErrorKind::kMalformedFile, file, "",
+         std::string(what) + " is not valid JSON: " + e.what());
   }
 }
 

@@ -31,7 +31,8 @@ MemorySink::MemorySink(const std::vector<TensorSpec>& outputs) {
 
 void MemorySink::write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) {
   auto& b = buffers_.at(out);
-  if (offset > b.size() || bytes.size() > b.size() - offset) fail("", "", "write outside output");
+  if (offset > b.size() || bytes.size() > b.size() - offset)
+    fail(ErrorKind::kInvalidArgument, "", "", "write outside output");
   std::memcpy(b.data() + offset, bytes.data(), bytes.size());
 }
 
@@ -100,11 +101,11 @@ float amax_finite(float a, float x) {
 }
 
 [[noreturn]] void fail_non_finite(const MatrixView& v, int64_t r, int64_t c, float x) {
-  fail(v.src->file, v.src->name,
+  fail(ErrorKind::kNumeric, v.src->file, v.src->name,
        (v.slot >= 0 ? "slot " + std::to_string(v.slot) + " " : std::string()) + "element [" +
            std::to_string(r) + ", " + std::to_string(c) + "] of the weight to quantize is " +
            std::to_string(x),
-       "finite values (block quantization; --quant cast reproduces torch's NaN codes)");
+       "finite values (block quantization; cast quantization reproduces torch's NaN codes)");
 }
 
 // `row0`: the first row of `x` within the view.
@@ -593,7 +594,7 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
     const uint64_t need = task_memory(plan.tasks[i]);
     if (need > budget.in_flight) {
       const auto outs = task_outputs(plan.tasks[i]);
-      fail("", outs.empty() ? "" : plan.outputs[outs.front()].name,
+      fail(ErrorKind::kInvalidArgument, "", outs.empty() ? "" : plan.outputs[outs.front()].name,
            fmt::format("its conversion holds {:.1f} MiB of buffers at once, more than a memory "
                        "budget of {:.1f} MiB allows",
                        static_cast<double>(need) / (1 << 20),
@@ -621,7 +622,8 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
         if (options.cancel && options.cancel->load()) {
           if (!error)
             error = std::make_exception_ptr(
-                Interrupted({"", "", "interrupted before the conversion finished", ""}));
+                Interrupted({ErrorKind::kInterrupted, "", "",
+                             "interrupted before the conversion finished", ""}));
           failed = true;
           cv.notify_all();
           return;

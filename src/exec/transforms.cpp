@@ -36,7 +36,8 @@ static bool is_float_dtype(Dtype d) {
 
 std::vector<float> to_floats(const SourceTensor& t, std::span<const uint8_t> bytes) {
   if (!is_float_dtype(t.dtype))
-    fail(t.file, t.name, "dtype " + std::string(dtype_name(t.dtype)) + " cannot be converted",
+    fail(ErrorKind::kMalformedFile, t.file, t.name,
+         "dtype " + std::string(dtype_name(t.dtype)) + " cannot be converted",
          "F8_E4M3, BF16, F16 or F32");
   const size_t size = dtype_size(t.dtype);
   std::vector<float> out(bytes.size() / size);
@@ -61,7 +62,7 @@ Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check
       const int64_t r = static_cast<int64_t>(i) / out.cols, c = static_cast<int64_t>(i) % out.cols;
       float v = out.values[i];
       if (r < used_rows && c < used_cols && !(std::isfinite(v) && v > 0))
-        fail(s.file, s.name,
+        fail(ErrorKind::kNumeric, s.file, s.name,
              "scale entry [" + std::to_string(r) + ", " + std::to_string(c) + "] is " +
                  std::to_string(v),
              "a positive finite multiplier");
@@ -114,12 +115,12 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
 }
 
 [[noreturn]] void fail_nan(const SourceTensor& w, int64_t row, int64_t col, int code) {
-  fail(w.file, w.name,
+  fail(ErrorKind::kNumeric, w.file, w.name,
        "element [" + std::to_string(row) + ", " + std::to_string(col) + "] is NaN" +
            (code >= 0 ? " (FP8 code 0x" + std::string(1, "0123456789abcdef"[code >> 4]) +
                             std::string(1, "0123456789abcdef"[code & 15]) + ")"
                       : ""),
-       "finite weights (--compat automodel passes NaN through as torch does)");
+       "finite weights (the Automodel compat mode passes NaN through, as torch does)");
 }
 
 void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
@@ -159,7 +160,8 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
   const int64_t rows = row1 - row0;
   const size_t esize = dtype_size(w.dtype);
   if (!is_float_dtype(w.dtype))
-    fail(w.file, w.name, "dtype " + std::string(dtype_name(w.dtype)) + " cannot be dequantized",
+    fail(ErrorKind::kMalformedFile, w.file, w.name,
+         "dtype " + std::string(dtype_name(w.dtype)) + " cannot be dequantized",
          "F8_E4M3, BF16, F16 or F32");
   std::vector<uint8_t> bytes(static_cast<size_t>(rows * cols) * esize);
   source.read(w, static_cast<uint64_t>(row0 * cols) * esize, bytes);

@@ -28,7 +28,8 @@ std::string file_checksum(const std::filesystem::path& path) {
   File f = File::open_read(path);
   const uint64_t size = f.size();
   std::unique_ptr<XXH3_state_t, StateDeleter> state(XXH3_createState());
-  if (!state || XXH3_128bits_reset(state.get()) != XXH_OK) fail(path.string(), "", "out of memory");
+  if (!state || XXH3_128bits_reset(state.get()) != XXH_OK)
+    fail(ErrorKind::kIo, path.string(), "", "out of memory");
   std::vector<uint8_t> buf(std::min<uint64_t>(size, 8ull << 20));
   for (uint64_t off = 0; off < size; off += buf.size()) {
     std::span<uint8_t> part(buf.data(), std::min<uint64_t>(buf.size(), size - off));
@@ -42,7 +43,8 @@ std::string own_file_checksum(const std::filesystem::path& path) {
   File f = File::open_read(path);
   const uint64_t size = f.size();
   std::unique_ptr<XXH3_state_t, StateDeleter> state(XXH3_createState());
-  if (!state || XXH3_128bits_reset(state.get()) != XXH_OK) fail(path.string(), "", "out of memory");
+  if (!state || XXH3_128bits_reset(state.get()) != XXH_OK)
+    fail(ErrorKind::kIo, path.string(), "", "out of memory");
   // Bounded windows: mapped file pages count in the resident set (and in a job scheduler's memory
   // accounting) while mapped, so a whole-file mapping of a 5 GB shard would add 5 GB to the peak.
   for (uint64_t off = 0; off < size; off += kChecksumWindowBytes) {

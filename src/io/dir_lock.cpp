@@ -19,14 +19,17 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir) : path_(dir / kLo
   for (int attempt = 0; attempt < 100; ++attempt) {
     int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
-      fail(path_.string(), "", std::string("cannot create lock file: ") + std::strerror(errno));
+      fail(ErrorKind::kDestination, path_.string(), "",
+           std::string("cannot create lock file: ") + std::strerror(errno));
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       int err = errno;
       ::close(fd);
       if (err == EWOULDBLOCK)
-        fail(dir.string(), "", "another moeckpt conversion is writing into this folder",
+        fail(ErrorKind::kDestination, dir.string(), "",
+             "another moeckpt conversion is writing into this folder",
              "one conversion per destination (lock file " + path_.string() + ")");
-      fail(path_.string(), "", std::string("cannot lock: ") + std::strerror(err));
+      fail(ErrorKind::kDestination, path_.string(), "",
+           std::string("cannot lock: ") + std::strerror(err));
     }
     struct stat held {
     }, now{};
@@ -40,7 +43,7 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir) : path_(dir / kLo
     }
     ::close(fd);
   }
-  fail(path_.string(), "", "lock file keeps being replaced");
+  fail(ErrorKind::kDestination, path_.string(), "", "lock file keeps being replaced");
 }
 
 DirectoryLock::~DirectoryLock() {

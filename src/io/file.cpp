@@ -45,11 +45,12 @@ File File::open_read(const std::filesystem::path& path) {
   // Non-blocking open: a FIFO (or a device) in place of a file would otherwise block open()
   // forever; the type is checked on the descriptor, then reads block as usual.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-  if (fd < 0) fail(path.string(), "", "cannot open for reading: " + errno_text(errno));
+  if (fd < 0)
+    fail(ErrorKind::kIo, path.string(), "", "cannot open for reading: " + errno_text(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
-    fail(path.string(), "",
+    fail(ErrorKind::kMalformedFile, path.string(), "",
          std::string("is not a regular file (") + file_type_name(st.st_mode) + ")",
          "a regular file");
   }
@@ -57,7 +58,7 @@ File File::open_read(const std::filesystem::path& path) {
   if (flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
     const int err = errno;
     ::close(fd);
-    fail(path.string(), "", "cannot set blocking mode: " + errno_text(err));
+    fail(ErrorKind::kIo, path.string(), "", "cannot set blocking mode: " + errno_text(err));
   }
   return File(fd, path.string());
 }
@@ -87,7 +88,8 @@ File File::create_exclusive(const std::filesystem::path& path,
                             const std::filesystem::path& name_in_errors) {
   const auto& shown = name_in_errors.empty() ? path : name_in_errors;
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) fail(shown.string(), "", "cannot create: " + errno_text(errno));
+  if (fd < 0)
+    fail(ErrorKind::kDestination, shown.string(), "", "cannot create: " + errno_text(errno));
   return File(fd, shown.string());
 }
 
@@ -111,7 +113,7 @@ File::~File() {
 
 uint64_t File::size() const {
   struct stat st {};
-  if (::fstat(fd_, &st) != 0) fail(path_, "", "cannot stat: " + errno_text(errno));
+  if (::fstat(fd_, &st) != 0) fail(ErrorKind::kIo, path_, "", "cannot stat: " + errno_text(errno));
   return static_cast<uint64_t>(st.st_size);
 }
 
@@ -122,11 +124,11 @@ void File::pread_exact(uint64_t offset, std::span<uint8_t> out) const {
         ::pread(fd_, out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail(path_, "",
+      fail(ErrorKind::kIo, path_, "",
            "read error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
     }
     if (n == 0)
-      fail(path_, "",
+      fail(ErrorKind::kIo, path_, "",
            "file ended at byte " + std::to_string(offset + done) + " while reading " +
                std::to_string(out.size()) + " bytes at " + std::to_string(offset) +
                " (was it truncated or changed while being read?)");
@@ -143,7 +145,7 @@ void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
                                static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail(path_, "",
+      fail(ErrorKind::kDestination, path_, "",
            "write error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
     }
     done += static_cast<size_t>(n);
@@ -155,17 +157,19 @@ void File::preallocate(uint64_t size) const {
   int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));
   // Not every file system supports it (EOPNOTSUPP/EINVAL): then blocks are allocated on write.
   if (rc == ENOSPC)
-    fail(path_, "", "no space left on device for " + std::to_string(size) + " bytes");
-  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL) fail(path_, "", "fallocate: " + errno_text(rc));
+    fail(ErrorKind::kDestination, path_, "",
+         "no space left on device for " + std::to_string(size) + " bytes");
+  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL)
+    fail(ErrorKind::kDestination, path_, "", "fallocate: " + errno_text(rc));
 }
 
 void File::truncate(uint64_t size) const {
   if (::ftruncate(fd_, static_cast<off_t>(size)) != 0)
-    fail(path_, "", "cannot set size: " + errno_text(errno));
+    fail(ErrorKind::kDestination, path_, "", "cannot set size: " + errno_text(errno));
 }
 
 void File::sync() const {
-  if (::fsync(fd_) != 0) fail(path_, "", "fsync: " + errno_text(errno));
+  if (::fsync(fd_) != 0) fail(ErrorKind::kDestination, path_, "", "fsync: " + errno_text(errno));
 }
 
 void File::start_writeback() const noexcept {
@@ -178,17 +182,20 @@ void File::close() {
   if (fd_ >= 0) {
     int rc = ::close(fd_);
     fd_ = -1;
-    if (rc != 0 && errno != EINTR) fail(path_, "", "close: " + errno_text(errno));
+    if (rc != 0 && errno != EINTR)
+      fail(ErrorKind::kDestination, path_, "", "close: " + errno_text(errno));
   }
 }
 
 void sync_directory(const std::filesystem::path& dir) {
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) fail(dir.string(), "", "cannot open directory: " + errno_text(errno));
+  if (fd < 0)
+    fail(ErrorKind::kDestination, dir.string(), "", "cannot open directory: " + errno_text(errno));
   int rc = ::fsync(fd);
   int err = errno;
   ::close(fd);
-  if (rc != 0 && err != EINVAL) fail(dir.string(), "", "fsync of directory: " + errno_text(err));
+  if (rc != 0 && err != EINVAL)
+    fail(ErrorKind::kDestination, dir.string(), "", "fsync of directory: " + errno_text(err));
 }
 
 std::filesystem::path temporary_name_for(const std::filesystem::path& final_path) {
@@ -226,7 +233,9 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view t
     f.close();
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
-    if (ec) fail(path.string(), "", "cannot rename temporary file into place: " + ec.message());
+    if (ec)
+      fail(ErrorKind::kDestination, path.string(), "",
+           "cannot rename temporary file into place: " + ec.message());
     sync_directory(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."));
   } catch (...) {
     std::error_code ec;
@@ -239,7 +248,8 @@ std::string read_small_file(const std::filesystem::path& path, uint64_t max_byte
   File f = File::open_read(path);
   uint64_t size = f.size();
   if (size > max_bytes)
-    fail(path.string(), "", "file too large: " + std::to_string(size) + " bytes",
+    fail(ErrorKind::kMalformedFile, path.string(), "",
+         "file too large: " + std::to_string(size) + " bytes",
          "at most " + std::to_string(max_bytes));
   std::string text(size, '\0');
   f.pread_exact(0, {reinterpret_cast<uint8_t*>(text.data()), text.size()});

@@ -74,7 +74,8 @@ fs::path resolve_checkpoint(const std::string& spec, const std::optional<std::st
   const bool exists = fs::exists(fs::symlink_status(spec, ec));
   if (exists || !looks_like_repo_id(spec)) {
     if (revision)
-      fail(spec, "", "a revision (" + *revision + ") applies to a Hugging Face repo id only",
+      fail(ErrorKind::kInvalidArgument, spec, "",
+           "a revision (" + *revision + ") applies to a Hugging Face repo id only",
            "a repo id such as ORG/NAME, or no revision for a local folder");
     return spec;
   }
@@ -83,13 +84,14 @@ fs::path resolve_checkpoint(const std::string& spec, const std::optional<std::st
   const fs::path repo =
       cache / ("models--" + spec.substr(0, slash) + "--" + spec.substr(slash + 1));
   if (!fs::is_directory(repo, ec))
-    fail(spec, "",
+    fail(ErrorKind::kInvalidArgument, spec, "",
          "is neither a folder nor a repo id in the local Hugging Face cache (looked for " +
              repo.string() + "; nothing is downloaded)",
          "a checkpoint folder, or a repo downloaded into $HF_HUB_CACHE / $HF_HOME/hub");
   const std::string rev = revision.value_or("main");
   if (!is_safe_revision(rev))
-    fail(spec, "", "revision \"" + rev + "\" is not a branch, tag or commit name",
+    fail(ErrorKind::kInvalidArgument, spec, "",
+         "revision \"" + rev + "\" is not a branch, tag or commit name",
          "a name such as main, v1.0 or a 40-hex commit");
   std::string commit;
   const fs::path ref = repo / "refs" / rev;
@@ -99,18 +101,19 @@ fs::path resolve_checkpoint(const std::string& spec, const std::optional<std::st
            (commit.back() == '\n' || commit.back() == '\r' || commit.back() == ' '))
       commit.pop_back();
     if (!is_commit_hash(commit))
-      fail(ref.string(), "", "does not hold a commit hash", "40 hexadecimal digits");
+      fail(ErrorKind::kInvalidArgument, ref.string(), "", "does not hold a commit hash",
+           "40 hexadecimal digits");
   } else if (is_commit_hash(rev)) {
     commit = rev;
   } else {
-    fail(spec, "",
+    fail(ErrorKind::kInvalidArgument, spec, "",
          "revision \"" + rev + "\" is not in the local Hugging Face cache (looked for " +
              ref.string() + ")",
          "a revision that was downloaded (see " + (repo / "refs").string() + ")");
   }
   const fs::path snapshot = repo / "snapshots" / commit;
   if (!fs::is_directory(snapshot, ec))
-    fail(spec, "",
+    fail(ErrorKind::kInvalidArgument, spec, "",
          "revision \"" + rev + "\" (commit " + commit +
              ") has no snapshot in the local Hugging Face cache (looked for " + snapshot.string() +
              ")",

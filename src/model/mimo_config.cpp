@@ -17,7 +17,8 @@ class FieldReader {
   int64_t positive(const char* key, int64_t max = int64_t{1} << 24) const {
     auto v = require(key);
     if (!v->is_number_integer() || v->get<int64_t>() <= 0 || v->get<int64_t>() > max)
-      fail(file_, "", std::string("config field \"") + key + "\" is " + v->dump(),
+      fail(ErrorKind::kMalformedFile, file_, "",
+           std::string("config field \"") + key + "\" is " + v->dump(),
            "a positive integer of at most " + std::to_string(max));
     return v->get<int64_t>();
   }
@@ -25,22 +26,25 @@ class FieldReader {
     auto v = doc_.find(key);
     if (v == doc_.end() || v->is_null()) return fallback;
     if (!v->is_boolean())
-      fail(file_, "", std::string("config field \"") + key + "\" is " + v->dump(), "true or false");
+      fail(ErrorKind::kMalformedFile, file_, "",
+           std::string("config field \"") + key + "\" is " + v->dump(), "true or false");
     return v->get<bool>();
   }
   std::vector<int64_t> int_list(const char* key, size_t length) const {
     auto v = require(key);
     if (!v->is_array())
-      fail(file_, "", std::string("config field \"") + key + "\" is not a list", "a list of ints");
+      fail(ErrorKind::kMalformedFile, file_, "",
+           std::string("config field \"") + key + "\" is not a list", "a list of ints");
     if (v->size() != length)
       fail(
-          file_, "",
+          ErrorKind::kMalformedFile, file_, "",
           std::string("config field \"") + key + "\" has " + std::to_string(v->size()) + " entries",
           std::to_string(length) + " (num_hidden_layers)");
     std::vector<int64_t> out;
     for (const auto& x : *v) {
       if (!x.is_number_integer() || (x.get<int64_t>() != 0 && x.get<int64_t>() != 1))
-        fail(file_, "", std::string("config field \"") + key + "\" holds " + x.dump(), "0 or 1");
+        fail(ErrorKind::kMalformedFile, file_, "",
+             std::string("config field \"") + key + "\" holds " + x.dump(), "0 or 1");
       out.push_back(x.get<int64_t>());
     }
     return out;
@@ -48,7 +52,7 @@ class FieldReader {
   json::const_iterator require(const char* key) const {
     auto v = doc_.find(key);
     if (v == doc_.end() || v->is_null())
-      fail(file_, "", std::string("config has no \"") + key + "\"");
+      fail(ErrorKind::kMalformedFile, file_, "", std::string("config has no \"") + key + "\"");
     return v;
   }
 
@@ -66,7 +70,7 @@ int64_t MimoConfig::moe_layer_count() const noexcept {
 }
 
 MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
-  if (!doc.is_object()) fail(file, "", "config is not a JSON object");
+  if (!doc.is_object()) fail(ErrorKind::kMalformedFile, file, "", "config is not a JSON object");
   FieldReader f(doc, file);
   MimoConfig c;
   c.raw = doc;
@@ -91,7 +95,7 @@ MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
   for (const auto* dims : {&c.full, &c.swa}) {
     const char* which = dims == &c.full ? "num_attention_heads" : "swa_num_attention_heads";
     if (dims->num_heads % dims->num_kv_heads != 0)
-      fail(file, "",
+      fail(ErrorKind::kMalformedFile, file, "",
            std::string(which) + " = " + std::to_string(dims->num_heads) +
                " is not a multiple of its key/value head count " +
                std::to_string(dims->num_kv_heads));
@@ -101,22 +105,24 @@ MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
     c.n_routed_experts = f.positive("n_routed_experts");
     c.num_experts_per_tok = f.positive("num_experts_per_tok");
     if (c.num_experts_per_tok > c.n_routed_experts)
-      fail(file, "",
+      fail(ErrorKind::kMalformedFile, file, "",
            "num_experts_per_tok = " + std::to_string(c.num_experts_per_tok) +
                " exceeds n_routed_experts = " + std::to_string(c.n_routed_experts));
   }
 
   if (auto q = doc.find("quantization_config"); q != doc.end() && !q->is_null()) {
-    if (!q->is_object()) fail(file, "", "quantization_config is not an object");
+    if (!q->is_object())
+      fail(ErrorKind::kMalformedFile, file, "", "quantization_config is not an object");
     auto bs = q->find("weight_block_size");
     if (bs == q->end() || !bs->is_array() || bs->size() != 2 || !(*bs)[0].is_number_integer() ||
         !(*bs)[1].is_number_integer() || (*bs)[0].get<int64_t>() <= 0 ||
         (*bs)[1].get<int64_t>() <= 0)
-      fail(file, "", "quantization_config.weight_block_size is missing or malformed",
+      fail(ErrorKind::kMalformedFile, file, "",
+           "quantization_config.weight_block_size is missing or malformed",
            "[rows, cols] of positive integers, e.g. [128, 128]");
     // Block arithmetic multiplies block indices by these: a bound keeps it far from overflow.
     if ((*bs)[0].get<int64_t>() > kMaxBlockSize || (*bs)[1].get<int64_t>() > kMaxBlockSize)
-      fail(file, "",
+      fail(ErrorKind::kMalformedFile, file, "",
            "quantization_config.weight_block_size [" + (*bs)[0].dump() + ", " + (*bs)[1].dump() +
                "] is larger than any block scaling uses",
            "block sides of at most " + std::to_string(kMaxBlockSize) + " (the published: 128)");

@@ -26,7 +26,8 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
   ck.dir_ = dir;
   std::error_code ec;
   if (!fs::is_directory(dir, ec))
-    fail(dir.string(), "", "not a checkpoint folder (no such directory)");
+    fail(ErrorKind::kInvalidArgument, dir.string(), "",
+         "not a checkpoint folder (no such directory)");
 
   const fs::path index_path = dir / kIndexFileName;
   const std::string index_name = index_path.string();
@@ -36,27 +37,31 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
     ck.has_index_ = true;
     auto doc =
         parse_strict_json(io::read_small_file(index_path, kMaxIndexBytes), index_name, "index");
-    if (!doc.is_object()) fail(index_name, "", "index is not a JSON object");
+    if (!doc.is_object())
+      fail(ErrorKind::kMalformedFile, index_name, "", "index is not a JSON object");
     auto wm = doc.find("weight_map");
     if (wm == doc.end() || !wm->is_object())
-      fail(index_name, "", "index has no \"weight_map\" object",
+      fail(ErrorKind::kMalformedFile, index_name, "", "index has no \"weight_map\" object",
            "{\"weight_map\": {tensor: shard file}}");
     for (auto it = wm->begin(); it != wm->end(); ++it) {
-      if (!it->is_string()) fail(index_name, it.key(), "weight_map value is not a file name");
+      if (!it->is_string())
+        fail(ErrorKind::kMalformedFile, index_name, it.key(),
+             "weight_map value is not a file name");
       const auto& shard = it->get_ref<const std::string&>();
       if (!is_plain_file_name(shard))
-        fail(index_name, it.key(),
+        fail(ErrorKind::kMalformedFile, index_name, it.key(),
              "shard name \"" + shard + "\" is not a plain file name inside the checkpoint folder",
              "no '/', '\\', '..' or absolute paths");
       if (!shard.ends_with(".safetensors"))
-        fail(index_name, it.key(),
+        fail(ErrorKind::kMalformedFile, index_name, it.key(),
              "weight_map names \"" + shard + "\" as a shard, which is not a .safetensors file",
              "shard files named *.safetensors");
       expected[shard].push_back(it.key());
     }
     std::optional<uint64_t> total_size;
     if (auto md = doc.find("metadata"); md != doc.end() && !md->is_null()) {
-      if (!md->is_object()) fail(index_name, "", "index \"metadata\" is not an object");
+      if (!md->is_object())
+        fail(ErrorKind::kMalformedFile, index_name, "", "index \"metadata\" is not an object");
       if (auto ts = md->find("total_size"); ts != md->end() && !ts->is_null()) {
         // Some writers emit total_size as a float; accept it when it is a whole number.
         if (ts->is_number_unsigned()) {
@@ -66,7 +71,8 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
                        static_cast<double>(static_cast<uint64_t>(ts->get<double>()))) {
           total_size = static_cast<uint64_t>(ts->get<double>());
         } else {
-          fail(index_name, "", "metadata.total_size " + ts->dump() + " is not a byte count");
+          fail(ErrorKind::kMalformedFile, index_name, "",
+               "metadata.total_size " + ts->dump() + " is not a byte count");
         }
       }
     }
@@ -75,14 +81,16 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
       const auto& sf = ck.shards_.back();
       for (const auto& n : names)
         if (!sf.header().find(n))
-          fail(sf.path(), n, "the index places this tensor in this shard but the shard lacks it");
+          fail(ErrorKind::kMalformedFile, sf.path(), n,
+               "the index places this tensor in this shard but the shard lacks it");
       if (sf.header().tensors().size() != names.size()) {
         for (const auto& t : sf.header().tensors()) {
           auto w = wm->find(t.name);
           if (w == wm->end())
-            fail(sf.path(), t.name, "tensor is in the shard but not in the index's weight_map");
+            fail(ErrorKind::kMalformedFile, sf.path(), t.name,
+                 "tensor is in the shard but not in the index's weight_map");
           if (w->get<std::string>() == shard) continue;
-          fail(sf.path(), t.name,
+          fail(ErrorKind::kMalformedFile, sf.path(), t.name,
                "tensor is in this shard but the index places it in " + w->get<std::string>());
         }
       }
@@ -93,7 +101,7 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
         ck.total_bytes_ += t.nbytes();
       }
     if (total_size && *total_size != ck.total_bytes_)
-      fail(index_name, "",
+      fail(ErrorKind::kMalformedFile, index_name, "",
            "metadata.total_size is " + std::to_string(*total_size) + " but the shards hold " +
                std::to_string(ck.total_bytes_) + " tensor bytes",
            "the sum of all tensor sizes");
@@ -101,7 +109,7 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
     const fs::path single = dir / kSingleFileName;
     if (!fs::exists(single, ec))
       fail(
-          dir.string(), "",
+          ErrorKind::kInvalidArgument, dir.string(), "",
           std::string("no checkpoint here: neither ") + kIndexFileName + " nor " + kSingleFileName);
     ck.shards_.push_back(SafetensorsFile::open(single));
     for (const auto& t : ck.shards_[0].header().tensors()) {

@@ -15,7 +15,8 @@ std::string CheckpointWriter::shard_file_name(size_t i, size_t n) {
 
 std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
                                        const ShardingOptions& options) {
-  if (options.max_shard_bytes == 0) fail("", "", "shard size limit must be positive");
+  if (options.max_shard_bytes == 0)
+    fail(ErrorKind::kDestination, "", "", "shard size limit must be positive");
   std::vector<ShardLayout> shards;
   uint64_t current = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
@@ -51,7 +52,8 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<Tensor
       specs_(std::move(tensors)),
       on_shard_committed_(std::move(options.on_shard_committed)) {
   if (!options.completed.empty() && options.completed.size() != layout_.size())
-    fail(dir_.string(), "", "completed-shard list does not match the shard layout");
+    fail(ErrorKind::kDestination, dir_.string(), "",
+         "completed-shard list does not match the shard layout");
   locations_.resize(specs_.size());
   remaining_ = std::make_unique<std::atomic<uint64_t>[]>(layout_.size());
   committed_ = std::make_unique<std::atomic<bool>[]>(layout_.size());

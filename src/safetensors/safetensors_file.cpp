@@ -15,7 +15,7 @@ struct FileState {
 
 FileState state_of(int fd, const std::string& path) {
   struct stat st {};
-  if (::fstat(fd, &st) != 0) fail(path, "", "cannot stat the open file");
+  if (::fstat(fd, &st) != 0) fail(ErrorKind::kIo, path, "", "cannot stat the open file");
   return {static_cast<uint64_t>(st.st_size),
           static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
 }
@@ -37,7 +37,8 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   const std::string& name = file->path();
   uint64_t size = file->size();
   if (size < 8)
-    fail(name, "", "file of " + std::to_string(size) + " bytes is too short", "at least 8 bytes");
+    fail(ErrorKind::kMalformedFile, name, "",
+         "file of " + std::to_string(size) + " bytes is too short", "at least 8 bytes");
   uint8_t prefix[8];
   file->pread_exact(0, prefix);
   uint64_t n = Header::header_length(std::span<const uint8_t, 8>(prefix), size, name);
@@ -46,7 +47,7 @@ SafetensorsFile SafetensorsFile::open(const std::filesystem::path& path) {
   Header header = Header::parse(text, size - 8 - n, name);
   SafetensorsFile sf(std::move(file), std::move(header));
   if (sf.size_at_open_ != size)
-    fail(sf.path(), "",
+    fail(ErrorKind::kIo, sf.path(), "",
          "file changed while its header was read (size " + std::to_string(size) + " -> " +
              std::to_string(sf.size_at_open_) + " bytes)",
          "the file to stay unchanged during the conversion");
@@ -63,14 +64,14 @@ int SafetensorsFile::fd() const noexcept {
 void SafetensorsFile::read(const TensorInfo& tensor, uint64_t offset,
                            std::span<uint8_t> out) const {
   if (offset > tensor.nbytes() || out.size() > tensor.nbytes() - offset)
-    fail(path(), tensor.name,
+    fail(ErrorKind::kMalformedFile, path(), tensor.name,
          "read of " + std::to_string(out.size()) + " bytes at " + std::to_string(offset) +
              " is outside the tensor's " + std::to_string(tensor.nbytes()) + " bytes");
   try {
     file_->pread_exact(header_.data_offset() + tensor.begin + offset, out);
   } catch (const Error& e) {
     check_unchanged(tensor);
-    fail(path(), tensor.name, e.info().what);
+    fail(e.info().kind, path(), tensor.name, e.info().what);
   }
   // Bytes read after an in-place rewrite may mix old and new contents: refuse them.
   check_unchanged(tensor);
@@ -79,12 +80,12 @@ void SafetensorsFile::read(const TensorInfo& tensor, uint64_t offset,
 void SafetensorsFile::check_unchanged(const TensorInfo& tensor) const {
   const auto now = state_of(file_->fd(), path());
   if (now.size < size_at_open_)
-    fail(path(), tensor.name,
+    fail(ErrorKind::kIo, path(), tensor.name,
          "file shrank from " + std::to_string(size_at_open_) + " to " + std::to_string(now.size) +
              " bytes while being read (truncated by another process?)",
          "the file to stay unchanged during the conversion");
   if (now.size != size_at_open_ || now.mtime_ns != mtime_ns_at_open_)
-    fail(path(), tensor.name,
+    fail(ErrorKind::kIo, path(), tensor.name,
          now.size != size_at_open_
              ? "file changed while being read (it grew from " + std::to_string(size_at_open_) +
                    " to " + std::to_string(now.size) + " bytes)"

@@ -9,8 +9,10 @@ namespace moeckpt {
 uint64_t TensorSpec::nbytes() const {
   uint64_t bits = dtype_bits(dtype);
   for (auto d : shape)
-    if (__builtin_mul_overflow(bits, d, &bits)) fail("", name, "tensor size overflows 64 bits");
-  if (bits % 8) fail("", name, "sub-byte tensor does not fill whole bytes");
+    if (__builtin_mul_overflow(bits, d, &bits))
+      fail(ErrorKind::kDestination, "", name, "tensor size overflows 64 bits");
+  if (bits % 8)
+    fail(ErrorKind::kDestination, "", name, "sub-byte tensor does not fill whole bytes");
   return bits / 8;
 }
 
@@ -82,7 +84,7 @@ void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> byte
   const auto& t = tensors_.at(i);
   uint64_t n = t.nbytes();
   if (offset > n || bytes.size() > n - offset)
-    fail(final_path_.string(), t.name,
+    fail(ErrorKind::kDestination, final_path_.string(), t.name,
          "piece of " + std::to_string(bytes.size()) + " bytes at " + std::to_string(offset) +
              " does not fit the tensor's " + std::to_string(n) + " bytes");
   {
@@ -102,7 +104,7 @@ void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> byte
 void ShardWriter::commit() {
   for (size_t i = 0; i < tensors_.size(); ++i)
     if (written_[i].load() != tensors_[i].nbytes())
-      fail(final_path_.string(), tensors_[i].name,
+      fail(ErrorKind::kDestination, final_path_.string(), tensors_[i].name,
            "only " + std::to_string(written_[i].load()) + " of " +
                std::to_string(tensors_[i].nbytes()) + " bytes were written");
   file_->sync();
@@ -110,7 +112,8 @@ void ShardWriter::commit() {
   std::error_code ec;
   std::filesystem::rename(temp_path_, final_path_, ec);
   if (ec)
-    fail(final_path_.string(), "", "cannot rename temporary file into place: " + ec.message());
+    fail(ErrorKind::kDestination, final_path_.string(), "",
+         "cannot rename temporary file into place: " + ec.message());
   committed_ = true;
   io::sync_directory(final_path_.parent_path().empty() ? "." : final_path_.parent_path());
 }

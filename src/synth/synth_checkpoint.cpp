@@ -126,7 +126,8 @@ void add_attention(Layout& l, const std::string& p, const AttentionDims& a, int6
   g.cols = hidden;
   g.fused = FusedQkvLayout::make(a.q_rows(), a.k_rows(), a.v_rows(), kBlock);
   if (!g.fused)
-    fail("", p + "self_attn", "q/k/v rows do not split over the published tensor parallelism (4)");
+    fail(ErrorKind::kConfigMismatch, "", p + "self_attn",
+         "q/k/v rows do not split over the published tensor parallelism (4)");
   // Projections too small to own a scale row in the fused layout (the micro preset's) are
   // quantized on the plain grid.
   if (!g.fused->every_projection_owns_scale_rows()) {
@@ -377,10 +378,12 @@ json synth_config(const SynthOptions& o) {
   else if (o.preset == "micro")
     c = micro_config();
   else
-    fail("", "", "unknown preset \"" + o.preset + "\"", "tiny, micro or full");
+    fail(ErrorKind::kInvalidArgument, "", "", "unknown preset \"" + o.preset + "\"",
+         "tiny, micro or full");
   auto check = [](const char* what, int64_t v, int64_t lo, int64_t hi) {
     if (v < lo || v > hi)
-      fail("", "", std::string("--") + what + " " + std::to_string(v) + " is out of range",
+      fail(ErrorKind::kInvalidArgument, "", "",
+           std::string(what) + " = " + std::to_string(v) + " is out of range",
            std::to_string(lo) + ".." + std::to_string(hi));
   };
   if (o.layers) {
@@ -425,12 +428,14 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
 
   std::error_code ec;
   if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
-    fail(dst.string(), "", "destination already holds a checkpoint");
+    fail(ErrorKind::kDestination, dst.string(), "", "destination already holds a checkpoint");
   // A zero shard size would write config.json and no shard: refused before anything exists.
   if (o.max_shard_bytes && *o.max_shard_bytes == 0)
-    fail(dst.string(), "", "shard size 0", "a maximum shard size of at least 1 byte");
+    fail(ErrorKind::kDestination, dst.string(), "", "shard size 0",
+         "a maximum shard size of at least 1 byte");
   fs::create_directories(dst, ec);
-  if (ec) fail(dst.string(), "", "cannot create directory: " + ec.message());
+  if (ec)
+    fail(ErrorKind::kDestination, dst.string(), "", "cannot create directory: " + ec.message());
 
   uint64_t total = 0;
   for (const auto& s : specs) total += s.nbytes();

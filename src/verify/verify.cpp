@@ -209,7 +209,7 @@ bool VerifyReport::ok() const {
 VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const VerifyOptions& o) {
   // NaN would make every comparison pass.
   if (!std::isfinite(o.rtol) || !std::isfinite(o.atol) || o.rtol < 0 || o.atol < 0)
-    fail("", "",
+    fail(ErrorKind::kInvalidArgument, "", "",
          fmt::format("tolerances rtol={} atol={} are not finite and non-negative", o.rtol, o.atol),
          "finite tolerances >= 0");
   // Each side is read with its own config.json (a folder without one cannot be validated).

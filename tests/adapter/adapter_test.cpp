@@ -384,7 +384,7 @@ TEST_F(Refusals, NonTwoDimensionalWeightWithScaleAndBadEpRank) {
   FromHfOptions bad;
   bad.ep_size = 4;
   bad.ep_rank = 4;
-  expect_refused(hf(), bad, "--ep-rank 4 is outside [0, 4)");
+  expect_refused(hf(), bad, "EP rank 4 is outside [0, 4)");
 }
 
 TEST_F(Refusals, BadScaleValuesAndNanCodes) {

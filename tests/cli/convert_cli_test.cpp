@@ -48,7 +48,7 @@ TEST(ConvertCli, RefusesBadArguments) {
   r = run_cli(
       {"from-hf", (dir / "hf").string(), (dir / "x").string(), "--ep-size", "2", "--ep-rank", "2"});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.err.find("--ep-rank 2 is outside [0, 2)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("EP rank 2 is outside [0, 2)"), std::string::npos) << r.err;
   r = run_cli({"to-hf", (dir / "hf").string()});
   EXPECT_EQ(r.exit_code, 2);  // needs a destination
   r = run_cli({"from-hf", (dir / "hf").string(), (dir / "hf" / "inside").string()});

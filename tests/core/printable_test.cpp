@@ -24,7 +24,8 @@ TEST(Printable, ControlCharactersAndInvalidUtf8BecomeEscapes) {
 
 TEST(Printable, EveryErrorIsOneLine) {
   try {
-    fail("dir/\nfile", std::string("t\r\n\x1b[2J\0x", 9), "what\n", "exp\x1b");
+    fail(ErrorKind::kMalformedFile, "dir/\nfile", std::string("t\r\n\x1b[2J\0x", 9), "what\n",
+         "exp\x1b");
   } catch (const Error& e) {
     const std::string m = e.what();
     EXPECT_EQ(m.find('\n'), std::string::npos) << m;

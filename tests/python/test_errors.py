@@ -147,3 +147,63 @@ def test_a_dtensor_beside_a_plain_grouped_tensor_is_refused(case_tiny, mg):
             mixed[key] = sharded[key].to_local()  # plain, beside DTensor gate_and_up_projs
             with pytest.raises(moeckpt.Error, match=f"tensor '{key}': is a plain tensor while"):
                 ad.to_hf(mixed, quantization=True)
+
+
+def test_each_refusal_is_raised_as_the_class_of_its_kind(case_tiny, tmp_path):
+    kinds = {
+        moeckpt.MalformedFileError: "malformed_file",
+        moeckpt.ConfigMismatchError: "config_mismatch",
+        moeckpt.UnsupportedLayoutError: "unsupported_layout",
+        moeckpt.NumericError: "numeric",
+        moeckpt.DestinationError: "destination",
+        moeckpt.ConversionInterrupted: "interrupted",
+        moeckpt.InvalidArgumentError: "invalid_argument",
+        moeckpt.InputIOError: "io",
+    }
+    for cls, kind in kinds.items():
+        assert issubclass(cls, moeckpt.Error) and cls.kind == kind
+    assert issubclass(moeckpt.InvalidArgumentError, ValueError)
+    assert issubclass(moeckpt.InputIOError, OSError) and issubclass(moeckpt.DestinationError, OSError)
+
+    # Bytes that are not a safetensors file; a config without a required field.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps(case_tiny.config))
+    (bad / "model.safetensors").write_bytes(b"\x04\0\0\0\0\0\0\0{]  ")
+    with pytest.raises(moeckpt.MalformedFileError):
+        moeckpt.from_hf_dir(bad)
+    with pytest.raises(moeckpt.MalformedFileError, match='config has no "hidden_size"'):
+        moeckpt.MiMoV2FlashStateDictAdapter({})
+    # A tensor whose shape disagrees with the config; a missing expert.
+    hf = dict(case_tiny.hf)
+    hf["model.norm.weight"] = hf["model.norm.weight"][:-1].clone()
+    with pytest.raises(moeckpt.ConfigMismatchError):
+        case_tiny.ours().from_hf(hf)
+    hf = {k: v for k, v in case_tiny.hf.items() if not k.startswith("model.layers.2.mlp.experts.5.down_proj.")}
+    with pytest.raises(moeckpt.ConfigMismatchError):
+        case_tiny.ours().from_hf(hf)
+    # A NaN scale.
+    hf = dict(case_tiny.hf)
+    s = hf["model.layers.0.mlp.gate_proj.weight_scale_inv"].clone()
+    s[0, 0] = float("nan")
+    hf["model.layers.0.mlp.gate_proj.weight_scale_inv"] = s
+    with pytest.raises(moeckpt.NumericError):
+        case_tiny.ours().from_hf(hf)
+    # The native layout where HF is expected.
+    native = case_tiny.ours().from_hf(case_tiny.hf)
+    with pytest.raises(moeckpt.UnsupportedLayoutError):
+        case_tiny.ours().from_hf(native)
+    # Arguments: a regular expression, EP rank, meta tensors.
+    with pytest.raises(moeckpt.InvalidArgumentError):
+        case_tiny.ours().to_hf(native, exclude_key_regex="(")
+    with pytest.raises(moeckpt.InvalidArgumentError):
+        case_tiny.ours(ep_rank=2, ep_size=2)
+    with pytest.raises(moeckpt.InvalidArgumentError, match="meta tensor"):
+        case_tiny.ours().from_hf({k: v.to("meta") for k, v in case_tiny.hf.items()})
+    # An input that cannot be read; a destination that holds a checkpoint.
+    with pytest.raises(moeckpt.InputIOError):
+        moeckpt.from_hf_dir(tmp_path / "nothing")
+    dst = tmp_path / "out"
+    moeckpt.to_hf_dir(native, dst, config=case_tiny.config)
+    with pytest.raises(moeckpt.DestinationError, match="already holds a checkpoint"):
+        moeckpt.to_hf_dir(native, dst, config=case_tiny.config)

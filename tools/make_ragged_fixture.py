@@ -310,7 +310,7 @@ def expected_tensor_count(cfg: dict) -> int:
 
 
 def tensor_bytes(dtype: str, arr: np.ndarray) -> bytes:
-    want = {"F8_E4M3": np.uint8, "BF16": np.uint16, "F32": np.float32}[dtype]
+    want = {"F8_E4M3": np.uint8, "U8": np.uint8, "BF16": np.uint16, "F32": np.float32}[dtype]
     assert arr.dtype == want, (dtype, arr.dtype)
     return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 

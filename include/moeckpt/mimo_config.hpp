@@ -48,7 +48,11 @@ struct MimoConfig {
   AttentionDims full;
   AttentionDims swa;
   std::optional<BlockSize> block;  // quantization_config.weight_block_size, if quantized
-  nlohmann::json raw;              // the whole document, for copying/rewriting
+  // attention_projection_layout "fused_qkv" (MiMo-V2.6, model_type "mimo_v2"): the HF checkpoint
+  // holds one self_attn.qkv_proj per layer, interleaved over the checkpoint TP degree (the index's
+  // metadata.tp_size), and MXFP4 routed experts; natively q/k/v are split as for V2-Flash.
+  bool fused_qkv = false;
+  nlohmann::json raw;  // the whole document, for copying/rewriting
 
   const AttentionDims& attention(AttentionKind kind) const noexcept {
     return kind == AttentionKind::kFull ? full : swa;

@@ -30,12 +30,19 @@ struct ScaleRef {
   std::array<const SourceTensor*, 3> qkv{};  // indexed q=0, k=1, v=2
   int64_t block_rows = 128;
   int64_t block_cols = 128;
+  // A plain grid that restarts every `period_rows` weight rows with `period_scale_rows` scale
+  // rows each (one independent grid per checkpoint TP shard); 0: one grid over all rows.
+  int64_t period_rows = 0;
+  int64_t period_scale_rows = 0;
   bool check_values = true;  // refuse zero/negative/non-finite scales
 };
 
 struct DequantInput {
   const SourceTensor* weight = nullptr;
   std::optional<ScaleRef> scale;  // none: widen unscaled (Automodel's treatment of such experts)
+  // MXFP4: `weight` holds packed E2M1 codes [rows, cols / 2] (U8) and this its E8M0 scales
+  // [rows, cols / 32] (U8); `scale` is then unused.
+  const SourceTensor* mx_scale = nullptr;
   NanPolicy nan = NanPolicy::kRefuse;
 };
 
@@ -56,6 +63,7 @@ struct DequantTask {
   Dtype out_dtype;
   int64_t row0 = 0;
   int64_t row1 = -1;
+  int64_t out_row0 = -1;  // the output row that source row row0 lands on (-1: row0)
 };
 // Writes slot `slot` of a grouped expert tensor [n, rows, cols]: part p's weight [w_rows, rows]
 // is dequantized and transposed into columns [col_offset, col_offset + w_rows).

@@ -115,6 +115,11 @@ class Checkpoint {
   // Every tensor name, sorted.
   const std::vector<std::string>& names() const noexcept { return names_; }
   uint64_t total_bytes() const noexcept { return total_bytes_; }
+  // The index's "metadata" object, each value as its JSON text (2, "2" and true stay distinct);
+  // empty without an index.
+  const std::map<std::string, std::string>& index_metadata() const noexcept {
+    return index_metadata_;
+  }
   void read(const Entry& entry, uint64_t offset, std::span<uint8_t> out) const {
     shards_[entry.shard].read(*entry.info, offset, out);
   }
@@ -130,6 +135,7 @@ class Checkpoint {
   std::unordered_map<std::string, Entry> entries_;
   std::vector<std::string> names_;
   uint64_t total_bytes_ = 0;
+  std::map<std::string, std::string> index_metadata_;
 };
 
 inline constexpr const char* kIndexFileName = "model.safetensors.index.json";

@@ -24,12 +24,14 @@ enum class TensorKind {
   kOther,
 };
 
-enum class Projection { kNone, kQ, kK, kV, kO, kGate, kUp, kDown, kGateAndUp };
+// kQkv: MiMo-V2.6's fused self_attn.qkv_proj (rows interleaved over the checkpoint TP degree).
+enum class Projection { kNone, kQ, kK, kV, kO, kGate, kUp, kDown, kGateAndUp, kQkv };
 
 struct TensorKey {
-  std::string name;         // the full name as given
-  std::string weight_name;  // for a scale: the weight it belongs to; else == name
-  bool is_scale = false;    // ends in "_scale_inv"
+  std::string name;          // the full name as given
+  std::string weight_name;   // for a scale: the weight it belongs to; else == name
+  bool is_scale = false;     // ends in "_scale_inv", or is an MXFP4 expert's "weight_scale"
+  bool is_mx_scale = false;  // "...mlp.experts.E.<proj>.weight_scale" (E8M0, MXFP4 experts)
   TensorKind kind = TensorKind::kOther;
   Projection projection = Projection::kNone;
   std::string prefix;  // text before "layers." (MTP: before "mtp.layers."), e.g. "model."

@@ -39,6 +39,8 @@ class TensorSource {
   // __metadata__ of the part's first shard (empty for memory sources).
   virtual std::map<std::string, std::string> metadata(size_t part) const = 0;
   virtual size_t parts() const = 0;
+  // The part's index "metadata" (values as JSON text; empty without an index or in memory).
+  virtual std::map<std::string, std::string> index_metadata(size_t /*part*/) const { return {}; }
   // Bytes read so far through read() (for the closing summary).
   uint64_t bytes_read() const noexcept { return bytes_read_.load(); }
 
@@ -61,6 +63,7 @@ class CheckpointSource final : public TensorSource {
   void prefetch(const SourceTensor& t, uint64_t offset, uint64_t bytes) const override;
   std::map<std::string, std::string> metadata(size_t part) const override;
   size_t parts() const override { return checkpoints_.size(); }
+  std::map<std::string, std::string> index_metadata(size_t part) const override;
   const Checkpoint& checkpoint(size_t part) const { return *checkpoints_[part]; }
   // Every occurrence of `name` (one per part that has it).
   std::vector<const SourceTensor*> all(std::string_view name) const;

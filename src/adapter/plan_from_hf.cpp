@@ -2,7 +2,9 @@
 // experts into transposed gate_and_up_projs / down_projs slots.
 #include <fmt/format.h>
 
+#include <array>
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <map>
 #include <set>
@@ -13,9 +15,11 @@
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/mxfp4.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/tensor_key.hpp"
+#include "moeckpt/tp_interleaved_qkv.hpp"
 
 namespace moeckpt {
 namespace {
@@ -30,6 +34,19 @@ class FromHfPlanner {
       fail(ErrorKind::kInvalidArgument, "", "", "output dtype must be bf16 or f32");
     block_ = c.block.value_or(BlockSize{});
     range_ = ExpertRange::for_rank(c.n_routed_experts, o.ep_size, o.ep_rank);
+    if (c.fused_qkv) {
+      if (!o.group_experts)
+        fail(ErrorKind::kUnsupportedLayout, "", "",
+             "a fused-QKV (MiMo-V2.6) checkpoint cannot be dequantized in place: its config "
+             "describes qkv_proj, the conversion splits it",
+             "from-hf to the native layout");
+      const std::string index =
+          src.tensors().empty()
+              ? std::string(kIndexFileName)
+              : (std::filesystem::path(src.tensors().front().file).parent_path() / kIndexFileName)
+                    .string();
+      tp_ = checkpoint_tp_size(src.index_metadata(0), index);
+    }
     nan_ = compat_ ? NanPolicy::kTorchCompat : NanPolicy::kRefuse;
   }
 
@@ -48,6 +65,12 @@ class FromHfPlanner {
     for (const auto& t : src_.tensors()) {
       if (t.name.ends_with(kScaleSuffix)) continue;  // dropped, orphans included
       auto key = classify_tensor_name(t.name);
+      if (key.is_mx_scale) continue;  // read with its weight (collect_experts checks orphans)
+      if (c_.fused_qkv && key.kind == TensorKind::kAttentionProj &&
+          key.projection == Projection::kQkv) {
+        emit_fused_qkv(t, key);
+        continue;
+      }
       if (is_grouped_expert(key) && o_.group_experts) {
         auto id = std::make_pair(key.prefix, *key.layer);
         if (emitted.insert(id).second) emit_group(id);
@@ -87,6 +110,10 @@ class FromHfPlanner {
   void collect_experts() {
     for (const auto& t : src_.tensors()) {
       auto key = classify_tensor_name(t.name);
+      if (key.is_mx_scale && !src_.find(key.weight_name))
+        fail(ErrorKind::kMalformedFile, t.file, t.name,
+             "MXFP4 expert scale without its weight " + key.weight_name,
+             "each weight_scale beside its packed weight");
       if (!is_grouped_expert(key)) continue;
       auto id = std::make_pair(key.prefix, *key.layer);
       if (!compat_ && !key.is_scale) {
@@ -220,10 +247,16 @@ class FromHfPlanner {
       const std::vector<uint64_t> want = key.projection == Projection::kDown
                                              ? std::vector<uint64_t>{D, Ie}
                                              : std::vector<uint64_t>{Ie, D};
-      if (*key.expert < c_.n_routed_experts && t.shape != want)
+      if (*key.expert < c_.n_routed_experts && t.shape != stored_expert_shape(t, want))
         fail(ErrorKind::kConfigMismatch, t.file, t.name,
              "expert weight of shape " + format_shape(t.shape) + " disagrees with config.json",
              format_shape(want) + " from hidden_size and moe_intermediate_size");
+    }
+    if (t.dtype == Dtype::U8 && key.kind == TensorKind::kExpertProj) {  // MXFP4, whole
+      auto in = mx_input(t);
+      const size_t out = add_output(t.name, o_.dtype, {t.shape[0], 2 * t.shape[1]});
+      plan_.tasks.push_back(DequantTask{in, out, o_.dtype});
+      return;
     }
     if (!scale) {
       if (t.dtype == Dtype::F8_E4M3 && !compat_)
@@ -242,6 +275,71 @@ class FromHfPlanner {
       plan_.tasks.push_back(DequantTask{in, out, o_.dtype, r0, r1});
   }
 
+  // qkv_proj [tp * (q + k + v), H] -> q_proj, k_proj, v_proj: shard t's rows of each projection go
+  // to rows [t * n, (t + 1) * n) of its output; the scale grid restarts with every shard.
+  void emit_fused_qkv(const SourceTensor& t, const TensorKey& key) {
+    const auto layout = tp_interleaved_qkv(attention_dims_of(key, c_), tp_, t.file, t.name);
+    const auto H = static_cast<uint64_t>(c_.hidden_size);
+    const std::vector<uint64_t> want{static_cast<uint64_t>(layout.rows()), H};
+    if (t.shape != want)
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
+           fmt::format("shape {} disagrees with config.json and the checkpoint TP degree {} "
+                       "(metadata.tp_size)",
+                       format_shape(t.shape), tp_),
+           format_shape(want) + ": tp x (q + k + v) rows of the layer");
+    DequantInput in;
+    in.weight = &t;
+    in.nan = nan_;
+    Dtype out_dtype = o_.dtype;
+    if (const auto* s = src_.find(t.name + "_scale_inv")) {
+      const int64_t srps = ceil_div(layout.rows_per_shard(), block_.rows);
+      const std::vector<uint64_t> swant{
+          static_cast<uint64_t>(tp_ * srps),
+          static_cast<uint64_t>(ceil_div(c_.hidden_size, block_.cols))};
+      if (s->shape != swant ||
+          (s->dtype != Dtype::F32 && s->dtype != Dtype::BF16 && s->dtype != Dtype::F16))
+        fail(ErrorKind::kConfigMismatch, s->file, s->name,
+             fmt::format("scale {} {} does not fit {} TP shards of {} rows", dtype_name(s->dtype),
+                         format_shape(s->shape), tp_, layout.rows_per_shard()),
+             "F32 " + format_shape(swant) + ": one block grid per TP shard");
+      ScaleRef r;
+      r.plain = s;
+      r.block_rows = block_.rows;
+      r.block_cols = block_.cols;
+      r.period_rows = layout.rows_per_shard();
+      r.period_scale_rows = srps;
+      r.check_values = !compat_;
+      in.scale = r;
+      auto& u = scales_used_[s];
+      u = {static_cast<int64_t>(swant[0]), static_cast<int64_t>(swant[1])};
+    } else if (t.dtype == Dtype::F8_E4M3) {
+      fail(ErrorKind::kMalformedFile, t.file, t.name, "FP8 weight without a '_scale_inv' companion",
+           "every FP8 weight to have its block scales");
+    } else if (t.dtype == Dtype::BF16 || t.dtype == Dtype::F32) {
+      out_dtype = t.dtype;  // unquantized shards are split as they are
+    } else {
+      fail(ErrorKind::kMalformedFile, t.file, t.name,
+           "fused QKV weight of dtype " + std::string(dtype_name(t.dtype)), "F8_E4M3, BF16 or F32");
+    }
+    constexpr std::string_view kFused = "qkv_proj.weight";
+    const std::string base = t.name.substr(0, t.name.size() - kFused.size());
+    static constexpr std::array<Projection, 3> kParts{Projection::kQ, Projection::kK,
+                                                      Projection::kV};
+    for (int p = 0; p < 3; ++p) {
+      const int64_t n = layout.shard_rows(p);
+      const size_t out = add_output(base + std::string(projection_name(kParts[p])) + ".weight",
+                                    out_dtype, {static_cast<uint64_t>(tp_ * n), H});
+      for (int64_t sh = 0; sh < tp_; ++sh) {
+        const int64_t first = layout.first_row(sh, p);
+        for (auto [r0, r1] : split_rows(n, H * dtype_size(out_dtype), o_.task_bytes, 1)) {
+          DequantTask task{in, out, out_dtype, first + r0, first + r1};
+          task.out_row0 = sh * n + r0;
+          plan_.tasks.push_back(std::move(task));
+        }
+      }
+    }
+  }
+
   void emit_group(const std::pair<std::string, int64_t>& id) {
     if (range_.count == 0) return;
     const auto D = static_cast<uint64_t>(c_.hidden_size);
@@ -256,7 +354,7 @@ class FromHfPlanner {
       for (auto [ptr, want] : {std::pair{p.gate, std::vector<uint64_t>{Ie, D}},
                                std::pair{p.up, std::vector<uint64_t>{Ie, D}},
                                std::pair{p.down, std::vector<uint64_t>{D, Ie}}})
-        if (ptr->shape != want)
+        if (ptr->shape != stored_expert_shape(*ptr, want))
           fail(ErrorKind::kConfigMismatch, ptr->file, ptr->name,
                "expert weight of shape " + format_shape(ptr->shape) + " disagrees with config.json",
                format_shape(want) + " from hidden_size and moe_intermediate_size");
@@ -270,7 +368,38 @@ class FromHfPlanner {
     }
   }
 
+  // The shape an expert weight of logical shape `want` is stored with: MXFP4 (U8) packs two
+  // elements per byte along the input axis.
+  static std::vector<uint64_t> stored_expert_shape(const SourceTensor& w,
+                                                   std::vector<uint64_t> want) {
+    if (w.dtype == Dtype::U8) want[1] /= 2;
+    return want;
+  }
+
+  // An MXFP4 expert weight (U8 [out, in / 2]) with its E8M0 `weight_scale` [out, in / 32].
+  DequantInput mx_input(const SourceTensor& w) {
+    const auto* s = src_.find(w.name + "_scale");
+    if (!s)
+      fail(ErrorKind::kMalformedFile, w.file, w.name,
+           "MXFP4 (U8) expert weight without its '_scale' companion " + w.name + "_scale",
+           "packed E2M1 weights beside their E8M0 scales");
+    const uint64_t in = 2 * w.shape.at(1);
+    const std::vector<uint64_t> want{w.shape[0], in / numerics::kMxBlock};
+    if (w.shape.size() != 2 || in % numerics::kMxBlock != 0 || s->dtype != Dtype::U8 ||
+        s->shape != want)
+      fail(ErrorKind::kMalformedFile, s->file, s->name,
+           "MXFP4 scale " + std::string(dtype_name(s->dtype)) + " " + format_shape(s->shape) +
+               " does not fit weight " + format_shape(w.shape),
+           "U8 " + format_shape(want) + " (one E8M0 scale per 32 inputs; inputs a multiple of 32)");
+    DequantInput d;
+    d.weight = &w;
+    d.mx_scale = s;
+    d.nan = nan_;
+    return d;
+  }
+
   DequantInput expert_input(const SourceTensor& w) {
+    if (w.dtype == Dtype::U8) return mx_input(w);
     auto key = classify_tensor_name(w.name);
     auto in = dequant_input(w, key);
     if (!in.scale && w.dtype == Dtype::F8_E4M3 && !compat_)
@@ -285,6 +414,7 @@ class FromHfPlanner {
   const FromHfOptions& o_;
   const bool compat_;
   BlockSize block_;
+  int64_t tp_ = 1;  // checkpoint TP degree of fused QKV weights
   ExpertRange range_;
   NanPolicy nan_;
   std::map<std::pair<std::string, int64_t>, std::map<int64_t, ExpertParts>> layers_;

@@ -29,6 +29,16 @@ class ToHfPlanner {
   }
 
   Plan plan() {
+    // MiMo-V2.6 (fused QKV, MXFP4 experts): written back unquantized with split projections.
+    // Automodel 0.7.0 refuses a quantized export; this version does not write the published
+    // fused/MXFP4 layout yet either.
+    if (c_.fused_qkv && effective_quant(o_) != QuantMode::kNone)
+      fail(ErrorKind::kUnsupportedLayout, "", "",
+           compat_ ? "MiMo-V2.6 quantized conversion is only supported for checkpoint loading "
+                     "(Automodel 0.7.0 refuses it)"
+                   : "a quantized export of a fused-QKV (MiMo-V2.6) checkpoint is not supported "
+                     "yet",
+           "no quantization: BF16 with split q/k/v projections and per-expert weights");
     if (o_.hf_source) {
       refuse_native_layout(src_);
       refuse_quantized(src_);

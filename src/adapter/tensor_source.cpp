@@ -99,4 +99,8 @@ void MemorySource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_
   std::memcpy(out.data(), b.data() + offset, out.size());
 }
 
+std::map<std::string, std::string> CheckpointSource::index_metadata(size_t part) const {
+  return checkpoints_.at(part)->index_metadata();
+}
+
 }  // namespace moeckpt

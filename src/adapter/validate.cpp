@@ -104,8 +104,12 @@ std::vector<std::string> required_layer_tensors(const MimoConfig& c, int64_t lay
   if (mtp)
     for (const char* n : {"enorm.weight", "hnorm.weight", "eh_proj.weight"}) out.push_back(n);
   out.push_back("input_layernorm.weight");
+  // The fused layout's HF checkpoint holds qkv_proj; natively q, k and v are split.
+  const bool fused = c.fused_qkv && !native;
   for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
-    out.push_back(std::string("self_attn.") + p + ".weight");
+    if (!fused || std::string_view(p) == "o_proj")
+      out.push_back(std::string("self_attn.") + p + ".weight");
+  if (fused) out.push_back("self_attn.qkv_proj.weight");
   if (a.has_sink) out.push_back("self_attn.attention_sink_bias");
   out.push_back(mtp ? "pre_mlp_layernorm.weight" : "post_attention_layernorm.weight");
   if (moe) {
@@ -190,7 +194,10 @@ void check_shapes_against_config(const TensorSource& src, const MimoConfig& c) {
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("layer {} is not below num_hidden_layers = {} of config.json", *k.layer,
                        c.num_hidden_layers));
-    if (auto want = expected_hf_shape(k, c); want && *want != t.shape)
+    auto want = expected_hf_shape(k, c);
+    if (want && k.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8)
+      (*want)[1] /= 2;  // MXFP4: two E2M1 codes per byte along the input axis
+    if (want && *want != t.shape)
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
            "shape " + format_shape(t.shape) + " disagrees with config.json", format_shape(*want));
   }
@@ -390,6 +397,7 @@ void validate_checkpoint(const TensorSource& src, const MimoConfig& config,
     auto md = src.metadata(0);
     auto ws = md.find(kMetaEpSize);
     th.require_all_experts = src.parts() > 1 || ws == md.end() || ws->second == "1";
+    if (config.fused_qkv) th.quant = QuantMode::kNone;  // the only export of that family now
     (void)plan_to_hf(src, config, th, starts);
     if (o.scan_data) scan_native_non_finite(src, o.threads);
     return;

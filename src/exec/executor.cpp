@@ -54,18 +54,26 @@ void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
 void run(const DequantTask& t, const TensorSource& src, TensorSink& sink) {
   const uint64_t cols = t.in.weight->shape[1];
   const size_t esize = dtype_size(t.out_dtype);
+  const auto out_row = static_cast<uint64_t>(t.out_row0 < 0 ? t.row0 : t.out_row0);
+  if (t.in.mx_scale) {  // MXFP4: the whole matrix (planned as one task)
+    exec::RawBuffer<uint8_t> out(static_cast<size_t>(t.in.weight->shape[0] * 2 * cols) * esize);
+    exec::dequant_mxfp4_into(src, t.in, t.out_dtype, out.data(), static_cast<int64_t>(2 * cols),
+                             false);
+    sink.write(t.out, 0, out.bytes());
+    return;
+  }
   if (t.in.weight->dtype == Dtype::F8_E4M3) {
     const int64_t row1 = t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1;
     exec::RawBuffer<uint8_t> out(static_cast<size_t>(row1 - t.row0) * cols * esize);
     exec::dequant_fp8_into(src, t.in, t.row0, row1, t.out_dtype, out.data(),
                            static_cast<int64_t>(cols), false);
-    sink.write(t.out, static_cast<uint64_t>(t.row0) * cols * esize, out.bytes());
+    sink.write(t.out, out_row * cols * esize, out.bytes());
     return;
   }
   auto products = exec::dequant_products(src, t.in, t.row0, t.row1);
   exec::RawBuffer<uint8_t> out(products.size() * esize);
   exec::encode_products(products, t.out_dtype, t.in.nan, out.data());
-  sink.write(t.out, static_cast<uint64_t>(t.row0) * cols * esize, out.bytes());
+  sink.write(t.out, out_row * cols * esize, out.bytes());
 }
 
 void run(const ExpertSlotTask& t, const TensorSource& src, TensorSink& sink) {
@@ -73,6 +81,10 @@ void run(const ExpertSlotTask& t, const TensorSource& src, TensorSink& sink) {
   exec::RawBuffer<uint8_t> slot(static_cast<size_t>(t.rows * t.cols) * esize);
   for (const auto& [in, col0] : t.parts) {
     uint8_t* dst = slot.data() + static_cast<size_t>(col0) * esize;
+    if (in.mx_scale) {
+      exec::dequant_mxfp4_into(src, in, t.out_dtype, dst, t.cols, true);
+      continue;
+    }
     if (in.weight->dtype == Dtype::F8_E4M3) {  // the hot path: dequantize + transpose in one pass
       exec::dequant_fp8_into(src, in, 0, -1, t.out_dtype, dst, t.cols, true);
       continue;
@@ -454,7 +466,10 @@ void prefetch(const Task& task, const TensorSource& src) {
                    static_cast<uint64_t>(row1 - t.row0) * cols * esize);
     }
     void operator()(const ExpertSlotTask& t) const {
-      for (const auto& [in, _] : t.parts) whole(in.weight);
+      for (const auto& [in, _] : t.parts) {
+        whole(in.weight);
+        if (in.mx_scale) whole(in.mx_scale);
+      }
     }
     void operator()(const EmitTask& t) const {
       if (t.in.slot < 0) return whole(t.in.src);
@@ -508,6 +523,7 @@ uint64_t task_memory(const Task& task) {
     decltype(block)& b;
     // One input weight dequantized on its own (an expert part, a row range).
     uint64_t dequant_input(const DequantInput& in, uint64_t elems) const {
+      if (in.mx_scale) return b(in.weight->nbytes) + b(in.mx_scale->nbytes);
       const uint64_t raw = elems * dtype_size(in.weight->dtype);
       return in.weight->dtype == Dtype::F8_E4M3 ? b(raw) : raw + elems * 4 + kSmall;
     }

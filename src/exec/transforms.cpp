@@ -5,9 +5,11 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "moeckpt/error.hpp"
 #include "moeckpt/kernels.hpp"
+#include "moeckpt/mxfp4.hpp"
 #include "moeckpt/numerics.hpp"
 
 namespace moeckpt::exec {
@@ -102,14 +104,21 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
           &rs.values[o][static_cast<size_t>(src.scale_row * rs.cols[o])];
     }
   } else {
-    auto sc = load_scales(source, *s.plain, s.check_values,
-                          ceil_div(static_cast<int64_t>(in.weight->shape.at(0)), s.block_rows),
-                          used_cols);
+    const auto all_rows = static_cast<int64_t>(in.weight->shape.at(0));
+    // The scale row of weight row r: one grid, or one grid per period of rows.
+    auto scale_row = [&](int64_t r) {
+      if (s.period_rows <= 0) return r / s.block_rows;
+      return (r / s.period_rows) * s.period_scale_rows + (r % s.period_rows) / s.block_rows;
+    };
+    const int64_t used_rows = s.period_rows > 0
+                                  ? ceil_div(all_rows, s.period_rows) * s.period_scale_rows
+                                  : ceil_div(all_rows, s.block_rows);
+    auto sc = load_scales(source, *s.plain, s.check_values, used_rows, used_cols);
     rs.values[0] = std::move(sc.values);
     rs.cols[0] = sc.cols;
     for (int64_t r = 0; r < rows; ++r)
       rs.row[static_cast<size_t>(r)] =
-          &rs.values[0][static_cast<size_t>(((row0 + r) / s.block_rows) * rs.cols[0])];
+          &rs.values[0][static_cast<size_t>(scale_row(row0 + r) * rs.cols[0])];
   }
   return rs;
 }
@@ -149,6 +158,48 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
       if ((codes[i] & 0x7F) == 0x7F)
         fail_nan(w, row0 + static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols,
                  codes[i]);
+}
+
+void dequant_mxfp4_into(const TensorSource& source, const DequantInput& in, Dtype out, uint8_t* dst,
+                        int64_t dst_ld, bool transpose) {
+  const SourceTensor& w = *in.weight;
+  const SourceTensor& s = *in.mx_scale;
+  const auto rows = static_cast<int64_t>(w.shape.at(0));
+  const auto packed_cols = static_cast<int64_t>(w.shape.at(1));
+  const int64_t cols = 2 * packed_cols;
+  const auto blocks = static_cast<int64_t>(s.shape.at(1));
+  RawBuffer<uint8_t> packed(static_cast<size_t>(rows * packed_cols));
+  source.read(w, 0, packed.span());
+  RawBuffer<uint8_t> scales(static_cast<size_t>(rows * blocks));
+  source.read(s, 0, scales.span());
+  const size_t esize = dtype_size(out);
+  const bool refuse = in.nan == NanPolicy::kRefuse;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const uint8_t byte = packed[static_cast<size_t>(r * packed_cols + c / 2)];
+      const auto code = static_cast<uint8_t>((c & 1) ? byte >> 4 : byte & 0xF);
+      const uint8_t sc = scales[static_cast<size_t>(r * blocks + c / numerics::kMxBlock)];
+      float v;
+      if (sc == numerics::kE8m0Nan) {
+        if (refuse)
+          fail(ErrorKind::kNumeric, s.file, s.name,
+               "scale entry [" + std::to_string(r) + ", " + std::to_string(c / numerics::kMxBlock) +
+                   "] is the E8M0 NaN code 0xFF",
+               "E8M0 codes 0..254 (the Automodel compat mode reproduces torch: 2^128 = inf)");
+        v = numerics::e2m1_to_f32(code) * std::numeric_limits<float>::infinity();
+      } else {
+        v = numerics::dequant_mxfp4(code, sc);
+      }
+      if (refuse && !std::isfinite(v))
+        fail(ErrorKind::kNumeric, w.file, w.name,
+             "element [" + std::to_string(r) + ", " + std::to_string(c) + "] (E2M1 " +
+                 std::to_string(numerics::e2m1_to_f32(code)) + " x 2^" + std::to_string(sc - 127) +
+                 ") overflows float32",
+             "scales whose dequantized weights are finite");
+      const int64_t at = transpose ? c * dst_ld + r : r * dst_ld + c;
+      encode_products(std::span<const float>(&v, 1), out, in.nan,
+                      dst + static_cast<size_t>(at) * esize);
+    }
 }
 
 std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in,

@@ -34,6 +34,12 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
 void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
                       int64_t row1, Dtype out, uint8_t* dst, int64_t dst_ld, bool transpose);
 
+// An MXFP4 matrix (DequantInput::mx_scale) dequantized into `dst` as dequant_fp8_into does:
+// e2m1 x 2^(scale - 127) in float32, then the output dtype. The E8M0 NaN code and overflow are
+// refused unless the NaN policy reproduces torch (2^128 = inf).
+void dequant_mxfp4_into(const TensorSource& source, const DequantInput& in, Dtype out, uint8_t* dst,
+                        int64_t dst_ld, bool transpose);
+
 // Encodes products as BF16 or F32 bytes (NaN per policy; refused NaN never reaches here).
 void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst);
 

@@ -81,7 +81,10 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
                                       file, name, key.weight_name));
       continue;
     }
-    if (key.kind == TensorKind::kOther) {
+    // The multimodal towers of MiMo-V2.6 checkpoints are passed through as they are.
+    const bool tower = config && config->fused_qkv &&
+                       (name.starts_with("visual.") || name.starts_with("audio."));
+    if (key.kind == TensorKind::kOther && !tower) {
       if (++unknown <= 20)
         r.notes.push_back(
             fmt::format("{}: tensor '{}': not a MiMo-V2-Flash tensor name", file, name));

@@ -35,6 +35,7 @@ std::optional<Projection> proj_of(std::string_view s) {
   if (s == "gate_proj") return Projection::kGate;
   if (s == "up_proj") return Projection::kUp;
   if (s == "down_proj") return Projection::kDown;
+  if (s == "qkv_proj") return Projection::kQkv;
   return std::nullopt;
 }
 
@@ -64,7 +65,7 @@ void classify_layer_rest(std::string_view rest, TensorKey& k) {
     if (ends_with(r, ".weight")) {
       auto p = proj_of(r.substr(0, r.size() - 7));
       if (p && (*p == Projection::kQ || *p == Projection::kK || *p == Projection::kV ||
-                *p == Projection::kO)) {
+                *p == Projection::kO || *p == Projection::kQkv)) {
         k.kind = TensorKind::kAttentionProj;
         k.projection = *p;
       }
@@ -118,6 +119,9 @@ TensorKey classify_tensor_name(std::string_view name) {
     w.remove_suffix(kScaleSuffix.size());
   }
   k.weight_name = std::string(w);
+  // "...mlp.experts.E.<proj>.weight_scale": an MXFP4 expert's E8M0 scales (checked below).
+  const bool mx_candidate = !k.is_scale && ends_with(w, ".weight_scale");
+  if (mx_candidate) w.remove_suffix(6);
 
   // The first "layers." that starts a path component.
   size_t pos = 0;
@@ -137,9 +141,19 @@ TensorKey classify_tensor_name(std::string_view name) {
       k.prefix = std::string(prefix);
       k.layer = layer;
       classify_layer_rest(rest, k);
+      if (mx_candidate) {
+        if (k.kind == TensorKind::kExpertProj) {
+          k.is_scale = k.is_mx_scale = true;
+          k.weight_name = std::string(w);
+        } else {  // any other "...weight_scale" is an ordinary tensor
+          k = TensorKey{};
+          k.name = k.weight_name = std::string(name);
+        }
+      }
       return k;
     }
   }
+  if (mx_candidate) return k;  // kOther
   if (w == "lm_head.weight") {
     k.kind = TensorKind::kLmHead;
   } else if (ends_with(w, "embed_tokens.weight") && (w.size() == 19 || w[w.size() - 20] == '.')) {
@@ -209,6 +223,8 @@ std::string_view projection_name(Projection p) noexcept {
       return "down_proj";
     case Projection::kGateAndUp:
       return "gate_and_up_projs";
+    case Projection::kQkv:
+      return "qkv_proj";
   }
   return "";
 }

@@ -62,6 +62,7 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
     if (auto md = doc.find("metadata"); md != doc.end() && !md->is_null()) {
       if (!md->is_object())
         fail(ErrorKind::kMalformedFile, index_name, "", "index \"metadata\" is not an object");
+      for (auto it = md->begin(); it != md->end(); ++it) ck.index_metadata_[it.key()] = it->dump();
       if (auto ts = md->find("total_size"); ts != md->end() && !ts->is_null()) {
         // Some writers emit total_size as a float; accept it when it is a whole number.
         if (ts->is_number_unsigned()) {

@@ -56,6 +56,10 @@ std::string family_of(const std::string& key) {
 class LogicalView {
  public:
   LogicalView(const fs::path& dir, const MimoConfig& config) : src_({dir}), config_(config) {
+    if (config.fused_qkv && !is_native_layout(src_))
+      fail(ErrorKind::kUnsupportedLayout, dir.string(), "",
+           "verify does not read the fused-QKV / MXFP4 (MiMo-V2.6) HF layout yet",
+           "a MiMo-V2-Flash-layout HF folder, or two native folders");
     // Each side must be a checkpoint its conversion would accept (the same checks: layout,
     // shapes against config.json, completeness, scales, NaN codes), so a difference is a real one.
     validate_checkpoint(src_, config);

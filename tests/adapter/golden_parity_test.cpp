@@ -273,3 +273,63 @@ TEST(GoldenParityNoNan, DefaultFromHfEqualsCompatWithoutTheFusedLayout) {
 
 }  // namespace
 }  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+// MiMo-V2.6 (tests/data/v26, tools/make_v26_fixture.py; goldens from tools/make_v26_goldens.py):
+// fused QKV over checkpoint TP 2 and 4, MXFP4 experts, visual/audio towers.
+class GoldenParityV26 : public ::testing::TestWithParam<std::string> {
+ protected:
+  fs::path hf() const { return kData / "v26" / GetParam() / "hf"; }
+  json golden_ = load_golden("v26_" + GetParam());
+  test::TempDir dir_;
+};
+
+TEST_P(GoldenParityV26, TheInputIsTheOneTheGoldensWereMadeFrom) {
+  std::map<std::string, std::string> want;
+  for (auto it = golden_["input"].begin(); it != golden_["input"].end(); ++it)
+    want[it.key()] = (*it)["sha256"];
+  std::map<std::string, std::string> got;
+  for (const auto& [n, d] : digest_checkpoint(hf())) got[n] = std::get<2>(d);
+  EXPECT_EQ(got, want);
+}
+
+TEST_P(GoldenParityV26, FromHfEveryEpRankAndCompatModeIsByteIdentical) {
+  for (Compat c : {Compat::kNone, Compat::kAutomodel07}) {
+    FromHfOptions o;
+    o.compat = c;
+    from_hf_dir(hf(), dir_ / "ep1", o);
+    expect_matches(digest_checkpoint(dir_ / "ep1"), golden_["outputs"]["from_hf_ep1_rank0"], "ep1");
+    fs::remove_all(dir_ / "ep1");
+    for (int64_t r = 0; r < 3; ++r) {
+      o.ep_size = 3;
+      o.ep_rank = r;
+      const auto d = dir_ / ("ep3_" + std::to_string(r));
+      from_hf_dir(hf(), d, o);
+      expect_matches(digest_checkpoint(d),
+                     golden_["outputs"]["from_hf_ep3_rank" + std::to_string(r)], d.string());
+      fs::remove_all(d);
+    }
+  }
+}
+
+TEST_P(GoldenParityV26, ToHfWithoutQuantizationIsByteIdentical) {
+  from_hf_dir(hf(), dir_ / "native", {});
+  for (Compat c : {Compat::kNone, Compat::kAutomodel07}) {
+    ToHfOptions o;
+    o.quant = QuantMode::kNone;
+    o.compat = c;
+    to_hf_dirs({dir_ / "native"}, dir_ / "noquant", o, std::nullopt);
+    expect_matches(digest_checkpoint(dir_ / "noquant"), golden_["outputs"]["to_hf_noquant"],
+                   "noquant");
+    fs::remove_all(dir_ / "noquant");
+  }
+  EXPECT_NE(golden_["errors"]["to_hf"].get<std::string>().find("only supported for checkpoint"),
+            std::string::npos);
+}
+
+INSTANTIATE_TEST_SUITE_P(TpDegrees, GoldenParityV26, ::testing::Values("tp2", "tp4"));
+
+}  // namespace
+}  // namespace moeckpt

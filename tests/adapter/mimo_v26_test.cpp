@@ -1,0 +1,246 @@
+// The MiMo-V2.6 layout (fused QKV interleaved over metadata.tp_size, MXFP4 experts): hostile and
+// inconsistent variants of the committed fixture are refused with the right kind, naming the file
+// or tensor; parity with Automodel 0.7.0 is in golden_parity_test.cpp.
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/safetensors.hpp"
+#include "moeckpt/safetensors_writer.hpp"
+#include "test_support.hpp"
+
+namespace moeckpt {
+namespace {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kV26 = fs::path(MOECKPT_TEST_DATA_DIR) / "v26";
+
+struct Tensor {
+  Dtype dtype;
+  std::vector<uint64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+using Tensors = std::map<std::string, Tensor>;
+
+// The tensors of a checkpoint folder (names, dtypes, shapes, bytes), without metadata.
+std::map<std::string, std::tuple<Dtype, std::vector<uint64_t>, std::vector<uint8_t>>> tensors_of(
+    const fs::path& dir) {
+  auto ck = Checkpoint::open(dir);
+  std::map<std::string, std::tuple<Dtype, std::vector<uint64_t>, std::vector<uint8_t>>> out;
+  for (const auto& n : ck.names()) {
+    const auto* e = ck.find(n);
+    out[n] = {e->info->dtype, e->info->shape, ck.read_all(*e)};
+  }
+  return out;
+}
+
+// A copy of fixture `tp` as one shard plus an index, after `edit` (tensors, index metadata).
+fs::path variant(const fs::path& root, const std::string& tp,
+                 const std::function<void(Tensors&, json&)>& edit) {
+  const fs::path src = kV26 / tp / "hf";
+  auto ck = Checkpoint::open(src);
+  Tensors ts;
+  for (const auto& n : ck.names()) {
+    const auto* e = ck.find(n);
+    ts[n] = {e->info->dtype, e->info->shape, ck.read_all(*e)};
+  }
+  auto raw = test::read_bytes(src / kIndexFileName);
+  json index = json::parse(raw.begin(), raw.end());
+  json md = index["metadata"];
+  edit(ts, md);
+  static int serial = 0;
+  const fs::path dst = root / ("variant" + std::to_string(serial++));
+  fs::create_directories(dst);
+  fs::copy_file(src / "config.json", dst / "config.json");
+  std::vector<TensorSpec> specs;
+  for (const auto& [n, t] : ts) specs.push_back({n, t.dtype, t.shape});
+  {
+    ShardWriter w(dst / "model-00001-of-00001.safetensors", specs);
+    size_t i = 0;
+    for (const auto& [n, t] : ts) w.write(i++, 0, t.bytes);
+    w.commit();
+  }
+  json wm = json::object();
+  for (const auto& [n, t] : ts) wm[n] = "model-00001-of-00001.safetensors";
+  md.erase("total_size");
+  test::write_text(dst / kIndexFileName, json{{"metadata", md}, {"weight_map", wm}}.dump());
+  return dst;
+}
+
+struct Refusal {
+  ErrorKind kind;
+  std::string message;
+};
+
+Refusal from_hf_refusal(const fs::path& src, const fs::path& dst, FromHfOptions o = {}) {
+  try {
+    from_hf_dir(src, dst, o);
+  } catch (const Error& e) {
+    EXPECT_FALSE(fs::exists(dst / kSingleFileName));
+    return {e.kind(), e.what()};
+  }
+  ADD_FAILURE() << src << " was accepted";
+  return {};
+}
+
+class MimoV26 : public ::testing::Test {
+ protected:
+  test::TempDir dir_;
+};
+
+TEST_F(MimoV26, TheFixtureConvertsInBothModesAndEveryTpDegree) {
+  for (const char* tp : {"tp2", "tp4"}) {
+    EXPECT_NO_THROW(from_hf_dir(kV26 / tp / "hf", dir_ / tp, {}));
+    FromHfOptions compat;
+    compat.compat = Compat::kAutomodel07;
+    EXPECT_NO_THROW(from_hf_dir(kV26 / tp / "hf", dir_ / (std::string(tp) + "c"), compat));
+  }
+  // The same model at TP 2 and TP 4 (quantized over different shard grids): the same native
+  // names, dtypes and shapes, and bit-equal tensors outside the attention projections.
+  auto a = tensors_of(dir_ / "tp2"), b = tensors_of(dir_ / "tp4");
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [n, t] : a) {
+    ASSERT_TRUE(b.count(n)) << n;
+    EXPECT_EQ(std::get<0>(t), std::get<0>(b[n])) << n;
+    EXPECT_EQ(std::get<1>(t), std::get<1>(b[n])) << n;
+    if (n.find("self_attn.") == std::string::npos || n.find("o_proj") != std::string::npos) {
+      EXPECT_TRUE(std::get<2>(t) == std::get<2>(b[n])) << n;
+    }
+  }
+}
+
+TEST_F(MimoV26, TpSizeMustBeAPositiveIntegerThatFitsTheTensors) {
+  for (json bad : {json("2"), json(2.0), json(true), json(0), json(-2), json(nullptr)}) {
+    auto src = variant(dir_.path(), "tp2", [&](Tensors&, json& md) { md["tp_size"] = bad; });
+    auto r = from_hf_refusal(src, dir_ / "out");
+    EXPECT_EQ(r.kind, ErrorKind::kMalformedFile) << bad.dump() << r.message;
+    EXPECT_NE(r.message.find("metadata.tp_size"), std::string::npos) << r.message;
+    EXPECT_NE(r.message.find(kIndexFileName), std::string::npos) << r.message;
+  }
+  // 3 does not divide the heads; 1 (absent) and 2 give other scale grids than the TP-4 file has.
+  auto three = variant(dir_.path(), "tp4", [](Tensors&, json& md) { md["tp_size"] = 3; });
+  auto r = from_hf_refusal(three, dir_ / "out");
+  EXPECT_EQ(r.kind, ErrorKind::kConfigMismatch);
+  EXPECT_NE(r.message.find("does not divide"), std::string::npos) << r.message;
+  for (auto edit : std::vector<std::function<void(Tensors&, json&)>>{
+           [](Tensors&, json& md) { md.erase("tp_size"); },
+           [](Tensors&, json& md) { md["tp_size"] = 2; }}) {
+    auto src = variant(dir_.path(), "tp4", edit);
+    r = from_hf_refusal(src, dir_ / "out");
+    EXPECT_EQ(r.kind, ErrorKind::kConfigMismatch) << r.message;
+    EXPECT_NE(r.message.find("qkv_proj.weight_scale_inv"), std::string::npos) << r.message;
+    EXPECT_NE(r.message.find("TP shards"), std::string::npos) << r.message;
+  }
+}
+
+TEST_F(MimoV26, InterleaveAndScaleShapesAreChecked) {
+  const std::string qkv = "model.layers.0.self_attn.qkv_proj.weight";
+  // A fused weight one shard-row short, a scale grid one row short or one column wide.
+  auto short_rows = variant(dir_.path(), "tp2", [&](Tensors& ts, json&) {
+    auto& t = ts[qkv];
+    t.shape[0] -= 1;
+    t.bytes.resize(t.bytes.size() - t.shape[1]);
+  });
+  auto r = from_hf_refusal(short_rows, dir_ / "out");
+  EXPECT_EQ(r.kind, ErrorKind::kConfigMismatch);
+  EXPECT_NE(r.message.find(qkv), std::string::npos) << r.message;
+  for (int d : {-1, +1}) {
+    auto src = variant(dir_.path(), "tp2", [&](Tensors& ts, json&) {
+      auto& s = ts[qkv + "_scale_inv"];
+      const uint64_t row = s.shape[1] * 4;
+      s.shape[0] += d;
+      s.bytes.resize(s.bytes.size() + d * static_cast<int64_t>(row), 0x3c);
+    });
+    r = from_hf_refusal(src, dir_ / "out");
+    EXPECT_EQ(r.kind, ErrorKind::kConfigMismatch) << r.message;
+    EXPECT_NE(r.message.find(qkv + "_scale_inv"), std::string::npos) << r.message;
+  }
+  // FP8 without its scale.
+  auto no_scale =
+      variant(dir_.path(), "tp2", [&](Tensors& ts, json&) { ts.erase(qkv + "_scale_inv"); });
+  r = from_hf_refusal(no_scale, dir_ / "out");
+  EXPECT_EQ(r.kind, ErrorKind::kMalformedFile);
+  EXPECT_NE(r.message.find("_scale_inv"), std::string::npos) << r.message;
+}
+
+TEST_F(MimoV26, Mxfp4ExpertsAreChecked) {
+  const std::string w = "model.layers.1.mlp.experts.2.down_proj.weight";
+  // The E8M0 NaN code: refused by default (numeric), reproduced in compat (torch's 2^128 = inf).
+  auto nan_scale =
+      variant(dir_.path(), "tp2", [&](Tensors& ts, json&) { ts[w + "_scale"].bytes[5] = 0xFF; });
+  auto r = from_hf_refusal(nan_scale, dir_ / "out");
+  EXPECT_EQ(r.kind, ErrorKind::kNumeric);
+  EXPECT_NE(r.message.find(w + "_scale"), std::string::npos) << r.message;
+  EXPECT_NE(r.message.find("0xFF"), std::string::npos) << r.message;
+  FromHfOptions compat;
+  compat.compat = Compat::kAutomodel07;
+  EXPECT_NO_THROW(from_hf_dir(nan_scale, dir_ / "compat", compat));
+  // A scale so large the product overflows float32.
+  auto huge = variant(dir_.path(), "tp2", [&](Tensors& ts, json&) {
+    for (auto& b : ts[w + "_scale"].bytes) b = 254;
+  });
+  r = from_hf_refusal(huge, dir_ / "out");
+  EXPECT_EQ(r.kind, ErrorKind::kNumeric);
+  EXPECT_NE(r.message.find("overflows"), std::string::npos) << r.message;
+  // A packed weight of the wrong width, a scale of the wrong shape or dtype, a missing scale, an
+  // orphan scale.
+  std::vector<std::function<void(Tensors&, json&)>> edits{
+      [&](Tensors& ts, json&) {
+        auto& t = ts[w];
+        t.shape[1] -= 1;
+        t.bytes.resize(t.shape[0] * t.shape[1]);
+      },
+      [&](Tensors& ts, json&) {
+        auto& s = ts[w + "_scale"];
+        s.shape[1] += 1;
+        s.bytes.resize(s.shape[0] * s.shape[1], 120);
+      },
+      [&](Tensors& ts, json&) { ts[w + "_scale"].dtype = Dtype::I8; },
+      [&](Tensors& ts, json&) { ts.erase(w + "_scale"); },
+      [&](Tensors& ts, json&) { ts.erase(w); },
+  };
+  for (const auto& edit : edits) {
+    auto src = variant(dir_.path(), "tp2", edit);
+    r = from_hf_refusal(src, dir_ / "out");
+    EXPECT_TRUE(r.kind == ErrorKind::kMalformedFile || r.kind == ErrorKind::kConfigMismatch)
+        << r.message;
+    EXPECT_NE(r.message.find("model.layers.1.mlp.experts.2.down_proj"), std::string::npos)
+        << r.message;
+  }
+}
+
+TEST_F(MimoV26, QuantizedExportIsRefusedWithTheReasonAndNoneWritesASplitConfig) {
+  from_hf_dir(kV26 / "tp2" / "hf", dir_ / "native", {});
+  for (Compat c : {Compat::kNone, Compat::kAutomodel07}) {
+    ToHfOptions o;
+    o.compat = c;
+    try {
+      to_hf_dirs({dir_ / "native"}, dir_ / "quant", o, std::nullopt);
+      ADD_FAILURE() << "quantized export accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kUnsupportedLayout);
+      if (c == Compat::kAutomodel07) {
+        EXPECT_NE(std::string(e.what()).find("only supported for checkpoint loading"),
+                  std::string::npos);
+      }
+    }
+    EXPECT_FALSE(fs::exists(dir_ / "quant" / kSingleFileName));
+  }
+  ToHfOptions none;
+  none.quant = QuantMode::kNone;
+  to_hf_dirs({dir_ / "native"}, dir_ / "bf16", none, std::nullopt);
+  auto raw = test::read_bytes(dir_ / "bf16" / "config.json");
+  auto cfg = json::parse(raw.begin(), raw.end());
+  EXPECT_EQ(cfg["attention_projection_layout"], "split");
+  EXPECT_FALSE(cfg.contains("quantization_config"));
+  // The split BF16 folder converts back to the same native checkpoint.
+  from_hf_dir(dir_ / "bf16", dir_ / "again", {});
+  EXPECT_EQ(tensors_of(dir_ / "native"), tensors_of(dir_ / "again"));
+}
+
+}  // namespace
+}  // namespace moeckpt

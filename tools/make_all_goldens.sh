@@ -4,6 +4,8 @@
 #   tests/data/ragged/hf/, tests/data/ragged/hf_nonan/      the ragged HF fixture (tools/make_ragged_fixture.py)
 #   tests/data/ragged/to_hf_special_input.safetensors      native tensors with special BF16 values (to_hf input)
 #   tests/data/goldens/{tiny,ragged,ragged_nonan}.json      digests of Automodel 0.7.0's outputs (tools/digest_goldens.py)
+#   tests/data/goldens/tiny_te.json                         tiny through 0.7.0 with the TE attention backend
+#   tests/data/v26/, tests/data/goldens/v26_tp{2,4}.json   the MiMo-V2.6 fixture and its 0.7.0 goldens
 #   tests/data/goldens/{tiny,ragged,ragged_nonan}_am06.json the same inputs through Automodel 0.6.0 (to_hf ignores
 #                                                          quantization=False there: see tools/ORACLE_NOTES.md)
 #
@@ -81,6 +83,18 @@ if [ "${SKIP_AM06:-0}" != 1 ]; then
     "$PY" tools/digest_goldens.py "$WORK/am06/$f/out" "tests/data/goldens/${f}_am06.json" --root "$ROOT"
   done
 fi
+
+# (e3) Automodel's TE naming (backend.attn = "te": the sink is attn_module.softmax_offset, F32) on the tiny fixture
+run_goldens "$WORK/tiny/hf" "$WORK/te/tiny/out" --ep 3 --ep 2 --attn te
+"$PY" tools/digest_goldens.py "$WORK/te/tiny/out" tests/data/goldens/tiny_te.json --root "$ROOT"
+
+# (e4) the MiMo-V2.6 layout (fused QKV over metadata.tp_size 2 and 4, MXFP4 experts, visual/audio towers)
+"$PY" tools/make_v26_fixture.py tests/data/v26
+for tp in 2 4; do
+  "$PY" tools/make_v26_goldens.py "tests/data/v26/tp$tp/hf" "$WORK/v26/tp$tp" --ep 3 2>&1 |
+    grep -v -e '`torch_dtype` is deprecated' -e grouped_gemm || true
+  "$PY" tools/digest_goldens.py "$WORK/v26/tp$tp" "tests/data/goldens/v26_tp$tp.json" --root "$ROOT"
+done
 
 # (f) the ragged special-values input (the C++ to-hf special test converts it); the tiny one is not kept (size)
 cp "$WORK/ragged/out/to_hf_special_input.safetensors" tests/data/ragged/to_hf_special_input.safetensors

@@ -75,7 +75,7 @@ def load_hf_dir(hf_dir: str) -> dict[str, torch.Tensor]:
     return dict(sorted(out.items()))
 
 
-def make_adapter(config_json: dict) -> MiMoV2FlashStateDictAdapter:
+def make_adapter(config_json: dict, attn: str = "sdpa") -> MiMoV2FlashStateDictAdapter:
     """Construct the adapter exactly as MiMoV2FlashForCausalLM.__init__ / MiMoV2FlashModel.__init__ do."""
     cfg = dict(config_json)
     cfg.pop("quantization_config", None)  # not read by the adapter; keeps PretrainedConfig quiet
@@ -104,7 +104,7 @@ def make_adapter(config_json: dict) -> MiMoV2FlashStateDictAdapter:
         dtype=get_dtype(config.torch_dtype, torch.bfloat16),
     )
     # attn="sdpa" (the CPU default): with attn="te" the adapter renames attention_sink_bias -> attn_module.softmax_offset
-    backend = BackendConfig(attn="sdpa", experts="torch", dispatcher="torch", linear="torch")
+    backend = BackendConfig(attn=attn, experts="torch", dispatcher="torch", linear="torch")
     return MiMoV2FlashStateDictAdapter(config, moe_config, backend, dtype=get_dtype(config.torch_dtype, torch.bfloat16))
 
 
@@ -263,6 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("out_dir")
     ap.add_argument("--ep", type=int, action="append", default=[], help="EP size (repeatable); EP 1 is always done")
     ap.add_argument("--ep-mode", choices=("fakepg", "mock"), default="fakepg")
+    ap.add_argument("--attn", choices=("sdpa", "te"), default="sdpa",
+                    help="the backend's attention (te: the sink is named attn_module.softmax_offset, F32)")
     ap.add_argument("--check-mock", action="store_true", help="also run every EP rank in mock mode and compare")
     ap.add_argument("--special-input", choices=("all", "targets"), default="all",
                     help="to_hf_special input: the whole native state dict (default) or only the planted tensors "
@@ -275,7 +277,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.hf_dir, "config.json"), encoding="utf-8") as f:
         cfg_json = json.load(f)
     hf = load_hf_dir(args.hf_dir)
-    adapter = make_adapter(cfg_json)
+    adapter = make_adapter(cfg_json, args.attn)
     n_experts = adapter.moe_config.n_routed_experts
     record: dict = {
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),

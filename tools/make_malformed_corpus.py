@@ -628,6 +628,82 @@ def register_native_cases():
 
 
 # --- accepted: unusual but valid
+V26 = DATA / "v26" / "tp2" / "hf"  # the committed MiMo-V2.6 fixture (tools/make_v26_fixture.py)
+V26_SHARD1 = "model-00001-of-00002.safetensors"  # embeddings, layers 0 and 1
+V26_QKV = "model.layers.0.self_attn.qkv_proj.weight"
+V26_EXPERT = "model.layers.1.mlp.experts.2.down_proj.weight"
+
+
+def register_v26_cases():
+    """MiMo-V2.6 (fused QKV over metadata.tp_size, MXFP4 experts): interleave sizes against tp_size,
+    scale grids, packed widths, E8M0 codes."""
+    def v26(edit, index_edit=None):
+        def build(dst):
+            f = Folder(V26)
+            edit(f)
+            if index_edit:
+                index_edit(f.index)
+            f.save(dst)
+        return build
+
+    def reg(name, fragment, edit, file=V26_SHARD1, index_edit=None):
+        case(name, fragment, file=file, to_hf=NOT_NATIVE)(v26(edit, index_edit))
+
+    def none(f):
+        pass
+
+    def set_tp(v):
+        return lambda idx: idx["metadata"].__setitem__("tp_size", v)
+
+    reg("v26_tp_size_missing", "does not fit 1 TP shards", none,
+        index_edit=lambda idx: idx["metadata"].pop("tp_size"))
+    reg("v26_tp_size_not_dividing_heads", "does not divide", none, index_edit=set_tp(3))
+    reg("v26_tp_size_string", "metadata.tp_size is \"2\"", none, file="model.safetensors.index.json",
+        index_edit=set_tp("2"))
+    reg("v26_tp_size_zero", "metadata.tp_size is 0", none, file="model.safetensors.index.json", index_edit=set_tp(0))
+    reg("v26_tp_size_float", "metadata.tp_size is 2.0", none, file="model.safetensors.index.json",
+        index_edit=set_tp(2.0))
+
+    def shrink_rows(name, n):
+        def edit(f):
+            t = f.t(name)
+            row = len(t["data"]) // t["shape"][0]
+            t["shape"][0] -= n
+            del t["data"][len(t["data"]) - n * row:]
+        return edit
+
+    def grow_cols(name, fill):
+        def edit(f):
+            t = f.t(name)
+            r, c = t["shape"]
+            size = len(t["data"]) // (r * c)
+            rows = [t["data"][i * c * size:(i + 1) * c * size] + bytes(fill) for i in range(r)]
+            t["data"] = bytearray(b"".join(rows))
+            t["shape"][1] = c + 1
+        return edit
+
+    reg("v26_qkv_rows_short", "the checkpoint TP degree 2", shrink_rows(V26_QKV, 1))
+    reg("v26_qkv_scale_rows_short", "does not fit 2 TP shards", shrink_rows(V26_QKV + "_scale_inv", 1))
+    reg("v26_qkv_scale_column_extra", "does not fit 2 TP shards", grow_cols(V26_QKV + "_scale_inv", f32(1.0)))
+    reg("v26_qkv_without_scale", "FP8 weight without a '_scale_inv' companion",
+        lambda f: f.remove(V26_QKV + "_scale_inv"))
+    reg("v26_packed_weight_odd_width", "disagrees with config.json", grow_cols(V26_EXPERT, b"\x11"))
+    reg("v26_mx_scale_wrong_shape", "does not fit weight", grow_cols(V26_EXPERT + "_scale", b"\x7f"))
+    reg("v26_mx_scale_missing", "without its '_scale' companion", lambda f: f.remove(V26_EXPERT + "_scale"))
+
+    def poke(name, at, value):
+        def edit(f):
+            f.t(name)["data"][at] = value
+        return edit
+
+    reg("v26_mx_scale_nan", "E8M0 NaN code 0xFF", poke(V26_EXPERT + "_scale", 5, 0xFF))
+
+    def overflow(f):
+        f.t(V26_EXPERT + "_scale")["data"][0] = 254  # block 0 of row 0: 2^127 times its codes
+        f.t(V26_EXPERT)["data"][0] = 0x77  # two E2M1 sixes
+    reg("v26_mx_scale_overflows", "overflows float32", overflow)
+
+
 def register_accepted():
     def acc(name, edit):
         ACCEPTED.append((name, hf_edit(edit)))
@@ -696,6 +772,7 @@ def main():
     register_config_cases()
     register_hf_semantic_cases()
     register_native_cases()
+    register_v26_cases()
     register_accepted()
     for name, layout, build, commands, files, ranks in CASES:
         d = BAD / name

@@ -27,6 +27,12 @@ std::string_view compat_name(Compat c) noexcept;
 // Those names, and "automodel" (the newest version); nullopt for anything else.
 std::optional<Compat> parse_compat(std::string_view name);
 
+// Automodel's attention backend, which names the native sink: "sdpa" attention_sink_bias (as HF),
+// "te" attn_module.softmax_offset (F32).
+enum class AttnBackend { kSdpa, kTe };
+std::string_view attn_backend_name(AttnBackend b) noexcept;
+std::optional<AttnBackend> parse_attn_backend(std::string_view name);
+
 // The experts an EP rank owns: q, rem = divmod(E, W); rank r < rem owns q+1 from r*(q+1), else q
 // from r*q + rem.
 struct ExpertRange {
@@ -51,6 +57,8 @@ struct FromHfOptions {
   // false: experts stay per-expert HF tensors (dequantized in place, keys kept): the HF -> HF
   // dequantization, equal tensor for tensor to from-hf then to-hf --quant none. Needs EP 1.
   bool group_experts = true;
+  // kTe: sinks are written as self_attn.attn_module.softmax_offset in F32 (Automodel's TE model).
+  AttnBackend attn_backend = AttnBackend::kSdpa;
 };
 
 struct ToHfOptions {
@@ -66,6 +74,13 @@ struct ToHfOptions {
   // true: the source is an HF checkpoint of unquantized (BF16/F16/F32) weights, experts per expert:
   // the HF -> HF quantization, equal tensor for tensor to from-hf then to-hf.
   bool hf_source = false;
+  // kTe: native sinks are named self_attn.attn_module.softmax_offset. In the default mode a sink
+  // of either name is written back as attention_sink_bias in BF16 (as published); an Automodel
+  // mode renames only under kTe and keeps the dtype, as that version does.
+  AttnBackend attn_backend = AttnBackend::kSdpa;
+  // A fused-QKV (MiMo-V2.6) export: the TP degree the qkv_proj rows are interleaved over; 0: the
+  // one the native folder records (moeckpt.checkpoint_tp_size), else 1.
+  int64_t tp_size = 0;
 };
 
 // What to-hf writes under these options: in an Automodel mode, that version's behaviour (0.6:
@@ -91,6 +106,8 @@ inline constexpr const char* kMetaExpertCount = "moeckpt.expert_count";
 // name, dtype and shape, and the content of every scale and every tensor of at most 4 MiB: norms,
 // routers, biases). to-hf refuses rank folders whose fingerprints differ.
 inline constexpr const char* kMetaSourceFingerprint = "moeckpt.source_fingerprint";
+// The checkpoint TP degree of a fused-QKV (MiMo-V2.6) source, so that to-hf writes it back so.
+inline constexpr const char* kMetaCheckpointTp = "moeckpt.checkpoint_tp_size";
 
 // Plans. Validation happens here: a bad input fails before any output exists.
 Plan plan_from_hf(const TensorSource& hf, const MimoConfig& config, const FromHfOptions& options);

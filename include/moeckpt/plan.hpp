@@ -54,6 +54,9 @@ struct CopyTask {
   const SourceTensor* src;
   size_t out;
   uint64_t chunk_bytes = kCopyChunkBytes;  // moved through one buffer of this size
+  // Set: each element is converted to this dtype (BF16 round to nearest even, or F32) from the
+  // source's floating dtype, as torch's `.to(dtype)` does; unset: the bytes as they are.
+  std::optional<Dtype> convert_to;
 };
 // Rows [row0, row1) of a dequantized weight (large weights are split so that a task's buffers
 // stay small; row1 < 0 means all rows).
@@ -88,6 +91,10 @@ struct MatrixView {
   int64_t cols = 0;
 };
 
+// The block format a quantizing EmitTask writes: FP8 E4M3 with F32 block scales, or MXFP4 (packed
+// E2M1 [rows, cols / 2] with E8M0 scales [rows, cols / 32], both U8; mode kBlock only).
+enum class BlockFormat { kFp8, kMxfp4 };
+
 struct EmitTask {
   MatrixView in;
   size_t out_weight;
@@ -100,6 +107,7 @@ struct EmitTask {
   // The task holding the last rows also writes the scale's padding rows.
   int64_t row0 = 0;
   int64_t row1 = -1;
+  BlockFormat format = BlockFormat::kFp8;
 };
 
 // Several EmitTasks on the same slot of a grouped tensor (an expert's gate and up): the slot is
@@ -120,13 +128,36 @@ struct FusedQuantTask {
   int64_t chunk_rows = 0;
 };
 
-using Task =
-    std::variant<CopyTask, DequantTask, ExpertSlotTask, EmitTask, SlotGroupTask, FusedQuantTask>;
+// Rows [out_row0, out_row0 + rows) of an output gathered from rows [src_row0, ...) of a whole
+// 2-D source tensor.
+struct RowSegment {
+  const SourceTensor* src = nullptr;
+  int64_t src_row0 = 0;
+  int64_t rows = 0;
+  int64_t out_row0 = 0;
+};
+// FP8 block quantization of output rows [row0, row1), gathered from several sources, on a grid of
+// blocks starting at row0 (a block-aligned range of one independent grid): codes go to rows
+// [row0, row1) of `out_weight`, block scales to rows from `scale_row0` of `out_scale`.
+struct GatherQuantTask {
+  std::vector<RowSegment> segments;  // cover [row0, row1) exactly
+  size_t out_weight;
+  size_t out_scale;
+  int64_t row0 = 0, row1 = 0, cols = 0;
+  int64_t scale_row0 = 0;
+  int64_t block_rows = 128, block_cols = 128;
+};
+
+using Task = std::variant<CopyTask, DequantTask, ExpertSlotTask, EmitTask, SlotGroupTask,
+                          FusedQuantTask, GatherQuantTask>;
 
 struct Plan {
   std::vector<TensorSpec> outputs;
   std::vector<Task> tasks;
   std::map<std::string, std::string> metadata;  // __metadata__ of every output shard
+  // Entries of the index's "metadata" (JSON text values, e.g. {"tp_size", "4"}); when set, the
+  // index is written even for a single shard.
+  std::map<std::string, std::string> index_metadata;
   uint64_t output_bytes() const;
 };
 

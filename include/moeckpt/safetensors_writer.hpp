@@ -69,6 +69,9 @@ struct ShardingOptions {
   // File names: one shard -> "model.safetensors"; several -> "model-0000i-of-0000N.safetensors"
   // plus "model.safetensors.index.json", written last.
   std::map<std::string, std::string> metadata;  // __metadata__ of every shard
+  // Extra entries of the index's "metadata" (JSON text values); when set, the index is written
+  // even for a single shard.
+  std::map<std::string, std::string> index_metadata;
   // Shards already complete on disk (a resumed conversion): not rewritten; writes to them are
   // dropped. Indexed like the layout; empty means none.
   std::vector<bool> completed;
@@ -121,6 +124,7 @@ class CheckpointWriter {
   std::unique_ptr<std::atomic<uint64_t>[]> remaining_;
   std::unique_ptr<std::atomic<bool>[]> committed_;
   std::function<void(size_t)> on_shard_committed_;
+  std::map<std::string, std::string> index_metadata_;
   uint64_t total_bytes_ = 0;
 };
 

@@ -81,15 +81,22 @@ class MemorySource final : public TensorSource {
     std::vector<uint64_t> shape;
     std::span<const uint8_t> bytes;
   };
-  explicit MemorySource(std::vector<Entry> entries);  // order kept as given
+  // Order kept as given; `index_metadata` stands in for a folder index's "metadata" (JSON text
+  // values, e.g. {"tp_size", "4"}).
+  explicit MemorySource(std::vector<Entry> entries,
+                        std::map<std::string, std::string> index_metadata = {});
   void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override;
   std::map<std::string, std::string> metadata(size_t) const override { return {}; }
   size_t parts() const override { return 1; }
+  std::map<std::string, std::string> index_metadata(size_t) const override {
+    return index_metadata_;
+  }
   // The borrowed bytes of one of this source's tensors.
   std::span<const uint8_t> bytes(const SourceTensor& t) const;
 
  private:
   std::vector<std::span<const uint8_t>> bytes_;
+  std::map<std::string, std::string> index_metadata_;
 };
 
 }  // namespace moeckpt

@@ -111,6 +111,36 @@ def config_dict(config: Any) -> dict:
     raise TypeError(f"moeckpt: config must be a dict, a path or a config object, not {type(config).__name__}")
 
 
+def checkpoint_tp_size(config: Any) -> int:
+    """The fused-QKV checkpoint TP degree (MiMo-V2.6) of the folder a config comes from, as Automodel
+    reads it: ``metadata.tp_size`` of that folder's model.safetensors.index.json (the folder is the
+    path given, or the config object's ``_name_or_path``); 1 when there is no such index or field."""
+    folder = None
+    if isinstance(config, (str, os.PathLike)):
+        path = os.fspath(config)
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
+    else:
+        name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
+        if isinstance(config, Mapping):
+            name = config.get("_name_or_path")
+        if isinstance(name, str) and os.path.isdir(name):
+            folder = name
+    index = os.path.join(folder, "model.safetensors.index.json") if folder else None
+    if not index or not os.path.isfile(index):
+        return 1
+    with open(index, encoding="utf-8") as f:
+        tp = (json.load(f).get("metadata") or {}).get("tp_size", 1)
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        raise _core.MalformedFileError(f"{index}: metadata.tp_size is {tp!r}, not a positive integer")
+    return tp
+
+
+def attn_backend(name: str) -> str:
+    if name not in ("sdpa", "te"):
+        raise _core.InvalidArgumentError(f"moeckpt: attn_backend must be 'sdpa' or 'te', not {name!r}")
+    return name
+
+
 def parse_config(config: Any) -> _core.Config:
     if isinstance(config, _core.Config):
         return config

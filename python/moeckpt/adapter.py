@@ -63,6 +63,12 @@ class MiMoV2FlashStateDictAdapter:
             ``"cast"`` (Automodel's raw cast with ones scales) or ``"none"`` (BF16). Compat mode always casts.
         threads: engine worker threads (0: all cores).
         max_memory: bytes of engine task buffers in flight at once.
+        attn_backend: the training model's attention backend, as Automodel's ``backend.attn``: with
+            ``"te"`` the native sink is ``self_attn.attn_module.softmax_offset`` (F32) instead of
+            ``self_attn.attention_sink_bias``.
+        checkpoint_tp_size: the TP degree interleaving a MiMo-V2.6 checkpoint's fused ``qkv_proj``
+            rows; default: the ``metadata.tp_size`` of the index beside the config (a folder path, or
+            the config object's ``_name_or_path``, as Automodel reads it), else 1.
 
     ``quantization=False`` (the reference's default) returns BF16 without scales in both modes.
     ``exclude_key_regex`` is matched at the key's start (``re.match``), as the reference does.
@@ -79,8 +85,16 @@ class MiMoV2FlashStateDictAdapter:
         *,
         threads: int = 0,
         max_memory: int = 1 << 30,
+        attn_backend: str = "sdpa",
+        checkpoint_tp_size: Optional[int] = None,
     ) -> None:
         self._config = T.parse_config(config)
+        self.attn_backend = T.attn_backend(attn_backend)
+        if checkpoint_tp_size is None:
+            checkpoint_tp_size = T.checkpoint_tp_size(config)
+        if isinstance(checkpoint_tp_size, bool) or int(checkpoint_tp_size) < 1:
+            raise _core.InvalidArgumentError(f"moeckpt: checkpoint_tp_size {checkpoint_tp_size!r} is not positive")
+        self.checkpoint_tp_size = int(checkpoint_tp_size)
         self.config = config
         self.dtype = dtype
         self._dtype_name = T.out_dtype_name(dtype)
@@ -122,7 +136,7 @@ class MiMoV2FlashStateDictAdapter:
         keep: list = []
         rows = T.rows(hf_state_dict.items(), keep)
         out = _core.from_hf(rows, self._config, size, rank, self._dtype_name, self._compat_name, self.threads,
-                            self.max_memory)
+                            self.max_memory, attn=self.attn_backend, tp_size=self.checkpoint_tp_size)
         del keep
         result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
         result = self._reference_order(result, list(hf_state_dict), rank, size)
@@ -183,7 +197,7 @@ class MiMoV2FlashStateDictAdapter:
         items, start, require_all = self._native_items(state_dict)
         rows = T.rows(items, keep)
         out = _core.to_hf(rows, self._config, quant, self._compat_name, T.anchored(exclude_key_regex),
-                          prefix, start, require_all, self.threads, self.max_memory)
+                          prefix, start, require_all, self.threads, self.max_memory, attn=self.attn_backend)
         del keep
         return {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
 
@@ -196,7 +210,8 @@ class MiMoV2FlashStateDictAdapter:
         (row,) = T.rows(items[:1], keep)
         name = row[0]
         out = _core.convert_single_tensor_to_hf(row, self._config, quant, self._compat_name,
-                                                T.anchored(kwargs.get("exclude_key_regex")), prefix, start)
+                                                T.anchored(kwargs.get("exclude_key_regex")), prefix, start,
+                                                attn=self.attn_backend)
         return [(name, T.from_engine(dt, shape, raw)) for name, dt, shape, raw in out]
 
     def _to_hf_mode(self, quantization: bool) -> tuple[str, Optional[str]]:

@@ -31,6 +31,7 @@ def from_hf_dir(
     revision: Optional[str] = None,
     threads: int = 0,
     max_memory: int = 1 << 30,
+    attn_backend: str = "sdpa",
 ) -> dict[str, Any]:
     """Reads an HF checkpoint folder (``config.json`` + safetensors shards) and returns the native
     state dict of EP rank ``ep_rank`` of ``ep_size``: what ``MiMoV2FlashStateDictAdapter.from_hf`` of
@@ -40,7 +41,8 @@ def from_hf_dir(
     grouped experts are DTensors, as from ``from_hf``. Key order: the engine's (non-expert keys by
     name, a layer's grouped experts at its first expert key). ``path`` may be a repo id such as
     ``"XiaomiMiMo/MiMo-V2-Flash"`` resolved in the local Hugging Face cache at ``revision`` (default
-    ``main``); nothing is downloaded.
+    ``main``); nothing is downloaded. ``attn_backend="te"`` names the sinks as Automodel's TE model
+    does (``self_attn.attn_module.softmax_offset``, F32).
     """
     if device_mesh is not None:
         ep_rank, ep_size = _mesh_rank_size(device_mesh)
@@ -48,7 +50,7 @@ def from_hf_dir(
         raise _core.InvalidArgumentError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
     out, _metadata, _config_text, _bytes_read = _core.from_hf_dir(
         _resolve(path, revision), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_name(compat),
-        int(threads), int(max_memory))
+        int(threads), int(max_memory), attn=T.attn_backend(attn_backend))
     result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
     if torch.device(device).type != "cpu":
         result = {k: v.to(device) for k, v in result.items()}
@@ -72,6 +74,7 @@ def to_hf_dir(
     ep_size: int = 1,
     threads: int = 0,
     max_memory: int = 1 << 30,
+    attn_backend: str = "sdpa",
     overwrite: bool = False,
     resume: bool = False,
 ) -> WriteReport:
@@ -98,14 +101,16 @@ def to_hf_dir(
                          f"use compat=None or 'automodel-0.7' for quant={quant!r}")
     if compat_name != "none" and quant == "block":
         quant = "cast"  # Automodel's to_hf(quantization=True)
-    adapter = MiMoV2FlashStateDictAdapter(config, ep_rank=ep_rank, ep_size=ep_size, compat=compat)
+    adapter = MiMoV2FlashStateDictAdapter(config, ep_rank=ep_rank, ep_size=ep_size, compat=compat,
+                                          attn_backend=attn_backend)
     items, start, require_all = adapter._native_items(state_dict)
     keep: list = []
     rows = T.rows(items, keep)
     tensors, nbytes, shards, _kept = _run_interruptible(
         lambda cancel: _core.to_hf_dir(
             rows, os.fspath(path), adapter._config, quant, compat_name, T.anchored(exclude_key_regex), None, start,
-            require_all, int(max_shard_bytes), int(threads), int(max_memory), existing, cancel))
+            require_all, int(max_shard_bytes), int(threads), int(max_memory), existing, cancel,
+            attn=adapter.attn_backend))
     del keep
     return WriteReport(tensors, nbytes, shards)
 

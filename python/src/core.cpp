@@ -236,9 +236,18 @@ Compat compat_of(const std::string& name) {
   return *c;
 }
 
+AttnBackend attn_of(const std::string& name) {
+  auto b = parse_attn_backend(name);
+  if (!b)
+    fail(ErrorKind::kInvalidArgument, "", "", "unknown attention backend \"" + name + "\"",
+         "\"sdpa\" or \"te\"");
+  return *b;
+}
+
 FromHfOptions from_hf_options(int64_t ep_size, int64_t ep_rank, const std::string& dtype,
-                              const std::string& compat) {
+                              const std::string& compat, const std::string& attn = "sdpa") {
   FromHfOptions o;
+  o.attn_backend = attn_of(attn);
   o.ep_size = ep_size;
   o.ep_rank = ep_rank;
   o.dtype = out_dtype_of(dtype);
@@ -248,8 +257,10 @@ FromHfOptions from_hf_options(int64_t ep_size, int64_t ep_rank, const std::strin
 
 ToHfOptions to_hf_options(const std::string& quant, const std::string& compat,
                           const std::optional<std::string>& exclude,
-                          const std::optional<std::string>& prefix, bool require_all) {
+                          const std::optional<std::string>& prefix, bool require_all,
+                          const std::string& attn = "sdpa") {
   ToHfOptions o;
+  o.attn_backend = attn_of(attn);
   o.quant = quant_of(quant);
   o.compat = compat_of(compat);
   o.exclude_regex = exclude;
@@ -369,32 +380,35 @@ NB_MODULE(_core, m) {
   m.def(
       "from_hf",
       [](const std::vector<InRow>& rows, const Config& cfg, int64_t ep_size, int64_t ep_rank,
-         const std::string& dtype, const std::string& compat, unsigned threads,
-         uint64_t max_memory) {
+         const std::string& dtype, const std::string& compat, unsigned threads, uint64_t max_memory,
+         const std::string& attn, int64_t tp_size) {
         auto entries = entries_of(rows);
-        auto o = from_hf_options(ep_size, ep_rank, dtype, compat);
+        auto o = from_hf_options(ep_size, ep_rank, dtype, compat, attn);
         // A state dict may be any part of a checkpoint, as the reference accepts (a folder,
         // below, must be whole).
         o.whole_checkpoint = false;
         Converted out;
         {
           nb::gil_scoped_release release;
-          MemorySource src(std::move(entries));
+          // The checkpoint TP degree of fused QKV weights, as a folder's index records it.
+          MemorySource src(std::move(entries), {{"tp_size", std::to_string(tp_size)}});
           out =
               run_into_buffers(plan_from_hf(src, cfg.config, o), src, exec_of(threads, max_memory));
         }
         return to_python(std::move(out));
       },
       nb::arg("rows"), nb::arg("config"), nb::arg("ep_size"), nb::arg("ep_rank"), nb::arg("dtype"),
-      nb::arg("compat"), nb::arg("threads"), nb::arg("max_memory"));
+      nb::arg("compat"), nb::arg("threads"), nb::arg("max_memory"), nb::arg("attn") = "sdpa",
+      nb::arg("tp_size") = 1);
 
   // An HF checkpoint folder -> native tensors of one EP rank, streamed from the files (only the
   // rank's bytes are read). Returns (tensors, __metadata__, config.json text, bytes read).
   m.def(
       "from_hf_dir",
       [](const std::string& dir, int64_t ep_size, int64_t ep_rank, const std::string& dtype,
-         const std::string& compat, unsigned threads, uint64_t max_memory) {
-        auto o = from_hf_options(ep_size, ep_rank, dtype, compat);
+         const std::string& compat, unsigned threads, uint64_t max_memory,
+         const std::string& attn) {
+        auto o = from_hf_options(ep_size, ep_rank, dtype, compat, attn);
         Converted out;
         std::map<std::string, std::string> metadata;
         std::string config_text;
@@ -412,7 +426,7 @@ NB_MODULE(_core, m) {
         return std::make_tuple(to_python(std::move(out)), metadata, config_text, bytes_read);
       },
       nb::arg("dir"), nb::arg("ep_size"), nb::arg("ep_rank"), nb::arg("dtype"), nb::arg("compat"),
-      nb::arg("threads"), nb::arg("max_memory"));
+      nb::arg("threads"), nb::arg("max_memory"), nb::arg("attn") = "sdpa");
 
   // Native tensors in memory -> HF tensors. `expert_start`: first global expert id of the grouped
   // tensors given (an EP rank's shard).
@@ -421,9 +435,9 @@ NB_MODULE(_core, m) {
       [](const std::vector<InRow>& rows, const Config& cfg, const std::string& quant,
          const std::string& compat, std::optional<std::string> exclude,
          std::optional<std::string> prefix, int64_t expert_start, bool require_all,
-         unsigned threads, uint64_t max_memory) {
+         unsigned threads, uint64_t max_memory, const std::string& attn) {
         auto entries = entries_of(rows);
-        auto o = to_hf_options(quant, compat, exclude, prefix, require_all);
+        auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn);
         Converted out;
         {
           nb::gil_scoped_release release;
@@ -435,15 +449,15 @@ NB_MODULE(_core, m) {
       },
       nb::arg("rows"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
-      nb::arg("require_all"), nb::arg("threads"), nb::arg("max_memory"));
+      nb::arg("require_all"), nb::arg("threads"), nb::arg("max_memory"), nb::arg("attn") = "sdpa");
 
   m.def(
       "convert_single_tensor_to_hf",
       [](const InRow& row, const Config& cfg, const std::string& quant, const std::string& compat,
          std::optional<std::string> exclude, std::optional<std::string> prefix,
-         int64_t expert_start) {
+         int64_t expert_start, const std::string& attn) {
         auto entries = entries_of({row});
-        auto o = to_hf_options(quant, compat, exclude, prefix, false);
+        auto o = to_hf_options(quant, compat, exclude, prefix, false, attn);
         Converted out;
         {
           nb::gil_scoped_release release;
@@ -455,7 +469,8 @@ NB_MODULE(_core, m) {
         return to_python(std::move(out));
       },
       nb::arg("row"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
-      nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"));
+      nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
+      nb::arg("attn") = "sdpa");
 
   // A stop request for a folder conversion running with the GIL released: the Python layer sets it
   // when the waiting thread is interrupted (KeyboardInterrupt), and the conversion stops at the
@@ -474,9 +489,9 @@ NB_MODULE(_core, m) {
          const std::string& quant, const std::string& compat, std::optional<std::string> exclude,
          std::optional<std::string> prefix, int64_t expert_start, bool require_all,
          uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
-         const std::string& existing, CancelFlag& cancel) {
+         const std::string& existing, CancelFlag& cancel, const std::string& attn) {
         auto entries = entries_of(rows);
-        auto o = to_hf_options(quant, compat, exclude, prefix, require_all);
+        auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn);
         nb::gil_scoped_release release;
         MemorySource src(std::move(entries));
         const auto r = to_hf_dir_from_memory(
@@ -487,7 +502,7 @@ NB_MODULE(_core, m) {
       nb::arg("rows"), nb::arg("dst"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
       nb::arg("require_all"), nb::arg("max_shard_bytes"), nb::arg("threads"), nb::arg("max_memory"),
-      nb::arg("existing"), nb::arg("cancel"));
+      nb::arg("existing"), nb::arg("cancel"), nb::arg("attn") = "sdpa");
 
   // HF -> HF folder conversions (moeckpt dequantize / quantize), the same job layer. Return
   // (tensors, bytes, shards, shards kept).

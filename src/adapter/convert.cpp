@@ -91,6 +91,7 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
   ShardingOptions sharding;
   sharding.max_shard_bytes = convert.max_shard_bytes;
   sharding.metadata = plan.metadata;
+  sharding.index_metadata = plan.index_metadata;
   const auto layout = layout_shards(plan.outputs, sharding);
   try {
     sharding.completed = folder.begin(
@@ -162,8 +163,9 @@ std::string hf_config_text(const MimoConfig& config, const ToHfOptions& options)
 
 std::string to_hf_options_text(const ToHfOptions& options, const std::vector<int64_t>& starts) {
   std::string text =
-      fmt::format("to-hf quant {} compat {} exclude {} prefix {} require_all {}",
+      fmt::format("to-hf quant {} compat {} attn {} exclude {} prefix {} require_all {}",
                   static_cast<int>(effective_quant(options)), compat_name(options.compat),
+                  attn_backend_name(options.attn_backend),
                   options.exclude_regex ? "=" + *options.exclude_regex : "-",
                   options.prefix ? "=" + *options.prefix : "-", options.require_all_experts);
   for (const auto& s : starts) text += fmt::format(" start {}", s);
@@ -218,8 +220,9 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
   Plan plan = plan_from_hf(source, config, within_budget(options, convert.exec));
   plan.metadata[kMetaSourceFingerprint] = source_fingerprint(source, config_text);
   const auto options_text =
-      fmt::format("from-hf ep {}/{} dtype {} compat {}", options.ep_rank, options.ep_size,
-                  dtype_name(options.dtype), compat_name(options.compat));
+      fmt::format("from-hf ep {}/{} dtype {} compat {} attn {}", options.ep_rank, options.ep_size,
+                  dtype_name(options.dtype), compat_name(options.compat),
+                  attn_backend_name(options.attn_backend));
   return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst, options_text,
                     config_text, convert);
 }

@@ -87,7 +87,10 @@ class FromHfPlanner {
                         {kMetaEpRank, std::to_string(o_.ep_rank)},
                         {kMetaExpertStart, std::to_string(range_.first)},
                         {kMetaExpertCount, std::to_string(range_.count)}};
+    if (c_.fused_qkv && o_.group_experts) plan_.metadata[kMetaCheckpointTp] = std::to_string(tp_);
     // Scales are small: refusing a bad one now means no output is ever started for it.
+    if (!compat_ && o_.prescan_scales)
+      for (const auto& in : mx_used_) check_mx_scales(in);
     if (!compat_ && o_.prescan_scales)
       for (const auto& [s, used] : scales_used_)
         for (const auto& big :
@@ -258,6 +261,13 @@ class FromHfPlanner {
       plan_.tasks.push_back(DequantTask{in, out, o_.dtype});
       return;
     }
+    if (o_.attn_backend == AttnBackend::kTe && key.kind == TensorKind::kAttentionSink) {
+      if (auto te = te_sink_name(t.name)) {  // Automodel's TE model: renamed, widened to F32
+        plan_.tasks.push_back(CopyTask{&t, add_output(*te, Dtype::F32, t.shape),
+                                       std::min(o_.task_bytes / 2, kCopyChunkBytes), Dtype::F32});
+        return;
+      }
+    }
     if (!scale) {
       if (t.dtype == Dtype::F8_E4M3 && !compat_)
         fail(ErrorKind::kMalformedFile, t.file, t.name,
@@ -265,7 +275,7 @@ class FromHfPlanner {
              "every FP8 weight to have its block scales (the Automodel compat mode passes it "
              "through)");
       plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape),
-                                     std::min(o_.task_bytes / 2, kCopyChunkBytes)});
+                                     std::min(o_.task_bytes / 2, kCopyChunkBytes), std::nullopt});
       return;
     }
     auto in = dequant_input(t, key);
@@ -395,7 +405,39 @@ class FromHfPlanner {
     d.weight = &w;
     d.mx_scale = s;
     d.nan = nan_;
+    mx_used_.push_back(d);
     return d;
+  }
+
+  // MXFP4 scales are small: the E8M0 NaN code, and a scale whose product with its block's largest
+  // E2M1 magnitude overflows float32, are refused before any output exists (exactly: only blocks
+  // with a scale of 2^126 or more are read).
+  void check_mx_scales(const DequantInput& in) const {
+    const SourceTensor& s = *in.mx_scale;
+    const auto scales = src_.read_all(s);
+    const auto blocks = static_cast<int64_t>(s.shape.at(1));
+    for (size_t i = 0; i < scales.size(); ++i) {
+      const int64_t r = static_cast<int64_t>(i) / blocks, b = static_cast<int64_t>(i) % blocks;
+      if (scales[i] == numerics::kE8m0Nan)
+        fail(ErrorKind::kNumeric, s.file, s.name,
+             fmt::format("scale entry [{}, {}] is the E8M0 NaN code 0xFF", r, b),
+             "E8M0 codes 0..254 (the Automodel compat mode reproduces torch: 2^128 = inf)");
+      if (scales[i] < 253) continue;  // 6 x 2^125 is finite
+      std::vector<uint8_t> packed(numerics::kMxBlock / 2);
+      const uint64_t row_bytes = in.weight->shape.at(1);
+      src_.read(*in.weight,
+                static_cast<uint64_t>(r) * row_bytes + static_cast<uint64_t>(b) * packed.size(),
+                packed);
+      for (size_t j = 0; j < 2 * packed.size(); ++j) {
+        const auto code = static_cast<uint8_t>((j & 1) ? packed[j / 2] >> 4 : packed[j / 2] & 0xF);
+        if (!std::isfinite(numerics::dequant_mxfp4(code, scales[i])))
+          fail(ErrorKind::kNumeric, in.weight->file, in.weight->name,
+               fmt::format("element [{}, {}] (E2M1 {} x 2^{}) overflows float32", r,
+                           b * numerics::kMxBlock + static_cast<int64_t>(j),
+                           numerics::e2m1_to_f32(code), scales[i] - 127),
+               "scales whose dequantized weights are finite");
+      }
+    }
   }
 
   DequantInput expert_input(const SourceTensor& w) {
@@ -414,7 +456,8 @@ class FromHfPlanner {
   const FromHfOptions& o_;
   const bool compat_;
   BlockSize block_;
-  int64_t tp_ = 1;  // checkpoint TP degree of fused QKV weights
+  int64_t tp_ = 1;                     // checkpoint TP degree of fused QKV weights
+  std::vector<DequantInput> mx_used_;  // the MXFP4 experts this plan reads
   ExpertRange range_;
   NanPolicy nan_;
   std::map<std::pair<std::string, int64_t>, std::map<int64_t, ExpertParts>> layers_;

@@ -2,6 +2,8 @@
 // and quantize (real block scales, Automodel's raw cast, or none).
 #include <fmt/format.h>
 
+#include <array>
+
 #include <map>
 
 #include "adapter/validate.hpp"
@@ -9,8 +11,10 @@
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/mxfp4.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/tensor_key.hpp"
+#include "moeckpt/tp_interleaved_qkv.hpp"
 
 namespace moeckpt {
 namespace {
@@ -29,16 +33,24 @@ class ToHfPlanner {
   }
 
   Plan plan() {
-    // MiMo-V2.6 (fused QKV, MXFP4 experts): written back unquantized with split projections.
-    // Automodel 0.7.0 refuses a quantized export; this version does not write the published
-    // fused/MXFP4 layout yet either.
-    if (c_.fused_qkv && effective_quant(o_) != QuantMode::kNone)
-      fail(ErrorKind::kUnsupportedLayout, "", "",
-           compat_ ? "MiMo-V2.6 quantized conversion is only supported for checkpoint loading "
-                     "(Automodel 0.7.0 refuses it)"
-                   : "a quantized export of a fused-QKV (MiMo-V2.6) checkpoint is not supported "
-                     "yet",
-           "no quantization: BF16 with split q/k/v projections and per-expert weights");
+    // MiMo-V2.6 (fused QKV, MXFP4 experts). Automodel 0.7.0 refuses a quantized export; the
+    // default mode's block quantization writes the published layout back (fused qkv_proj over
+    // the TP degree, MXFP4 experts); a cast has no such layout.
+    if (c_.fused_qkv && effective_quant(o_) != QuantMode::kNone) {
+      if (compat_)
+        fail(ErrorKind::kUnsupportedLayout, "", "",
+             "MiMo-V2.6 quantized conversion is only supported for checkpoint loading (Automodel "
+             "0.7.0 refuses it)",
+             "no quantization: BF16 with split q/k/v projections and per-expert weights");
+      if (mode_ != QuantMode::kBlock || o_.hf_source)
+        fail(ErrorKind::kUnsupportedLayout, "", "",
+             "a fused-QKV (MiMo-V2.6) checkpoint is written in its published layout by block "
+             "quantization of a native folder only",
+             "block quantization (FP8 qkv_proj per TP shard, MXFP4 experts), or none");
+      published_v26_ = true;
+      tp_ = o_.tp_size > 0 ? o_.tp_size : recorded_tp();
+      plan_.index_metadata["tp_size"] = std::to_string(tp_);
+    }
     if (o_.hf_source) {
       refuse_native_layout(src_);
       refuse_quantized(src_);
@@ -57,8 +69,20 @@ class ToHfPlanner {
         emit_grouped(t, key);
         continue;
       }
+      if (auto hf = hf_sink_name(t.name)) {  // a sink under Automodel's TE name
+        if (!compat_) {                      // written back as published: attention_sink_bias, BF16
+          emit(*hf, MatrixView{&t}, t,
+               t.dtype == Dtype::BF16 ? std::nullopt : std::optional<Dtype>(Dtype::BF16));
+          continue;
+        }
+        if (o_.attn_backend == AttnBackend::kTe) {  // Automodel renames it, keeping the dtype
+          emit(*hf, MatrixView{&t}, t);
+          continue;
+        }
+      }
       emit(t.name, MatrixView{&t}, t);
     }
+    for (const auto& [base, g] : tp_groups_) emit_tp_interleaved_qkv(base, g);
     for (auto& [base, g] : fused_) {
       FusedQuantTask task{{}, {}, {}, *g.layout, block_.cols};
       for (size_t p = 0; p < 3; ++p) {
@@ -123,7 +147,9 @@ class ToHfPlanner {
     return false;
   }
 
-  void emit(const std::string& key, const MatrixView& view, const SourceTensor& src) {
+  // `convert`: an unquantized whole tensor written in this dtype instead of its own.
+  void emit(const std::string& key, const MatrixView& view, const SourceTensor& src,
+            std::optional<Dtype> convert = std::nullopt) {
     if (excluded(key)) return;
     origin_ = "'" + src.name + "'" +
               (view.slot >= 0 ? " (expert slot " + std::to_string(view.slot) + ")" : "") +
@@ -137,8 +163,8 @@ class ToHfPlanner {
         plan_.tasks.push_back(
             EmitTask{view, add_output(key, src.dtype, shape), std::nullopt, QuantMode::kNone});
       else
-        plan_.tasks.push_back(CopyTask{&src, add_output(key, src.dtype, shape),
-                                       std::min(o_.task_bytes / 2, kCopyChunkBytes)});
+        plan_.tasks.push_back(CopyTask{&src, add_output(key, convert.value_or(src.dtype), shape),
+                                       std::min(o_.task_bytes / 2, kCopyChunkBytes), convert});
       return;
     }
     if (shape.size() != 2)
@@ -149,6 +175,29 @@ class ToHfPlanner {
            "cannot quantize a " + std::string(dtype_name(src.dtype)) + " tensor",
            "BF16, F16 or F32 values");
     const auto R = static_cast<int64_t>(shape[0]), C = static_cast<int64_t>(shape[1]);
+    if (published_v26_) {
+      const auto k = classify_tensor_name(key);
+      if (k.kind == TensorKind::kAttentionProj && k.projection != Projection::kO &&
+          k.projection != Projection::kQkv) {  // q, k, v: one fused qkv_proj per layer
+        if (slot) fail(ErrorKind::kMalformedFile, src.file, src.name, "attention weight in a slot");
+        auto& g = tp_groups_[key.substr(0, key.size() - std::string_view("q_proj.weight").size())];
+        g[qkv_index(k.projection)] = &src;
+        return;
+      }
+      if (k.kind == TensorKind::kExpertProj) {  // MXFP4, one E8M0 scale per 32 inputs
+        if (C % numerics::kMxBlock != 0)
+          fail(ErrorKind::kConfigMismatch, src.file, src.name,
+               fmt::format("expert weight of {} inputs cannot be written as MXFP4", C),
+               "an input size that is a multiple of 32");
+        const size_t w = add_output(key, Dtype::U8, {shape[0], shape[1] / 2});
+        const size_t s =
+            add_output(key + "_scale", Dtype::U8, {shape[0], shape[1] / numerics::kMxBlock});
+        EmitTask task{view, w, s, QuantMode::kBlock, 0, 1, numerics::kMxBlock};
+        task.format = BlockFormat::kMxfp4;
+        plan_.tasks.push_back(std::move(task));
+        return;
+      }
+    }
     if (mode_ == QuantMode::kBlock) {
       if (auto* g = fused_group(key, R)) {
         auto k = classify_tensor_name(key);
@@ -182,6 +231,7 @@ class ToHfPlanner {
 
   // The fused q/k/v group this key belongs to, when its layer's published layout is the fused one.
   FusedGroup* fused_group(const std::string& key, int64_t rows) {
+    if (published_v26_) return nullptr;
     auto k = classify_tensor_name(key);
     if (k.kind != TensorKind::kAttentionProj || k.projection == Projection::kO || !k.layer)
       return nullptr;
@@ -196,6 +246,65 @@ class ToHfPlanner {
     auto& g = fused_[self_attn_prefix(key)];
     g.layout = layout;
     return &g;
+  }
+
+  // The TP degree a native folder of a fused-QKV source records; 1 without one.
+  int64_t recorded_tp() const {
+    auto md = src_.metadata(0);
+    auto it = md.find(kMetaCheckpointTp);
+    if (it == md.end()) return 1;
+    return checkpoint_tp_size({{"tp_size", it->second}},
+                              src_.tensors().empty() ? "" : src_.tensors().front().file);
+  }
+
+  // q, k, v of one layer -> qkv_proj [tp * (q + k + v), H]: shard t holds rows [Q_t, K_t, V_t],
+  // FP8 with its own block grid ([tp * ceil(rows per shard / B), ceil(H / B)] scales).
+  void emit_tp_interleaved_qkv(const std::string& base,
+                               const std::array<const SourceTensor*, 3>& qkv) {
+    const std::string name = base + "qkv_proj.weight";
+    for (size_t p = 0; p < 3; ++p)
+      if (!qkv[p])
+        fail(ErrorKind::kConfigMismatch, "", name,
+             "the fused projection needs " + base + std::string(projection_name(kQkv[p])) +
+                 ".weight, which is missing or excluded",
+             "q_proj, k_proj and v_proj of every layer");
+    if (excluded(name)) return;
+    const auto key = classify_tensor_name(name);
+    const auto layout = tp_interleaved_qkv(attention_dims_of(key, c_), tp_, qkv[0]->file, name);
+    const int64_t H = c_.hidden_size, rps = layout.rows_per_shard();
+    for (int p = 0; p < 3; ++p)
+      if (qkv[p]->shape != std::vector<uint64_t>{static_cast<uint64_t>(tp_ * layout.shard_rows(p)),
+                                                 static_cast<uint64_t>(H)})
+        fail(ErrorKind::kConfigMismatch, qkv[p]->file, qkv[p]->name,
+             "shape " + format_shape(qkv[p]->shape) + " disagrees with config.json");
+    const int64_t srps = ceil_div(rps, block_.rows);
+    origin_ = "'" + qkv[0]->name + "'";
+    origin_file_ = qkv[0]->file;
+    const size_t w = add_output(name, Dtype::F8_E4M3,
+                                {static_cast<uint64_t>(layout.rows()), static_cast<uint64_t>(H)});
+    const size_t s = add_output(
+        name + "_scale_inv", Dtype::F32,
+        {static_cast<uint64_t>(tp_ * srps), static_cast<uint64_t>(ceil_div(H, block_.cols))});
+    for (int64_t t = 0; t < tp_; ++t)
+      for (auto [a, b] :
+           split_rows(rps, static_cast<uint64_t>(H) * 4, o_.task_bytes, block_.rows)) {
+        GatherQuantTask task;
+        task.out_weight = w;
+        task.out_scale = s;
+        task.row0 = t * rps + a;
+        task.row1 = t * rps + b;
+        task.cols = H;
+        task.scale_row0 = t * srps + a / block_.rows;
+        task.block_rows = block_.rows;
+        task.block_cols = block_.cols;
+        for (int p = 0; p < 3; ++p) {  // the part of shard t's rows [a, b) in projection p
+          const int64_t first = layout.first_row(0, p), n = layout.shard_rows(p);
+          const int64_t lo = std::max(a, first), hi = std::min(b, first + n);
+          if (lo >= hi) continue;
+          task.segments.push_back({qkv[p], t * n + (lo - first), hi - lo, t * rps + lo});
+        }
+        plan_.tasks.push_back(std::move(task));
+      }
   }
 
   void emit_grouped(const SourceTensor& t, const TensorKey& key) {
@@ -220,6 +329,17 @@ class ToHfPlanner {
           (!compat_ && (part.shape[1] != static_cast<uint64_t>(gate_up ? D : Ie) ||
                         part.shape[2] != static_cast<uint64_t>(gate_up ? 2 * Ie : D)))) {
         if (compat_ && !gate_up) {  // Automodel passes such a down_projs through unchanged
+          if (auto hf = hf_sink_name(t.name)) {  // a sink under Automodel's TE name
+            if (!compat_) {  // written back as published: attention_sink_bias, BF16
+              emit(*hf, MatrixView{&t}, t,
+                   t.dtype == Dtype::BF16 ? std::nullopt : std::optional<Dtype>(Dtype::BF16));
+              continue;
+            }
+            if (o_.attn_backend == AttnBackend::kTe) {  // Automodel renames it, keeping the dtype
+              emit(*hf, MatrixView{&t}, t);
+              continue;
+            }
+          }
           emit(t.name, MatrixView{&t}, t);
           return;
         }
@@ -229,6 +349,17 @@ class ToHfPlanner {
              gate_up ? fmt::format("[n, {}, {}]", D, 2 * Ie) : fmt::format("[n, {}, {}]", Ie, D));
       }
       if (compat_ && !gate_up && part.shape[1] != static_cast<uint64_t>(Ie)) {
+        if (auto hf = hf_sink_name(t.name)) {  // a sink under Automodel's TE name
+          if (!compat_) {  // written back as published: attention_sink_bias, BF16
+            emit(*hf, MatrixView{&t}, t,
+                 t.dtype == Dtype::BF16 ? std::nullopt : std::optional<Dtype>(Dtype::BF16));
+            continue;
+          }
+          if (o_.attn_backend == AttnBackend::kTe) {  // Automodel renames it, keeping the dtype
+            emit(*hf, MatrixView{&t}, t);
+            continue;
+          }
+        }
         emit(t.name, MatrixView{&t}, t);
         return;
       }
@@ -283,6 +414,9 @@ class ToHfPlanner {
   std::map<std::string, std::string> origins_;  // output name -> the source it comes from
   std::string origin_, origin_file_;            // the source being emitted
   std::map<std::string, FusedGroup> fused_;
+  bool published_v26_ = false;  // writing the fused-QKV / MXFP4 layout
+  int64_t tp_ = 1;
+  std::map<std::string, std::array<const SourceTensor*, 3>> tp_groups_;  // per self_attn prefix
   Plan plan_;
 };
 

@@ -6,6 +6,16 @@
 
 namespace moeckpt {
 
+std::string_view attn_backend_name(AttnBackend b) noexcept {
+  return b == AttnBackend::kTe ? "te" : "sdpa";
+}
+
+std::optional<AttnBackend> parse_attn_backend(std::string_view name) {
+  if (name == "sdpa") return AttnBackend::kSdpa;
+  if (name == "te") return AttnBackend::kTe;
+  return std::nullopt;
+}
+
 std::string_view compat_name(Compat c) noexcept {
   switch (c) {
     case Compat::kAutomodel06:

@@ -68,7 +68,9 @@ std::vector<const SourceTensor*> CheckpointSource::all(std::string_view name) co
   return out;
 }
 
-MemorySource::MemorySource(std::vector<Entry> entries) {
+MemorySource::MemorySource(std::vector<Entry> entries,
+                           std::map<std::string, std::string> index_metadata)
+    : index_metadata_(std::move(index_metadata)) {
   for (auto& e : entries) {
     uint64_t bits = dtype_bits(e.dtype);
     for (auto d : e.shape)

@@ -219,6 +219,8 @@ void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool na
   }
   const std::string where = folder_of(src);
   auto need = [&](const std::string& name, const std::string& what) {
+    if (native)  // Automodel's TE model names the sink attn_module.softmax_offset
+      if (auto te = te_sink_name(name); te && src.find(*te)) return;
     if (!src.find(name))
       fail(ErrorKind::kConfigMismatch, where, name, "missing: " + what + " needs it",
            "every tensor config.json implies");

@@ -42,6 +42,10 @@ constexpr uint64_t kMaxCount = uint64_t{1} << 20;
 constexpr const char* kCompatHelp =
     "reproduce NeMo Automodel's adapter bit for bit: automodel-0.6, automodel-0.7, automodel (the "
     "newest, 0.7)";
+constexpr const char* kAttnBackendHelp =
+    "the training model's attention backend, which names the native sink: sdpa "
+    "(self_attn.attention_sink_bias) or te (Transformer Engine: self_attn.attn_module."
+    "softmax_offset, F32)";
 const std::vector<std::string> kCompatNames{"none", "automodel", "automodel-0.6", "automodel-0.7"};
 
 int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
@@ -103,6 +107,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   fh_cmd->add_option("--ep-rank", fh.ep_rank, "this rank: only its experts are read and written")
       ->check(integer_in(0, kMaxCount));
   fh_cmd->add_option("--compat", fh_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
+  std::string fh_attn = "sdpa";
+  fh_cmd->add_option("--attn-backend", fh_attn, kAttnBackendHelp)
+      ->check(CLI::IsMember({"sdpa", "te"}));
   fh_cmd->add_option("--dtype", fh_dtype, "dtype of dequantized weights")
       ->check(CLI::IsMember({"bf16", "f32"}));
   fh_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
@@ -135,10 +142,19 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   th_cmd->add_option("--quant", th_quant, "block (real scales), cast (Automodel's), none (BF16)")
       ->check(CLI::IsMember({"block", "cast", "none"}));
   th_cmd->add_option("--compat", th_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
+  std::string th_attn = "sdpa";
+  th_cmd->add_option("--attn-backend", th_attn, kAttnBackendHelp)
+      ->check(CLI::IsMember({"sdpa", "te"}));
   th_cmd->add_option("--exclude", th_exclude, "drop HF keys matching this regex");
   th_cmd->add_option("--prefix", th_prefix,
                      "prefix of expert keys (default: the native key's own)");
   th_cmd->add_option("--config", th_config, "config.json (default: the first folder's)");
+  int64_t th_tp = 0;
+  th_cmd
+      ->add_option("--tp-size", th_tp,
+                   "MiMo-V2.6: the TP degree to interleave qkv_proj over (default: the source's, "
+                   "recorded by from-hf)")
+      ->check(integer_in(1, 65536));
   th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
       ->check(integer_in(1, kMaxBytes));
   th_cmd->add_option("--threads", threads, "worker threads (default: all cores)")
@@ -235,6 +251,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   if (!quiet) convert.progress = &printer;
   if (fh_cmd->parsed()) {
     fh.compat = *moeckpt::parse_compat(fh_compat);
+    fh.attn_backend = *moeckpt::parse_attn_backend(fh_attn);
     fh.dtype = fh_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
     if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
       throw moeckpt::Error(
@@ -245,6 +262,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   }
   if (th_cmd->parsed()) {
     th.compat = *moeckpt::parse_compat(th_compat);
+    th.attn_backend = *moeckpt::parse_attn_backend(th_attn);
+    th.tp_size = th_tp;
     th.quant = th_quant == "cast"   ? moeckpt::QuantMode::kCast
                : th_quant == "none" ? moeckpt::QuantMode::kNone
                                     : moeckpt::QuantMode::kBlock;

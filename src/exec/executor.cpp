@@ -14,6 +14,7 @@
 #include "exec/worker_threads.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/kernels.hpp"
+#include "moeckpt/mxfp4.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/plan.hpp"
 
@@ -41,6 +42,22 @@ namespace {
 using exec::LoadedMatrix;
 
 void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
+  if (t.convert_to) {
+    const uint64_t in_size = dtype_size(t.src->dtype), out_size = dtype_size(*t.convert_to);
+    const uint64_t chunk_elems = std::max<uint64_t>(1, t.chunk_bytes / in_size);
+    const uint64_t n = t.src->nbytes / in_size;
+    exec::RawBuffer<uint8_t> in(std::min(n, chunk_elems) * in_size);
+    exec::RawBuffer<uint8_t> out(std::min(n, chunk_elems) * out_size);
+    for (uint64_t e = 0; e < n; e += chunk_elems) {
+      const uint64_t m = std::min(chunk_elems, n - e);
+      std::span<uint8_t> part(in.data(), m * in_size);
+      src.read(*t.src, e * in_size, part);
+      const auto floats = exec::to_floats(*t.src, part);
+      exec::encode_products(floats, *t.convert_to, NanPolicy::kTorchCompat, out.data());
+      sink.write(t.out, e * out_size, std::span<const uint8_t>(out.data(), m * out_size));
+    }
+    return;
+  }
   exec::RawBuffer<uint8_t> buf(
       std::min<uint64_t>(t.src->nbytes, std::max<uint64_t>(1, t.chunk_bytes)));
   for (uint64_t off = 0; off < t.src->nbytes; off += buf.size()) {
@@ -210,6 +227,26 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
   const int64_t r0 = t.in.slot >= 0 ? 0 : t.row0;
   const int64_t r1 = t.in.slot >= 0 || t.row1 < 0 ? all_rows : t.row1;
   const size_t esize = dtype_size(t.in.src->dtype);
+  if (t.format == BlockFormat::kMxfp4) {
+    LoadedMatrix m = exec::load_matrix(src, t.in, r0, r1);
+    std::vector<float> x(static_cast<size_t>(m.rows * m.cols));
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
+    check_finite(t.in, m, x, r0);
+    const int64_t blocks = m.cols / numerics::kMxBlock;
+    std::vector<uint8_t> packed(static_cast<size_t>(m.rows * m.cols / 2));
+    std::vector<uint8_t> scales(static_cast<size_t>(m.rows * blocks));
+    for (int64_t r = 0; r < m.rows; ++r)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const size_t at = static_cast<size_t>(r * m.cols + b * numerics::kMxBlock);
+        scales[static_cast<size_t>(r * blocks + b)] = numerics::quantize_mxfp4_block(
+            std::span<const float>(&x[at], numerics::kMxBlock),
+            std::span<uint8_t>(&packed[at / 2], numerics::kMxBlock / 2));
+      }
+    sink.write(t.out_weight, static_cast<uint64_t>(r0 * m.cols / 2), packed);
+    if (t.out_scale) sink.write(*t.out_scale, static_cast<uint64_t>(r0 * blocks), scales);
+    return;
+  }
   if (t.mode != QuantMode::kNone && t.in.src->dtype == Dtype::BF16) {
     run_bf16_quant(t, src, sink, all_rows, r0, r1);
     return;
@@ -255,7 +292,8 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
 
 void run(const SlotGroupTask& g, const TensorSource& src, TensorSink& sink) {
   const SourceTensor& s = *g.parts.front().in.src;
-  if (s.dtype != Dtype::BF16 || g.parts.front().mode == QuantMode::kNone) {
+  if (s.dtype != Dtype::BF16 || g.parts.front().mode == QuantMode::kNone ||
+      g.parts.front().format != BlockFormat::kFp8) {
     for (const auto& part : g.parts) run(part, src, sink);
     return;
   }
@@ -405,6 +443,39 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
     if (t.out_scale[p]) sink.write(*t.out_scale[p], 0, float_bytes(scales[p]));
 }
 
+void run(const GatherQuantTask& t, const TensorSource& src, TensorSink& sink) {
+  const int64_t rows = t.row1 - t.row0, cols = t.cols;
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  for (const auto& seg : t.segments) {
+    const MatrixView v{seg.src};
+    LoadedMatrix m = exec::load_matrix(src, v, seg.src_row0, seg.src_row0 + seg.rows);
+    const size_t esize = dtype_size(seg.src->dtype);
+    float* dst = &x[static_cast<size_t>((seg.out_row0 - t.row0) * cols)];
+    for (size_t i = 0; i < static_cast<size_t>(m.rows * m.cols); ++i)
+      dst[i] = exec::element_to_float(seg.src->dtype, &m.raw[i * esize]);
+    check_finite(v, m, std::vector<float>(dst, dst + m.rows * m.cols), seg.src_row0);
+  }
+  const int64_t sc = ceil_div(cols, t.block_cols), sr = ceil_div(rows, t.block_rows);
+  std::vector<float> scales(static_cast<size_t>(sr * sc), 0.0f);
+  auto block = [&](int64_t r, int64_t c) -> float& {
+    return scales[static_cast<size_t>((r / t.block_rows) * sc + c / t.block_cols)];
+  };
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      float& a = block(r, c);
+      a = amax_finite(a, x[static_cast<size_t>(r * cols + c)]);
+    }
+  for (auto& v : scales) v = numerics::block_scale_from_amax(v);
+  std::vector<uint8_t> codes(x.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const size_t i = static_cast<size_t>(r * cols + c);
+      codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[i] / block(r, c));
+    }
+  sink.write(t.out_weight, static_cast<uint64_t>(t.row0 * cols), codes);
+  sink.write(t.out_scale, static_cast<uint64_t>(t.scale_row0 * sc) * 4, float_bytes(scales));
+}
+
 // Counts delivered bytes for progress reporting.
 class ObservedSink final : public TensorSink {
  public:
@@ -481,6 +552,13 @@ void prefetch(const Task& task, const TensorSource& src) {
       for (const auto& v : t.in)
         if (v) whole(v->src);
     }
+    void operator()(const GatherQuantTask& t) const {
+      for (const auto& seg : t.segments) {
+        const uint64_t row = seg.src->shape.at(1) * dtype_size(seg.src->dtype);
+        src.prefetch(*seg.src, static_cast<uint64_t>(seg.src_row0) * row,
+                     static_cast<uint64_t>(seg.rows) * row);
+      }
+    }
   };
   std::visit(Visitor{src}, task);
 }
@@ -501,6 +579,9 @@ std::vector<size_t> task_outputs(const Task& task) {
         out.insert(out.end(), o.begin(), o.end());
       }
       return out;
+    }
+    std::vector<size_t> operator()(const GatherQuantTask& t) const {
+      return {t.out_weight, t.out_scale};
     }
     std::vector<size_t> operator()(const FusedQuantTask& t) const {
       std::vector<size_t> out;
@@ -528,6 +609,13 @@ uint64_t task_memory(const Task& task) {
       return in.weight->dtype == Dtype::F8_E4M3 ? b(raw) : raw + elems * 4 + kSmall;
     }
     uint64_t operator()(const CopyTask& t) const {
+      if (t.convert_to) {  // the input chunk, its floats and the converted chunk
+        const uint64_t elems =
+            std::min<uint64_t>(t.src->nbytes / dtype_size(t.src->dtype),
+                               std::max<uint64_t>(1, t.chunk_bytes / dtype_size(t.src->dtype)));
+        return b(elems * dtype_size(t.src->dtype)) + elems * 4 +
+               b(elems * dtype_size(*t.convert_to)) + kSmall;
+      }
       return b(std::min<uint64_t>(t.src->nbytes, std::max<uint64_t>(1, t.chunk_bytes)));
     }
     uint64_t operator()(const DequantTask& t) const {
@@ -572,6 +660,16 @@ uint64_t task_memory(const Task& task) {
       uint64_t n = 0;
       for (const auto& p : g.parts) n = std::max(n, emit(p, true));
       return b(s.shape[1] * s.shape[2] * 2) + n;
+    }
+    uint64_t operator()(const GatherQuantTask& t) const {
+      // Each segment's raw rows (one at a time), the floats, their copy for the finite check, and
+      // the codes.
+      uint64_t raw = 0;
+      for (const auto& seg : t.segments)
+        raw = std::max<uint64_t>(
+            raw, static_cast<uint64_t>(seg.rows * t.cols) * dtype_size(seg.src->dtype));
+      const auto elems = static_cast<uint64_t>((t.row1 - t.row0) * t.cols);
+      return b(raw) * 2 + elems * 4 + elems + kSmall;
     }
     uint64_t operator()(const FusedQuantTask& t) const {
       bool bf16 = true;

@@ -52,4 +52,19 @@ std::optional<std::vector<uint64_t>> expected_hf_shape(const TensorKey& k, const
   }
 }
 
+namespace {
+std::optional<std::string> swap_suffix(std::string_view name, std::string_view from,
+                                       std::string_view to) {
+  if (!name.ends_with(from)) return std::nullopt;
+  return std::string(name.substr(0, name.size() - from.size())) + std::string(to);
+}
+}  // namespace
+
+std::optional<std::string> te_sink_name(std::string_view hf_name) {
+  return swap_suffix(hf_name, kHfSinkSuffix, kTeSinkSuffix);
+}
+std::optional<std::string> hf_sink_name(std::string_view te_name) {
+  return swap_suffix(te_name, kTeSinkSuffix, kHfSinkSuffix);
+}
+
 }  // namespace moeckpt

@@ -58,7 +58,7 @@ void classify_layer_rest(std::string_view rest, TensorKey& k) {
   }
   if (starts_with(rest, "self_attn.")) {
     auto r = rest.substr(10);
-    if (r == "attention_sink_bias") {
+    if (r == "attention_sink_bias" || r == "attn_module.softmax_offset") {  // HF / TE naming
       k.kind = TensorKind::kAttentionSink;
       return;
     }

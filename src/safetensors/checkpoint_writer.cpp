@@ -50,7 +50,8 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<Tensor
     : dir_(std::move(dir)),
       layout_(layout_shards(tensors, options)),
       specs_(std::move(tensors)),
-      on_shard_committed_(std::move(options.on_shard_committed)) {
+      on_shard_committed_(std::move(options.on_shard_committed)),
+      index_metadata_(std::move(options.index_metadata)) {
   if (!options.completed.empty() && options.completed.size() != layout_.size())
     fail(ErrorKind::kDestination, dir_.string(), "",
          "completed-shard list does not match the shard layout");
@@ -111,9 +112,11 @@ void CheckpointWriter::commit_shard(size_t s) {
 void CheckpointWriter::commit() {
   for (size_t s = 0; s < shards_.size(); ++s)
     if (!committed_[s]) commit_shard(s);
-  if (shards_.size() == 1) return;
+  if (shards_.size() == 1 && index_metadata_.empty()) return;
   nlohmann::ordered_json index;
   index["metadata"]["total_size"] = total_bytes_;
+  for (const auto& [k, v] : index_metadata_)
+    index["metadata"][k] = nlohmann::ordered_json::parse(v);
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   std::map<std::string, std::string> sorted;
   for (const auto& sh : layout_)

@@ -15,6 +15,7 @@
 #include "moeckpt/mimo_rules.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/tensor_key.hpp"
+#include "moeckpt/tp_interleaved_qkv.hpp"
 
 namespace moeckpt {
 namespace fs = std::filesystem;
@@ -56,10 +57,6 @@ std::string family_of(const std::string& key) {
 class LogicalView {
  public:
   LogicalView(const fs::path& dir, const MimoConfig& config) : src_({dir}), config_(config) {
-    if (config.fused_qkv && !is_native_layout(src_))
-      fail(ErrorKind::kUnsupportedLayout, dir.string(), "",
-           "verify does not read the fused-QKV / MXFP4 (MiMo-V2.6) HF layout yet",
-           "a MiMo-V2-Flash-layout HF folder, or two native folders");
     // Each side must be a checkpoint its conversion would accept (the same checks: layout,
     // shapes against config.json, completeness, scales, NaN codes), so a difference is a real one.
     validate_checkpoint(src_, config);
@@ -68,11 +65,22 @@ class LogicalView {
     if (auto it = md.find(kMetaExpertStart); it != md.end())
       std::from_chars(it->second.data(), it->second.data() + it->second.size(), start);
     const BlockSize block = config.block.value_or(BlockSize{});
+    const bool fused_hf = config.fused_qkv && !is_native_layout(src_);
     for (const auto& t : src_.tensors()) {
       if (t.name.ends_with("_scale_inv")) continue;
       auto key = classify_tensor_name(t.name);
+      if (key.is_mx_scale) continue;
       if (key.kind == TensorKind::kGroupedExperts && t.shape.size() == 3) {
         add_grouped(t, key, start);
+        continue;
+      }
+      if (fused_hf && key.kind == TensorKind::kAttentionProj &&
+          key.projection == Projection::kQkv) {
+        add_tp_interleaved(t, key, block);
+        continue;
+      }
+      if (key.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8) {
+        add_mxfp4(t);
         continue;
       }
       LogicalTensor lt;
@@ -113,6 +121,98 @@ class LogicalView {
     in.nan = NanPolicy::kTorchCompat;  // compare NaN as NaN instead of refusing
     in.scale = resolve_scale_ref(src_, w, s, key, config_, {block, true, false});
     return in;
+  }
+
+  // q_proj, k_proj and v_proj of a MiMo-V2.6 qkv_proj: each a gather of one row run per TP shard,
+  // dequantized with the shard's own scale grid.
+  void add_tp_interleaved(const SourceTensor& t, const TensorKey& key, BlockSize block) {
+    const int64_t tp = checkpoint_tp_size(src_.index_metadata(0), t.file);
+    const auto layout = tp_interleaved_qkv(attention_dims_of(key, config_), tp, t.file, t.name);
+    DequantInput in;
+    in.weight = &t;
+    in.nan = NanPolicy::kTorchCompat;
+    if (const auto* s = src_.find(t.name + "_scale_inv")) {
+      ScaleRef r;
+      r.plain = s;
+      r.block_rows = block.rows;
+      r.block_cols = block.cols;
+      r.period_rows = layout.rows_per_shard();
+      r.period_scale_rows = ceil_div(layout.rows_per_shard(), block.rows);
+      r.check_values = false;
+      in.scale = r;
+    }
+    const std::string base =
+        t.name.substr(0, t.name.size() - std::string("qkv_proj.weight").size());
+    const auto cols = static_cast<int64_t>(t.shape.at(1));
+    for (int p = 0; p < 3; ++p) {
+      const int64_t n = layout.shard_rows(p);
+      // Source row runs of logical rows [r0, r1): at most one per shard.
+      auto runs = [layout, n, p](int64_t r0, int64_t r1) {
+        std::vector<std::pair<int64_t, int64_t>> out;
+        for (int64_t r = r0; r < r1;) {
+          const int64_t sh = r / n, end = std::min(r1, (sh + 1) * n);
+          const int64_t first = layout.first_row(sh, p) + (r - sh * n);
+          out.emplace_back(first, first + (end - r));
+          r = end;
+        }
+        return out;
+      };
+      LogicalTensor lt;
+      lt.shape = {static_cast<uint64_t>(layout.tp * n), static_cast<uint64_t>(cols)};
+      lt.dtype = t.dtype;
+      lt.rows = layout.tp * n;
+      lt.cols = cols;
+      lt.dequantized = in.scale.has_value();
+      lt.values = [this, in, runs](int64_t r0, int64_t r1) {
+        std::vector<float> out;
+        for (auto [a, b] : runs(r0, r1)) {
+          auto v =
+              in.scale
+                  ? exec::dequant_products(src_, in, a, b)
+                  : exec::dequant_products(
+                        src_, DequantInput{in.weight, {}, nullptr, NanPolicy::kTorchCompat}, a, b);
+          out.insert(out.end(), v.begin(), v.end());
+        }
+        return out;
+      };
+      if (t.dtype == Dtype::F8_E4M3) {
+        const SourceTensor* w = &t;
+        lt.fp8_codes = [this, w, cols, runs](int64_t r0, int64_t r1) {
+          std::vector<uint8_t> out;
+          for (auto [a, b] : runs(r0, r1)) {
+            std::vector<uint8_t> bytes(static_cast<size_t>((b - a) * cols));
+            src_.read(*w, static_cast<uint64_t>(a * cols), bytes);
+            out.insert(out.end(), bytes.begin(), bytes.end());
+          }
+          return out;
+        };
+      }
+      tensors_[base + std::string(projection_name(kQkv[p])) + ".weight"] = std::move(lt);
+    }
+  }
+
+  // An MXFP4 expert weight as its [out, in] values (one expert, dequantized whole).
+  void add_mxfp4(const SourceTensor& t) {
+    const auto* s = src_.find(t.name + "_scale");
+    if (!s) fail(ErrorKind::kMalformedFile, t.file, t.name, "MXFP4 weight without its scale");
+    LogicalTensor lt;
+    lt.rows = static_cast<int64_t>(t.shape.at(0));
+    lt.cols = 2 * static_cast<int64_t>(t.shape.at(1));
+    lt.shape = {static_cast<uint64_t>(lt.rows), static_cast<uint64_t>(lt.cols)};
+    lt.dtype = Dtype::U8;
+    lt.dequantized = true;
+    DequantInput in;
+    in.weight = &t;
+    in.mx_scale = s;
+    in.nan = NanPolicy::kTorchCompat;
+    const int64_t cols = lt.cols;
+    lt.values = [this, in, cols](int64_t r0, int64_t r1) {
+      std::vector<float> all(static_cast<size_t>(in.weight->shape[0]) * static_cast<size_t>(cols));
+      exec::dequant_mxfp4_into(src_, in, Dtype::F32, reinterpret_cast<uint8_t*>(all.data()), cols,
+                               false);
+      return std::vector<float>(all.begin() + r0 * cols, all.begin() + r1 * cols);
+    };
+    tensors_[t.name] = std::move(lt);
   }
 
   void add_grouped(const SourceTensor& t, const TensorKey& key, int64_t start) {

@@ -82,6 +82,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     golden_ = load_golden(GetParam());
     compat_ = GetParam().ends_with("_am06") ? Compat::kAutomodel06 : Compat::kAutomodel07;
+    attn_ = GetParam().ends_with("_te") ? AttnBackend::kTe : AttnBackend::kSdpa;
     if (GetParam().starts_with("tiny")) {
       hf_ = dir_ / "hf";
       SynthOptions o;
@@ -105,6 +106,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
   fs::path from_hf(int64_t w, int64_t r) {
     FromHfOptions o;
     o.compat = compat_;
+    o.attn_backend = attn_;
     o.ep_size = w;
     o.ep_rank = r;
     auto dst = dir_ / fmt("native_ep{}_{}", w, r);
@@ -123,6 +125,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
   json golden_;
   MimoConfig config_;
   Compat compat_ = Compat::kAutomodel07;
+  AttnBackend attn_ = AttnBackend::kSdpa;  // "_te": Automodel's TE naming of the sink
 };
 
 TEST_P(GoldenParity, FromHfEveryEpRankIsByteIdentical) {
@@ -138,6 +141,7 @@ TEST_P(GoldenParity, FromHfEveryEpRankIsByteIdentical) {
 TEST_P(GoldenParity, ToHfCastIsByteIdentical) {
   ToHfOptions o;
   o.compat = compat_;
+  o.attn_backend = attn_;
   to_hf_dirs({from_hf(1, 0)}, dir_ / "to_hf", o, std::nullopt);
   expect_matches(digest_checkpoint(dir_ / "to_hf"), golden_["outputs"]["to_hf"], "to_hf");
   // Every EP rank's folder together gives the same checkpoint.
@@ -168,6 +172,7 @@ TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
     CheckpointWriter w(dir_ / "foreign", specs,
                        {.max_shard_bytes = 1 << 20,
                         .metadata = {{"format", "pt"}},
+                        .index_metadata = {},
                         .completed = {},
                         .on_shard_committed = {}});
     for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, ck.read_all(*ck.find(specs[i].name)));
@@ -175,6 +180,7 @@ TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
   }
   ToHfOptions o;
   o.compat = compat_;
+  o.attn_backend = attn_;
   EXPECT_THROW(to_hf_dirs({dir_ / "foreign"}, dir_ / "x", o, std::nullopt), Error);  // no config
   to_hf_dirs({dir_ / "foreign"}, dir_ / "foreign_hf", o, hf_ / "config.json");
   expect_matches(digest_checkpoint(dir_ / "foreign_hf"), golden_["outputs"]["to_hf"], "foreign");
@@ -186,10 +192,13 @@ TEST_P(GoldenParity, ToHfWithoutQuantizationMatchesAutomodelDefault) {
   ToHfOptions o;
   o.quant = QuantMode::kNone;
   o.compat = compat_;
+  o.attn_backend = attn_;
   to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant", o, std::nullopt);
   expect_matches(digest_checkpoint(dir_ / "noquant"), golden_["outputs"]["to_hf_noquant"],
                  "noquant");
-  if (compat_ == Compat::kAutomodel07) {  // the default mode's --quant none writes the same
+  // The default mode's --quant none writes the same (under TE it writes sinks back as published,
+  // BF16 attention_sink_bias, where Automodel keeps the native F32).
+  if (compat_ == Compat::kAutomodel07 && attn_ == AttnBackend::kSdpa) {
     ToHfOptions plain;
     plain.quant = QuantMode::kNone;
     to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant_default", plain, std::nullopt);
@@ -205,6 +214,7 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
   for (auto it = cases.begin(); it != cases.end(); ++it) {
     ToHfOptions o;
     o.compat = compat_;
+    o.attn_backend = attn_;
     o.exclude_regex = it.key();
     std::vector<std::string> keys;
     for (const auto& spec : plan_to_hf(src, config_, o, {0}).outputs) keys.push_back(spec.name);
@@ -224,7 +234,8 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity,
-                         ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06"));
+                         ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06",
+                                           "tiny_te"));
 
 // BF16 inputs around the FP8 range limits (447..466, 480, +-inf, 2^-10, 1.5*2^-10, -0, NaN) cast
 // exactly as torch 2.11 does.

@@ -10,6 +10,7 @@
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/safetensors_writer.hpp"
+#include "moeckpt/verify.hpp"
 #include "test_support.hpp"
 
 namespace moeckpt {
@@ -213,11 +214,13 @@ TEST_F(MimoV26, Mxfp4ExpertsAreChecked) {
   }
 }
 
-TEST_F(MimoV26, QuantizedExportIsRefusedWithTheReasonAndNoneWritesASplitConfig) {
+TEST_F(MimoV26, CompatQuantizedExportIsRefusedWithTheReasonAndNoneWritesASplitConfig) {
   from_hf_dir(kV26 / "tp2" / "hf", dir_ / "native", {});
-  for (Compat c : {Compat::kNone, Compat::kAutomodel07}) {
+  for (auto [c, q] : {std::pair{Compat::kAutomodel07, QuantMode::kCast},
+                      std::pair{Compat::kNone, QuantMode::kCast}}) {
     ToHfOptions o;
     o.compat = c;
+    o.quant = q;
     try {
       to_hf_dirs({dir_ / "native"}, dir_ / "quant", o, std::nullopt);
       ADD_FAILURE() << "quantized export accepted";
@@ -240,6 +243,83 @@ TEST_F(MimoV26, QuantizedExportIsRefusedWithTheReasonAndNoneWritesASplitConfig) 
   // The split BF16 folder converts back to the same native checkpoint.
   from_hf_dir(dir_ / "bf16", dir_ / "again", {});
   EXPECT_EQ(tensors_of(dir_ / "native"), tensors_of(dir_ / "again"));
+}
+
+// The default to-hf writes the published layout back: fused qkv_proj over the recorded TP degree
+// with a block grid per shard, MXFP4 experts, an index with metadata.tp_size (one shard too).
+TEST_F(MimoV26, DefaultExportWritesThePublishedLayoutBack) {
+  for (const char* tp : {"tp2", "tp4"}) {
+    SCOPED_TRACE(tp);
+    const auto src = kV26 / tp / "hf";
+    const auto native = dir_ / (std::string(tp) + "_native");
+    const auto out = dir_ / (std::string(tp) + "_hf");
+    from_hf_dir(src, native, {});
+    to_hf_dirs({native}, out, {}, std::nullopt);
+    auto raw = test::read_bytes(out / kIndexFileName);
+    auto index = json::parse(raw.begin(), raw.end());
+    EXPECT_EQ(index["metadata"]["tp_size"], std::stoi(std::string(tp).substr(2)));
+    EXPECT_TRUE(fs::exists(out / kSingleFileName));
+    auto a = tensors_of(src), b = tensors_of(out);
+    uint64_t e2m1 = 0, e2m1_equal = 0, e8m0 = 0, e8m0_equal = 0;
+    for (const auto& [n, t] : a) {
+      if (n.starts_with("visual.blocks.0.mlp.fc1.")) continue;  // FP8 in this fixture, BF16 out
+      ASSERT_TRUE(b.count(n)) << n;
+      const auto& u = b[n];
+      EXPECT_EQ(std::get<0>(t), std::get<0>(u)) << n;
+      EXPECT_EQ(std::get<1>(t), std::get<1>(u)) << n;
+      const auto& x = std::get<2>(t);
+      const auto& y = std::get<2>(u);
+      if (n.find("mlp.experts.") != std::string::npos) {
+        const bool scale = n.ends_with("_scale");
+        for (size_t i = 0; i < x.size(); ++i) {
+          if (scale) {
+            ++e8m0;
+            e8m0_equal += x[i] == y[i];
+          } else {
+            e2m1 += 2;
+            e2m1_equal += ((x[i] & 0xF) == (y[i] & 0xF)) + ((x[i] >> 4) == (y[i] >> 4));
+          }
+        }
+      } else {
+        EXPECT_TRUE(x == y) << n;  // FP8 blocks at the amax reproduce codes and scales exactly
+      }
+    }
+    EXPECT_GE(static_cast<double>(e2m1_equal), 0.999 * static_cast<double>(e2m1));
+    EXPECT_GE(static_cast<double>(e8m0_equal), 0.999 * static_cast<double>(e8m0));
+    // Same values: every MXFP4 block comes back exactly (a block whose largest magnitude is below
+    // 4 gets a smaller exponent and doubled codes).
+    auto report = verify_checkpoints(src, out, {});
+    EXPECT_TRUE(report.ok()) << to_text(report, {});
+    for (const auto& [family, f] : report.families)
+      EXPECT_EQ(f.bitwise_equal, f.elements) << family;
+  }
+}
+
+TEST_F(MimoV26, TheTpDegreeCanBeChangedOnExport) {
+  from_hf_dir(kV26 / "tp2" / "hf", dir_ / "native", {});
+  ToHfOptions o;
+  o.tp_size = 4;
+  to_hf_dirs({dir_ / "native"}, dir_ / "tp4", o, std::nullopt);
+  auto raw = test::read_bytes(dir_ / "tp4" / kIndexFileName);
+  EXPECT_EQ(json::parse(raw.begin(), raw.end())["metadata"]["tp_size"], 4);
+  // The TP-4 folder has the TP-4 fixture's shapes, and reads back within one FP8 step.
+  auto got = tensors_of(dir_ / "tp4"), want = tensors_of(kV26 / "tp4" / "hf");
+  for (const auto& [n, t] : want)
+    if (n.find("qkv_proj") != std::string::npos) {
+      EXPECT_EQ(std::get<1>(got.at(n)), std::get<1>(t)) << n;
+    }
+  from_hf_dir(dir_ / "tp4", dir_ / "back", {});
+  VerifyOptions v;
+  v.rtol = 0.07;  // one E4M3 step (3 mantissa bits) of a re-quantized value
+  v.atol = 1e-6;
+  EXPECT_TRUE(verify_checkpoints(dir_ / "native", dir_ / "back", v).ok());
+  o.tp_size = 3;  // does not divide the heads
+  try {
+    to_hf_dirs({dir_ / "native"}, dir_ / "tp3", o, std::nullopt);
+    ADD_FAILURE() << "TP 3 accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfigMismatch);
+  }
 }
 
 }  // namespace

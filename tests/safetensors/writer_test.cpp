@@ -88,9 +88,12 @@ TEST(CheckpointWriter, ShardsByByteLimitAndWritesIndexLast) {
   for (int i = 0; i < 5; ++i) specs.push_back({"t" + std::to_string(i), Dtype::F32, {10}});
   specs.push_back({"big", Dtype::U8, {200}});  // larger than the limit: its own shard
   {
-    CheckpointWriter w(
-        dir.path(), specs,
-        {.max_shard_bytes = 100, .metadata = {}, .completed = {}, .on_shard_committed = {}});
+    CheckpointWriter w(dir.path(), specs,
+                       {.max_shard_bytes = 100,
+                        .metadata = {},
+                        .index_metadata = {},
+                        .completed = {},
+                        .on_shard_committed = {}});
     EXPECT_EQ(w.shard_count(), 4u);  // {t0,t1} {t2,t3} {t4} {big}
     for (size_t i = 0; i < w.tensor_count(); ++i)
       w.write(i, 0, iota_bytes(w.spec(i).nbytes(), static_cast<uint8_t>(i)));

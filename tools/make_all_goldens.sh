@@ -6,6 +6,7 @@
 #   tests/data/goldens/{tiny,ragged,ragged_nonan}.json      digests of Automodel 0.7.0's outputs (tools/digest_goldens.py)
 #   tests/data/goldens/tiny_te.json                         tiny through 0.7.0 with the TE attention backend
 #   tests/data/v26/, tests/data/goldens/v26_tp{2,4}.json   the MiMo-V2.6 fixture and its 0.7.0 goldens
+#   tests/data/v25/, tests/data/goldens/v25.json           the MiMo-V2.5-Pro fixture and its 0.7.0 (mimo_v25) goldens
 #   tests/data/goldens/{tiny,ragged,ragged_nonan}_am06.json the same inputs through Automodel 0.6.0 (to_hf ignores
 #                                                          quantization=False there: see tools/ORACLE_NOTES.md)
 #
@@ -95,6 +96,12 @@ for tp in 2 4; do
     grep -v -e '`torch_dtype` is deprecated' -e grouped_gemm || true
   "$PY" tools/digest_goldens.py "$WORK/v26/tp$tp" "tests/data/goldens/v26_tp$tp.json" --root "$ROOT"
 done
+
+# (e5) the MiMo-V2.5-Pro layout (qkv_proj interleaved over num_key_value_heads, kept fused natively; FP8 experts)
+"$PY" tools/make_v26_fixture.py --v25 tests/data/v25/hf
+"$PY" tools/make_v26_goldens.py tests/data/v25/hf "$WORK/v25" --ep 3 --v25 2>&1 |
+  grep -v -e '`torch_dtype` is deprecated' -e grouped_gemm || true
+"$PY" tools/digest_goldens.py "$WORK/v25" tests/data/goldens/v25.json --root "$ROOT"
 
 # (f) the ragged special-values input (the C++ to-hf special test converts it); the tiny one is not kept (size)
 cp "$WORK/ragged/out/to_hf_special_input.safetensors" tests/data/ragged/to_hf_special_input.safetensors

@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
-"""Writes tiny MiMo-V2.6-layout HF checkpoints (numpy + standard library only, deterministic).
+"""Writes tiny MiMo-V2.6- and MiMo-V2.5-Pro-layout HF checkpoints (numpy + standard library only,
+deterministic).
 
-    python tools/make_v26_fixture.py OUT_ROOT
+    python tools/make_v26_fixture.py OUT_ROOT           # MiMo-V2.6 at TP 2 and 4
+    python tools/make_v26_fixture.py --v25 OUT_DIR      # MiMo-V2.5-Pro
+
+MiMo-V2.5-Pro (architectures MiMoV25ForCausalLM, Automodel's mimo_v25 adapter): the same fused, TP-interleaved
+qkv_proj with one scale grid per shard, over checkpoint TP = num_key_value_heads (no metadata.tp_size), and FP8
+routed experts with 128x128 block scales, as MiMo-V2-Flash.
 
 Writes OUT_ROOT/tp2/hf and OUT_ROOT/tp4/hf: the same model stored with the checkpoint TP degree 2 and 4
 (`metadata.tp_size` in the index). The layout NeMo Automodel 0.7.0's MiMoV2FlashStateDictAdapter reads when
@@ -124,7 +130,7 @@ def mxfp4(b: rf.Builder, name: str, rows: int, cols: int, first_scale: int) -> N
     b.t[name + "_scale"] = ("U8", scales)
 
 
-def build(cfg: dict, tp: int, seed: int = 20261201) -> dict:
+def build(cfg: dict, tp: int, seed: int = 20261201, experts: str = "mxfp4") -> dict:
     b = rf.Builder(seed)
     D, V = cfg["hidden_size"], cfg["vocab_size"]
     I, Ie, E = cfg["intermediate_size"], cfg["moe_intermediate_size"], cfg["n_routed_experts"]
@@ -148,6 +154,11 @@ def build(cfg: dict, tp: int, seed: int = 20261201) -> dict:
             b.f32(f"{p}.mlp.gate.e_score_correction_bias", (E,), sigma=0.01)
             for e in range(E):
                 q = f"{p}.mlp.experts.{e}"
+                if experts == "fp8":
+                    b.fp8(f"{q}.gate_proj.weight", Ie, D)
+                    b.fp8(f"{q}.up_proj.weight", Ie, D)
+                    b.fp8(f"{q}.down_proj.weight", D, Ie)
+                    continue
                 mxfp4(b, f"{q}.gate_proj.weight", Ie, D, 107 + e)
                 mxfp4(b, f"{q}.up_proj.weight", Ie, D, 108 + e)
                 mxfp4(b, f"{q}.down_proj.weight", D, Ie, 109 + e)
@@ -162,13 +173,13 @@ def build(cfg: dict, tp: int, seed: int = 20261201) -> dict:
     b.bf16("visual.blocks.0.norm1.weight", (32,), sigma=0.05, offset=1.0)
     b.fp8("visual.blocks.0.mlp.fc1.weight", 64, 32)
     b.bf16("audio.encoder.layers.0.fc1.weight", (16, 32))
-    # Every E2M1 code at the start of one expert.
-    g = b.t["model.layers.1.mlp.experts.0.gate_proj.weight"][1]
-    g.reshape(-1)[:8] = np.array([0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE], dtype=np.uint8)
+    if experts == "mxfp4":  # every E2M1 code at the start of one expert
+        g = b.t["model.layers.1.mlp.experts.0.gate_proj.weight"][1]
+        g.reshape(-1)[:8] = np.array([0x10, 0x32, 0x54, 0x76, 0x98, 0xBA, 0xDC, 0xFE], dtype=np.uint8)
     return b.t
 
 
-def write(out_dir: str, cfg: dict, tensors: dict, tp: int) -> None:
+def write(out_dir: str, cfg: dict, tensors: dict, tp: int | None) -> None:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(cfg, f, indent=2)
@@ -181,14 +192,22 @@ def write(out_dir: str, cfg: dict, tensors: dict, tp: int) -> None:
     for fname, part in zip(shards, parts):
         total += rf.write_safetensors(os.path.join(out_dir, fname), part)
         weight_map.update({k: fname for k in part})
-    index = {"metadata": {"total_size": total, "tp_size": tp}, "weight_map": dict(sorted(weight_map.items()))}
+    metadata = {"total_size": total} if tp is None else {"total_size": total, "tp_size": tp}
+    index = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
     with open(os.path.join(out_dir, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2)
         f.write("\n")
 
 
+V25_CONFIG = dict(CONFIG, architectures=["MiMoV25ForCausalLM"], swa_num_attention_heads=8)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--v25":
+        tp = V25_CONFIG["num_key_value_heads"]
+        write(argv[1], V25_CONFIG, build(V25_CONFIG, tp, experts="fp8"), None)
+        return 0
     if len(argv) != 1:
         print(__doc__, file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Golden outputs of NeMo Automodel 0.7.0's MiMoV2FlashStateDictAdapter on a MiMo-V2.6-layout checkpoint.
+"""Golden outputs of NeMo Automodel 0.7.0 on a MiMo-V2.6-layout checkpoint (MiMoV2FlashStateDictAdapter) or, with
+--v25, a MiMo-V2.5-Pro one (the mimo_v25 package's MiMoV2StateDictAdapter).
 
-    python tools/make_v26_goldens.py HF_DIR OUT_DIR [--ep SIZE ...]
+    python tools/make_v26_goldens.py HF_DIR OUT_DIR [--ep SIZE ...] [--v25]
 
 HF_DIR: a tools/make_v26_fixture.py folder (fused QKV over metadata.tp_size, MXFP4 experts). The adapter is built as
 MiMoV2ForCausalLM builds it (MiMoV2Config: attention_projection_layout "fused_qkv"), with the config's
@@ -36,11 +37,15 @@ from nemo_automodel.components.models.mimo_v2_flash.state_dict_adapter import Mi
 from nemo_automodel.components.moe.config import MoEConfig  # noqa: E402
 
 
-def make_adapter(hf_dir: str, attn: str = "sdpa") -> MiMoV2FlashStateDictAdapter:
+def make_adapter(hf_dir: str, attn: str = "sdpa", v25: bool = False):
     with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     cfg.pop("quantization_config", None)
-    config = MiMoV2Config(**cfg)
+    if v25:
+        from nemo_automodel.components.models.mimo_v25.config import MiMoV2Config as V25Config
+        config = V25Config(**cfg)
+    else:
+        config = MiMoV2Config(**cfg)
     config._name_or_path = hf_dir
     moe = MoEConfig(
         dim=config.hidden_size, inter_dim=config.intermediate_size, moe_inter_dim=config.moe_intermediate_size,
@@ -52,6 +57,9 @@ def make_adapter(hf_dir: str, attn: str = "sdpa") -> MiMoV2FlashStateDictAdapter
         apply_router_weight_after_down=getattr(config, "apply_router_weight_after_down", False),
         softmax_before_topk=False, force_e_score_correction_bias=True, dtype=torch.bfloat16)
     backend = BackendConfig(attn=attn, experts="torch", dispatcher="torch", linear="torch")
+    if v25:
+        from nemo_automodel.components.models.mimo_v25.state_dict_adapter import MiMoV2StateDictAdapter
+        return MiMoV2StateDictAdapter(config, moe, backend, dtype=torch.bfloat16)
     return MiMoV2FlashStateDictAdapter(config, moe, backend, dtype=torch.bfloat16)
 
 
@@ -61,10 +69,11 @@ def main(argv=None) -> int:
     ap.add_argument("out_dir")
     ap.add_argument("--ep", type=int, action="append", default=[])
     ap.add_argument("--attn", default="sdpa", choices=("sdpa", "te"))
+    ap.add_argument("--v25", action="store_true", help="a MiMo-V2.5-Pro checkpoint (mimo_v25 adapter)")
     args = ap.parse_args(argv)
     hf_dir = os.path.abspath(args.hf_dir)
     os.makedirs(args.out_dir, exist_ok=True)
-    adapter = make_adapter(hf_dir, args.attn)
+    adapter = make_adapter(hf_dir, args.attn, args.v25)
     hf = mg.load_hf_dir(hf_dir)
     files: dict = {}
 
@@ -80,7 +89,7 @@ def main(argv=None) -> int:
     for w in args.ep:
         for r in range(w):
             with mg.EPContext(w, r, "fakepg") as mesh:
-                out = mg.from_hf(make_adapter(hf_dir, args.attn), hf, mesh)
+                out = mg.from_hf(make_adapter(hf_dir, args.attn, args.v25), hf, mesh)
             q, rem = divmod(n, w)
             first = r * (q + 1) if r < rem else r * q + rem
             record(f"from_hf_ep{w}_rank{r}", out, [first, first + q + (r < rem)])

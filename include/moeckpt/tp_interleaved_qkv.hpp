@@ -26,6 +26,13 @@ struct TpInterleavedQkv {
 // not divide (errors name `file` and `tensor`).
 TpInterleavedQkv tp_interleaved_qkv(const AttentionDims& dims, int64_t tp, const std::string& file,
                                     const std::string& tensor);
+// MiMo-V2.5-Pro's rule (Automodel's mimo_v25 adapter): heads / tp query heads per shard (floor),
+// and at least one key/value head per shard (a layer with fewer key/value heads than shards
+// repeats them); `exact` refuses both cases instead (the default mode).
+TpInterleavedQkv tp_interleaved_qkv_v25(const AttentionDims& dims, int64_t tp, bool exact,
+                                        const std::string& file, const std::string& tensor);
+// Row of canonical [Q, K, V] row `r` (all shards' Q, then K, then V) in the interleaved layout.
+int64_t interleaved_row(const TpInterleavedQkv& l, int64_t canonical_row) noexcept;
 
 // The checkpoint TP degree the index's metadata.tp_size records (1 when absent); anything but a
 // positive integer is refused, naming `index_file`.

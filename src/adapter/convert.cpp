@@ -151,7 +151,8 @@ std::string hf_config_text(const MimoConfig& config, const ToHfOptions& options)
     out_config.erase("quantization_config");
     // A fused-QKV source is written with split q/k/v projections: the config says so, so the
     // output reads back (and fails no layout check) as the split layout it is.
-    if (config.fused_qkv) out_config["attention_projection_layout"] = "split";
+    if (config.fused_qkv && !config.fused_native)
+      out_config["attention_projection_layout"] = "split";
   } else if (!out_config.contains("quantization_config")) {
     out_config["quantization_config"] = {{"activation_scheme", "dynamic"},
                                          {"fmt", "e4m3"},

@@ -45,7 +45,8 @@ class FromHfPlanner {
               ? std::string(kIndexFileName)
               : (std::filesystem::path(src.tensors().front().file).parent_path() / kIndexFileName)
                     .string();
-      tp_ = checkpoint_tp_size(src.index_metadata(0), index);
+      // MiMo-V2.5-Pro interleaves over num_key_value_heads; MiMo-V2.6 records its degree.
+      tp_ = c.fused_native ? c.full.num_kv_heads : checkpoint_tp_size(src.index_metadata(0), index);
     }
     nan_ = compat_ ? NanPolicy::kTorchCompat : NanPolicy::kRefuse;
   }
@@ -87,7 +88,8 @@ class FromHfPlanner {
                         {kMetaEpRank, std::to_string(o_.ep_rank)},
                         {kMetaExpertStart, std::to_string(range_.first)},
                         {kMetaExpertCount, std::to_string(range_.count)}};
-    if (c_.fused_qkv && o_.group_experts) plan_.metadata[kMetaCheckpointTp] = std::to_string(tp_);
+    if (c_.fused_qkv && !c_.fused_native && o_.group_experts)
+      plan_.metadata[kMetaCheckpointTp] = std::to_string(tp_);
     // Scales are small: refusing a bad one now means no output is ever started for it.
     if (!compat_ && o_.prescan_scales)
       for (const auto& in : mx_used_) check_mx_scales(in);
@@ -288,7 +290,17 @@ class FromHfPlanner {
   // qkv_proj [tp * (q + k + v), H] -> q_proj, k_proj, v_proj: shard t's rows of each projection go
   // to rows [t * n, (t + 1) * n) of its output; the scale grid restarts with every shard.
   void emit_fused_qkv(const SourceTensor& t, const TensorKey& key) {
-    const auto layout = tp_interleaved_qkv(attention_dims_of(key, c_), tp_, t.file, t.name);
+    const auto& dims = attention_dims_of(key, c_);
+    const auto layout = c_.fused_native
+                            ? tp_interleaved_qkv_v25(dims, tp_, !compat_, t.file, t.name)
+                            : tp_interleaved_qkv(dims, tp_, t.file, t.name);
+    if (c_.fused_native && !src_.find(t.name + "_scale_inv")) {
+      // MiMo-V2.5-Pro: an unquantized qkv_proj is taken as it is (Automodel reorders only what it
+      // dequantizes; its own BF16 export is already canonical).
+      plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape),
+                                     std::min(o_.task_bytes / 2, kCopyChunkBytes), std::nullopt});
+      return;
+    }
     const auto H = static_cast<uint64_t>(c_.hidden_size);
     const std::vector<uint64_t> want{static_cast<uint64_t>(layout.rows()), H};
     if (t.shape != want)
@@ -335,18 +347,25 @@ class FromHfPlanner {
     const std::string base = t.name.substr(0, t.name.size() - kFused.size());
     static constexpr std::array<Projection, 3> kParts{Projection::kQ, Projection::kK,
                                                       Projection::kV};
+    // MiMo-V2.6: q_proj, k_proj, v_proj; MiMo-V2.5-Pro: one qkv_proj in canonical [Q, K, V] order.
+    const size_t fused = c_.fused_native ? add_output(t.name, out_dtype, t.shape) : 0;
+    int64_t canonical = 0;  // first row of projection p in the canonical order
     for (int p = 0; p < 3; ++p) {
       const int64_t n = layout.shard_rows(p);
-      const size_t out = add_output(base + std::string(projection_name(kParts[p])) + ".weight",
-                                    out_dtype, {static_cast<uint64_t>(tp_ * n), H});
+      const size_t out =
+          c_.fused_native ? fused
+                          : add_output(base + std::string(projection_name(kParts[p])) + ".weight",
+                                       out_dtype, {static_cast<uint64_t>(tp_ * n), H});
+      const int64_t out_first = c_.fused_native ? canonical : 0;
       for (int64_t sh = 0; sh < tp_; ++sh) {
         const int64_t first = layout.first_row(sh, p);
         for (auto [r0, r1] : split_rows(n, H * dtype_size(out_dtype), o_.task_bytes, 1)) {
           DequantTask task{in, out, out_dtype, first + r0, first + r1};
-          task.out_row0 = sh * n + r0;
+          task.out_row0 = out_first + sh * n + r0;
           plan_.tasks.push_back(std::move(task));
         }
       }
+      canonical += tp_ * n;
     }
   }
 

@@ -39,16 +39,24 @@ class ToHfPlanner {
     if (c_.fused_qkv && effective_quant(o_) != QuantMode::kNone) {
       if (compat_)
         fail(ErrorKind::kUnsupportedLayout, "", "",
-             "MiMo-V2.6 quantized conversion is only supported for checkpoint loading (Automodel "
-             "0.7.0 refuses it)",
-             "no quantization: BF16 with split q/k/v projections and per-expert weights");
+             c_.fused_native ? "MiMo-V2.5-Pro FP8 export is unsupported; use quantization=False to "
+                               "preserve weights (Automodel 0.7.0 refuses it)"
+                             : "MiMo-V2.6 quantized conversion is only supported for checkpoint "
+                               "loading (Automodel 0.7.0 refuses it)",
+             "no quantization: BF16 weights");
       if (mode_ != QuantMode::kBlock || o_.hf_source)
         fail(ErrorKind::kUnsupportedLayout, "", "",
              "a fused-QKV (MiMo-V2.6) checkpoint is written in its published layout by block "
              "quantization of a native folder only",
              "block quantization (FP8 qkv_proj per TP shard, MXFP4 experts), or none");
       published_v26_ = true;
-      tp_ = o_.tp_size > 0 ? o_.tp_size : recorded_tp();
+      // MiMo-V2.5-Pro: over num_key_value_heads, experts FP8 as MiMo-V2-Flash.
+      tp_ = c_.fused_native ? c_.full.num_kv_heads : (o_.tp_size > 0 ? o_.tp_size : recorded_tp());
+      if (c_.fused_native && o_.tp_size > 0 && o_.tp_size != tp_)
+        fail(ErrorKind::kInvalidArgument, "", "",
+             fmt::format("a MiMo-V2.5-Pro checkpoint is interleaved over num_key_value_heads = {}, "
+                         "not TP {}",
+                         tp_, o_.tp_size));
       plan_.index_metadata["tp_size"] = std::to_string(tp_);
     }
     if (o_.hf_source) {
@@ -177,6 +185,14 @@ class ToHfPlanner {
     const auto R = static_cast<int64_t>(shape[0]), C = static_cast<int64_t>(shape[1]);
     if (published_v26_) {
       const auto k = classify_tensor_name(key);
+      if (k.kind == TensorKind::kAttentionProj && k.projection == Projection::kQkv &&
+          c_.fused_native) {  // MiMo-V2.5-Pro: canonical [Q, K, V] -> interleaved
+        if (slot) fail(ErrorKind::kMalformedFile, src.file, src.name, "attention weight in a slot");
+        emit_tp_interleaved_qkv(
+            key.substr(0, key.size() - std::string_view("qkv_proj.weight").size()),
+            {&src, &src, &src});
+        return;
+      }
       if (k.kind == TensorKind::kAttentionProj && k.projection != Projection::kO &&
           k.projection != Projection::kQkv) {  // q, k, v: one fused qkv_proj per layer
         if (slot) fail(ErrorKind::kMalformedFile, src.file, src.name, "attention weight in a slot");
@@ -184,7 +200,8 @@ class ToHfPlanner {
         g[qkv_index(k.projection)] = &src;
         return;
       }
-      if (k.kind == TensorKind::kExpertProj) {  // MXFP4, one E8M0 scale per 32 inputs
+      if (k.kind == TensorKind::kExpertProj &&
+          !c_.fused_native) {  // MXFP4, one E8M0 scale per 32 inputs
         if (C % numerics::kMxBlock != 0)
           fail(ErrorKind::kConfigMismatch, src.file, src.name,
                fmt::format("expert weight of {} inputs cannot be written as MXFP4", C),
@@ -270,13 +287,25 @@ class ToHfPlanner {
              "q_proj, k_proj and v_proj of every layer");
     if (excluded(name)) return;
     const auto key = classify_tensor_name(name);
-    const auto layout = tp_interleaved_qkv(attention_dims_of(key, c_), tp_, qkv[0]->file, name);
+    const auto& dims = attention_dims_of(key, c_);
+    const auto layout = c_.fused_native
+                            ? tp_interleaved_qkv_v25(dims, tp_, true, qkv[0]->file, name)
+                            : tp_interleaved_qkv(dims, tp_, qkv[0]->file, name);
     const int64_t H = c_.hidden_size, rps = layout.rows_per_shard();
-    for (int p = 0; p < 3; ++p)
-      if (qkv[p]->shape != std::vector<uint64_t>{static_cast<uint64_t>(tp_ * layout.shard_rows(p)),
-                                                 static_cast<uint64_t>(H)})
-        fail(ErrorKind::kConfigMismatch, qkv[p]->file, qkv[p]->name,
-             "shape " + format_shape(qkv[p]->shape) + " disagrees with config.json");
+    // Where shard t's rows of projection p start in their source: the split projection's rows
+    // t * n, or (one canonical [Q, K, V] tensor) the projection's offset plus t * n.
+    std::array<int64_t, 3> offset{0, 0, 0};
+    auto check = [&](const SourceTensor& t, int64_t rows) {
+      if (t.shape != std::vector<uint64_t>{static_cast<uint64_t>(rows), static_cast<uint64_t>(H)})
+        fail(ErrorKind::kConfigMismatch, t.file, t.name,
+             "shape " + format_shape(t.shape) + " disagrees with config.json");
+    };
+    if (c_.fused_native) {
+      offset = {0, tp_ * layout.q, tp_ * (layout.q + layout.k)};
+      check(*qkv[0], layout.rows());
+    } else {
+      for (int p = 0; p < 3; ++p) check(*qkv[p], tp_ * layout.shard_rows(p));
+    }
     const int64_t srps = ceil_div(rps, block_.rows);
     origin_ = "'" + qkv[0]->name + "'";
     origin_file_ = qkv[0]->file;
@@ -301,7 +330,8 @@ class ToHfPlanner {
           const int64_t first = layout.first_row(0, p), n = layout.shard_rows(p);
           const int64_t lo = std::max(a, first), hi = std::min(b, first + n);
           if (lo >= hi) continue;
-          task.segments.push_back({qkv[p], t * n + (lo - first), hi - lo, t * rps + lo});
+          task.segments.push_back({qkv[p], offset[static_cast<size_t>(p)] + t * n + (lo - first),
+                                   hi - lo, t * rps + lo});
         }
         plan_.tasks.push_back(std::move(task));
       }

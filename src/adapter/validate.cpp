@@ -105,7 +105,7 @@ std::vector<std::string> required_layer_tensors(const MimoConfig& c, int64_t lay
     for (const char* n : {"enorm.weight", "hnorm.weight", "eh_proj.weight"}) out.push_back(n);
   out.push_back("input_layernorm.weight");
   // The fused layout's HF checkpoint holds qkv_proj; natively q, k and v are split.
-  const bool fused = c.fused_qkv && !native;
+  const bool fused = c.fused_qkv && (!native || c.fused_native);
   for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
     if (!fused || std::string_view(p) == "o_proj")
       out.push_back(std::string("self_attn.") + p + ".weight");

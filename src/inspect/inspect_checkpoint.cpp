@@ -1,7 +1,9 @@
 #include "moeckpt/inspect.hpp"
 
 #include <fmt/format.h>
+
 #include <fmt/ranges.h>
+#include <cstdlib>
 
 #include <set>
 
@@ -82,8 +84,8 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
       continue;
     }
     // The multimodal towers of MiMo-V2.6 checkpoints are passed through as they are.
-    const bool tower = config && config->fused_qkv &&
-                       (name.starts_with("visual.") || name.starts_with("audio."));
+    const bool tower =
+        config && config->fused_qkv && (name.starts_with("visual.") || name.starts_with("audio."));
     if (key.kind == TensorKind::kOther && !tower) {
       if (++unknown <= 20)
         r.notes.push_back(
@@ -91,12 +93,24 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     }
     if (key.kind == TensorKind::kExpertProj && key.layer && !key.mtp)
       experts[*key.layer].insert(*key.expert);
-    const auto* scale = ck.find(name + "_scale_inv");
+    // MXFP4 experts (MiMo-V2.6): packed E2M1 with E8M0 scales, listed with the FP8 families.
+    const auto* mx = key.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8
+                         ? ck.find(name + "_scale")
+                         : nullptr;
+    const auto* scale = mx ? mx : ck.find(name + "_scale_inv");
     if (!scale) continue;
     const auto& s = *scale->info;
     if (t.shape.size() != 2 || s.shape.size() != 2) continue;  // refused by the validation
-    std::string layout = "plain";
-    if (config && key.kind == TensorKind::kAttentionProj && key.projection != Projection::kO) {
+    std::string layout = mx ? "mxfp4" : "plain";
+    if (config && config->fused_qkv && key.projection == Projection::kQkv) {
+      // One block grid per checkpoint TP shard (metadata.tp_size, or MiMo-V2.5-Pro's kv heads).
+      const auto md = ck.index_metadata();
+      const int64_t tp = config->fused_native
+                             ? config->full.num_kv_heads
+                             : (md.count("tp_size") ? std::atoll(md.at("tp_size").c_str()) : 1);
+      layout = "per_tp_shard_" + std::to_string(tp);
+    } else if (config && key.kind == TensorKind::kAttentionProj &&
+               key.projection != Projection::kO) {
       const auto& dims = attention_dims_of(key, *config);
       const std::string attn = key.prefix + (key.mtp ? "mtp." : "") + "layers." +
                                std::to_string(*key.layer) + ".self_attn.";

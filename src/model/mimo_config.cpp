@@ -111,19 +111,13 @@ MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
   }
 
   // The attention layout: "split" (MiMo-V2-Flash) or "fused_qkv" (the default of model_type
-  // "mimo_v2", MiMo-V2.6). MiMo-V2.5-Pro (MiMoV25ForCausalLM) keeps its fused projection natively,
-  // a layout this version does not convert.
+  // "mimo_v2", MiMo-V2.6; MiMo-V2.5-Pro, MiMoV25ForCausalLM, keeps it fused natively).
   const auto model_type = doc.find("model_type");
-  const bool mimo_v2 =
-      model_type != doc.end() && model_type->is_string() && *model_type == "mimo_v2";
+  const bool mimo_v2 = model_type != doc.end() && model_type->is_string() && *model_type == "mimo_v2";
+  bool v25 = false;
   if (auto arch = doc.find("architectures"); arch != doc.end() && arch->is_array())
-    for (const auto& a : *arch)
-      if (a.is_string() && a == "MiMoV25ForCausalLM")
-        fail(ErrorKind::kUnsupportedLayout, file, "",
-             "architectures names MiMoV25ForCausalLM (MiMo-V2.5-Pro), whose fused QKV layout "
-             "this version does not convert",
-             "a MiMo-V2-Flash or MiMo-V2.6 checkpoint");
-  std::string layout = mimo_v2 ? "fused_qkv" : "split";
+    for (const auto& a : *arch) v25 = v25 || (a.is_string() && a == "MiMoV25ForCausalLM");
+  std::string layout = mimo_v2 && !v25 ? "fused_qkv" : "split";
   if (auto l = doc.find("attention_projection_layout"); l != doc.end() && !l->is_null()) {
     if (!l->is_string() || (*l != "split" && *l != "fused_qkv"))
       fail(ErrorKind::kMalformedFile, file, "",
@@ -132,6 +126,7 @@ MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
     layout = l->get<std::string>();
   }
   c.fused_qkv = layout == "fused_qkv";
+  c.fused_native = c.fused_qkv && v25;
 
   if (auto q = doc.find("quantization_config"); q != doc.end() && !q->is_null()) {
     if (!q->is_object())

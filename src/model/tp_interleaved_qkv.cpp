@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <charconv>
 
 #include "moeckpt/error.hpp"
@@ -21,6 +23,22 @@ TpInterleavedQkv tp_interleaved_qkv(const AttentionDims& a, int64_t tp, const st
          "a metadata.tp_size that divides every layer's head counts");
   return {tp, a.num_heads / tp * a.head_dim, a.num_kv_heads / tp * a.head_dim,
           a.num_kv_heads / tp * a.v_head_dim};
+}
+
+TpInterleavedQkv tp_interleaved_qkv_v25(const AttentionDims& a, int64_t tp, bool exact,
+                                        const std::string& file, const std::string& tensor) {
+  if (exact) return tp_interleaved_qkv(a, tp, file, tensor);
+  const int64_t kv = std::max<int64_t>(1, a.num_kv_heads / tp);
+  return {tp, a.num_heads / tp * a.head_dim, kv * a.head_dim, kv * a.v_head_dim};
+}
+
+int64_t interleaved_row(const TpInterleavedQkv& l, int64_t r) noexcept {
+  const std::array<int64_t, 3> n{l.q, l.k, l.v};
+  for (int p = 0; p < 3; ++p) {
+    if (r < l.tp * n[p]) return l.first_row(r / n[p], p) + r % n[p];
+    r -= l.tp * n[p];
+  }
+  return -1;
 }
 
 int64_t checkpoint_tp_size(const std::map<std::string, std::string>& md,

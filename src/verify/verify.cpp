@@ -126,8 +126,12 @@ class LogicalView {
   // q_proj, k_proj and v_proj of a MiMo-V2.6 qkv_proj: each a gather of one row run per TP shard,
   // dequantized with the shard's own scale grid.
   void add_tp_interleaved(const SourceTensor& t, const TensorKey& key, BlockSize block) {
-    const int64_t tp = checkpoint_tp_size(src_.index_metadata(0), t.file);
-    const auto layout = tp_interleaved_qkv(attention_dims_of(key, config_), tp, t.file, t.name);
+    const auto& dims = attention_dims_of(key, config_);
+    const auto layout =
+        config_.fused_native
+            ? tp_interleaved_qkv_v25(dims, config_.full.num_kv_heads, true, t.file, t.name)
+            : tp_interleaved_qkv(dims, checkpoint_tp_size(src_.index_metadata(0), t.file), t.file,
+                                 t.name);
     DequantInput in;
     in.weight = &t;
     in.nan = NanPolicy::kTorchCompat;
@@ -144,23 +148,28 @@ class LogicalView {
     const std::string base =
         t.name.substr(0, t.name.size() - std::string("qkv_proj.weight").size());
     const auto cols = static_cast<int64_t>(t.shape.at(1));
-    for (int p = 0; p < 3; ++p) {
+    // MiMo-V2.6: q, k and v logical tensors; MiMo-V2.5-Pro: one canonical [Q, K, V] qkv_proj.
+    const int parts = config_.fused_native ? 1 : 3;
+    for (int p = 0; p < parts; ++p) {
       const int64_t n = layout.shard_rows(p);
-      // Source row runs of logical rows [r0, r1): at most one per shard.
-      auto runs = [layout, n, p](int64_t r0, int64_t r1) {
+      // Source row runs of logical rows [r0, r1) (rows contiguous in the source).
+      auto runs = [layout, n, p, parts](int64_t r0, int64_t r1) {
         std::vector<std::pair<int64_t, int64_t>> out;
-        for (int64_t r = r0; r < r1;) {
-          const int64_t sh = r / n, end = std::min(r1, (sh + 1) * n);
-          const int64_t first = layout.first_row(sh, p) + (r - sh * n);
-          out.emplace_back(first, first + (end - r));
-          r = end;
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t at =
+              parts == 1 ? interleaved_row(layout, r) : layout.first_row(r / n, p) + r % n;
+          if (!out.empty() && out.back().second == at)
+            out.back().second++;
+          else
+            out.emplace_back(at, at + 1);
         }
         return out;
       };
       LogicalTensor lt;
-      lt.shape = {static_cast<uint64_t>(layout.tp * n), static_cast<uint64_t>(cols)};
+      const int64_t rows = parts == 1 ? layout.rows() : layout.tp * n;
+      lt.shape = {static_cast<uint64_t>(rows), static_cast<uint64_t>(cols)};
       lt.dtype = t.dtype;
-      lt.rows = layout.tp * n;
+      lt.rows = rows;
       lt.cols = cols;
       lt.dequantized = in.scale.has_value();
       lt.values = [this, in, runs](int64_t r0, int64_t r1) {
@@ -187,7 +196,8 @@ class LogicalView {
           return out;
         };
       }
-      tensors_[base + std::string(projection_name(kQkv[p])) + ".weight"] = std::move(lt);
+      tensors_[parts == 1 ? t.name : base + std::string(projection_name(kQkv[p])) + ".weight"] =
+          std::move(lt);
     }
   }
 

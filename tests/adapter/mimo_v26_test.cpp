@@ -322,5 +322,41 @@ TEST_F(MimoV26, TheTpDegreeCanBeChangedOnExport) {
   }
 }
 
+// MiMo-V2.5-Pro: qkv_proj stays fused natively (canonical [Q, K, V]); the default export
+// re-interleaves it over num_key_value_heads with a grid per shard, exactly; no quantization keeps
+// the fused layout in the config; Automodel's refusal of a quantized export in compat mode.
+TEST_F(MimoV26, V25ProRoundTripsExactlyAndKeepsItsLayout) {
+  const auto src = fs::path(MOECKPT_TEST_DATA_DIR) / "v25" / "hf";
+  from_hf_dir(src, dir_ / "native", {});
+  auto native = tensors_of(dir_ / "native");
+  EXPECT_TRUE(native.count("model.layers.0.self_attn.qkv_proj.weight"));
+  EXPECT_FALSE(native.count("model.layers.0.self_attn.q_proj.weight"));
+  to_hf_dirs({dir_ / "native"}, dir_ / "hf", {}, std::nullopt);
+  auto a = tensors_of(src), b = tensors_of(dir_ / "hf");
+  EXPECT_EQ(a.size(), b.size() + 1);  // the visual FP8 weight comes back BF16, without its scale
+  for (const auto& [n, t] : a) {
+    if (!n.starts_with("visual.blocks.0.mlp.fc1.")) {
+      EXPECT_TRUE(b.count(n) && t == b[n]) << n;
+    }
+  }
+  ToHfOptions none;
+  none.quant = QuantMode::kNone;
+  to_hf_dirs({dir_ / "native"}, dir_ / "bf16", none, std::nullopt);
+  auto raw = test::read_bytes(dir_ / "bf16" / "config.json");
+  EXPECT_EQ(json::parse(raw.begin(), raw.end())["attention_projection_layout"], "fused_qkv");
+  from_hf_dir(dir_ / "bf16", dir_ / "again", {});
+  EXPECT_EQ(tensors_of(dir_ / "again"), native);
+  ToHfOptions compat;
+  compat.compat = Compat::kAutomodel07;
+  try {
+    to_hf_dirs({dir_ / "native"}, dir_ / "compat", compat, std::nullopt);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupportedLayout);
+    EXPECT_NE(std::string(e.what()).find("MiMo-V2.5-Pro FP8 export is unsupported"),
+              std::string::npos);
+  }
+}
+
 }  // namespace
 }  // namespace moeckpt

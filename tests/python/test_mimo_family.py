@@ -65,3 +65,19 @@ def test_v26_from_hf_matches_automodel(tp, mg, tmp_path):
     assert_same(ref.to_hf(dict(native)), ours.to_hf(native), "to_hf", order=False)
     with pytest.raises(moeckpt.UnsupportedLayoutError, match="only supported for checkpoint loading"):
         ours.to_hf(native, quantization=True)
+
+
+def test_v25_pro_matches_automodels_mimo_v25_adapter(mg):
+    hf_dir = ROOT / "tests" / "data" / "v25" / "hf"
+    ref = _v26_goldens().make_adapter(str(hf_dir), v25=True)
+    hf = mg.load_hf_dir(str(hf_dir))
+    expected = ref.from_hf(dict(hf))
+    assert "model.layers.0.self_attn.qkv_proj.weight" in expected
+    assert_same(expected, moeckpt.from_hf_dir(hf_dir, compat="automodel"), "from_hf_dir compat", order=False)
+    assert_same(expected, moeckpt.from_hf_dir(hf_dir), "from_hf_dir", order=False)
+    ours = moeckpt.MiMoV2FlashStateDictAdapter(hf_dir, compat="automodel")
+    assert_same(expected, ours.from_hf(hf), "from_hf", order=False)
+    native = moeckpt.from_hf_dir(hf_dir)
+    assert_same(ref.to_hf(dict(native)), ours.to_hf(native), "to_hf", order=False)
+    with pytest.raises(moeckpt.UnsupportedLayoutError, match="FP8 export is unsupported"):
+        ours.to_hf(native, quantization=True)

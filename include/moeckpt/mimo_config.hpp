@@ -53,7 +53,8 @@ struct MimoConfig {
   // metadata.tp_size), and MXFP4 routed experts; natively q/k/v are split as for V2-Flash.
   bool fused_qkv = false;
   // MiMo-V2.5-Pro (architectures MiMoV25ForCausalLM, fused_qkv): the same HF interleave, over
-  // checkpoint TP = num_key_value_heads; natively qkv_proj stays fused in canonical [Q, K, V] order.
+  // checkpoint TP = num_key_value_heads; natively qkv_proj stays fused in canonical [Q, K, V]
+  // order.
   bool fused_native = false;
   nlohmann::json raw;  // the whole document, for copying/rewriting
 

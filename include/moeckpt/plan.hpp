@@ -12,8 +12,8 @@
 #include <variant>
 #include <vector>
 
+#include "moeckpt/ceil_div.hpp"
 #include "moeckpt/safetensors_writer.hpp"
-#include "moeckpt/scale_layout.hpp"
 #include "moeckpt/tensor_source.hpp"
 
 namespace moeckpt {
@@ -22,19 +22,28 @@ namespace moeckpt {
 // kernels (NaN -> BF16 0xFFFF; F32 keeps the widened FP8 NaN 0x7FF00000 | sign).
 enum class NanPolicy { kRefuse, kTorchCompat };
 
-// Where the block scales of a weight come from.
+// Weight rows [row0, row1) use row `scale_row` of scale tensor `tensor` (an index into the
+// tensors of their ScaleRef, or into the scale outputs of a GroupQuantTask).
+struct ScaleRun {
+  int64_t row0 = 0, row1 = 0;
+  uint32_t tensor = 0;
+  int64_t scale_row = 0;
+};
+
+// Where the block scales of a weight's rows live, as the model's spec computed it. Without runs,
+// a grid over tensors[0]: row r uses scale row r / block_rows (restarting every period_rows rows
+// with period_scale_rows scale rows each, when period_rows > 0); columns c use c / block_cols.
 struct ScaleRef {
-  const SourceTensor* plain = nullptr;  // plain grid: the weight's own scale
-  std::optional<FusedQkvLayout> fused;  // fused Q/K/V: scales of q, k, v (any may be owner)
-  Projection projection = Projection::kNone;
-  std::array<const SourceTensor*, 3> qkv{};  // indexed q=0, k=1, v=2
+  std::vector<const SourceTensor*> tensors;
+  std::vector<int64_t> used_rows;  // per tensor: the rows some block uses (the ones checked)
+  std::vector<ScaleRun> runs;      // sorted, covering every weight row; empty: the grid
   int64_t block_rows = 128;
   int64_t block_cols = 128;
-  // A plain grid that restarts every `period_rows` weight rows with `period_scale_rows` scale
-  // rows each (one independent grid per checkpoint TP shard); 0: one grid over all rows.
   int64_t period_rows = 0;
   int64_t period_scale_rows = 0;
   bool check_values = true;  // refuse zero/negative/non-finite scales
+  // The grid's one scale tensor (null when runs map rows to several).
+  const SourceTensor* grid() const noexcept { return runs.empty() ? tensors.at(0) : nullptr; }
 };
 
 struct DequantInput {
@@ -116,12 +125,14 @@ struct SlotGroupTask {
   std::vector<EmitTask> parts;
 };
 
-// Block quantization of one attention layer's q/k/v in the fused T=4 row space.
-struct FusedQuantTask {
-  std::array<std::optional<MatrixView>, 3> in;
-  std::array<std::optional<size_t>, 3> out_weight;
-  std::array<std::optional<size_t>, 3> out_scale;
-  FusedQkvLayout layout;
+// Block quantization of inputs whose rows share block scales across tensors (a fused layout): a
+// scale is the amax over every row mapped to it, so the inputs are read twice (amax, then codes).
+struct GroupQuantTask {
+  std::vector<std::optional<MatrixView>> in;      // whole 2-D tensors; none: not written
+  std::vector<std::optional<size_t>> out_weight;  // per input
+  std::vector<std::vector<ScaleRun>> runs;        // per input: its rows' scale rows
+  std::vector<std::optional<size_t>> out_scale;   // per scale tensor
+  std::vector<int64_t> scale_rows;                // per scale tensor
   int64_t block_cols = 128;
   // BF16 inputs are read in runs of this many rows, twice (block amax, then quantization), so the
   // buffers stay small whatever the projection size; 0: whole tensors.
@@ -149,7 +160,7 @@ struct GatherQuantTask {
 };
 
 using Task = std::variant<CopyTask, DequantTask, ExpertSlotTask, EmitTask, SlotGroupTask,
-                          FusedQuantTask, GatherQuantTask>;
+                          GroupQuantTask, GatherQuantTask>;
 
 struct Plan {
   std::vector<TensorSpec> outputs;

@@ -9,15 +9,12 @@
 #include <cstdint>
 #include <optional>
 
+#include "moeckpt/ceil_div.hpp"
 #include "moeckpt/tensor_key.hpp"
 
 namespace moeckpt {
 
 inline constexpr int64_t kPublishedTensorParallel = 4;
-
-inline int64_t ceil_div(int64_t a, int64_t b) noexcept {
-  return (a + b - 1) / b;
-}
 
 // Index of q, k, v (0, 1, 2) in per-projection arrays.
 inline size_t qkv_index(Projection p) noexcept {

@@ -234,12 +234,9 @@ class FromHfPlanner {
         auto& u = scales_used_[st];
         u = {std::max(u.first, rows), std::max(u.second, cols)};
       };
-      if (in.scale->plain) {
-        use(in.scale->plain, ceil_div(static_cast<int64_t>(w.shape[0]), in.scale->block_rows));
-        plain_owner_[in.scale->plain] = &w;
-      }
-      for (size_t p = 0; p < 3; ++p)
-        if (in.scale->qkv[p]) use(in.scale->qkv[p], in.scale->fused->scale_rows(kQkv[p]));
+      for (size_t i = 0; i < in.scale->tensors.size(); ++i)
+        if (in.scale->tensors[i]) use(in.scale->tensors[i], in.scale->used_rows.at(i));
+      if (const auto* g = in.scale->grid()) plain_owner_[g] = &w;
     }
     return in;
   }
@@ -325,7 +322,8 @@ class FromHfPlanner {
                          format_shape(s->shape), tp_, layout.rows_per_shard()),
              "F32 " + format_shape(swant) + ": one block grid per TP shard");
       ScaleRef r;
-      r.plain = s;
+      r.tensors = {s};
+      r.used_rows = {tp_ * srps};
       r.block_rows = block_.rows;
       r.block_cols = block_.cols;
       r.period_rows = layout.rows_per_shard();

@@ -6,6 +6,7 @@
 
 #include <map>
 
+#include "adapter/scale_ref.hpp"
 #include "adapter/validate.hpp"
 #include "core/key_pattern.hpp"
 #include "moeckpt/adapter.hpp"
@@ -91,15 +92,18 @@ class ToHfPlanner {
       emit(t.name, MatrixView{&t}, t);
     }
     for (const auto& [base, g] : tp_groups_) emit_tp_interleaved_qkv(base, g);
-    for (auto& [base, g] : fused_) {
-      FusedQuantTask task{{}, {}, {}, *g.layout, block_.cols};
+    for (auto& [base, g] : fused_) {  // q, k, v sharing the fused layout's block scales
+      GroupQuantTask task;
+      task.block_cols = block_.cols;
       for (size_t p = 0; p < 3; ++p) {
         if (g.view[p] && g.view[p]->src->shape.size() == 2 && g.view[p]->src->shape[1] > 0)
           task.chunk_rows = std::max<int64_t>(
               1, static_cast<int64_t>(o_.task_bytes / (g.view[p]->src->shape[1] * 3)));
-        task.in[p] = g.view[p];
-        task.out_weight[p] = g.out_weight[p];
-        task.out_scale[p] = g.out_scale[p];
+        task.in.push_back(g.view[p]);
+        task.out_weight.push_back(g.out_weight[p]);
+        task.runs.push_back(scale_runs(*g.layout, kQkv[p]));
+        task.out_scale.push_back(g.out_scale[p]);
+        task.scale_rows.push_back(g.layout->scale_rows(kQkv[p]));
       }
       plan_.tasks.push_back(std::move(task));
     }

@@ -60,8 +60,9 @@ ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const
   if (o.detect_fused && key.kind == TensorKind::kAttentionProj &&
       key.projection != Projection::kO) {
     if (auto fused = fused_layout(src, w, key, c, o.block.rows)) {
-      ref.fused = fused;
-      ref.projection = key.projection;
+      ref.runs = scale_runs(*fused, key.projection);
+      ref.tensors.assign(3, nullptr);
+      ref.used_rows.assign(3, 0);
       const std::string base = self_attn_prefix(w.name);
       for (Projection p : kQkv) {
         const std::string name = base + std::string(projection_name(p)) + ".weight_scale_inv";
@@ -75,7 +76,8 @@ ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const
           fail(ErrorKind::kConfigMismatch, qs->file, qs->name,
                "scale " + format_shape(qs->shape) + " is too small for the fused K/V layout",
                fmt::format("at least [{}, {}]", fused->scale_rows(p), need_cols));
-        ref.qkv[qkv_index(p)] = qs;
+        ref.tensors[qkv_index(p)] = qs;
+        ref.used_rows[qkv_index(p)] = fused->scale_rows(p);
       }
       return ref;
     }
@@ -86,8 +88,22 @@ ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const
          "scale " + format_shape(s.shape) + " is too small for weight " + format_shape(w.shape),
          fmt::format("at least [{}, {}] for {}x{} blocks", need_rows, need_cols, o.block.rows,
                      o.block.cols));
-  ref.plain = &s;
+  ref.tensors = {&s};
+  ref.used_rows = {need_rows};
   return ref;
+}
+
+std::vector<ScaleRun> scale_runs(const FusedQkvLayout& layout, Projection p) {
+  std::vector<ScaleRun> runs;
+  for (int64_t r = 0; r < layout.rows(p); ++r) {
+    const auto s = layout.scale_source(p, r);
+    const auto tensor = static_cast<uint32_t>(qkv_index(s.owner));
+    if (!runs.empty() && runs.back().tensor == tensor && runs.back().scale_row == s.scale_row)
+      runs.back().row1 = r + 1;
+    else
+      runs.push_back({r, r + 1, tensor, s.scale_row});
+  }
+  return runs;
 }
 
 }  // namespace moeckpt

@@ -3,6 +3,7 @@
 // attention layer's k scale reveals. Shared by from-hf planning and verify, with every shape check.
 #include "moeckpt/mimo_config.hpp"
 #include "moeckpt/plan.hpp"
+#include "moeckpt/scale_layout.hpp"
 #include "moeckpt/tensor_key.hpp"
 
 namespace moeckpt {
@@ -17,5 +18,9 @@ struct ScaleRefOptions {
 ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const SourceTensor& s,
                            const TensorKey& key, const MimoConfig& config,
                            const ScaleRefOptions& options);
+
+// The runs of rows of projection `p` (q, k or v) that share a scale row in the fused layout; the
+// run's tensor is the owning projection's index (q 0, k 1, v 2).
+std::vector<ScaleRun> scale_runs(const FusedQkvLayout& layout, Projection p);
 
 }  // namespace moeckpt

@@ -305,40 +305,29 @@ void run(const SlotGroupTask& g, const TensorSource& src, TensorSink& sink) {
     run_bf16_quant(part, src, sink, part.in.cols, 0, part.in.cols, slot.data());
 }
 
-// The fused layout with BF16 inputs: rows sharing a scale row are runs, so the SIMD amax and
+// Inputs sharing block scales, BF16: rows sharing a scale row are runs, so the SIMD amax and
 // quantize kernels apply run by run. Two passes over row chunks (block amax of every input, then
-// quantization), since a scale row can take rows from q, k and v.
-void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
-  std::array<int64_t, 3> rows{};
+// quantization), since a scale row can take rows from several inputs.
+void run_group_bf16(const GroupQuantTask& t, const TensorSource& src, TensorSink& sink) {
+  const size_t n_in = t.in.size();
+  std::vector<int64_t> rows(n_in, 0);
   int64_t cols = 0;
-  for (size_t p = 0; p < 3; ++p) {
+  for (size_t p = 0; p < n_in; ++p) {
     if (!t.in[p]) continue;
     rows[p] = static_cast<int64_t>(t.in[p]->src->shape[0]);
     cols = static_cast<int64_t>(t.in[p]->src->shape[1]);
   }
   const int64_t sc = ceil_div(cols, t.block_cols);
-  std::array<std::vector<float>, 3> scales;
-  for (size_t p = 0; p < 3; ++p)
-    scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kQkv[p]) * sc), 0.0f);
-  // Each row's scale row, and the runs of rows that share one.
-  std::array<std::vector<float*>, 3> row_scale;
-  std::array<std::vector<std::pair<int64_t, int64_t>>, 3> runs;
-  for (size_t p = 0; p < 3; ++p) {
-    for (int64_t r = 0; r < rows[p];) {
-      const auto s = t.layout.scale_source(kQkv[p], r);
-      int64_t end = r + 1;
-      while (end < rows[p]) {
-        const auto n = t.layout.scale_source(kQkv[p], end);
-        if (n.owner != s.owner || n.scale_row != s.scale_row) break;
-        ++end;
-      }
-      float* amax = &scales[qkv_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
-      for (int64_t i = r; i < end; ++i) row_scale[p].push_back(amax);
-      runs[p].emplace_back(r, end);
-      r = end;
-    }
-  }
-  const int64_t max_rows = std::max({rows[0], rows[1], rows[2], int64_t{1}});
+  std::vector<std::vector<float>> scales(t.scale_rows.size());
+  for (size_t i = 0; i < scales.size(); ++i)
+    scales[i].assign(static_cast<size_t>(t.scale_rows[i] * sc), 0.0f);
+  // Each row's scale row.
+  std::vector<std::vector<float*>> row_scale(n_in);
+  for (size_t p = 0; p < n_in; ++p)
+    for (const auto& run : t.runs[p])
+      for (int64_t r = run.row0; r < run.row1; ++r)
+        row_scale[p].push_back(&scales[run.tensor][static_cast<size_t>(run.scale_row * sc)]);
+  const int64_t max_rows = std::max<int64_t>(1, *std::max_element(rows.begin(), rows.end()));
   const int64_t chunk = t.chunk_rows > 0 ? std::min(t.chunk_rows, max_rows) : max_rows;
   exec::RawBuffer<uint16_t> data(static_cast<size_t>(chunk * cols));
   auto read_rows = [&](size_t p, int64_t r0, int64_t r1) {
@@ -346,7 +335,7 @@ void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink
     src.read(s, static_cast<uint64_t>(r0 * cols) * 2,
              {reinterpret_cast<uint8_t*>(data.data()), static_cast<size_t>((r1 - r0) * cols) * 2});
   };
-  for (size_t p = 0; p < 3; ++p) {
+  for (size_t p = 0; p < n_in; ++p) {
     if (!t.in[p]) continue;
     for (int64_t c0 = 0; c0 < rows[p]; c0 += chunk) {
       const int64_t c1 = std::min(rows[p], c0 + chunk);
@@ -356,8 +345,8 @@ void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink
         if ((data[i] & 0x7F80) == 0x7F80)
           fail_non_finite(*t.in[p], c0 + static_cast<int64_t>(i) / cols,
                           static_cast<int64_t>(i) % cols, numerics::bf16_to_f32(data[i]));
-      for (auto [r, end] : runs[p]) {
-        const int64_t a = std::max(r, c0), e = std::min(end, c1);
+      for (const auto& run : t.runs[p]) {
+        const int64_t a = std::max(run.row0, c0), e = std::min(run.row1, c1);
         if (a >= e) continue;
         kernels::block_amax_bf16(data.data() + (a - c0) * cols, e - a, cols, cols, false, e - a,
                                  t.block_cols, row_scale[p][static_cast<size_t>(a)], sc);
@@ -367,7 +356,7 @@ void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink
   for (auto& v : scales)
     for (auto& x : v) x = numerics::block_scale_from_amax(x);
   exec::RawBuffer<uint8_t> codes(static_cast<size_t>(chunk * cols));
-  for (size_t p = 0; p < 3; ++p) {
+  for (size_t p = 0; p < n_in; ++p) {
     if (!t.in[p]) continue;
     for (int64_t c0 = 0; c0 < rows[p]; c0 += chunk) {
       const int64_t c1 = std::min(rows[p], c0 + chunk);
@@ -388,23 +377,22 @@ void run_fused_bf16(const FusedQuantTask& t, const TensorSource& src, TensorSink
                  codes.bytes().first(static_cast<size_t>((c1 - c0) * cols)));
     }
   }
-  for (size_t p = 0; p < 3; ++p)
-    if (t.out_scale[p]) sink.write(*t.out_scale[p], 0, float_bytes(scales[p]));
+  for (size_t i = 0; i < scales.size(); ++i)
+    if (t.out_scale[i]) sink.write(*t.out_scale[i], 0, float_bytes(scales[i]));
 }
 
-void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
+void run(const GroupQuantTask& t, const TensorSource& src, TensorSink& sink) {
   bool bf16 = true;
   for (const auto& v : t.in) bf16 = bf16 && (!v || (v->slot < 0 && v->src->dtype == Dtype::BF16));
   if (bf16) {
-    run_fused_bf16(t, src, sink);
+    run_group_bf16(t, src, sink);
     return;
   }
-  std::array<std::vector<float>, 3> x;
-  std::array<LoadedMatrix, 3> m;
-  std::array<std::vector<float>, 3> scales;
+  const size_t n_in = t.in.size();
+  std::vector<std::vector<float>> x(n_in);
+  std::vector<LoadedMatrix> m(n_in);
   int64_t sc = 0;
-  for (size_t p = 0; p < 3; ++p) {
-    scales[p].assign(0, 0.0f);
+  for (size_t p = 0; p < n_in; ++p) {
     if (!t.in[p]) continue;
     m[p] = exec::load_matrix(src, *t.in[p]);
     sc = ceil_div(m[p].cols, t.block_cols);
@@ -414,33 +402,35 @@ void run(const FusedQuantTask& t, const TensorSource& src, TensorSink& sink) {
       x[p][i] = exec::element_to_float(t.in[p]->src->dtype, &m[p].raw[i * esize]);
     check_finite(*t.in[p], m[p], x[p]);
   }
-  for (size_t p = 0; p < 3; ++p)
-    scales[p].assign(static_cast<size_t>(t.layout.scale_rows(kQkv[p]) * sc), 0.0f);
-  for (size_t p = 0; p < 3; ++p)
-    for (int64_t r = 0; r < m[p].rows; ++r) {
-      auto s = t.layout.scale_source(kQkv[p], r);
-      float* a = &scales[qkv_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
-      for (int64_t c = 0; c < m[p].cols; ++c)
-        a[c / t.block_cols] =
-            amax_finite(a[c / t.block_cols], x[p][static_cast<size_t>(r * m[p].cols + c)]);
+  std::vector<std::vector<float>> scales(t.scale_rows.size());
+  for (size_t i = 0; i < scales.size(); ++i)
+    scales[i].assign(static_cast<size_t>(t.scale_rows[i] * sc), 0.0f);
+  for (size_t p = 0; p < n_in; ++p)
+    for (const auto& run : t.runs[p]) {
+      if (!t.in[p]) break;
+      float* a = &scales[run.tensor][static_cast<size_t>(run.scale_row * sc)];
+      for (int64_t r = run.row0; r < run.row1; ++r)
+        for (int64_t c = 0; c < m[p].cols; ++c)
+          a[c / t.block_cols] =
+              amax_finite(a[c / t.block_cols], x[p][static_cast<size_t>(r * m[p].cols + c)]);
     }
   for (auto& v : scales)
     for (auto& s : v) s = numerics::block_scale_from_amax(s);
-  for (size_t p = 0; p < 3; ++p) {
+  for (size_t p = 0; p < n_in; ++p) {
     if (!t.in[p]) continue;
     std::vector<uint8_t> codes(x[p].size());
-    for (int64_t r = 0; r < m[p].rows; ++r) {
-      auto s = t.layout.scale_source(kQkv[p], r);
-      const float* srow = &scales[qkv_index(s.owner)][static_cast<size_t>(s.scale_row * sc)];
-      for (int64_t c = 0; c < m[p].cols; ++c) {
-        const size_t i = static_cast<size_t>(r * m[p].cols + c);
-        codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[p][i] / srow[c / t.block_cols]);
-      }
+    for (const auto& run : t.runs[p]) {
+      const float* srow = &scales[run.tensor][static_cast<size_t>(run.scale_row * sc)];
+      for (int64_t r = run.row0; r < run.row1; ++r)
+        for (int64_t c = 0; c < m[p].cols; ++c) {
+          const size_t i = static_cast<size_t>(r * m[p].cols + c);
+          codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[p][i] / srow[c / t.block_cols]);
+        }
     }
     sink.write(*t.out_weight[p], 0, codes);
   }
-  for (size_t p = 0; p < 3; ++p)
-    if (t.out_scale[p]) sink.write(*t.out_scale[p], 0, float_bytes(scales[p]));
+  for (size_t i = 0; i < scales.size(); ++i)
+    if (t.out_scale[i]) sink.write(*t.out_scale[i], 0, float_bytes(scales[i]));
 }
 
 void run(const GatherQuantTask& t, const TensorSource& src, TensorSink& sink) {
@@ -548,7 +538,7 @@ void prefetch(const Task& task, const TensorSource& src) {
       src.prefetch(*t.in.src, static_cast<uint64_t>(t.in.slot) * slot, slot);
     }
     void operator()(const SlotGroupTask& g) const { (*this)(g.parts.front()); }
-    void operator()(const FusedQuantTask& t) const {
+    void operator()(const GroupQuantTask& t) const {
       for (const auto& v : t.in)
         if (v) whole(v->src);
     }
@@ -583,12 +573,12 @@ std::vector<size_t> task_outputs(const Task& task) {
     std::vector<size_t> operator()(const GatherQuantTask& t) const {
       return {t.out_weight, t.out_scale};
     }
-    std::vector<size_t> operator()(const FusedQuantTask& t) const {
+    std::vector<size_t> operator()(const GroupQuantTask& t) const {
       std::vector<size_t> out;
-      for (size_t i = 0; i < 3; ++i) {
-        if (t.out_weight[i]) out.push_back(*t.out_weight[i]);
-        if (t.out_scale[i]) out.push_back(*t.out_scale[i]);
-      }
+      for (const auto& w : t.out_weight)
+        if (w) out.push_back(*w);
+      for (const auto& sc : t.out_scale)
+        if (sc) out.push_back(*sc);
       return out;
     }
   };
@@ -671,7 +661,7 @@ uint64_t task_memory(const Task& task) {
       const auto elems = static_cast<uint64_t>((t.row1 - t.row0) * t.cols);
       return b(raw) * 2 + elems * 4 + elems + kSmall;
     }
-    uint64_t operator()(const FusedQuantTask& t) const {
+    uint64_t operator()(const GroupQuantTask& t) const {
       bool bf16 = true;
       uint64_t max_rows = 1, cols = 0, all = 0;
       for (const auto& v : t.in) {
@@ -686,8 +676,9 @@ uint64_t task_memory(const Task& task) {
       const uint64_t chunk = t.chunk_rows > 0
                                  ? std::min<uint64_t>(max_rows, static_cast<uint64_t>(t.chunk_rows))
                                  : max_rows;
-      // run_fused_bf16: a chunk of BF16 rows, its codes, the scales and row pointers.
-      return (bf16 ? b(chunk * cols * 2) + b(chunk * cols) + 3 * max_rows * 8 : all) + kSmall;
+      // run_group_bf16: a chunk of BF16 rows, its codes, the scales and row pointers.
+      return (bf16 ? b(chunk * cols * 2) + b(chunk * cols) + t.in.size() * max_rows * 8 : all) +
+             kSmall;
     }
   };
   return std::visit(Visitor{block}, task);

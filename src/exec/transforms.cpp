@@ -2,6 +2,7 @@
 
 #include "exec/raw_buffer.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -82,43 +83,43 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
   const ScaleRef& s = *in.scale;
   rs.block_cols = s.block_cols;
   const int64_t used_cols = ceil_div(static_cast<int64_t>(in.weight->shape.at(1)), s.block_cols);
-  if (s.fused) {
-    std::vector<FusedQkvLayout::ScaleSource> sources;
-    std::array<bool, 3> needed{};
-    for (int64_t r = 0; r < rows; ++r) {
-      sources.push_back(s.fused->scale_source(s.projection, row0 + r));
-      needed[qkv_index(sources.back().owner)] = true;
+  rs.values.resize(s.tensors.size());
+  rs.cols.assign(s.tensors.size(), 0);
+  // The rows blocks use: given per tensor, or the grid's.
+  const auto all_rows = static_cast<int64_t>(in.weight->shape.at(0));
+  const int64_t grid_rows = s.period_rows > 0
+                                ? ceil_div(all_rows, s.period_rows) * s.period_scale_rows
+                                : ceil_div(all_rows, s.block_rows);
+  auto load = [&](size_t i) {
+    if (!rs.values[i].empty() || !s.tensors[i]) return;
+    const int64_t used = i < s.used_rows.size() ? s.used_rows[i] : grid_rows;
+    auto sc = load_scales(source, *s.tensors[i], s.check_values, used, used_cols);
+    rs.values[i] = std::move(sc.values);
+    rs.cols[i] = sc.cols;
+  };
+  if (!s.runs.empty()) {
+    // The runs covering these rows; only the scale tensors they use are read.
+    auto it = std::upper_bound(s.runs.begin(), s.runs.end(), row0,
+                               [](int64_t r, const ScaleRun& run) { return r < run.row1; });
+    for (int64_t r = row0; r < row0 + rows; ++r) {
+      while (it != s.runs.end() && it->row1 <= r) ++it;
+      if (it == s.runs.end() || it->row0 > r)
+        fail(ErrorKind::kMalformedFile, in.weight->file, in.weight->name,
+             "row " + std::to_string(r) + " has no block scale in the plan");
+      load(it->tensor);
+      rs.row[static_cast<size_t>(r - row0)] =
+          &rs.values[it->tensor][static_cast<size_t>(it->scale_row * rs.cols[it->tensor])];
     }
-    // Only the scale tensors these rows use are read.
-    for (size_t i = 0; i < 3; ++i)
-      if (needed[i] && s.qkv[i]) {
-        auto sc =
-            load_scales(source, *s.qkv[i], s.check_values, s.fused->scale_rows(kQkv[i]), used_cols);
-        rs.values[i] = std::move(sc.values);
-        rs.cols[i] = sc.cols;
-      }
-    for (int64_t r = 0; r < rows; ++r) {
-      const auto& src = sources[static_cast<size_t>(r)];
-      const size_t o = qkv_index(src.owner);
-      rs.row[static_cast<size_t>(r)] =
-          &rs.values[o][static_cast<size_t>(src.scale_row * rs.cols[o])];
-    }
-  } else {
-    const auto all_rows = static_cast<int64_t>(in.weight->shape.at(0));
-    // The scale row of weight row r: one grid, or one grid per period of rows.
-    auto scale_row = [&](int64_t r) {
-      if (s.period_rows <= 0) return r / s.block_rows;
-      return (r / s.period_rows) * s.period_scale_rows + (r % s.period_rows) / s.block_rows;
-    };
-    const int64_t used_rows = s.period_rows > 0
-                                  ? ceil_div(all_rows, s.period_rows) * s.period_scale_rows
-                                  : ceil_div(all_rows, s.block_rows);
-    auto sc = load_scales(source, *s.plain, s.check_values, used_rows, used_cols);
-    rs.values[0] = std::move(sc.values);
-    rs.cols[0] = sc.cols;
-    for (int64_t r = 0; r < rows; ++r)
-      rs.row[static_cast<size_t>(r)] =
-          &rs.values[0][static_cast<size_t>(scale_row(row0 + r) * rs.cols[0])];
+    return rs;
+  }
+  load(0);
+  // The scale row of weight row r: one grid, or one grid per period of rows.
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t w = row0 + r;
+    const int64_t scale_row = s.period_rows <= 0 ? w / s.block_rows
+                                                 : (w / s.period_rows) * s.period_scale_rows +
+                                                       (w % s.period_rows) / s.block_rows;
+    rs.row[static_cast<size_t>(r)] = &rs.values[0][static_cast<size_t>(scale_row * rs.cols[0])];
   }
   return rs;
 }

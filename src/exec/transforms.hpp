@@ -21,8 +21,8 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
 
 // Per-row pointers into the block scales a weight's rows [row0, row0 + rows) use.
 struct RowScales {
-  std::array<std::vector<float>, 3> values;
-  std::array<int64_t, 3> cols{};
+  std::vector<std::vector<float>> values;  // per scale tensor, as read
+  std::vector<int64_t> cols;
   std::vector<const float*> row;
   int64_t block_cols = 1;
 };

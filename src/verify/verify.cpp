@@ -137,7 +137,7 @@ class LogicalView {
     in.nan = NanPolicy::kTorchCompat;
     if (const auto* s = src_.find(t.name + "_scale_inv")) {
       ScaleRef r;
-      r.plain = s;
+      r.tensors = {s};
       r.block_rows = block.rows;
       r.block_cols = block.cols;
       r.period_rows = layout.rows_per_shard();

@@ -390,24 +390,4 @@ void scan_native_non_finite(const TensorSource& src, unsigned threads) {
   });
 }
 
-void validate_checkpoint(const TensorSource& src, const MimoConfig& config,
-                         const ValidateOptions& o) {
-  if (is_native_layout(src)) {
-    auto starts = check_native_metadata(src, config);
-    ToHfOptions th;
-    // One EP rank's folder holds only its experts.
-    auto md = src.metadata(0);
-    auto ws = md.find(kMetaEpSize);
-    th.require_all_experts = src.parts() > 1 || ws == md.end() || ws->second == "1";
-    if (config.fused_qkv) th.quant = QuantMode::kNone;  // the only export of that family now
-    (void)plan_to_hf(src, config, th, starts);
-    if (o.scan_data) scan_native_non_finite(src, o.threads);
-    return;
-  }
-  FromHfOptions fh;
-  fh.prescan_scales = o.scan_data;
-  (void)plan_from_hf(src, config, fh);
-  if (o.scan_data) scan_fp8_nan_codes(src, o.threads);
-}
-
 }  // namespace moeckpt

@@ -56,13 +56,4 @@ void scan_fp8_nan_codes(const TensorSource& src, unsigned threads = 0);
 // ... and NaN / infinity in the native tensors block quantization would quantize.
 void scan_native_non_finite(const TensorSource& src, unsigned threads = 0);
 
-struct ValidateOptions {
-  bool scan_data = true;  // read scales and weights (false: headers and config only)
-  unsigned threads = 0;
-};
-// The whole validation a conversion of this folder would do (plan + data), for verify and
-// inspect: HF folders as from-hf sees them, native folders as to-hf does.
-void validate_checkpoint(const TensorSource& src, const MimoConfig& config,
-                         const ValidateOptions& options = {});
-
 }  // namespace moeckpt

@@ -9,6 +9,7 @@
 
 #include "moeckpt/tensor_source.hpp"
 
+#include "adapter/checkpoint_validation.hpp"
 #include "adapter/validate.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/mimo_config.hpp"

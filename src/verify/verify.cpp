@@ -7,6 +7,7 @@
 #include <cstring>
 #include <functional>
 
+#include "adapter/checkpoint_validation.hpp"
 #include "adapter/scale_ref.hpp"
 #include "adapter/validate.hpp"
 #include "exec/transforms.hpp"

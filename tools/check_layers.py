@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Fails (exit 1) when a source file includes a header of a layer it may not use.
+
+    python3 tools/check_layers.py [ROOT]
+
+The layers (docs/ARCHITECTURE.md), lowest first; each may include its own headers and those of the
+layers listed for it. A public header (include/moeckpt/NAME.hpp) belongs to the layer named in
+PUBLIC below; a private one (src/LAYER/NAME.hpp) to its folder. Run by the build (CMake), so a
+forbidden include fails the build with one line per violation.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+import sys
+
+ALLOWED = {
+    "core": set(),
+    "io": {"core"},
+    "numerics": {"core"},
+    "safetensors": {"core", "io"},
+    "model": {"core", "io"},
+    "exec": {"core", "io", "numerics", "safetensors"},
+    "adapter": {"core", "io", "numerics", "safetensors", "model", "exec"},
+    "tools": {"core", "io", "numerics", "safetensors", "model", "exec", "adapter"},
+    "cli": {"core", "io", "numerics", "safetensors", "model", "exec", "adapter", "tools"},
+    "python": {"core", "io", "numerics", "safetensors", "model", "exec", "adapter", "tools"},
+}
+# Source folders of layers that span several folders.
+FOLDER_LAYER = {"verify": "tools", "inspect": "tools", "synth": "tools"}
+PUBLIC = {
+    "error": "core", "ceil_div": "core",
+    "dtype": "safetensors", "safetensors": "safetensors", "safetensors_writer": "safetensors",
+    "tensor_source": "safetensors",
+    "numerics": "numerics", "kernels": "numerics", "mxfp4": "numerics",
+    "mimo_config": "model", "mimo_rules": "model", "tensor_key": "model", "scale_layout": "model",
+    "tp_interleaved_qkv": "model",
+    "plan": "exec",
+    "adapter": "adapter",
+    "inspect": "tools", "verify": "tools", "synth": "tools",
+}
+INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+
+
+def layer_of_header(path: str) -> str | None:
+    first, _, rest = path.partition("/")
+    if first == "moeckpt":
+        return PUBLIC.get(pathlib.PurePath(rest).stem, "unknown")
+    return FOLDER_LAYER.get(first, first) if rest else None
+
+
+def main(argv: list[str]) -> int:
+    root = pathlib.Path(argv[1] if len(argv) > 1 else pathlib.Path(__file__).resolve().parents[1])
+    files = [(p, FOLDER_LAYER.get(p.relative_to(root / "src").parts[0], p.relative_to(root / "src").parts[0]))
+             for p in sorted((root / "src").rglob("*")) if p.suffix in (".cpp", ".hpp")]
+    files += [(p, PUBLIC.get(p.stem, "unknown")) for p in sorted((root / "include" / "moeckpt").glob("*.hpp"))]
+    files += [(p, "python") for p in sorted((root / "python" / "src").rglob("*.cpp"))]
+    bad = []
+    for path, layer in files:
+        if layer not in ALLOWED:
+            bad.append(f"{path.relative_to(root)}: file of no known layer ({layer})")
+            continue
+        for inc in INCLUDE.findall(path.read_text(encoding="utf-8")):
+            target = layer_of_header(inc)
+            if target is None or target == layer:
+                continue
+            if target not in ALLOWED[layer]:
+                bad.append(f"{path.relative_to(root)}: layer {layer} includes \"{inc}\" of layer {target}, "
+                           f"which it may not use (allowed: {', '.join(sorted(ALLOWED[layer])) or 'none'})")
+    for line in bad:
+        print(f"layering: {line}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

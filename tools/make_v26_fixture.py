@@ -39,6 +39,12 @@ import make_ragged_fixture as rf  # noqa: E402  (numerics, builders, writer)
 BLOCK = 128
 MX = 32
 
+# The fields that do not shape tensors are the ragged fixture's.
+_SHARED = ("sliding_window", "sliding_window_size", "add_swa_attention_sink_bias", "add_full_attention_sink_bias",
+           "attention_value_scale", "attention_bias", "partial_rotary_factor", "rope_theta", "swa_rope_theta",
+           "max_position_embeddings", "layernorm_epsilon", "hidden_act", "n_shared_experts", "scoring_func",
+           "topk_method", "n_group", "topk_group", "norm_topk_prob", "routed_scaling_factor", "tie_word_embeddings",
+           "torch_dtype")
 CONFIG = {
     "architectures": ["MiMoV2ForCausalLM"],
     "model_type": "mimo_v2",
@@ -58,35 +64,10 @@ CONFIG = {
     "swa_num_key_value_heads": 4,
     "swa_head_dim": 32,
     "swa_v_head_dim": 16,
-    "sliding_window": 128,
-    "sliding_window_size": 128,
-    "add_swa_attention_sink_bias": True,
-    "add_full_attention_sink_bias": False,
-    "attention_value_scale": 0.707,
-    "attention_bias": False,
-    "partial_rotary_factor": 0.334,
-    "rope_theta": 5000000,
-    "swa_rope_theta": 10000,
-    "max_position_embeddings": 4096,
-    "layernorm_epsilon": 1e-5,
-    "hidden_act": "silu",
     "n_routed_experts": 4,
     "num_experts_per_tok": 2,
-    "n_shared_experts": None,
-    "scoring_func": "sigmoid",
-    "topk_method": "noaux_tc",
-    "n_group": 1,
-    "topk_group": 1,
-    "norm_topk_prob": True,
-    "routed_scaling_factor": None,
-    "tie_word_embeddings": False,
-    "torch_dtype": "bfloat16",
-    "quantization_config": {
-        "activation_scheme": "dynamic",
-        "fmt": "e4m3",
-        "quant_method": "fp8",
-        "weight_block_size": [BLOCK, BLOCK],
-    },
+    **{k: rf.CONFIG[k] for k in _SHARED},
+    "quantization_config": {k: v for k, v in rf.CONFIG["quantization_config"].items() if k != "ignored_layers"},
 }
 
 

@@ -363,17 +363,6 @@ class ToHfPlanner {
           (!compat_ && (part.shape[1] != static_cast<uint64_t>(gate_up ? D : Ie) ||
                         part.shape[2] != static_cast<uint64_t>(gate_up ? 2 * Ie : D)))) {
         if (compat_ && !gate_up) {  // Automodel passes such a down_projs through unchanged
-          if (auto hf = hf_sink_name(t.name)) {  // a sink under Automodel's TE name
-            if (!compat_) {  // written back as published: attention_sink_bias, BF16
-              emit(*hf, MatrixView{&t}, t,
-                   t.dtype == Dtype::BF16 ? std::nullopt : std::optional<Dtype>(Dtype::BF16));
-              continue;
-            }
-            if (o_.attn_backend == AttnBackend::kTe) {  // Automodel renames it, keeping the dtype
-              emit(*hf, MatrixView{&t}, t);
-              continue;
-            }
-          }
           emit(t.name, MatrixView{&t}, t);
           return;
         }
@@ -383,17 +372,6 @@ class ToHfPlanner {
              gate_up ? fmt::format("[n, {}, {}]", D, 2 * Ie) : fmt::format("[n, {}, {}]", Ie, D));
       }
       if (compat_ && !gate_up && part.shape[1] != static_cast<uint64_t>(Ie)) {
-        if (auto hf = hf_sink_name(t.name)) {  // a sink under Automodel's TE name
-          if (!compat_) {  // written back as published: attention_sink_bias, BF16
-            emit(*hf, MatrixView{&t}, t,
-                 t.dtype == Dtype::BF16 ? std::nullopt : std::optional<Dtype>(Dtype::BF16));
-            continue;
-          }
-          if (o_.attn_backend == AttnBackend::kTe) {  // Automodel renames it, keeping the dtype
-            emit(*hf, MatrixView{&t}, t);
-            continue;
-          }
-        }
         emit(t.name, MatrixView{&t}, t);
         return;
       }

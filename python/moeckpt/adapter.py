@@ -67,8 +67,9 @@ class MiMoV2FlashStateDictAdapter:
             ``"te"`` the native sink is ``self_attn.attn_module.softmax_offset`` (F32) instead of
             ``self_attn.attention_sink_bias``.
         checkpoint_tp_size: the TP degree interleaving a MiMo-V2.6 checkpoint's fused ``qkv_proj``
-            rows; default: the ``metadata.tp_size`` of the index beside the config (a folder path, or
-            the config object's ``_name_or_path``, as Automodel reads it), else 1.
+            rows, read by ``from_hf`` and written by ``to_hf(..., quantization=True)``; default: the
+            ``metadata.tp_size`` of the index beside the config (a folder path, or the config object's
+            ``_name_or_path``, as Automodel reads it), else 1.
 
     ``quantization=False`` (the reference's default) returns BF16 without scales in both modes.
     ``exclude_key_regex`` is matched at the key's start (``re.match``), as the reference does.
@@ -197,7 +198,8 @@ class MiMoV2FlashStateDictAdapter:
         items, start, require_all = self._native_items(state_dict)
         rows = T.rows(items, keep)
         out = _core.to_hf(rows, self._config, quant, self._compat_name, T.anchored(exclude_key_regex),
-                          prefix, start, require_all, self.threads, self.max_memory, attn=self.attn_backend)
+                          prefix, start, require_all, self.threads, self.max_memory, attn=self.attn_backend,
+                          tp_size=self.checkpoint_tp_size)
         del keep
         return {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
 
@@ -211,7 +213,7 @@ class MiMoV2FlashStateDictAdapter:
         name = row[0]
         out = _core.convert_single_tensor_to_hf(row, self._config, quant, self._compat_name,
                                                 T.anchored(kwargs.get("exclude_key_regex")), prefix, start,
-                                                attn=self.attn_backend)
+                                                attn=self.attn_backend, tp_size=self.checkpoint_tp_size)
         return [(name, T.from_engine(dt, shape, raw)) for name, dt, shape, raw in out]
 
     def _to_hf_mode(self, quantization: bool) -> tuple[str, Optional[str]]:

@@ -75,6 +75,7 @@ def to_hf_dir(
     threads: int = 0,
     max_memory: int = 1 << 30,
     attn_backend: str = "sdpa",
+    checkpoint_tp_size: Optional[int] = None,
     overwrite: bool = False,
     resume: bool = False,
 ) -> WriteReport:
@@ -102,7 +103,7 @@ def to_hf_dir(
     if compat_name != "none" and quant == "block":
         quant = "cast"  # Automodel's to_hf(quantization=True)
     adapter = MiMoV2FlashStateDictAdapter(config, ep_rank=ep_rank, ep_size=ep_size, compat=compat,
-                                          attn_backend=attn_backend)
+                                          attn_backend=attn_backend, checkpoint_tp_size=checkpoint_tp_size)
     items, start, require_all = adapter._native_items(state_dict)
     keep: list = []
     rows = T.rows(items, keep)
@@ -110,7 +111,7 @@ def to_hf_dir(
         lambda cancel: _core.to_hf_dir(
             rows, os.fspath(path), adapter._config, quant, compat_name, T.anchored(exclude_key_regex), None, start,
             require_all, int(max_shard_bytes), int(threads), int(max_memory), existing, cancel,
-            attn=adapter.attn_backend))
+            attn=adapter.attn_backend, tp_size=adapter.checkpoint_tp_size))
     del keep
     return WriteReport(tensors, nbytes, shards)
 

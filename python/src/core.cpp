@@ -258,9 +258,10 @@ FromHfOptions from_hf_options(int64_t ep_size, int64_t ep_rank, const std::strin
 ToHfOptions to_hf_options(const std::string& quant, const std::string& compat,
                           const std::optional<std::string>& exclude,
                           const std::optional<std::string>& prefix, bool require_all,
-                          const std::string& attn = "sdpa") {
+                          const std::string& attn = "sdpa", int64_t tp_size = 0) {
   ToHfOptions o;
   o.attn_backend = attn_of(attn);
+  o.tp_size = tp_size;
   o.quant = quant_of(quant);
   o.compat = compat_of(compat);
   o.exclude_regex = exclude;
@@ -435,9 +436,9 @@ NB_MODULE(_core, m) {
       [](const std::vector<InRow>& rows, const Config& cfg, const std::string& quant,
          const std::string& compat, std::optional<std::string> exclude,
          std::optional<std::string> prefix, int64_t expert_start, bool require_all,
-         unsigned threads, uint64_t max_memory, const std::string& attn) {
+         unsigned threads, uint64_t max_memory, const std::string& attn, int64_t tp_size) {
         auto entries = entries_of(rows);
-        auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn);
+        auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn, tp_size);
         Converted out;
         {
           nb::gil_scoped_release release;
@@ -449,15 +450,16 @@ NB_MODULE(_core, m) {
       },
       nb::arg("rows"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
-      nb::arg("require_all"), nb::arg("threads"), nb::arg("max_memory"), nb::arg("attn") = "sdpa");
+      nb::arg("require_all"), nb::arg("threads"), nb::arg("max_memory"), nb::arg("attn") = "sdpa",
+      nb::arg("tp_size") = 0);
 
   m.def(
       "convert_single_tensor_to_hf",
       [](const InRow& row, const Config& cfg, const std::string& quant, const std::string& compat,
          std::optional<std::string> exclude, std::optional<std::string> prefix,
-         int64_t expert_start, const std::string& attn) {
+         int64_t expert_start, const std::string& attn, int64_t tp_size) {
         auto entries = entries_of({row});
-        auto o = to_hf_options(quant, compat, exclude, prefix, false, attn);
+        auto o = to_hf_options(quant, compat, exclude, prefix, false, attn, tp_size);
         Converted out;
         {
           nb::gil_scoped_release release;
@@ -470,7 +472,7 @@ NB_MODULE(_core, m) {
       },
       nb::arg("row"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
-      nb::arg("attn") = "sdpa");
+      nb::arg("attn") = "sdpa", nb::arg("tp_size") = 0);
 
   // A stop request for a folder conversion running with the GIL released: the Python layer sets it
   // when the waiting thread is interrupted (KeyboardInterrupt), and the conversion stops at the
@@ -489,9 +491,10 @@ NB_MODULE(_core, m) {
          const std::string& quant, const std::string& compat, std::optional<std::string> exclude,
          std::optional<std::string> prefix, int64_t expert_start, bool require_all,
          uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
-         const std::string& existing, CancelFlag& cancel, const std::string& attn) {
+         const std::string& existing, CancelFlag& cancel, const std::string& attn,
+         int64_t tp_size) {
         auto entries = entries_of(rows);
-        auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn);
+        auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn, tp_size);
         nb::gil_scoped_release release;
         MemorySource src(std::move(entries));
         const auto r = to_hf_dir_from_memory(
@@ -502,7 +505,7 @@ NB_MODULE(_core, m) {
       nb::arg("rows"), nb::arg("dst"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
       nb::arg("require_all"), nb::arg("max_shard_bytes"), nb::arg("threads"), nb::arg("max_memory"),
-      nb::arg("existing"), nb::arg("cancel"), nb::arg("attn") = "sdpa");
+      nb::arg("existing"), nb::arg("cancel"), nb::arg("attn") = "sdpa", nb::arg("tp_size") = 0);
 
   // HF -> HF folder conversions (moeckpt dequantize / quantize), the same job layer. Return
   // (tensors, bytes, shards, shards kept).

@@ -3,6 +3,7 @@
 #include "exec/raw_buffer.hpp"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -161,46 +162,68 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
                  codes[i]);
 }
 
+namespace {
+
+// One MXFP4 matrix into `dst` as elements of type T (BF16 or F32 bits): per block of 32 inputs,
+// the 16 possible products are encoded once (exact: an E2M1 value times a power of two) and the
+// codes look them up.
+template <class T>
+void mxfp4_rows(const SourceTensor& w, const SourceTensor& s, const uint8_t* packed,
+                const uint8_t* scales, int64_t rows, int64_t packed_cols, int64_t blocks, Dtype out,
+                NanPolicy nan, T* dst, int64_t dst_ld, bool transpose) {
+  const bool refuse = nan == NanPolicy::kRefuse;
+  constexpr int64_t kBytes = numerics::kMxBlock / 2;
+  std::array<float, 16> value{};
+  std::array<T, 16> lut{};
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const uint8_t sc = scales[r * blocks + b];
+      if (sc == numerics::kE8m0Nan && refuse)
+        fail(ErrorKind::kNumeric, s.file, s.name,
+             "scale entry [" + std::to_string(r) + ", " + std::to_string(b) +
+                 "] is the E8M0 NaN code 0xFF",
+             "E8M0 codes 0..254 (the Automodel compat mode reproduces torch: 2^128 = inf)");
+      for (uint8_t c = 0; c < 16; ++c) {
+        value[c] = sc == numerics::kE8m0Nan
+                       ? numerics::e2m1_to_f32(c) * std::numeric_limits<float>::infinity()
+                       : numerics::dequant_mxfp4(c, sc);
+        encode_products(std::span<const float>(&value[c], 1), out, nan,
+                        reinterpret_cast<uint8_t*>(&lut[c]));
+      }
+      const uint8_t* in = packed + r * packed_cols + b * kBytes;
+      for (int64_t i = 0; i < 2 * kBytes; ++i) {
+        const auto code = static_cast<uint8_t>((i & 1) ? in[i / 2] >> 4 : in[i / 2] & 0xF);
+        const int64_t c = b * numerics::kMxBlock + i;
+        if (refuse && !std::isfinite(value[code]))
+          fail(ErrorKind::kNumeric, w.file, w.name,
+               "element [" + std::to_string(r) + ", " + std::to_string(c) + "] (E2M1 " +
+                   std::to_string(numerics::e2m1_to_f32(code)) + " x 2^" +
+                   std::to_string(sc - 127) + ") overflows float32",
+               "scales whose dequantized weights are finite");
+        dst[transpose ? c * dst_ld + r : r * dst_ld + c] = lut[code];
+      }
+    }
+}
+
+}  // namespace
+
 void dequant_mxfp4_into(const TensorSource& source, const DequantInput& in, Dtype out, uint8_t* dst,
                         int64_t dst_ld, bool transpose) {
   const SourceTensor& w = *in.weight;
   const SourceTensor& s = *in.mx_scale;
   const auto rows = static_cast<int64_t>(w.shape.at(0));
   const auto packed_cols = static_cast<int64_t>(w.shape.at(1));
-  const int64_t cols = 2 * packed_cols;
   const auto blocks = static_cast<int64_t>(s.shape.at(1));
   RawBuffer<uint8_t> packed(static_cast<size_t>(rows * packed_cols));
   source.read(w, 0, packed.span());
   RawBuffer<uint8_t> scales(static_cast<size_t>(rows * blocks));
   source.read(s, 0, scales.span());
-  const size_t esize = dtype_size(out);
-  const bool refuse = in.nan == NanPolicy::kRefuse;
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const uint8_t byte = packed[static_cast<size_t>(r * packed_cols + c / 2)];
-      const auto code = static_cast<uint8_t>((c & 1) ? byte >> 4 : byte & 0xF);
-      const uint8_t sc = scales[static_cast<size_t>(r * blocks + c / numerics::kMxBlock)];
-      float v;
-      if (sc == numerics::kE8m0Nan) {
-        if (refuse)
-          fail(ErrorKind::kNumeric, s.file, s.name,
-               "scale entry [" + std::to_string(r) + ", " + std::to_string(c / numerics::kMxBlock) +
-                   "] is the E8M0 NaN code 0xFF",
-               "E8M0 codes 0..254 (the Automodel compat mode reproduces torch: 2^128 = inf)");
-        v = numerics::e2m1_to_f32(code) * std::numeric_limits<float>::infinity();
-      } else {
-        v = numerics::dequant_mxfp4(code, sc);
-      }
-      if (refuse && !std::isfinite(v))
-        fail(ErrorKind::kNumeric, w.file, w.name,
-             "element [" + std::to_string(r) + ", " + std::to_string(c) + "] (E2M1 " +
-                 std::to_string(numerics::e2m1_to_f32(code)) + " x 2^" + std::to_string(sc - 127) +
-                 ") overflows float32",
-             "scales whose dequantized weights are finite");
-      const int64_t at = transpose ? c * dst_ld + r : r * dst_ld + c;
-      encode_products(std::span<const float>(&v, 1), out, in.nan,
-                      dst + static_cast<size_t>(at) * esize);
-    }
+  if (out == Dtype::F32)
+    mxfp4_rows(w, s, packed.data(), scales.data(), rows, packed_cols, blocks, out, in.nan,
+               reinterpret_cast<uint32_t*>(dst), dst_ld, transpose);
+  else
+    mxfp4_rows(w, s, packed.data(), scales.data(), rows, packed_cols, blocks, out, in.nan,
+               reinterpret_cast<uint16_t*>(dst), dst_ld, transpose);
 }
 
 std::vector<float> dequant_products(const TensorSource& source, const DequantInput& in,

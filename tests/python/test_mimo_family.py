@@ -4,6 +4,7 @@ folder reader and the in-memory adapter."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -81,3 +82,22 @@ def test_v25_pro_matches_automodels_mimo_v25_adapter(mg):
     assert_same(ref.to_hf(dict(native)), ours.to_hf(native), "to_hf", order=False)
     with pytest.raises(moeckpt.UnsupportedLayoutError, match="FP8 export is unsupported"):
         ours.to_hf(native, quantization=True)
+
+
+def test_v26_quantized_export_from_python_writes_the_published_layout(tmp_path):
+    hf_dir = V26 / "tp4" / "hf"
+    native = moeckpt.from_hf_dir(hf_dir)
+    # The TP degree comes from the index beside the config, as from_hf reads it.
+    ours = moeckpt.MiMoV2FlashStateDictAdapter(hf_dir)
+    out = ours.to_hf(native, quantization=True)
+    from safetensors.torch import load_file
+    src = {}
+    for f in sorted(hf_dir.glob("*.safetensors")):
+        src.update(load_file(f))
+    for k in ("model.layers.0.self_attn.qkv_proj.weight", "model.layers.0.self_attn.qkv_proj.weight_scale_inv",
+              "model.layers.1.mlp.experts.0.gate_proj.weight_scale"):
+        assert out[k].dtype == src[k].dtype and out[k].shape == src[k].shape
+        assert torch.equal(out[k].view(torch.uint8), src[k].view(torch.uint8)), k
+    report = moeckpt.to_hf_dir(native, tmp_path / "out", hf_dir)
+    assert report.tensors == len(out)
+    assert json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["metadata"]["tp_size"] == 4

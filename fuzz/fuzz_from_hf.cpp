@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "adapter/checkpoint_validation.hpp"
 #include "adapter/validate.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"

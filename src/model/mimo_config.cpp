@@ -113,7 +113,8 @@ MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
   // The attention layout: "split" (MiMo-V2-Flash) or "fused_qkv" (the default of model_type
   // "mimo_v2", MiMo-V2.6; MiMo-V2.5-Pro, MiMoV25ForCausalLM, keeps it fused natively).
   const auto model_type = doc.find("model_type");
-  const bool mimo_v2 = model_type != doc.end() && model_type->is_string() && *model_type == "mimo_v2";
+  const bool mimo_v2 =
+      model_type != doc.end() && model_type->is_string() && *model_type == "mimo_v2";
   bool v25 = false;
   if (auto arch = doc.find("architectures"); arch != doc.end() && arch->is_array())
     for (const auto& a : *arch) v25 = v25 || (a.is_string() && a == "MiMoV25ForCausalLM");

@@ -53,10 +53,10 @@ TEST(ErrorKind, MalformedFiles) {
 }
 
 TEST(ErrorKind, TensorsThatDisagreeWithTheConfig) {
-  for (const char* c : {"weight_shape_disagrees", "config_hidden_size_disagrees",
-                        "config_more_layers_than_tensors", "missing_q_proj", "missing_whole_expert",
-                        "expert_id_out_of_range", "scale_too_few_rows", "config_block_size_double",
-                        "expert_in_dense_layer"})
+  for (const char* c :
+       {"weight_shape_disagrees", "config_hidden_size_disagrees", "config_more_layers_than_tensors",
+        "missing_q_proj", "missing_whole_expert", "expert_id_out_of_range", "scale_too_few_rows",
+        "config_block_size_double", "expert_in_dense_layer"})
     EXPECT_EQ(from_hf_kind(c), ErrorKind::kConfigMismatch) << c;
 }
 

@@ -81,6 +81,9 @@ struct ToHfOptions {
   // A fused-QKV (MiMo-V2.6) export: the TP degree the qkv_proj rows are interleaved over; 0: the
   // one the native folder records (moeckpt.checkpoint_tp_size), else 1.
   int64_t tp_size = 0;
+  // convert_single_tensor_to_hf: one tensor on its own. Automodel 0.7.0 casts such a tensor of a
+  // MiMo-V2.6 model (its to_hf refuses to quantize the whole state dict).
+  bool single_tensor = false;
 };
 
 // What to-hf writes under these options: in an Automodel mode, that version's behaviour (0.6:

@@ -460,6 +460,7 @@ NB_MODULE(_core, m) {
          int64_t expert_start, const std::string& attn, int64_t tp_size) {
         auto entries = entries_of({row});
         auto o = to_hf_options(quant, compat, exclude, prefix, false, attn, tp_size);
+        o.single_tensor = true;
         Converted out;
         {
           nb::gil_scoped_release release;

@@ -35,6 +35,7 @@ std::vector<NamedTensor> convert_single_tensor_to_hf(const std::string& fqn, Dty
   MemorySource source({{fqn, dtype, shape, bytes}});
   ToHfOptions o = options;
   o.require_all_experts = false;
+  o.single_tensor = true;
   auto plan = plan_to_hf(source, config, o, {expert_start});
   return run_in_memory(plan, source);
 }

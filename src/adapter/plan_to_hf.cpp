@@ -37,7 +37,10 @@ class ToHfPlanner {
     // MiMo-V2.6 (fused QKV, MXFP4 experts). Automodel 0.7.0 refuses a quantized export; the
     // default mode's block quantization writes the published layout back (fused qkv_proj over
     // the TP degree, MXFP4 experts); a cast has no such layout.
-    if (c_.fused_qkv && effective_quant(o_) != QuantMode::kNone) {
+    // A single MiMo-V2.6 tensor in compat mode is cast as 0.7.0's convert_single_tensor_to_hf
+    // does (the split layout's path below).
+    const bool compat_single = compat_ && o_.single_tensor && !c_.fused_native;
+    if (c_.fused_qkv && effective_quant(o_) != QuantMode::kNone && !compat_single) {
       if (compat_)
         fail(ErrorKind::kUnsupportedLayout, "", "",
              c_.fused_native ? "MiMo-V2.5-Pro FP8 export is unsupported; use quantization=False to "

@@ -322,6 +322,33 @@ TEST_F(MimoV26, TheTpDegreeCanBeChangedOnExport) {
   }
 }
 
+// Automodel 0.7.0's convert_single_tensor_to_hf casts one V2.6 tensor on its own (with ones
+// scales, the full-attention k scale padded to 8 rows), though its to_hf refuses to quantize.
+TEST_F(MimoV26, CompatSingleTensorsAreCast) {
+  from_hf_dir(kV26 / "tp2" / "hf", dir_ / "native", {});
+  auto native = tensors_of(dir_ / "native");
+  auto config = MimoConfig::load(kV26 / "tp2" / "hf" / "config.json");
+  ToHfOptions o;
+  o.compat = Compat::kAutomodel07;
+  o.quant = QuantMode::kCast;
+  for (const char* name :
+       {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"}) {
+    const auto& [dt, shape, bytes] = native.at(name);
+    auto out = convert_single_tensor_to_hf(name, dt, shape, bytes, config, o, 0);
+    ASSERT_EQ(out.size(), 2u) << name;
+    EXPECT_EQ(out[0].dtype, Dtype::F8_E4M3);
+    EXPECT_EQ(out[1].name, std::string(name) + "_scale_inv");
+    const uint64_t want_rows = std::string(name).find("k_proj") != std::string::npos ? 8 : 3;
+    EXPECT_EQ(out[1].shape, (std::vector<uint64_t>{want_rows, 1})) << name;
+  }
+  o.compat = Compat::kNone;  // the default mode writes whole layers in the published layout only
+  o.quant = QuantMode::kBlock;
+  const auto& [dt, shape, bytes] = native.at("model.layers.0.self_attn.q_proj.weight");
+  EXPECT_THROW(convert_single_tensor_to_hf("model.layers.0.self_attn.q_proj.weight", dt, shape,
+                                           bytes, config, o, 0),
+               Error);
+}
+
 // MiMo-V2.5-Pro: qkv_proj stays fused natively (canonical [Q, K, V]); the default export
 // re-interleaves it over num_key_value_heads with a grid per shard, exactly; no quantization keeps
 // the fused layout in the config; Automodel's refusal of a quantized export in compat mode.

@@ -101,3 +101,16 @@ def test_v26_quantized_export_from_python_writes_the_published_layout(tmp_path):
     report = moeckpt.to_hf_dir(native, tmp_path / "out", hf_dir)
     assert report.tensors == len(out)
     assert json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["metadata"]["tp_size"] == 4
+
+
+def test_v26_convert_single_tensor_casts_as_automodel_does():
+    """0.7.0's convert_single_tensor_to_hf casts a V2.6 tensor on its own (its to_hf refuses)."""
+    hf_dir = V26 / "tp2" / "hf"
+    ref = _v26_goldens().make_adapter(str(hf_dir))
+    native = moeckpt.from_hf_dir(hf_dir)
+    ours = moeckpt.MiMoV2FlashStateDictAdapter(hf_dir, compat="automodel")
+    for key in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight",
+                "model.layers.1.mlp.experts.gate_and_up_projs", "model.layers.0.self_attn.o_proj.weight"):
+        want = dict(ref.convert_single_tensor_to_hf(key, native[key], quantization=True))
+        got = dict(ours.convert_single_tensor_to_hf(key, native[key], quantization=True))
+        assert_same(want, got, key)

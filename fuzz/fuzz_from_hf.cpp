@@ -79,7 +79,7 @@ struct Workspace {
   }
 };
 
-void convert(const moeckpt::TensorSource& src, const moeckpt::MimoConfig& config,
+void convert(const moeckpt::TensorSource& src, const moeckpt::ModelConfig& config,
              const moeckpt::FromHfOptions& o) {
   auto plan = moeckpt::plan_from_hf(src, config, o);
   moeckpt::ExecOptions exec;
@@ -111,7 +111,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (size_t i = 0; i < kFiles.size(); ++i) ws.put(i, files[i]);
 
   try {
-    auto config = moeckpt::MimoConfig::load(ws.dir / "config.json");
+    auto config = moeckpt::ModelConfig::load(ws.dir / "config.json");
     moeckpt::CheckpointSource src({ws.dir});
     // verify's and inspect's validation (plan + data scan) ...
     moeckpt::validate_checkpoint(src, config, {true, 1});
@@ -121,7 +121,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (auto compat : {moeckpt::Compat::kNone, moeckpt::Compat::kAutomodel07})
     for (int64_t rank : {-1, 1}) {
       try {
-        auto config = moeckpt::MimoConfig::load(ws.dir / "config.json");
+        auto config = moeckpt::ModelConfig::load(ws.dir / "config.json");
         moeckpt::CheckpointSource src({ws.dir});
         moeckpt::FromHfOptions o;
         o.compat = compat;

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Fails (exit 1) when a source file includes a header of a layer it may not use.
+"""Fails (exit 1) when a source file includes a header of a layer it may not use, or names a
+checkpoint family outside that family's spec folder (src/model/<family>/).
 
     python3 tools/check_layers.py [ROOT]
 
@@ -33,13 +34,16 @@ PUBLIC = {
     "dtype": "safetensors", "safetensors": "safetensors", "safetensors_writer": "safetensors",
     "tensor_source": "safetensors",
     "numerics": "numerics", "kernels": "numerics", "mxfp4": "numerics",
-    "mimo_config": "model", "mimo_rules": "model", "tensor_key": "model", "scale_layout": "model",
-    "tp_interleaved_qkv": "model",
+    "model_config": "model", "model_spec": "model", "compat": "model", "tensor_key": "model",
+    "scale_layout": "model", "tp_interleaved_qkv": "model",
     "plan": "exec",
     "adapter": "adapter",
     "inspect": "tools", "verify": "tools", "synth": "tools",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+# A checkpoint family is named only inside its spec (src/model/<family>/): everything else asks
+# the spec (ModelSpec) and stays model-agnostic.
+FAMILY_WORDS = re.compile(r"mimo|deepseek", re.I)
 
 
 def layer_of_header(path: str) -> str | None:
@@ -56,6 +60,13 @@ def main(argv: list[str]) -> int:
     files += [(p, PUBLIC.get(p.stem, "unknown")) for p in sorted((root / "include" / "moeckpt").glob("*.hpp"))]
     files += [(p, "python") for p in sorted((root / "python" / "src").rglob("*.cpp"))]
     bad = []
+    for path, _ in files:
+        rel = path.relative_to(root)
+        if rel.parts[:2] == ("src", "model") and (len(rel.parts) > 3 or rel.name == "model_registry.cpp"):
+            continue  # a family's own folder, and the registry that lists the families
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if FAMILY_WORDS.search(line):
+                bad.append(f"{rel}:{n}: names a checkpoint family outside its spec (src/model/<family>/)")
     for path, layer in files:
         if layer not in ALLOWED:
             bad.append(f"{path.relative_to(root)}: file of no known layer ({layer})")

@@ -1,6 +1,7 @@
 #pragma once
-// The MiMo-V2-Flash state-dict adapter (../shared/spec/ADAPTER.md): HF layout <-> native
-// (grouped-expert) layout, as plans over tensor sources, with a bit-exact Automodel mode.
+// The state-dict adapter (../shared/spec/ADAPTER.md): HF layout <-> native (grouped-expert)
+// layout of any registered family (ModelSpec), as plans over tensor sources, with a bit-exact
+// Automodel mode.
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -9,27 +10,17 @@
 #include <utility>
 #include <vector>
 
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/compat.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/plan.hpp"
 
 namespace moeckpt {
 
-// Which NeMo Automodel MiMoV2FlashStateDictAdapter to reproduce byte for byte (kNone: moeckpt's
-// own, lossless behaviour). 0.6 (before 0.7) ignores to_hf's `quantization` and always emits FP8
-// with ones scales; 0.7 honours it (default False) and never quantizes visual./audio. keys.
-enum class Compat { kNone, kAutomodel06, kAutomodel07 };
-inline constexpr Compat kNewestAutomodel = Compat::kAutomodel07;
-inline bool is_automodel(Compat c) noexcept {
-  return c != Compat::kNone;
-}
 // "none", "automodel-0.6", "automodel-0.7".
 std::string_view compat_name(Compat c) noexcept;
 // Those names, and "automodel" (the newest version); nullopt for anything else.
 std::optional<Compat> parse_compat(std::string_view name);
 
-// Automodel's attention backend, which names the native sink: "sdpa" attention_sink_bias (as HF),
-// "te" attn_module.softmax_offset (F32).
-enum class AttnBackend { kSdpa, kTe };
 std::string_view attn_backend_name(AttnBackend b) noexcept;
 std::optional<AttnBackend> parse_attn_backend(std::string_view name);
 
@@ -78,11 +69,11 @@ struct ToHfOptions {
   // of either name is written back as attention_sink_bias in BF16 (as published); an Automodel
   // mode renames only under kTe and keeps the dtype, as that version does.
   AttnBackend attn_backend = AttnBackend::kSdpa;
-  // A fused-QKV (MiMo-V2.6) export: the TP degree the qkv_proj rows are interleaved over; 0: the
+  // A fused-QKV export: the TP degree the qkv_proj rows are interleaved over; 0: the
   // one the native folder records (moeckpt.checkpoint_tp_size), else 1.
   int64_t tp_size = 0;
   // convert_single_tensor_to_hf: one tensor on its own. Automodel 0.7.0 casts such a tensor of a
-  // MiMo-V2.6 model (its to_hf refuses to quantize the whole state dict).
+  // fused-QKV model split natively (its to_hf refuses to quantize the whole state dict).
   bool single_tensor = false;
 };
 
@@ -109,13 +100,13 @@ inline constexpr const char* kMetaExpertCount = "moeckpt.expert_count";
 // name, dtype and shape, and the content of every scale and every tensor of at most 4 MiB: norms,
 // routers, biases). to-hf refuses rank folders whose fingerprints differ.
 inline constexpr const char* kMetaSourceFingerprint = "moeckpt.source_fingerprint";
-// The checkpoint TP degree of a fused-QKV (MiMo-V2.6) source, so that to-hf writes it back so.
+// The checkpoint TP degree of a fused-QKV source, so that to-hf writes it back so.
 inline constexpr const char* kMetaCheckpointTp = "moeckpt.checkpoint_tp_size";
 
 // Plans. Validation happens here: a bad input fails before any output exists.
-Plan plan_from_hf(const TensorSource& hf, const MimoConfig& config, const FromHfOptions& options);
+Plan plan_from_hf(const TensorSource& hf, const ModelConfig& config, const FromHfOptions& options);
 // `expert_start[part]` is the first global expert id held by part `part` of a native source.
-Plan plan_to_hf(const TensorSource& native, const MimoConfig& config, const ToHfOptions& options,
+Plan plan_to_hf(const TensorSource& native, const ModelConfig& config, const ToHfOptions& options,
                 const std::vector<int64_t>& expert_start);
 
 // In-memory conversion: converted tensors in plan order.
@@ -133,7 +124,7 @@ std::vector<NamedTensor> run_in_memory(const Plan& plan, const TensorSource& sou
 std::vector<NamedTensor> convert_single_tensor_to_hf(const std::string& fqn, Dtype dtype,
                                                      const std::vector<uint64_t>& shape,
                                                      std::span<const uint8_t> bytes,
-                                                     const MimoConfig& config,
+                                                     const ModelConfig& config,
                                                      const ToHfOptions& options,
                                                      int64_t expert_start = 0);
 
@@ -180,7 +171,7 @@ ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesyste
                           const FromHfOptions& options, const ConvertOptions& convert = {});
 // to-hf of tensors in memory (the Python package's to_hf_dir) through the same job layer: the
 // resume fingerprint holds each input tensor's content checksum.
-ConvertReport to_hf_dir_from_memory(const MemorySource& native, const MimoConfig& config,
+ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfig& config,
                                     const std::filesystem::path& dst, const ToHfOptions& options,
                                     int64_t expert_start, const ConvertOptions& convert = {});
 // HF -> HF in one pass (plan_from_hf without grouping / plan_to_hf of an HF source): an FP8

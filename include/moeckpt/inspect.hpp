@@ -39,6 +39,7 @@ struct InspectReport {
   uint64_t total_bytes = 0;
   std::map<std::string, DtypeTotal> by_dtype;
   bool has_config = false;
+  std::string model;  // the family and layout config.json describes, as its spec names it
   int64_t layers = 0, full_layers = 0, swa_layers = 0, dense_layers = 0, moe_layers = 0;
   int64_t mtp_layers = 0;
   int64_t n_routed_experts = 0;

@@ -1,6 +1,6 @@
 #pragma once
-// Synthetic MiMo-V2-Flash-shaped FP8 checkpoints with every structural feature of the real one
-// (../shared/spec/MIMO_V2_FLASH.md), deterministic for a seed.
+// Synthetic checkpoints of a family's presets (tiny and real dimensions) with every structural
+// feature of the real one, deterministic for a seed.
 #include <cstdint>
 #include <filesystem>
 #include <optional>

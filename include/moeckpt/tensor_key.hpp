@@ -1,6 +1,6 @@
 #pragma once
-// Classifies a MiMo-V2-Flash tensor name: what it is, which layer/expert/projection, its prefix,
-// and whether it is a `_scale_inv` companion.
+// What a tensor is, as a family's spec classifies its name (ModelSpec::classify): kind, layer,
+// expert, projection, prefix, and whether it is a scale companion.
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -24,7 +24,7 @@ enum class TensorKind {
   kOther,
 };
 
-// kQkv: MiMo-V2.6's fused self_attn.qkv_proj (rows interleaved over the checkpoint TP degree).
+// kQkv: one fused q/k/v projection (rows interleaved over the checkpoint TP degree).
 enum class Projection { kNone, kQ, kK, kV, kO, kGate, kUp, kDown, kGateAndUp, kQkv };
 
 struct TensorKey {
@@ -40,10 +40,6 @@ struct TensorKey {
   std::optional<int64_t> expert;
 };
 
-TensorKey classify_tensor_name(std::string_view name);
-// For "...self_attn.{q,k,v}_proj.weight", the text up to and including "self_attn." (the names of
-// the layer's other projections and scales are built on it).
-std::string self_attn_prefix(std::string_view qkv_weight_name);
 std::string_view tensor_kind_name(TensorKind kind) noexcept;
 std::string_view projection_name(Projection p) noexcept;
 

@@ -1,12 +1,12 @@
 #pragma once
-// MiMo-V2.6's fused attention projection: `self_attn.qkv_proj.weight` holds the checkpoint's TP
-// shards one after the other, shard t being [Q_t, K_t, V_t] (each projection's rows split evenly
-// over the TP degree), each shard with its own block-scale grid.
+// A fused attention projection (qkv_proj) holding the checkpoint's TP shards one after the other,
+// shard t being [Q_t, K_t, V_t] (each projection's rows split evenly over the TP degree), each
+// shard with its own block-scale grid.
 #include <cstdint>
 #include <map>
 #include <string>
 
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_config.hpp"
 
 namespace moeckpt {
 
@@ -26,11 +26,11 @@ struct TpInterleavedQkv {
 // not divide (errors name `file` and `tensor`).
 TpInterleavedQkv tp_interleaved_qkv(const AttentionDims& dims, int64_t tp, const std::string& file,
                                     const std::string& tensor);
-// MiMo-V2.5-Pro's rule (Automodel's mimo_v25 adapter): heads / tp query heads per shard (floor),
-// and at least one key/value head per shard (a layer with fewer key/value heads than shards
-// repeats them); `exact` refuses both cases instead (the default mode).
-TpInterleavedQkv tp_interleaved_qkv_v25(const AttentionDims& dims, int64_t tp, bool exact,
-                                        const std::string& file, const std::string& tensor);
+// Automodel's rounding rule for a degree fixed by the family: heads / tp query heads per shard
+// (floor), and at least one key/value head per shard (a layer with fewer key/value heads than
+// shards repeats them); `exact` refuses both cases instead (the default mode).
+TpInterleavedQkv tp_interleaved_qkv_rounded(const AttentionDims& dims, int64_t tp, bool exact,
+                                            const std::string& file, const std::string& tensor);
 // Row of canonical [Q, K, V] row `r` (all shards' Q, then K, then V) in the interleaved layout.
 int64_t interleaved_row(const TpInterleavedQkv& l, int64_t canonical_row) noexcept;
 

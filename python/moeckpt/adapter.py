@@ -1,20 +1,12 @@
 """A drop-in for NeMo Automodel's ``MiMoV2FlashStateDictAdapter`` backed by the C++ engine."""
 from __future__ import annotations
 
-import re
 from typing import Any, Optional
 
 import torch
 
 from . import _core
 from . import _tensors as T
-
-_EXPERT_KEY = re.compile(
-    r"(?P<prefix>(?:model\.)?(?:language_model\.)?)layers\.(?P<layer>\d+)\.mlp\.experts\.(?P<id>\d+)\."
-    r"(?P<proj>gate_proj|up_proj|down_proj)\.weight$"
-)
-_GROUPED_KEY = re.compile(r"(?P<prefix>.*?)layers\.(?P<layer>\d+)\.mlp\.experts\.(?P<kind>gate_and_up_projs|down_projs)$")
-
 
 def should_quantize_key(key: str, compat: str = "automodel") -> bool:
     """Automodel's ``_should_quantize_key``: the keys its ``to_hf`` casts to FP8 (ends in ``.weight``;
@@ -30,7 +22,8 @@ def is_published_fp8_key(key: str) -> bool:
 
 
 def is_grouped_expert_key(key: str) -> bool:
-    return _GROUPED_KEY.match(key) is not None
+    """A native grouped-expert tensor's key (the reference family's names)."""
+    return _core.is_grouped_expert_key(key)
 
 
 def _ep_mesh(device_mesh: Any) -> Any:
@@ -127,8 +120,9 @@ class MiMoV2FlashStateDictAdapter:
         """
         del kwargs
         for key in hf_state_dict:
-            if ".mlp.experts." in key and key.endswith(".weight"):
-                self._uses_model_prefix = key.startswith("model.")
+            target = self._config.grouped_target(key)
+            if target is not None:
+                self._uses_model_prefix = target[2].startswith("model.")
                 break
         if device_mesh is not None:
             rank, size = _mesh_rank_size(device_mesh)
@@ -145,7 +139,7 @@ class MiMoV2FlashStateDictAdapter:
         if device is not None and device.type != "cpu":
             result = {k: v.to(device) for k, v in result.items()}
         if device_mesh is not None:
-            result = {k: (self._as_dtensor(v, device_mesh, rank, size) if is_grouped_expert_key(k) else v)
+            result = {k: (self._as_dtensor(v, device_mesh, rank, size) if self._config.is_grouped_expert_key(k) else v)
                       for k, v in result.items()}
         return result
 
@@ -155,10 +149,9 @@ class MiMoV2FlashStateDictAdapter:
         pos = {k: i for i, k in enumerate(input_keys)}
         last: dict[str, int] = {}
         for i, k in enumerate(input_keys):
-            m = _EXPERT_KEY.match(k)
-            if m and first <= int(m["id"]) < first + count:
-                kind = "down_projs" if m["proj"] == "down_proj" else "gate_and_up_projs"
-                last[f"{m['prefix']}layers.{m['layer']}.mlp.experts.{kind}"] = i
+            target = self._config.grouped_target(k)
+            if target is not None and first <= target[1] < first + count:
+                last[target[0]] = i
         items = list(result.items())
         order = sorted(range(len(items)), key=lambda j: (_key_pos(items[j][0], pos, last), j))
         return {items[j][0]: items[j][1] for j in order}
@@ -232,7 +225,7 @@ class MiMoV2FlashStateDictAdapter:
         # Grouped experts are all DTensor shards or all plain tensors: a mix (a DTensor
         # gate_and_up_projs beside a plain down_projs) has no consistent expert range, and is refused
         # before anything is converted, the same way on every rank.
-        grouped = {k: T.is_dtensor(v) for k, v in state_dict.items() if is_grouped_expert_key(k)}
+        grouped = {k: T.is_dtensor(v) for k, v in state_dict.items() if self._config.is_grouped_expert_key(k)}
         if len(set(grouped.values())) > 1:
             dt = next(k for k, d in grouped.items() if d)
             plain = next(k for k, d in grouped.items() if not d)
@@ -241,7 +234,7 @@ class MiMoV2FlashStateDictAdapter:
         items, starts, partial = [], set(), False
         for k, v in state_dict.items():
             if T.is_dtensor(v):
-                if is_grouped_expert_key(k):
+                if self._config.is_grouped_expert_key(k):
                     local, first = _local_expert_shard(v, n)
                     starts.add(first)
                     partial = True
@@ -249,7 +242,7 @@ class MiMoV2FlashStateDictAdapter:
                 else:
                     items.append((k, v.full_tensor()))
                 continue
-            if is_grouped_expert_key(k) and isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] != n:
+            if self._config.is_grouped_expert_key(k) and isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] != n:
                 if self._compat:
                     raise ValueError(f"Expected first dimension to be {n}, got {v.shape[0]}")
                 first, count = _core.expert_range(n, self.ep_size, self.ep_rank)

@@ -11,7 +11,7 @@ import torch
 
 from . import _core
 from . import _tensors as T
-from .adapter import MiMoV2FlashStateDictAdapter, _mesh_rank_size, is_grouped_expert_key
+from .adapter import MiMoV2FlashStateDictAdapter, _mesh_rank_size
 
 class WriteReport(NamedTuple):
     tensors: int
@@ -56,7 +56,7 @@ def from_hf_dir(
         result = {k: v.to(device) for k, v in result.items()}
     if device_mesh is not None:
         adapter = MiMoV2FlashStateDictAdapter(json.loads(_config_text), dtype=dtype, compat=compat)
-        result = {k: (adapter._as_dtensor(v, device_mesh, ep_rank, ep_size) if is_grouped_expert_key(k) else v)
+        result = {k: (adapter._as_dtensor(v, device_mesh, ep_rank, ep_size) if adapter._config.is_grouped_expert_key(k) else v)
                   for k, v in result.items()}
     return result
 

@@ -29,7 +29,7 @@
 #include "io/hub_cache.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_config.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/safetensors_writer.hpp"
 #include "moeckpt/synth.hpp"
@@ -90,9 +90,29 @@ Dtype out_dtype_of(const std::string& d) {
 
 // A parsed config.json (parsed once per adapter).
 struct Config {
-  MimoConfig config;
+  ModelConfig config;
   std::string text;  // the document as given, written into output folders
+  std::shared_ptr<const ModelSpec> spec;
 };
+
+// The grouped tensor an HF key's expert weight goes to: (grouped name, expert id, key prefix), or
+// None when the family's spec does not group it.
+std::optional<std::tuple<std::string, int64_t, std::string>> grouped_target(const ModelSpec& spec,
+                                                                            const std::string& k) {
+  const auto key = spec.classify(k);
+  if (key.is_scale || !spec.is_grouped_expert(key)) return std::nullopt;
+  for (const auto& g : spec.expert_groupings())
+    for (Projection p : g.parts)
+      if (p == key.projection)
+        return std::make_tuple(spec.grouped_experts_name(key.prefix, *key.layer, g.grouped),
+                               *key.expert, key.prefix);
+  return std::nullopt;
+}
+
+const ModelSpec& reference_spec() {
+  static const auto spec = model_spec_for(ModelConfig{});
+  return *spec;
+}
 
 // An output tensor's memory, written by the engine and then owned by a torch tensor. Large buffers
 // are anonymous mappings: the kernel's zeroed pages are the only initialization (a std::vector
@@ -328,7 +348,9 @@ NB_MODULE(_core, m) {
               fail(ErrorKind::kMalformedFile, where, "",
                    std::string("config is not valid JSON: ") + e.what());
             }
-            new (self) Config{MimoConfig::parse(doc, where), text};
+            auto config = ModelConfig::parse(doc, where);
+            std::shared_ptr<const ModelSpec> spec = model_spec_for(config);
+            new (self) Config{std::move(config), text, std::move(spec)};
           },
           nb::arg("text"), nb::arg("where") = "config.json")
       .def_prop_ro("n_routed_experts", [](const Config& c) { return c.config.n_routed_experts; })
@@ -336,7 +358,24 @@ NB_MODULE(_core, m) {
                    [](const Config& c) { return c.config.moe_intermediate_size; })
       .def_prop_ro("hidden_size", [](const Config& c) { return c.config.hidden_size; })
       .def_prop_ro("num_hidden_layers", [](const Config& c) { return c.config.num_hidden_layers; })
-      .def_prop_ro("text", [](const Config& c) { return c.text; });
+      .def_prop_ro("text", [](const Config& c) { return c.text; })
+      .def_prop_ro("model", [](const Config& c) { return std::string(c.spec->layout_name()); })
+      .def(
+          "grouped_target",
+          [](const Config& c, const std::string& k) { return grouped_target(*c.spec, k); },
+          nb::arg("key"))
+      .def(
+          "is_grouped_expert_key",
+          [](const Config& c, const std::string& k) {
+            return c.spec->classify(k).kind == TensorKind::kGroupedExperts;
+          },
+          nb::arg("key"));
+  m.def(
+      "is_grouped_expert_key",
+      [](const std::string& k) {
+        return reference_spec().classify(k).kind == TensorKind::kGroupedExperts;
+      },
+      nb::arg("key"));
 
   m.def(
       "should_quantize_key",
@@ -417,7 +456,7 @@ NB_MODULE(_core, m) {
         {
           nb::gil_scoped_release release;
           config_text = io::read_small_file(fs::path(dir) / "config.json", 64ull << 20);
-          MimoConfig config = MimoConfig::load(fs::path(dir) / "config.json");
+          ModelConfig config = ModelConfig::load(fs::path(dir) / "config.json");
           CheckpointSource src({fs::path(dir)});
           Plan plan = plan_from_hf(src, config, o);
           metadata = plan.metadata;

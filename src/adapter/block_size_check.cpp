@@ -11,8 +11,6 @@
 namespace moeckpt {
 namespace {
 
-constexpr std::string_view kScaleSuffix = "_scale_inv";
-
 // Along one axis: how many weights have `dim` elements and `blocks` scale entries, with the
 // first such scale as the example an error names.
 struct AxisGrids {
@@ -49,15 +47,16 @@ struct AxisGrids {
 
 }  // namespace
 
-void check_block_size_matches_scales(const TensorSource& src, const BlockSize& block) {
+void check_block_size_matches_scales(const TensorSource& src, const ModelSpec& spec,
+                                     const BlockSize& block) {
   AxisGrids rows, cols;
   int64_t total = 0;
   for (const auto& s : src.tensors()) {
-    if (!s.name.ends_with(kScaleSuffix) || s.shape.size() != 2) continue;
-    const auto* w =
-        src.find(std::string_view(s.name).substr(0, s.name.size() - kScaleSuffix.size()));
+    if (!spec.is_block_scale(s.name) || s.shape.size() != 2) continue;
+    const auto key = spec.classify(s.name);
+    const auto* w = src.find(key.weight_name);
     // Fused QKV weights carry one grid per checkpoint TP shard (checked by the planner).
-    if (!w || w->shape.size() != 2 || w->name.ends_with(".qkv_proj.weight")) continue;
+    if (!w || w->shape.size() != 2 || key.projection == Projection::kQkv) continue;
     const auto R = static_cast<int64_t>(w->shape[0]), C = static_cast<int64_t>(w->shape[1]);
     const auto SR = static_cast<int64_t>(s.shape[0]), SC = static_cast<int64_t>(s.shape[1]);
     if (R == 0 || C == 0 || SR == 0 || SC == 0)
@@ -78,8 +77,7 @@ void check_block_size_matches_scales(const TensorSource& src, const BlockSize& b
         example = v.second;
         break;
       }
-    const auto* w = src.find(
-        std::string_view(example->name).substr(0, example->name.size() - kScaleSuffix.size()));
+    const auto* w = src.find(spec.classify(example->name).weight_name);
     const size_t a = is_rows ? 0 : 1;
     const auto dim = static_cast<int64_t>(w->shape[a]);
     fail(ErrorKind::kConfigMismatch, example->file, example->name,

@@ -5,18 +5,21 @@
 
 namespace moeckpt {
 
-void validate_checkpoint(const TensorSource& src, const MimoConfig& config,
+void validate_checkpoint(const TensorSource& src, const ModelConfig& config,
                          const ValidateOptions& o) {
-  if (is_native_layout(src)) {
-    auto starts = check_native_metadata(src, config);
+  const auto spec = model_spec_for(config);
+  if (is_native_layout(src, *spec)) {
+    auto starts = check_native_metadata(src, *spec);
     ToHfOptions th;
     // One EP rank's folder holds only its experts.
     auto md = src.metadata(0);
     auto ws = md.find(kMetaEpSize);
     th.require_all_experts = src.parts() > 1 || ws == md.end() || ws->second == "1";
-    if (config.fused_qkv) th.quant = QuantMode::kNone;  // the only export of that family now
+    // A fused-QKV family's published layout needs a whole folder; the split export validates
+    // every tensor just the same.
+    if (spec->hf_qkv_fused()) th.quant = QuantMode::kNone;
     (void)plan_to_hf(src, config, th, starts);
-    if (o.scan_data) scan_native_non_finite(src, o.threads);
+    if (o.scan_data) scan_native_non_finite(src, *spec, o.threads);
     return;
   }
   FromHfOptions fh;

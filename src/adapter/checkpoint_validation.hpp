@@ -2,7 +2,7 @@
 // The whole validation a conversion of a folder would do, for verify and inspect: it plans the
 // conversion (the planners call the checks of validate.hpp; this file sits above both, so the
 // checks never call a planner).
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_config.hpp"
 #include "moeckpt/tensor_source.hpp"
 
 namespace moeckpt {
@@ -12,7 +12,7 @@ struct ValidateOptions {
   unsigned threads = 0;
 };
 // HF folders as from-hf sees them, native folders as to-hf does (plan + data scans).
-void validate_checkpoint(const TensorSource& src, const MimoConfig& config,
+void validate_checkpoint(const TensorSource& src, const ModelConfig& config,
                          const ValidateOptions& options = {});
 
 }  // namespace moeckpt

@@ -29,7 +29,7 @@ std::vector<NamedTensor> run_in_memory(const Plan& plan, const TensorSource& sou
 std::vector<NamedTensor> convert_single_tensor_to_hf(const std::string& fqn, Dtype dtype,
                                                      const std::vector<uint64_t>& shape,
                                                      std::span<const uint8_t> bytes,
-                                                     const MimoConfig& config,
+                                                     const ModelConfig& config,
                                                      const ToHfOptions& options,
                                                      int64_t expert_start) {
   MemorySource source({{fqn, dtype, shape, bytes}});
@@ -146,14 +146,13 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
 }
 
 // config.json of an HF output: quantization_config present exactly when FP8 is written.
-std::string hf_config_text(const MimoConfig& config, const ToHfOptions& options) {
+std::string hf_config_text(const ModelConfig& config, const ToHfOptions& options) {
   nlohmann::json out_config = config.raw;
   if (effective_quant(options) == QuantMode::kNone) {
     out_config.erase("quantization_config");
-    // A fused-QKV source is written with split q/k/v projections: the config says so, so the
+    // A fused-QKV source written with split q/k/v projections: the config says so, so the
     // output reads back (and fails no layout check) as the split layout it is.
-    if (config.fused_qkv && !config.fused_native)
-      out_config["attention_projection_layout"] = "split";
+    model_spec_for(config)->rewrite_export_config(out_config, false);
   } else if (!out_config.contains("quantization_config")) {
     out_config["quantization_config"] = {{"activation_scheme", "dynamic"},
                                          {"fmt", "e4m3"},
@@ -176,12 +175,13 @@ std::string to_hf_options_text(const ToHfOptions& options, const std::vector<int
 
 // kMetaSourceFingerprint of an HF source: the same for every EP rank converted from it, different
 // for another checkpoint of the same architecture (its norms, routers and scales differ).
-std::string source_fingerprint(const CheckpointSource& source, const std::string& config_text) {
+std::string source_fingerprint(const CheckpointSource& source, const ModelSpec& spec,
+                               const std::string& config_text) {
   constexpr uint64_t kSmall = 4ull << 20;
   std::string text = "config " + io::text_checksum(config_text) + "\n";
   for (const auto& t : source.tensors()) {
     text += fmt::format("{} {} {}", t.name, dtype_name(t.dtype), format_shape(t.shape));
-    if (t.nbytes <= kSmall || t.name.ends_with("_scale_inv")) {
+    if (t.nbytes <= kSmall || spec.is_block_scale(t.name)) {
       const auto bytes = source.read_all(t);
       text += " " + io::text_checksum({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
     }
@@ -216,11 +216,12 @@ ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHf
   // Parsed from the bytes that are copied to the output, read once.
   const auto config_path = src / "config.json";
   auto config_text = io::read_small_file(config_path, 64ull << 20);
-  MimoConfig config = MimoConfig::parse(
+  ModelConfig config = ModelConfig::parse(
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
   CheckpointSource source({src});
   Plan plan = plan_from_hf(source, config, within_budget(options, convert.exec));
-  plan.metadata[kMetaSourceFingerprint] = source_fingerprint(source, config_text);
+  plan.metadata[kMetaSourceFingerprint] =
+      source_fingerprint(source, *model_spec_for(config), config_text);
   const auto options_text =
       fmt::format("from-hf ep {}/{} dtype {} compat {} attn {}", options.ep_rank, options.ep_size,
                   dtype_name(options.dtype), compat_name(options.compat),
@@ -234,7 +235,7 @@ ConvertReport dequantize_dir(const fs::path& src, const fs::path& dst, const Fro
   const auto config_path = src / "config.json";
   const auto config_text = io::read_small_file(config_path, 64ull << 20);
   auto config_json = parse_strict_json(config_text, config_path.string(), "config");
-  MimoConfig config = MimoConfig::parse(config_json, config_path.string());
+  ModelConfig config = ModelConfig::parse(config_json, config_path.string());
   CheckpointSource source({src});
   FromHfOptions o = within_budget(options, convert.exec);
   o.group_experts = false;
@@ -250,7 +251,7 @@ ConvertReport dequantize_dir(const fs::path& src, const fs::path& dst, const Fro
 
 ConvertReport quantize_dir(const fs::path& src, const fs::path& dst, const ToHfOptions& options,
                            const ConvertOptions& convert) {
-  MimoConfig config = MimoConfig::load(src / "config.json");
+  ModelConfig config = ModelConfig::load(src / "config.json");
   CheckpointSource source({src});
   ToHfOptions o = within_budget(options, convert.exec);
   o.hf_source = true;
@@ -267,7 +268,7 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
                          const ConvertOptions& convert) {
   if (srcs.empty()) fail(ErrorKind::kInvalidArgument, "", "", "no input folder");
   const fs::path cfg = config_path ? *config_path : srcs.front() / "config.json";
-  MimoConfig config = MimoConfig::load(cfg);
+  ModelConfig config = ModelConfig::load(cfg);
   CheckpointSource source(srcs);
   std::vector<int64_t> starts;
   for (size_t p = 0; p < srcs.size(); ++p) {
@@ -311,7 +312,7 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
                     to_hf_options_text(options, starts), hf_config_text(config, options), convert);
 }
 
-ConvertReport to_hf_dir_from_memory(const MemorySource& native, const MimoConfig& config,
+ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfig& config,
                                     const fs::path& dst, const ToHfOptions& options,
                                     int64_t expert_start, const ConvertOptions& convert) {
   Plan plan = plan_to_hf(native, config, within_budget(options, convert.exec), {expert_start});

@@ -14,65 +14,61 @@
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/mxfp4.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/safetensors.hpp"
-#include "moeckpt/tensor_key.hpp"
-#include "moeckpt/tp_interleaved_qkv.hpp"
 
 namespace moeckpt {
 namespace {
 
-constexpr std::string_view kScaleSuffix = "_scale_inv";
-
 class FromHfPlanner {
  public:
-  FromHfPlanner(const TensorSource& src, const MimoConfig& c, const FromHfOptions& o)
-      : src_(src), c_(c), o_(o), compat_(is_automodel(o.compat)) {
+  FromHfPlanner(const TensorSource& src, const ModelConfig& c, const FromHfOptions& o)
+      : src_(src), spec_(model_spec_for(c)), c_(c), o_(o), compat_(is_automodel(o.compat)) {
     if (o.dtype != Dtype::BF16 && o.dtype != Dtype::F32)
       fail(ErrorKind::kInvalidArgument, "", "", "output dtype must be bf16 or f32");
     block_ = c.block.value_or(BlockSize{});
     range_ = ExpertRange::for_rank(c.n_routed_experts, o.ep_size, o.ep_rank);
-    if (c.fused_qkv) {
+    if (spec_->hf_qkv_fused()) {
       if (!o.group_experts)
         fail(ErrorKind::kUnsupportedLayout, "", "",
-             "a fused-QKV (MiMo-V2.6) checkpoint cannot be dequantized in place: its config "
-             "describes qkv_proj, the conversion splits it",
+             fmt::format("a fused-QKV ({}) checkpoint cannot be dequantized in place: its config "
+                         "describes the fused projection, the conversion splits it",
+                         spec_->layout_name()),
              "from-hf to the native layout");
       const std::string index =
           src.tensors().empty()
               ? std::string(kIndexFileName)
               : (std::filesystem::path(src.tensors().front().file).parent_path() / kIndexFileName)
                     .string();
-      // MiMo-V2.5-Pro interleaves over num_key_value_heads; MiMo-V2.6 records its degree.
-      tp_ = c.fused_native ? c.full.num_kv_heads : checkpoint_tp_size(src.index_metadata(0), index);
+      tp_ = spec_->checkpoint_tp(src.index_metadata(0), index);
     }
     nan_ = compat_ ? NanPolicy::kTorchCompat : NanPolicy::kRefuse;
   }
 
   Plan plan() {
-    refuse_native_layout(src_);
+    refuse_native_layout(src_, *spec_);
     if (!o_.group_experts && (o_.ep_size != 1 || o_.ep_rank != 0))
       fail(ErrorKind::kInvalidArgument, "", "", "an expert-parallel rank needs grouped experts",
            "EP size 1 when experts stay per expert");
     collect_experts();
     validate_experts();
     if (!compat_) {  // Automodel converts whatever it is given; the default mode validates
-      check_shapes_against_config(src_, c_);
-      if (o_.whole_checkpoint) check_layers_complete(src_, c_, false);
+      check_shapes_against_config(src_, *spec_);
+      if (o_.whole_checkpoint) check_layers_complete(src_, *spec_, false);
     }
     std::set<std::pair<std::string, int64_t>> emitted;
     for (const auto& t : src_.tensors()) {
-      if (t.name.ends_with(kScaleSuffix)) continue;  // dropped, orphans included
-      auto key = classify_tensor_name(t.name);
+      if (spec_->is_block_scale(t.name)) continue;  // dropped, orphans included
+      auto key = spec_->classify(t.name);
       if (key.is_mx_scale) continue;  // read with its weight (collect_experts checks orphans)
-      if (c_.fused_qkv && key.kind == TensorKind::kAttentionProj &&
+      if (spec_->hf_qkv_fused() && key.kind == TensorKind::kAttentionProj &&
           key.projection == Projection::kQkv) {
         emit_fused_qkv(t, key);
         continue;
       }
-      if (is_grouped_expert(key) && o_.group_experts) {
+      if (spec_->is_grouped_expert(key) && o_.group_experts) {
         auto id = std::make_pair(key.prefix, *key.layer);
         if (emitted.insert(id).second) emit_group(id);
         continue;
@@ -88,7 +84,7 @@ class FromHfPlanner {
                         {kMetaEpRank, std::to_string(o_.ep_rank)},
                         {kMetaExpertStart, std::to_string(range_.first)},
                         {kMetaExpertCount, std::to_string(range_.count)}};
-    if (c_.fused_qkv && !c_.fused_native && o_.group_experts)
+    if (spec_->hf_qkv_fused() && !spec_->fixed_checkpoint_tp() && o_.group_experts)
       plan_.metadata[kMetaCheckpointTp] = std::to_string(tp_);
     // Scales are small: refusing a bad one now means no output is ever started for it.
     if (!compat_ && o_.prescan_scales)
@@ -102,24 +98,22 @@ class FromHfPlanner {
   }
 
  private:
-  struct ExpertParts {
-    const SourceTensor* gate = nullptr;
-    const SourceTensor* up = nullptr;
-    const SourceTensor* down = nullptr;
-  };
+  using ExpertParts = std::map<Projection, const SourceTensor*>;
 
-  bool is_grouped_expert(const TensorKey& k) const {
-    return k.kind == TensorKind::kExpertProj && !k.mtp && is_groupable_expert_prefix(k.prefix);
+  // The block-scale companion of a weight, when the source holds one.
+  const SourceTensor* block_scale_of(const std::string& weight) const {
+    auto name = spec_->block_scale_name(weight);
+    return name ? src_.find(*name) : nullptr;
   }
 
   void collect_experts() {
     for (const auto& t : src_.tensors()) {
-      auto key = classify_tensor_name(t.name);
+      auto key = spec_->classify(t.name);
       if (key.is_mx_scale && !src_.find(key.weight_name))
         fail(ErrorKind::kMalformedFile, t.file, t.name,
              "MXFP4 expert scale without its weight " + key.weight_name,
              "each weight_scale beside its packed weight");
-      if (!is_grouped_expert(key)) continue;
+      if (!spec_->is_grouped_expert(key)) continue;
       auto id = std::make_pair(key.prefix, *key.layer);
       if (!compat_ && !key.is_scale) {
         if (*key.layer >= c_.num_hidden_layers || !c_.layer_is_moe[static_cast<size_t>(*key.layer)])
@@ -136,10 +130,7 @@ class FromHfPlanner {
       }
       auto& layer = layers_[id];  // any expert key, scales included, marks an expert layer
       if (key.is_scale || *key.expert >= c_.n_routed_experts) continue;  // ids >= E ignored
-      auto& parts = layer[*key.expert];
-      (key.projection == Projection::kGate ? parts.gate
-       : key.projection == Projection::kUp ? parts.up
-                                           : parts.down) = &t;
+      layer[*key.expert][key.projection] = &t;
     }
   }
 
@@ -152,15 +143,13 @@ class FromHfPlanner {
       const int64_t e1 = range_.first + range_.count;
       for (int64_t e = e0; e < e1; ++e) {
         auto it = experts.find(e);
-        const ExpertParts p = it == experts.end() ? ExpertParts{} : it->second;
-        for (auto [ptr, proj] : {std::pair{p.gate, "gate_proj"}, std::pair{p.up, "up_proj"},
-                                 std::pair{p.down, "down_proj"}})
-          if (!ptr) {
-            ++n_missing;
-            if (missing.size() < 5)
-              missing.push_back(fmt::format("{}layers.{}.mlp.experts.{}.{}.weight", id.first,
-                                            id.second, e, proj));
-          }
+        for (const auto& g : spec_->expert_groupings())
+          for (Projection proj : g.parts)
+            if (it == experts.end() || !it->second.contains(proj)) {
+              ++n_missing;
+              if (missing.size() < 5)
+                missing.push_back(spec_->expert_weight_name(id.first, id.second, e, proj));
+            }
       }
       if (n_missing)
         fail(ErrorKind::kConfigMismatch, src_.tensors().empty() ? "" : src_.tensors().front().file,
@@ -169,7 +158,7 @@ class FromHfPlanner {
                          "(n_routed_experts = {}, EP rank {}/{}): {}{}",
                          n_missing, id.second, e0, e1, c_.n_routed_experts, o_.ep_rank, o_.ep_size,
                          fmt::join(missing, ", "), n_missing > 5 ? ", ..." : ""),
-             "gate_proj, up_proj and down_proj for every expert config.json declares");
+             "every projection of every expert config.json declares");
     }
   }
 
@@ -222,13 +211,13 @@ class FromHfPlanner {
     DequantInput in;
     in.weight = &w;
     in.nan = nan_;
-    if (const auto* s = w.name.ends_with(".weight") ? src_.find(w.name + "_scale_inv") : nullptr) {
+    if (const auto* s = block_scale_of(w.name)) {
       if (w.dtype != Dtype::F8_E4M3 && w.dtype != Dtype::BF16 && w.dtype != Dtype::F16 &&
           w.dtype != Dtype::F32)
         fail(ErrorKind::kMalformedFile, w.file, w.name,
              "weight of dtype " + std::string(dtype_name(w.dtype)) + " has a block scale",
              "an F8_E4M3 (or BF16, F16, F32) weight");
-      in.scale = resolve_scale_ref(src_, w, *s, key, c_, {block_, !compat_, !compat_});
+      in.scale = resolve_scale_ref(src_, w, *s, key, *spec_, {block_, !compat_, !compat_});
       const int64_t cols = ceil_div(static_cast<int64_t>(w.shape[1]), in.scale->block_cols);
       auto use = [&](const SourceTensor* st, int64_t rows) {
         auto& u = scales_used_[st];
@@ -242,13 +231,9 @@ class FromHfPlanner {
   }
 
   void emit_single(const SourceTensor& t, const TensorKey& key) {
-    const auto* scale = t.name.ends_with(".weight") ? src_.find(t.name + "_scale_inv") : nullptr;
-    if (is_grouped_expert(key)) {  // kept per expert: the shape check of emit_group
-      const auto D = static_cast<uint64_t>(c_.hidden_size);
-      const auto Ie = static_cast<uint64_t>(c_.moe_intermediate_size);
-      const std::vector<uint64_t> want = key.projection == Projection::kDown
-                                             ? std::vector<uint64_t>{D, Ie}
-                                             : std::vector<uint64_t>{Ie, D};
+    const auto* scale = block_scale_of(t.name);
+    if (spec_->is_grouped_expert(key)) {  // kept per expert: the shape check of emit_group
+      const auto want = spec_->expert_hf_shape(key.projection);
       if (*key.expert < c_.n_routed_experts && t.shape != stored_expert_shape(t, want))
         fail(ErrorKind::kConfigMismatch, t.file, t.name,
              "expert weight of shape " + format_shape(t.shape) + " disagrees with config.json",
@@ -260,12 +245,11 @@ class FromHfPlanner {
       plan_.tasks.push_back(DequantTask{in, out, o_.dtype});
       return;
     }
-    if (o_.attn_backend == AttnBackend::kTe && key.kind == TensorKind::kAttentionSink) {
-      if (auto te = te_sink_name(t.name)) {  // Automodel's TE model: renamed, widened to F32
-        plan_.tasks.push_back(CopyTask{&t, add_output(*te, Dtype::F32, t.shape),
-                                       std::min(o_.task_bytes / 2, kCopyChunkBytes), Dtype::F32});
-        return;
-      }
+    if (auto nb = spec_->native_backend_name(t.name, o_.attn_backend)) {
+      const auto dt = nb->f32 ? std::optional<Dtype>(Dtype::F32) : std::nullopt;
+      plan_.tasks.push_back(CopyTask{&t, add_output(nb->name, dt.value_or(t.dtype), t.shape),
+                                     std::min(o_.task_bytes / 2, kCopyChunkBytes), dt});
+      return;
     }
     if (!scale) {
       if (t.dtype == Dtype::F8_E4M3 && !compat_)
@@ -287,13 +271,12 @@ class FromHfPlanner {
   // qkv_proj [tp * (q + k + v), H] -> q_proj, k_proj, v_proj: shard t's rows of each projection go
   // to rows [t * n, (t + 1) * n) of its output; the scale grid restarts with every shard.
   void emit_fused_qkv(const SourceTensor& t, const TensorKey& key) {
-    const auto& dims = attention_dims_of(key, c_);
-    const auto layout = c_.fused_native
-                            ? tp_interleaved_qkv_v25(dims, tp_, !compat_, t.file, t.name)
-                            : tp_interleaved_qkv(dims, tp_, t.file, t.name);
-    if (c_.fused_native && !src_.find(t.name + "_scale_inv")) {
-      // MiMo-V2.5-Pro: an unquantized qkv_proj is taken as it is (Automodel reorders only what it
-      // dequantizes; its own BF16 export is already canonical).
+    const auto& dims = spec_->attention_dims(key);
+    const auto layout = spec_->qkv_interleave(dims, tp_, !compat_, t.file, t.name);
+    const bool native_fused = spec_->native_qkv_fused();
+    if (native_fused && !block_scale_of(t.name)) {
+      // Kept fused natively: an unquantized qkv_proj is taken as it is (Automodel reorders only
+      // what it dequantizes; its own BF16 export is already canonical).
       plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape),
                                      std::min(o_.task_bytes / 2, kCopyChunkBytes), std::nullopt});
       return;
@@ -310,7 +293,7 @@ class FromHfPlanner {
     in.weight = &t;
     in.nan = nan_;
     Dtype out_dtype = o_.dtype;
-    if (const auto* s = src_.find(t.name + "_scale_inv")) {
+    if (const auto* s = block_scale_of(t.name)) {
       const int64_t srps = ceil_div(layout.rows_per_shard(), block_.rows);
       const std::vector<uint64_t> swant{
           static_cast<uint64_t>(tp_ * srps),
@@ -341,20 +324,17 @@ class FromHfPlanner {
       fail(ErrorKind::kMalformedFile, t.file, t.name,
            "fused QKV weight of dtype " + std::string(dtype_name(t.dtype)), "F8_E4M3, BF16 or F32");
     }
-    constexpr std::string_view kFused = "qkv_proj.weight";
-    const std::string base = t.name.substr(0, t.name.size() - kFused.size());
     static constexpr std::array<Projection, 3> kParts{Projection::kQ, Projection::kK,
                                                       Projection::kV};
-    // MiMo-V2.6: q_proj, k_proj, v_proj; MiMo-V2.5-Pro: one qkv_proj in canonical [Q, K, V] order.
-    const size_t fused = c_.fused_native ? add_output(t.name, out_dtype, t.shape) : 0;
+    // Split natively: q, k, v; kept fused: one qkv_proj in canonical [Q, K, V] order.
+    const size_t fused = native_fused ? add_output(t.name, out_dtype, t.shape) : 0;
     int64_t canonical = 0;  // first row of projection p in the canonical order
     for (int p = 0; p < 3; ++p) {
       const int64_t n = layout.shard_rows(p);
-      const size_t out =
-          c_.fused_native ? fused
-                          : add_output(base + std::string(projection_name(kParts[p])) + ".weight",
-                                       out_dtype, {static_cast<uint64_t>(tp_ * n), H});
-      const int64_t out_first = c_.fused_native ? canonical : 0;
+      const size_t out = native_fused ? fused
+                                      : add_output(spec_->attention_weight_name(t.name, kParts[p]),
+                                                   out_dtype, {static_cast<uint64_t>(tp_ * n), H});
+      const int64_t out_first = native_fused ? canonical : 0;
       for (int64_t sh = 0; sh < tp_; ++sh) {
         const int64_t first = layout.first_row(sh, p);
         for (auto [r0, r1] : split_rows(n, H * dtype_size(out_dtype), o_.task_bytes, 1)) {
@@ -367,31 +347,48 @@ class FromHfPlanner {
     }
   }
 
+  // A layer's rank experts into grouped tensors: each grouping's parts ([out, in] per expert)
+  // transposed into one slot per expert, side by side along the last axis.
   void emit_group(const std::pair<std::string, int64_t>& id) {
     if (range_.count == 0) return;
-    const auto D = static_cast<uint64_t>(c_.hidden_size);
-    const auto Ie = static_cast<uint64_t>(c_.moe_intermediate_size);
     const auto n = static_cast<uint64_t>(range_.count);
-    const std::string base = fmt::format("{}layers.{}.mlp.experts.", id.first, id.second);
-    const size_t gu = add_output(base + "gate_and_up_projs", o_.dtype, {n, D, 2 * Ie});
-    const size_t dn = add_output(base + "down_projs", o_.dtype, {n, Ie, D});
+    const auto groupings = spec_->expert_groupings();
+    std::vector<size_t> outs;
+    std::vector<int64_t> ins, widths;
+    for (const auto& g : groupings) {
+      int64_t width = 0, in = 0;
+      for (Projection p : g.parts) {
+        const auto shape = spec_->expert_hf_shape(p);
+        width += static_cast<int64_t>(shape[0]);
+        in = static_cast<int64_t>(shape[1]);
+      }
+      outs.push_back(add_output(spec_->grouped_experts_name(id.first, id.second, g.grouped),
+                                o_.dtype,
+                                {n, static_cast<uint64_t>(in), static_cast<uint64_t>(width)}));
+      ins.push_back(in);
+      widths.push_back(width);
+    }
     const auto& experts = layers_.at(id);
     for (int64_t slot = 0; slot < range_.count; ++slot) {
-      const ExpertParts& p = experts.at(range_.first + slot);
-      for (auto [ptr, want] : {std::pair{p.gate, std::vector<uint64_t>{Ie, D}},
-                               std::pair{p.up, std::vector<uint64_t>{Ie, D}},
-                               std::pair{p.down, std::vector<uint64_t>{D, Ie}}})
-        if (ptr->shape != stored_expert_shape(*ptr, want))
-          fail(ErrorKind::kConfigMismatch, ptr->file, ptr->name,
-               "expert weight of shape " + format_shape(ptr->shape) + " disagrees with config.json",
-               format_shape(want) + " from hidden_size and moe_intermediate_size");
-      ExpertSlotTask gate_up{gu, slot, c_.hidden_size, 2 * c_.moe_intermediate_size, {}, o_.dtype};
-      gate_up.parts.push_back({expert_input(*p.gate), 0});
-      gate_up.parts.push_back({expert_input(*p.up), c_.moe_intermediate_size});
-      plan_.tasks.push_back(std::move(gate_up));
-      ExpertSlotTask down{dn, slot, c_.moe_intermediate_size, c_.hidden_size, {}, o_.dtype};
-      down.parts.push_back({expert_input(*p.down), 0});
-      plan_.tasks.push_back(std::move(down));
+      const ExpertParts& parts = experts.at(range_.first + slot);
+      for (const auto& g : groupings)
+        for (Projection p : g.parts) {
+          const SourceTensor* w = parts.at(p);
+          const auto want = spec_->expert_hf_shape(p);
+          if (w->shape != stored_expert_shape(*w, want))
+            fail(ErrorKind::kConfigMismatch, w->file, w->name,
+                 "expert weight of shape " + format_shape(w->shape) + " disagrees with config.json",
+                 format_shape(want) + " from hidden_size and moe_intermediate_size");
+        }
+      for (size_t gi = 0; gi < groupings.size(); ++gi) {
+        ExpertSlotTask task{outs[gi], slot, ins[gi], widths[gi], {}, o_.dtype};
+        int64_t col = 0;
+        for (Projection p : groupings[gi].parts) {
+          task.parts.push_back({expert_input(*parts.at(p)), col});
+          col += static_cast<int64_t>(spec_->expert_hf_shape(p)[0]);
+        }
+        plan_.tasks.push_back(std::move(task));
+      }
     }
   }
 
@@ -405,10 +402,12 @@ class FromHfPlanner {
 
   // An MXFP4 expert weight (U8 [out, in / 2]) with its E8M0 `weight_scale` [out, in / 32].
   DequantInput mx_input(const SourceTensor& w) {
-    const auto* s = src_.find(w.name + "_scale");
+    const auto* s = src_.find(spec_->mx_scale_name(w.name));
     if (!s)
       fail(ErrorKind::kMalformedFile, w.file, w.name,
-           "MXFP4 (U8) expert weight without its '_scale' companion " + w.name + "_scale",
+           "MXFP4 (U8) expert weight without its '" +
+               spec_->mx_scale_name(w.name).substr(w.name.size()) + "' companion " +
+               spec_->mx_scale_name(w.name),
            "packed E2M1 weights beside their E8M0 scales");
     const uint64_t in = 2 * w.shape.at(1);
     const std::vector<uint64_t> want{w.shape[0], in / numerics::kMxBlock};
@@ -459,8 +458,7 @@ class FromHfPlanner {
 
   DequantInput expert_input(const SourceTensor& w) {
     if (w.dtype == Dtype::U8) return mx_input(w);
-    auto key = classify_tensor_name(w.name);
-    auto in = dequant_input(w, key);
+    auto in = dequant_input(w, spec_->classify(w.name));
     if (!in.scale && w.dtype == Dtype::F8_E4M3 && !compat_)
       fail(ErrorKind::kMalformedFile, w.file, w.name,
            "FP8 expert weight without a '_scale_inv' companion",
@@ -469,7 +467,8 @@ class FromHfPlanner {
   }
 
   const TensorSource& src_;
-  const MimoConfig& c_;
+  std::unique_ptr<const ModelSpec> spec_;
+  const ModelConfig& c_;
   const FromHfOptions& o_;
   const bool compat_;
   BlockSize block_;
@@ -485,7 +484,7 @@ class FromHfPlanner {
 
 }  // namespace
 
-Plan plan_from_hf(const TensorSource& hf, const MimoConfig& config, const FromHfOptions& options) {
+Plan plan_from_hf(const TensorSource& hf, const ModelConfig& config, const FromHfOptions& options) {
   return FromHfPlanner(hf, config, options).plan();
 }
 

@@ -11,20 +11,23 @@
 #include "core/key_pattern.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/mxfp4.hpp"
 #include "moeckpt/safetensors.hpp"
-#include "moeckpt/tensor_key.hpp"
-#include "moeckpt/tp_interleaved_qkv.hpp"
 
 namespace moeckpt {
 namespace {
 
 class ToHfPlanner {
  public:
-  ToHfPlanner(const TensorSource& src, const MimoConfig& c, const ToHfOptions& o,
+  ToHfPlanner(const TensorSource& src, const ModelConfig& c, const ToHfOptions& o,
               const std::vector<int64_t>& starts)
-      : src_(src), c_(c), o_(o), starts_(starts), compat_(is_automodel(o.compat)) {
+      : src_(src),
+        spec_(model_spec_for(c)),
+        c_(c),
+        o_(o),
+        starts_(starts),
+        compat_(is_automodel(o.compat)) {
     mode_ = effective_quant(o);
     block_ = compat_ ? BlockSize{} : c.block.value_or(BlockSize{});
     // Automodel's exclude_key_regex is re.match (anchored at the key's start); ours is a search.
@@ -34,55 +37,54 @@ class ToHfPlanner {
   }
 
   Plan plan() {
-    // MiMo-V2.6 (fused QKV, MXFP4 experts). Automodel 0.7.0 refuses a quantized export; the
-    // default mode's block quantization writes the published layout back (fused qkv_proj over
-    // the TP degree, MXFP4 experts); a cast has no such layout.
-    // A single MiMo-V2.6 tensor in compat mode is cast as 0.7.0's convert_single_tensor_to_hf
-    // does (the split layout's path below).
-    const bool compat_single = compat_ && o_.single_tensor && !c_.fused_native;
-    if (c_.fused_qkv && effective_quant(o_) != QuantMode::kNone && !compat_single) {
+    // A fused-QKV layout (fused qkv_proj over the TP degree, MXFP4 experts where published).
+    // Automodel 0.7.0 refuses a quantized export; the default mode's block quantization writes
+    // the published layout back; a cast has no such layout. A single tensor in compat mode is
+    // cast as 0.7.0's convert_single_tensor_to_hf does (the split layout's path below), unless
+    // the layout stays fused natively.
+    const bool compat_single = compat_ && o_.single_tensor && !spec_->native_qkv_fused();
+    if (spec_->hf_qkv_fused() && effective_quant(o_) != QuantMode::kNone && !compat_single) {
       if (compat_)
         fail(ErrorKind::kUnsupportedLayout, "", "",
-             c_.fused_native ? "MiMo-V2.5-Pro FP8 export is unsupported; use quantization=False to "
-                               "preserve weights (Automodel 0.7.0 refuses it)"
-                             : "MiMo-V2.6 quantized conversion is only supported for checkpoint "
-                               "loading (Automodel 0.7.0 refuses it)",
+             spec_->compat_quantized_export_refusal().value_or(
+                 "this layout's quantized export is refused by Automodel"),
              "no quantization: BF16 weights");
       if (mode_ != QuantMode::kBlock || o_.hf_source)
         fail(ErrorKind::kUnsupportedLayout, "", "",
-             "a fused-QKV (MiMo-V2.6) checkpoint is written in its published layout by block "
-             "quantization of a native folder only",
-             "block quantization (FP8 qkv_proj per TP shard, MXFP4 experts), or none");
-      published_v26_ = true;
-      // MiMo-V2.5-Pro: over num_key_value_heads, experts FP8 as MiMo-V2-Flash.
-      tp_ = c_.fused_native ? c_.full.num_kv_heads : (o_.tp_size > 0 ? o_.tp_size : recorded_tp());
-      if (c_.fused_native && o_.tp_size > 0 && o_.tp_size != tp_)
+             fmt::format("a fused-QKV ({}) checkpoint is written in its published layout by block "
+                         "quantization of a native folder only",
+                         spec_->layout_name()),
+             "block quantization (FP8 fused projection per TP shard), or none");
+      published_fused_ = true;
+      const auto fixed = spec_->fixed_checkpoint_tp();
+      tp_ = fixed ? *fixed : (o_.tp_size > 0 ? o_.tp_size : recorded_tp());
+      if (fixed && o_.tp_size > 0 && o_.tp_size != tp_)
         fail(ErrorKind::kInvalidArgument, "", "",
-             fmt::format("a MiMo-V2.5-Pro checkpoint is interleaved over num_key_value_heads = {}, "
-                         "not TP {}",
-                         tp_, o_.tp_size));
+             fmt::format("a {} checkpoint is interleaved over TP {} (fixed by its config), not "
+                         "TP {}",
+                         spec_->layout_name(), tp_, o_.tp_size));
       plan_.index_metadata["tp_size"] = std::to_string(tp_);
     }
     if (o_.hf_source) {
-      refuse_native_layout(src_);
-      refuse_quantized(src_);
+      refuse_native_layout(src_, *spec_);
+      refuse_quantized();
     } else {
-      refuse_hf_layout(src_);
-      check_native_metadata(src_, c_);
+      refuse_hf_layout(src_, *spec_);
+      check_native_metadata(src_, *spec_);
     }
     if (!compat_) {  // Automodel converts whatever it is given; the default mode validates
-      check_shapes_against_config(src_, c_);
-      if (o_.require_all_experts) check_layers_complete(src_, c_, !o_.hf_source);
+      check_shapes_against_config(src_, *spec_);
+      if (o_.require_all_experts) check_layers_complete(src_, *spec_, !o_.hf_source);
     }
     for (const auto& t : src_.tensors()) {
       if (t.part != 0) continue;  // other EP ranks hold replicas of non-expert tensors
-      auto key = classify_tensor_name(t.name);
+      auto key = spec_->classify(t.name);
       if (key.kind == TensorKind::kGroupedExperts) {
         emit_grouped(t, key);
         continue;
       }
-      if (auto hf = hf_sink_name(t.name)) {  // a sink under Automodel's TE name
-        if (!compat_) {                      // written back as published: attention_sink_bias, BF16
+      if (auto hf = spec_->hf_name_of_backend_name(t.name)) {  // e.g. a sink under a TE name
+        if (!compat_) {  // written back as published: its HF name, BF16
           emit(*hf, MatrixView{&t}, t,
                t.dtype == Dtype::BF16 ? std::nullopt : std::optional<Dtype>(Dtype::BF16));
           continue;
@@ -122,9 +124,9 @@ class ToHfPlanner {
   };
 
   // An HF source to quantize holds no FP8 weights and no block scales.
-  static void refuse_quantized(const TensorSource& src) {
-    for (const auto& t : src.tensors())
-      if (t.dtype == Dtype::F8_E4M3 || t.name.ends_with("_scale_inv"))
+  void refuse_quantized() const {
+    for (const auto& t : src_.tensors())
+      if (t.dtype == Dtype::F8_E4M3 || spec_->is_block_scale(t.name))
         fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
              t.dtype == Dtype::F8_E4M3 ? "is already FP8: the checkpoint is quantized"
                                        : "is a block scale: the checkpoint is quantized",
@@ -155,9 +157,9 @@ class ToHfPlanner {
       case QuantMode::kNone:
         return false;
       case QuantMode::kCast:
-        return should_quantize_key(key, o_.compat);
+        return spec_->compat_quantizes(key, o_.compat);
       case QuantMode::kBlock:
-        return is_published_fp8_key(key);
+        return spec_->is_published_fp8(key);
     }
     return false;
   }
@@ -190,32 +192,30 @@ class ToHfPlanner {
            "cannot quantize a " + std::string(dtype_name(src.dtype)) + " tensor",
            "BF16, F16 or F32 values");
     const auto R = static_cast<int64_t>(shape[0]), C = static_cast<int64_t>(shape[1]);
-    if (published_v26_) {
-      const auto k = classify_tensor_name(key);
+    if (published_fused_) {
+      const auto k = spec_->classify(key);
       if (k.kind == TensorKind::kAttentionProj && k.projection == Projection::kQkv &&
-          c_.fused_native) {  // MiMo-V2.5-Pro: canonical [Q, K, V] -> interleaved
+          spec_->native_qkv_fused()) {  // canonical [Q, K, V] -> interleaved
         if (slot) fail(ErrorKind::kMalformedFile, src.file, src.name, "attention weight in a slot");
-        emit_tp_interleaved_qkv(
-            key.substr(0, key.size() - std::string_view("qkv_proj.weight").size()),
-            {&src, &src, &src});
+        emit_tp_interleaved_qkv(key, {&src, &src, &src});
         return;
       }
       if (k.kind == TensorKind::kAttentionProj && k.projection != Projection::kO &&
           k.projection != Projection::kQkv) {  // q, k, v: one fused qkv_proj per layer
         if (slot) fail(ErrorKind::kMalformedFile, src.file, src.name, "attention weight in a slot");
-        auto& g = tp_groups_[key.substr(0, key.size() - std::string_view("q_proj.weight").size())];
+        auto& g = tp_groups_[spec_->attention_weight_name(key, Projection::kQkv)];
         g[qkv_index(k.projection)] = &src;
         return;
       }
       if (k.kind == TensorKind::kExpertProj &&
-          !c_.fused_native) {  // MXFP4, one E8M0 scale per 32 inputs
+          spec_->hf_experts_mxfp4()) {  // MXFP4, one E8M0 scale per 32 inputs
         if (C % numerics::kMxBlock != 0)
           fail(ErrorKind::kConfigMismatch, src.file, src.name,
                fmt::format("expert weight of {} inputs cannot be written as MXFP4", C),
                "an input size that is a multiple of 32");
         const size_t w = add_output(key, Dtype::U8, {shape[0], shape[1] / 2});
-        const size_t s =
-            add_output(key + "_scale", Dtype::U8, {shape[0], shape[1] / numerics::kMxBlock});
+        const size_t s = add_output(spec_->mx_scale_name(key), Dtype::U8,
+                                    {shape[0], shape[1] / numerics::kMxBlock});
         EmitTask task{view, w, s, QuantMode::kBlock, 0, 1, numerics::kMxBlock};
         task.format = BlockFormat::kMxfp4;
         plan_.tasks.push_back(std::move(task));
@@ -224,24 +224,26 @@ class ToHfPlanner {
     }
     if (mode_ == QuantMode::kBlock) {
       if (auto* g = fused_group(key, R)) {
-        auto k = classify_tensor_name(key);
+        auto k = spec_->classify(key);
         const size_t p = qkv_index(k.projection);
         g->view[p] = view;
         g->out_weight[p] = add_output(key, Dtype::F8_E4M3, shape);
-        g->out_scale[p] = add_output(key + "_scale_inv", Dtype::F32,
+        g->out_scale[p] = add_output(*spec_->block_scale_name(key), Dtype::F32,
                                      {static_cast<uint64_t>(g->layout->scale_rows(k.projection)),
                                       static_cast<uint64_t>(ceil_div(C, block_.cols))});
         return;
       }
     }
-    int64_t scale_rows = ceil_div(R, block_.rows);
-    // Automodel pads the full-attention k scale to 8 rows (the published shape).
-    if (mode_ == QuantMode::kCast && key.ends_with(".self_attn.k_proj.weight") &&
-        R == c_.full.num_kv_heads * c_.full.head_dim)
-      scale_rows = std::max<int64_t>(scale_rows, 8);
+    // Automodel's cast pads some scales (the published shape of a k scale).
+    const int64_t scale_rows = mode_ == QuantMode::kCast ? spec_->compat_cast_scale_rows(
+                                                               spec_->classify(key), R, block_.rows)
+                                                         : ceil_div(R, block_.rows);
+    const auto scale_name = spec_->block_scale_name(key);
+    if (!scale_name)
+      fail(ErrorKind::kMalformedFile, src.file, key, "cannot hold a block scale", "a weight name");
     const size_t w = add_output(key, Dtype::F8_E4M3, shape);
     const size_t s = add_output(
-        key + "_scale_inv", Dtype::F32,
+        *scale_name, Dtype::F32,
         {static_cast<uint64_t>(scale_rows), static_cast<uint64_t>(ceil_div(C, block_.cols))});
     if (slot) {
       plan_.tasks.push_back(EmitTask{view, w, s, mode_, scale_rows, block_.rows, block_.cols});
@@ -255,19 +257,15 @@ class ToHfPlanner {
 
   // The fused q/k/v group this key belongs to, when its layer's published layout is the fused one.
   FusedGroup* fused_group(const std::string& key, int64_t rows) {
-    if (published_v26_) return nullptr;
-    auto k = classify_tensor_name(key);
-    if (k.kind != TensorKind::kAttentionProj || k.projection == Projection::kO || !k.layer)
-      return nullptr;
-    const auto& dims = attention_dims_of(k, c_);
-    auto layout = FusedQkvLayout::make(dims.q_rows(), dims.k_rows(), dims.v_rows(), block_.rows);
-    if (!layout || !layout->differs_from_plain() || !layout->every_projection_owns_scale_rows())
-      return nullptr;
+    if (published_fused_) return nullptr;
+    auto k = spec_->classify(key);
+    auto layout = spec_->shared_qkv_scales_to_write(k, block_.rows);
+    if (!layout) return nullptr;
     if (rows != layout->rows(k.projection))
       fail(ErrorKind::kConfigMismatch, "", key,
            fmt::format("has {} rows but this layer's attention config gives {}", rows,
                        layout->rows(k.projection)));
-    auto& g = fused_[self_attn_prefix(key)];
+    auto& g = fused_[spec_->attention_prefix(key)];
     g.layout = layout;
     return &g;
   }
@@ -281,23 +279,22 @@ class ToHfPlanner {
                               src_.tensors().empty() ? "" : src_.tensors().front().file);
   }
 
-  // q, k, v of one layer -> qkv_proj [tp * (q + k + v), H]: shard t holds rows [Q_t, K_t, V_t],
-  // FP8 with its own block grid ([tp * ceil(rows per shard / B), ceil(H / B)] scales).
-  void emit_tp_interleaved_qkv(const std::string& base,
+  // q, k, v of one layer -> the fused `name` [tp * (q + k + v), H]: shard t holds rows
+  // [Q_t, K_t, V_t], FP8 with its own block grid ([tp * ceil(rows per shard / B), ceil(H / B)]
+  // scales).
+  void emit_tp_interleaved_qkv(const std::string& name,
                                const std::array<const SourceTensor*, 3>& qkv) {
-    const std::string name = base + "qkv_proj.weight";
     for (size_t p = 0; p < 3; ++p)
       if (!qkv[p])
         fail(ErrorKind::kConfigMismatch, "", name,
-             "the fused projection needs " + base + std::string(projection_name(kQkv[p])) +
-                 ".weight, which is missing or excluded",
-             "q_proj, k_proj and v_proj of every layer");
+             "the fused projection needs " + spec_->attention_weight_name(name, kQkv[p]) +
+                 ", which is missing or excluded",
+             "the q, k and v projections of every layer");
     if (excluded(name)) return;
-    const auto key = classify_tensor_name(name);
-    const auto& dims = attention_dims_of(key, c_);
-    const auto layout = c_.fused_native
-                            ? tp_interleaved_qkv_v25(dims, tp_, true, qkv[0]->file, name)
-                            : tp_interleaved_qkv(dims, tp_, qkv[0]->file, name);
+    const auto key = spec_->classify(name);
+    const auto& dims = spec_->attention_dims(key);
+    const auto layout = spec_->qkv_interleave(dims, tp_, true, qkv[0]->file, name);
+    const bool native_fused = spec_->native_qkv_fused();
     const int64_t H = c_.hidden_size, rps = layout.rows_per_shard();
     // Where shard t's rows of projection p start in their source: the split projection's rows
     // t * n, or (one canonical [Q, K, V] tensor) the projection's offset plus t * n.
@@ -307,7 +304,7 @@ class ToHfPlanner {
         fail(ErrorKind::kConfigMismatch, t.file, t.name,
              "shape " + format_shape(t.shape) + " disagrees with config.json");
     };
-    if (c_.fused_native) {
+    if (native_fused) {
       offset = {0, tp_ * layout.q, tp_ * (layout.q + layout.k)};
       check(*qkv[0], layout.rows());
     } else {
@@ -319,7 +316,7 @@ class ToHfPlanner {
     const size_t w = add_output(name, Dtype::F8_E4M3,
                                 {static_cast<uint64_t>(layout.rows()), static_cast<uint64_t>(H)});
     const size_t s = add_output(
-        name + "_scale_inv", Dtype::F32,
+        *spec_->block_scale_name(name), Dtype::F32,
         {static_cast<uint64_t>(tp_ * srps), static_cast<uint64_t>(ceil_div(H, block_.cols))});
     for (int64_t t = 0; t < tp_; ++t)
       for (auto [a, b] :
@@ -345,8 +342,23 @@ class ToHfPlanner {
   }
 
   void emit_grouped(const SourceTensor& t, const TensorKey& key) {
-    const int64_t E = c_.n_routed_experts, Ie = c_.moe_intermediate_size, D = c_.hidden_size;
-    const bool gate_up = key.projection == Projection::kGateAndUp;
+    const int64_t E = c_.n_routed_experts;
+    ExpertGrouping grouping;
+    for (const auto& g : spec_->expert_groupings())
+      if (g.grouped == key.projection) grouping = g;
+    // [n, in, width]: the parts' HF [out, in] shapes side by side; the last part takes what the
+    // others leave (Automodel splits at the first parts' widths).
+    int64_t in = 0, width = 0;
+    for (Projection p : grouping.parts) {
+      const auto shape = spec_->expert_hf_shape(p);
+      width += static_cast<int64_t>(shape[0]);
+      in = static_cast<int64_t>(shape[1]);
+    }
+    const bool split = grouping.parts.size() > 1;
+    const int64_t last_width =
+        grouping.parts.empty()
+            ? 0
+            : static_cast<int64_t>(spec_->expert_hf_shape(grouping.parts.back())[0]);
     // Every rank's copy of this tensor, with its global expert ids.
     std::map<int64_t, std::pair<const SourceTensor*, int64_t>> by_expert;  // id -> (tensor, slot)
     if (!compat_ && (key.mtp || *key.layer >= c_.num_hidden_layers ||
@@ -362,25 +374,25 @@ class ToHfPlanner {
         fail(ErrorKind::kMalformedFile, part.file, part.name,
              "grouped expert tensor of dtype " + std::string(dtype_name(part.dtype)),
              "BF16, F16 or F32 values");
-      if (part.shape.size() != 3 ||
-          (!compat_ && (part.shape[1] != static_cast<uint64_t>(gate_up ? D : Ie) ||
-                        part.shape[2] != static_cast<uint64_t>(gate_up ? 2 * Ie : D)))) {
-        if (compat_ && !gate_up) {  // Automodel passes such a down_projs through unchanged
+      if (part.shape.size() != 3 || (!compat_ && (part.shape[1] != static_cast<uint64_t>(in) ||
+                                                  part.shape[2] != static_cast<uint64_t>(width)))) {
+        if (compat_ && !split) {  // Automodel passes such a tensor (down_projs) through unchanged
           emit(t.name, MatrixView{&t}, t);
           return;
         }
         fail(ErrorKind::kConfigMismatch, part.file, part.name,
              "grouped expert tensor of shape " + format_shape(part.shape) +
                  " disagrees with config.json",
-             gate_up ? fmt::format("[n, {}, {}]", D, 2 * Ie) : fmt::format("[n, {}, {}]", Ie, D));
+             fmt::format("[n, {}, {}]", in, width));
       }
-      if (compat_ && !gate_up && part.shape[1] != static_cast<uint64_t>(Ie)) {
+      if (compat_ && !split && part.shape[1] != static_cast<uint64_t>(in)) {
         emit(t.name, MatrixView{&t}, t);
         return;
       }
-      if (gate_up && static_cast<int64_t>(part.shape[2]) < Ie)
+      if (split && static_cast<int64_t>(part.shape[2]) < width - last_width)
         fail(ErrorKind::kConfigMismatch, part.file, part.name,
-             "gate_and_up_projs narrower than moe_intermediate_size");
+             fmt::format("grouped expert tensor {} wide is narrower than its first parts ({})",
+                         part.shape[2], width - last_width));
       const int64_t first = starts_.at(part.part);
       const auto n = static_cast<int64_t>(part.shape[0]);
       if (first < 0 || first + n > E)
@@ -395,31 +407,35 @@ class ToHfPlanner {
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("the inputs hold {} of the {} experts of this layer", by_expert.size(), E),
            "every EP rank's folder (or a tensor with all n_routed_experts)");
-    const std::string prefix = o_.prefix ? *o_.prefix : compat_ ? "model." : key.prefix;
+    const std::string prefix = o_.prefix ? *o_.prefix
+                               : compat_ ? spec_->compat_expert_prefix()
+                                         : key.prefix;
     for (const auto& [id, where] : by_expert) {
       const auto& [src, slot] = where;
-      const std::string base = fmt::format("{}layers.{}.mlp.experts.{}.", prefix, *key.layer, id);
-      if (gate_up) {
-        const auto width = static_cast<int64_t>(src->shape[2]);
-        const size_t first = plan_.tasks.size();
-        emit(base + "gate_proj.weight", MatrixView{src, slot, 0, Ie}, *src);
-        emit(base + "up_proj.weight", MatrixView{src, slot, Ie, width - Ie}, *src);
-        if (plan_.tasks.size() - first == 2) {  // both kept: one task reads the slot once
-          SlotGroupTask group;
-          for (size_t i = first; i < plan_.tasks.size(); ++i)
-            group.parts.push_back(std::get<EmitTask>(plan_.tasks[i]));
-          plan_.tasks.resize(first);
-          plan_.tasks.push_back(std::move(group));
-        }
-      } else {
-        emit(base + "down_proj.weight",
-             MatrixView{src, slot, 0, static_cast<int64_t>(src->shape[2])}, *src);
+      const size_t first = plan_.tasks.size();
+      int64_t col = 0;
+      for (size_t i = 0; i < grouping.parts.size(); ++i) {
+        const Projection p = grouping.parts[i];
+        const bool last = i + 1 == grouping.parts.size();
+        const int64_t cols = last ? static_cast<int64_t>(src->shape[2]) - col
+                                  : static_cast<int64_t>(spec_->expert_hf_shape(p)[0]);
+        emit(spec_->expert_weight_name(prefix, *key.layer, id, p), MatrixView{src, slot, col, cols},
+             *src);
+        col += cols;
+      }
+      if (split && plan_.tasks.size() - first == grouping.parts.size()) {
+        SlotGroupTask group;  // every part kept: one task reads the slot once
+        for (size_t i = first; i < plan_.tasks.size(); ++i)
+          group.parts.push_back(std::get<EmitTask>(plan_.tasks[i]));
+        plan_.tasks.resize(first);
+        plan_.tasks.push_back(std::move(group));
       }
     }
   }
 
   const TensorSource& src_;
-  const MimoConfig& c_;
+  std::unique_ptr<const ModelSpec> spec_;
+  const ModelConfig& c_;
   const ToHfOptions& o_;
   const std::vector<int64_t>& starts_;
   const bool compat_;
@@ -429,15 +445,15 @@ class ToHfPlanner {
   std::map<std::string, std::string> origins_;  // output name -> the source it comes from
   std::string origin_, origin_file_;            // the source being emitted
   std::map<std::string, FusedGroup> fused_;
-  bool published_v26_ = false;  // writing the fused-QKV / MXFP4 layout
+  bool published_fused_ = false;  // writing the fused-QKV (and MXFP4) layout
   int64_t tp_ = 1;
-  std::map<std::string, std::array<const SourceTensor*, 3>> tp_groups_;  // per self_attn prefix
+  std::map<std::string, std::array<const SourceTensor*, 3>> tp_groups_;  // per fused name
   Plan plan_;
 };
 
 }  // namespace
 
-Plan plan_to_hf(const TensorSource& native, const MimoConfig& config, const ToHfOptions& options,
+Plan plan_to_hf(const TensorSource& native, const ModelConfig& config, const ToHfOptions& options,
                 const std::vector<int64_t>& expert_start) {
   if (expert_start.size() != native.parts())
     fail(ErrorKind::kInvalidArgument, "", "", "one expert start per input folder is needed");

@@ -1,8 +1,6 @@
-#include <array>
 #include <string_view>
 
 #include "moeckpt/adapter.hpp"
-#include "moeckpt/tensor_key.hpp"
 
 namespace moeckpt {
 
@@ -48,34 +46,18 @@ QuantMode effective_quant(const ToHfOptions& o) noexcept {
   return o.quant;
 }
 
+// The reference family's rules (the module-level functions of Automodel's adapter take no config).
+const ModelSpec& reference_spec() {
+  static const auto spec = model_spec_for(ModelConfig{});
+  return *spec;
+}
+
 bool should_quantize_key(std::string_view key, Compat version) {
-  if (!key.ends_with(".weight")) return false;
-  if (version != Compat::kAutomodel06 && (key.starts_with("visual.") || key.starts_with("audio.")))
-    return false;
-  static constexpr std::array<std::string_view, 7> kExcluded = {"input_layernorm.weight",
-                                                                "post_attention_layernorm.weight",
-                                                                "norm.weight",
-                                                                "lm_head.weight",
-                                                                "embed_tokens.weight",
-                                                                "mlp.gate.weight",
-                                                                "self_attn.o_proj.weight"};
-  for (auto s : kExcluded)
-    if (key.find(s) != std::string_view::npos) return false;
-  return true;
+  return reference_spec().compat_quantizes(key, version);
 }
 
 bool is_published_fp8_key(std::string_view key) {
-  auto k = classify_tensor_name(key);
-  if (k.is_scale) return false;
-  switch (k.kind) {
-    case TensorKind::kAttentionProj:
-      return k.projection != Projection::kO;
-    case TensorKind::kDenseMlpProj:
-    case TensorKind::kExpertProj:
-      return true;
-    default:
-      return false;
-  }
+  return reference_spec().is_published_fp8(key);
 }
 
 }  // namespace moeckpt

@@ -3,7 +3,7 @@
 #include <fmt/format.h>
 
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/safetensors.hpp"
 
 namespace moeckpt {
@@ -13,21 +13,20 @@ bool is_scale_dtype(Dtype d) {
   return d == Dtype::F32 || d == Dtype::BF16 || d == Dtype::F16;
 }
 
-// The fused T=4 layout when this attention layer's k scale reveals it.
+// The shared q/k/v scale layout when this attention layer's k scale reveals it.
 std::optional<FusedQkvLayout> fused_layout(const TensorSource& src, const SourceTensor& w,
-                                           const TensorKey& key, const MimoConfig& c,
+                                           const TensorKey& key, const ModelSpec& spec,
                                            int64_t block_rows) {
-  const auto* k_scale = src.find(self_attn_prefix(w.name) + "k_proj.weight_scale_inv");
-  constexpr std::array<std::string_view, 3> kQkvNames{"q_proj", "k_proj", "v_proj"};
+  const auto k_scale_name =
+      spec.block_scale_name(spec.attention_weight_name(w.name, Projection::kK));
+  const auto* k_scale = k_scale_name ? src.find(*k_scale_name) : nullptr;
   if (!k_scale || k_scale->shape.size() != 2) return std::nullopt;
-  const std::string prefix = self_attn_prefix(w.name);
   std::array<int64_t, 3> weight_rows{-1, -1, -1};
-  for (size_t p = 0; p < 3; ++p)
-    if (const auto* t = src.find(prefix + std::string(kQkvNames[p]) + ".weight");
-        t && t->shape.size() == 2)
-      weight_rows[p] = static_cast<int64_t>(t->shape[0]);
-  auto fused = detect_fused_qkv(attention_dims_of(key, c), static_cast<int64_t>(k_scale->shape[0]),
-                                block_rows, weight_rows);
+  for (Projection p : kQkv)
+    if (const auto* t = src.find(spec.attention_weight_name(w.name, p)); t && t->shape.size() == 2)
+      weight_rows[qkv_index(p)] = static_cast<int64_t>(t->shape[0]);
+  auto fused = spec.detect_shared_qkv_scales(key, static_cast<int64_t>(k_scale->shape[0]),
+                                             block_rows, weight_rows);
   if (!fused) return std::nullopt;
   if (static_cast<int64_t>(w.shape[0]) != fused->rows(key.projection))
     fail(ErrorKind::kConfigMismatch, w.file, w.name,
@@ -40,7 +39,7 @@ std::optional<FusedQkvLayout> fused_layout(const TensorSource& src, const Source
 }  // namespace
 
 ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const SourceTensor& s,
-                           const TensorKey& key, const MimoConfig& c, const ScaleRefOptions& o) {
+                           const TensorKey& key, const ModelSpec& spec, const ScaleRefOptions& o) {
   if (w.shape.size() != 2)
     fail(ErrorKind::kMalformedFile, w.file, w.name,
          "weight of shape " + format_shape(w.shape) + " has a scale but is not 2-D",
@@ -59,13 +58,12 @@ ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const
   const int64_t need_cols = ceil_div(cols, o.block.cols);
   if (o.detect_fused && key.kind == TensorKind::kAttentionProj &&
       key.projection != Projection::kO) {
-    if (auto fused = fused_layout(src, w, key, c, o.block.rows)) {
+    if (auto fused = fused_layout(src, w, key, spec, o.block.rows)) {
       ref.runs = scale_runs(*fused, key.projection);
       ref.tensors.assign(3, nullptr);
       ref.used_rows.assign(3, 0);
-      const std::string base = self_attn_prefix(w.name);
       for (Projection p : kQkv) {
-        const std::string name = base + std::string(projection_name(p)) + ".weight_scale_inv";
+        const std::string name = *spec.block_scale_name(spec.attention_weight_name(w.name, p));
         const auto* qs = src.find(name);
         if (!qs)
           fail(ErrorKind::kMalformedFile, w.file, name,

@@ -1,7 +1,7 @@
 #pragma once
 // Which block scales dequantize a weight: its own plain grid, or the fused Q/K/V layout its
 // attention layer's k scale reveals. Shared by from-hf planning and verify, with every shape check.
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/plan.hpp"
 #include "moeckpt/scale_layout.hpp"
 #include "moeckpt/tensor_key.hpp"
@@ -16,7 +16,7 @@ struct ScaleRefOptions {
 
 // `w` has the companion `s` (its `_scale_inv`); `key` classifies `w`.
 ScaleRef resolve_scale_ref(const TensorSource& src, const SourceTensor& w, const SourceTensor& s,
-                           const TensorKey& key, const MimoConfig& config,
+                           const TensorKey& key, const ModelSpec& spec,
                            const ScaleRefOptions& options);
 
 // The runs of rows of projection `p` (q, k or v) that share a scale row in the fused layout; the

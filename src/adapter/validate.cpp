@@ -18,7 +18,6 @@
 #include "exec/worker_threads.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_rules.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/tensor_key.hpp"
 
@@ -95,38 +94,6 @@ void scan_parallel(const TensorSource& src, const std::vector<const SourceTensor
   if (error) std::rethrow_exception(error);
 }
 
-// The non-expert tensors a decoder layer (or MTP layer) must hold, relative to its base name.
-std::vector<std::string> required_layer_tensors(const MimoConfig& c, int64_t layer, bool mtp,
-                                                bool native) {
-  std::vector<std::string> out;
-  const AttentionDims& a = mtp ? c.swa : c.layer_attention_dims(layer);
-  const bool moe = !mtp && c.layer_is_moe[static_cast<size_t>(layer)];
-  if (mtp)
-    for (const char* n : {"enorm.weight", "hnorm.weight", "eh_proj.weight"}) out.push_back(n);
-  out.push_back("input_layernorm.weight");
-  // The fused layout's HF checkpoint holds qkv_proj; natively q, k and v are split.
-  const bool fused = c.fused_qkv && (!native || c.fused_native);
-  for (const char* p : {"q_proj", "k_proj", "v_proj", "o_proj"})
-    if (!fused || std::string_view(p) == "o_proj")
-      out.push_back(std::string("self_attn.") + p + ".weight");
-  if (fused) out.push_back("self_attn.qkv_proj.weight");
-  if (a.has_sink) out.push_back("self_attn.attention_sink_bias");
-  out.push_back(mtp ? "pre_mlp_layernorm.weight" : "post_attention_layernorm.weight");
-  if (moe) {
-    out.push_back("mlp.gate.weight");
-    out.push_back("mlp.gate.e_score_correction_bias");
-    if (native) {
-      out.push_back("mlp.experts.gate_and_up_projs");
-      out.push_back("mlp.experts.down_projs");
-    }
-  } else {
-    for (const char* p : {"gate_proj", "up_proj", "down_proj"})
-      out.push_back(std::string("mlp.") + p + ".weight");
-  }
-  if (mtp) out.push_back("final_layernorm.weight");
-  return out;
-}
-
 int64_t parse_count(const std::map<std::string, std::string>& md, const char* key,
                     const std::string& file) {
   auto it = md.find(key);
@@ -145,17 +112,17 @@ int64_t parse_count(const std::map<std::string, std::string>& md, const char* ke
 
 }  // namespace
 
-bool is_native_layout(const TensorSource& src) {
+bool is_native_layout(const TensorSource& src, const ModelSpec& spec) {
   for (size_t p = 0; p < src.parts(); ++p)
     if (native_metadata(src.metadata(p))) return true;
   for (const auto& t : src.tensors())
-    if (classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts) return true;
+    if (spec.classify(t.name).kind == TensorKind::kGroupedExperts) return true;
   return false;
 }
 
-void refuse_native_layout(const TensorSource& src) {
+void refuse_native_layout(const TensorSource& src, const ModelSpec& spec) {
   for (const auto& t : src.tensors())
-    if (classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts)
+    if (spec.classify(t.name).kind == TensorKind::kGroupedExperts)
       fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is a grouped expert tensor: this folder holds the native layout, not HF",
            "an HF checkpoint with per-expert weights (to-hf converts native folders)");
@@ -168,48 +135,45 @@ void refuse_native_layout(const TensorSource& src) {
            "an HF checkpoint (to-hf converts native folders)");
 }
 
-void refuse_hf_layout(const TensorSource& src) {
+void refuse_hf_layout(const TensorSource& src, const ModelSpec& spec) {
   for (const auto& t : src.tensors()) {
-    const auto k = classify_tensor_name(t.name);
+    const auto k = spec.classify(t.name);
     if (k.is_scale)
       fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is an FP8 block scale: this folder holds the HF layout, not the native layout",
            "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
-    if (k.kind == TensorKind::kExpertProj && !k.mtp && is_groupable_expert_prefix(k.prefix))
+    if (spec.is_grouped_expert(k))
       fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is a per-expert weight: this folder holds the HF layout, not the native layout",
            "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
   }
 }
 
-bool is_groupable_expert_prefix(const std::string& p) {
-  return p.empty() || p == "model." || p == "language_model." || p == "model.language_model.";
-}
-
-void check_shapes_against_config(const TensorSource& src, const MimoConfig& c) {
+void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec) {
+  const ModelConfig& c = spec.config();
   for (const auto& t : src.tensors()) {
-    const auto k = classify_tensor_name(t.name);
+    const auto k = spec.classify(t.name);
     if (k.is_scale) continue;
     if (k.layer && !k.mtp && *k.layer >= c.num_hidden_layers)
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("layer {} is not below num_hidden_layers = {} of config.json", *k.layer,
                        c.num_hidden_layers));
-    auto want = expected_hf_shape(k, c);
+    auto want = spec.expected_hf_shape(k);
     if (want && k.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8)
       (*want)[1] /= 2;  // MXFP4: two E2M1 codes per byte along the input axis
     if (want && *want != t.shape)
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
            "shape " + format_shape(t.shape) + " disagrees with config.json", format_shape(*want));
   }
-  if (c.block) check_block_size_matches_scales(src, *c.block);
+  if (c.block) check_block_size_matches_scales(src, spec, *c.block);
 }
 
-void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool native) {
+void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool native) {
   std::string prefix = "model.";
   std::set<int64_t> mtp_layers;
   bool lm_head = false;
   for (const auto& t : src.tensors()) {
-    const auto k = classify_tensor_name(t.name);
+    const auto k = spec.classify(t.name);
     if (k.kind == TensorKind::kLmHead) lm_head = true;
     if (k.is_scale || !k.layer) continue;
     if (k.mtp)
@@ -218,34 +182,16 @@ void check_layers_complete(const TensorSource& src, const MimoConfig& c, bool na
       prefix = k.prefix;
   }
   const std::string where = folder_of(src);
-  auto need = [&](const std::string& name, const std::string& what) {
-    if (native)  // Automodel's TE model names the sink attn_module.softmax_offset
-      if (auto te = te_sink_name(name); te && src.find(*te)) return;
-    if (!src.find(name))
-      fail(ErrorKind::kConfigMismatch, where, name, "missing: " + what + " needs it",
-           "every tensor config.json implies");
-  };
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const auto base = fmt::format("{}layers.{}.", prefix, l);
-    const std::string what = fmt::format(
-        "layer {} ({}, {})", l,
-        c.layer_attention[static_cast<size_t>(l)] == AttentionKind::kFull ? "full attention"
-                                                                          : "sliding window",
-        c.layer_is_moe[static_cast<size_t>(l)] ? "MoE" : "dense");
-    for (const auto& n : required_layer_tensors(c, l, false, native)) need(base + n, what);
-  }
-  for (int64_t m : mtp_layers)
-    for (const auto& n : required_layer_tensors(c, m, true, native))
-      need(fmt::format("{}mtp.layers.{}.{}", prefix, m, n), fmt::format("MTP layer {}", m));
-  need(prefix + "embed_tokens.weight", "the model");
-  need(prefix + "norm.weight", "the model");
-  if (!c.tie_word_embeddings && !lm_head)
-    fail(ErrorKind::kConfigMismatch, where, "lm_head.weight",
-         "missing: the model needs it (tie_word_embeddings is false)",
+  for (const auto& r : spec.required_tensors(prefix, mtp_layers, native)) {
+    if (src.find(r.name) || (r.backend_name && src.find(*r.backend_name))) continue;
+    if (lm_head && spec.classify(r.name).kind == TensorKind::kLmHead) continue;
+    fail(ErrorKind::kConfigMismatch, where, r.name, "missing: " + r.needed_by + " needs it",
          "every tensor config.json implies");
+  }
 }
 
-std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoConfig& c) {
+std::vector<int64_t> check_native_metadata(const TensorSource& src, const ModelSpec& spec) {
+  const ModelConfig& c = spec.config();
   std::vector<int64_t> starts;
   std::optional<int64_t> world;
   std::map<int64_t, size_t> ranks;  // rank -> part
@@ -309,7 +255,7 @@ std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoCo
                        p + 1),
            "each rank's folder once");
     for (const auto& t : src.tensors())
-      if (t.part == p && classify_tensor_name(t.name).kind == TensorKind::kGroupedExperts &&
+      if (t.part == p && spec.classify(t.name).kind == TensorKind::kGroupedExperts &&
           (t.shape.empty() || static_cast<int64_t>(t.shape[0]) != count))
         fail(ErrorKind::kConfigMismatch, t.file, t.name,
              fmt::format("grouped expert tensor of shape {} but __metadata__ "
@@ -361,12 +307,12 @@ void scan_fp8_nan_codes(const TensorSource& src, unsigned threads) {
   });
 }
 
-void scan_native_non_finite(const TensorSource& src, unsigned threads) {
+void scan_native_non_finite(const TensorSource& src, const ModelSpec& spec, unsigned threads) {
   std::vector<const SourceTensor*> list;
   for (const auto& t : src.tensors()) {
     if (t.dtype != Dtype::BF16 && t.dtype != Dtype::F16 && t.dtype != Dtype::F32) continue;
-    const auto k = classify_tensor_name(t.name);
-    if (k.kind == TensorKind::kGroupedExperts || is_published_fp8_key(t.name)) list.push_back(&t);
+    if (spec.classify(t.name).kind == TensorKind::kGroupedExperts || spec.is_published_fp8(t.name))
+      list.push_back(&t);
   }
   scan_parallel(src, list, threads, [](const SourceTensor& t, uint64_t first, auto bytes) {
     const size_t es = dtype_size(t.dtype);

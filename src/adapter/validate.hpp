@@ -1,42 +1,39 @@
 #pragma once
-// Checks that a tensor source is a convertible MiMo-V2-Flash checkpoint. One set of rules shared
-// by from-hf / to-hf planning, verify and inspect: each refusal is a moeckpt::Error naming the
-// file, the tensor, what is wrong and what was expected.
+// Checks that a tensor source is a convertible checkpoint of its spec's family. One set of rules
+// shared by from-hf / to-hf planning, verify and inspect: each refusal is a moeckpt::Error naming
+// the file, the tensor, what is wrong and what was expected.
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
 
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/tensor_source.hpp"
 
 namespace moeckpt {
 
-// Prefixes under which per-expert keys are grouped (others pass through unchanged).
-bool is_groupable_expert_prefix(const std::string& prefix);
-
 // True when the source holds the native (grouped-expert) layout: a grouped expert tensor, or
 // moeckpt metadata saying so.
-bool is_native_layout(const TensorSource& src);
+bool is_native_layout(const TensorSource& src, const ModelSpec& spec);
 
 // from-hf's input must be HF: refuses grouped expert tensors and native metadata.
-void refuse_native_layout(const TensorSource& src);
+void refuse_native_layout(const TensorSource& src, const ModelSpec& spec);
 // to-hf's input must be native: refuses `_scale_inv` companions and per-expert HF keys.
-void refuse_hf_layout(const TensorSource& src);
+void refuse_hf_layout(const TensorSource& src, const ModelSpec& spec);
 
 // Every (non-scale, non-grouped) tensor the config determines has the config's shape, and every
 // layer index is below num_hidden_layers, and the scale grids agree with weight_block_size.
-void check_shapes_against_config(const TensorSource& src, const MimoConfig& config);
+void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec);
 
 // Every decoder / MTP layer that holds any tensor holds all of its non-expert tensors (norms,
 // q/k/v/o, the sink when configured, the dense MLP or the router), and the model's embedding,
 // final norm and (untied) lm_head exist. `native`: MoE layers need both grouped expert tensors.
-void check_layers_complete(const TensorSource& src, const MimoConfig& config, bool native);
+void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool native);
 
 // The moeckpt.* metadata of each part agrees with itself, with config.json, with the grouped
 // tensors' expert dimension and with the other parts (one EP world size, distinct ranks).
 // Returns each part's first expert id (0 without metadata).
-std::vector<int64_t> check_native_metadata(const TensorSource& src, const MimoConfig& config);
+std::vector<int64_t> check_native_metadata(const TensorSource& src, const ModelSpec& spec);
 
 // Reads a scale tensor and refuses zero, negative, NaN or infinite entries among the
 // [used_rows, used_cols] that blocks use (extra trailing rows/columns are ignored). Returns the
@@ -54,6 +51,6 @@ std::vector<LargeScale> check_scale_values(const TensorSource& src, const Source
 // FP8 NaN codes (0x7F / 0xFF) in every F8_E4M3 tensor ...
 void scan_fp8_nan_codes(const TensorSource& src, unsigned threads = 0);
 // ... and NaN / infinity in the native tensors block quantization would quantize.
-void scan_native_non_finite(const TensorSource& src, unsigned threads = 0);
+void scan_native_non_finite(const TensorSource& src, const ModelSpec& spec, unsigned threads = 0);
 
 }  // namespace moeckpt

@@ -64,8 +64,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
 
   moeckpt::SynthOptions synth;
   std::string synth_dst;
-  auto* synth_cmd =
-      app.add_subcommand("synth", "write a synthetic MiMo-V2-Flash-shaped FP8 checkpoint");
+  auto* synth_cmd = app.add_subcommand(
+      "synth", "write a synthetic checkpoint of a model family's layout (FP8, MXFP4)");
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
   synth_cmd->add_option("--preset", synth.preset, "tiny, micro or full (real dimensions)")
       ->check(CLI::IsMember({"tiny", "micro", "full"}));
@@ -152,8 +152,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   int64_t th_tp = 0;
   th_cmd
       ->add_option("--tp-size", th_tp,
-                   "MiMo-V2.6: the TP degree to interleave qkv_proj over (default: the source's, "
-                   "recorded by from-hf)")
+                   "fused-QKV layouts: the TP degree to interleave qkv_proj over (default: the "
+                   "source's, recorded by from-hf)")
       ->check(integer_in(1, 65536));
   th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
       ->check(integer_in(1, kMaxBytes));

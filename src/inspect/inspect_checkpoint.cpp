@@ -12,11 +12,8 @@
 #include "adapter/checkpoint_validation.hpp"
 #include "adapter/validate.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_config.hpp"
-#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/safetensors.hpp"
-#include "moeckpt/scale_layout.hpp"
-#include "moeckpt/tensor_key.hpp"
 
 namespace moeckpt {
 namespace {
@@ -46,10 +43,10 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
   r.tensors = ck.names().size();
   r.total_bytes = ck.total_bytes();
 
-  std::optional<MimoConfig> config;
+  std::optional<ModelConfig> config;
   std::error_code ec;
   if (!options.headers_only || fs::exists(dir / "config.json", ec)) {
-    config = MimoConfig::load(dir / "config.json");  // refuses a missing or broken config.json
+    config = ModelConfig::load(dir / "config.json");  // refuses a missing or broken config.json
     r.has_config = true;
     r.layers = config->num_hidden_layers;
     for (auto k : config->layer_attention)
@@ -61,6 +58,9 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     r.notes.push_back("no config.json: shapes and layer kinds are not checked");
   }
   const int64_t block_rows = config && config->block ? config->block->rows : 128;
+  // Without a config.json, names are read with the reference family's grammar.
+  const auto spec = model_spec_for(config.value_or(ModelConfig{}));
+  if (config) r.model = std::string(spec->layout_name());
 
   std::map<int64_t, std::set<int64_t>> experts;             // layer -> ids
   std::map<std::pair<int64_t, int64_t>, int> expert_projs;  // (layer, id) -> bitmask
@@ -74,7 +74,7 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     auto& d = r.by_dtype[std::string(dtype_name(t.dtype))];
     d.tensors++;
     d.bytes += t.nbytes();
-    auto key = classify_tensor_name(name);
+    auto key = spec->classify(name);
     if (key.mtp && key.layer) mtp_layers.insert(*key.layer);
     const std::string& file = ck.file_of(e);
 
@@ -84,49 +84,46 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
                                       file, name, key.weight_name));
       continue;
     }
-    // The multimodal towers of MiMo-V2.6 checkpoints are passed through as they are.
-    const bool tower =
-        config && config->fused_qkv && (name.starts_with("visual.") || name.starts_with("audio."));
-    if (key.kind == TensorKind::kOther && !tower) {
+    if (key.kind == TensorKind::kOther && !(config && spec->is_passthrough(name))) {
       if (++unknown <= 20)
         r.notes.push_back(
-            fmt::format("{}: tensor '{}': not a MiMo-V2-Flash tensor name", file, name));
+            fmt::format("{}: tensor '{}': not a {} tensor name", file, name, spec->layout_name()));
     }
     if (key.kind == TensorKind::kExpertProj && key.layer && !key.mtp)
       experts[*key.layer].insert(*key.expert);
-    // MXFP4 experts (MiMo-V2.6): packed E2M1 with E8M0 scales, listed with the FP8 families.
+    // MXFP4 experts: packed E2M1 with E8M0 scales, listed with the FP8 families.
     const auto* mx = key.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8
-                         ? ck.find(name + "_scale")
+                         ? ck.find(spec->mx_scale_name(name))
                          : nullptr;
-    const auto* scale = mx ? mx : ck.find(name + "_scale_inv");
+    const auto scale_name = spec->block_scale_name(name);
+    const auto* scale = mx ? mx : scale_name ? ck.find(*scale_name) : nullptr;
     if (!scale) continue;
     const auto& s = *scale->info;
     if (t.shape.size() != 2 || s.shape.size() != 2) continue;  // refused by the validation
     std::string layout = mx ? "mxfp4" : "plain";
-    if (config && config->fused_qkv && key.projection == Projection::kQkv) {
-      // One block grid per checkpoint TP shard (metadata.tp_size, or MiMo-V2.5-Pro's kv heads).
-      const auto md = ck.index_metadata();
-      const int64_t tp = config->fused_native
-                             ? config->full.num_kv_heads
-                             : (md.count("tp_size") ? std::atoll(md.at("tp_size").c_str()) : 1);
-      layout = "per_tp_shard_" + std::to_string(tp);
+    if (config && spec->hf_qkv_fused() && key.projection == Projection::kQkv) {
+      // One block grid per checkpoint TP shard (metadata.tp_size, or the family's fixed degree);
+      // a bad tp_size is the validation's problem to report.
+      std::string tp = "?";
+      try {
+        tp = std::to_string(spec->checkpoint_tp(ck.index_metadata(), file));
+      } catch (const Error&) {
+      }
+      layout = "per_tp_shard_" + tp;
     } else if (config && key.kind == TensorKind::kAttentionProj &&
                key.projection != Projection::kO) {
-      const auto& dims = attention_dims_of(key, *config);
-      const std::string attn = key.prefix + (key.mtp ? "mtp." : "") + "layers." +
-                               std::to_string(*key.layer) + ".self_attn.";
-      const auto* k_scale = ck.find(attn + "k_proj.weight_scale_inv");
+      const auto& dims = spec->attention_dims(key);
+      const auto* k_scale =
+          ck.find(*spec->block_scale_name(spec->attention_weight_name(name, Projection::kK)));
       if (k_scale && k_scale->info->shape.size() == 2) {
         std::array<int64_t, 3> weight_rows{-1, -1, -1};
-        int i = 0;
-        for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
-          const auto* e = ck.find(attn + proj + ".weight");
+        for (Projection p : kQkv) {
+          const auto* e = ck.find(spec->attention_weight_name(name, p));
           if (e && e->info->shape.size() == 2)
-            weight_rows[static_cast<size_t>(i)] = static_cast<int64_t>(e->info->shape[0]);
-          ++i;
+            weight_rows[qkv_index(p)] = static_cast<int64_t>(e->info->shape[0]);
         }
-        auto fused = detect_fused_qkv(dims, static_cast<int64_t>(k_scale->info->shape[0]),
-                                      block_rows, weight_rows);
+        auto fused = spec->detect_shared_qkv_scales(
+            key, static_cast<int64_t>(k_scale->info->shape[0]), block_rows, weight_rows);
         if (fused) layout = "fused_kv_t4";
         if (key.projection == Projection::kK)
           r.attention.push_back({layer_label(key),
@@ -178,6 +175,7 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
   auto& dt = j["by_dtype"] = nlohmann::ordered_json::object();
   for (const auto& [name, d] : r.by_dtype) dt[name] = {{"tensors", d.tensors}, {"bytes", d.bytes}};
   if (r.has_config) {
+    j["model"] = r.model;
     j["layers"] = {{"total", r.layers},
                    {"full_attention", r.full_layers},
                    {"sliding_window", r.swa_layers},
@@ -218,6 +216,7 @@ std::string to_text(const InspectReport& r) {
                    r.total_bytes));
   for (const auto& [name, d] : r.by_dtype)
     line(fmt::format("  {:<8} {:>7} tensors  {:>12}", name, d.tensors, human_bytes(d.bytes)));
+  if (r.has_config) line("model: " + r.model);
   if (r.has_config)
     line(fmt::format(
         "layers: {} ({} full attention, {} sliding window; {} dense, {} MoE), MTP layers: {}",

@@ -67,7 +67,7 @@ bool FusedQkvLayout::differs_from_plain() const noexcept {
 
 }  // namespace moeckpt
 
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_config.hpp"
 
 namespace moeckpt {
 

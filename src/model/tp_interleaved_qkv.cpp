@@ -25,8 +25,8 @@ TpInterleavedQkv tp_interleaved_qkv(const AttentionDims& a, int64_t tp, const st
           a.num_kv_heads / tp * a.v_head_dim};
 }
 
-TpInterleavedQkv tp_interleaved_qkv_v25(const AttentionDims& a, int64_t tp, bool exact,
-                                        const std::string& file, const std::string& tensor) {
+TpInterleavedQkv tp_interleaved_qkv_rounded(const AttentionDims& a, int64_t tp, bool exact,
+                                            const std::string& file, const std::string& tensor) {
   if (exact) return tp_interleaved_qkv(a, tp, file, tensor);
   const int64_t kv = std::max<int64_t>(1, a.num_kv_heads / tp);
   return {tp, a.num_heads / tp * a.head_dim, kv * a.head_dim, kv * a.v_head_dim};

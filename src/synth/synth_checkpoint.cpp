@@ -2,11 +2,13 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <set>
 #include <unordered_map>
 
 #include "io/file.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/safetensors_writer.hpp"
@@ -121,87 +123,54 @@ void add_plain(Layout& l, std::string name, Dtype dt, std::vector<uint64_t> shap
   l.plain.push_back({std::move(name), dt, std::move(shape), v});
 }
 
-void add_attention(Layout& l, const std::string& p, const AttentionDims& a, int64_t hidden) {
-  Fp8Group g;
-  g.cols = hidden;
-  g.fused = FusedQkvLayout::make(a.q_rows(), a.k_rows(), a.v_rows(), kBlock);
-  if (!g.fused)
-    fail(ErrorKind::kConfigMismatch, "", p + "self_attn",
-         "q/k/v rows do not split over the published tensor parallelism (4)");
-  // Projections too small to own a scale row in the fused layout (the micro preset's) are
-  // quantized on the plain grid.
-  if (!g.fused->every_projection_owns_scale_rows()) {
-    for (Projection pr : kQkv) {
-      const int64_t rows = pr == Projection::kQ   ? a.q_rows()
-                           : pr == Projection::kK ? a.k_rows()
-                                                  : a.v_rows();
-      add_fp8(l, p + "self_attn." + std::string(projection_name(pr)) + ".weight", rows, hidden);
-    }
-  } else {
-    for (Projection pr : kQkv)
-      g.members.push_back({p + "self_attn." + std::string(projection_name(pr)) + ".weight", pr,
-                           g.fused->rows(pr), g.fused->scale_rows(pr)});
-    l.fp8.push_back(std::move(g));
-  }
-  add_plain(l, p + "self_attn.o_proj.weight", Dtype::BF16,
-            {static_cast<uint64_t>(hidden), static_cast<uint64_t>(a.o_cols())},
-            PlainTensor::Values::kWeight);
-  if (a.has_sink)
-    add_plain(l, p + "self_attn.attention_sink_bias", Dtype::BF16,
-              {static_cast<uint64_t>(a.num_heads)}, PlainTensor::Values::kSmall);
-}
-
-void add_dense_mlp(Layout& l, const std::string& p, int64_t hidden, int64_t inter) {
-  add_fp8(l, p + "mlp.gate_proj.weight", inter, hidden);
-  add_fp8(l, p + "mlp.up_proj.weight", inter, hidden);
-  add_fp8(l, p + "mlp.down_proj.weight", hidden, inter);
-}
-
-Layout plan_layout(const MimoConfig& c, int64_t mtp_layers) {
+// Every tensor of the HF checkpoint the spec describes: what it requires of a whole checkpoint
+// (with `mtp_layers` MTP layers) plus each MoE layer's routed experts. Published-FP8 weights are
+// quantized, q/k/v through the shared-scale layout where the spec writes one; the rest are BF16
+// (F32 where the family publishes it so).
+Layout plan_layout(const ModelSpec& spec, int64_t mtp_layers) {
+  const ModelConfig& c = spec.config();
   Layout l;
-  const auto D = static_cast<uint64_t>(c.hidden_size);
   using V = PlainTensor::Values;
-  add_plain(l, "model.embed_tokens.weight", Dtype::BF16, {static_cast<uint64_t>(c.vocab_size), D},
-            V::kWeight);
-  auto layer = [&](const std::string& p, const AttentionDims& a, bool moe, bool mtp) {
-    if (mtp) {
-      for (auto n : {"enorm.weight", "hnorm.weight"})
-        add_plain(l, p + n, Dtype::BF16, {D}, V::kNorm);
-      add_plain(l, p + "eh_proj.weight", Dtype::BF16, {D, 2 * D}, V::kWeight);
+  std::set<int64_t> mtp;
+  for (int64_t m = 0; m < mtp_layers; ++m) mtp.insert(m);
+  std::map<std::string, Fp8Group> shared;  // per attention prefix
+  auto add = [&](const std::string& name) {
+    const auto key = spec.classify(name);
+    const auto shape = spec.expected_hf_shape(key);
+    if (!shape)
+      fail(ErrorKind::kInvalidArgument, "", name, "the config does not determine its shape");
+    if (!spec.is_published_fp8(name)) {
+      const V v = key.kind == TensorKind::kNorm || key.kind == TensorKind::kFinalNorm ? V::kNorm
+                  : shape->size() == 1 && key.kind != TensorKind::kNorm               ? V::kSmall
+                                                                                      : V::kWeight;
+      add_plain(l, name, spec.is_published_f32(key) ? Dtype::F32 : Dtype::BF16, *shape, v);
+      return;
     }
-    add_plain(l, p + "input_layernorm.weight", Dtype::BF16, {D}, V::kNorm);
-    add_attention(l, p, a, c.hidden_size);
-    add_plain(l, p + (mtp ? "pre_mlp_layernorm.weight" : "post_attention_layernorm.weight"),
-              Dtype::BF16, {D}, V::kNorm);
-    if (!moe) {
-      add_dense_mlp(l, p, c.hidden_size, c.intermediate_size);
-    } else {
-      const auto E = static_cast<uint64_t>(c.n_routed_experts);
-      add_plain(l, p + "mlp.gate.weight", Dtype::F32, {E, D}, V::kWeight);
-      add_plain(l, p + "mlp.gate.e_score_correction_bias", Dtype::F32, {E}, V::kSmall);
-      for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-        auto ep = p + "mlp.experts." + std::to_string(e) + ".";
-        add_fp8(l, ep + "gate_proj.weight", c.moe_intermediate_size, c.hidden_size);
-        add_fp8(l, ep + "up_proj.weight", c.moe_intermediate_size, c.hidden_size);
-        add_fp8(l, ep + "down_proj.weight", c.hidden_size, c.moe_intermediate_size);
-      }
+    const auto rows = static_cast<int64_t>((*shape)[0]), cols = static_cast<int64_t>((*shape)[1]);
+    if (auto fused = spec.shared_qkv_scales_to_write(key, kBlock)) {
+      auto& g = shared[spec.attention_prefix(name)];
+      g.cols = cols;
+      g.fused = fused;
+      g.members.push_back({name, key.projection, rows, fused->scale_rows(key.projection)});
+      return;
     }
-    if (mtp) add_plain(l, p + "final_layernorm.weight", Dtype::BF16, {D}, V::kNorm);
+    add_fp8(l, name, rows, cols);
   };
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
-    layer("model.layers." + std::to_string(i) + ".", c.layer_attention_dims(i),
-          c.layer_is_moe[static_cast<size_t>(i)], false);
-  for (int64_t m = 0; m < mtp_layers; ++m)
-    layer("model.mtp.layers." + std::to_string(m) + ".", c.swa, false, true);
-  add_plain(l, "model.norm.weight", Dtype::BF16, {D}, V::kNorm);
-  add_plain(l, "lm_head.weight", Dtype::BF16, {static_cast<uint64_t>(c.vocab_size), D}, V::kWeight);
+  for (const auto& r : spec.required_tensors("model.", mtp, false)) add(r.name);
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
+    if (!c.layer_is_moe[static_cast<size_t>(layer)]) continue;
+    for (int64_t e = 0; e < c.n_routed_experts; ++e)
+      for (const auto& g : spec.expert_groupings())
+        for (Projection p : g.parts) add(spec.expert_weight_name("model.", layer, e, p));
+  }
+  for (auto& [_, g] : shared) l.fp8.push_back(std::move(g));
   return l;
 }
 
 // File order: by name's position in the plan, weights before their scales; scales of odd-numbered
 // experts go last, so some scales live in a different shard than their weights (as can happen in
 // real checkpoints).
-std::vector<TensorSpec> file_order(const Layout& l) {
+std::vector<TensorSpec> file_order(const ModelSpec& spec, const Layout& l) {
   std::vector<TensorSpec> specs, late;
   struct Item {
     std::string sort_key;
@@ -209,8 +178,8 @@ std::vector<TensorSpec> file_order(const Layout& l) {
     bool late;
   };
   std::vector<Item> items;
-  auto key = [](const std::string& name) {
-    auto k = classify_tensor_name(name);
+  auto key = [&spec](const std::string& name) {
+    auto k = spec.classify(name);
     char buf[64];
     std::snprintf(buf, sizeof buf, "%d%08lld%08lld", k.mtp ? 2 : (k.layer ? 1 : 0),
                   static_cast<long long>(k.layer.value_or(0)),
@@ -223,8 +192,8 @@ std::vector<TensorSpec> file_order(const Layout& l) {
       const auto rows = static_cast<uint64_t>(m.rows);
       const auto cols = static_cast<uint64_t>(g.cols);
       items.push_back({key(m.name), {m.name, Dtype::F8_E4M3, {rows, cols}}, false});
-      auto sname = m.name + "_scale_inv";
-      auto sk = classify_tensor_name(sname);
+      auto sname = *spec.block_scale_name(m.name);
+      auto sk = spec.classify(sname);
       items.push_back({key(sname),
                        {sname,
                         Dtype::F32,
@@ -239,7 +208,7 @@ std::vector<TensorSpec> file_order(const Layout& l) {
   return specs;
 }
 
-void write_fp8_group(const Fp8Group& g, uint64_t seed, CheckpointWriter& w,
+void write_fp8_group(const ModelSpec& spec, const Fp8Group& g, uint64_t seed, CheckpointWriter& w,
                      const std::unordered_map<std::string, size_t>& index) {
   const int64_t cb = plain_scale_count(g.cols, kBlock);
   std::vector<std::vector<float>> values, scales;
@@ -282,7 +251,7 @@ void write_fp8_group(const Fp8Group& g, uint64_t seed, CheckpointWriter& w,
     w.write(index.at(g.members[mi].name), 0, codes);
   }
   for (size_t mi = 0; mi < g.members.size(); ++mi)
-    w.write(index.at(g.members[mi].name + "_scale_inv"), 0, to_f32_bytes(scales[mi]));
+    w.write(index.at(*spec.block_scale_name(g.members[mi].name)), 0, to_f32_bytes(scales[mi]));
 }
 
 void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
@@ -305,61 +274,6 @@ void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
   w.write(index.at(p.name), 0, p.dtype == Dtype::F32 ? to_f32_bytes(v) : to_bf16_bytes(v));
 }
 
-// What every preset shares: the architecture's fixed choices (attention sinks, rope, routing).
-json preset_config(const char* dimensions) {
-  json c = json::parse(R"({
-    "architectures": ["MiMoV2FlashForCausalLM"], "model_type": "mimo_v2_flash",
-    "sliding_window": 128, "sliding_window_size": 128,
-    "add_swa_attention_sink_bias": true, "add_full_attention_sink_bias": false,
-    "attention_value_scale": 0.707, "attention_bias": false, "partial_rotary_factor": 0.334,
-    "rope_theta": 5000000, "swa_rope_theta": 10000, "layernorm_epsilon": 1e-5,
-    "hidden_act": "silu", "n_shared_experts": null, "scoring_func": "sigmoid",
-    "topk_method": "noaux_tc", "n_group": 1, "topk_group": 1, "norm_topk_prob": true,
-    "routed_scaling_factor": null, "tie_word_embeddings": false, "torch_dtype": "bfloat16"})");
-  c.update(json::parse(dimensions));
-  return c;
-}
-
-json full_config() {
-  json c = preset_config(R"({
-    "vocab_size": 152576, "hidden_size": 4096, "intermediate_size": 16384,
-    "moe_intermediate_size": 2048, "num_hidden_layers": 48,
-    "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 192, "v_head_dim": 128,
-    "swa_num_attention_heads": 64, "swa_num_key_value_heads": 8, "swa_head_dim": 192,
-    "swa_v_head_dim": 128, "max_position_embeddings": 262144, "n_routed_experts": 256,
-    "num_experts_per_tok": 8})");
-  std::vector<int> pattern(48, 1);
-  for (int l : {0, 5, 11, 17, 23, 29, 35, 41, 47}) pattern[static_cast<size_t>(l)] = 0;
-  std::vector<int> moe(48, 1);
-  moe[0] = 0;
-  c["hybrid_layer_pattern"] = pattern;
-  c["moe_layer_freq"] = moe;
-  return c;
-}
-
-json tiny_config() {
-  return preset_config(R"({
-    "vocab_size": 512, "hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 128,
-    "num_hidden_layers": 4, "hybrid_layer_pattern": [0, 1, 1, 0], "moe_layer_freq": [0, 1, 1, 1],
-    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 192, "v_head_dim": 128,
-    "swa_num_attention_heads": 8, "swa_num_key_value_heads": 8, "swa_head_dim": 192,
-    "swa_v_head_dim": 128, "max_position_embeddings": 4096, "n_routed_experts": 8,
-    "num_experts_per_tok": 2})");
-}
-
-// The smallest checkpoint with the structural features a malformed-input corpus needs (~120 KB):
-// a dense full-attention layer and a sliding-window MoE layer with sinks, dimensions over 128
-// (several scale blocks, ragged last blocks), 4 experts, no MTP layer.
-json micro_config() {
-  return preset_config(R"({
-    "vocab_size": 32, "hidden_size": 136, "intermediate_size": 40, "moe_intermediate_size": 24,
-    "num_hidden_layers": 2, "hybrid_layer_pattern": [0, 1], "moe_layer_freq": [0, 1],
-    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32, "v_head_dim": 16,
-    "swa_num_attention_heads": 2, "swa_num_key_value_heads": 2, "swa_head_dim": 32,
-    "swa_v_head_dim": 16, "max_position_embeddings": 4096, "n_routed_experts": 4,
-    "num_experts_per_tok": 2})");
-}
-
 int64_t default_mtp_layers(const SynthOptions& o) {
   if (o.mtp_layers) return *o.mtp_layers;
   if (o.preset == "micro") return 0;
@@ -370,61 +284,18 @@ int64_t default_mtp_layers(const SynthOptions& o) {
 }  // namespace
 
 json synth_config(const SynthOptions& o) {
-  json c;
-  if (o.preset == "tiny")
-    c = tiny_config();
-  else if (o.preset == "full")
-    c = full_config();
-  else if (o.preset == "micro")
-    c = micro_config();
-  else
-    fail(ErrorKind::kInvalidArgument, "", "", "unknown preset \"" + o.preset + "\"",
-         "tiny, micro or full");
-  auto check = [](const char* what, int64_t v, int64_t lo, int64_t hi) {
-    if (v < lo || v > hi)
-      fail(ErrorKind::kInvalidArgument, "", "",
-           std::string(what) + " = " + std::to_string(v) + " is out of range",
-           std::to_string(lo) + ".." + std::to_string(hi));
-  };
-  if (o.layers) {
-    const int64_t n = c["num_hidden_layers"].get<int64_t>();
-    check("layers", *o.layers, 1, n);
-    auto trim = [&](const char* key) {
-      auto v = c[key].get<std::vector<int>>();
-      v.resize(static_cast<size_t>(*o.layers));
-      c[key] = v;
-    };
-    trim("hybrid_layer_pattern");
-    trim("moe_layer_freq");
-    c["num_hidden_layers"] = *o.layers;
-  }
-  if (o.experts) {
-    check("experts", *o.experts, 1, 4096);
-    c["n_routed_experts"] = *o.experts;
-    c["num_experts_per_tok"] =
-        std::min<int64_t>(c["num_experts_per_tok"].get<int64_t>(), *o.experts);
-  }
-  if (o.vocab) {
-    check("vocab", *o.vocab, 1, int64_t{1} << 22);
-    c["vocab_size"] = *o.vocab;
-  }
-  if (o.mtp_layers) check("mtp", *o.mtp_layers, 0, 16);
-  json ignored = json::array();
-  for (int64_t i = 0; i < c["num_hidden_layers"].get<int64_t>(); ++i)
-    ignored.push_back("model.layers." + std::to_string(i) + ".self_attn.o_proj");
-  c["quantization_config"] = {{"activation_scheme", "dynamic"},
-                              {"fmt", "e4m3"},
-                              {"quant_method", "fp8"},
-                              {"weight_block_size", {128, 128}},
-                              {"ignored_layers", ignored}};
-  return c;
+  if (o.mtp_layers && (*o.mtp_layers < 0 || *o.mtp_layers > 16))
+    fail(ErrorKind::kInvalidArgument, "", "",
+         "mtp = " + std::to_string(*o.mtp_layers) + " is out of range", "0..16");
+  return model_preset(o.preset, {o.layers, o.experts, o.vocab});
 }
 
 SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
   json doc = synth_config(o);
-  MimoConfig config = MimoConfig::parse(doc, "synthesized config");
-  Layout layout = plan_layout(config, default_mtp_layers(o));
-  auto specs = file_order(layout);
+  ModelConfig config = ModelConfig::parse(doc, "synthesized config");
+  const auto spec = model_spec_for(config);
+  Layout layout = plan_layout(*spec, default_mtp_layers(o));
+  auto specs = file_order(*spec, layout);
 
   std::error_code ec;
   if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
@@ -449,7 +320,7 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
   io::write_file_atomically(dst / "config.json", doc.dump(2) + "\n");
   CheckpointWriter writer(dst, std::move(specs), sharding);
   for (const auto& p : layout.plain) write_plain(p, o.seed, writer, index);
-  for (const auto& g : layout.fp8) write_fp8_group(g, o.seed, writer, index);
+  for (const auto& g : layout.fp8) write_fp8_group(*spec, g, o.seed, writer, index);
   writer.commit();
   return {writer.tensor_count(), total, writer.shard_count()};
 }

@@ -13,10 +13,8 @@
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_rules.hpp"
+#include "moeckpt/model_spec.hpp"
 #include "moeckpt/numerics.hpp"
-#include "moeckpt/tensor_key.hpp"
-#include "moeckpt/tp_interleaved_qkv.hpp"
 
 namespace moeckpt {
 namespace fs = std::filesystem;
@@ -46,8 +44,8 @@ std::pair<int64_t, int64_t> matrix_dims(const std::vector<uint64_t>& shape) {
   return {static_cast<int64_t>(shape[0]), static_cast<int64_t>(cols)};
 }
 
-std::string family_of(const std::string& key) {
-  auto k = classify_tensor_name(key);
+std::string family_of(const ModelSpec& spec, const std::string& key) {
+  auto k = spec.classify(key);
   if (k.kind == TensorKind::kExpertProj)
     return "experts." + std::string(projection_name(k.projection));
   std::string f(tensor_kind_name(k.kind));
@@ -57,7 +55,8 @@ std::string family_of(const std::string& key) {
 
 class LogicalView {
  public:
-  LogicalView(const fs::path& dir, const MimoConfig& config) : src_({dir}), config_(config) {
+  LogicalView(const fs::path& dir, const ModelConfig& config)
+      : src_({dir}), spec_(model_spec_for(config)) {
     // Each side must be a checkpoint its conversion would accept (the same checks: layout,
     // shapes against config.json, completeness, scales, NaN codes), so a difference is a real one.
     validate_checkpoint(src_, config);
@@ -66,10 +65,10 @@ class LogicalView {
     if (auto it = md.find(kMetaExpertStart); it != md.end())
       std::from_chars(it->second.data(), it->second.data() + it->second.size(), start);
     const BlockSize block = config.block.value_or(BlockSize{});
-    const bool fused_hf = config.fused_qkv && !is_native_layout(src_);
+    const bool fused_hf = spec_->hf_qkv_fused() && !is_native_layout(src_, *spec_);
     for (const auto& t : src_.tensors()) {
-      if (t.name.ends_with("_scale_inv")) continue;
-      auto key = classify_tensor_name(t.name);
+      if (spec_->is_block_scale(t.name)) continue;
+      auto key = spec_->classify(t.name);
       if (key.is_mx_scale) continue;
       if (key.kind == TensorKind::kGroupedExperts && t.shape.size() == 3) {
         add_grouped(t, key, start);
@@ -96,7 +95,8 @@ class LogicalView {
         src_.read(*tp, static_cast<uint64_t>(r0 * cols) * es, bytes);
         return bytes;
       };
-      const auto* scale = t.name.ends_with(".weight") ? src_.find(t.name + "_scale_inv") : nullptr;
+      const auto scale_name = spec_->block_scale_name(t.name);
+      const auto* scale = scale_name ? src_.find(*scale_name) : nullptr;
       if (scale) {
         DequantInput in = dequant_input_for(t, *scale, key, block);
         lt.values = [this, in](int64_t r0, int64_t r1) {
@@ -113,6 +113,7 @@ class LogicalView {
     }
   }
   std::map<std::string, LogicalTensor>& tensors() { return tensors_; }
+  const ModelSpec& spec() const { return *spec_; }
 
  private:
   DequantInput dequant_input_for(const SourceTensor& w, const SourceTensor& s, const TensorKey& key,
@@ -120,23 +121,21 @@ class LogicalView {
     DequantInput in;
     in.weight = &w;
     in.nan = NanPolicy::kTorchCompat;  // compare NaN as NaN instead of refusing
-    in.scale = resolve_scale_ref(src_, w, s, key, config_, {block, true, false});
+    in.scale = resolve_scale_ref(src_, w, s, key, *spec_, {block, true, false});
     return in;
   }
 
-  // q_proj, k_proj and v_proj of a MiMo-V2.6 qkv_proj: each a gather of one row run per TP shard,
-  // dequantized with the shard's own scale grid.
+  // The q, k and v projections of a fused qkv_proj (split natively): each a gather of one row
+  // run per TP shard, dequantized with the shard's own scale grid; or one canonical [Q, K, V]
+  // tensor (fused natively).
   void add_tp_interleaved(const SourceTensor& t, const TensorKey& key, BlockSize block) {
-    const auto& dims = attention_dims_of(key, config_);
-    const auto layout =
-        config_.fused_native
-            ? tp_interleaved_qkv_v25(dims, config_.full.num_kv_heads, true, t.file, t.name)
-            : tp_interleaved_qkv(dims, checkpoint_tp_size(src_.index_metadata(0), t.file), t.file,
-                                 t.name);
+    const auto& dims = spec_->attention_dims(key);
+    const auto layout = spec_->qkv_interleave(
+        dims, spec_->checkpoint_tp(src_.index_metadata(0), t.file), true, t.file, t.name);
     DequantInput in;
     in.weight = &t;
     in.nan = NanPolicy::kTorchCompat;
-    if (const auto* s = src_.find(t.name + "_scale_inv")) {
+    if (const auto* s = src_.find(*spec_->block_scale_name(t.name))) {
       ScaleRef r;
       r.tensors = {s};
       r.block_rows = block.rows;
@@ -146,11 +145,8 @@ class LogicalView {
       r.check_values = false;
       in.scale = r;
     }
-    const std::string base =
-        t.name.substr(0, t.name.size() - std::string("qkv_proj.weight").size());
     const auto cols = static_cast<int64_t>(t.shape.at(1));
-    // MiMo-V2.6: q, k and v logical tensors; MiMo-V2.5-Pro: one canonical [Q, K, V] qkv_proj.
-    const int parts = config_.fused_native ? 1 : 3;
+    const int parts = spec_->native_qkv_fused() ? 1 : 3;
     for (int p = 0; p < parts; ++p) {
       const int64_t n = layout.shard_rows(p);
       // Source row runs of logical rows [r0, r1) (rows contiguous in the source).
@@ -197,14 +193,13 @@ class LogicalView {
           return out;
         };
       }
-      tensors_[parts == 1 ? t.name : base + std::string(projection_name(kQkv[p])) + ".weight"] =
-          std::move(lt);
+      tensors_[parts == 1 ? t.name : spec_->attention_weight_name(t.name, kQkv[p])] = std::move(lt);
     }
   }
 
   // An MXFP4 expert weight as its [out, in] values (one expert, dequantized whole).
   void add_mxfp4(const SourceTensor& t) {
-    const auto* s = src_.find(t.name + "_scale");
+    const auto* s = src_.find(spec_->mx_scale_name(t.name));
     if (!s) fail(ErrorKind::kMalformedFile, t.file, t.name, "MXFP4 weight without its scale");
     LogicalTensor lt;
     lt.rows = static_cast<int64_t>(t.shape.at(0));
@@ -227,12 +222,11 @@ class LogicalView {
   }
 
   void add_grouped(const SourceTensor& t, const TensorKey& key, int64_t start) {
-    const int64_t Ie = config_.moe_intermediate_size;
-    const bool gate_up = key.projection == Projection::kGateAndUp;
+    std::vector<Projection> parts;
+    for (const auto& g : spec_->expert_groupings())
+      if (g.grouped == key.projection) parts = g.parts;
     const auto n = static_cast<int64_t>(t.shape[0]);
     for (int64_t s = 0; s < n; ++s) {
-      const std::string base =
-          fmt::format("{}layers.{}.mlp.experts.{}.", key.prefix, *key.layer, start + s);
       auto add = [&](const std::string& name, int64_t col0, int64_t cols) {
         LogicalTensor lt;
         lt.shape = {static_cast<uint64_t>(cols), t.shape[1]};
@@ -252,17 +246,20 @@ class LogicalView {
         };
         tensors_[name] = std::move(lt);
       };
-      if (gate_up) {
-        add(base + "gate_proj.weight", 0, Ie);
-        add(base + "up_proj.weight", Ie, static_cast<int64_t>(t.shape[2]) - Ie);
-      } else {
-        add(base + "down_proj.weight", 0, static_cast<int64_t>(t.shape[2]));
+      // Each part's HF width; the last part takes the rest of the slot.
+      int64_t col = 0;
+      for (size_t i = 0; i < parts.size(); ++i) {
+        const int64_t cols = i + 1 == parts.size()
+                                 ? static_cast<int64_t>(t.shape[2]) - col
+                                 : static_cast<int64_t>(spec_->expert_hf_shape(parts[i])[0]);
+        add(spec_->expert_weight_name(key.prefix, *key.layer, start + s, parts[i]), col, cols);
+        col += cols;
       }
     }
   }
 
   CheckpointSource src_;
-  const MimoConfig& config_;
+  std::unique_ptr<const ModelSpec> spec_;
   std::map<std::string, LogicalTensor> tensors_;
 };
 
@@ -328,8 +325,8 @@ VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const Veri
          fmt::format("tolerances rtol={} atol={} are not finite and non-negative", o.rtol, o.atol),
          "finite tolerances >= 0");
   // Each side is read with its own config.json (a folder without one cannot be validated).
-  MimoConfig config_a = MimoConfig::load(o.config ? *o.config : a / "config.json");
-  MimoConfig config_b = o.config ? config_a : MimoConfig::load(b / "config.json");
+  ModelConfig config_a = ModelConfig::load(o.config ? *o.config : a / "config.json");
+  ModelConfig config_b = o.config ? config_a : ModelConfig::load(b / "config.json");
   LogicalView va(a, config_a), vb(b, config_b);
   VerifyReport r;
   for (auto& [name, ta] : va.tensors()) {
@@ -343,7 +340,7 @@ VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const Veri
       r.shape_mismatch.push_back(name);
       continue;
     }
-    auto& f = r.families[family_of(name)];
+    auto& f = r.families[family_of(va.spec(), name)];
     f.tensors++;
     // A dequantized side is compared at the precision the other side stores (from-hf's BF16).
     auto round_to = [](std::vector<float>& x, Dtype d) {

@@ -68,7 +68,7 @@ struct FusedFixture {
                       {p + "k_proj.weight_scale_inv", Dtype::F32, {8, 2}, bytes(ks)},
                       {p + "v_proj.weight", Dtype::F8_E4M3, {512, 256}, v},
                       {p + "v_proj.weight_scale_inv", Dtype::F32, {4, 2}, bytes(vs)}});
-    auto config = MimoConfig::parse(synth_config({}), "tiny");
+    auto config = ModelConfig::parse(synth_config({}), "tiny");
     FromHfOptions o;
     o.compat = compat;
     o.whole_checkpoint = false;  // one attention layer's q/k/v only
@@ -231,7 +231,7 @@ TEST_F(TinyCheckpoint, QuantNoneWritesBf16AndDropsQuantizationConfig) {
   ToHfOptions o;
   o.quant = QuantMode::kNone;
   to_hf_dirs({dir_ / "native"}, dir_ / "bf16", o, std::nullopt);
-  auto cfg = MimoConfig::load(dir_ / "bf16" / "config.json");
+  auto cfg = ModelConfig::load(dir_ / "bf16" / "config.json");
   EXPECT_FALSE(cfg.raw.contains("quantization_config"));
   auto ck = Checkpoint::open(dir_ / "bf16");
   for (const auto& n : ck.names()) {
@@ -267,7 +267,7 @@ TEST_F(TinyCheckpoint, ConvertSingleTensorSplitsExpertsInOrder) {
   auto ck = Checkpoint::open(dir_ / "native");
   const std::string name = "model.layers.2.mlp.experts.gate_and_up_projs";
   auto bytes = ck.read_all(*ck.find(name));
-  auto config = MimoConfig::load(hf() / "config.json");
+  auto config = ModelConfig::load(hf() / "config.json");
   ToHfOptions o;
   o.compat = Compat::kAutomodel07;
   // As an EP shard holding experts 4..7 (slots 4..7 of the full tensor).

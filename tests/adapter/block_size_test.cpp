@@ -51,7 +51,7 @@ void check(const std::vector<Grid>& grids, BlockSize block) {
                        std::span(zeros.data(), g.scale_rows * g.scale_cols * 4)});
   }
   MemorySource src(std::move(entries));
-  check_block_size_matches_scales(src, block);
+  check_block_size_matches_scales(src, *model_spec_for(ModelConfig{}), block);
 }
 
 std::string refusal(const std::vector<Grid>& grids, BlockSize block) {

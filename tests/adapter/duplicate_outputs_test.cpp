@@ -19,7 +19,7 @@ class DuplicateOutputs : public ::testing::Test {
     o.preset = "micro";
     synthesize_checkpoint(dir_ / "hf", o);
     from_hf_dir(dir_ / "hf", dir_ / "native", {});
-    config_ = MimoConfig::load(dir_ / "hf" / "config.json");
+    config_ = ModelConfig::load(dir_ / "hf" / "config.json");
     auto ck = Checkpoint::open(dir_ / "native");
     for (const auto& n : ck.names()) {
       const auto* e = ck.find(n);
@@ -48,7 +48,7 @@ class DuplicateOutputs : public ::testing::Test {
     return "";
   }
   test::TempDir dir_;
-  MimoConfig config_;
+  ModelConfig config_;
   std::vector<std::string> names_;
   std::vector<Dtype> dtypes_;
   std::vector<std::vector<uint64_t>> shapes_;

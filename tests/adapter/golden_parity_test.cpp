@@ -93,7 +93,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
     }
     // The input is the one the goldens were made from.
     expect_matches(digest_checkpoint(hf_), golden_["input"], "input");
-    config_ = MimoConfig::load(hf_ / "config.json");
+    config_ = ModelConfig::load(hf_ / "config.json");
   }
 
   std::vector<int64_t> ep_sizes() const {
@@ -123,7 +123,7 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
   test::TempDir dir_;
   fs::path hf_;
   json golden_;
-  MimoConfig config_;
+  ModelConfig config_;
   Compat compat_ = Compat::kAutomodel07;
   AttnBackend attn_ = AttnBackend::kSdpa;  // "_te": Automodel's TE naming of the sink
 };

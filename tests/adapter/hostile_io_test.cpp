@@ -74,7 +74,7 @@ TEST(HostileInput, ShardTruncatedMidConversionIsACleanError) {
   const std::string victim = "model.layers.1.mlp.experts.3.down_proj.weight";
   const auto shard = shard_of(hf, victim);
   CheckpointSource inner({hf});
-  auto config = MimoConfig::load(hf / "config.json");
+  auto config = ModelConfig::load(hf / "config.json");
   // Planning reads the scales; the data pass then runs one task at a time, and the shard loses
   // its data area after the first few reads.
   HookedSource src(inner, 3, [&] { fs::resize_file(shard, 64); });
@@ -92,7 +92,7 @@ TEST(HostileInput, ShardTruncatedBetweenPlanAndExecuteSaysItShrank) {
   const auto hf = micro(dir);
   const auto shard = shard_of(hf, "model.layers.1.mlp.experts.2.gate_proj.weight");
   CheckpointSource src({hf});
-  auto plan = plan_from_hf(src, MimoConfig::load(hf / "config.json"), {});
+  auto plan = plan_from_hf(src, ModelConfig::load(hf / "config.json"), {});
   const auto size = fs::file_size(shard);
   fs::resize_file(shard, size / 2);
   expect_error([&] { run_in_memory(plan, src); },
@@ -106,7 +106,7 @@ TEST(HostileInput, FileRewrittenInPlaceIsRefused) {
   const auto hf = micro(dir);
   const auto shard = shard_of(hf, "model.layers.0.mlp.up_proj.weight");
   CheckpointSource src({hf});
-  auto plan = plan_from_hf(src, MimoConfig::load(hf / "config.json"), {});
+  auto plan = plan_from_hf(src, ModelConfig::load(hf / "config.json"), {});
   {  // same size, other bytes at the end of the file, and a new modification time
     std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(-4, std::ios::end);

@@ -327,7 +327,7 @@ TEST_F(MimoV26, TheTpDegreeCanBeChangedOnExport) {
 TEST_F(MimoV26, CompatSingleTensorsAreCast) {
   from_hf_dir(kV26 / "tp2" / "hf", dir_ / "native", {});
   auto native = tensors_of(dir_ / "native");
-  auto config = MimoConfig::load(kV26 / "tp2" / "hf" / "config.json");
+  auto config = ModelConfig::load(kV26 / "tp2" / "hf" / "config.json");
   ToHfOptions o;
   o.compat = Compat::kAutomodel07;
   o.quant = QuantMode::kCast;

@@ -70,7 +70,7 @@ TEST(KeyPattern, ExcludeOnAHugeTensorNameThroughThePlanner) {
   SynthOptions micro;
   micro.preset = "micro";
   synthesize_checkpoint(dir / "hf", micro);
-  const auto config = MimoConfig::load(dir / "hf" / "config.json");
+  const auto config = ModelConfig::load(dir / "hf" / "config.json");
   const std::string name = "model." + std::string(50'000, 'x') + ".weight";
   std::vector<uint8_t> bytes(4);
   ToHfOptions o;

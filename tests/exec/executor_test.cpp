@@ -2,10 +2,10 @@
 // reads only its own experts.
 #include <gtest/gtest.h>
 
+#include "model/mimo/mimo_tensor_names.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/synth.hpp"
-#include "moeckpt/tensor_key.hpp"
 #include "test_support.hpp"
 
 namespace moeckpt {
@@ -67,7 +67,7 @@ TEST(Executor, AnEpRankReadsOnlyItsExperts) {
   o.experts = 16;
   synthesize_checkpoint(dir / "hf", o);
   CheckpointSource src({dir / "hf"});
-  auto config = MimoConfig::load(dir / "hf" / "config.json");
+  auto config = ModelConfig::load(dir / "hf" / "config.json");
   FromHfOptions rank;
   rank.ep_size = 8;
   rank.ep_rank = 3;  // experts 6 and 7

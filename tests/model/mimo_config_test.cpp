@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "moeckpt/error.hpp"
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_config.hpp"
 #include "moeckpt/synth.hpp"
 
 namespace moeckpt {
@@ -13,8 +13,8 @@ json tiny() {
   return synth_config({});
 }
 
-TEST(MimoConfig, ParsesTheTinyConfig) {
-  auto c = MimoConfig::parse(tiny(), "config.json");
+TEST(ModelConfig, ParsesTheTinyConfig) {
+  auto c = ModelConfig::parse(tiny(), "config.json");
   EXPECT_EQ(c.hidden_size, 256);
   EXPECT_EQ(c.num_hidden_layers, 4);
   EXPECT_EQ(c.layer_attention,
@@ -33,10 +33,10 @@ TEST(MimoConfig, ParsesTheTinyConfig) {
   EXPECT_EQ(c.moe_layer_count(), 3);
 }
 
-TEST(MimoConfig, ParsesTheFullConfig) {
+TEST(ModelConfig, ParsesTheFullConfig) {
   SynthOptions o;
   o.preset = "full";
-  auto c = MimoConfig::parse(synth_config(o), "config.json");
+  auto c = ModelConfig::parse(synth_config(o), "config.json");
   EXPECT_EQ(c.num_hidden_layers, 48);
   int full = 0;
   for (auto k : c.layer_attention) full += k == AttentionKind::kFull;
@@ -47,7 +47,7 @@ TEST(MimoConfig, ParsesTheFullConfig) {
   EXPECT_EQ(c.moe_layer_count(), 47);
 }
 
-TEST(MimoConfig, RefusesMissingAndInconsistentFields) {
+TEST(ModelConfig, RefusesMissingAndInconsistentFields) {
   struct Case {
     std::function<void(json&)> edit;
     std::string fragment;
@@ -84,21 +84,21 @@ TEST(MimoConfig, RefusesMissingAndInconsistentFields) {
     json doc = tiny();
     c.edit(doc);
     try {
-      MimoConfig::parse(doc, "cfg.json");
+      ModelConfig::parse(doc, "cfg.json");
       ADD_FAILURE() << "accepted; expected " << c.fragment;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(c.fragment), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find("cfg.json"), std::string::npos) << e.what();
     }
   }
-  EXPECT_THROW(MimoConfig::parse(json::array(), "cfg.json"), Error);
+  EXPECT_THROW(ModelConfig::parse(json::array(), "cfg.json"), Error);
 }
 
-TEST(MimoConfig, DenseOnlyModelNeedsNoExperts) {
+TEST(ModelConfig, DenseOnlyModelNeedsNoExperts) {
   json doc = tiny();
   doc["moe_layer_freq"] = {0, 0, 0, 0};
   doc.erase("n_routed_experts");
-  auto c = MimoConfig::parse(doc, "cfg.json");
+  auto c = ModelConfig::parse(doc, "cfg.json");
   EXPECT_EQ(c.moe_layer_count(), 0);
 }
 

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_config.hpp"
 #include "moeckpt/scale_layout.hpp"
 
 namespace moeckpt {

@@ -1,6 +1,6 @@
 #include <gtest/gtest.h>
 
-#include "moeckpt/tensor_key.hpp"
+#include "model/mimo/mimo_tensor_names.hpp"
 
 namespace moeckpt {
 namespace {

@@ -5,7 +5,7 @@
 
 #include "moeckpt/error.hpp"
 #include "moeckpt/inspect.hpp"
-#include "moeckpt/mimo_config.hpp"
+#include "moeckpt/model_config.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/synth.hpp"
@@ -197,7 +197,7 @@ TEST(Synth, OptionsTrimThePreset) {
   auto [count, bytes] = recipe_totals(synth_config(o), 1);
   EXPECT_EQ(report.tensors, count);
   EXPECT_EQ(report.total_bytes, bytes);
-  auto c = MimoConfig::load(dir / "t" / "config.json");
+  auto c = ModelConfig::load(dir / "t" / "config.json");
   EXPECT_EQ(c.n_routed_experts, 3);
   EXPECT_EQ(c.num_experts_per_tok, 2);
   EXPECT_EQ(c.num_hidden_layers, 2);

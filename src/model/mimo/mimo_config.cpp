@@ -1,7 +1,5 @@
-#include "moeckpt/mimo_config.hpp"
+#include "model/mimo/mimo_spec.hpp"
 
-#include "core/strict_json.hpp"
-#include "io/file.hpp"
 #include "moeckpt/error.hpp"
 
 namespace moeckpt {
@@ -63,16 +61,10 @@ class FieldReader {
 
 }  // namespace
 
-int64_t MimoConfig::moe_layer_count() const noexcept {
-  int64_t n = 0;
-  for (bool m : layer_is_moe) n += m;
-  return n;
-}
-
-MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
+ModelConfig parse_mimo_config(const json& doc, const std::string& file) {
   if (!doc.is_object()) fail(ErrorKind::kMalformedFile, file, "", "config is not a JSON object");
   FieldReader f(doc, file);
-  MimoConfig c;
+  ModelConfig c;
   c.raw = doc;
   c.hidden_size = f.positive("hidden_size");
   c.intermediate_size = f.positive("intermediate_size");
@@ -148,11 +140,6 @@ MimoConfig MimoConfig::parse(const json& doc, const std::string& file) {
     c.block = BlockSize{(*bs)[0].get<int64_t>(), (*bs)[1].get<int64_t>()};
   }
   return c;
-}
-
-MimoConfig MimoConfig::load(const std::filesystem::path& path) {
-  auto text = io::read_small_file(path, 64ull << 20);
-  return parse(parse_strict_json(text, path.string(), "config"), path.string());
 }
 
 }  // namespace moeckpt

@@ -1,6 +1,7 @@
 #pragma once
-// MiMo-V2-Flash config.json as a typed config. Every number a converter needs comes from here,
-// never from tensor shapes.
+// A checkpoint's config.json as a typed config. Every number a converter needs comes from here,
+// never from tensor shapes. Which family's rules parse it (and describe its tensors, ModelSpec) is
+// chosen by its model_type.
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -34,7 +35,7 @@ struct BlockSize {
   int64_t cols = 128;
 };
 
-struct MimoConfig {
+struct ModelConfig {
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
   int64_t moe_intermediate_size = 0;
@@ -48,14 +49,13 @@ struct MimoConfig {
   AttentionDims full;
   AttentionDims swa;
   std::optional<BlockSize> block;  // quantization_config.weight_block_size, if quantized
-  // attention_projection_layout "fused_qkv" (MiMo-V2.6, model_type "mimo_v2"): the HF checkpoint
-  // holds one self_attn.qkv_proj per layer, interleaved over the checkpoint TP degree (the index's
-  // metadata.tp_size), and MXFP4 routed experts; natively q/k/v are split as for V2-Flash.
+  // The HF checkpoint holds one self_attn.qkv_proj per layer, interleaved over the checkpoint TP
+  // degree, and (unless fused_native) MXFP4 routed experts; natively q/k/v are split.
   bool fused_qkv = false;
-  // MiMo-V2.5-Pro (architectures MiMoV25ForCausalLM, fused_qkv): the same HF interleave, over
-  // checkpoint TP = num_key_value_heads; natively qkv_proj stays fused in canonical [Q, K, V]
-  // order.
+  // The fused qkv_proj stays fused natively, in canonical [Q, K, V] order, and the checkpoint TP
+  // degree is num_key_value_heads.
   bool fused_native = false;
+  std::string family;  // the registered family that parsed it (model_spec_for)
   nlohmann::json raw;  // the whole document, for copying/rewriting
 
   const AttentionDims& attention(AttentionKind kind) const noexcept {
@@ -66,9 +66,10 @@ struct MimoConfig {
   }
   int64_t moe_layer_count() const noexcept;
 
-  // Parses and checks a config document; errors name `file`.
-  static MimoConfig parse(const nlohmann::json& doc, const std::string& file);
-  static MimoConfig load(const std::filesystem::path& path);
+  // Parses and checks a config document with its family's rules (by model_type); errors name
+  // `file`.
+  static ModelConfig parse(const nlohmann::json& doc, const std::string& file);
+  static ModelConfig load(const std::filesystem::path& path);
 };
 
 }  // namespace moeckpt

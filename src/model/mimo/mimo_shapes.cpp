@@ -1,13 +1,13 @@
-#include "moeckpt/mimo_rules.hpp"
+#include "model/mimo/mimo_shapes.hpp"
 
 namespace moeckpt {
 
-const AttentionDims& attention_dims_of(const TensorKey& key, const MimoConfig& c) {
+const AttentionDims& attention_dims_of(const TensorKey& key, const ModelConfig& c) {
   if (key.mtp || !key.layer || *key.layer >= c.num_hidden_layers) return c.swa;
   return c.layer_attention_dims(*key.layer);
 }
 
-std::optional<std::vector<uint64_t>> expected_hf_shape(const TensorKey& k, const MimoConfig& c) {
+std::optional<std::vector<uint64_t>> expected_hf_shape(const TensorKey& k, const ModelConfig& c) {
   using Shape = std::vector<uint64_t>;
   auto u = [](int64_t v) { return static_cast<uint64_t>(v); };
   const uint64_t D = u(c.hidden_size);

@@ -1,0 +1,98 @@
+// The registered checkpoint families: a config's model_type picks the family whose rules parse it
+// and whose spec describes its tensors. Adding a family adds one row here.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <array>
+
+#include "core/strict_json.hpp"
+#include "io/file.hpp"
+#include "model/mimo/mimo_spec.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/model_spec.hpp"
+
+namespace moeckpt {
+namespace {
+
+struct Family {
+  std::string_view name;
+  std::string_view model_types;  // for the refusal message
+  bool (*accepts)(std::string_view model_type);
+  ModelConfig (*parse)(const nlohmann::json& doc, const std::string& file);
+  std::unique_ptr<const ModelSpec> (*make)(const ModelConfig& config);
+  const std::vector<std::string>& (*preset_names)();
+  std::optional<nlohmann::json> (*preset)(std::string_view name, const PresetSize& size);
+};
+
+constexpr std::array kFamilies{
+    Family{"mimo", "mimo_v2_flash, mimo_v2", is_mimo_model_type, parse_mimo_config, make_mimo_spec,
+           mimo_preset_names, mimo_preset},
+};
+
+const Family& family_named(std::string_view name) {
+  for (const auto& f : kFamilies)
+    if (f.name == name) return f;
+  return kFamilies.front();  // a config built in code: the reference family
+}
+
+}  // namespace
+
+int64_t ModelConfig::moe_layer_count() const noexcept {
+  int64_t n = 0;
+  for (bool m : layer_is_moe) n += m;
+  return n;
+}
+
+ModelConfig ModelConfig::parse(const nlohmann::json& doc, const std::string& file) {
+  std::string model_type;  // a config without one is taken as the reference family's
+  if (doc.is_object())
+    if (auto it = doc.find("model_type"); it != doc.end() && !it->is_null()) {
+      if (!it->is_string())
+        fail(ErrorKind::kMalformedFile, file, "", "config field \"model_type\" is " + it->dump(),
+             "a string");
+      model_type = it->get<std::string>();
+    }
+  std::vector<std::string_view> known;
+  for (const auto& f : kFamilies) {
+    if (f.accepts(model_type)) {
+      ModelConfig c = f.parse(doc, file);
+      c.family = std::string(f.name);
+      return c;
+    }
+    known.push_back(f.model_types);
+  }
+  fail(ErrorKind::kUnsupportedLayout, file, "",
+       fmt::format("model_type \"{}\" is not a checkpoint family moeckpt converts", model_type),
+       fmt::format("one of: {}", fmt::join(known, ", ")));
+}
+
+ModelConfig ModelConfig::load(const std::filesystem::path& path) {
+  auto text = io::read_small_file(path, 64ull << 20);
+  return parse(parse_strict_json(text, path.string(), "config"), path.string());
+}
+
+std::unique_ptr<const ModelSpec> model_spec_for(const ModelConfig& config) {
+  return family_named(config.family).make(config);
+}
+
+std::vector<std::string> model_preset_names() {
+  std::vector<std::string> out;
+  for (const auto& f : kFamilies)
+    for (const auto& n : f.preset_names()) out.push_back(n);
+  return out;
+}
+
+nlohmann::json model_preset(std::string_view name, const PresetSize& size) {
+  for (const auto& f : kFamilies)
+    if (auto c = f.preset(name, size)) return *c;
+  fail(ErrorKind::kInvalidArgument, "", "", fmt::format("unknown preset \"{}\"", name),
+       fmt::format("one of: {}", fmt::join(model_preset_names(), ", ")));
+}
+
+int64_t ModelSpec::checkpoint_tp(const std::map<std::string, std::string>& index_metadata,
+                                 const std::string& index_file) const {
+  if (auto fixed = fixed_checkpoint_tp()) return *fixed;
+  return checkpoint_tp_size(index_metadata, index_file);
+}
+
+}  // namespace moeckpt

@@ -33,7 +33,7 @@ PUBLIC = {
     "error": "core", "ceil_div": "core",
     "dtype": "safetensors", "safetensors": "safetensors", "safetensors_writer": "safetensors",
     "tensor_source": "safetensors",
-    "numerics": "numerics", "kernels": "numerics", "mxfp4": "numerics",
+    "numerics": "numerics", "kernels": "numerics", "mxfp4": "numerics", "block_quant": "numerics",
     "model_config": "model", "model_spec": "model", "compat": "model", "tensor_key": "model",
     "scale_layout": "model", "tp_interleaved_qkv": "model",
     "plan": "exec",

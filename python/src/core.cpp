@@ -25,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "exec/worker_threads.hpp"
 #include "io/file.hpp"
 #include "io/hub_cache.hpp"
 #include "moeckpt/adapter.hpp"
@@ -174,16 +175,9 @@ class BufferSink final : public TensorSink {
       if (b->size() >= (1ull << 20))
         for (uint64_t o = 0; o < b->size(); o += kPiece)
           pieces.push_back({b->data() + o, std::min(kPiece, b->size() - o)});
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-    std::atomic<size_t> next{0};
-    auto work = [&] {
-      for (size_t i; (i = next.fetch_add(1)) < pieces.size();)
-        madvise(pieces[i].first, pieces[i].second, MADV_POPULATE_WRITE);
-    };
-    std::vector<std::thread> pool;
-    for (unsigned t = 1; t < threads; ++t) pool.emplace_back(work);
-    work();
-    for (auto& t : pool) t.join();
+    exec::parallel_for(pieces.size(), threads, [&](size_t i) {
+      madvise(pieces[i].first, pieces[i].second, MADV_POPULATE_WRITE);
+    });
   }
 
   std::vector<std::unique_ptr<Buffer>> buffers_;

@@ -11,6 +11,7 @@
 
 #include "adapter/scale_ref.hpp"
 #include "adapter/validate.hpp"
+#include "exec/numeric_refusals.hpp"
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -434,10 +435,7 @@ class FromHfPlanner {
     const auto blocks = static_cast<int64_t>(s.shape.at(1));
     for (size_t i = 0; i < scales.size(); ++i) {
       const int64_t r = static_cast<int64_t>(i) / blocks, b = static_cast<int64_t>(i) % blocks;
-      if (scales[i] == numerics::kE8m0Nan)
-        fail(ErrorKind::kNumeric, s.file, s.name,
-             fmt::format("scale entry [{}, {}] is the E8M0 NaN code 0xFF", r, b),
-             "E8M0 codes 0..254 (the Automodel compat mode reproduces torch: 2^128 = inf)");
+      if (scales[i] == numerics::kE8m0Nan) exec::refuse_e8m0_nan(s, r, b);
       if (scales[i] < 253) continue;  // 6 x 2^125 is finite
       std::vector<uint8_t> packed(numerics::kMxBlock / 2);
       const uint64_t row_bytes = in.weight->shape.at(1);
@@ -447,11 +445,9 @@ class FromHfPlanner {
       for (size_t j = 0; j < 2 * packed.size(); ++j) {
         const auto code = static_cast<uint8_t>((j & 1) ? packed[j / 2] >> 4 : packed[j / 2] & 0xF);
         if (!std::isfinite(numerics::dequant_mxfp4(code, scales[i])))
-          fail(ErrorKind::kNumeric, in.weight->file, in.weight->name,
-               fmt::format("element [{}, {}] (E2M1 {} x 2^{}) overflows float32", r,
-                           b * numerics::kMxBlock + static_cast<int64_t>(j),
-                           numerics::e2m1_to_f32(code), scales[i] - 127),
-               "scales whose dequantized weights are finite");
+          exec::refuse_mxfp4_overflow(*in.weight, r,
+                                      b * numerics::kMxBlock + static_cast<int64_t>(j),
+                                      numerics::e2m1_to_f32(code), scales[i] - 127);
       }
     }
   }

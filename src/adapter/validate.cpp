@@ -3,17 +3,15 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
 #include <charconv>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <map>
 #include <mutex>
 #include <set>
-#include <thread>
 
 #include "adapter/block_size_check.hpp"
+#include "exec/numeric_refusals.hpp"
 #include "exec/transforms.hpp"
 #include "exec/worker_threads.hpp"
 #include "moeckpt/adapter.hpp"
@@ -64,34 +62,13 @@ void scan_parallel(const TensorSource& src, const std::vector<const SourceTensor
     for (uint64_t off = 0; off < t->nbytes; off += chunk)
       items.push_back({t, off, std::min(chunk, t->nbytes - off)});
   }
-  if (items.empty()) return;
-  threads = exec::default_threads(threads);
-  threads = static_cast<unsigned>(std::min<size_t>(threads, items.size()));
-  std::atomic<size_t> next{0};
-  std::atomic<bool> failed{false};
-  std::exception_ptr error;
-  std::mutex mutex;
-  auto worker = [&] {
-    std::vector<uint8_t> buf;
-    for (;;) {
-      const size_t i = next++;
-      if (i >= items.size() || failed) return;
-      const Item& it = items[i];
-      try {
-        buf.resize(it.bytes);
-        src.read(*it.t, it.offset, buf);
-        check(*it.t, it.offset / std::max<uint64_t>(1, dtype_size(it.t->dtype)),
-              std::span<const uint8_t>(buf));
-      } catch (...) {
-        std::lock_guard lock(mutex);
-        if (!error) error = std::current_exception();
-        failed = true;
-        return;
-      }
-    }
-  };
-  exec::run_worker_threads(threads, worker);
-  if (error) std::rethrow_exception(error);
+  exec::parallel_for(items.size(), threads, [&](size_t i) {
+    const Item& it = items[i];
+    std::vector<uint8_t> buf(it.bytes);
+    src.read(*it.t, it.offset, buf);
+    check(*it.t, it.offset / std::max<uint64_t>(1, dtype_size(it.t->dtype)),
+          std::span<const uint8_t>(buf));
+  });
 }
 
 int64_t parse_count(const std::map<std::string, std::string>& md, const char* key,
@@ -278,9 +255,8 @@ std::vector<LargeScale> check_scale_values(const TensorSource& src, const Source
     for (size_t i = 0; i < v.size(); ++i) {
       const uint64_t r = (first + i) / cols, c = (first + i) % cols;
       if (static_cast<int64_t>(r) >= used_rows || static_cast<int64_t>(c) >= used_cols) continue;
-      if (!(std::isfinite(v[i]) && v[i] > 0))
-        fail(ErrorKind::kNumeric, t.file, t.name,
-             fmt::format("scale entry [{}, {}] is {}", r, c, v[i]), "a positive finite multiplier");
+      if (!exec::is_usable_scale(v[i]))
+        exec::refuse_scale(t, static_cast<int64_t>(r), static_cast<int64_t>(c), v[i]);
       if (v[i] > large) {
         std::lock_guard lock(m);
         out.push_back({static_cast<int64_t>(r), static_cast<int64_t>(c), v[i]});
@@ -299,11 +275,7 @@ void scan_fp8_nan_codes(const TensorSource& src, unsigned threads) {
     for (uint8_t b : bytes) any |= static_cast<uint8_t>((b & 0x7F) == 0x7F);
     if (!any) return;
     for (size_t i = 0; i < bytes.size(); ++i)
-      if ((bytes[i] & 0x7F) == 0x7F)
-        fail(ErrorKind::kNumeric, t.file, t.name,
-             fmt::format("element {} is NaN (FP8 code 0x{:02x})", elements_at(t, first + i),
-                         bytes[i]),
-             "finite weights (the Automodel compat mode passes NaN through, as torch does)");
+      if ((bytes[i] & 0x7F) == 0x7F) exec::refuse_nan(t, elements_at(t, first + i), bytes[i]);
   });
 }
 
@@ -328,10 +300,8 @@ void scan_native_non_finite(const TensorSource& src, const ModelSpec& spec, unsi
         bad = (v & 0x7F800000u) == 0x7F800000u;
       }
       if (bad)
-        fail(ErrorKind::kNumeric, t.file, t.name,
-             fmt::format("element {} of the weight to quantize is {}", elements_at(t, first + i),
-                         exec::element_to_float(t.dtype, p)),
-             "finite values (block quantization; cast quantization reproduces torch's NaN codes)");
+        exec::refuse_non_finite(t, "", elements_at(t, first + i),
+                                exec::element_to_float(t.dtype, p));
     }
   });
 }

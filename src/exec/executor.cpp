@@ -9,9 +9,11 @@
 #include <optional>
 #include <thread>
 
+#include "exec/numeric_refusals.hpp"
 #include "exec/raw_buffer.hpp"
 #include "exec/transforms.hpp"
 #include "exec/worker_threads.hpp"
+#include "moeckpt/block_quant.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/kernels.hpp"
 #include "moeckpt/mxfp4.hpp"
@@ -125,16 +127,44 @@ std::vector<uint8_t> float_bytes(const std::vector<float>& v) {
   return out;
 }
 
-float amax_finite(float a, float x) {
-  return std::isfinite(x) ? std::max(a, std::fabs(x)) : a;
+// Float rows quantized on shared block scales (numerics/block_quant): every input's block amax
+// first, since a scale row can take rows from several inputs, then the scales, then the codes.
+struct Fp8Rows {
+  std::span<const float> x;
+  std::span<float* const> row_scale;
+  std::span<uint8_t> codes;
+};
+void quantize_fp8_blocks(const std::vector<Fp8Rows>& inputs, int64_t cols, int64_t block_cols,
+                         const std::vector<std::vector<float>*>& scales) {
+  for (const auto& in : inputs)
+    numerics::accumulate_block_amax(in.x, cols, block_cols, in.row_scale);
+  for (auto* s : scales) numerics::amax_to_scales(*s);
+  for (const auto& in : inputs)
+    numerics::quantize_block_rows(
+        in.x, cols, block_cols,
+        std::span<const float* const>(const_cast<const float* const*>(in.row_scale.data()),
+                                      in.row_scale.size()),
+        in.codes);
+}
+
+// Each row's scale row in a GroupQuantTask input: the runs must cover every row.
+std::vector<float*> run_row_scales(const MatrixView& v, const std::vector<ScaleRun>& runs,
+                                   int64_t rows, std::vector<std::vector<float>>& scales,
+                                   int64_t sc) {
+  std::vector<float*> out(static_cast<size_t>(rows), nullptr);
+  for (const auto& run : runs)
+    for (int64_t r = run.row0; r < run.row1 && r < rows; ++r)
+      out[static_cast<size_t>(r)] = &scales[run.tensor][static_cast<size_t>(run.scale_row * sc)];
+  for (int64_t r = 0; r < rows; ++r)
+    if (!out[static_cast<size_t>(r)])
+      fail(ErrorKind::kMalformedFile, v.src->file, v.src->name,
+           "row " + std::to_string(r) + " has no block scale in the plan");
+  return out;
 }
 
 [[noreturn]] void fail_non_finite(const MatrixView& v, int64_t r, int64_t c, float x) {
-  fail(ErrorKind::kNumeric, v.src->file, v.src->name,
-       (v.slot >= 0 ? "slot " + std::to_string(v.slot) + " " : std::string()) + "element [" +
-           std::to_string(r) + ", " + std::to_string(c) + "] of the weight to quantize is " +
-           std::to_string(x),
-       "finite values (block quantization; cast quantization reproduces torch's NaN codes)");
+  exec::refuse_non_finite(*v.src, v.slot >= 0 ? "slot " + std::to_string(v.slot) + " " : "",
+                          exec::element_position(r, c), x);
 }
 
 // `row0`: the first row of `x` within the view.
@@ -207,7 +237,7 @@ void run_bf16_quant(const EmitTask& t, const TensorSource& src, TensorSink& sink
     std::fill(scales.begin(), scales.end(), 0.0f);
     kernels::block_amax_bf16(base, rows, cols, ld, transpose, t.block_rows, t.block_cols,
                              scales.data(), sc);
-    for (auto& v : scales) v = numerics::block_scale_from_amax(v);
+    numerics::amax_to_scales(scales);
     for (int64_t r = 0; r < rows; ++r)
       row_scale.push_back(&scales[static_cast<size_t>(((r0 + r) / t.block_rows - sr0) * sc)]);
     q.mode = kernels::QuantArgs::kSaturating;
@@ -270,20 +300,11 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
   } else {
     check_finite(t.in, m, x, r0);
     std::fill(scales.begin(), scales.end(), 0.0f);
-    auto block = [&](int64_t r, int64_t c) -> float& {
-      return scales[static_cast<size_t>(((r0 + r) / t.block_rows - sr0) * sc + c / t.block_cols)];
-    };
+    std::vector<float*> row_scale(static_cast<size_t>(m.rows));
     for (int64_t r = 0; r < m.rows; ++r)
-      for (int64_t c = 0; c < m.cols; ++c) {
-        float& a = block(r, c);
-        a = amax_finite(a, x[static_cast<size_t>(r * m.cols + c)]);
-      }
-    for (auto& s : scales) s = numerics::block_scale_from_amax(s);
-    for (int64_t r = 0; r < m.rows; ++r)
-      for (int64_t c = 0; c < m.cols; ++c) {
-        const size_t i = static_cast<size_t>(r * m.cols + c);
-        codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[i] / block(r, c));
-      }
+      row_scale[static_cast<size_t>(r)] =
+          &scales[static_cast<size_t>(((r0 + r) / t.block_rows - sr0) * sc)];
+    quantize_fp8_blocks({{x, row_scale, codes}}, m.cols, t.block_cols, {&scales});
   }
   sink.write(t.out_weight, static_cast<uint64_t>(r0 * m.cols), codes);
   if (t.out_scale)
@@ -353,8 +374,7 @@ void run_group_bf16(const GroupQuantTask& t, const TensorSource& src, TensorSink
       }
     }
   }
-  for (auto& v : scales)
-    for (auto& x : v) x = numerics::block_scale_from_amax(x);
+  for (auto& v : scales) numerics::amax_to_scales(v);
   exec::RawBuffer<uint8_t> codes(static_cast<size_t>(chunk * cols));
   for (size_t p = 0; p < n_in; ++p) {
     if (!t.in[p]) continue;
@@ -405,30 +425,23 @@ void run(const GroupQuantTask& t, const TensorSource& src, TensorSink& sink) {
   std::vector<std::vector<float>> scales(t.scale_rows.size());
   for (size_t i = 0; i < scales.size(); ++i)
     scales[i].assign(static_cast<size_t>(t.scale_rows[i] * sc), 0.0f);
-  for (size_t p = 0; p < n_in; ++p)
-    for (const auto& run : t.runs[p]) {
-      if (!t.in[p]) break;
-      float* a = &scales[run.tensor][static_cast<size_t>(run.scale_row * sc)];
-      for (int64_t r = run.row0; r < run.row1; ++r)
-        for (int64_t c = 0; c < m[p].cols; ++c)
-          a[c / t.block_cols] =
-              amax_finite(a[c / t.block_cols], x[p][static_cast<size_t>(r * m[p].cols + c)]);
-    }
-  for (auto& v : scales)
-    for (auto& s : v) s = numerics::block_scale_from_amax(s);
+  std::vector<std::vector<float*>> row_scale(n_in);
+  std::vector<std::vector<uint8_t>> codes(n_in);
+  std::vector<Fp8Rows> rows;
   for (size_t p = 0; p < n_in; ++p) {
     if (!t.in[p]) continue;
-    std::vector<uint8_t> codes(x[p].size());
-    for (const auto& run : t.runs[p]) {
-      const float* srow = &scales[run.tensor][static_cast<size_t>(run.scale_row * sc)];
-      for (int64_t r = run.row0; r < run.row1; ++r)
-        for (int64_t c = 0; c < m[p].cols; ++c) {
-          const size_t i = static_cast<size_t>(r * m[p].cols + c);
-          codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[p][i] / srow[c / t.block_cols]);
-        }
-    }
-    sink.write(*t.out_weight[p], 0, codes);
+    row_scale[p] = run_row_scales(*t.in[p], t.runs[p], m[p].rows, scales, sc);
+    codes[p].resize(x[p].size());
+    rows.push_back({x[p], row_scale[p], codes[p]});
   }
+  std::vector<std::vector<float>*> all;
+  for (auto& v : scales) all.push_back(&v);
+  int64_t cols = 0;
+  for (size_t p = 0; p < n_in; ++p)
+    if (t.in[p]) cols = m[p].cols;
+  quantize_fp8_blocks(rows, cols, t.block_cols, all);
+  for (size_t p = 0; p < n_in; ++p)
+    if (t.in[p]) sink.write(*t.out_weight[p], 0, codes[p]);
   for (size_t i = 0; i < scales.size(); ++i)
     if (t.out_scale[i]) sink.write(*t.out_scale[i], 0, float_bytes(scales[i]));
 }
@@ -447,21 +460,11 @@ void run(const GatherQuantTask& t, const TensorSource& src, TensorSink& sink) {
   }
   const int64_t sc = ceil_div(cols, t.block_cols), sr = ceil_div(rows, t.block_rows);
   std::vector<float> scales(static_cast<size_t>(sr * sc), 0.0f);
-  auto block = [&](int64_t r, int64_t c) -> float& {
-    return scales[static_cast<size_t>((r / t.block_rows) * sc + c / t.block_cols)];
-  };
+  std::vector<float*> row_scale(static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      float& a = block(r, c);
-      a = amax_finite(a, x[static_cast<size_t>(r * cols + c)]);
-    }
-  for (auto& v : scales) v = numerics::block_scale_from_amax(v);
+    row_scale[static_cast<size_t>(r)] = &scales[static_cast<size_t>((r / t.block_rows) * sc)];
   std::vector<uint8_t> codes(x.size());
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const size_t i = static_cast<size_t>(r * cols + c);
-      codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(x[i] / block(r, c));
-    }
+  quantize_fp8_blocks({{x, row_scale, codes}}, cols, t.block_cols, {&scales});
   sink.write(t.out_weight, static_cast<uint64_t>(t.row0 * cols), codes);
   sink.write(t.out_scale, static_cast<uint64_t>(t.scale_row0 * sc) * 4, float_bytes(scales));
 }

@@ -1,5 +1,7 @@
 #include "exec/transforms.hpp"
 
+#include "exec/numeric_refusals.hpp"
+
 #include "exec/raw_buffer.hpp"
 
 #include <algorithm>
@@ -65,11 +67,7 @@ Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check
     for (size_t i = 0; i < out.values.size(); ++i) {
       const int64_t r = static_cast<int64_t>(i) / out.cols, c = static_cast<int64_t>(i) % out.cols;
       float v = out.values[i];
-      if (r < used_rows && c < used_cols && !(std::isfinite(v) && v > 0))
-        fail(ErrorKind::kNumeric, s.file, s.name,
-             "scale entry [" + std::to_string(r) + ", " + std::to_string(c) + "] is " +
-                 std::to_string(v),
-             "a positive finite multiplier");
+      if (r < used_rows && c < used_cols && !is_usable_scale(v)) refuse_scale(s, r, c, v);
     }
   return out;
 }
@@ -125,15 +123,6 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
   return rs;
 }
 
-[[noreturn]] void fail_nan(const SourceTensor& w, int64_t row, int64_t col, int code) {
-  fail(ErrorKind::kNumeric, w.file, w.name,
-       "element [" + std::to_string(row) + ", " + std::to_string(col) + "] is NaN" +
-           (code >= 0 ? " (FP8 code 0x" + std::string(1, "0123456789abcdef"[code >> 4]) +
-                            std::string(1, "0123456789abcdef"[code & 15]) + ")"
-                      : ""),
-       "finite weights (the Automodel compat mode passes NaN through, as torch does)");
-}
-
 void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
                       int64_t row1, Dtype out, uint8_t* dst, int64_t dst_ld, bool transpose) {
   const SourceTensor& w = *in.weight;
@@ -158,8 +147,10 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
   if (kernels::dequant_fp8(a) && in.nan == NanPolicy::kRefuse)
     for (size_t i = 0; i < codes.size(); ++i)
       if ((codes[i] & 0x7F) == 0x7F)
-        fail_nan(w, row0 + static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols,
-                 codes[i]);
+        refuse_nan(
+            w,
+            element_position(row0 + static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols),
+            codes[i]);
 }
 
 namespace {
@@ -178,11 +169,7 @@ void mxfp4_rows(const SourceTensor& w, const SourceTensor& s, const uint8_t* pac
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t b = 0; b < blocks; ++b) {
       const uint8_t sc = scales[r * blocks + b];
-      if (sc == numerics::kE8m0Nan && refuse)
-        fail(ErrorKind::kNumeric, s.file, s.name,
-             "scale entry [" + std::to_string(r) + ", " + std::to_string(b) +
-                 "] is the E8M0 NaN code 0xFF",
-             "E8M0 codes 0..254 (the Automodel compat mode reproduces torch: 2^128 = inf)");
+      if (sc == numerics::kE8m0Nan && refuse) refuse_e8m0_nan(s, r, b);
       for (uint8_t c = 0; c < 16; ++c) {
         value[c] = sc == numerics::kE8m0Nan
                        ? numerics::e2m1_to_f32(c) * std::numeric_limits<float>::infinity()
@@ -195,11 +182,7 @@ void mxfp4_rows(const SourceTensor& w, const SourceTensor& s, const uint8_t* pac
         const auto code = static_cast<uint8_t>((i & 1) ? in[i / 2] >> 4 : in[i / 2] & 0xF);
         const int64_t c = b * numerics::kMxBlock + i;
         if (refuse && !std::isfinite(value[code]))
-          fail(ErrorKind::kNumeric, w.file, w.name,
-               "element [" + std::to_string(r) + ", " + std::to_string(c) + "] (E2M1 " +
-                   std::to_string(numerics::e2m1_to_f32(code)) + " x 2^" +
-                   std::to_string(sc - 127) + ") overflows float32",
-               "scales whose dequantized weights are finite");
+          refuse_mxfp4_overflow(w, r, c, numerics::e2m1_to_f32(code), sc - 127);
         dst[transpose ? c * dst_ld + r : r * dst_ld + c] = lut[code];
       }
     }
@@ -252,7 +235,8 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
       const uint8_t* p = &bytes[i * esize];
       float x = element_to_float(w.dtype, p);
       if (std::isnan(x)) {
-        if (in.nan == NanPolicy::kRefuse) fail_nan(w, row0 + r, c, fp8 ? p[0] : -1);
+        if (in.nan == NanPolicy::kRefuse)
+          refuse_nan(w, element_position(row0 + r, c), fp8 ? p[0] : -1);
         // torch widens FP8 NaN to 0x7FF00000 | sign and multiplies, keeping that NaN.
         if (fp8) x = std::bit_cast<float>(0x7FF00000u | (p[0] & 0x80u ? 0x80000000u : 0u));
       }

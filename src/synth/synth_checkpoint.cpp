@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "io/file.hpp"
+#include "moeckpt/block_quant.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
 #include "moeckpt/numerics.hpp"
@@ -226,29 +227,25 @@ void write_fp8_group(const ModelSpec& spec, const Fp8Group& g, uint64_t seed, Ch
     auto s = g.fused->scale_source(g.members[mi].projection, row);
     return {member_of(s.owner), s.scale_row};
   };
-  // Pass 1: amax per block (blocks may span projections in the fused layout).
-  for (size_t mi = 0; mi < g.members.size(); ++mi)
-    for (int64_t r = 0; r < g.members[mi].rows; ++r) {
-      auto [owner, srow] = source(mi, r);
-      float* amax = &scales[owner][static_cast<size_t>(srow * cb)];
-      const float* row = &values[mi][static_cast<size_t>(r * g.cols)];
-      for (int64_t c = 0; c < g.cols; ++c)
-        amax[c / kBlock] = std::max(amax[c / kBlock], std::fabs(row[c]));
-    }
-  for (auto& s : scales)
-    for (auto& x : s) x = numerics::block_scale_from_amax(x);
-  // Pass 2: quantize with the block's scale.
+  // Blocks may span projections in the fused layout: one routine over all members.
+  std::vector<std::vector<float*>> row_scale(g.members.size());
+  std::vector<std::vector<uint8_t>> codes(g.members.size());
   for (size_t mi = 0; mi < g.members.size(); ++mi) {
-    std::vector<uint8_t> codes(values[mi].size());
     for (int64_t r = 0; r < g.members[mi].rows; ++r) {
       auto [owner, srow] = source(mi, r);
-      const float* scale = &scales[owner][static_cast<size_t>(srow * cb)];
-      for (int64_t c = 0; c < g.cols; ++c) {
-        auto i = static_cast<size_t>(r * g.cols + c);
-        codes[i] = numerics::f32_to_fp8_e4m3fn_saturating(values[mi][i] / scale[c / kBlock]);
-      }
+      row_scale[mi].push_back(&scales[owner][static_cast<size_t>(srow * cb)]);
     }
-    w.write(index.at(g.members[mi].name), 0, codes);
+    numerics::accumulate_block_amax(values[mi], g.cols, kBlock, row_scale[mi]);
+  }
+  for (auto& s : scales) numerics::amax_to_scales(s);
+  for (size_t mi = 0; mi < g.members.size(); ++mi) {
+    codes[mi].resize(values[mi].size());
+    numerics::quantize_block_rows(
+        values[mi], g.cols, kBlock,
+        std::span<const float* const>(const_cast<const float* const*>(row_scale[mi].data()),
+                                      row_scale[mi].size()),
+        codes[mi]);
+    w.write(index.at(g.members[mi].name), 0, codes[mi]);
   }
   for (size_t mi = 0; mi < g.members.size(); ++mi)
     w.write(index.at(*spec.block_scale_name(g.members[mi].name)), 0, to_f32_bytes(scales[mi]));

@@ -174,6 +174,11 @@ ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesyste
 ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfig& config,
                                     const std::filesystem::path& dst, const ToHfOptions& options,
                                     int64_t expert_start, const ConvertOptions& convert = {});
+// to-hf of any tensor source (e.g. a generated one): `inputs_text` is its identity for resume.
+ConvertReport to_hf_dir_from_source(const TensorSource& native, const std::string& inputs_text,
+                                    const ModelConfig& config, const std::filesystem::path& dst,
+                                    const ToHfOptions& options, int64_t expert_start,
+                                    const ConvertOptions& convert = {});
 // HF -> HF in one pass (plan_from_hf without grouping / plan_to_hf of an HF source): an FP8
 // checkpoint to BF16/F32 without scales, quantization_config removed; an unquantized checkpoint to
 // the published FP8 layout.

@@ -94,6 +94,9 @@ class ModelSpec {
   // Tensors the family passes through unchanged though the grammar does not know them (e.g.
   // multimodal towers).
   virtual bool is_passthrough(std::string_view name) const = 0;
+  // A few such tensors (name, shape) for synthetic checkpoints of the layout.
+  virtual std::vector<std::pair<std::string, std::vector<uint64_t>>> synthetic_passthrough_tensors()
+      const = 0;
   // Words for a layer in messages, e.g. "layer 3 (full attention, MoE)".
   virtual std::string describe_layer(int64_t layer) const = 0;
 

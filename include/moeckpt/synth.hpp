@@ -11,13 +11,17 @@
 namespace moeckpt {
 
 struct SynthOptions {
-  std::string preset = "tiny";  // "tiny", "micro" (~120 KB, for test corpora) or "full"
+  // "tiny", "micro" (~120 KB, for test corpora), "full" (real dimensions), and the same in other
+  // layouts of the family ("v26-tiny", "v26-full", "v25-tiny", "v25-full"): model_preset_names().
+  std::string preset = "tiny";
   std::optional<int64_t> layers;
   std::optional<int64_t> experts;
   std::optional<int64_t> vocab;
   std::optional<int64_t> mtp_layers;
   uint64_t seed = 0;
   std::optional<uint64_t> max_shard_bytes;  // default: at least two shards
+  // A fused-QKV layout whose TP degree the index records: the degree (default 4).
+  std::optional<int64_t> tp_size;
 };
 
 struct SynthReport {

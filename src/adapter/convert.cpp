@@ -315,8 +315,16 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
 ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfig& config,
                                     const fs::path& dst, const ToHfOptions& options,
                                     int64_t expert_start, const ConvertOptions& convert) {
+  return to_hf_dir_from_source(native, describe_inputs(native), config, dst, options, expert_start,
+                               convert);
+}
+
+ConvertReport to_hf_dir_from_source(const TensorSource& native, const std::string& inputs_text,
+                                    const ModelConfig& config, const fs::path& dst,
+                                    const ToHfOptions& options, int64_t expert_start,
+                                    const ConvertOptions& convert) {
   Plan plan = plan_to_hf(native, config, within_budget(options, convert.exec), {expert_start});
-  return write_plan(std::move(plan), native, describe_inputs(native), {}, dst,
+  return write_plan(std::move(plan), native, inputs_text, {}, dst,
                     to_hf_options_text(options, {expert_start}), hf_config_text(config, options),
                     convert);
 }

@@ -67,8 +67,11 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   auto* synth_cmd = app.add_subcommand(
       "synth", "write a synthetic checkpoint of a model family's layout (FP8, MXFP4)");
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
-  synth_cmd->add_option("--preset", synth.preset, "tiny, micro or full (real dimensions)")
-      ->check(CLI::IsMember({"tiny", "micro", "full"}));
+  synth_cmd
+      ->add_option("--preset", synth.preset,
+                   "tiny, micro, full (real dimensions); v26-tiny, v26-full, v25-tiny, v25-full "
+                   "(the fused-QKV layouts)")
+      ->check(CLI::IsMember(moeckpt::model_preset_names()));
   synth_cmd->add_option("--layers", synth.layers, "number of decoder layers (trims the preset)")
       ->check(integer_in(1, 1024));
   synth_cmd->add_option("--experts", synth.experts, "routed experts per MoE layer")
@@ -79,6 +82,10 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(integer_in(0, 64));
   synth_cmd->add_option("--seed", synth.seed, "random seed")
       ->check(integer_in(0, std::numeric_limits<uint32_t>::max()));
+  synth_cmd
+      ->add_option("--tp-size", synth.tp_size,
+                   "the TP degree a fused qkv_proj is interleaved over (v26 presets; default 4)")
+      ->check(integer_in(1, 1 << 16));
   synth_cmd
       ->add_option("--shard-size", synth.max_shard_bytes,
                    "maximum bytes per shard (default: a third of the total, at most 5 GB)")

@@ -1,3 +1,5 @@
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -7,6 +9,7 @@
 #include <unordered_map>
 
 #include "io/file.hpp"
+#include "moeckpt/adapter.hpp"
 #include "moeckpt/block_quant.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
@@ -287,10 +290,132 @@ json synth_config(const SynthOptions& o) {
   return model_preset(o.preset, {o.layers, o.experts, o.vocab});
 }
 
+// A native (training-layout) checkpoint of a spec's model whose values are computed when read,
+// element by element from (seed, name, index): nothing is held in memory, whatever the size.
+// Weights are BF16-representable with a magnitude that changes every 32 rows (so blocks get
+// distinct scales); norms are near 1, 1-D tensors small.
+class SyntheticNativeSource final : public TensorSource {
+ public:
+  SyntheticNativeSource(const ModelSpec& spec, int64_t mtp_layers, int64_t tp, uint64_t seed)
+      : seed_(seed) {
+    const ModelConfig& c = spec.config();
+    std::set<int64_t> mtp;
+    for (int64_t m = 0; m < mtp_layers; ++m) mtp.insert(m);
+    for (const auto& r : spec.required_tensors("model.", mtp, true)) {
+      const auto key = spec.classify(r.name);
+      std::vector<uint64_t> shape;
+      if (key.kind == TensorKind::kGroupedExperts) {
+        uint64_t in = 0, width = 0;
+        for (const auto& g : spec.expert_groupings())
+          if (g.grouped == key.projection)
+            for (Projection p : g.parts) {
+              const auto part = spec.expert_hf_shape(p);
+              width += part[0];
+              in = part[1];
+            }
+        shape = {static_cast<uint64_t>(c.n_routed_experts), in, width};
+      } else if (key.projection == Projection::kQkv) {  // fused natively: canonical [Q, K, V]
+        const auto l = spec.qkv_interleave(spec.attention_dims(key), tp, true, "", r.name);
+        shape = {static_cast<uint64_t>(l.rows()), static_cast<uint64_t>(c.hidden_size)};
+      } else {
+        shape = spec.expected_hf_shape(key).value();
+      }
+      add(r.name, spec.is_published_f32(key) ? Dtype::F32 : Dtype::BF16, std::move(shape),
+          key.kind == TensorKind::kNorm || key.kind == TensorKind::kFinalNorm);
+    }
+    for (const auto& [name, shape] : spec.synthetic_passthrough_tensors())
+      add(name, Dtype::BF16, shape, false);
+    std::stable_sort(tensors_.begin(), tensors_.end(),
+                     [](const SourceTensor& a, const SourceTensor& b) { return a.name < b.name; });
+    index();
+    metadata_ = {{"format", "pt"},        {kMetaLayout, "native"},
+                 {kMetaEpSize, "1"},      {kMetaEpRank, "0"},
+                 {kMetaExpertStart, "0"}, {kMetaExpertCount, std::to_string(c.n_routed_experts)}};
+  }
+
+  void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override {
+    const uint64_t es = dtype_size(t.dtype);
+    const uint64_t cols = t.shape.back();
+    const uint64_t h = name_seed(seed_, t.name);
+    const bool norm = norms_.contains(t.name);
+    const float sigma = norm ? 0.01f : t.shape.size() == 1 ? 0.001f : 0.02f;
+    for (uint64_t b = 0; b < out.size(); b += es) {
+      const uint64_t i = (offset + b) / es;
+      const uint64_t row = i / cols;
+      uint64_t rs = h ^ (row / 32 * 0x9E3779B97F4A7C15ull),
+               es_state = h + i * 0xD1B54A32D192ED03ull;
+      const float factor =
+          t.shape.size() == 1 ? 1.0f : std::ldexp(1.0f, static_cast<int>(splitmix64(rs) % 7) - 3);
+      const float u = static_cast<float>(static_cast<int64_t>(splitmix64(es_state) >> 40) -
+                                         (int64_t{1} << 23)) /
+                      static_cast<float>(int64_t{1} << 23);
+      float x = u * sigma * factor + (norm ? 1.0f : 0.0f);
+      const uint16_t bf = numerics::f32_to_bf16_rne(x);
+      x = numerics::bf16_to_f32(bf);
+      if (es == 2) {
+        out[b] = static_cast<uint8_t>(bf);
+        out[b + 1] = static_cast<uint8_t>(bf >> 8);
+      } else {
+        std::memcpy(&out[b], &x, 4);
+      }
+    }
+    bytes_read_ += out.size();
+  }
+  std::map<std::string, std::string> metadata(size_t) const override { return metadata_; }
+  size_t parts() const override { return 1; }
+  uint64_t total_bytes() const {
+    uint64_t n = 0;
+    for (const auto& t : tensors_) n += t.nbytes;
+    return n;
+  }
+
+ private:
+  void add(const std::string& name, Dtype dt, std::vector<uint64_t> shape, bool norm) {
+    uint64_t n = dtype_size(dt);
+    for (auto d : shape) n *= d;
+    tensors_.push_back({name, dt, std::move(shape), "<synthetic>", 0, n});
+    if (norm) norms_.insert(name);
+  }
+
+  uint64_t seed_;
+  std::set<std::string> norms_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// A fused-QKV layout is synthesized as it is published: a native checkpoint, generated, written
+// by the exporter (fused qkv_proj over the TP degree with a grid per shard, MXFP4 experts where
+// the family has them, the index's tp_size) — the same code path as a real export.
+SynthReport synthesize_by_export(const fs::path& dst, const json& doc, const ModelSpec& spec,
+                                 const SynthOptions& o) {
+  const int64_t tp = spec.fixed_checkpoint_tp().value_or(o.tp_size.value_or(4));
+  SyntheticNativeSource native(spec, default_mtp_layers(o), tp, o.seed);
+  ToHfOptions th;
+  th.quant = QuantMode::kBlock;
+  th.tp_size = tp;
+  ConvertOptions convert;
+  convert.max_shard_bytes = o.max_shard_bytes.value_or(
+      std::min<uint64_t>(convert.max_shard_bytes, std::max<uint64_t>(1, native.total_bytes() / 3)));
+  const auto inputs = fmt::format("synthetic {} seed {} mtp {} tp {}", spec.layout_name(), o.seed,
+                                  default_mtp_layers(o), tp);
+  auto r = to_hf_dir_from_source(native, inputs, ModelConfig::parse(doc, "synthesized config"), dst,
+                                 th, 0, convert);
+  return {r.tensors, r.bytes_out, r.shards};
+}
+
 SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
   json doc = synth_config(o);
   ModelConfig config = ModelConfig::parse(doc, "synthesized config");
   const auto spec = model_spec_for(config);
+  if (o.tp_size && (*o.tp_size < 1 || !spec->hf_qkv_fused() || spec->fixed_checkpoint_tp()))
+    fail(ErrorKind::kInvalidArgument, "", "",
+         fmt::format("a TP degree of {} for the {} layout", *o.tp_size, spec->layout_name()),
+         "a positive TP degree, for a layout whose fused qkv_proj records one");
+  if (spec->hf_qkv_fused()) {
+    std::error_code ec;
+    if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
+      fail(ErrorKind::kDestination, dst.string(), "", "destination already holds a checkpoint");
+    return synthesize_by_export(dst, doc, *spec, o);
+  }
   Layout layout = plan_layout(*spec, default_mtp_layers(o));
   auto specs = file_order(*spec, layout);
 

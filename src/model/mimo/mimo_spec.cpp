@@ -102,6 +102,14 @@ class MimoSpec final : public ModelSpec {
     return config_.fused_qkv && (name.starts_with("visual.") || name.starts_with("audio."));
   }
 
+  std::vector<std::pair<std::string, std::vector<uint64_t>>> synthetic_passthrough_tensors()
+      const override {
+    if (!config_.fused_qkv || config_.fused_native) return {};
+    return {{"visual.patch_embed.proj.weight", {32, 48}},
+            {"visual.blocks.0.norm1.weight", {32}},
+            {"audio.encoder.layers.0.fc1.weight", {16, 32}}};
+  }
+
   std::string describe_layer(int64_t l) const override {
     const auto i = static_cast<size_t>(l);
     return fmt::format(

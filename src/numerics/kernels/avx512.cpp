@@ -442,14 +442,7 @@ void amax_avx512(const AmaxArgs& a) {
         _mm512_storeu_si512(acc + c, _mm512_max_epi16(_mm512_loadu_si512(acc + c), v));
       }
     }
-    const int64_t G = g0 / group;
-    for (int64_t s0 = 0; s0 < scols; s0 += seg) {
-      const int64_t s1 = scols - s0 < seg ? scols : s0 + seg;
-      int32_t m = -1;
-      for (int64_t c = s0; c < s1; ++c) m = acc[c] > m ? acc[c] : m;
-      const int64_t S = s0 / seg;
-      amax_fold(a.amax + (a.transpose ? S * a.amax_ld + G : G * a.amax_ld + S), m);
-    }
+    fold_column_maxima(a, acc, scols, seg, g0 / group);
   }
   delete[] acc;
 }

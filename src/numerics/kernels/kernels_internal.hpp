@@ -25,6 +25,11 @@ void quant_scalar(const QuantArgs& a, int64_t r0, int64_t r1, int64_t c0, int64_
 void amax_scalar(const AmaxArgs& a);
 // Folds the maximum BF16 magnitude bits `m` (-1: no finite value) of a block into its amax.
 void amax_fold(float* amax, int32_t m);
+// The SIMD amax kernels' last step for one group of source rows (group index `group`): the
+// column maxima `acc` (BF16 magnitude bits, -1: no finite value) of `scols` source columns,
+// folded per segment of `seg` columns into the amax of their block.
+void fold_column_maxima(const AmaxArgs& a, const int16_t* acc, int64_t scols, int64_t seg,
+                        int64_t group);
 
 uint64_t dequant_avx2(const DequantArgs& a);
 void quant_avx2(const QuantArgs& a);

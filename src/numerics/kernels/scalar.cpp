@@ -66,4 +66,15 @@ void amax_fold(float* amax, int32_t m) {
   if (m >= 0) *amax = std::max(*amax, numerics::bf16_to_f32(static_cast<uint16_t>(m)));
 }
 
+void fold_column_maxima(const AmaxArgs& a, const int16_t* acc, int64_t scols, int64_t seg,
+                        int64_t group) {
+  for (int64_t s0 = 0; s0 < scols; s0 += seg) {
+    const int64_t s1 = scols - s0 < seg ? scols : s0 + seg;
+    int32_t m = -1;
+    for (int64_t c = s0; c < s1; ++c) m = acc[c] > m ? acc[c] : m;
+    const int64_t s = s0 / seg;
+    amax_fold(a.amax + (a.transpose ? s * a.amax_ld + group : group * a.amax_ld + s), m);
+  }
+}
+
 }  // namespace moeckpt::kernels::detail

@@ -629,6 +629,7 @@ def register_native_cases():
 
 # --- accepted: unusual but valid
 V26 = DATA / "v26" / "tp2" / "hf"  # the committed MiMo-V2.6 fixture (tools/make_v26_fixture.py)
+V25 = DATA / "v25" / "hf"  # the committed MiMo-V2.5-Pro fixture (tools/make_v26_fixture.py --v25)
 V26_SHARD1 = "model-00001-of-00002.safetensors"  # embeddings, layers 0 and 1
 V26_QKV = "model.layers.0.self_attn.qkv_proj.weight"
 V26_EXPERT = "model.layers.1.mlp.experts.2.down_proj.weight"
@@ -702,6 +703,21 @@ def register_v26_cases():
         f.t(V26_EXPERT + "_scale")["data"][0] = 254  # block 0 of row 0: 2^127 times its codes
         f.t(V26_EXPERT)["data"][0] = 0x77  # two E2M1 sixes
     reg("v26_mx_scale_overflows", "overflows float32", overflow)
+
+    # MiMo-V2.5-Pro: qkv_proj interleaved over num_key_value_heads, kept fused natively.
+    def v25(edit):
+        def build(dst):
+            f = Folder(V25)
+            edit(f)
+            f.save(dst)
+        return build
+
+    def reg25(name, fragment, edit):
+        case(name, fragment, file=V26_SHARD1, to_hf=NOT_NATIVE)(v25(edit))
+
+    reg25("v25_qkv_rows_short", "the checkpoint TP degree", shrink_rows(V26_QKV, 1))
+    reg25("v25_qkv_scale_rows_short", "TP shards of", shrink_rows(V26_QKV + "_scale_inv", 1))
+    reg25("v25_qkv_scale_column_extra", "TP shards of", grow_cols(V26_QKV + "_scale_inv", f32(1.0)))
 
 
 def register_accepted():

@@ -174,6 +174,27 @@ ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesyste
 ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfig& config,
                                     const std::filesystem::path& dst, const ToHfOptions& options,
                                     int64_t expert_start, const ConvertOptions& convert = {});
+// Loading an HF checkpoint straight into memory a model already owns: each destination is rows
+// [row0, row1) (row1 < 0: all) of the native tensor `name` of global `shape`, held contiguously
+// in `bytes` as `dtype` (converted from the conversion's dtype as torch's copy_ does). Only the
+// bytes behind the wanted rows are read; nothing else is allocated beyond the task buffers.
+struct LoadDestination {
+  std::string name;
+  Dtype dtype{};
+  std::vector<uint64_t> shape;
+  int64_t row0 = 0;
+  int64_t row1 = -1;
+  std::span<uint8_t> bytes;
+};
+struct LoadReport {
+  std::vector<std::string> missing;     // destinations the checkpoint has no tensor for
+  std::vector<std::string> unexpected;  // native tensors of the checkpoint no destination wants
+  size_t tensors = 0;                   // destinations filled
+  uint64_t bytes_read = 0;
+};
+// `options` as for from-hf (EP size 1: the windows say which experts a rank holds).
+LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<LoadDestination>& dests,
+                        const FromHfOptions& options, const ExecOptions& exec = {});
 // to-hf of any tensor source (e.g. a generated one): `inputs_text` is its identity for resume.
 ConvertReport to_hf_dir_from_source(const TensorSource& native, const std::string& inputs_text,
                                     const ModelConfig& config, const std::filesystem::path& dst,

@@ -66,6 +66,9 @@ struct CopyTask {
   // Set: each element is converted to this dtype (BF16 round to nearest even, or F32) from the
   // source's floating dtype, as torch's `.to(dtype)` does; unset: the bytes as they are.
   std::optional<Dtype> convert_to;
+  // Elements [elem0, elem1) of the (flattened) tensor only; the rest is neither read nor written.
+  uint64_t elem0 = 0;
+  uint64_t elem1 = UINT64_MAX;
 };
 // Rows [row0, row1) of a dequantized weight (large weights are split so that a task's buffers
 // stay small; row1 < 0 means all rows).
@@ -171,6 +174,17 @@ struct Plan {
   std::map<std::string, std::string> index_metadata;
   uint64_t output_bytes() const;
 };
+
+// Rows [row0, row1) of an output along its first dimension.
+struct RowWindow {
+  int64_t row0 = 0;
+  int64_t row1 = 0;
+};
+// Restricts a plan to row windows of its outputs (`windows[out]`; nullopt: not wanted): tasks
+// that write no wanted row are dropped, and copies and row-range dequantizations are clipped, so
+// that only the bytes behind the wanted rows are read. Output indices are kept. Refuses a task
+// that cannot be clipped (a quantizing task) when its window is partial.
+void restrict_to_rows(Plan& plan, const std::vector<std::optional<RowWindow>>& windows);
 
 // Receives output bytes; offsets are within an output tensor.
 class TensorSink {

@@ -47,10 +47,11 @@ void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
   if (t.convert_to) {
     const uint64_t in_size = dtype_size(t.src->dtype), out_size = dtype_size(*t.convert_to);
     const uint64_t chunk_elems = std::max<uint64_t>(1, t.chunk_bytes / in_size);
-    const uint64_t n = t.src->nbytes / in_size;
-    exec::RawBuffer<uint8_t> in(std::min(n, chunk_elems) * in_size);
-    exec::RawBuffer<uint8_t> out(std::min(n, chunk_elems) * out_size);
-    for (uint64_t e = 0; e < n; e += chunk_elems) {
+    const uint64_t n = std::min(t.src->nbytes / in_size, t.elem1);
+    if (t.elem0 >= n) return;
+    exec::RawBuffer<uint8_t> in(std::min(n - t.elem0, chunk_elems) * in_size);
+    exec::RawBuffer<uint8_t> out(std::min(n - t.elem0, chunk_elems) * out_size);
+    for (uint64_t e = t.elem0; e < n; e += chunk_elems) {
       const uint64_t m = std::min(chunk_elems, n - e);
       std::span<uint8_t> part(in.data(), m * in_size);
       src.read(*t.src, e * in_size, part);
@@ -60,10 +61,15 @@ void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
     }
     return;
   }
+  const uint64_t es = std::max<uint64_t>(1, dtype_size(t.src->dtype));
+  const uint64_t begin = std::min(t.src->nbytes, t.elem0 * es);
+  const uint64_t end =
+      t.elem1 == UINT64_MAX ? t.src->nbytes : std::min(t.src->nbytes, t.elem1 * es);
+  if (begin >= end) return;
   exec::RawBuffer<uint8_t> buf(
-      std::min<uint64_t>(t.src->nbytes, std::max<uint64_t>(1, t.chunk_bytes)));
-  for (uint64_t off = 0; off < t.src->nbytes; off += buf.size()) {
-    auto n = std::min<uint64_t>(buf.size(), t.src->nbytes - off);
+      std::min<uint64_t>(end - begin, std::max<uint64_t>(1, t.chunk_bytes)));
+  for (uint64_t off = begin; off < end; off += buf.size()) {
+    auto n = std::min<uint64_t>(buf.size(), end - off);
     std::span<uint8_t> part(buf.data(), n);
     src.read(*t.src, off, part);
     sink.write(t.out, off, part);
@@ -522,7 +528,13 @@ void prefetch(const Task& task, const TensorSource& src) {
   struct Visitor {
     const TensorSource& src;
     void whole(const SourceTensor* t) const { src.prefetch(*t, 0, t->nbytes); }
-    void operator()(const CopyTask& t) const { whole(t.src); }
+    void operator()(const CopyTask& t) const {
+      const uint64_t es = std::max<uint64_t>(1, dtype_size(t.src->dtype));
+      const uint64_t begin = std::min(t.src->nbytes, t.elem0 * es);
+      const uint64_t end =
+          t.elem1 == UINT64_MAX ? t.src->nbytes : std::min(t.src->nbytes, t.elem1 * es);
+      if (begin < end) src.prefetch(*t.src, begin, end - begin);
+    }
     void operator()(const DequantTask& t) const {
       const uint64_t cols = t.in.weight->shape[1], esize = dtype_size(t.in.weight->dtype);
       const int64_t row1 = t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1;

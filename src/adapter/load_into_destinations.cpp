@@ -1,0 +1,117 @@
+// HF checkpoint -> destinations a model owns (moeckpt.load_hf_checkpoint): the from-hf plan,
+// restricted to the rows each destination holds, written through a sink that lands bytes (or
+// converted elements) in place.
+#include <fmt/format.h>
+
+#include <cstring>
+#include <map>
+#include <set>
+
+#include "exec/transforms.hpp"
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/safetensors.hpp"
+
+namespace moeckpt {
+namespace {
+
+bool is_float(Dtype d) {
+  return d == Dtype::BF16 || d == Dtype::F16 || d == Dtype::F32;
+}
+
+// Writes each output's bytes into its destination's rows; elements are converted when the
+// destination's dtype differs (floats only, rounded to nearest even as torch's copy_ does).
+class DestinationSink final : public TensorSink {
+ public:
+  struct Target {
+    const LoadDestination* dest = nullptr;
+    Dtype from{};
+    uint64_t row_elems = 1;
+  };
+  explicit DestinationSink(std::vector<Target> targets) : targets_(std::move(targets)) {}
+
+  void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override {
+    const Target& t = targets_.at(out);
+    if (!t.dest) return;
+    const uint64_t in_es = dtype_size(t.from), out_es = dtype_size(t.dest->dtype);
+    const uint64_t row_bytes = t.row_elems * in_es;
+    const uint64_t begin = static_cast<uint64_t>(t.dest->row0) * row_bytes;
+    const uint64_t end = begin + t.dest->bytes.size() / out_es * in_es;
+    const uint64_t a = std::max(offset, begin), b = std::min(offset + bytes.size(), end);
+    if (a >= b) return;
+    const auto part = bytes.subspan(a - offset, b - a);
+    uint8_t* dst = t.dest->bytes.data() + (a - begin) / in_es * out_es;
+    if (t.from == t.dest->dtype) {
+      std::memcpy(dst, part.data(), part.size());
+      return;
+    }
+    std::vector<float> values(part.size() / in_es);
+    for (size_t i = 0; i < values.size(); ++i)
+      values[i] = exec::element_to_float(t.from, &part[i * in_es]);
+    exec::encode_products(values, t.dest->dtype, NanPolicy::kTorchCompat, dst);
+  }
+
+ private:
+  std::vector<Target> targets_;
+};
+
+}  // namespace
+
+LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<LoadDestination>& dests,
+                        const FromHfOptions& options, const ExecOptions& exec) {
+  if (options.ep_size != 1 || options.ep_rank != 0 || !options.group_experts)
+    fail(ErrorKind::kInvalidArgument, "", "",
+         "loading plans every expert; a destination's rows say which ones a rank holds",
+         "EP size 1 and grouped experts");
+  const ModelConfig config = ModelConfig::load(dir / "config.json");
+  CheckpointSource source({dir});
+  Plan plan = plan_from_hf(source, config, options);
+  std::map<std::string, size_t> by_name;
+  for (size_t i = 0; i < plan.outputs.size(); ++i) by_name.emplace(plan.outputs[i].name, i);
+  std::vector<DestinationSink::Target> targets(plan.outputs.size());
+  std::vector<std::optional<RowWindow>> windows(plan.outputs.size());
+  LoadReport report;
+  std::set<std::string> seen;
+  for (const auto& d : dests) {
+    if (!seen.insert(d.name).second)
+      fail(ErrorKind::kInvalidArgument, "", d.name, "is given twice", "one destination per tensor");
+    auto it = by_name.find(d.name);
+    if (it == by_name.end()) {
+      report.missing.push_back(d.name);
+      continue;
+    }
+    const TensorSpec& o = plan.outputs[it->second];
+    if (d.shape != o.shape)
+      fail(ErrorKind::kConfigMismatch, dir.string(), d.name,
+           "the destination's shape " + format_shape(d.shape) + " differs from the checkpoint's",
+           format_shape(o.shape));
+    if (d.dtype != o.dtype && !(is_float(d.dtype) && is_float(o.dtype)))
+      fail(
+          ErrorKind::kInvalidArgument, "", d.name,
+          fmt::format("a {} destination for a {} tensor", dtype_name(d.dtype), dtype_name(o.dtype)),
+          "a floating destination for a floating tensor, or the tensor's own dtype");
+    const int64_t rows = o.shape.empty() ? 1 : static_cast<int64_t>(o.shape[0]);
+    const int64_t row1 = d.row1 < 0 ? rows : d.row1;
+    uint64_t row_elems = 1;
+    for (size_t k = 1; k < o.shape.size(); ++k) row_elems *= o.shape[k];
+    if (d.row0 < 0 || d.row0 > row1 || row1 > rows ||
+        d.bytes.size() != static_cast<uint64_t>(row1 - d.row0) * row_elems * dtype_size(d.dtype))
+      fail(ErrorKind::kInvalidArgument, "", d.name,
+           fmt::format("rows [{}, {}) in {} bytes of {}", d.row0, row1, d.bytes.size(),
+                       dtype_name(d.dtype)),
+           fmt::format("rows within [0, {}) and {} bytes per row", rows,
+                       row_elems * dtype_size(d.dtype)));
+    targets[it->second] = {&d, o.dtype, row_elems};
+    if (row1 > d.row0) windows[it->second] = RowWindow{d.row0, row1};
+    ++report.tensors;
+  }
+  for (size_t i = 0; i < plan.outputs.size(); ++i)
+    if (!targets[i].dest) report.unexpected.push_back(plan.outputs[i].name);
+  restrict_to_rows(plan, windows);
+  DestinationSink sink(std::move(targets));
+  execute(plan, source, sink, exec);
+  report.bytes_read = source.bytes_read();
+  return report;
+}
+
+}  // namespace moeckpt

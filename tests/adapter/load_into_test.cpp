@@ -1,0 +1,170 @@
+// Loading an HF checkpoint into destinations a model owns: the same bytes as from-hf, row windows
+// read only their rows' bytes, dtype conversion as torch's copy_, missing/unexpected reported.
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/numerics.hpp"
+#include "moeckpt/safetensors.hpp"
+#include "moeckpt/synth.hpp"
+#include "test_support.hpp"
+
+namespace moeckpt {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Native {
+  Dtype dtype;
+  std::vector<uint64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+
+std::map<std::string, Native> tensors_of(const fs::path& dir) {
+  auto ck = Checkpoint::open(dir);
+  std::map<std::string, Native> out;
+  for (const auto& n : ck.names()) {
+    const auto* e = ck.find(n);
+    out[n] = {e->info->dtype, e->info->shape, ck.read_all(*e)};
+  }
+  return out;
+}
+
+uint64_t row_bytes(const Native& t, Dtype dt) {
+  uint64_t n = dtype_size(dt);
+  for (size_t d = 1; d < t.shape.size(); ++d) n *= t.shape[d];
+  return n;
+}
+
+class LoadInto : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SynthOptions o;
+    o.seed = 5;
+    synthesize_checkpoint(dir_ / "hf", o);
+    from_hf_dir(dir_ / "hf", dir_ / "native", {});
+    want_ = tensors_of(dir_ / "native");
+  }
+  test::TempDir dir_;
+  std::map<std::string, Native> want_;
+};
+
+// Every native tensor as a destination of its own dtype: the bytes from-hf writes.
+TEST_F(LoadInto, WholeTensorsEqualFromHf) {
+  std::map<std::string, std::vector<uint8_t>> got;
+  std::vector<LoadDestination> dests;
+  for (const auto& [name, t] : want_) {
+    got[name].assign(t.bytes.size(), 0xAB);
+    dests.push_back({name, t.dtype, t.shape, 0, -1, got[name]});
+  }
+  auto r = load_hf_into(dir_ / "hf", dests, {});
+  EXPECT_TRUE(r.missing.empty());
+  EXPECT_TRUE(r.unexpected.empty());
+  EXPECT_EQ(r.tensors, want_.size());
+  for (const auto& [name, t] : want_) EXPECT_EQ(got[name], t.bytes) << name;
+}
+
+// Three "ranks", each holding a third of every tensor's rows: together the whole, each reading
+// less than the whole checkpoint (experts: only its slots' bytes).
+TEST_F(LoadInto, RowWindowsReadOnlyTheirRows) {
+  std::map<std::string, std::vector<uint8_t>> got;
+  for (const auto& [name, t] : want_) got[name].assign(t.bytes.size(), 0);
+  const auto full = load_hf_into(dir_ / "hf", {}, {}).bytes_read;  // planning reads only
+  uint64_t total = 0;
+  for (int rank = 0; rank < 3; ++rank) {
+    std::vector<LoadDestination> dests;
+    for (auto& [name, t] : want_) {
+      const int64_t rows = t.shape.empty() ? 1 : static_cast<int64_t>(t.shape[0]);
+      const int64_t r0 = rows * rank / 3, r1 = rows * (rank + 1) / 3;
+      const uint64_t rb = row_bytes(t, t.dtype);
+      dests.push_back(
+          {name, t.dtype, t.shape, r0, r1, std::span(got[name]).subspan(r0 * rb, (r1 - r0) * rb)});
+    }
+    auto r = load_hf_into(dir_ / "hf", dests, {});
+    EXPECT_TRUE(r.unexpected.empty());
+    total += r.bytes_read;
+  }
+  for (const auto& [name, t] : want_) EXPECT_EQ(got[name], t.bytes) << name;
+  uint64_t hf_bytes = 0;
+  for (const auto& e : fs::directory_iterator(dir_ / "hf"))
+    if (e.path().extension() == ".safetensors") hf_bytes += fs::file_size(e.path());
+  // Each rank reads its rows once (plus the scales every plan checks, `full`): the three
+  // together read about the checkpoint once, not three times.
+  EXPECT_LT(total, hf_bytes + 3 * full + hf_bytes / 4) << total << " vs " << hf_bytes;
+}
+
+TEST_F(LoadInto, ExpertWindowReadsOnlyItsExperts) {
+  const std::string name = "model.layers.1.mlp.experts.gate_and_up_projs";
+  const auto& t = want_.at(name);
+  const uint64_t rb = row_bytes(t, t.dtype);
+  std::vector<uint8_t> one(rb), all(t.bytes.size());
+  auto r1 = load_hf_into(dir_ / "hf", {{name, t.dtype, t.shape, 2, 3, one}}, {});
+  auto r8 = load_hf_into(dir_ / "hf", {{name, t.dtype, t.shape, 0, -1, all}}, {});
+  EXPECT_EQ(std::vector<uint8_t>(t.bytes.begin() + 2 * rb, t.bytes.begin() + 3 * rb), one);
+  EXPECT_EQ(all, t.bytes);
+  EXPECT_LT(r1.bytes_read, r8.bytes_read);
+  EXPECT_FALSE(r1.unexpected.empty());  // every other tensor of the checkpoint
+}
+
+// A destination of another floating dtype gets the values converted as torch's copy_ does:
+// BF16 -> F32 exactly, F32 (the router) -> BF16 rounded to nearest even.
+TEST_F(LoadInto, DtypesAreConvertedAsCopyDoes) {
+  const std::string w = "model.layers.0.self_attn.q_proj.weight";
+  const std::string router = "model.layers.1.mlp.gate.weight";
+  const auto& tw = want_.at(w);
+  const auto& tr = want_.at(router);
+  ASSERT_EQ(tw.dtype, Dtype::BF16);
+  ASSERT_EQ(tr.dtype, Dtype::F32);
+  std::vector<uint8_t> wf(tw.bytes.size() * 2), rb(tr.bytes.size() / 2);
+  load_hf_into(dir_ / "hf",
+               {{w, Dtype::F32, tw.shape, 0, -1, wf}, {router, Dtype::BF16, tr.shape, 0, -1, rb}},
+               {});
+  for (size_t i = 0; i < tw.bytes.size() / 2; ++i) {
+    uint16_t b;
+    float f;
+    std::memcpy(&b, &tw.bytes[2 * i], 2);
+    std::memcpy(&f, &wf[4 * i], 4);
+    ASSERT_EQ(numerics::bf16_to_f32(b), f) << i;
+  }
+  for (size_t i = 0; i < tr.bytes.size() / 4; ++i) {
+    uint16_t b;
+    float f;
+    std::memcpy(&f, &tr.bytes[4 * i], 4);
+    std::memcpy(&b, &rb[2 * i], 2);
+    ASSERT_EQ(numerics::f32_to_bf16_rne(f), b) << i;
+  }
+}
+
+TEST_F(LoadInto, MissingUnexpectedAndBadDestinations) {
+  const std::string w = "model.layers.0.self_attn.q_proj.weight";
+  const auto& t = want_.at(w);
+  std::vector<uint8_t> buf(t.bytes.size()), small(8);
+  auto r = load_hf_into(dir_ / "hf",
+                        {{w, t.dtype, t.shape, 0, -1, buf},
+                         {"model.layers.0.self_attn.nonexistent", Dtype::BF16, {4}, 0, -1, small}},
+                        {});
+  EXPECT_EQ(r.missing, std::vector<std::string>{"model.layers.0.self_attn.nonexistent"});
+  EXPECT_EQ(r.unexpected.size(), want_.size() - 1);
+  EXPECT_EQ(buf, t.bytes);
+  auto kind = [&](std::vector<LoadDestination> d) {
+    try {
+      load_hf_into(dir_ / "hf", d, {});
+    } catch (const Error& e) {
+      return e.kind();
+    }
+    return ErrorKind::kInterrupted;  // no error: a kind no check expects
+  };
+  auto shape = t.shape;
+  shape[0] += 1;
+  EXPECT_EQ(kind({{w, t.dtype, shape, 0, -1, buf}}), ErrorKind::kConfigMismatch);
+  EXPECT_EQ(kind({{w, t.dtype, t.shape, 0, -1, small}}), ErrorKind::kInvalidArgument);
+  EXPECT_EQ(kind({{w, t.dtype, t.shape, 2, 1, small}}), ErrorKind::kInvalidArgument);
+  EXPECT_EQ(kind({{w, Dtype::U8, t.shape, 0, -1, buf}}), ErrorKind::kInvalidArgument);
+  EXPECT_EQ(kind({{w, t.dtype, t.shape, 0, -1, buf}, {w, t.dtype, t.shape, 0, -1, buf}}),
+            ErrorKind::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace moeckpt

@@ -27,6 +27,7 @@ from ._core import (
 )
 from .adapter import MiMoV2FlashStateDictAdapter, is_published_fp8_key, should_quantize_key
 from .io import WriteReport, dequantize_dir, from_hf_dir, quantize_dir, synth, to_hf_dir
+from .load import LoadReport, load_hf_checkpoint
 
 __version__ = "0.1.0"
 
@@ -40,11 +41,13 @@ __all__ = [
     "MalformedFileError",
     "NumericError",
     "UnsupportedLayoutError",
+    "LoadReport",
     "MiMoV2FlashStateDictAdapter",
     "WriteReport",
     "dequantize_dir",
     "from_hf_dir",
     "is_published_fp8_key",
+    "load_hf_checkpoint",
     "quantize_dir",
     "should_quantize_key",
     "synth",

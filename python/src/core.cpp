@@ -435,6 +435,31 @@ NB_MODULE(_core, m) {
       nb::arg("compat"), nb::arg("threads"), nb::arg("max_memory"), nb::arg("attn") = "sdpa",
       nb::arg("tp_size") = 1);
 
+  // An HF checkpoint folder -> destinations the caller owns (a model's parameters): each row
+  // (name, dtype, global shape, row0, row1, address, bytes) is rows [row0, row1) of a native
+  // tensor held contiguously at `address`. Returns (missing, unexpected, tensors, bytes read).
+  using DestRow = std::tuple<std::string, std::string, std::vector<uint64_t>, int64_t, int64_t,
+                             uintptr_t, uint64_t>;
+  m.def(
+      "load_into",
+      [](const std::string& dir, const std::vector<DestRow>& rows, const std::string& dtype,
+         const std::string& compat, const std::string& attn, unsigned threads,
+         uint64_t max_memory) {
+        std::vector<LoadDestination> dests;
+        for (const auto& [name, dt, shape, row0, row1, address, nbytes] : rows)
+          dests.push_back({name, dtype_of(dt), shape, row0, row1,
+                           std::span(reinterpret_cast<uint8_t*>(address), nbytes)});
+        const auto o = from_hf_options(1, 0, dtype, compat, attn);
+        LoadReport r;
+        {
+          nb::gil_scoped_release release;
+          r = load_hf_into(dir, dests, o, exec_of(threads, max_memory));
+        }
+        return std::make_tuple(r.missing, r.unexpected, r.tensors, r.bytes_read);
+      },
+      nb::arg("dir"), nb::arg("rows"), nb::arg("dtype"), nb::arg("compat"), nb::arg("attn"),
+      nb::arg("threads"), nb::arg("max_memory"));
+
   // An HF checkpoint folder -> native tensors of one EP rank, streamed from the files (only the
   // rank's bytes are read). Returns (tensors, __metadata__, config.json text, bytes read).
   m.def(

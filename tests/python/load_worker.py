@@ -12,7 +12,10 @@ def run(rank: int, world: int, hf_dir: str, store: str) -> None:
 
     import moeckpt
 
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    if store:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    else:  # launched by torchrun: rank, world size and rendezvous from its environment
+        dist.init_process_group("gloo")
     try:
         mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("ep",))
         full = moeckpt.from_hf_dir(hf_dir)
@@ -32,9 +35,11 @@ def run(rank: int, world: int, hf_dir: str, store: str) -> None:
             assert torch.equal(d.to_local().view(torch.uint8), want.contiguous().view(torch.uint8)), (rank, k)
         assert report.bytes_read < 0.8 * whole.bytes_read, (report.bytes_read, whole.bytes_read)
 
-        # Automodel's EP split as plain tensors holding the rank's experts (device_mesh given).
+        # Automodel's EP split as plain tensors holding the rank's experts (device_mesh given):
+        # q, rem = divmod(n, world), the first rem ranks one more.
         n = full["model.layers.1.mlp.experts.gate_and_up_projs"].shape[0]
-        first, count = n * rank // world, n // world  # an even split here
+        q, rem = divmod(n, world)
+        first, count = rank * q + min(rank, rem), q + (rank < rem)
         local = {k: torch.zeros_like(v[first:first + count]) for k, v in full.items()
                  if k.endswith(("gate_and_up_projs", "down_projs"))}
         report = moeckpt.load_hf_checkpoint(local, hf_dir, device_mesh=mesh)
@@ -43,3 +48,10 @@ def run(rank: int, world: int, hf_dir: str, store: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import os
+    import sys
+
+    run(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), sys.argv[1], "")

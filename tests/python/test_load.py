@@ -86,6 +86,21 @@ def test_dict_destinations_strict_and_dtypes(tiny_dir):
         moeckpt.load_hf_checkpoint({"model.embed_tokens.weight": torch.empty(3, 3, dtype=w.dtype)}, tiny_dir)
 
 
+@pytest.mark.parametrize("nproc", [2, 3, 4])
+def test_dtensor_shards_under_torchrun(tiny_dir, nproc):
+    # The same checks in a job launched by torchrun (gloo, CPU), with even and uneven splits.
+    import os
+    import subprocess
+    import sys
+
+    worker = os.path.join(os.path.dirname(__file__), "load_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                        "--master-port", str(29600 + nproc), worker, str(tiny_dir)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+
 def test_dtensor_shards_in_a_two_process_job(tiny_dir, tmp_path):
     # Each rank loads DTensor destinations (experts Shard(0) on "ep", other weights Shard(0) or
     # Replicate(), plain EP-local expert tensors) and checks its local data against the matching

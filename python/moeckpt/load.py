@@ -52,7 +52,7 @@ def load_hf_checkpoint(
     compat: Optional[str] = None,
     attn_backend: str = "sdpa",
     strict: bool = True,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: Optional[torch.dtype] = None,
     threads: int = 0,
     max_memory: int = 1 << 30,
     revision: Optional[str] = None,
@@ -69,6 +69,8 @@ def load_hf_checkpoint(
     are filled through a host staging tensor per destination. With ``device_mesh``, plain
     grouped-expert tensors may hold just this EP rank's experts (Automodel's split).
 
+    ``dtype`` is the dequantization's own dtype (``torch.bfloat16`` or ``torch.float32``); by
+    default float32 when every multi-dimensional floating destination is float32, else bfloat16.
     Checkpoint tensors the model lacks are reported in ``unexpected``; a destination with no source
     is an error naming it (``strict=True``) or reported in ``missing``.
     """
@@ -77,6 +79,10 @@ def load_hf_checkpoint(
     from .io import _resolve
 
     folder = _resolve(path, revision)
+    if dtype is None:
+        weights = [t.dtype for t in dests.values()
+                   if isinstance(t, torch.Tensor) and t.dim() > 1 and t.dtype.is_floating_point]
+        dtype = torch.float32 if weights and all(d == torch.float32 for d in weights) else torch.bfloat16
     experts = None
     if device_mesh is not None:
         rank, size = _mesh_rank_size(device_mesh)

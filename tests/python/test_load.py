@@ -101,6 +101,14 @@ def test_dtensor_shards_under_torchrun(tiny_dir, nproc):
     assert r.returncode == 0, r.stderr[-4000:]
 
 
+def test_float32_models_are_dequantized_in_float32(tiny_dir):
+    want = moeckpt.from_hf_dir(tiny_dir, dtype=torch.float32)
+    dests = {k: torch.empty(v.shape, dtype=torch.float32) for k, v in want.items()}
+    moeckpt.load_hf_checkpoint(dests, tiny_dir)
+    for k, v in want.items():
+        assert torch.equal(dests[k], v.float()), k
+
+
 def test_dtensor_shards_in_a_two_process_job(tiny_dir, tmp_path):
     # Each rank loads DTensor destinations (experts Shard(0) on "ep", other weights Shard(0) or
     # Replicate(), plain EP-local expert tensors) and checks its local data against the matching

@@ -185,6 +185,11 @@ struct LoadDestination {
   int64_t row0 = 0;
   int64_t row1 = -1;
   std::span<uint8_t> bytes;
+  // Set: the destination is not host memory (a GPU tensor, a strided view): its bytes go through
+  // this call instead, `staged_bytes` of them in all, each piece once, at its byte offset within
+  // the destination, from worker threads (no two pieces overlap); `bytes` is unused.
+  std::function<void(uint64_t offset, std::span<const uint8_t> piece)> stage = nullptr;
+  uint64_t staged_bytes = 0;
 };
 struct LoadReport {
   std::vector<std::string> missing;     // destinations the checkpoint has no tensor for

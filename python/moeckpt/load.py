@@ -44,6 +44,43 @@ def _local_rows(name: str, t: torch.Tensor, experts: Optional[tuple[int, int]]) 
     return t, list(t.shape), 0, -1
 
 
+class _Staging:
+    """Pieces of destinations that are not host memory, copied in as the engine delivers them: for
+    CUDA through a ring of pinned host buffers with non-blocking copies (the reads of the next pieces
+    overlap the transfers), elsewhere straight. Host memory stays bounded by the engine's task
+    buffers plus the ring."""
+
+    def __init__(self, slots: int = 4):
+        self.targets: dict = {}  # destination index -> its flat uint8 view
+        self.ring: list = [None] * slots  # (pinned buffer, event)
+        self.next = 0
+
+    def add(self, index: int, t: torch.Tensor) -> None:
+        self.targets[index] = t.view(-1).view(torch.uint8)
+
+    def __call__(self, index: int, offset: int, piece: torch.Tensor) -> None:
+        dst = self.targets[index][offset:offset + piece.numel()]
+        if dst.device.type != "cuda":
+            dst.copy_(piece)
+            return
+        slot = self.ring[self.next]
+        if slot is None or slot[0].numel() < piece.numel():
+            slot = (torch.empty(max(piece.numel(), 1 << 20), dtype=torch.uint8, pin_memory=True),
+                    torch.cuda.Event())
+        else:
+            slot[1].synchronize()  # the transfer that last used this buffer is done
+        buf = slot[0][:piece.numel()]
+        buf.copy_(piece)
+        dst.copy_(buf, non_blocking=True)
+        slot[1].record()
+        self.ring[self.next] = slot
+        self.next = (self.next + 1) % len(self.ring)
+
+    def finish(self) -> None:
+        if any(s is not None for s in self.ring):
+            torch.cuda.synchronize()
+
+
 def load_hf_checkpoint(
     model: Any,
     path: "str | os.PathLike[str]",
@@ -56,6 +93,7 @@ def load_hf_checkpoint(
     threads: int = 0,
     max_memory: int = 1 << 30,
     revision: Optional[str] = None,
+    _stage_all: bool = False,
 ) -> LoadReport:
     """Fills a model's parameters in place from an HF checkpoint folder.
 
@@ -66,7 +104,9 @@ def load_hf_checkpoint(
     experts; the scale rows its rows need) and dequantizes them with the same kernels and rules as
     ``from_hf_dir`` (``compat`` as there) straight into the destination's storage; values are
     converted to the destination's dtype as ``copy_`` does. CUDA and non-contiguous destinations
-    are filled through a host staging tensor per destination. With ``device_mesh``, plain
+    are filled through pinned host buffers with non-blocking copies as the pieces are dequantized
+    (host memory bounded by ``max_memory`` plus a small ring); non-contiguous destinations through a
+    host copy each. With ``device_mesh``, plain
     grouped-expert tensors may hold just this EP rank's experts (Automodel's split).
 
     ``dtype`` is the dequantization's own dtype (``torch.bfloat16`` or ``torch.float32``); by
@@ -90,26 +130,30 @@ def load_hf_checkpoint(
             n = T.parse_config(json.load(f)).n_routed_experts
         experts = (*_core.expert_range(n, size, rank), n)
     rows, keep, staged = [], [], []
+    staging = _Staging()
     for name, t in dests.items():
         if not isinstance(t, torch.Tensor):
             continue
         local, shape, row0, row1 = _local_rows(name, t, experts if _core.is_grouped_expert_key(name) else None)
         target = local
-        if local.device.type != "cpu" or not local.is_contiguous():
-            pin = local.device.type == "cuda" and torch.cuda.is_available()
-            target = torch.empty(local.shape, dtype=local.dtype, device="cpu", pin_memory=pin)
+        if not local.is_contiguous():  # strided: through a host copy of its own
+            target = torch.empty(local.shape, dtype=local.dtype, device="cpu")
             staged.append((local, target))
+        nbytes = target.numel() * target.element_size()
+        if target.device.type != "cpu" or _stage_all:  # pieces through the staging ring
+            staging.add(len(rows), target)
+            address = 0
+        else:
+            address = target.data_ptr()
         keep.append(target)
-        rows.append([name, T.dtype_name(target.dtype), shape, row0, row1, target.data_ptr(),
-                     target.numel() * target.element_size()])
+        rows.append([name, T.dtype_name(target.dtype), shape, row0, row1, address, nbytes])
     with torch.no_grad():
         missing, unexpected, n, bytes_read = _core.load_into(
             folder, [tuple(r) for r in rows], T.out_dtype_name(dtype), T.compat_name(compat),
-            T.attn_backend(attn_backend), int(threads), int(max_memory))
+            T.attn_backend(attn_backend), int(threads), int(max_memory), staging if staging.targets else None)
+        staging.finish()
         for dst, src in staged:
-            dst.copy_(src, non_blocking=src.is_pinned())
-        if any(src.is_pinned() for _, src in staged):
-            torch.cuda.synchronize()
+            dst.copy_(src)
     del keep
     if strict and missing:
         raise _core.ConfigMismatchError(

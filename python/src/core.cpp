@@ -440,15 +440,30 @@ NB_MODULE(_core, m) {
   // tensor held contiguously at `address`. Returns (missing, unexpected, tensors, bytes read).
   using DestRow = std::tuple<std::string, std::string, std::vector<uint64_t>, int64_t, int64_t,
                              uintptr_t, uint64_t>;
+  // A row with address 0 is staged: its pieces go to stage(index, offset, piece), `piece` a uint8
+  // tensor over the engine's buffer, valid during the call only (GPU destinations).
   m.def(
       "load_into",
       [](const std::string& dir, const std::vector<DestRow>& rows, const std::string& dtype,
-         const std::string& compat, const std::string& attn, unsigned threads,
-         uint64_t max_memory) {
+         const std::string& compat, const std::string& attn, unsigned threads, uint64_t max_memory,
+         nb::object stage) {
         std::vector<LoadDestination> dests;
-        for (const auto& [name, dt, shape, row0, row1, address, nbytes] : rows)
-          dests.push_back({name, dtype_of(dt), shape, row0, row1,
-                           std::span(reinterpret_cast<uint8_t*>(address), nbytes)});
+        for (const auto& [name, dt, shape, row0, row1, address, nbytes] : rows) {
+          LoadDestination d{name, dtype_of(dt), shape, row0, row1, {}};
+          if (address) {
+            d.bytes = std::span(reinterpret_cast<uint8_t*>(address), nbytes);
+          } else {
+            const size_t index = dests.size();
+            d.staged_bytes = nbytes;
+            d.stage = [stage, index](uint64_t offset, std::span<const uint8_t> piece) {
+              nb::gil_scoped_acquire acquire;
+              nb::ndarray<nb::pytorch, uint8_t, nb::ndim<1>> view(
+                  const_cast<uint8_t*>(piece.data()), {piece.size()});
+              stage(index, offset, view);
+            };
+          }
+          dests.push_back(std::move(d));
+        }
         const auto o = from_hf_options(1, 0, dtype, compat, attn);
         LoadReport r;
         {
@@ -458,7 +473,7 @@ NB_MODULE(_core, m) {
         return std::make_tuple(r.missing, r.unexpected, r.tensors, r.bytes_read);
       },
       nb::arg("dir"), nb::arg("rows"), nb::arg("dtype"), nb::arg("compat"), nb::arg("attn"),
-      nb::arg("threads"), nb::arg("max_memory"));
+      nb::arg("threads"), nb::arg("max_memory"), nb::arg("stage").none() = nb::none());
 
   // An HF checkpoint folder -> native tensors of one EP rank, streamed from the files (only the
   // rank's bytes are read). Returns (tensors, __metadata__, config.json text, bytes read).

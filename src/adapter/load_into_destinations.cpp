@@ -36,19 +36,33 @@ class DestinationSink final : public TensorSink {
     const uint64_t in_es = dtype_size(t.from), out_es = dtype_size(t.dest->dtype);
     const uint64_t row_bytes = t.row_elems * in_es;
     const uint64_t begin = static_cast<uint64_t>(t.dest->row0) * row_bytes;
-    const uint64_t end = begin + t.dest->bytes.size() / out_es * in_es;
+    const uint64_t end = begin + size_of(*t.dest) / out_es * in_es;
     const uint64_t a = std::max(offset, begin), b = std::min(offset + bytes.size(), end);
     if (a >= b) return;
     const auto part = bytes.subspan(a - offset, b - a);
-    uint8_t* dst = t.dest->bytes.data() + (a - begin) / in_es * out_es;
+    const uint64_t at = (a - begin) / in_es * out_es;  // within the destination
     if (t.from == t.dest->dtype) {
-      std::memcpy(dst, part.data(), part.size());
+      if (t.dest->stage)
+        t.dest->stage(at, part);
+      else
+        std::memcpy(t.dest->bytes.data() + at, part.data(), part.size());
       return;
     }
     std::vector<float> values(part.size() / in_es);
     for (size_t i = 0; i < values.size(); ++i)
       values[i] = exec::element_to_float(t.from, &part[i * in_es]);
-    exec::encode_products(values, t.dest->dtype, NanPolicy::kTorchCompat, dst);
+    if (!t.dest->stage) {
+      exec::encode_products(values, t.dest->dtype, NanPolicy::kTorchCompat,
+                            t.dest->bytes.data() + at);
+      return;
+    }
+    std::vector<uint8_t> converted(values.size() * out_es);
+    exec::encode_products(values, t.dest->dtype, NanPolicy::kTorchCompat, converted.data());
+    t.dest->stage(at, converted);
+  }
+
+  static uint64_t size_of(const LoadDestination& d) {
+    return d.stage ? d.staged_bytes : d.bytes.size();
   }
 
  private:
@@ -94,11 +108,11 @@ LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<Load
     const int64_t row1 = d.row1 < 0 ? rows : d.row1;
     uint64_t row_elems = 1;
     for (size_t k = 1; k < o.shape.size(); ++k) row_elems *= o.shape[k];
+    const uint64_t size = d.stage ? d.staged_bytes : d.bytes.size();
     if (d.row0 < 0 || d.row0 > row1 || row1 > rows ||
-        d.bytes.size() != static_cast<uint64_t>(row1 - d.row0) * row_elems * dtype_size(d.dtype))
+        size != static_cast<uint64_t>(row1 - d.row0) * row_elems * dtype_size(d.dtype))
       fail(ErrorKind::kInvalidArgument, "", d.name,
-           fmt::format("rows [{}, {}) in {} bytes of {}", d.row0, row1, d.bytes.size(),
-                       dtype_name(d.dtype)),
+           fmt::format("rows [{}, {}) in {} bytes of {}", d.row0, row1, size, dtype_name(d.dtype)),
            fmt::format("rows within [0, {}) and {} bytes per row", rows,
                        row_elems * dtype_size(d.dtype)));
     targets[it->second] = {&d, o.dtype, row_elems};

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <mutex>
 
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -134,6 +135,32 @@ TEST_F(LoadInto, DtypesAreConvertedAsCopyDoes) {
     std::memcpy(&f, &tr.bytes[4 * i], 4);
     std::memcpy(&b, &rb[2 * i], 2);
     ASSERT_EQ(numerics::f32_to_bf16_rne(f), b) << i;
+  }
+}
+
+// A staged destination (GPU memory, in the Python package) receives every byte once, as pieces
+// at their offsets, converted to its dtype: the same bytes as a direct write.
+TEST_F(LoadInto, StagedPiecesCoverTheDestinationOnce) {
+  std::map<std::string, std::vector<uint8_t>> got;
+  std::map<std::string, uint64_t> delivered;
+  std::mutex m;
+  std::vector<LoadDestination> dests;
+  for (const auto& [name, t] : want_) {
+    got[name].assign(t.bytes.size(), 0);
+    LoadDestination d{name, t.dtype, t.shape, 0, -1, {}};
+    d.staged_bytes = t.bytes.size();
+    d.stage = [&, name](uint64_t offset, std::span<const uint8_t> piece) {
+      std::lock_guard lock(m);
+      ASSERT_LE(offset + piece.size(), got[name].size());
+      std::memcpy(got[name].data() + offset, piece.data(), piece.size());
+      delivered[name] += piece.size();
+    };
+    dests.push_back(std::move(d));
+  }
+  load_hf_into(dir_ / "hf", dests, {});
+  for (const auto& [name, t] : want_) {
+    EXPECT_EQ(got[name], t.bytes) << name;
+    EXPECT_EQ(delivered[name], t.bytes.size()) << name;
   }
 }
 

@@ -21,22 +21,20 @@ After the timed part the automodel and compat rows' parameters are hashed: they 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from bench_support import run_measured  # noqa: E402
 GIB = 1 << 30
 
 CHILD = r'''
 import hashlib, json, os, sys, time
 mode, hf_dir, repo = sys.argv[1], sys.argv[2], sys.argv[3]
 import torch
-import safetensors.torch
 import moeckpt
 from nemo_automodel.components.models.common import BackendConfig
 from nemo_automodel.components.models.mimo_v2_flash.config import MiMoV2FlashConfig
@@ -66,14 +64,8 @@ if mode == "moeckpt_ep":  # the rank's experts only (Automodel's EP split), the 
     dests = {k: (torch.empty((count, *v.shape[1:]), dtype=v.dtype) if k.endswith(("gate_and_up_projs", "down_projs")) else v)
              for k, v in dests.items()}
 
-def load_all(d):
-    index = os.path.join(d, "model.safetensors.index.json")
-    with open(index, encoding="utf-8") as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-    sd = {}
-    for name in files:
-        sd.update(safetensors.torch.load_file(os.path.join(d, name)))
-    return sd
+sys.path.insert(0, os.path.join(repo, "bench"))
+from bench_support import load_hf_tensors as load_all
 
 t0 = time.perf_counter()
 if mode == "automodel":
@@ -114,16 +106,8 @@ def run_child(script: Path, mode: str, hf_dir: Path) -> tuple[list, int]:
     if mode == "moeckpt_ep":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
                *cmd[1:]]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen(cmd, stdout=out, stderr=err, env=dict(os.environ, OMP_NUM_THREADS="1"))
-        _, status, usage = os.wait4(p.pid, 0)
-        out.seek(0)
-        err.seek(0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            sys.stderr.write(err.read().decode(errors="replace"))
-            raise SystemExit(f"{mode}: child failed")
-        lines = [json.loads(x) for x in out.read().decode().splitlines() if x.startswith("{")]
-        return lines, usage.ru_maxrss * 1024
+    lines, rss, _cpu = run_measured(cmd, mode, dict(os.environ, OMP_NUM_THREADS="1"))
+    return lines, rss
 
 
 def main() -> int:

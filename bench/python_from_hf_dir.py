@@ -33,10 +33,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from bench_support import run_measured  # noqa: E402
 GIB = 1 << 30
 TARGET_SPEEDUP = 10.0
 
@@ -49,14 +50,8 @@ import safetensors.torch
 import moeckpt
 sys.path.insert(0, os.path.join(repo, "tools"))
 
-def load_all(d):
-    index = os.path.join(d, "model.safetensors.index.json")
-    with open(index, encoding="utf-8") as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-    sd = {}
-    for name in files:
-        sd.update(safetensors.torch.load_file(os.path.join(d, name)))
-    return sd
+sys.path.insert(0, os.path.join(repo, "bench"))
+from bench_support import load_hf_tensors as load_all
 
 with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
     cfg = json.load(f)
@@ -102,18 +97,8 @@ ROWS = [
 
 def run_child(py: str, script: str, mode: str, hf_dir: Path, digest: bool) -> tuple[dict, int, float]:
     """Runs one measurement; returns its JSON, the child's peak RSS in bytes and its CPU seconds."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        p = subprocess.Popen([py, script, mode, str(hf_dir), str(REPO), "1" if digest else "0"],
-                             stdout=out, stderr=err)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if p.returncode != 0:
-            sys.stderr.write(err.read().decode(errors="replace"))
-            raise SystemExit(f"{mode}: child failed with exit code {p.returncode}")
-        data = json.loads(out.read().decode().strip().splitlines()[-1])
-        return data, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    lines, rss, cpu = run_measured([py, script, mode, str(hf_dir), str(REPO), "1" if digest else "0"], mode)
+    return lines[-1], rss, cpu
 
 
 def machine() -> dict:

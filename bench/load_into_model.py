@@ -86,7 +86,7 @@ if mode in ("automodel", "moeckpt"):
     h = hashlib.sha256()
     for k, v in sorted(model.state_dict().items()):
         h.update(k.encode())
-        h.update(v.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        h.update(v.contiguous().view(-1).view(torch.uint8).numpy())  # no copy of the bytes
     out["sha256"] = h.hexdigest()
 if mode == "moeckpt_ep":
     dist.destroy_process_group()

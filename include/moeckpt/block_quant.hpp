@@ -17,8 +17,8 @@ namespace moeckpt::numerics {
 void accumulate_block_amax(std::span<const float> rows, int64_t cols, int64_t block_cols,
                            std::span<float* const> row_scale) noexcept;
 void amax_to_scales(std::span<float> scales) noexcept;
+// The same row-to-scale-row map as accumulate_block_amax; the scales are only read.
 void quantize_block_rows(std::span<const float> rows, int64_t cols, int64_t block_cols,
-                         std::span<const float* const> row_scale,
-                         std::span<uint8_t> codes) noexcept;
+                         std::span<float* const> row_scale, std::span<uint8_t> codes) noexcept;
 
 }  // namespace moeckpt::numerics

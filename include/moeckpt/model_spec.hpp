@@ -108,6 +108,10 @@ class ModelSpec {
   // The HF [out, in] shape of a routed expert's projection (every MoE layer alike).
   virtual std::vector<uint64_t> expert_hf_shape(Projection p) const = 0;
   virtual std::vector<ExpertGrouping> expert_groupings() const = 0;
+  // The grouping of native grouped tensor `grouped` (kGateAndUp, kDown; no parts when unknown),
+  // and the [in, width] of one expert's slot in it: its parts' HF [out, in] side by side.
+  ExpertGrouping expert_grouping(Projection grouped) const;
+  std::pair<uint64_t, uint64_t> grouped_slot_shape(const ExpertGrouping& grouping) const;
 
   // --- FP8 sets.
   // Block-quantized in the published checkpoint (what the default to-hf quantizes).
@@ -155,6 +159,9 @@ class ModelSpec {
 
 // The spec of the family `config` belongs to (by model_type and layout fields).
 std::unique_ptr<const ModelSpec> model_spec_for(const ModelConfig& config);
+// The reference family's spec without a config: its name grammar and FP8 rules, for functions
+// that take a tensor name alone (Automodel's module-level _should_quantize_key).
+const ModelSpec& reference_model_spec();
 
 // Synth presets: the config.json of a registered family's named preset (e.g. "tiny", "full",
 // "v26-tiny"), resized; an unknown name is refused, listing the known ones.

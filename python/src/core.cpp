@@ -110,11 +110,6 @@ std::optional<std::tuple<std::string, int64_t, std::string>> grouped_target(cons
   return std::nullopt;
 }
 
-const ModelSpec& reference_spec() {
-  static const auto spec = model_spec_for(ModelConfig{});
-  return *spec;
-}
-
 // An output tensor's memory, written by the engine and then owned by a torch tensor. Large buffers
 // are anonymous mappings: the kernel's zeroed pages are the only initialization (a std::vector
 // would memset them once more). No MADV_HUGEPAGE: with THP defrag "madvise" the faults compact
@@ -367,7 +362,7 @@ NB_MODULE(_core, m) {
   m.def(
       "is_grouped_expert_key",
       [](const std::string& k) {
-        return reference_spec().classify(k).kind == TensorKind::kGroupedExperts;
+        return reference_model_spec().classify(k).kind == TensorKind::kGroupedExperts;
       },
       nb::arg("key"));
 

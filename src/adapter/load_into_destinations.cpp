@@ -19,6 +19,11 @@ bool is_float(Dtype d) {
   return d == Dtype::BF16 || d == Dtype::F16 || d == Dtype::F32;
 }
 
+// Bytes a destination holds: in host memory, or delivered through its stage.
+uint64_t size_of(const LoadDestination& d) {
+  return d.stage ? d.staged_bytes : d.bytes.size();
+}
+
 // Writes each output's bytes into its destination's rows; elements are converted when the
 // destination's dtype differs (floats only, rounded to nearest even as torch's copy_ does).
 class DestinationSink final : public TensorSink {
@@ -59,10 +64,6 @@ class DestinationSink final : public TensorSink {
     std::vector<uint8_t> converted(values.size() * out_es);
     exec::encode_products(values, t.dest->dtype, NanPolicy::kTorchCompat, converted.data());
     t.dest->stage(at, converted);
-  }
-
-  static uint64_t size_of(const LoadDestination& d) {
-    return d.stage ? d.staged_bytes : d.bytes.size();
   }
 
  private:
@@ -108,7 +109,7 @@ LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<Load
     const int64_t row1 = d.row1 < 0 ? rows : d.row1;
     uint64_t row_elems = 1;
     for (size_t k = 1; k < o.shape.size(); ++k) row_elems *= o.shape[k];
-    const uint64_t size = d.stage ? d.staged_bytes : d.bytes.size();
+    const uint64_t size = size_of(d);
     if (d.row0 < 0 || d.row0 > row1 || row1 > rows ||
         size != static_cast<uint64_t>(row1 - d.row0) * row_elems * dtype_size(d.dtype))
       fail(ErrorKind::kInvalidArgument, "", d.name,

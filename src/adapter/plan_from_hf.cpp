@@ -357,17 +357,11 @@ class FromHfPlanner {
     std::vector<size_t> outs;
     std::vector<int64_t> ins, widths;
     for (const auto& g : groupings) {
-      int64_t width = 0, in = 0;
-      for (Projection p : g.parts) {
-        const auto shape = spec_->expert_hf_shape(p);
-        width += static_cast<int64_t>(shape[0]);
-        in = static_cast<int64_t>(shape[1]);
-      }
+      const auto [in, width] = spec_->grouped_slot_shape(g);
       outs.push_back(add_output(spec_->grouped_experts_name(id.first, id.second, g.grouped),
-                                o_.dtype,
-                                {n, static_cast<uint64_t>(in), static_cast<uint64_t>(width)}));
-      ins.push_back(in);
-      widths.push_back(width);
+                                o_.dtype, {n, in, width}));
+      ins.push_back(static_cast<int64_t>(in));
+      widths.push_back(static_cast<int64_t>(width));
     }
     const auto& experts = layers_.at(id);
     for (int64_t slot = 0; slot < range_.count; ++slot) {

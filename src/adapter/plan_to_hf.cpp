@@ -343,17 +343,11 @@ class ToHfPlanner {
 
   void emit_grouped(const SourceTensor& t, const TensorKey& key) {
     const int64_t E = c_.n_routed_experts;
-    ExpertGrouping grouping;
-    for (const auto& g : spec_->expert_groupings())
-      if (g.grouped == key.projection) grouping = g;
+    const ExpertGrouping grouping = spec_->expert_grouping(key.projection);
     // [n, in, width]: the parts' HF [out, in] shapes side by side; the last part takes what the
     // others leave (Automodel splits at the first parts' widths).
-    int64_t in = 0, width = 0;
-    for (Projection p : grouping.parts) {
-      const auto shape = spec_->expert_hf_shape(p);
-      width += static_cast<int64_t>(shape[0]);
-      in = static_cast<int64_t>(shape[1]);
-    }
+    const auto slot = spec_->grouped_slot_shape(grouping);
+    const auto in = static_cast<int64_t>(slot.first), width = static_cast<int64_t>(slot.second);
     const bool split = grouping.parts.size() > 1;
     const int64_t last_width =
         grouping.parts.empty()

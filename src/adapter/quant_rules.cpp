@@ -46,18 +46,12 @@ QuantMode effective_quant(const ToHfOptions& o) noexcept {
   return o.quant;
 }
 
-// The reference family's rules (the module-level functions of Automodel's adapter take no config).
-const ModelSpec& reference_spec() {
-  static const auto spec = model_spec_for(ModelConfig{});
-  return *spec;
-}
-
 bool should_quantize_key(std::string_view key, Compat version) {
-  return reference_spec().compat_quantizes(key, version);
+  return reference_model_spec().compat_quantizes(key, version);
 }
 
 bool is_published_fp8_key(std::string_view key) {
-  return reference_spec().is_published_fp8(key);
+  return reference_model_spec().is_published_fp8(key);
 }
 
 }  // namespace moeckpt

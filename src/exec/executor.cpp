@@ -43,6 +43,15 @@ namespace {
 
 using exec::LoadedMatrix;
 
+// The source bytes [begin, end) of a copy's element range.
+std::pair<uint64_t, uint64_t> copy_byte_range(const CopyTask& t) {
+  const uint64_t es = std::max<uint64_t>(1, dtype_size(t.src->dtype));
+  const uint64_t begin = std::min(t.src->nbytes, t.elem0 * es);
+  const uint64_t end =
+      t.elem1 == UINT64_MAX ? t.src->nbytes : std::min(t.src->nbytes, t.elem1 * es);
+  return {begin, std::max(begin, end)};
+}
+
 void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
   if (t.convert_to) {
     const uint64_t in_size = dtype_size(t.src->dtype), out_size = dtype_size(*t.convert_to);
@@ -61,10 +70,7 @@ void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
     }
     return;
   }
-  const uint64_t es = std::max<uint64_t>(1, dtype_size(t.src->dtype));
-  const uint64_t begin = std::min(t.src->nbytes, t.elem0 * es);
-  const uint64_t end =
-      t.elem1 == UINT64_MAX ? t.src->nbytes : std::min(t.src->nbytes, t.elem1 * es);
+  const auto [begin, end] = copy_byte_range(t);
   if (begin >= end) return;
   exec::RawBuffer<uint8_t> buf(
       std::min<uint64_t>(end - begin, std::max<uint64_t>(1, t.chunk_bytes)));
@@ -146,11 +152,7 @@ void quantize_fp8_blocks(const std::vector<Fp8Rows>& inputs, int64_t cols, int64
     numerics::accumulate_block_amax(in.x, cols, block_cols, in.row_scale);
   for (auto* s : scales) numerics::amax_to_scales(*s);
   for (const auto& in : inputs)
-    numerics::quantize_block_rows(
-        in.x, cols, block_cols,
-        std::span<const float* const>(const_cast<const float* const*>(in.row_scale.data()),
-                                      in.row_scale.size()),
-        in.codes);
+    numerics::quantize_block_rows(in.x, cols, block_cols, in.row_scale, in.codes);
 }
 
 // Each row's scale row in a GroupQuantTask input: the runs must cover every row.
@@ -529,10 +531,7 @@ void prefetch(const Task& task, const TensorSource& src) {
     const TensorSource& src;
     void whole(const SourceTensor* t) const { src.prefetch(*t, 0, t->nbytes); }
     void operator()(const CopyTask& t) const {
-      const uint64_t es = std::max<uint64_t>(1, dtype_size(t.src->dtype));
-      const uint64_t begin = std::min(t.src->nbytes, t.elem0 * es);
-      const uint64_t end =
-          t.elem1 == UINT64_MAX ? t.src->nbytes : std::min(t.src->nbytes, t.elem1 * es);
+      const auto [begin, end] = copy_byte_range(t);
       if (begin < end) src.prefetch(*t.src, begin, end - begin);
     }
     void operator()(const DequantTask& t) const {

@@ -89,10 +89,9 @@ nlohmann::json model_preset(std::string_view name, const PresetSize& size) {
        fmt::format("one of: {}", fmt::join(model_preset_names(), ", ")));
 }
 
-int64_t ModelSpec::checkpoint_tp(const std::map<std::string, std::string>& index_metadata,
-                                 const std::string& index_file) const {
-  if (auto fixed = fixed_checkpoint_tp()) return *fixed;
-  return checkpoint_tp_size(index_metadata, index_file);
+const ModelSpec& reference_model_spec() {
+  static const auto spec = model_spec_for(ModelConfig{});
+  return *spec;
 }
 
 }  // namespace moeckpt

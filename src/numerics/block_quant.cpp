@@ -23,8 +23,7 @@ void amax_to_scales(std::span<float> scales) noexcept {
 }
 
 void quantize_block_rows(std::span<const float> rows, int64_t cols, int64_t block_cols,
-                         std::span<const float* const> row_scale,
-                         std::span<uint8_t> codes) noexcept {
+                         std::span<float* const> row_scale, std::span<uint8_t> codes) noexcept {
   for (size_t r = 0; r < row_scale.size(); ++r) {
     const size_t at = r * static_cast<size_t>(cols);
     const float* scale = row_scale[r];

@@ -243,11 +243,7 @@ void write_fp8_group(const ModelSpec& spec, const Fp8Group& g, uint64_t seed, Ch
   for (auto& s : scales) numerics::amax_to_scales(s);
   for (size_t mi = 0; mi < g.members.size(); ++mi) {
     codes[mi].resize(values[mi].size());
-    numerics::quantize_block_rows(
-        values[mi], g.cols, kBlock,
-        std::span<const float* const>(const_cast<const float* const*>(row_scale[mi].data()),
-                                      row_scale[mi].size()),
-        codes[mi]);
+    numerics::quantize_block_rows(values[mi], g.cols, kBlock, row_scale[mi], codes[mi]);
     w.write(index.at(g.members[mi].name), 0, codes[mi]);
   }
   for (size_t mi = 0; mi < g.members.size(); ++mi)
@@ -305,14 +301,7 @@ class SyntheticNativeSource final : public TensorSource {
       const auto key = spec.classify(r.name);
       std::vector<uint64_t> shape;
       if (key.kind == TensorKind::kGroupedExperts) {
-        uint64_t in = 0, width = 0;
-        for (const auto& g : spec.expert_groupings())
-          if (g.grouped == key.projection)
-            for (Projection p : g.parts) {
-              const auto part = spec.expert_hf_shape(p);
-              width += part[0];
-              in = part[1];
-            }
+        const auto [in, width] = spec.grouped_slot_shape(spec.expert_grouping(key.projection));
         shape = {static_cast<uint64_t>(c.n_routed_experts), in, width};
       } else if (key.projection == Projection::kQkv) {  // fused natively: canonical [Q, K, V]
         const auto l = spec.qkv_interleave(spec.attention_dims(key), tp, true, "", r.name);

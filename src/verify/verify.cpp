@@ -222,9 +222,7 @@ class LogicalView {
   }
 
   void add_grouped(const SourceTensor& t, const TensorKey& key, int64_t start) {
-    std::vector<Projection> parts;
-    for (const auto& g : spec_->expert_groupings())
-      if (g.grouped == key.projection) parts = g.parts;
+    const std::vector<Projection> parts = spec_->expert_grouping(key.projection).parts;
     const auto n = static_cast<int64_t>(t.shape[0]);
     for (int64_t s = 0; s < n; ++s) {
       auto add = [&](const std::string& name, int64_t col0, int64_t cols) {

@@ -85,13 +85,16 @@ def rows(items: Iterable[tuple[str, torch.Tensor]], keep: list) -> list[Row]:
     return out
 
 
-def from_engine(dtype: str, shape: list[int], raw: torch.Tensor) -> torch.Tensor:
-    """A typed tensor over the engine's buffer (raw: 1-D uint8 that owns it; no copy)."""
+def torch_dtype(dtype: str) -> torch.dtype:
     try:
-        tdt = _FROM_NAME[dtype]
+        return _FROM_NAME[dtype]
     except KeyError:
         raise TypeError(f"moeckpt: the engine produced dtype {dtype}, which torch cannot hold") from None
-    return raw.view(tdt).reshape(shape)
+
+
+def from_engine(dtype: str, shape: list[int], raw: torch.Tensor) -> torch.Tensor:
+    """A typed tensor over the engine's buffer (raw: 1-D uint8 that owns it; no copy)."""
+    return raw.view(torch_dtype(dtype)).reshape(shape)
 
 
 def config_dict(config: Any) -> dict:

@@ -12,6 +12,8 @@ import torch
 from . import _core
 from . import _tensors as T
 from .adapter import MiMoV2FlashStateDictAdapter, _mesh_rank_size
+from .load import _load
+
 
 class WriteReport(NamedTuple):
     tensors: int
@@ -48,17 +50,34 @@ def from_hf_dir(
         ep_rank, ep_size = _mesh_rank_size(device_mesh)
     if ep_size < 1 or not 0 <= ep_rank < ep_size:
         raise _core.InvalidArgumentError(f"moeckpt: ep_rank {ep_rank} is not a rank of ep_size {ep_size}")
-    out, _metadata, _config_text, _bytes_read = _core.from_hf_dir(
-        _resolve(path, revision), int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_name(compat),
-        int(threads), int(max_memory), attn=T.attn_backend(attn_backend))
-    result = {name: T.from_engine(dt, shape, raw) for name, dt, shape, raw in out}
-    if torch.device(device).type != "cpu":
-        result = {k: v.to(device) for k, v in result.items()}
+    # Allocate, then load: the tensors are destinations of the same engine call as
+    # load_hf_checkpoint (one conversion path); host memory comes pre-faulted from the engine.
+    folder = _resolve(path, revision)
+    layout, _metadata, config_text = _core.from_hf_layout(
+        folder, int(ep_size), int(ep_rank), T.out_dtype_name(dtype), T.compat_name(compat),
+        attn=T.attn_backend(attn_backend))
+    device = torch.device(device)
+    if device.type == "cpu":
+        sizes = [_nbytes(dt, shape) for _, dt, shape in layout]
+        raws = _core.host_buffers(sizes, int(threads))
+        result = {name: T.from_engine(dt, shape, raw) for (name, dt, shape), raw in zip(layout, raws)}
+    else:
+        result = {name: torch.empty(shape, dtype=T.torch_dtype(dt), device=device) for name, dt, shape in layout}
+    n = T.parse_config(json.loads(config_text)).n_routed_experts
+    experts = (*_core.expert_range(n, int(ep_size), int(ep_rank)), n)
+    _load(result, folder, experts, dtype, compat, attn_backend, threads, max_memory)
     if device_mesh is not None:
-        adapter = MiMoV2FlashStateDictAdapter(json.loads(_config_text), dtype=dtype, compat=compat)
+        adapter = MiMoV2FlashStateDictAdapter(json.loads(config_text), dtype=dtype, compat=compat)
         result = {k: (adapter._as_dtensor(v, device_mesh, ep_rank, ep_size) if adapter._config.is_grouped_expert_key(k) else v)
                   for k, v in result.items()}
     return result
+
+
+def _nbytes(dtype: str, shape: list[int]) -> int:
+    n = T.torch_dtype(dtype).itemsize
+    for d in shape:
+        n *= d
+    return n
 
 
 def to_hf_dir(

@@ -81,6 +81,40 @@ class _Staging:
             torch.cuda.synchronize()
 
 
+def _load(dests: dict, folder: str, experts: Optional[tuple[int, int, int]], dtype: torch.dtype,
+          compat: Optional[str], attn_backend: str, threads: int, max_memory: int,
+          stage_all: bool = False) -> tuple:
+    """The engine call behind load_hf_checkpoint and from_hf_dir: fills ``dests`` (name -> tensor
+    or DTensor) in place. ``experts`` = (first, count, all): plain grouped-expert tensors of
+    ``count`` rows hold those experts. Returns (missing, unexpected, tensors, bytes read)."""
+    rows, keep, staged = [], [], []
+    staging = _Staging()
+    for name, t in dests.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        local, shape, row0, row1 = _local_rows(name, t, experts if _core.is_grouped_expert_key(name) else None)
+        target = local
+        if not local.is_contiguous():  # strided: through a host copy of its own
+            target = torch.empty(local.shape, dtype=local.dtype, device="cpu")
+            staged.append((local, target))
+        nbytes = target.numel() * target.element_size()
+        if target.device.type != "cpu" or stage_all:  # pieces through the staging ring
+            staging.add(len(rows), target)
+            address = 0
+        else:
+            address = target.data_ptr()
+        keep.append(target)
+        rows.append((name, T.dtype_name(target.dtype), shape, row0, row1, address, nbytes))
+    with torch.no_grad():
+        result = _core.load_into(
+            str(folder), rows, T.out_dtype_name(dtype), T.compat_name(compat),
+            T.attn_backend(attn_backend), int(threads), int(max_memory), staging if staging.targets else None)
+        staging.finish()
+        for dst, src in staged:
+            dst.copy_(src)
+    return result
+
+
 def load_hf_checkpoint(
     model: Any,
     path: "str | os.PathLike[str]",
@@ -129,32 +163,8 @@ def load_hf_checkpoint(
         with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
             n = T.parse_config(json.load(f)).n_routed_experts
         experts = (*_core.expert_range(n, size, rank), n)
-    rows, keep, staged = [], [], []
-    staging = _Staging()
-    for name, t in dests.items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        local, shape, row0, row1 = _local_rows(name, t, experts if _core.is_grouped_expert_key(name) else None)
-        target = local
-        if not local.is_contiguous():  # strided: through a host copy of its own
-            target = torch.empty(local.shape, dtype=local.dtype, device="cpu")
-            staged.append((local, target))
-        nbytes = target.numel() * target.element_size()
-        if target.device.type != "cpu" or _stage_all:  # pieces through the staging ring
-            staging.add(len(rows), target)
-            address = 0
-        else:
-            address = target.data_ptr()
-        keep.append(target)
-        rows.append([name, T.dtype_name(target.dtype), shape, row0, row1, address, nbytes])
-    with torch.no_grad():
-        missing, unexpected, n, bytes_read = _core.load_into(
-            folder, [tuple(r) for r in rows], T.out_dtype_name(dtype), T.compat_name(compat),
-            T.attn_backend(attn_backend), int(threads), int(max_memory), staging if staging.targets else None)
-        staging.finish()
-        for dst, src in staged:
-            dst.copy_(src)
-    del keep
+    missing, unexpected, n, bytes_read = _load(
+        dests, folder, experts, dtype, compat, attn_backend, threads, max_memory, _stage_all)
     if strict and missing:
         raise _core.ConfigMismatchError(
             f"moeckpt: {path}: {len(missing)} model tensors have no source in the checkpoint: "

@@ -145,11 +145,26 @@ class Buffer {
   bool mapped_ = false;
 };
 
+// Faults every page in up front, 64 MiB pieces over the threads: one kernel call per piece
+// instead of one trap per 4 KiB page (MADV_POPULATE_WRITE, Linux 5.14; older kernels refuse the
+// advice and the pages fault in as they are written).
+void populate(const std::vector<std::unique_ptr<Buffer>>& buffers, unsigned threads) {
+  std::vector<std::pair<uint8_t*, uint64_t>> pieces;
+  constexpr uint64_t kPiece = 64ull << 20;
+  for (const auto& b : buffers)
+    if (b->size() >= (1ull << 20))
+      for (uint64_t o = 0; o < b->size(); o += kPiece)
+        pieces.push_back({b->data() + o, std::min(kPiece, b->size() - o)});
+  exec::parallel_for(pieces.size(), threads, [&](size_t i) {
+    madvise(pieces[i].first, pieces[i].second, MADV_POPULATE_WRITE);
+  });
+}
+
 class BufferSink final : public TensorSink {
  public:
   explicit BufferSink(const std::vector<TensorSpec>& outputs, unsigned threads) {
     for (const auto& o : outputs) buffers_.push_back(std::make_unique<Buffer>(o.nbytes()));
-    populate(threads);
+    populate(buffers_, threads);
   }
   void write(size_t out, uint64_t offset, std::span<const uint8_t> bytes) override {
     Buffer& b = *buffers_.at(out);
@@ -160,21 +175,6 @@ class BufferSink final : public TensorSink {
   std::vector<std::unique_ptr<Buffer>>& buffers() { return buffers_; }
 
  private:
-  // Faults every page in up front, 64 MiB pieces over the threads: one kernel call per piece
-  // instead of one trap per 4 KiB page (MADV_POPULATE_WRITE, Linux 5.14; older kernels refuse the
-  // advice and the pages fault in as they are written).
-  void populate(unsigned threads) {
-    std::vector<std::pair<uint8_t*, uint64_t>> pieces;
-    constexpr uint64_t kPiece = 64ull << 20;
-    for (const auto& b : buffers_)
-      if (b->size() >= (1ull << 20))
-        for (uint64_t o = 0; o < b->size(); o += kPiece)
-          pieces.push_back({b->data() + o, std::min(kPiece, b->size() - o)});
-    exec::parallel_for(pieces.size(), threads, [&](size_t i) {
-      madvise(pieces[i].first, pieces[i].second, MADV_POPULATE_WRITE);
-    });
-  }
-
   std::vector<std::unique_ptr<Buffer>> buffers_;
 };
 
@@ -470,32 +470,50 @@ NB_MODULE(_core, m) {
       nb::arg("dir"), nb::arg("rows"), nb::arg("dtype"), nb::arg("compat"), nb::arg("attn"),
       nb::arg("threads"), nb::arg("max_memory"), nb::arg("stage").none() = nb::none());
 
-  // An HF checkpoint folder -> native tensors of one EP rank, streamed from the files (only the
-  // rank's bytes are read). Returns (tensors, __metadata__, config.json text, bytes read).
+  // The native tensors from-hf gives for one EP rank of an HF checkpoint folder, from the headers
+  // alone: ([(name, dtype, shape)] in plan order, __metadata__, config.json text). moeckpt.from_hf_dir
+  // allocates them and fills them through load_into: one conversion path.
   m.def(
-      "from_hf_dir",
+      "from_hf_layout",
       [](const std::string& dir, int64_t ep_size, int64_t ep_rank, const std::string& dtype,
-         const std::string& compat, unsigned threads, uint64_t max_memory,
-         const std::string& attn) {
+         const std::string& compat, const std::string& attn) {
         auto o = from_hf_options(ep_size, ep_rank, dtype, compat, attn);
-        Converted out;
+        o.prescan_scales = false;  // the load reads (and refuses) the scales it uses
+        nb::list layout;
         std::map<std::string, std::string> metadata;
         std::string config_text;
-        uint64_t bytes_read = 0;
+        std::vector<TensorSpec> outputs;
         {
           nb::gil_scoped_release release;
           config_text = io::read_small_file(fs::path(dir) / "config.json", 64ull << 20);
-          ModelConfig config = ModelConfig::load(fs::path(dir) / "config.json");
           CheckpointSource src({fs::path(dir)});
-          Plan plan = plan_from_hf(src, config, o);
-          metadata = plan.metadata;
-          out = run_into_buffers(plan, src, exec_of(threads, max_memory));
-          bytes_read = src.bytes_read();
+          Plan plan = plan_from_hf(src, ModelConfig::load(fs::path(dir) / "config.json"), o);
+          metadata = std::move(plan.metadata);
+          outputs = std::move(plan.outputs);
         }
-        return std::make_tuple(to_python(std::move(out)), metadata, config_text, bytes_read);
+        for (const auto& t : outputs)
+          layout.append(nb::make_tuple(t.name, std::string(dtype_name(t.dtype)), t.shape));
+        return std::make_tuple(layout, metadata, config_text);
       },
       nb::arg("dir"), nb::arg("ep_size"), nb::arg("ep_rank"), nb::arg("dtype"), nb::arg("compat"),
-      nb::arg("threads"), nb::arg("max_memory"), nb::arg("attn") = "sdpa");
+      nb::arg("attn") = "sdpa");
+
+  // Host memory for tensors the engine fills: one uint8 tensor per size, its pages faulted in up
+  // front over `threads` threads (see Buffer).
+  m.def(
+      "host_buffers",
+      [](const std::vector<uint64_t>& sizes, unsigned threads) {
+        std::vector<std::unique_ptr<Buffer>> buffers;
+        {
+          nb::gil_scoped_release release;
+          for (uint64_t n : sizes) buffers.push_back(std::make_unique<Buffer>(n));
+          populate(buffers, threads);
+        }
+        nb::list out;
+        for (auto& b : buffers) out.append(as_torch(std::move(b)));
+        return out;
+      },
+      nb::arg("sizes"), nb::arg("threads"));
 
   // Native tensors in memory -> HF tensors. `expert_start`: first global expert id of the grouped
   // tensors given (an EP rank's shard).

@@ -80,7 +80,11 @@ LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<Load
          "EP size 1 and grouped experts");
   const ModelConfig config = ModelConfig::load(dir / "config.json");
   CheckpointSource source({dir});
-  Plan plan = plan_from_hf(source, config, options);
+  // No scale pre-scan: it would read every rank's scales. The tasks refuse a bad scale they use
+  // (the destinations are the caller's memory, not a folder that must never be half-written).
+  FromHfOptions headers_only = options;
+  headers_only.prescan_scales = false;
+  Plan plan = plan_from_hf(source, config, headers_only);
   std::map<std::string, size_t> by_name;
   for (size_t i = 0; i < plan.outputs.size(); ++i) by_name.emplace(plan.outputs[i].name, i);
   std::vector<DestinationSink::Target> targets(plan.outputs.size());

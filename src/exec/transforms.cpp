@@ -53,19 +53,29 @@ std::vector<float> to_floats(const SourceTensor& t, std::span<const uint8_t> byt
 
 namespace {
 
+// Scale rows [row0, row1) of a scale tensor as floats (row0 = first).
 struct Scales {
   std::vector<float> values;
   int64_t cols = 0;
+  int64_t first = 0;
 };
 
+// Reads only rows [row0, row1) (a rank loading some rows reads just the scale rows they use).
 // `check`: refuse zero/negative/non-finite entries in the rows and columns blocks use (extra
 // trailing rows/columns are ignored, whatever they hold).
 Scales load_scales(const TensorSource& source, const SourceTensor& s, bool check, int64_t used_rows,
-                   int64_t used_cols) {
-  Scales out{to_floats(s, source.read_all(s)), static_cast<int64_t>(s.shape.at(1))};
+                   int64_t used_cols, int64_t row0, int64_t row1) {
+  Scales out;
+  out.cols = static_cast<int64_t>(s.shape.at(1));
+  out.first = row0;
+  const uint64_t row_bytes = static_cast<uint64_t>(out.cols) * dtype_size(s.dtype);
+  std::vector<uint8_t> bytes(static_cast<size_t>(row1 - row0) * row_bytes);
+  source.read(s, static_cast<uint64_t>(row0) * row_bytes, bytes);
+  out.values = to_floats(s, bytes);
   if (check)
     for (size_t i = 0; i < out.values.size(); ++i) {
-      const int64_t r = static_cast<int64_t>(i) / out.cols, c = static_cast<int64_t>(i) % out.cols;
+      const int64_t r = row0 + static_cast<int64_t>(i) / out.cols;
+      const int64_t c = static_cast<int64_t>(i) % out.cols;
       float v = out.values[i];
       if (r < used_rows && c < used_cols && !is_usable_scale(v)) refuse_scale(s, r, c, v);
     }
@@ -78,47 +88,64 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
                      int64_t rows) {
   RowScales rs;
   rs.row.assign(static_cast<size_t>(rows), nullptr);
-  if (!in.scale) return rs;
+  if (!in.scale || rows <= 0) return rs;
   const ScaleRef& s = *in.scale;
   rs.block_cols = s.block_cols;
   const int64_t used_cols = ceil_div(static_cast<int64_t>(in.weight->shape.at(1)), s.block_cols);
-  rs.values.resize(s.tensors.size());
-  rs.cols.assign(s.tensors.size(), 0);
+  const size_t n = s.tensors.size();
+  rs.values.resize(n);
+  rs.cols.assign(n, 0);
   // The rows blocks use: given per tensor, or the grid's.
   const auto all_rows = static_cast<int64_t>(in.weight->shape.at(0));
   const int64_t grid_rows = s.period_rows > 0
                                 ? ceil_div(all_rows, s.period_rows) * s.period_scale_rows
                                 : ceil_div(all_rows, s.block_rows);
-  auto load = [&](size_t i) {
-    if (!rs.values[i].empty() || !s.tensors[i]) return;
-    const int64_t used = i < s.used_rows.size() ? s.used_rows[i] : grid_rows;
-    auto sc = load_scales(source, *s.tensors[i], s.check_values, used, used_cols);
-    rs.values[i] = std::move(sc.values);
-    rs.cols[i] = sc.cols;
-  };
+  // Pass 1: (scale tensor, scale row) of each weight row; pass 2 reads each tensor's span of
+  // rows once.
+  std::vector<std::pair<size_t, int64_t>> at(static_cast<size_t>(rows));
   if (!s.runs.empty()) {
-    // The runs covering these rows; only the scale tensors they use are read.
     auto it = std::upper_bound(s.runs.begin(), s.runs.end(), row0,
                                [](int64_t r, const ScaleRun& run) { return r < run.row1; });
     for (int64_t r = row0; r < row0 + rows; ++r) {
       while (it != s.runs.end() && it->row1 <= r) ++it;
-      if (it == s.runs.end() || it->row0 > r)
+      if (it == s.runs.end() || it->row0 > r || !s.tensors.at(it->tensor))
         fail(ErrorKind::kMalformedFile, in.weight->file, in.weight->name,
              "row " + std::to_string(r) + " has no block scale in the plan");
-      load(it->tensor);
-      rs.row[static_cast<size_t>(r - row0)] =
-          &rs.values[it->tensor][static_cast<size_t>(it->scale_row * rs.cols[it->tensor])];
+      at[static_cast<size_t>(r - row0)] = {it->tensor, it->scale_row};
     }
-    return rs;
+  } else {
+    // The scale row of weight row w: one grid, or one grid per period of rows.
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t w = row0 + r;
+      at[static_cast<size_t>(r)] = {0, s.period_rows <= 0
+                                           ? w / s.block_rows
+                                           : (w / s.period_rows) * s.period_scale_rows +
+                                                 (w % s.period_rows) / s.block_rows};
+    }
   }
-  load(0);
-  // The scale row of weight row r: one grid, or one grid per period of rows.
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t w = row0 + r;
-    const int64_t scale_row = s.period_rows <= 0 ? w / s.block_rows
-                                                 : (w / s.period_rows) * s.period_scale_rows +
-                                                       (w % s.period_rows) / s.block_rows;
-    rs.row[static_cast<size_t>(r)] = &rs.values[0][static_cast<size_t>(scale_row * rs.cols[0])];
+  std::vector<int64_t> lo(n, INT64_MAX), hi(n, -1);
+  for (const auto& [t, r] : at) {
+    lo[t] = std::min(lo[t], r);
+    hi[t] = std::max(hi[t], r + 1);
+  }
+  std::vector<int64_t> first(n, 0);
+  for (size_t i = 0; i < n; ++i) {
+    if (hi[i] < 0) continue;
+    const SourceTensor& t = *s.tensors[i];
+    if (hi[i] > static_cast<int64_t>(t.shape.at(0)))
+      fail(ErrorKind::kMalformedFile, t.file, t.name,
+           "has " + std::to_string(t.shape.at(0)) + " rows, but weight rows need row " +
+               std::to_string(hi[i] - 1),
+           "a block scale row for every weight row");
+    const int64_t used = i < s.used_rows.size() ? s.used_rows[i] : grid_rows;
+    auto sc = load_scales(source, t, s.check_values, used, used_cols, lo[i], hi[i]);
+    rs.values[i] = std::move(sc.values);
+    rs.cols[i] = sc.cols;
+    first[i] = sc.first;
+  }
+  for (size_t r = 0; r < at.size(); ++r) {
+    const auto [t, sr] = at[r];
+    rs.row[r] = &rs.values[t][static_cast<size_t>((sr - first[t]) * rs.cols[t])];
   }
   return rs;
 }

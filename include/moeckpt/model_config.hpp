@@ -35,6 +35,16 @@ struct BlockSize {
   int64_t cols = 128;
 };
 
+// Multi-head latent attention: q through a rank-q_lora_rank bottleneck (0: one q_proj), k/v
+// through a shared rank-kv_lora_rank latent plus a rope key shared by all heads.
+struct LatentAttention {
+  int64_t q_lora_rank = 0;
+  int64_t kv_lora_rank = 0;
+  int64_t qk_nope_head_dim = 0;
+  int64_t qk_rope_head_dim = 0;
+  int64_t v_head_dim = 0;
+};
+
 struct ModelConfig {
   int64_t hidden_size = 0;
   int64_t intermediate_size = 0;
@@ -48,7 +58,10 @@ struct ModelConfig {
   std::vector<bool> layer_is_moe;              // from moe_layer_freq
   AttentionDims full;
   AttentionDims swa;
-  std::optional<BlockSize> block;  // quantization_config.weight_block_size, if quantized
+  std::optional<BlockSize> block;         // quantization_config.weight_block_size, if quantized
+  std::optional<LatentAttention> latent;  // set: the layers use latent attention
+  int64_t n_shared_experts = 0;           // per MoE layer, one fused MLP of n x moe_intermediate
+  int64_t num_nextn_predict_layers = 0;   // MTP layers stored after the decoder layers
   // The HF checkpoint holds one self_attn.qkv_proj per layer, interleaved over the checkpoint TP
   // degree, and (unless fused_native) MXFP4 routed experts; natively q/k/v are split.
   bool fused_qkv = false;

@@ -97,6 +97,12 @@ class ModelSpec {
   // A few such tensors (name, shape) for synthetic checkpoints of the layout.
   virtual std::vector<std::pair<std::string, std::vector<uint64_t>>> synthetic_passthrough_tensors()
       const = 0;
+  // MTP layers: the layer id of the i-th (mtp.layers.i, or layers.<L + i> after the L decoder
+  // layers), how many the config declares (nullopt: it does not say), and whether they hold
+  // routed experts.
+  virtual int64_t mtp_layer_id(int64_t i) const { return i; }
+  virtual std::optional<int64_t> configured_mtp_layers() const { return std::nullopt; }
+  virtual bool mtp_layers_have_routed_experts() const { return false; }
   // Words for a layer in messages, e.g. "layer 3 (full attention, MoE)".
   virtual std::string describe_layer(int64_t layer) const = 0;
 

@@ -9,23 +9,42 @@
 namespace moeckpt {
 
 enum class TensorKind {
-  kEmbedding,       // {P}embed_tokens.weight
-  kLmHead,          // lm_head.weight
-  kFinalNorm,       // {P}norm.weight
-  kNorm,            // a layer's *layernorm / MTP enorm, hnorm
-  kAttentionProj,   // self_attn.{q,k,v,o}_proj.weight
-  kAttentionSink,   // self_attn.attention_sink_bias
-  kDenseMlpProj,    // mlp.{gate,up,down}_proj.weight (dense layers, MTP)
-  kRouter,          // mlp.gate.weight
-  kRouterBias,      // mlp.gate.e_score_correction_bias
-  kExpertProj,      // mlp.experts.E.{gate,up,down}_proj.weight (HF layout)
-  kGroupedExperts,  // mlp.experts.{gate_and_up_projs,down_projs} (native layout)
-  kMtpEhProj,       // mtp eh_proj.weight
+  kEmbedding,         // {P}embed_tokens.weight
+  kLmHead,            // lm_head.weight
+  kFinalNorm,         // {P}norm.weight
+  kNorm,              // a layer's *layernorm / MTP enorm, hnorm
+  kAttentionProj,     // self_attn.{q,k,v,o}_proj.weight
+  kAttentionSink,     // self_attn.attention_sink_bias
+  kDenseMlpProj,      // mlp.{gate,up,down}_proj.weight (dense layers, MTP)
+  kRouter,            // mlp.gate.weight
+  kRouterBias,        // mlp.gate.e_score_correction_bias
+  kExpertProj,        // mlp.experts.E.{gate,up,down}_proj.weight (HF layout)
+  kGroupedExperts,    // mlp.experts.{gate_and_up_projs,down_projs} (native layout)
+  kMtpEhProj,         // mtp eh_proj.weight
+  kSharedExpertProj,  // mlp.shared_experts.{gate,up,down}_proj.weight
+  kMtpEmbedding,      // an MTP layer's own embed_tokens.weight
+  kMtpHead,           // an MTP layer's own output head (shared_head.head.weight)
   kOther,
 };
 
-// kQkv: one fused q/k/v projection (rows interleaved over the checkpoint TP degree).
-enum class Projection { kNone, kQ, kK, kV, kO, kGate, kUp, kDown, kGateAndUp, kQkv };
+// kQkv: one fused q/k/v projection (rows interleaved over the checkpoint TP degree). kQA ... kKvB:
+// latent attention's low-rank projections (q_a, q_b, kv_a with the shared rope key, kv_b).
+enum class Projection {
+  kNone,
+  kQ,
+  kK,
+  kV,
+  kO,
+  kGate,
+  kUp,
+  kDown,
+  kGateAndUp,
+  kQkv,
+  kQA,
+  kQB,
+  kKvA,
+  kKvB
+};
 
 struct TensorKey {
   std::string name;          // the full name as given

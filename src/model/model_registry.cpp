@@ -7,6 +7,7 @@
 
 #include "core/strict_json.hpp"
 #include "io/file.hpp"
+#include "model/deepseek/deepseek_spec.hpp"
 #include "model/mimo/mimo_spec.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
@@ -27,6 +28,8 @@ struct Family {
 constexpr std::array kFamilies{
     Family{"mimo", "mimo_v2_flash, mimo_v2", is_mimo_model_type, parse_mimo_config, make_mimo_spec,
            mimo_preset_names, mimo_preset},
+    Family{"deepseek", "deepseek_v3, kimi_k2", is_deepseek_model_type, parse_deepseek_config,
+           make_deepseek_spec, deepseek_preset_names, deepseek_preset},
 };
 
 const Family& family_named(std::string_view name) {

@@ -28,6 +28,12 @@ std::string_view tensor_kind_name(TensorKind kind) noexcept {
       return "grouped_experts";
     case TensorKind::kMtpEhProj:
       return "mtp_eh_proj";
+    case TensorKind::kSharedExpertProj:
+      return "shared_expert_proj";
+    case TensorKind::kMtpEmbedding:
+      return "mtp_embedding";
+    case TensorKind::kMtpHead:
+      return "mtp_head";
     case TensorKind::kOther:
       return "other";
   }
@@ -56,6 +62,14 @@ std::string_view projection_name(Projection p) noexcept {
       return "gate_and_up_projs";
     case Projection::kQkv:
       return "qkv_proj";
+    case Projection::kQA:
+      return "q_a_proj";
+    case Projection::kQB:
+      return "q_b_proj";
+    case Projection::kKvA:
+      return "kv_a_proj_with_mqa";
+    case Projection::kKvB:
+      return "kv_b_proj";
   }
   return "";
 }

@@ -136,7 +136,7 @@ Layout plan_layout(const ModelSpec& spec, int64_t mtp_layers) {
   Layout l;
   using V = PlainTensor::Values;
   std::set<int64_t> mtp;
-  for (int64_t m = 0; m < mtp_layers; ++m) mtp.insert(m);
+  for (int64_t m = 0; m < mtp_layers; ++m) mtp.insert(spec.mtp_layer_id(m));
   std::map<std::string, Fp8Group> shared;  // per attention prefix
   auto add = [&](const std::string& name) {
     const auto key = spec.classify(name);
@@ -161,12 +161,15 @@ Layout plan_layout(const ModelSpec& spec, int64_t mtp_layers) {
     add_fp8(l, name, rows, cols);
   };
   for (const auto& r : spec.required_tensors("model.", mtp, false)) add(r.name);
-  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer) {
-    if (!c.layer_is_moe[static_cast<size_t>(layer)]) continue;
+  std::vector<int64_t> expert_layers;
+  for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
+    if (c.layer_is_moe[static_cast<size_t>(layer)]) expert_layers.push_back(layer);
+  if (spec.mtp_layers_have_routed_experts())
+    for (int64_t m : mtp) expert_layers.push_back(m);
+  for (int64_t layer : expert_layers)
     for (int64_t e = 0; e < c.n_routed_experts; ++e)
       for (const auto& g : spec.expert_groupings())
         for (Projection p : g.parts) add(spec.expert_weight_name("model.", layer, e, p));
-  }
   for (auto& [_, g] : shared) l.fp8.push_back(std::move(g));
   return l;
 }
@@ -270,8 +273,17 @@ void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
   w.write(index.at(p.name), 0, p.dtype == Dtype::F32 ? to_f32_bytes(v) : to_bf16_bytes(v));
 }
 
-int64_t default_mtp_layers(const SynthOptions& o) {
-  if (o.mtp_layers) return *o.mtp_layers;
+int64_t default_mtp_layers(const SynthOptions& o, const ModelSpec& spec) {
+  const auto declared = spec.configured_mtp_layers();  // the config's own count, if it has one
+  if (o.mtp_layers) {
+    if (declared && *o.mtp_layers > *declared)
+      fail(ErrorKind::kInvalidArgument, "", "",
+           fmt::format("mtp = {} MTP layers for a {} config that declares {}", *o.mtp_layers,
+                       spec.layout_name(), *declared),
+           fmt::format("0..{}", *declared));
+    return *o.mtp_layers;
+  }
+  if (declared) return *declared;
   if (o.preset == "micro") return 0;
   // A trimmed full-size model keeps one MTP layer (each is ~0.3 GB at real size).
   return o.preset == "full" && o.layers && *o.layers < 48 ? 1 : 3;
@@ -296,7 +308,7 @@ class SyntheticNativeSource final : public TensorSource {
       : seed_(seed) {
     const ModelConfig& c = spec.config();
     std::set<int64_t> mtp;
-    for (int64_t m = 0; m < mtp_layers; ++m) mtp.insert(m);
+    for (int64_t m = 0; m < mtp_layers; ++m) mtp.insert(spec.mtp_layer_id(m));
     for (const auto& r : spec.required_tensors("model.", mtp, true)) {
       const auto key = spec.classify(r.name);
       std::vector<uint64_t> shape;
@@ -377,7 +389,7 @@ class SyntheticNativeSource final : public TensorSource {
 SynthReport synthesize_by_export(const fs::path& dst, const json& doc, const ModelSpec& spec,
                                  const SynthOptions& o) {
   const int64_t tp = spec.fixed_checkpoint_tp().value_or(o.tp_size.value_or(4));
-  SyntheticNativeSource native(spec, default_mtp_layers(o), tp, o.seed);
+  SyntheticNativeSource native(spec, default_mtp_layers(o, spec), tp, o.seed);
   ToHfOptions th;
   th.quant = QuantMode::kBlock;
   th.tp_size = tp;
@@ -385,7 +397,7 @@ SynthReport synthesize_by_export(const fs::path& dst, const json& doc, const Mod
   convert.max_shard_bytes = o.max_shard_bytes.value_or(
       std::min<uint64_t>(convert.max_shard_bytes, std::max<uint64_t>(1, native.total_bytes() / 3)));
   const auto inputs = fmt::format("synthetic {} seed {} mtp {} tp {}", spec.layout_name(), o.seed,
-                                  default_mtp_layers(o), tp);
+                                  default_mtp_layers(o, spec), tp);
   auto r = to_hf_dir_from_source(native, inputs, ModelConfig::parse(doc, "synthesized config"), dst,
                                  th, 0, convert);
   return {r.tensors, r.bytes_out, r.shards};
@@ -405,7 +417,7 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
       fail(ErrorKind::kDestination, dst.string(), "", "destination already holds a checkpoint");
     return synthesize_by_export(dst, doc, *spec, o);
   }
-  Layout layout = plan_layout(*spec, default_mtp_layers(o));
+  Layout layout = plan_layout(*spec, default_mtp_layers(o, *spec));
   auto specs = file_order(*spec, layout);
 
   std::error_code ec;

@@ -1,65 +1,10 @@
+#include "model/config_fields.hpp"
 #include "model/mimo/mimo_spec.hpp"
 
 #include "moeckpt/error.hpp"
 
 namespace moeckpt {
-namespace {
-
 using nlohmann::json;
-
-class FieldReader {
- public:
-  FieldReader(const json& doc, const std::string& file) : doc_(doc), file_(file) {}
-
-  // The cap keeps products of dimensions far from overflow; real values are orders smaller.
-  int64_t positive(const char* key, int64_t max = int64_t{1} << 24) const {
-    auto v = require(key);
-    if (!v->is_number_integer() || v->get<int64_t>() <= 0 || v->get<int64_t>() > max)
-      fail(ErrorKind::kMalformedFile, file_, "",
-           std::string("config field \"") + key + "\" is " + v->dump(),
-           "a positive integer of at most " + std::to_string(max));
-    return v->get<int64_t>();
-  }
-  bool boolean(const char* key, bool fallback) const {
-    auto v = doc_.find(key);
-    if (v == doc_.end() || v->is_null()) return fallback;
-    if (!v->is_boolean())
-      fail(ErrorKind::kMalformedFile, file_, "",
-           std::string("config field \"") + key + "\" is " + v->dump(), "true or false");
-    return v->get<bool>();
-  }
-  std::vector<int64_t> int_list(const char* key, size_t length) const {
-    auto v = require(key);
-    if (!v->is_array())
-      fail(ErrorKind::kMalformedFile, file_, "",
-           std::string("config field \"") + key + "\" is not a list", "a list of ints");
-    if (v->size() != length)
-      fail(
-          ErrorKind::kMalformedFile, file_, "",
-          std::string("config field \"") + key + "\" has " + std::to_string(v->size()) + " entries",
-          std::to_string(length) + " (num_hidden_layers)");
-    std::vector<int64_t> out;
-    for (const auto& x : *v) {
-      if (!x.is_number_integer() || (x.get<int64_t>() != 0 && x.get<int64_t>() != 1))
-        fail(ErrorKind::kMalformedFile, file_, "",
-             std::string("config field \"") + key + "\" holds " + x.dump(), "0 or 1");
-      out.push_back(x.get<int64_t>());
-    }
-    return out;
-  }
-  json::const_iterator require(const char* key) const {
-    auto v = doc_.find(key);
-    if (v == doc_.end() || v->is_null())
-      fail(ErrorKind::kMalformedFile, file_, "", std::string("config has no \"") + key + "\"");
-    return v;
-  }
-
- private:
-  const json& doc_;
-  const std::string& file_;
-};
-
-}  // namespace
 
 ModelConfig parse_mimo_config(const json& doc, const std::string& file) {
   if (!doc.is_object()) fail(ErrorKind::kMalformedFile, file, "", "config is not a JSON object");
@@ -121,24 +66,7 @@ ModelConfig parse_mimo_config(const json& doc, const std::string& file) {
   c.fused_qkv = layout == "fused_qkv";
   c.fused_native = c.fused_qkv && v25;
 
-  if (auto q = doc.find("quantization_config"); q != doc.end() && !q->is_null()) {
-    if (!q->is_object())
-      fail(ErrorKind::kMalformedFile, file, "", "quantization_config is not an object");
-    auto bs = q->find("weight_block_size");
-    if (bs == q->end() || !bs->is_array() || bs->size() != 2 || !(*bs)[0].is_number_integer() ||
-        !(*bs)[1].is_number_integer() || (*bs)[0].get<int64_t>() <= 0 ||
-        (*bs)[1].get<int64_t>() <= 0)
-      fail(ErrorKind::kMalformedFile, file, "",
-           "quantization_config.weight_block_size is missing or malformed",
-           "[rows, cols] of positive integers, e.g. [128, 128]");
-    // Block arithmetic multiplies block indices by these: a bound keeps it far from overflow.
-    if ((*bs)[0].get<int64_t>() > kMaxBlockSize || (*bs)[1].get<int64_t>() > kMaxBlockSize)
-      fail(ErrorKind::kMalformedFile, file, "",
-           "quantization_config.weight_block_size [" + (*bs)[0].dump() + ", " + (*bs)[1].dump() +
-               "] is larger than any block scaling uses",
-           "block sides of at most " + std::to_string(kMaxBlockSize) + " (the published: 128)");
-    c.block = BlockSize{(*bs)[0].get<int64_t>(), (*bs)[1].get<int64_t>()};
-  }
+  c.block = parse_block_size(doc, file);
   return c;
 }
 

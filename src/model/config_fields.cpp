@@ -1,0 +1,27 @@
+#include "model/config_fields.hpp"
+
+namespace moeckpt {
+
+std::optional<BlockSize> parse_block_size(const json& doc, const std::string& file) {
+  if (auto q = doc.find("quantization_config"); q != doc.end() && !q->is_null()) {
+    if (!q->is_object())
+      fail(ErrorKind::kMalformedFile, file, "", "quantization_config is not an object");
+    auto bs = q->find("weight_block_size");
+    if (bs == q->end() || !bs->is_array() || bs->size() != 2 || !(*bs)[0].is_number_integer() ||
+        !(*bs)[1].is_number_integer() || (*bs)[0].get<int64_t>() <= 0 ||
+        (*bs)[1].get<int64_t>() <= 0)
+      fail(ErrorKind::kMalformedFile, file, "",
+           "quantization_config.weight_block_size is missing or malformed",
+           "[rows, cols] of positive integers, e.g. [128, 128]");
+    // Block arithmetic multiplies block indices by these: a bound keeps it far from overflow.
+    if ((*bs)[0].get<int64_t>() > kMaxBlockSize || (*bs)[1].get<int64_t>() > kMaxBlockSize)
+      fail(ErrorKind::kMalformedFile, file, "",
+           "quantization_config.weight_block_size [" + (*bs)[0].dump() + ", " + (*bs)[1].dump() +
+               "] is larger than any block scaling uses",
+           "block sides of at most " + std::to_string(kMaxBlockSize) + " (the published: 128)");
+    return BlockSize{(*bs)[0].get<int64_t>(), (*bs)[1].get<int64_t>()};
+  }
+  return std::nullopt;
+}
+
+}  // namespace moeckpt

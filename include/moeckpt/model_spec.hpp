@@ -79,8 +79,12 @@ class ModelSpec {
   virtual std::string compat_expert_prefix() const = 0;
   // True when `key` is a routed expert's projection that the native layout groups.
   bool is_grouped_expert(const TensorKey& key) const {
-    return key.kind == TensorKind::kExpertProj && !key.mtp && is_groupable_prefix(key.prefix);
+    return key.kind == TensorKind::kExpertProj && (!key.mtp || mtp_layers_have_routed_experts()) &&
+           is_groupable_prefix(key.prefix);
   }
+  // True when the config gives `key`'s layer routed experts (a MoE decoder layer, or an MTP
+  // layer of a family whose MTP layers are MoE layers).
+  bool layer_has_routed_experts(const TensorKey& key) const;
   // The native name of an HF tensor under `backend` (nullopt: the same); and the HF name of a
   // native one named for another backend (nullopt: not such a name).
   virtual std::optional<BackendName> native_backend_name(std::string_view hf,

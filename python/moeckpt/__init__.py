@@ -1,7 +1,9 @@
-"""moeckpt: MiMo-V2-Flash MoE checkpoint conversion backed by a C++ engine.
+"""moeckpt: MoE checkpoint conversion (MiMo-V2-Flash and its family; DeepSeek-V3 / Kimi-K2) backed by
+a C++ engine.
 
-- :class:`MiMoV2FlashStateDictAdapter`: a drop-in for NeMo Automodel's adapter (``from_hf``, ``to_hf``,
-  ``convert_single_tensor_to_hf``) on ``torch.Tensor`` state dicts.
+- :class:`MiMoV2FlashStateDictAdapter`, :class:`DeepSeekV3StateDictAdapter`: drop-ins for NeMo Automodel's
+  adapters (``from_hf``, ``to_hf``, ``convert_single_tensor_to_hf``) on ``torch.Tensor`` state dicts;
+  :func:`adapter_for` picks the one a config's ``model_type`` names.
 - :func:`from_hf_dir` / :func:`to_hf_dir`: checkpoint folders straight to/from native state dicts.
 - :func:`dequantize_dir` / :func:`quantize_dir`: HF FP8 <-> HF BF16/F32 folders in one pass.
 - :class:`Error`: every refusal of the engine, with its one-line message (file, tensor, problem,
@@ -25,7 +27,13 @@ from ._core import (
     NumericError,
     UnsupportedLayoutError,
 )
-from .adapter import MiMoV2FlashStateDictAdapter, is_published_fp8_key, should_quantize_key
+from .adapter import (
+    DeepSeekV3StateDictAdapter,
+    MiMoV2FlashStateDictAdapter,
+    adapter_for,
+    is_published_fp8_key,
+    should_quantize_key,
+)
 from .io import WriteReport, dequantize_dir, from_hf_dir, quantize_dir, synth, to_hf_dir
 from .load import LoadReport, load_hf_checkpoint
 
@@ -41,8 +49,10 @@ __all__ = [
     "MalformedFileError",
     "NumericError",
     "UnsupportedLayoutError",
+    "DeepSeekV3StateDictAdapter",
     "LoadReport",
     "MiMoV2FlashStateDictAdapter",
+    "adapter_for",
     "WriteReport",
     "dequantize_dir",
     "from_hf_dir",

@@ -1,4 +1,5 @@
-"""A drop-in for NeMo Automodel's ``MiMoV2FlashStateDictAdapter`` backed by the C++ engine."""
+"""Drop-ins for NeMo Automodel's ``MiMoV2FlashStateDictAdapter`` and ``DeepSeekV3StateDictAdapter``
+backed by the C++ engine: one implementation, the checkpoint family's rules coming from the config."""
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -83,6 +84,11 @@ class MiMoV2FlashStateDictAdapter:
         checkpoint_tp_size: Optional[int] = None,
     ) -> None:
         self._config = T.parse_config(config)
+        if self._config.family != self._FAMILY:
+            right = adapter_class(self._config.family).__name__
+            raise _core.UnsupportedLayoutError(
+                f"moeckpt: {type(self).__name__} converts {self._FAMILY} checkpoints, but the config describes "
+                f"{self._config.model} (use moeckpt.{right}, or moeckpt.adapter_for(config))")
         self.attn_backend = T.attn_backend(attn_backend)
         if checkpoint_tp_size is None:
             checkpoint_tp_size = T.checkpoint_tp_size(config)
@@ -104,9 +110,16 @@ class MiMoV2FlashStateDictAdapter:
         # prefix to_hf writes in compat mode.
         self._uses_model_prefix = True
 
+    _FAMILY = "mimo"
+
     @property
     def n_routed_experts(self) -> int:
         return self._config.n_routed_experts
+
+    def should_quantize_key(self, key: str) -> bool:
+        """What Automodel's cast quantizes for this family and ``compat`` version (its
+        ``should_quantize_key``; the newest version when ``compat`` is None)."""
+        return self._config.should_quantize_key(key, self._compat_name if self._compat else "automodel")
 
     # ------------------------------------------------------------------------------------------ from_hf
 
@@ -287,3 +300,31 @@ def _local_expert_shard(t: Any, n_experts: int) -> tuple[torch.Tensor, int]:
                 raise _core.InvalidArgumentError(f"moeckpt: a DTensor shard holds {local.shape[0]} experts, EP rank {rank}/{size} owns {count}")
             return local, first
     return local, 0
+
+
+class DeepSeekV3StateDictAdapter(MiMoV2FlashStateDictAdapter):
+    """The same conversions for DeepSeek-V3-format checkpoints (DeepSeek-V3, V3.1, R1; Kimi-K2, whose
+    config's ``model_type`` is ``kimi_k2``), with the methods of Automodel's ``DeepSeekV3StateDictAdapter``
+    (shared by its Kimi-K2 model): ``from_hf`` dequantizes every weight with a ``weight_scale_inv`` and
+    groups the routed experts of every MoE layer, the MTP layer's too; ``to_hf`` splits them back;
+    ``to_hf(..., quantization=True)`` writes real 128x128 block scales for the tensors the published
+    checkpoints store as FP8 (attention, dense MLP, shared and routed experts), or, with
+    ``compat="automodel"``, Automodel's cast (every ``.weight`` but norms, embeddings, ``lm_head`` and
+    the router, with scales of ones). Arguments as :class:`MiMoV2FlashStateDictAdapter`
+    (``attn_backend`` and ``checkpoint_tp_size`` do not apply to this family).
+    """
+
+    _FAMILY = "deepseek"
+
+
+_ADAPTERS = {"mimo": MiMoV2FlashStateDictAdapter, "deepseek": DeepSeekV3StateDictAdapter}
+
+
+def adapter_class(family: str) -> type:
+    return _ADAPTERS[family]
+
+
+def adapter_for(config: Any, **kwargs: Any) -> MiMoV2FlashStateDictAdapter:
+    """The adapter of the checkpoint family ``config`` describes (by its ``model_type``), built with
+    ``kwargs`` (the adapter's arguments)."""
+    return adapter_class(T.parse_config(config).family)(config, **kwargs)

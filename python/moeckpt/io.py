@@ -11,7 +11,7 @@ import torch
 
 from . import _core
 from . import _tensors as T
-from .adapter import MiMoV2FlashStateDictAdapter, _mesh_rank_size
+from .adapter import _mesh_rank_size, adapter_for
 from .load import _load
 
 
@@ -67,7 +67,7 @@ def from_hf_dir(
     experts = (*_core.expert_range(n, int(ep_size), int(ep_rank)), n)
     _load(result, folder, experts, dtype, compat, attn_backend, threads, max_memory)
     if device_mesh is not None:
-        adapter = MiMoV2FlashStateDictAdapter(json.loads(config_text), dtype=dtype, compat=compat)
+        adapter = adapter_for(json.loads(config_text), dtype=dtype, compat=compat)
         result = {k: (adapter._as_dtensor(v, device_mesh, ep_rank, ep_size) if adapter._config.is_grouped_expert_key(k) else v)
                   for k, v in result.items()}
     return result
@@ -121,7 +121,7 @@ def to_hf_dir(
                          f"use compat=None or 'automodel-0.7' for quant={quant!r}")
     if compat_name != "none" and quant == "block":
         quant = "cast"  # Automodel's to_hf(quantization=True)
-    adapter = MiMoV2FlashStateDictAdapter(config, ep_rank=ep_rank, ep_size=ep_size, compat=compat,
+    adapter = adapter_for(config, ep_rank=ep_rank, ep_size=ep_size, compat=compat,
                                           attn_backend=attn_backend, checkpoint_tp_size=checkpoint_tp_size)
     items, start, require_all = adapter._native_items(state_dict)
     keep: list = []

@@ -349,6 +349,17 @@ NB_MODULE(_core, m) {
       .def_prop_ro("num_hidden_layers", [](const Config& c) { return c.config.num_hidden_layers; })
       .def_prop_ro("text", [](const Config& c) { return c.text; })
       .def_prop_ro("model", [](const Config& c) { return std::string(c.spec->layout_name()); })
+      .def_prop_ro("family", [](const Config& c) { return c.config.family; })
+      .def(
+          "should_quantize_key",
+          [](const Config& c, const std::string& k, const std::string& compat) {
+            return c.spec->compat_quantizes(k, compat_of(compat));
+          },
+          nb::arg("key"), nb::arg("compat"))
+      .def(
+          "is_published_fp8_key",
+          [](const Config& c, const std::string& k) { return c.spec->is_published_fp8(k); },
+          nb::arg("key"))
       .def(
           "grouped_target",
           [](const Config& c, const std::string& k) { return grouped_target(*c.spec, k); },

@@ -117,7 +117,7 @@ class FromHfPlanner {
       if (!spec_->is_grouped_expert(key)) continue;
       auto id = std::make_pair(key.prefix, *key.layer);
       if (!compat_ && !key.is_scale) {
-        if (*key.layer >= c_.num_hidden_layers || !c_.layer_is_moe[static_cast<size_t>(*key.layer)])
+        if (!spec_->layer_has_routed_experts(key))
           fail(ErrorKind::kConfigMismatch, t.file, t.name,
                fmt::format("expert weight in layer {}, which config.json makes a dense layer "
                            "(moe_layer_freq / num_hidden_layers)",

@@ -355,8 +355,7 @@ class ToHfPlanner {
             : static_cast<int64_t>(spec_->expert_hf_shape(grouping.parts.back())[0]);
     // Every rank's copy of this tensor, with its global expert ids.
     std::map<int64_t, std::pair<const SourceTensor*, int64_t>> by_expert;  // id -> (tensor, slot)
-    if (!compat_ && (key.mtp || *key.layer >= c_.num_hidden_layers ||
-                     !c_.layer_is_moe[static_cast<size_t>(*key.layer)]))
+    if (!compat_ && !spec_->layer_has_routed_experts(key))
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("grouped expert tensor in layer {}, which config.json makes a dense layer",
                        *key.layer),

@@ -89,7 +89,8 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
         r.notes.push_back(
             fmt::format("{}: tensor '{}': not a {} tensor name", file, name, spec->layout_name()));
     }
-    if (key.kind == TensorKind::kExpertProj && key.layer && !key.mtp)
+    if (key.kind == TensorKind::kExpertProj && key.layer &&
+        (!key.mtp || spec->mtp_layers_have_routed_experts()))
       experts[*key.layer].insert(*key.expert);
     // MXFP4 experts: packed E2M1 with E8M0 scales, listed with the FP8 families.
     const auto* mx = key.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8

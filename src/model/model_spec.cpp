@@ -9,6 +9,13 @@ int64_t ModelSpec::checkpoint_tp(const std::map<std::string, std::string>& index
   return checkpoint_tp_size(index_metadata, index_file);
 }
 
+bool ModelSpec::layer_has_routed_experts(const TensorKey& key) const {
+  if (!key.layer) return false;
+  if (key.mtp) return mtp_layers_have_routed_experts();
+  return *key.layer < config_.num_hidden_layers &&
+         config_.layer_is_moe.at(static_cast<size_t>(*key.layer));
+}
+
 ExpertGrouping ModelSpec::expert_grouping(Projection grouped) const {
   for (auto& g : expert_groupings())
     if (g.grouped == grouped) return g;

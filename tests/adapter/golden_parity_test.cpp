@@ -83,10 +83,13 @@ class GoldenParity : public ::testing::TestWithParam<std::string> {
     golden_ = load_golden(GetParam());
     compat_ = GetParam().ends_with("_am06") ? Compat::kAutomodel06 : Compat::kAutomodel07;
     attn_ = GetParam().ends_with("_te") ? AttnBackend::kTe : AttnBackend::kSdpa;
-    if (GetParam().starts_with("tiny")) {
+    if (GetParam().starts_with("tiny") || GetParam().starts_with("deepseek")) {
       hf_ = dir_ / "hf";
       SynthOptions o;
       o.seed = 1;
+      if (GetParam().starts_with("deepseek"))  // deepseek_v3_tiny[_q_proj]: the preset's name
+        o.preset =
+            "deepseek-v3-tiny" + std::string(GetParam().ends_with("_q_proj") ? "-q-proj" : "");
       synthesize_checkpoint(hf_, o);
     } else {
       hf_ = kData / "ragged" / "hf";
@@ -233,9 +236,27 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
   }
 }
 
+// Without a fused K/V scale layout to read differently, the default from-hf is Automodel's on
+// every tensor and every EP rank (DeepSeek-V3: plain 128x128 grids, ragged blocks).
+TEST_P(GoldenParity, DefaultFromHfEqualsAutomodelWhereNoLayoutDiffers) {
+  if (!GetParam().starts_with("deepseek")) GTEST_SKIP() << "MiMo-V2-Flash: the fused K/V layout";
+  for (int64_t w : ep_sizes())
+    for (int64_t r = 0; r < w; ++r) {
+      FromHfOptions o;
+      o.ep_size = w;
+      o.ep_rank = r;
+      const auto dst = dir_ / fmt("default_ep{}_{}", w, r);
+      from_hf_dir(hf_, dst, o);
+      expect_matches(digest_checkpoint(dst), golden_["outputs"][fmt("from_hf_ep{}_rank{}", w, r)],
+                     fmt("default from_hf ep {} rank {}", w, r));
+    }
+}
+
+// DeepSeek-V3 goldens: tools/make_deepseek_goldens.py (Automodel 0.7.0's DeepSeekV3StateDictAdapter
+// as DeepseekV3ForCausalLM builds it) on `synth --preset deepseek-v3-tiny[-q-proj] --seed 1`.
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity,
-                         ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06",
-                                           "tiny_te"));
+                         ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06", "tiny_te",
+                                           "deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"));
 
 // BF16 inputs around the FP8 range limits (447..466, 480, +-inf, 2^-10, 1.5*2^-10, -0, NaN) cast
 // exactly as torch 2.11 does.

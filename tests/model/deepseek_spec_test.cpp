@@ -121,7 +121,11 @@ TEST(DeepSeekSpec, NamesClassifyAndFp8Sets) {
   EXPECT_TRUE(mtp.mtp && mtp.is_scale);
   EXPECT_EQ(mtp.kind, TensorKind::kExpertProj);
   EXPECT_EQ(mtp.expert, 7);
-  EXPECT_FALSE(s->is_grouped_expert(mtp));  // MTP experts stay per expert natively
+  EXPECT_TRUE(
+      s->is_grouped_expert(mtp));  // the MTP layer is a MoE layer, grouped as Automodel does
+  EXPECT_TRUE(s->layer_has_routed_experts(mtp));
+  EXPECT_FALSE(
+      s->layer_has_routed_experts(s->classify("model.layers.2.mlp.experts.7.up_proj.weight")));
   const auto e = s->classify("model.layers.60.mlp.experts.7.down_proj.weight");
   EXPECT_FALSE(e.mtp);
   EXPECT_TRUE(s->is_grouped_expert(e));

@@ -387,8 +387,8 @@ class DeepSeekSpec final : public ModelSpec {
                                config_.layer_is_moe[static_cast<size_t>(l)]);
   }
 
-  // A decoder (or MTP) layer's tensors besides routed experts, relative to "layers.<l>.".
-  // Natively the decoder layers' routed experts are grouped (the MTP layers' stay per expert).
+  // A decoder (or MTP) layer's tensors besides routed experts, relative to "layers.<l>.";
+  // natively, its grouped experts.
   std::vector<std::string> layer_tensors(int64_t l, bool native) const {
     std::vector<std::string> out{"input_layernorm.weight", "post_attention_layernorm.weight"};
     if (latent_.q_lora_rank)
@@ -405,7 +405,7 @@ class DeepSeekSpec final : public ModelSpec {
       if (config_.n_shared_experts > 0)
         for (const char* p : {"gate_proj", "up_proj", "down_proj"})
           out.push_back(std::string("mlp.shared_experts.") + p + ".weight");
-      if (native && !is_mtp_layer(l)) {
+      if (native) {
         out.push_back("mlp.experts.gate_and_up_projs");
         out.push_back("mlp.experts.down_projs");
       }

@@ -234,9 +234,10 @@ def synth(
     mtp: Optional[int] = None,
     shard_size: Optional[int] = None,
 ) -> WriteReport:
-    """Writes a synthetic MiMo-V2-Flash-shaped FP8 checkpoint (``moeckpt synth``): ``preset`` ``"tiny"``
-    (hidden 256, 4 layers, 8 experts, 257 tensors) or ``"full"`` (real dimensions, trimmed by the
-    options). Deterministic for a seed."""
-    if preset not in ("tiny", "full"):
-        raise _core.InvalidArgumentError(f"moeckpt: preset must be 'tiny' or 'full', not {preset!r}")
+    """Writes a synthetic FP8 checkpoint of a model family's layout (``moeckpt synth``): ``preset``
+    ``"tiny"`` (MiMo-V2-Flash, hidden 256, 4 layers, 8 experts, 257 tensors), ``"full"`` (its real
+    dimensions, trimmed by the options), the other layouts of the family (``"v26-tiny"``, ...), or
+    the DeepSeek-V3 format (``"deepseek-v3-tiny"``, ``"deepseek-v3-tiny-q-proj"``,
+    ``"deepseek-v3-full"``, ``"kimi-k2-full"``); an unknown name is refused, listing them.
+    Deterministic for a seed."""
     return WriteReport(*_core.synth(os.fspath(dst), preset, layers, experts, vocab, mtp, int(seed), shard_size))

@@ -6,6 +6,7 @@
 Writes, under tests/data/:
   corpus_base/hf       `moeckpt synth --preset micro --seed 1` (the unmodified HF base)
   corpus_base/native   `moeckpt from-hf` of it (the unmodified native base)
+  corpus_base/deepseek `moeckpt synth --preset deepseek-v3-micro --seed 1` (the DeepSeek-V3 format's base)
   malformed/CASE/      one full checkpoint folder per defect, derived from a base by editing
                        headers, bytes, the index or config.json; `expect.json` says which commands
                        apply and the fragment each one's error must contain
@@ -764,6 +765,82 @@ def register_accepted():
     ACCEPTED.append(("single_file", single_file))
 
 
+def register_deepseek_cases():
+    """The DeepSeek-V3 format: latent-attention names and shapes, shared experts, the MTP layer
+    stored as layer num_hidden_layers (with routed experts), its config fields."""
+    DS = BASE / "deepseek"
+    L = "model.layers.1."
+
+    def ds(edit, config_edit=None):
+        def build(dst):
+            f = Folder(DS)
+            edit(f)
+            if config_edit:
+                config_edit(f.config)
+            f.save(dst)
+        return build
+
+    def reg(name, fragment, edit, file=None, config_edit=None):
+        # A config refusal comes first in every command; otherwise to-hf sees an HF folder.
+        case(name, fragment, file=file, to_hf=None if file == "config.json" else NOT_NATIVE)(ds(edit, config_edit))
+
+    def where(name):
+        return Folder(DS).file_of(name)
+
+    def none(f):
+        pass
+
+    def drop(*names):
+        return lambda f: [f.remove(n) for n in names]
+
+    def shrink_rows(name, n=1):
+        def edit(f):
+            t = f.t(name)
+            row = len(t["data"]) // t["shape"][0]
+            t["shape"][0] -= n
+            del t["data"][len(t["data"]) - n * row:]
+        return edit
+
+    kv_a = L + "self_attn.kv_a_proj_with_mqa.weight"
+    reg("ds_kv_a_rows_short", "shape [31, 136] disagrees with config.json", shrink_rows(kv_a), file=where(kv_a))
+    q_b = L + "self_attn.q_b_proj.weight"
+    reg("ds_q_b_scale_rows_short", "is too small for weight [48, 40]", shrink_rows(q_b + "_scale_inv"),
+        file=where(q_b + "_scale_inv"))
+    norm = L + "self_attn.kv_a_layernorm.weight"
+    reg("ds_kv_a_layernorm_wrong_size", "shape [23] disagrees with config.json", shrink_rows(norm), file=where(norm))
+    shared = L + "mlp.shared_experts.down_proj.weight"
+    reg("ds_missing_shared_expert", f"tensor '{shared}': missing: layer 1 (MoE)", drop(shared, shared + "_scale_inv"))
+    reg("ds_missing_q_a_layernorm", f"tensor '{L}self_attn.q_a_layernorm.weight': missing",
+        drop(L + "self_attn.q_a_layernorm.weight"))
+    eh = "model.layers.2.eh_proj.weight"
+    reg("ds_mtp_eh_proj_wrong_shape", "shape [135, 136] disagrees with config.json", lambda f: (
+        f.t(eh).__setitem__("shape", [135, 136]), f.t(eh).__setitem__("data", f.t(eh)["data"][:135 * 136 * 2])),
+        file=where(eh))
+    reg("ds_mtp_missing_head", "tensor 'model.layers.2.shared_head.head.weight': missing: MTP layer 2",
+        drop("model.layers.2.shared_head.head.weight"))
+    mtp_e = "model.layers.2.mlp.experts.3.up_proj.weight"
+    reg("ds_mtp_missing_expert", "model.layers.2.mlp.experts.3.up_proj.weight", drop(mtp_e, mtp_e + "_scale_inv"))
+
+    def expert_in_dense_layer(f):
+        src = f.t(L + "mlp.experts.0.gate_proj.weight")
+        f.add("model.layers.0.mlp.experts.0.gate_proj.weight", "BF16", src["shape"],
+              bytes(2 * src["shape"][0] * src["shape"][1]))
+    reg("ds_expert_in_dense_layer", "which config.json makes a dense layer", expert_in_dense_layer)
+
+    def beyond_mtp(f):
+        f.add("model.layers.3.input_layernorm.weight", "BF16", [136], bytes(272))
+    reg("ds_layer_beyond_mtp", "layer 3 is not below num_hidden_layers = 2", beyond_mtp)
+    reg("ds_config_q_lora_rank_zero", 'config field "q_lora_rank" is 0', none, file="config.json",
+        config_edit=lambda c: c.update(q_lora_rank=0))
+    reg("ds_config_missing_kv_lora_rank", 'config has no "kv_lora_rank"', none, file="config.json",
+        config_edit=lambda c: c.pop("kv_lora_rank"))
+    reg("ds_config_moe_layer_freq_zero", 'config field "moe_layer_freq" is 0', none, file="config.json",
+        config_edit=lambda c: c.update(moe_layer_freq=0))
+    # q_lora_rank null: the checkpoint's q_a_proj/q_b_proj are not what the config describes.
+    reg("ds_config_q_lora_rank_null", "tensor 'model.layers.0.self_attn.q_proj.weight': missing", none,
+        config_edit=lambda c: c.update(q_lora_rank=None))
+
+
 def run(cli, *args):
     subprocess.run([str(cli), *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
@@ -776,6 +853,7 @@ def main():
         if d.exists():
             shutil.rmtree(d)
     run(cli, "synth", BASE / "hf", "--preset", "micro", "--seed", "1")
+    run(cli, "synth", BASE / "deepseek", "--preset", "deepseek-v3-micro", "--seed", "1")
     # Several shards, so that a case edits one of them (git stores the others once).
     run(cli, "from-hf", BASE / "hf", BASE / "native", "--quiet", "--shard-size", "60000")
     with tempfile.TemporaryDirectory() as tmp:
@@ -789,6 +867,7 @@ def main():
     register_hf_semantic_cases()
     register_native_cases()
     register_v26_cases()
+    register_deepseek_cases()
     register_accepted()
     for name, layout, build, commands, files, ranks in CASES:
         d = BAD / name

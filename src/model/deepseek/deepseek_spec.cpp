@@ -477,8 +477,22 @@ json deepseek_v3_tiny(bool q_lora) {
   return c;
 }
 
+// The smallest checkpoint with every feature, for hostile-input corpora (~60 KB): dimensions over
+// 128 with ragged blocks, one dense and one MoE layer, a shared expert, an MTP layer.
+json deepseek_v3_micro() {
+  return architecture("deepseek_v3", R"({
+    "vocab_size": 32, "hidden_size": 136, "intermediate_size": 40,
+    "moe_intermediate_size": 24, "num_hidden_layers": 2, "num_nextn_predict_layers": 1,
+    "num_attention_heads": 2, "num_key_value_heads": 2, "n_shared_experts": 1,
+    "n_routed_experts": 4, "routed_scaling_factor": 2.5, "kv_lora_rank": 24,
+    "q_lora_rank": 40, "qk_rope_head_dim": 8, "v_head_dim": 16, "qk_nope_head_dim": 16,
+    "n_group": 1, "topk_group": 1, "num_experts_per_tok": 2, "first_k_dense_replace": 1,
+    "max_position_embeddings": 4096, "rope_theta": 10000})");
+}
+
 std::optional<json> base_preset(std::string_view name) {
   if (name == "deepseek-v3-tiny") return deepseek_v3_tiny(true);
+  if (name == "deepseek-v3-micro") return deepseek_v3_micro();
   if (name == "deepseek-v3-tiny-q-proj") return deepseek_v3_tiny(false);
   if (name == "deepseek-v3-full") return deepseek_v3_full();
   if (name == "kimi-k2-full") return kimi_k2_full();
@@ -545,7 +559,8 @@ std::unique_ptr<const ModelSpec> make_deepseek_spec(const ModelConfig& config) {
 
 const std::vector<std::string>& deepseek_preset_names() {
   static const std::vector<std::string> names{"deepseek-v3-tiny", "deepseek-v3-tiny-q-proj",
-                                              "deepseek-v3-full", "kimi-k2-full"};
+                                              "deepseek-v3-micro", "deepseek-v3-full",
+                                              "kimi-k2-full"};
   return names;
 }
 

@@ -41,6 +41,7 @@ struct InspectReport {
   bool has_config = false;
   std::string model;  // the family and layout config.json describes, as its spec names it
   int64_t layers = 0, full_layers = 0, swa_layers = 0, dense_layers = 0, moe_layers = 0;
+  bool latent_attention = false;  // every layer's attention is latent (full_layers counts them)
   int64_t mtp_layers = 0;
   int64_t n_routed_experts = 0;
   std::map<int64_t, int64_t> experts_per_layer;  // MoE layer -> distinct expert ids present

@@ -78,7 +78,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(integer_in(1, 4096));
   synth_cmd->add_option("--vocab", synth.vocab, "vocabulary size")->check(integer_in(1, kMaxCount));
   synth_cmd
-      ->add_option("--mtp", synth.mtp_layers, "MTP layers (default 3; 1 for a trimmed full preset)")
+      ->add_option("--mtp", synth.mtp_layers,
+                   "MTP layers (default: as many as the preset's config declares, else 3; 1 for a "
+                   "trimmed full preset)")
       ->check(integer_in(0, 64));
   synth_cmd->add_option("--seed", synth.seed, "random seed")
       ->check(integer_in(0, std::numeric_limits<uint32_t>::max()));

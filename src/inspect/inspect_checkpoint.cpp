@@ -51,6 +51,7 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     r.layers = config->num_hidden_layers;
     for (auto k : config->layer_attention)
       (k == AttentionKind::kFull ? r.full_layers : r.swa_layers)++;
+    r.latent_attention = config->latent.has_value();
     r.moe_layers = config->moe_layer_count();
     r.dense_layers = r.layers - r.moe_layers;
     r.n_routed_experts = config->n_routed_experts;
@@ -180,6 +181,7 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
     j["layers"] = {{"total", r.layers},
                    {"full_attention", r.full_layers},
                    {"sliding_window", r.swa_layers},
+                   {"latent_attention", r.latent_attention},
                    {"dense", r.dense_layers},
                    {"moe", r.moe_layers},
                    {"mtp", r.mtp_layers}};
@@ -218,7 +220,10 @@ std::string to_text(const InspectReport& r) {
   for (const auto& [name, d] : r.by_dtype)
     line(fmt::format("  {:<8} {:>7} tensors  {:>12}", name, d.tensors, human_bytes(d.bytes)));
   if (r.has_config) line("model: " + r.model);
-  if (r.has_config)
+  if (r.has_config && r.latent_attention)
+    line(fmt::format("layers: {} (latent attention; {} dense, {} MoE), MTP layers: {}", r.layers,
+                     r.dense_layers, r.moe_layers, r.mtp_layers));
+  else if (r.has_config)
     line(fmt::format(
         "layers: {} ({} full attention, {} sliding window; {} dense, {} MoE), MTP layers: {}",
         r.layers, r.full_layers, r.swa_layers, r.dense_layers, r.moe_layers, r.mtp_layers));

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -236,10 +237,17 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
   }
 }
 
+// DeepSeek-V3 goldens: tools/make_deepseek_goldens.py (Automodel 0.7.0's DeepSeekV3StateDictAdapter
+// as DeepseekV3ForCausalLM builds it) on `synth --preset deepseek-v3-tiny[-q-proj] --seed 1`.
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity,
+                         ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06", "tiny_te",
+                                           "deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"));
+
 // Without a fused K/V scale layout to read differently, the default from-hf is Automodel's on
 // every tensor and every EP rank (DeepSeek-V3: plain 128x128 grids, ragged blocks).
-TEST_P(GoldenParity, DefaultFromHfEqualsAutomodelWhereNoLayoutDiffers) {
-  if (!GetParam().starts_with("deepseek")) GTEST_SKIP() << "MiMo-V2-Flash: the fused K/V layout";
+class GoldenParityDefaultMode : public GoldenParity {};
+
+TEST_P(GoldenParityDefaultMode, FromHfEqualsAutomodelWhereNoLayoutDiffers) {
   for (int64_t w : ep_sizes())
     for (int64_t r = 0; r < w; ++r) {
       FromHfOptions o;
@@ -252,11 +260,8 @@ TEST_P(GoldenParity, DefaultFromHfEqualsAutomodelWhereNoLayoutDiffers) {
     }
 }
 
-// DeepSeek-V3 goldens: tools/make_deepseek_goldens.py (Automodel 0.7.0's DeepSeekV3StateDictAdapter
-// as DeepseekV3ForCausalLM builds it) on `synth --preset deepseek-v3-tiny[-q-proj] --seed 1`.
-INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity,
-                         ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06", "tiny_te",
-                                           "deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParityDefaultMode,
+                         ::testing::Values("deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"));
 
 // BF16 inputs around the FP8 range limits (447..466, 480, +-inf, 2^-10, 1.5*2^-10, -0, NaN) cast
 // exactly as torch 2.11 does.
@@ -274,6 +279,60 @@ TEST(GoldenParitySpecial, ToHfCastOfRangeLimitsIsByteIdentical) {
   to_hf_dirs({dir / "native"}, dir / "out", o, std::nullopt);
   expect_matches(digest_checkpoint(dir / "out"), golden["outputs"]["to_hf_special"],
                  "to_hf_special");
+}
+
+// The same range limits planted into DeepSeek-V3 tensors (a grouped expert tensor, q_b_proj or
+// q_proj, o_proj, a dense down_proj) at the positions the goldens record, in our own from-hf
+// output: the input equals Automodel's, and its cast gives Automodel's bytes.
+TEST(GoldenParitySpecial, DeepSeekToHfCastOfRangeLimitsIsByteIdentical) {
+  for (const std::string name : {"deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"}) {
+    SCOPED_TRACE(name);
+    auto golden = load_golden(name);
+    test::TempDir dir;
+    SynthOptions so;
+    so.seed = 1;
+    so.preset = name.ends_with("_q_proj") ? "deepseek-v3-tiny-q-proj" : "deepseek-v3-tiny";
+    synthesize_checkpoint(dir / "hf", so);
+    FromHfOptions fo;
+    fo.compat = Compat::kAutomodel07;
+    from_hf_dir(dir / "hf", dir / "native", fo);
+    auto ck = Checkpoint::open(dir / "native");
+    const json& special = golden["special"];
+    std::vector<uint16_t> bits;
+    for (const auto& b : special["bf16_bits"])
+      bits.push_back(static_cast<uint16_t>(std::stoul(b.get<std::string>(), nullptr, 16)));
+    std::vector<TensorSpec> specs;
+    std::vector<std::vector<uint8_t>> data;
+    for (auto it = special["tensors"].begin(); it != special["tensors"].end(); ++it) {
+      const auto* e = ck.find(it.key());
+      ASSERT_NE(e, nullptr) << it.key();
+      specs.push_back({it.key(), e->info->dtype, e->info->shape});
+      auto bytes = ck.read_all(*e);
+      const auto idx = (*it)["flat_index"].get<std::vector<uint64_t>>();
+      ASSERT_EQ(idx.size(), bits.size());
+      for (size_t i = 0; i < idx.size(); ++i) std::memcpy(&bytes.at(2 * idx[i]), &bits[i], 2);
+      data.push_back(std::move(bytes));
+    }
+    fs::create_directories(dir / "special");
+    {
+      CheckpointWriter w(dir / "special", specs,
+                         {.max_shard_bytes = 1 << 30,
+                          .metadata = {{"format", "pt"}},
+                          .index_metadata = {},
+                          .completed = {},
+                          .on_shard_committed = {}});
+      for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
+      w.commit();
+    }
+    expect_matches(digest_checkpoint(dir / "special"), golden["outputs"]["to_hf_special_input"],
+                   "input");
+    ToHfOptions o;
+    o.compat = Compat::kAutomodel07;
+    o.require_all_experts = false;  // a few tensors, as the reference's per-tensor to_hf takes
+    to_hf_dirs({dir / "special"}, dir / "out", o, dir / "hf" / "config.json");
+    expect_matches(digest_checkpoint(dir / "out"), golden["outputs"]["to_hf_special"],
+                   "to_hf_special");
+  }
 }
 
 // Without NaN codes (the ragged fixture with its two NaN codes restored), the ragged checkpoint has

@@ -153,3 +153,26 @@ def test_round_trip_keeps_fp8_codes(ds, mg, tmp_path):
         step = torch.where((a ^ b) & 0x80 == 0, (a & 0x7F) - (b & 0x7F), (a & 0x7F) + (b & 0x7F)).abs()
         worst = max(worst, int(step.max()))
     assert same / total >= 0.999 and worst <= 1, (same, total, worst)
+
+
+def test_an_ep_rank_reads_only_its_experts(ds):
+    # from_hf_dir's path (allocate, then the engine fills): the other ranks' experts, the MTP
+    # layer's included, and their scales are never read; everything else once.
+    from moeckpt import _core
+    from moeckpt.load import _load
+
+    total = sum(v.numel() * v.element_size() for v in ds.hf.values())
+
+    def expert_bytes(ids):
+        return sum(v.numel() * v.element_size() for k, v in ds.hf.items()
+                   if ".mlp.experts." in k and int(k.split(".mlp.experts.")[1].split(".")[0]) in ids)
+
+    def read(size, rank):
+        dests = moeckpt.from_hf_dir(ds.path, ep_rank=rank, ep_size=size)
+        first, count = _core.expert_range(ds.n, size, rank)
+        return _load(dests, str(ds.path), (first, count, ds.n), torch.bfloat16, None, "sdpa", 0, 1 << 30)[3]
+
+    assert read(1, 0) == total
+    for rank in range(3):
+        first, count = _core.expert_range(ds.n, 3, rank)
+        assert read(3, rank) == total - expert_bytes(set(range(ds.n)) - set(range(first, first + count))), rank

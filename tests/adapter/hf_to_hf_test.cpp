@@ -1,7 +1,8 @@
 // dequantize / quantize (HF -> HF in one pass) against their two-step definitions: from-hf then
 // to-hf --quant none, and from-hf then to-hf --quant block|cast, tensor for tensor (names, dtypes,
 // shapes, bytes), on the tiny preset (fused K/V scales), the micro preset (ragged blocks), the
-// accepted corpus variants and several seeds and shard splits; plus their refusals and config.json.
+// DeepSeek-V3 presets, the accepted corpus variants and several seeds and shard splits; plus their
+// refusals and config.json.
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -49,6 +50,14 @@ struct Inputs {
     micro.preset = "micro";
     synthesize_checkpoint(dir / "micro", micro);
     sources.push_back(dir / "micro");
+    // The DeepSeek-V3 format: latent attention, shared experts, an MTP layer with routed experts.
+    for (const char* preset : {"deepseek-v3-tiny", "deepseek-v3-tiny-q-proj"}) {
+      SynthOptions ds;
+      ds.preset = preset;
+      ds.seed = 3;
+      synthesize_checkpoint(dir / preset, ds);
+      sources.push_back(dir / preset);
+    }
     // Valid variants: extra trailing scale rows and columns, BF16 scales, one file.
     for (const char* v : {"extra_scale_rows_and_columns", "bf16_scale", "single_file"})
       sources.push_back(kData / "accepted" / v);

@@ -636,6 +636,16 @@ V26_QKV = "model.layers.0.self_attn.qkv_proj.weight"
 V26_EXPERT = "model.layers.1.mlp.experts.2.down_proj.weight"
 
 
+def shrink_rows(name, n=1):
+    """An edit dropping the last `n` rows of tensor `name` (shape and data)."""
+    def edit(f):
+        t = f.t(name)
+        row = len(t["data"]) // t["shape"][0]
+        t["shape"][0] -= n
+        del t["data"][len(t["data"]) - n * row:]
+    return edit
+
+
 def register_v26_cases():
     """MiMo-V2.6 (fused QKV over metadata.tp_size, MXFP4 experts): interleave sizes against tp_size,
     scale grids, packed widths, E8M0 codes."""
@@ -665,14 +675,6 @@ def register_v26_cases():
     reg("v26_tp_size_zero", "metadata.tp_size is 0", none, file="model.safetensors.index.json", index_edit=set_tp(0))
     reg("v26_tp_size_float", "metadata.tp_size is 2.0", none, file="model.safetensors.index.json",
         index_edit=set_tp(2.0))
-
-    def shrink_rows(name, n):
-        def edit(f):
-            t = f.t(name)
-            row = len(t["data"]) // t["shape"][0]
-            t["shape"][0] -= n
-            del t["data"][len(t["data"]) - n * row:]
-        return edit
 
     def grow_cols(name, fill):
         def edit(f):
@@ -792,14 +794,6 @@ def register_deepseek_cases():
 
     def drop(*names):
         return lambda f: [f.remove(n) for n in names]
-
-    def shrink_rows(name, n=1):
-        def edit(f):
-            t = f.t(name)
-            row = len(t["data"]) // t["shape"][0]
-            t["shape"][0] -= n
-            del t["data"][len(t["data"]) - n * row:]
-        return edit
 
     kv_a = L + "self_attn.kv_a_proj_with_mqa.weight"
     reg("ds_kv_a_rows_short", "shape [31, 136] disagrees with config.json", shrink_rows(kv_a), file=where(kv_a))

@@ -57,26 +57,28 @@ class ModelSpec {
   // The family and layout, for messages and inspect.
   virtual std::string_view layout_name() const noexcept = 0;
 
-  // --- Tensor names, both ways.
+  // --- Tensor names, both ways. The defaults are the Hugging Face conventions the families share
+  // (src/model/hf_tensor_names.hpp): "<weight>_scale_inv", "layers.L.mlp.experts.E.<proj>.weight",
+  // "...mlp.experts.{gate_and_up,down}_projs", "...self_attn.<proj>.weight", Automodel's prefixes.
   virtual TensorKey classify(std::string_view name) const = 0;
   // The block-scale companion of an FP8 weight (nullopt: the name cannot have one); whether a
   // name is such a companion; the E8M0 scale companion of an MXFP4 weight.
-  virtual std::optional<std::string> block_scale_name(std::string_view weight) const = 0;
-  virtual bool is_block_scale(std::string_view name) const = 0;
+  virtual std::optional<std::string> block_scale_name(std::string_view weight) const;
+  virtual bool is_block_scale(std::string_view name) const;
   virtual std::string mx_scale_name(std::string_view weight) const = 0;
   // The HF weight of a routed expert's projection, and a layer's native grouped tensor.
   virtual std::string expert_weight_name(std::string_view prefix, int64_t layer, int64_t expert,
-                                         Projection p) const = 0;
+                                         Projection p) const;
   virtual std::string grouped_experts_name(std::string_view prefix, int64_t layer,
-                                           Projection grouped) const = 0;
+                                           Projection grouped) const;
   // The weight of attention projection `p` (q, k, v, o or the fused qkv) of the layer `weight`
   // (an attention weight's name) belongs to; the text all of that layer's attention names share.
-  virtual std::string attention_weight_name(std::string_view weight, Projection p) const = 0;
-  virtual std::string attention_prefix(std::string_view weight) const = 0;
+  virtual std::string attention_weight_name(std::string_view weight, Projection p) const;
+  virtual std::string attention_prefix(std::string_view weight) const;
   // Prefixes under which per-expert keys are grouped (others pass through unchanged), and the
   // one Automodel writes split experts under.
-  virtual bool is_groupable_prefix(std::string_view prefix) const = 0;
-  virtual std::string compat_expert_prefix() const = 0;
+  virtual bool is_groupable_prefix(std::string_view prefix) const;
+  virtual std::string compat_expert_prefix() const;
   // True when `key` is a routed expert's projection that the native layout groups.
   bool is_grouped_expert(const TensorKey& key) const {
     return key.kind == TensorKind::kExpertProj && (!key.mtp || mtp_layers_have_routed_experts()) &&
@@ -116,8 +118,10 @@ class ModelSpec {
   virtual std::optional<std::vector<uint64_t>> expected_hf_shape(const TensorKey& key) const = 0;
   virtual const AttentionDims& attention_dims(const TensorKey& key) const = 0;
   // The HF [out, in] shape of a routed expert's projection (every MoE layer alike).
-  virtual std::vector<uint64_t> expert_hf_shape(Projection p) const = 0;
-  virtual std::vector<ExpertGrouping> expert_groupings() const = 0;
+  virtual std::vector<uint64_t> expert_hf_shape(Projection p) const;
+  // Default: gated experts, [moe_intermediate, hidden] gate/up and [hidden, moe_intermediate]
+  // down, grouped as Automodel groups them (gate_and_up_projs: gate then up; down_projs).
+  virtual std::vector<ExpertGrouping> expert_groupings() const;
   // The grouping of native grouped tensor `grouped` (kGateAndUp, kDown; no parts when unknown),
   // and the [in, width] of one expert's slot in it: its parts' HF [out, in] side by side.
   ExpertGrouping expert_grouping(Projection grouped) const;

@@ -77,6 +77,11 @@ class FieldReader {
   const std::string& file_;
 };
 
+// What every family's config gives the same way: the document (`raw`), hidden_size,
+// intermediate_size, moe_intermediate_size, num_hidden_layers, vocab_size, tie_word_embeddings
+// and quantization_config.weight_block_size; refuses a document that is not an object.
+ModelConfig parse_common_fields(const json& doc, const std::string& file);
+
 // quantization_config.weight_block_size (nullopt: the config has no quantization_config).
 std::optional<BlockSize> parse_block_size(const json& doc, const std::string& file);
 

@@ -1,7 +1,46 @@
 // What every family's spec derives the same way from its own answers.
 #include "moeckpt/model_spec.hpp"
 
+#include "model/hf_tensor_names.hpp"
+
 namespace moeckpt {
+
+std::optional<std::string> ModelSpec::block_scale_name(std::string_view weight) const {
+  return block_scale_name_of(weight);
+}
+bool ModelSpec::is_block_scale(std::string_view name) const {
+  return name.ends_with(kBlockScaleSuffix);
+}
+std::string ModelSpec::expert_weight_name(std::string_view prefix, int64_t layer, int64_t expert,
+                                          Projection p) const {
+  return expert_weight_name_of(prefix, layer, expert, p);
+}
+std::string ModelSpec::grouped_experts_name(std::string_view prefix, int64_t layer,
+                                            Projection grouped) const {
+  return grouped_experts_name_of(prefix, layer, grouped);
+}
+std::string ModelSpec::attention_weight_name(std::string_view weight, Projection p) const {
+  return self_attn_prefix(weight) + std::string(projection_name(p)) + ".weight";
+}
+std::string ModelSpec::attention_prefix(std::string_view weight) const {
+  return self_attn_prefix(weight);
+}
+bool ModelSpec::is_groupable_prefix(std::string_view prefix) const {
+  return is_automodel_expert_prefix(prefix);
+}
+std::string ModelSpec::compat_expert_prefix() const {
+  return "model.";
+}
+
+std::vector<uint64_t> ModelSpec::expert_hf_shape(Projection p) const {
+  const auto D = static_cast<uint64_t>(config_.hidden_size);
+  const auto I = static_cast<uint64_t>(config_.moe_intermediate_size);
+  return p == Projection::kDown ? std::vector<uint64_t>{D, I} : std::vector<uint64_t>{I, D};
+}
+std::vector<ExpertGrouping> ModelSpec::expert_groupings() const {
+  return {{Projection::kGateAndUp, {Projection::kGate, Projection::kUp}},
+          {Projection::kDown, {Projection::kDown}}};
+}
 
 int64_t ModelSpec::checkpoint_tp(const std::map<std::string, std::string>& index_metadata,
                                  const std::string& index_file) const {

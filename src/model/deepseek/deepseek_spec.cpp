@@ -20,28 +20,13 @@
 #include <fmt/format.h>
 
 #include <array>
-#include <charconv>
-
 #include "model/config_fields.hpp"
+#include "model/hf_tensor_names.hpp"
+#include "model/preset_size.hpp"
 #include "moeckpt/error.hpp"
 
 namespace moeckpt {
 namespace {
-
-constexpr std::string_view kBlockScaleSuffix = "_scale_inv";
-
-// Reads "<digits>." at the front of `s`; plain decimal without sign or leading zeros.
-std::optional<int64_t> take_index(std::string_view& s) {
-  const size_t dot = s.find('.');
-  if (dot == 0 || dot == std::string_view::npos || dot > 9) return std::nullopt;
-  const auto digits = s.substr(0, dot);
-  if (digits.size() > 1 && digits[0] == '0') return std::nullopt;
-  int64_t v = 0;
-  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
-  if (ec != std::errc() || p != digits.data() + digits.size()) return std::nullopt;
-  s.remove_prefix(dot + 1);
-  return v;
-}
 
 std::optional<Projection> mlp_projection(std::string_view s) {
   if (s == "gate_proj") return Projection::kGate;
@@ -150,68 +135,22 @@ class DeepSeekSpec final : public ModelSpec {
       w.remove_suffix(kBlockScaleSuffix.size());
     }
     k.weight_name = std::string(w);
-    size_t pos = 0;  // the first "layers." that starts a path component
-    while ((pos = w.find("layers.", pos)) != std::string_view::npos) {
-      if (pos == 0 || w[pos - 1] == '.') break;
-      ++pos;
+    if (auto path = split_layer_path(w)) {
+      k.prefix = std::string(path->prefix);
+      k.layer = path->layer;
+      k.mtp = path->layer >= config_.num_hidden_layers &&
+              path->layer < config_.num_hidden_layers + config_.num_nextn_predict_layers;
+      classify_layer_rest(path->rest, k);
+      return k;
     }
-    if (pos != std::string_view::npos) {
-      auto rest = w.substr(pos + 7);
-      if (auto layer = take_index(rest)) {
-        k.prefix = std::string(w.substr(0, pos));
-        k.layer = layer;
-        k.mtp = *layer >= config_.num_hidden_layers &&
-                *layer < config_.num_hidden_layers + config_.num_nextn_predict_layers;
-        classify_layer_rest(rest, k);
-        return k;
-      }
-    }
-    if (w == "lm_head.weight") {
-      k.kind = TensorKind::kLmHead;
-    } else if (w.ends_with("embed_tokens.weight") && (w.size() == 19 || w[w.size() - 20] == '.')) {
-      k.kind = TensorKind::kEmbedding;
-      k.prefix = std::string(w.substr(0, w.size() - 19));
-    } else if (w.ends_with("norm.weight") && (w.size() == 11 || w[w.size() - 12] == '.')) {
-      k.kind = TensorKind::kFinalNorm;
-      k.prefix = std::string(w.substr(0, w.size() - 11));
-    }
+    classify_model_level(w, k);
     return k;
   }
 
-  std::optional<std::string> block_scale_name(std::string_view weight) const override {
-    if (!weight.ends_with(".weight")) return std::nullopt;
-    return std::string(weight) + std::string(kBlockScaleSuffix);
-  }
-  bool is_block_scale(std::string_view name) const override {
-    return name.ends_with(kBlockScaleSuffix);
-  }
   // No MXFP4 experts in this format; the name is never looked up.
   std::string mx_scale_name(std::string_view weight) const override {
     return std::string(weight) + "_scale";
   }
-
-  std::string expert_weight_name(std::string_view prefix, int64_t layer, int64_t expert,
-                                 Projection p) const override {
-    return fmt::format("{}layers.{}.mlp.experts.{}.{}.weight", prefix, layer, expert,
-                       projection_name(p));
-  }
-  std::string grouped_experts_name(std::string_view prefix, int64_t layer,
-                                   Projection grouped) const override {
-    return fmt::format("{}layers.{}.mlp.experts.{}", prefix, layer,
-                       grouped == Projection::kDown ? "down_projs" : "gate_and_up_projs");
-  }
-  std::string attention_weight_name(std::string_view weight, Projection p) const override {
-    return attention_prefix(weight) + std::string(projection_name(p)) + ".weight";
-  }
-  std::string attention_prefix(std::string_view weight) const override {
-    const auto at = weight.rfind("self_attn.");
-    return std::string(weight.substr(0, at == std::string_view::npos ? 0 : at + 10));
-  }
-  // Automodel's expert regex: (model.)?(language_model.)?layers.L.mlp.experts.E.
-  bool is_groupable_prefix(std::string_view p) const override {
-    return p.empty() || p == "model." || p == "language_model." || p == "model.language_model.";
-  }
-  std::string compat_expert_prefix() const override { return "model."; }
 
   std::optional<BackendName> native_backend_name(std::string_view, AttnBackend) const override {
     return std::nullopt;
@@ -316,15 +255,6 @@ class DeepSeekSpec final : public ModelSpec {
     }
   }
   const AttentionDims& attention_dims(const TensorKey&) const override { return config_.full; }
-  std::vector<uint64_t> expert_hf_shape(Projection p) const override {
-    const auto D = static_cast<uint64_t>(config_.hidden_size);
-    const auto I = static_cast<uint64_t>(config_.moe_intermediate_size);
-    return p == Projection::kDown ? std::vector<uint64_t>{D, I} : std::vector<uint64_t>{I, D};
-  }
-  std::vector<ExpertGrouping> expert_groupings() const override {
-    return {{Projection::kGateAndUp, {Projection::kGate, Projection::kUp}},
-            {Projection::kDown, {Projection::kDown}}};
-  }
 
   bool is_published_fp8(std::string_view name) const override {
     const auto k = classify(name);
@@ -506,16 +436,8 @@ bool is_deepseek_model_type(std::string_view model_type) {
 }
 
 ModelConfig parse_deepseek_config(const json& doc, const std::string& file) {
-  if (!doc.is_object()) fail(ErrorKind::kMalformedFile, file, "", "config is not a JSON object");
+  ModelConfig c = parse_common_fields(doc, file);
   FieldReader f(doc, file);
-  ModelConfig c;
-  c.raw = doc;
-  c.hidden_size = f.positive("hidden_size");
-  c.intermediate_size = f.positive("intermediate_size");
-  c.moe_intermediate_size = f.positive("moe_intermediate_size");
-  c.num_hidden_layers = f.positive("num_hidden_layers", 1 << 16);
-  c.vocab_size = f.positive("vocab_size");
-  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   c.n_routed_experts = f.positive("n_routed_experts");
   c.num_experts_per_tok = f.positive("num_experts_per_tok");
   if (c.num_experts_per_tok > c.n_routed_experts)
@@ -549,7 +471,6 @@ ModelConfig parse_deepseek_config(const json& doc, const std::string& file) {
   c.swa = c.full;
   c.n_shared_experts = f.count("n_shared_experts", 0, 1 << 10);
   c.num_nextn_predict_layers = f.count("num_nextn_predict_layers", 0, 64);
-  c.block = parse_block_size(doc, file);
   return c;
 }
 
@@ -568,29 +489,16 @@ std::optional<json> deepseek_preset(std::string_view name, const PresetSize& o) 
   auto base = base_preset(name);
   if (!base) return std::nullopt;
   json c = *base;
-  auto check = [](const char* what, int64_t v, int64_t lo, int64_t hi) {
-    if (v < lo || v > hi)
-      fail(ErrorKind::kInvalidArgument, "", "",
-           std::string(what) + " = " + std::to_string(v) + " is out of range",
-           std::to_string(lo) + ".." + std::to_string(hi));
-  };
   if (o.layers) {
-    check("layers", *o.layers, 1, c["num_hidden_layers"].get<int64_t>());
+    check_preset_option("layers", *o.layers, 1, c["num_hidden_layers"].get<int64_t>());
     c["num_hidden_layers"] = *o.layers;
     c["first_k_dense_replace"] =
         std::min<int64_t>(c["first_k_dense_replace"].get<int64_t>(), *o.layers - 1);
   }
+  resize_experts_and_vocab(c, o);
   if (o.experts) {
-    check("experts", *o.experts, 1, 4096);
-    c["n_routed_experts"] = *o.experts;
-    c["num_experts_per_tok"] =
-        std::min<int64_t>(c["num_experts_per_tok"].get<int64_t>(), *o.experts);
     c["n_group"] = 1;  // groups must divide the experts; routing is not what a checkpoint tests
     c["topk_group"] = 1;
-  }
-  if (o.vocab) {
-    check("vocab", *o.vocab, 1, int64_t{1} << 22);
-    c["vocab_size"] = *o.vocab;
   }
   c["quantization_config"] = {{"activation_scheme", "dynamic"},
                               {"fmt", "e4m3"},

@@ -7,16 +7,8 @@ namespace moeckpt {
 using nlohmann::json;
 
 ModelConfig parse_mimo_config(const json& doc, const std::string& file) {
-  if (!doc.is_object()) fail(ErrorKind::kMalformedFile, file, "", "config is not a JSON object");
+  ModelConfig c = parse_common_fields(doc, file);
   FieldReader f(doc, file);
-  ModelConfig c;
-  c.raw = doc;
-  c.hidden_size = f.positive("hidden_size");
-  c.intermediate_size = f.positive("intermediate_size");
-  c.moe_intermediate_size = f.positive("moe_intermediate_size");
-  c.num_hidden_layers = f.positive("num_hidden_layers", 1 << 16);
-  c.vocab_size = f.positive("vocab_size");
-  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
   const auto layers = static_cast<size_t>(c.num_hidden_layers);
 
   for (auto p : f.int_list("hybrid_layer_pattern", layers))
@@ -66,7 +58,6 @@ ModelConfig parse_mimo_config(const json& doc, const std::string& file) {
   c.fused_qkv = layout == "fused_qkv";
   c.fused_native = c.fused_qkv && v25;
 
-  c.block = parse_block_size(doc, file);
   return c;
 }
 

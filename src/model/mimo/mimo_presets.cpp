@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/mimo/mimo_spec.hpp"
+#include "model/preset_size.hpp"
 #include "moeckpt/error.hpp"
 
 namespace moeckpt {
@@ -106,15 +107,9 @@ std::optional<json> mimo_preset(std::string_view name, const PresetSize& o) {
   auto base = base_preset(name);
   if (!base) return std::nullopt;
   json c = *base;
-  auto check = [](const char* what, int64_t v, int64_t lo, int64_t hi) {
-    if (v < lo || v > hi)
-      fail(ErrorKind::kInvalidArgument, "", "",
-           std::string(what) + " = " + std::to_string(v) + " is out of range",
-           std::to_string(lo) + ".." + std::to_string(hi));
-  };
   if (o.layers) {
     const int64_t n = c["num_hidden_layers"].get<int64_t>();
-    check("layers", *o.layers, 1, n);
+    check_preset_option("layers", *o.layers, 1, n);
     auto trim = [&](const char* key) {
       auto v = c[key].get<std::vector<int>>();
       v.resize(static_cast<size_t>(*o.layers));
@@ -124,16 +119,7 @@ std::optional<json> mimo_preset(std::string_view name, const PresetSize& o) {
     trim("moe_layer_freq");
     c["num_hidden_layers"] = *o.layers;
   }
-  if (o.experts) {
-    check("experts", *o.experts, 1, 4096);
-    c["n_routed_experts"] = *o.experts;
-    c["num_experts_per_tok"] =
-        std::min<int64_t>(c["num_experts_per_tok"].get<int64_t>(), *o.experts);
-  }
-  if (o.vocab) {
-    check("vocab", *o.vocab, 1, int64_t{1} << 22);
-    c["vocab_size"] = *o.vocab;
-  }
+  resize_experts_and_vocab(c, o);
   json ignored = json::array();
   for (int64_t i = 0; i < c["num_hidden_layers"].get<int64_t>(); ++i)
     ignored.push_back("model.layers." + std::to_string(i) + ".self_attn.o_proj");

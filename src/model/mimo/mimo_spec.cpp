@@ -8,15 +8,14 @@
 
 #include <array>
 
+#include "model/hf_tensor_names.hpp"
 #include "model/mimo/mimo_shapes.hpp"
 #include "model/mimo/mimo_tensor_names.hpp"
 
 namespace moeckpt {
 namespace {
 
-constexpr std::string_view kBlockScaleSuffix = "_scale_inv";
 constexpr std::string_view kMxScaleSuffix = "_scale";
-constexpr std::string_view kAutomodelPrefix = "model.";
 // The full-attention k scale Automodel's cast pads to (the published shape).
 constexpr int64_t kPublishedKScaleRows = 8;
 
@@ -31,37 +30,9 @@ class MimoSpec final : public ModelSpec {
 
   TensorKey classify(std::string_view name) const override { return classify_tensor_name(name); }
 
-  std::optional<std::string> block_scale_name(std::string_view weight) const override {
-    if (!weight.ends_with(".weight")) return std::nullopt;
-    return std::string(weight) + std::string(kBlockScaleSuffix);
-  }
-  bool is_block_scale(std::string_view name) const override {
-    return name.ends_with(kBlockScaleSuffix);
-  }
   std::string mx_scale_name(std::string_view weight) const override {
     return std::string(weight) + std::string(kMxScaleSuffix);
   }
-
-  std::string expert_weight_name(std::string_view prefix, int64_t layer, int64_t expert,
-                                 Projection p) const override {
-    return fmt::format("{}layers.{}.mlp.experts.{}.{}.weight", prefix, layer, expert,
-                       projection_name(p));
-  }
-  std::string grouped_experts_name(std::string_view prefix, int64_t layer,
-                                   Projection grouped) const override {
-    return fmt::format("{}layers.{}.mlp.experts.{}", prefix, layer,
-                       grouped == Projection::kDown ? "down_projs" : "gate_and_up_projs");
-  }
-  std::string attention_weight_name(std::string_view weight, Projection p) const override {
-    return self_attn_prefix(weight) + std::string(projection_name(p)) + ".weight";
-  }
-  std::string attention_prefix(std::string_view weight) const override {
-    return self_attn_prefix(weight);
-  }
-  bool is_groupable_prefix(std::string_view p) const override {
-    return p.empty() || p == "model." || p == "language_model." || p == "model.language_model.";
-  }
-  std::string compat_expert_prefix() const override { return std::string(kAutomodelPrefix); }
 
   std::optional<BackendName> native_backend_name(std::string_view hf,
                                                  AttnBackend backend) const override {
@@ -123,15 +94,6 @@ class MimoSpec final : public ModelSpec {
   }
   const AttentionDims& attention_dims(const TensorKey& key) const override {
     return attention_dims_of(key, config_);
-  }
-  std::vector<uint64_t> expert_hf_shape(Projection p) const override {
-    const auto D = static_cast<uint64_t>(config_.hidden_size);
-    const auto I = static_cast<uint64_t>(config_.moe_intermediate_size);
-    return p == Projection::kDown ? std::vector<uint64_t>{D, I} : std::vector<uint64_t>{I, D};
-  }
-  std::vector<ExpertGrouping> expert_groupings() const override {
-    return {{Projection::kGateAndUp, {Projection::kGate, Projection::kUp}},
-            {Projection::kDown, {Projection::kDown}}};
   }
 
   bool is_published_fp8(std::string_view name) const override {

@@ -1,30 +1,15 @@
 #include "model/mimo/mimo_tensor_names.hpp"
 
-#include <charconv>
+#include "model/hf_tensor_names.hpp"
 
 namespace moeckpt {
 namespace {
 
-constexpr std::string_view kScaleSuffix = "_scale_inv";
-
-bool starts_with(std::string_view s, std::string_view p) {
-  return s.substr(0, p.size()) == p;
-}
 bool ends_with(std::string_view s, std::string_view p) {
   return s.size() >= p.size() && s.substr(s.size() - p.size()) == p;
 }
-
-// Reads "<digits>." at the front of `s`; plain decimal without sign or leading zeros.
-std::optional<int64_t> take_index(std::string_view& s) {
-  size_t dot = s.find('.');
-  if (dot == 0 || dot == std::string_view::npos || dot > 9) return std::nullopt;
-  auto digits = s.substr(0, dot);
-  if (digits.size() > 1 && digits[0] == '0') return std::nullopt;
-  int64_t v = 0;
-  auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
-  if (ec != std::errc() || p != digits.data() + digits.size()) return std::nullopt;
-  s.remove_prefix(dot + 1);
-  return v;
+bool starts_with(std::string_view s, std::string_view p) {
+  return s.substr(0, p.size()) == p;
 }
 
 std::optional<Projection> proj_of(std::string_view s) {
@@ -114,62 +99,38 @@ TensorKey classify_tensor_name(std::string_view name) {
   TensorKey k;
   k.name = std::string(name);
   std::string_view w = name;
-  if (ends_with(w, kScaleSuffix)) {
+  if (ends_with(w, kBlockScaleSuffix)) {
     k.is_scale = true;
-    w.remove_suffix(kScaleSuffix.size());
+    w.remove_suffix(kBlockScaleSuffix.size());
   }
   k.weight_name = std::string(w);
   // "...mlp.experts.E.<proj>.weight_scale": an MXFP4 expert's E8M0 scales (checked below).
   const bool mx_candidate = !k.is_scale && ends_with(w, ".weight_scale");
   if (mx_candidate) w.remove_suffix(6);
 
-  // The first "layers." that starts a path component.
-  size_t pos = 0;
-  while ((pos = w.find("layers.", pos)) != std::string_view::npos) {
-    if (pos == 0 || w[pos - 1] == '.') break;
-    ++pos;
-  }
-  if (pos != std::string_view::npos) {
-    std::string_view prefix = w.substr(0, pos);
-    std::string_view rest = w.substr(pos + 7);
-    auto layer = take_index(rest);
-    if (layer) {
-      if (ends_with(prefix, "mtp.")) {
-        k.mtp = true;
-        prefix.remove_suffix(4);
-      }
-      k.prefix = std::string(prefix);
-      k.layer = layer;
-      classify_layer_rest(rest, k);
-      if (mx_candidate) {
-        if (k.kind == TensorKind::kExpertProj) {
-          k.is_scale = k.is_mx_scale = true;
-          k.weight_name = std::string(w);
-        } else {  // any other "...weight_scale" is an ordinary tensor
-          k = TensorKey{};
-          k.name = k.weight_name = std::string(name);
-        }
-      }
-      return k;
+  if (auto path = split_layer_path(w)) {
+    std::string_view prefix = path->prefix;
+    if (ends_with(prefix, "mtp.")) {
+      k.mtp = true;
+      prefix.remove_suffix(4);
     }
+    k.prefix = std::string(prefix);
+    k.layer = path->layer;
+    classify_layer_rest(path->rest, k);
+    if (mx_candidate) {
+      if (k.kind == TensorKind::kExpertProj) {
+        k.is_scale = k.is_mx_scale = true;
+        k.weight_name = std::string(w);
+      } else {  // any other "...weight_scale" is an ordinary tensor
+        k = TensorKey{};
+        k.name = k.weight_name = std::string(name);
+      }
+    }
+    return k;
   }
   if (mx_candidate) return k;  // kOther
-  if (w == "lm_head.weight") {
-    k.kind = TensorKind::kLmHead;
-  } else if (ends_with(w, "embed_tokens.weight") && (w.size() == 19 || w[w.size() - 20] == '.')) {
-    k.kind = TensorKind::kEmbedding;
-    k.prefix = std::string(w.substr(0, w.size() - 19));
-  } else if (ends_with(w, "norm.weight") && (w.size() == 11 || w[w.size() - 12] == '.')) {
-    k.kind = TensorKind::kFinalNorm;
-    k.prefix = std::string(w.substr(0, w.size() - 11));
-  }
+  classify_model_level(w, k);
   return k;
-}
-
-std::string self_attn_prefix(std::string_view name) {
-  constexpr std::string_view kSelfAttn = "self_attn.";
-  const auto at = name.rfind(kSelfAttn);
-  return std::string(name.substr(0, at == std::string_view::npos ? 0 : at + kSelfAttn.size()));
 }
 
 }  // namespace moeckpt

@@ -831,8 +831,24 @@ def register_deepseek_cases():
     reg("ds_config_moe_layer_freq_zero", 'config field "moe_layer_freq" is 0', none, file="config.json",
         config_edit=lambda c: c.update(moe_layer_freq=0))
     # q_lora_rank null: the checkpoint's q_a_proj/q_b_proj are not what the config describes.
-    reg("ds_config_q_lora_rank_null", "tensor 'model.layers.0.self_attn.q_proj.weight': missing", none,
+    reg("ds_config_q_lora_rank_null", "q_lora_rank is null in config.json: the layer has one q_proj", none,
         config_edit=lambda c: c.update(q_lora_rank=None))
+
+    def add_like(name, like):
+        def edit(f):
+            src = f.t(like)
+            f.add(name, src["dtype"], list(src["shape"]), bytes(src["data"]), file=f.file_of(like))
+        return edit
+    reg("ds_q_proj_beside_q_lora", "q_lora_rank is 40 in config.json: the layer has q_a_proj and q_b_proj",
+        add_like(L + "self_attn.q_proj.weight", L + "self_attn.q_a_proj.weight"), file=where(L + "self_attn.q_a_proj.weight"))
+    reg("ds_dense_mlp_in_moe_layer", "layer 1 (MoE) is a MoE layer in config.json",
+        add_like(L + "mlp.up_proj.weight", L + "mlp.shared_experts.up_proj.weight"),
+        file=where(L + "mlp.shared_experts.up_proj.weight"))
+    reg("ds_shared_expert_in_dense_layer", "layer 0 (dense) has no shared experts in config.json",
+        add_like("model.layers.0.mlp.shared_experts.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
+        file=where("model.layers.0.mlp.up_proj.weight"))
+    reg("ds_moe_layer_without_experts", "tensor 'model.layers.1.mlp.experts.0.gate_proj.weight': missing: layer 1 (MoE)",
+        lambda f: [f.remove(n) for n in list(f.index["weight_map"]) if n.startswith(L + "mlp.experts.")])
 
 
 def run(cli, *args):

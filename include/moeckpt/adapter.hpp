@@ -20,6 +20,8 @@ namespace moeckpt {
 std::string_view compat_name(Compat c) noexcept;
 // Those names, and "automodel" (the newest version); nullopt for anything else.
 std::optional<Compat> parse_compat(std::string_view name);
+// Refuses a compat mode the checkpoint family's spec does not reproduce.
+void require_reproduced(const ModelSpec& spec, Compat compat);
 
 std::string_view attn_backend_name(AttnBackend b) noexcept;
 std::optional<AttnBackend> parse_attn_backend(std::string_view name);
@@ -197,7 +199,9 @@ struct LoadReport {
   size_t tensors = 0;                   // destinations filled
   uint64_t bytes_read = 0;
 };
-// `options` as for from-hf (EP size 1: the windows say which experts a rank holds).
+// `options` as for from-hf: EP size 1 plans every expert (a destination's rows say which ones a
+// rank holds); an EP rank's plan has that rank's grouped tensors (destinations of their shape),
+// and only that rank's experts need be in the folder.
 LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<LoadDestination>& dests,
                         const FromHfOptions& options, const ExecOptions& exec = {});
 // to-hf of any tensor source (e.g. a generated one): `inputs_text` is its identity for resume.

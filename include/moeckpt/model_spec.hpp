@@ -97,6 +97,12 @@ class ModelSpec {
   virtual std::vector<RequiredTensor> required_tensors(std::string_view prefix,
                                                        const std::set<int64_t>& mtp_layers,
                                                        bool native) const = 0;
+  // Why a tensor the grammar knows cannot be in a checkpoint of this config (e.g. q_a_proj where
+  // q_lora_rank is null, a dense MLP in a MoE layer); nullopt: it may be.
+  virtual std::optional<std::string> contradicts_config(const TensorKey& key) const {
+    (void)key;
+    return std::nullopt;
+  }
   // Tensors the family passes through unchanged though the grammar does not know them (e.g.
   // multimodal towers).
   virtual bool is_passthrough(std::string_view name) const = 0;
@@ -132,6 +138,12 @@ class ModelSpec {
   virtual bool is_published_fp8(std::string_view name) const = 0;
   // Unquantized tensors the published checkpoint stores in F32 (the rest: BF16).
   virtual bool is_published_f32(const TensorKey& key) const = 0;
+  // Whether the compat mode reproduces that Automodel version for this family (default: every
+  // version; a family reproduces only the versions its goldens come from).
+  virtual bool reproduces(Compat version) const {
+    (void)version;
+    return true;
+  }
   // What an Automodel version's cast quantizes (its _should_quantize_key).
   virtual bool compat_quantizes(std::string_view name, Compat version) const = 0;
   // Scale rows Automodel's cast writes for a weight of `rows` rows (it pads some).

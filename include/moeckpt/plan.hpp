@@ -42,6 +42,9 @@ struct ScaleRef {
   int64_t period_rows = 0;
   int64_t period_scale_rows = 0;
   bool check_values = true;  // refuse zero/negative/non-finite scales
+  // Refuse a dequantized product that is not finite in the output dtype (a huge finite scale):
+  // set where planning did not check the scale values against their blocks beforehand.
+  bool check_products = false;
   // The grid's one scale tensor (null when runs map rows to several).
   const SourceTensor* grid() const noexcept { return runs.empty() ? tensors.at(0) : nullptr; }
 };

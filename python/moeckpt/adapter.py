@@ -10,15 +10,18 @@ from . import _core
 from . import _tensors as T
 
 def should_quantize_key(key: str, compat: str = "automodel") -> bool:
-    """Automodel's ``_should_quantize_key``: the keys its ``to_hf`` casts to FP8 (ends in ``.weight``;
-    not a norm, ``lm_head``, embedding, router or ``o_proj``; from 0.7 on, not ``visual.``/``audio.``).
-    ``compat`` names the version (``"automodel-0.6"``, ``"automodel-0.7"``; ``"automodel"``: 0.7)."""
+    """Automodel's MiMo ``_should_quantize_key`` (the module-level function of the reference family):
+    the keys its ``to_hf`` casts to FP8 (ends in ``.weight``; not a norm, ``lm_head``, embedding,
+    router or ``o_proj``; from 0.7 on, not ``visual.``/``audio.``). ``compat`` names the version
+    (``"automodel-0.6"``, ``"automodel-0.7"``; ``"automodel"``: 0.7). Another family's rule is its
+    adapter's method (``DeepSeekV3StateDictAdapter(cfg).should_quantize_key(key)``)."""
     return _core.should_quantize_key(key, T.compat_name(compat))
 
 
 def is_published_fp8_key(key: str) -> bool:
-    """The keys the default block quantization writes as FP8 (those the published checkpoint stores
-    as FP8: q/k/v projections, dense MLP and expert projections)."""
+    """The keys the default block quantization writes as FP8 for MiMo-V2-Flash (those the published
+    checkpoint stores as FP8: q/k/v projections, dense MLP and expert projections); another family's
+    set is its adapter's ``is_published_fp8_key``."""
     return _core.is_published_fp8_key(key)
 
 
@@ -120,6 +123,11 @@ class MiMoV2FlashStateDictAdapter:
         """What Automodel's cast quantizes for this family and ``compat`` version (its
         ``should_quantize_key``; the newest version when ``compat`` is None)."""
         return self._config.should_quantize_key(key, self._compat_name if self._compat else "automodel")
+
+    def is_published_fp8_key(self, key: str) -> bool:
+        """Whether the family's published checkpoints store ``key`` as FP8 (what ``to_hf(...,
+        quantization=True)`` block-quantizes in the default mode)."""
+        return self._config.is_published_fp8_key(key)
 
     # ------------------------------------------------------------------------------------------ from_hf
 

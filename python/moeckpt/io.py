@@ -63,9 +63,11 @@ def from_hf_dir(
         result = {name: T.from_engine(dt, shape, raw) for (name, dt, shape), raw in zip(layout, raws)}
     else:
         result = {name: torch.empty(shape, dtype=T.torch_dtype(dt), device=device) for name, dt, shape in layout}
-    n = T.parse_config(json.loads(config_text)).n_routed_experts
-    experts = (*_core.expert_range(n, int(ep_size), int(ep_rank)), n)
-    _load(result, folder, experts, dtype, compat, attn_backend, threads, max_memory)
+    # The rank's own plan: only its experts need be (and are) read.
+    missing, unexpected, _n, _read = _load(result, folder, None, dtype, compat, attn_backend, threads, max_memory,
+                                           ep=(int(ep_size), int(ep_rank)))
+    if missing or unexpected:  # the layout and the load plan the same outputs
+        raise RuntimeError(f"moeckpt: {path}: internal: the load did not fill {missing[:3]} / filled {unexpected[:3]}")
     if device_mesh is not None:
         adapter = adapter_for(json.loads(config_text), dtype=dtype, compat=compat)
         result = {k: (adapter._as_dtensor(v, device_mesh, ep_rank, ep_size) if adapter._config.is_grouped_expert_key(k) else v)

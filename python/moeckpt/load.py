@@ -83,10 +83,12 @@ class _Staging:
 
 def _load(dests: dict, folder: str, experts: Optional[tuple[int, int, int]], dtype: torch.dtype,
           compat: Optional[str], attn_backend: str, threads: int, max_memory: int,
-          stage_all: bool = False) -> tuple:
+          stage_all: bool = False, ep: tuple[int, int] = (1, 0)) -> tuple:
     """The engine call behind load_hf_checkpoint and from_hf_dir: fills ``dests`` (name -> tensor
     or DTensor) in place. ``experts`` = (first, count, all): plain grouped-expert tensors of
-    ``count`` rows hold those experts. Returns (missing, unexpected, tensors, bytes read)."""
+    ``count`` rows hold those experts (of a plan of every expert); ``ep`` = (size, rank): the plan
+    is that EP rank's (grouped destinations of its shapes). Returns (missing, unexpected, tensors,
+    bytes read)."""
     rows, keep, staged = [], [], []
     staging = _Staging()
     for name, t in dests.items():
@@ -108,7 +110,8 @@ def _load(dests: dict, folder: str, experts: Optional[tuple[int, int, int]], dty
     with torch.no_grad():
         result = _core.load_into(
             str(folder), rows, T.out_dtype_name(dtype), T.compat_name(compat),
-            T.attn_backend(attn_backend), int(threads), int(max_memory), staging if staging.targets else None)
+            T.attn_backend(attn_backend), int(threads), int(max_memory), staging if staging.targets else None,
+            int(ep[0]), int(ep[1]))
         staging.finish()
         for dst, src in staged:
             dst.copy_(src)

@@ -452,7 +452,7 @@ NB_MODULE(_core, m) {
       "load_into",
       [](const std::string& dir, const std::vector<DestRow>& rows, const std::string& dtype,
          const std::string& compat, const std::string& attn, unsigned threads, uint64_t max_memory,
-         nb::object stage) {
+         nb::object stage, int64_t ep_size, int64_t ep_rank) {
         std::vector<LoadDestination> dests;
         for (const auto& [name, dt, shape, row0, row1, address, nbytes] : rows) {
           LoadDestination d{name, dtype_of(dt), shape, row0, row1, {}};
@@ -470,7 +470,7 @@ NB_MODULE(_core, m) {
           }
           dests.push_back(std::move(d));
         }
-        const auto o = from_hf_options(1, 0, dtype, compat, attn);
+        const auto o = from_hf_options(ep_size, ep_rank, dtype, compat, attn);
         LoadReport r;
         {
           nb::gil_scoped_release release;
@@ -479,11 +479,12 @@ NB_MODULE(_core, m) {
         return std::make_tuple(r.missing, r.unexpected, r.tensors, r.bytes_read);
       },
       nb::arg("dir"), nb::arg("rows"), nb::arg("dtype"), nb::arg("compat"), nb::arg("attn"),
-      nb::arg("threads"), nb::arg("max_memory"), nb::arg("stage").none() = nb::none());
+      nb::arg("threads"), nb::arg("max_memory"), nb::arg("stage").none() = nb::none(),
+      nb::arg("ep_size") = 1, nb::arg("ep_rank") = 0);
 
   // The native tensors from-hf gives for one EP rank of an HF checkpoint folder, from the headers
-  // alone: ([(name, dtype, shape)] in plan order, __metadata__, config.json text). moeckpt.from_hf_dir
-  // allocates them and fills them through load_into: one conversion path.
+  // alone: ([(name, dtype, shape)] in plan order, __metadata__, config.json text).
+  // moeckpt.from_hf_dir allocates them and fills them through load_into: one conversion path.
   m.def(
       "from_hf_layout",
       [](const std::string& dir, int64_t ep_size, int64_t ep_rank, const std::string& dtype,

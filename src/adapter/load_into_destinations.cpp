@@ -74,10 +74,9 @@ class DestinationSink final : public TensorSink {
 
 LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<LoadDestination>& dests,
                         const FromHfOptions& options, const ExecOptions& exec) {
-  if (options.ep_size != 1 || options.ep_rank != 0 || !options.group_experts)
-    fail(ErrorKind::kInvalidArgument, "", "",
-         "loading plans every expert; a destination's rows say which ones a rank holds",
-         "EP size 1 and grouped experts");
+  if (!options.group_experts)
+    fail(ErrorKind::kInvalidArgument, "", "", "loading into per-expert destinations",
+         "grouped experts");
   const ModelConfig config = ModelConfig::load(dir / "config.json");
   CheckpointSource source({dir});
   // No scale pre-scan: it would read every rank's scales. The tasks refuse a bad scale they use

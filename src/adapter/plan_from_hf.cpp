@@ -29,6 +29,7 @@ class FromHfPlanner {
       : src_(src), spec_(model_spec_for(c)), c_(c), o_(o), compat_(is_automodel(o.compat)) {
     if (o.dtype != Dtype::BF16 && o.dtype != Dtype::F32)
       fail(ErrorKind::kInvalidArgument, "", "", "output dtype must be bf16 or f32");
+    require_reproduced(*spec_, o.compat);
     block_ = c.block.value_or(BlockSize{});
     range_ = ExpertRange::for_rank(c.n_routed_experts, o.ep_size, o.ep_rank);
     if (spec_->hf_qkv_fused()) {
@@ -57,7 +58,9 @@ class FromHfPlanner {
     validate_experts();
     if (!compat_) {  // Automodel converts whatever it is given; the default mode validates
       check_shapes_against_config(src_, *spec_);
-      if (o_.whole_checkpoint) check_layers_complete(src_, *spec_, false);
+      if (o_.whole_checkpoint)  // an EP rank needs only its own experts in the folder
+        check_layers_complete(src_, *spec_, false,
+                              range_.count > 0 ? std::optional(range_.first) : std::nullopt);
     }
     std::set<std::pair<std::string, int64_t>> emitted;
     for (const auto& t : src_.tensors()) {
@@ -219,6 +222,7 @@ class FromHfPlanner {
              "weight of dtype " + std::string(dtype_name(w.dtype)) + " has a block scale",
              "an F8_E4M3 (or BF16, F16, F32) weight");
       in.scale = resolve_scale_ref(src_, w, *s, key, *spec_, {block_, !compat_, !compat_});
+      in.scale->check_products = !compat_ && !o_.prescan_scales;  // the tasks check instead
       const int64_t cols = ceil_div(static_cast<int64_t>(w.shape[1]), in.scale->block_cols);
       auto use = [&](const SourceTensor* st, int64_t rows) {
         auto& u = scales_used_[st];

@@ -28,6 +28,7 @@ class ToHfPlanner {
         o_(o),
         starts_(starts),
         compat_(is_automodel(o.compat)) {
+    require_reproduced(*spec_, o.compat);
     mode_ = effective_quant(o);
     block_ = compat_ ? BlockSize{} : c.block.value_or(BlockSize{});
     // Automodel's exclude_key_regex is re.match (anchored at the key's start); ours is a search.

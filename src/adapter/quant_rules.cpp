@@ -1,6 +1,9 @@
+#include <fmt/format.h>
+
 #include <string_view>
 
 #include "moeckpt/adapter.hpp"
+#include "moeckpt/error.hpp"
 
 namespace moeckpt {
 
@@ -32,6 +35,15 @@ std::optional<Compat> parse_compat(std::string_view name) {
   if (name == "automodel-0.6") return Compat::kAutomodel06;
   if (name == "automodel-0.7") return Compat::kAutomodel07;
   return std::nullopt;
+}
+
+void require_reproduced(const ModelSpec& spec, Compat compat) {
+  if (!spec.reproduces(compat))
+    fail(ErrorKind::kInvalidArgument, "", "",
+         fmt::format("compat mode {} for a {} checkpoint: that Automodel version is not reproduced "
+                     "for this family",
+                     compat_name(compat), spec.layout_name()),
+         "automodel (automodel-0.7) or none");
 }
 
 QuantMode effective_quant(const ToHfOptions& o) noexcept {

@@ -135,6 +135,8 @@ void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec)
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
            fmt::format("layer {} is not below num_hidden_layers = {} of config.json", *k.layer,
                        c.num_hidden_layers));
+    if (auto why = spec.contradicts_config(k))
+      fail(ErrorKind::kConfigMismatch, t.file, t.name, *why, "the tensors config.json implies");
     auto want = spec.expected_hf_shape(k);
     if (want && k.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8)
       (*want)[1] /= 2;  // MXFP4: two E2M1 codes per byte along the input axis
@@ -145,7 +147,8 @@ void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec)
   if (c.block) check_block_size_matches_scales(src, spec, *c.block);
 }
 
-void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool native) {
+void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool native,
+                           std::optional<int64_t> expert) {
   std::string prefix = "model.";
   std::set<int64_t> mtp_layers;
   bool lm_head = false;
@@ -165,6 +168,24 @@ void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool 
     fail(ErrorKind::kConfigMismatch, where, r.name, "missing: " + r.needed_by + " needs it",
          "every tensor config.json implies");
   }
+  if (native || !expert) return;  // grouped expert tensors are required tensors natively
+  // Every layer with routed experts holds some (which ones, the expert checks of the conversion
+  // say): one expert's projections stand for the layer.
+  const ModelConfig& c = spec.config();
+  std::vector<int64_t> expert_layers;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    if (c.layer_is_moe[static_cast<size_t>(l)]) expert_layers.push_back(l);
+  if (spec.mtp_layers_have_routed_experts())
+    expert_layers.insert(expert_layers.end(), mtp_layers.begin(), mtp_layers.end());
+  for (int64_t l : expert_layers)
+    for (const auto& g : spec.expert_groupings())
+      for (Projection p : g.parts) {
+        const auto name = spec.expert_weight_name(prefix, l, *expert, p);
+        if (!src.find(name))
+          fail(ErrorKind::kConfigMismatch, where, name,
+               "missing: " + spec.describe_layer(l) + " needs it",
+               "every tensor config.json implies");
+      }
 }
 
 std::vector<int64_t> check_native_metadata(const TensorSource& src, const ModelSpec& spec) {

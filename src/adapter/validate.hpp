@@ -28,7 +28,10 @@ void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec)
 // Every decoder / MTP layer that holds any tensor holds all of its non-expert tensors (norms,
 // q/k/v/o, the sink when configured, the dense MLP or the router), and the model's embedding,
 // final norm and (untied) lm_head exist. `native`: MoE layers need both grouped expert tensors.
-void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool native);
+// An HF source (`native` false) must also hold routed experts in every layer that has them:
+// expert `expert` (an EP rank's first; nullopt: none to check) stands for the layer.
+void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool native,
+                           std::optional<int64_t> expert = 0);
 
 // The moeckpt.* metadata of each part agrees with itself, with config.json, with the grouped
 // tensors' expert dimension and with the other parts (one EP world size, distinct ranks).

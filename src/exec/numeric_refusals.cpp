@@ -10,6 +10,17 @@ std::string element_position(int64_t row, int64_t col) {
   return col < 0 ? fmt::format("[{}]", row) : fmt::format("[{}, {}]", row, col);
 }
 
+void refuse_scale_overflow(const SourceTensor& s, int64_t row, int64_t col, float value,
+                           float largest, const SourceTensor& w, int64_t weight_row, float product,
+                           Dtype out) {
+  fail(ErrorKind::kNumeric, s.file, s.name,
+       fmt::format("scale entry {} is {}: times the block's largest FP8 magnitude {} (row {} of "
+                   "{}) it is {}, not finite in {}",
+                   element_position(row, col), value, largest, weight_row, w.name, product,
+                   dtype_name(out)),
+       "scales whose dequantized weights are finite");
+}
+
 void refuse_scale(const SourceTensor& s, int64_t row, int64_t col, float value) {
   fail(ErrorKind::kNumeric, s.file, s.name,
        fmt::format("scale entry {} is {}", element_position(row, col), value),

@@ -17,6 +17,11 @@ inline bool is_usable_scale(float v) noexcept {
   return v > 0 && v <= 3.4028234663852886e38f;
 }
 [[noreturn]] void refuse_scale(const SourceTensor& scale, int64_t row, int64_t col, float value);
+// A finite scale whose product with the largest code of its block (in `weight_row`) is not
+// finite in the output dtype.
+[[noreturn]] void refuse_scale_overflow(const SourceTensor& scale, int64_t row, int64_t col,
+                                        float value, float largest, const SourceTensor& weight,
+                                        int64_t weight_row, float product, Dtype out);
 // A NaN in a weight to dequantize: an FP8 NaN code (0x7F / 0xFF), or `code` < 0 for a NaN of
 // another dtype (the compat mode passes it through).
 [[noreturn]] void refuse_nan(const SourceTensor& weight, const std::string& position, int code);

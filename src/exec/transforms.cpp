@@ -117,10 +117,10 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
     // The scale row of weight row w: one grid, or one grid per period of rows.
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t w = row0 + r;
-      at[static_cast<size_t>(r)] = {0, s.period_rows <= 0
-                                           ? w / s.block_rows
-                                           : (w / s.period_rows) * s.period_scale_rows +
-                                                 (w % s.period_rows) / s.block_rows};
+      at[static_cast<size_t>(r)] = {
+          0, s.period_rows <= 0
+                 ? w / s.block_rows
+                 : (w / s.period_rows) * s.period_scale_rows + (w % s.period_rows) / s.block_rows};
     }
   }
   std::vector<int64_t> lo(n, INT64_MAX), hi(n, -1);
@@ -147,8 +147,42 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
     const auto [t, sr] = at[r];
     rs.row[r] = &rs.values[t][static_cast<size_t>((sr - first[t]) * rs.cols[t])];
   }
+  rs.source = std::move(at);
   return rs;
 }
+
+namespace {
+
+// A scale so large that its product with a code of its block is not finite in `out`: refused,
+// naming the scale entry (ScaleRef::check_products; the rows of a block in this task decide).
+void refuse_overflowing_products(const DequantInput& in, const RowScales& rs, const uint8_t* codes,
+                                 int64_t row0, int64_t rows, int64_t cols, Dtype out) {
+  const float max_out = out == Dtype::F32 ? std::numeric_limits<float>::max()
+                                          : numerics::bf16_to_f32(0x7F7F);  // BF16 max
+  const float safe = max_out / 448.0f;
+  const int64_t bc = rs.block_cols;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b * bc < cols; ++b) {
+      const float v = rs.row[static_cast<size_t>(r)][b];
+      if (!(v > safe)) continue;
+      float largest = 0.0f;
+      for (int64_t c = b * bc; c < std::min(cols, (b + 1) * bc); ++c) {
+        const uint8_t code = codes[r * cols + c];
+        if ((code & 0x7F) != 0x7F)
+          largest = std::max(largest, std::fabs(numerics::fp8_e4m3fn_to_f32(code)));
+      }
+      const float product = largest * v;  // the dequantization's one float32 multiply
+      const bool finite = out == Dtype::F32
+                              ? std::isfinite(product)
+                              : (numerics::f32_to_bf16_rne(product) & 0x7F80) != 0x7F80;
+      if (finite) continue;
+      const auto [t, sr] = rs.source.at(static_cast<size_t>(r));
+      refuse_scale_overflow(*in.scale->tensors.at(t), sr, b, v, largest, *in.weight, row0 + r,
+                            product, out);
+    }
+}
+
+}  // namespace
 
 void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
                       int64_t row1, Dtype out, uint8_t* dst, int64_t dst_ld, bool transpose) {
@@ -159,6 +193,8 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
   RawBuffer<uint8_t> codes(static_cast<size_t>(rows * cols));
   source.read(w, static_cast<uint64_t>(row0 * cols), codes.span());
   RowScales rs = row_scales(source, in, row0, rows);
+  if (in.scale && in.scale->check_products)
+    refuse_overflowing_products(in, rs, codes.data(), row0, rows, cols, out);
   kernels::DequantArgs a;
   a.src = codes.data();
   a.rows = rows;

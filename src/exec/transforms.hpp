@@ -24,6 +24,7 @@ struct RowScales {
   std::vector<std::vector<float>> values;  // per scale tensor, as read
   std::vector<int64_t> cols;
   std::vector<const float*> row;
+  std::vector<std::pair<size_t, int64_t>> source;  // per row: (scale tensor, scale row)
   int64_t block_cols = 1;
 };
 RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t row0,

@@ -195,3 +195,34 @@ TEST_F(LoadInto, MissingUnexpectedAndBadDestinations) {
 
 }  // namespace
 }  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+// A finite scale whose product with its block's codes overflows: a load checks the scale rows it
+// reads (no whole-checkpoint pre-scan) and refuses it as from-hf does, for experts (dequantized
+// into their slots) and plain weights alike.
+TEST(LoadIntoRefusals, OverflowingScalesAreRefused) {
+  const fs::path data = MOECKPT_TEST_DATA_DIR;
+  auto base = tensors_of(data / "corpus_base" / "native");
+  for (const char* c : {"expert_scale_overflows", "dense_scale_overflows_bf16"}) {
+    SCOPED_TRACE(c);
+    std::map<std::string, std::vector<uint8_t>> got;
+    std::vector<LoadDestination> dests;
+    for (const auto& [name, t] : base) {
+      got[name].assign(t.bytes.size(), 0);
+      dests.push_back({name, t.dtype, t.shape, 0, -1, got[name]});
+    }
+    try {
+      load_hf_into(data / "malformed" / c, dests, {});
+      ADD_FAILURE() << "not refused";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kNumeric) << e.what();
+      EXPECT_NE(std::string(e.what()).find("not finite in BF16"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("_scale_inv"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moeckpt

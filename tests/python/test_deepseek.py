@@ -80,7 +80,7 @@ def test_folders_match_automodel(ds, mg, tmp_path):
     assert_same(ds.hf, back, "to_hf_dir of from_hf_dir", order=False)
     ours = moeckpt.DeepSeekV3StateDictAdapter(ds.config)
     fp8 = sorted(k for k, v in back.items() if v.dtype == torch.float8_e4m3fn)
-    assert fp8 == sorted(k for k in back if ours._config.is_published_fp8_key(k))
+    assert fp8 == sorted(k for k in back if ours.is_published_fp8_key(k))
     assert all(k + "_scale_inv" in back for k in fp8)
     assert_same(ours.to_hf(expected, quantization=True), back, "to_hf block", order=False)
 
@@ -176,3 +176,16 @@ def test_an_ep_rank_reads_only_its_experts(ds):
     for rank in range(3):
         first, count = _core.expert_range(ds.n, 3, rank)
         assert read(3, rank) == total - expert_bytes(set(range(ds.n)) - set(range(first, first + count))), rank
+
+
+def test_compat_06_is_refused_and_config_contradictions(ds, tmp_path):
+    # Automodel 0.6.0's behaviour is reproduced for MiMo only: refused, not guessed.
+    with pytest.raises(moeckpt.InvalidArgumentError, match="automodel-0.6"):
+        moeckpt.DeepSeekV3StateDictAdapter(ds.config, compat="automodel-0.6").from_hf(ds.hf)
+    with pytest.raises(moeckpt.InvalidArgumentError, match="automodel-0.6"):
+        moeckpt.from_hf_dir(ds.path, compat="automodel-0.6")
+    # A config that contradicts the tensors (the other q variant) is refused, naming the reason.
+    cfg = dict(ds.config)
+    cfg["q_lora_rank"] = None if ds.config.get("q_lora_rank") else 64
+    with pytest.raises(moeckpt.ConfigMismatchError, match="q_lora_rank is"):
+        moeckpt.DeepSeekV3StateDictAdapter(cfg).from_hf(ds.hf)

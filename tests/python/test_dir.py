@@ -104,3 +104,20 @@ def test_to_hf_dir_of_ep_shards(case_tiny, tmp_path):
         moeckpt.to_hf_dir(shard, tmp_path / f"r{rank}", case_tiny.config, ep_rank=rank, ep_size=2)
         merged.update(load_dir(tmp_path / f"r{rank}"))
     assert_same(full, merged, "2 EP folders", order=False)
+
+
+def test_from_hf_dir_of_a_folder_holding_only_the_ranks_experts(case_tiny, tmp_path, mg):
+    # A folder pre-split for EP rank 0 of 2 (the other rank's experts removed): that rank loads
+    # from it as from the whole checkpoint.
+    from moeckpt import _core
+    from safetensors.torch import save_file
+
+    first, count = _core.expert_range(case_tiny.n_experts, 2, 0)
+    keep = {k: v for k, v in case_tiny.hf.items()
+            if ".mlp.experts." not in k or first <= int(k.split(".mlp.experts.")[1].split(".")[0]) < first + count}
+    assert len(keep) < len(case_tiny.hf)
+    (tmp_path / "part").mkdir()
+    save_file(keep, str(tmp_path / "part" / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "part" / "config.json").write_text(json.dumps(case_tiny.config))
+    assert_same(moeckpt.from_hf_dir(case_tiny.path, ep_rank=0, ep_size=2),
+                moeckpt.from_hf_dir(tmp_path / "part", ep_rank=0, ep_size=2), "pre-split", order=False)

@@ -185,6 +185,29 @@ class DeepSeekSpec final : public ModelSpec {
     return {};
   }
 
+  std::optional<std::string> contradicts_config(const TensorKey& k) const override {
+    if (k.is_scale || !k.layer) return std::nullopt;
+    const bool q_lora = latent_.q_lora_rank > 0;
+    const bool q_lora_tensor =
+        (k.kind == TensorKind::kAttentionProj &&
+         (k.projection == Projection::kQA || k.projection == Projection::kQB)) ||
+        (k.kind == TensorKind::kNorm && k.weight_name.ends_with("self_attn.q_a_layernorm.weight"));
+    if (q_lora_tensor && !q_lora)
+      return std::string("q_lora_rank is null in config.json: the layer has one q_proj");
+    if (k.kind == TensorKind::kAttentionProj && k.projection == Projection::kQ && q_lora)
+      return fmt::format("q_lora_rank is {} in config.json: the layer has q_a_proj and q_b_proj",
+                         latent_.q_lora_rank);
+    const bool moe = is_moe_layer(*k.layer);
+    if (k.kind == TensorKind::kDenseMlpProj && moe)
+      return fmt::format("{} is a MoE layer in config.json", describe_layer(*k.layer));
+    if ((k.kind == TensorKind::kRouter || k.kind == TensorKind::kRouterBias) && !moe)
+      return fmt::format("{} is a dense layer in config.json", describe_layer(*k.layer));
+    if (k.kind == TensorKind::kSharedExpertProj && (!moe || config_.n_shared_experts == 0))
+      return fmt::format("{} has no shared experts in config.json (n_shared_experts {})",
+                         describe_layer(*k.layer), config_.n_shared_experts);
+    return std::nullopt;
+  }
+
   int64_t mtp_layer_id(int64_t i) const override { return config_.num_hidden_layers + i; }
   std::optional<int64_t> configured_mtp_layers() const override {
     return config_.num_nextn_predict_layers;
@@ -265,6 +288,8 @@ class DeepSeekSpec final : public ModelSpec {
   bool is_published_f32(const TensorKey& key) const override {
     return key.kind == TensorKind::kRouterBias;
   }
+  // The goldens are Automodel 0.7.0's (0.6.0's behaviour for this family is not reproduced).
+  bool reproduces(Compat version) const override { return version != Compat::kAutomodel06; }
   // Automodel's should_quantize_key (deepseek_v3/state_dict_adapter.py): a substring test, so
   // "norm.weight" also excludes q_a_layernorm, kv_a_layernorm, enorm, hnorm and shared_head.norm.
   bool compat_quantizes(std::string_view key, Compat) const override {
@@ -446,7 +471,8 @@ ModelConfig parse_deepseek_config(const json& doc, const std::string& file) {
              " exceeds n_routed_experts = " + std::to_string(c.n_routed_experts));
   // Layer l is MoE when l >= first_k_dense_replace and l % moe_layer_freq == 0 (transformers'
   // DeepseekV3 rule; the published configs use a frequency of 1).
-  const int64_t first_moe = f.count("first_k_dense_replace", 0, c.num_hidden_layers);
+  // A field the document lacks takes transformers' DeepseekV3Config default (null is explicit).
+  const int64_t first_moe = f.count("first_k_dense_replace", 3, c.num_hidden_layers);
   const int64_t every = f.count("moe_layer_freq", 1, c.num_hidden_layers);
   if (every == 0)
     fail(ErrorKind::kMalformedFile, file, "", "config field \"moe_layer_freq\" is 0",
@@ -456,8 +482,9 @@ ModelConfig parse_deepseek_config(const json& doc, const std::string& file) {
     c.layer_is_moe.push_back(l >= first_moe && l % every == 0);
   }
   LatentAttention a;
-  a.q_lora_rank = f.count("q_lora_rank", 0);
-  if (doc.contains("q_lora_rank") && !doc["q_lora_rank"].is_null() && a.q_lora_rank == 0)
+  const bool q_null = doc.contains("q_lora_rank") && doc["q_lora_rank"].is_null();
+  a.q_lora_rank = q_null ? 0 : f.count("q_lora_rank", 1536);
+  if (!q_null && a.q_lora_rank == 0)
     fail(ErrorKind::kMalformedFile, file, "", "config field \"q_lora_rank\" is 0",
          "a positive integer, or null for a plain q_proj");
   a.kv_lora_rank = f.positive("kv_lora_rank");
@@ -469,7 +496,8 @@ ModelConfig parse_deepseek_config(const json& doc, const std::string& file) {
   // Every head has its own keys and values once kv_b_proj expands the latent.
   c.full = {heads, heads, a.qk_nope_head_dim + a.qk_rope_head_dim, a.v_head_dim, false};
   c.swa = c.full;
-  c.n_shared_experts = f.count("n_shared_experts", 0, 1 << 10);
+  const bool shared_null = doc.contains("n_shared_experts") && doc["n_shared_experts"].is_null();
+  c.n_shared_experts = shared_null ? 0 : f.count("n_shared_experts", 1, 1 << 10);
   c.num_nextn_predict_layers = f.count("num_nextn_predict_layers", 0, 64);
   return c;
 }

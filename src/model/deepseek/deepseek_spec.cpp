@@ -463,15 +463,10 @@ bool is_deepseek_model_type(std::string_view model_type) {
 ModelConfig parse_deepseek_config(const json& doc, const std::string& file) {
   ModelConfig c = parse_common_fields(doc, file);
   FieldReader f(doc, file);
-  c.n_routed_experts = f.positive("n_routed_experts");
-  c.num_experts_per_tok = f.positive("num_experts_per_tok");
-  if (c.num_experts_per_tok > c.n_routed_experts)
-    fail(ErrorKind::kMalformedFile, file, "",
-         "num_experts_per_tok = " + std::to_string(c.num_experts_per_tok) +
-             " exceeds n_routed_experts = " + std::to_string(c.n_routed_experts));
+  parse_routed_experts(doc, file, c);
   // Layer l is MoE when l >= first_k_dense_replace and l % moe_layer_freq == 0 (transformers'
-  // DeepseekV3 rule; the published configs use a frequency of 1).
-  // A field the document lacks takes transformers' DeepseekV3Config default (null is explicit).
+  // DeepseekV3 rule; the published configs use a frequency of 1). A field the document lacks
+  // takes transformers' DeepseekV3Config default (null is explicit).
   const int64_t first_moe = f.count("first_k_dense_replace", 3, c.num_hidden_layers);
   const int64_t every = f.count("moe_layer_freq", 1, c.num_hidden_layers);
   if (every == 0)

@@ -30,14 +30,7 @@ ModelConfig parse_mimo_config(const json& doc, const std::string& file) {
                std::to_string(dims->num_kv_heads));
   }
 
-  if (c.moe_layer_count() > 0) {
-    c.n_routed_experts = f.positive("n_routed_experts");
-    c.num_experts_per_tok = f.positive("num_experts_per_tok");
-    if (c.num_experts_per_tok > c.n_routed_experts)
-      fail(ErrorKind::kMalformedFile, file, "",
-           "num_experts_per_tok = " + std::to_string(c.num_experts_per_tok) +
-               " exceeds n_routed_experts = " + std::to_string(c.n_routed_experts));
-  }
+  if (c.moe_layer_count() > 0) parse_routed_experts(doc, file, c);
 
   // The attention layout: "split" (MiMo-V2-Flash) or "fused_qkv" (the default of model_type
   // "mimo_v2", MiMo-V2.6; MiMo-V2.5-Pro, MiMoV25ForCausalLM, keeps it fused natively).

@@ -37,7 +37,7 @@ PUBLIC = {
     "model_config": "model", "model_spec": "model", "compat": "model", "tensor_key": "model",
     "scale_layout": "model", "tp_interleaved_qkv": "model",
     "plan": "exec",
-    "adapter": "adapter",
+    "adapter": "adapter", "distributed": "adapter",
     "inspect": "tools", "verify": "tools", "synth": "tools",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

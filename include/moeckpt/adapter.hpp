@@ -2,6 +2,7 @@
 // The state-dict adapter (../shared/spec/ADAPTER.md): HF layout <-> native (grouped-expert)
 // layout of any registered family (ModelSpec), as plans over tensor sources, with a bit-exact
 // Automodel mode.
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -35,9 +36,15 @@ struct ExpertRange {
   bool contains(int64_t e) const noexcept { return e >= first && e < first + count; }
 };
 
+// The folder an EP rank's part goes to when one conversion writes every rank's:
+// "ep-rank-R-of-W" in the destination.
+std::string ep_rank_folder_name(int64_t ep_rank, int64_t ep_size);
+
 struct FromHfOptions {
   int64_t ep_size = 1;
+  // kEveryRank (folder conversions): each rank of ep_size, into its ep_rank_folder_name().
   int64_t ep_rank = 0;
+  static constexpr int64_t kEveryRank = -1;
   Dtype dtype = Dtype::BF16;  // BF16 or F32
   Compat compat = Compat::kNone;
   uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
@@ -161,6 +168,13 @@ struct ConvertOptions {
   // here on a stop request (exec.cancel) ends the conversion cleanly; before, nothing needs
   // cleaning up (the CLI lets a signal end planning at once).
   std::function<void()> on_start;
+  // A distributed conversion (docs/SCALING.md, moeckpt/distributed.hpp): this process is worker
+  // `worker` of `workers` and writes only the shards assign_shards() gives it, recording them in
+  // its own manifest; worker 0 then waits up to `wait` for every other worker's and writes the
+  // index (finalize_dir). 0 workers: one process writes everything.
+  int64_t workers = 0;
+  int64_t worker = 0;
+  std::chrono::milliseconds wait = std::chrono::hours(48);
 };
 struct ConvertReport {
   size_t tensors = 0;
@@ -168,7 +182,30 @@ struct ConvertReport {
   uint64_t bytes_out = 0;
   size_t shards = 0;
   size_t shards_kept = 0;  // verified shards a resumed conversion did not redo
+  size_t own_shards = 0;   // distributed: the shards this worker wrote or kept
+  bool finalized = true;   // distributed: worker 0 wrote the index (false on the other workers)
 };
+
+// What each worker of a distributed conversion would read and write, from the headers alone (no
+// tensor data is read): the plan `moeckpt plan` prints.
+struct WorkerShare {
+  uint64_t input_bytes = 0;  // distinct source bytes its tasks read (scales counted whole)
+  uint64_t output_bytes = 0;
+  std::vector<std::string> shards;  // "file" or "folder/file" when every EP rank is written
+};
+struct DistributionPlan {
+  std::string command;
+  std::vector<std::string> folders;  // "" for the destination itself
+  size_t shards = 0;
+  uint64_t input_bytes = 0;  // distinct source bytes the whole conversion reads
+  uint64_t output_bytes = 0;
+  std::vector<WorkerShare> workers;
+};
+enum class FolderCommand { kFromHf, kDequantize, kQuantize };
+// `from_hf` for kFromHf and kDequantize (its dtype, compat, EP), `to_hf` for kQuantize.
+DistributionPlan plan_distribution(FolderCommand command, const std::filesystem::path& src,
+                                   const FromHfOptions& from_hf, const ToHfOptions& to_hf,
+                                   uint64_t max_shard_bytes, int64_t workers);
 ConvertReport from_hf_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
                           const FromHfOptions& options, const ConvertOptions& convert = {});
 // to-hf of tensors in memory (the Python package's to_hf_dir) through the same job layer: the

@@ -243,6 +243,16 @@ struct MemoryBudget {
 // The outputs a task writes to.
 std::vector<size_t> task_outputs(const Task& task);
 
+// Bytes [begin, end) of a source tensor.
+struct SourceRange {
+  const SourceTensor* tensor = nullptr;
+  uint64_t begin = 0, end = 0;
+  bool scale = false;  // a block-scale tensor (not read ahead: tasks read only the rows they use)
+};
+// The source bytes a task reads: its weights' rows or slots, and the whole of the (small) scale
+// tensors it uses. What read-ahead asks for, and what a distributed plan counts per worker.
+std::vector<SourceRange> task_reads(const Task& task);
+
 // Buffer bytes a task holds while it runs (what the executor's memory budget counts).
 uint64_t task_memory(const Task& task);
 

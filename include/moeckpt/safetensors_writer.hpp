@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -77,6 +78,8 @@ struct ShardingOptions {
   std::vector<bool> completed;
   // Called after each shard is renamed into place (from the thread whose write completed it).
   std::function<void(size_t shard)> on_shard_committed;
+  // false: commit() writes no index (a distributed worker: the index comes once all are done).
+  bool write_index = true;
 };
 
 // Where each tensor goes: shard names, contents and exact header bytes, before any file exists.
@@ -88,6 +91,11 @@ struct ShardLayout {
 };
 std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
                                        const ShardingOptions& options);
+// The index file's text for that layout; nullopt when there is none (one shard, no index
+// metadata).
+std::optional<std::string> index_text(const std::vector<ShardLayout>& layout,
+                                      const std::vector<TensorSpec>& tensors,
+                                      const std::map<std::string, std::string>& index_metadata);
 
 // Assigns tensors (in the given order) to shards of at most max_shard_bytes (a larger tensor gets
 // a shard of its own) and writes them. A shard is committed (fsync, rename) as soon as its last
@@ -125,7 +133,7 @@ class CheckpointWriter {
   std::unique_ptr<std::atomic<bool>[]> committed_;
   std::function<void(size_t)> on_shard_committed_;
   std::map<std::string, std::string> index_metadata_;
-  uint64_t total_bytes_ = 0;
+  bool write_index_ = true;
 };
 
 }  // namespace moeckpt

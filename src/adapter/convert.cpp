@@ -5,10 +5,12 @@
 #include <charconv>
 
 #include "adapter/output_folder.hpp"
+#include "adapter/worker_folder.hpp"
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/file.hpp"
 #include "moeckpt/adapter.hpp"
+#include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors.hpp"
 
@@ -83,16 +85,65 @@ std::string fingerprint(const TensorSource& source, const std::string& inputs,
   return io::text_checksum(text);
 }
 
+// One output folder of a conversion: its plan and what identifies it for --resume.
+struct FolderPlan {
+  Plan plan;
+  fs::path dst;
+  std::string options_text;
+  std::string config_text;
+};
+
+// A conversion ready to write: its source, and one folder plan (several when every EP rank is
+// written).
+struct PreparedConversion {
+  std::unique_ptr<TensorSource> owned;
+  const TensorSource* source = nullptr;
+  std::string inputs_text;
+  std::vector<fs::path> srcs;
+  std::vector<FolderPlan> folders;
+};
+
+ShardingOptions sharding_of(const Plan& plan, const ConvertOptions& convert) {
+  ShardingOptions sharding;
+  sharding.max_shard_bytes = convert.max_shard_bytes;
+  sharding.metadata = plan.metadata;
+  sharding.index_metadata = plan.index_metadata;
+  return sharding;
+}
+
+// Drops the tasks that write only into shards marked done (finished before, or another worker's).
+void keep_tasks_of_open_shards(Plan& plan, const CheckpointWriter& writer,
+                               const std::vector<bool>& done) {
+  std::erase_if(plan.tasks, [&](const Task& t) {
+    for (size_t out : task_outputs(t))
+      if (!done[writer.shard_of(out)]) return false;
+    return true;
+  });
+}
+
+// Progress over the shards not marked done.
+void report_progress(const CheckpointWriter& writer, const std::vector<bool>& done,
+                     ProgressListener& progress, ExecOptions& exec) {
+  std::vector<std::string> names;
+  std::vector<uint64_t> bytes;
+  for (size_t s = 0; s < writer.shard_count(); ++s) {
+    names.push_back(writer.shard_name(s));
+    bytes.push_back(done[s] ? 0 : writer.shard_data_bytes(s));
+  }
+  progress.start(names, bytes);
+  exec.on_write = [&writer, &done, &progress](size_t out, uint64_t n) {
+    const size_t s = writer.shard_of(out);
+    if (!done[s]) progress.written(s, n);
+  };
+}
+
 ConvertReport write_plan(Plan plan, const TensorSource& source, const std::string& inputs_text,
                          const std::vector<fs::path>& srcs, const fs::path& dst,
                          const std::string& options_text, const std::string& config_text,
                          const ConvertOptions& convert) {
   OutputFolder folder(dst, srcs, convert.existing);
   if (convert.on_start) convert.on_start();
-  ShardingOptions sharding;
-  sharding.max_shard_bytes = convert.max_shard_bytes;
-  sharding.metadata = plan.metadata;
-  sharding.index_metadata = plan.index_metadata;
+  ShardingOptions sharding = sharding_of(plan, convert);
   const auto layout = layout_shards(plan.outputs, sharding);
   try {
     sharding.completed = folder.begin(
@@ -101,29 +152,11 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
         static_cast<size_t>(std::count(sharding.completed.begin(), sharding.completed.end(), true));
     sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
     CheckpointWriter writer(folder.write_dir(), plan.outputs, sharding);
-    if (kept > 0) {
-      // Only the tasks that write into an unfinished shard run again.
-      std::erase_if(plan.tasks, [&](const Task& t) {
-        for (size_t out : task_outputs(t))
-          if (!sharding.completed[writer.shard_of(out)]) return false;
-        return true;
-      });
-    }
+    // Only the tasks that write into an unfinished shard run again.
+    if (kept > 0) keep_tasks_of_open_shards(plan, writer, sharding.completed);
     WriterSink sink(writer);
     ExecOptions exec = convert.exec;
-    if (convert.progress) {
-      std::vector<std::string> names;
-      std::vector<uint64_t> bytes;
-      for (size_t s = 0; s < writer.shard_count(); ++s) {
-        names.push_back(writer.shard_name(s));
-        bytes.push_back(sharding.completed[s] ? 0 : writer.shard_data_bytes(s));
-      }
-      convert.progress->start(names, bytes);
-      exec.on_write = [&](size_t out, uint64_t n) {
-        const size_t s = writer.shard_of(out);
-        if (!sharding.completed[s]) convert.progress->written(s, n);
-      };
-    }
+    if (convert.progress) report_progress(writer, sharding.completed, *convert.progress, exec);
     execute(plan, source, sink, exec);
     writer.commit();
     folder.finish();
@@ -131,7 +164,13 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
     uint64_t written = 0;
     for (size_t s = 0; s < layout.size(); ++s)
       if (!sharding.completed[s]) written += writer.shard_data_bytes(s);
-    return {plan.outputs.size(), source.bytes_read(), written, writer.shard_count(), kept};
+    return {plan.outputs.size(),
+            source.bytes_read(),
+            written,
+            writer.shard_count(),
+            kept,
+            writer.shard_count(),
+            true};
   } catch (const Interrupted&) {
     // Temporary files are gone with the writer; finished shards and the manifest stay for
     // --resume.
@@ -143,6 +182,121 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
     folder.abandon();
     throw;
   }
+}
+
+// This worker's part of a distributed conversion's folder: the shards `owner` gives it.
+ConvertReport write_plan_as_worker(FolderPlan& fp, const std::vector<ShardLayout>& layout,
+                                   const std::vector<int64_t>& owner, const std::string& print,
+                                   const PreparedConversion& p, const ConvertOptions& convert) {
+  WorkerFolder folder(fp.dst, p.srcs, convert.existing, convert.worker, convert.workers);
+  if (convert.on_start) convert.on_start();
+  ShardingOptions sharding = sharding_of(fp.plan, convert);
+  sharding.write_index = false;
+  sharding.completed = folder.begin(layout, owner, print, fp.config_text,
+                                    index_text(layout, fp.plan.outputs, fp.plan.index_metadata));
+  size_t own = 0;
+  for (int64_t o : owner) own += o == convert.worker;
+  try {
+    sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
+    CheckpointWriter writer(fp.dst, fp.plan.outputs, sharding);
+    keep_tasks_of_open_shards(fp.plan, writer, sharding.completed);
+    WriterSink sink(writer);
+    ExecOptions exec = convert.exec;
+    if (convert.progress) report_progress(writer, sharding.completed, *convert.progress, exec);
+    const uint64_t read_before = p.source->bytes_read();
+    execute(fp.plan, *p.source, sink, exec);
+    writer.commit();
+    if (convert.progress) convert.progress->finish();
+    uint64_t written = 0;
+    for (size_t s = 0; s < layout.size(); ++s)
+      if (!sharding.completed[s]) written += writer.shard_data_bytes(s);
+    return {fp.plan.outputs.size(),
+            p.source->bytes_read() - read_before,
+            written,
+            writer.shard_count(),
+            folder.kept(),
+            own,
+            false};
+  } catch (const Interrupted&) {
+    folder.record_failure("interrupted");
+    throw Interrupted({ErrorKind::kInterrupted, fp.dst.string(), "",
+                       fmt::format("worker {} of {} interrupted; its finished shards are kept: "
+                                   "relaunch the same command with --resume",
+                                   convert.worker, convert.workers),
+                       ""});
+  } catch (const std::exception& e) {
+    folder.record_failure(e.what());
+    throw;
+  }
+}
+
+void add(ConvertReport& total, const ConvertReport& r) {
+  total.tensors += r.tensors;
+  total.bytes_in += r.bytes_in;
+  total.bytes_out += r.bytes_out;
+  total.shards += r.shards;
+  total.shards_kept += r.shards_kept;
+  total.own_shards += r.own_shards;
+}
+
+// Every folder's shard layout, and the worker of each shard: one assignment over all folders, so
+// that work balances across EP rank folders too.
+struct Distribution {
+  std::vector<std::vector<ShardLayout>> layouts;
+  std::vector<std::vector<int64_t>> owners;
+};
+Distribution distribute(const PreparedConversion& p, const ConvertOptions& convert,
+                        int64_t workers) {
+  Distribution d;
+  std::vector<uint64_t> sizes;
+  for (const auto& fp : p.folders) {
+    d.layouts.push_back(layout_shards(fp.plan.outputs, sharding_of(fp.plan, convert)));
+    for (const auto& sh : d.layouts.back()) sizes.push_back(sh.file_size);
+  }
+  const auto owner = assign_shards(sizes, workers);
+  size_t i = 0;
+  for (const auto& layout : d.layouts) {
+    d.owners.emplace_back(owner.begin() + static_cast<std::ptrdiff_t>(i),
+                          owner.begin() + static_cast<std::ptrdiff_t>(i + layout.size()));
+    i += layout.size();
+  }
+  return d;
+}
+
+ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& convert) {
+  ConvertReport total;
+  if (convert.workers == 0) {
+    for (auto& fp : p.folders)
+      add(total, write_plan(std::move(fp.plan), *p.source, p.inputs_text, p.srcs, fp.dst,
+                            fp.options_text, fp.config_text, convert));
+    total.bytes_in = p.source->bytes_read();
+    total.own_shards = total.shards;
+    return total;
+  }
+  if (convert.worker < 0 || convert.worker >= convert.workers)
+    fail(ErrorKind::kInvalidArgument, "", "",
+         fmt::format("worker {} of {} is not a worker of the run", convert.worker, convert.workers),
+         "a worker index in [0, workers)");
+  const auto d = distribute(p, convert, convert.workers);
+  // Each folder's fingerprint: the same on every worker (a pure function of inputs and options).
+  std::vector<std::string> prints;
+  for (size_t f = 0; f < p.folders.size(); ++f)
+    prints.push_back(fingerprint(*p.source, p.inputs_text, p.folders[f].options_text,
+                                 p.folders[f].config_text, d.layouts[f]));
+  for (size_t f = 0; f < p.folders.size(); ++f)
+    add(total,
+        write_plan_as_worker(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert));
+  total.finalized = false;
+  if (convert.worker == 0) {
+    const auto deadline = std::chrono::steady_clock::now() + convert.wait;
+    for (const auto& fp : p.folders) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      finalize_dir(fp.dst, std::max(left, std::chrono::milliseconds(0)));
+    }
+    total.finalized = true;
+  }
+  return total;
 }
 
 // config.json of an HF output: quantization_config present exactly when FP8 is written.
@@ -211,56 +365,183 @@ int64_t parse_meta_int(const std::map<std::string, std::string>& md, const char*
 
 }  // namespace
 
-ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHfOptions& options,
-                          const ConvertOptions& convert) {
+std::string ep_rank_folder_name(int64_t ep_rank, int64_t ep_size) {
+  return fmt::format("ep-rank-{}-of-{}", ep_rank, ep_size);
+}
+
+namespace {
+
+// A placeholder of the fingerprint's length: a plan made from headers alone has the same shard
+// sizes without reading what the fingerprint covers.
+const std::string kUnreadFingerprint(32, '0');
+
+PreparedConversion prepare_from_hf(const fs::path& src, const fs::path& dst,
+                                   const FromHfOptions& options, const ExecOptions& exec,
+                                   bool headers_only) {
   // Parsed from the bytes that are copied to the output, read once.
   const auto config_path = src / "config.json";
   auto config_text = io::read_small_file(config_path, 64ull << 20);
   ModelConfig config = ModelConfig::parse(
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
-  CheckpointSource source({src});
-  Plan plan = plan_from_hf(source, config, within_budget(options, convert.exec));
-  plan.metadata[kMetaSourceFingerprint] =
-      source_fingerprint(source, *model_spec_for(config), config_text);
-  const auto options_text =
-      fmt::format("from-hf ep {}/{} dtype {} compat {} attn {}", options.ep_rank, options.ep_size,
-                  dtype_name(options.dtype), compat_name(options.compat),
-                  attn_backend_name(options.attn_backend));
-  return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst, options_text,
-                    config_text, convert);
+  PreparedConversion p;
+  auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
+  p.source = source.get();
+  const bool every_rank = options.ep_rank == FromHfOptions::kEveryRank;
+  if (every_rank && options.ep_size < 2)
+    fail(ErrorKind::kInvalidArgument, "", "", "writing every EP rank's folder needs an EP size",
+         "an EP size of at least 2");
+  std::optional<std::string> source_print;
+  const int64_t first = every_rank ? 0 : options.ep_rank;
+  const int64_t last = every_rank ? options.ep_size : options.ep_rank + 1;
+  for (int64_t r = first; r < last; ++r) {
+    FromHfOptions o = within_budget(options, exec);
+    o.ep_rank = r;
+    if (headers_only) o.prescan_scales = false;
+    FolderPlan fp{plan_from_hf(*source, config, o),
+                  every_rank ? dst / ep_rank_folder_name(r, options.ep_size) : dst,
+                  fmt::format("from-hf ep {}/{} dtype {} compat {} attn {}", r, options.ep_size,
+                              dtype_name(options.dtype), compat_name(options.compat),
+                              attn_backend_name(options.attn_backend)),
+                  config_text};
+    if (!source_print)
+      source_print = headers_only
+                         ? kUnreadFingerprint
+                         : source_fingerprint(*source, *model_spec_for(config), config_text);
+    fp.plan.metadata[kMetaSourceFingerprint] = *source_print;
+    p.folders.push_back(std::move(fp));
+  }
+  p.inputs_text = describe_inputs(*source);
+  p.srcs = {src};
+  p.owned = std::move(source);
+  return p;
 }
 
-ConvertReport dequantize_dir(const fs::path& src, const fs::path& dst, const FromHfOptions& options,
-                             const ConvertOptions& convert) {
+PreparedConversion prepare_dequantize(const fs::path& src, const fs::path& dst,
+                                      const FromHfOptions& options, const ExecOptions& exec,
+                                      bool headers_only) {
   const auto config_path = src / "config.json";
   const auto config_text = io::read_small_file(config_path, 64ull << 20);
   auto config_json = parse_strict_json(config_text, config_path.string(), "config");
   ModelConfig config = ModelConfig::parse(config_json, config_path.string());
-  CheckpointSource source({src});
-  FromHfOptions o = within_budget(options, convert.exec);
+  PreparedConversion p;
+  auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
+  p.source = source.get();
+  FromHfOptions o = within_budget(options, exec);
   o.group_experts = false;
   o.ep_size = 1;
   o.ep_rank = 0;
-  Plan plan = plan_from_hf(source, config, o);
+  if (headers_only) o.prescan_scales = false;
   config_json.erase("quantization_config");
-  const auto options_text =
-      fmt::format("dequantize dtype {} compat {}", dtype_name(o.dtype), compat_name(o.compat));
-  return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst, options_text,
-                    config_json.dump(2) + "\n", convert);
+  p.folders.push_back(
+      {plan_from_hf(*source, config, o), dst,
+       fmt::format("dequantize dtype {} compat {}", dtype_name(o.dtype), compat_name(o.compat)),
+       config_json.dump(2) + "\n"});
+  p.inputs_text = describe_inputs(*source);
+  p.srcs = {src};
+  p.owned = std::move(source);
+  return p;
 }
 
-ConvertReport quantize_dir(const fs::path& src, const fs::path& dst, const ToHfOptions& options,
-                           const ConvertOptions& convert) {
+PreparedConversion prepare_quantize(const fs::path& src, const fs::path& dst,
+                                    const ToHfOptions& options, const ExecOptions& exec) {
   ModelConfig config = ModelConfig::load(src / "config.json");
-  CheckpointSource source({src});
-  ToHfOptions o = within_budget(options, convert.exec);
+  PreparedConversion p;
+  auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
+  p.source = source.get();
+  ToHfOptions o = within_budget(options, exec);
   o.hf_source = true;
   if (effective_quant(o) == QuantMode::kNone)
     fail(ErrorKind::kInvalidArgument, "", "", "quantize needs a quantization mode",
          "block or cast");
-  Plan plan = plan_to_hf(source, config, o, {0});
-  return write_plan(std::move(plan), source, describe_inputs(source), {src}, dst,
-                    "quantize " + to_hf_options_text(o, {0}), hf_config_text(config, o), convert);
+  p.folders.push_back({plan_to_hf(*source, config, o, {0}), dst,
+                       "quantize " + to_hf_options_text(o, {0}), hf_config_text(config, o)});
+  p.inputs_text = describe_inputs(*source);
+  p.srcs = {src};
+  p.owned = std::move(source);
+  return p;
+}
+
+}  // namespace
+
+ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHfOptions& options,
+                          const ConvertOptions& convert) {
+  auto p = prepare_from_hf(src, dst, options, convert.exec, false);
+  return write_prepared(p, convert);
+}
+
+ConvertReport dequantize_dir(const fs::path& src, const fs::path& dst, const FromHfOptions& options,
+                             const ConvertOptions& convert) {
+  auto p = prepare_dequantize(src, dst, options, convert.exec, false);
+  return write_prepared(p, convert);
+}
+
+ConvertReport quantize_dir(const fs::path& src, const fs::path& dst, const ToHfOptions& options,
+                           const ConvertOptions& convert) {
+  auto p = prepare_quantize(src, dst, options, convert.exec);
+  return write_prepared(p, convert);
+}
+
+DistributionPlan plan_distribution(FolderCommand command, const fs::path& src,
+                                   const FromHfOptions& from_hf, const ToHfOptions& to_hf,
+                                   uint64_t max_shard_bytes, int64_t workers) {
+  ConvertOptions convert;
+  convert.max_shard_bytes = max_shard_bytes;
+  const fs::path dst;
+  auto p = command == FolderCommand::kFromHf
+               ? prepare_from_hf(src, dst, from_hf, convert.exec, true)
+           : command == FolderCommand::kDequantize
+               ? prepare_dequantize(src, dst, from_hf, convert.exec, true)
+               : prepare_quantize(src, dst, to_hf, convert.exec);
+  const auto d = distribute(p, convert, workers);
+  DistributionPlan out;
+  out.command = command == FolderCommand::kFromHf       ? "from-hf"
+                : command == FolderCommand::kDequantize ? "dequantize"
+                                                        : "quantize";
+  out.workers.resize(static_cast<size_t>(workers));
+  // Distinct source bytes: byte ranges merged per tensor, per worker and overall.
+  using Ranges = std::map<const SourceTensor*, std::vector<std::pair<uint64_t, uint64_t>>>;
+  std::vector<Ranges> reads(static_cast<size_t>(workers));
+  for (size_t f = 0; f < p.folders.size(); ++f) {
+    const auto& fp = p.folders[f];
+    const auto& layout = d.layouts[f];
+    out.folders.push_back(fp.dst.string());
+    std::vector<size_t> shard_of(fp.plan.outputs.size());
+    for (size_t s = 0; s < layout.size(); ++s) {
+      for (size_t i : layout[s].tensors) shard_of[i] = s;
+      auto& w = out.workers[static_cast<size_t>(d.owners[f][s])];
+      w.output_bytes += layout[s].file_size;
+      w.shards.push_back(fp.dst.empty() ? layout[s].name : (fp.dst / layout[s].name).string());
+      out.output_bytes += layout[s].file_size;
+      ++out.shards;
+    }
+    for (const auto& t : fp.plan.tasks) {
+      std::vector<int64_t> who;
+      for (size_t o : task_outputs(t)) who.push_back(d.owners[f][shard_of[o]]);
+      std::sort(who.begin(), who.end());
+      who.erase(std::unique(who.begin(), who.end()), who.end());
+      for (const auto& r : task_reads(t))
+        for (int64_t w : who) reads[static_cast<size_t>(w)][r.tensor].push_back({r.begin, r.end});
+    }
+  }
+  auto merged_bytes = [](std::vector<std::pair<uint64_t, uint64_t>> v) {
+    std::sort(v.begin(), v.end());
+    uint64_t n = 0, end = 0;
+    for (const auto& [b, e] : v) {
+      const uint64_t from = std::max(b, end);
+      if (e > from) n += e - from;
+      end = std::max(end, e);
+    }
+    return n;
+  };
+  Ranges all;
+  for (size_t w = 0; w < reads.size(); ++w)
+    for (auto& [t, v] : reads[w]) {
+      out.workers[w].input_bytes += merged_bytes(v);
+      auto& a = all[t];
+      a.insert(a.end(), v.begin(), v.end());
+    }
+  for (auto& [t, v] : all) out.input_bytes += merged_bytes(std::move(v));
+  return out;
 }
 
 ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
@@ -307,9 +588,13 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
              "the same config.json in every EP rank folder");
     }
   }
-  Plan plan = plan_to_hf(source, config, within_budget(options, convert.exec), starts);
-  return write_plan(std::move(plan), source, describe_inputs(source), srcs, dst,
-                    to_hf_options_text(options, starts), hf_config_text(config, options), convert);
+  PreparedConversion p;
+  p.source = &source;
+  p.inputs_text = describe_inputs(source);
+  p.srcs = srcs;
+  p.folders.push_back({plan_to_hf(source, config, within_budget(options, convert.exec), starts),
+                       dst, to_hf_options_text(options, starts), hf_config_text(config, options)});
+  return write_prepared(p, convert);
 }
 
 ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfig& config,
@@ -323,10 +608,13 @@ ConvertReport to_hf_dir_from_source(const TensorSource& native, const std::strin
                                     const ModelConfig& config, const fs::path& dst,
                                     const ToHfOptions& options, int64_t expert_start,
                                     const ConvertOptions& convert) {
-  Plan plan = plan_to_hf(native, config, within_budget(options, convert.exec), {expert_start});
-  return write_plan(std::move(plan), native, inputs_text, {}, dst,
-                    to_hf_options_text(options, {expert_start}), hf_config_text(config, options),
-                    convert);
+  PreparedConversion p;
+  p.source = &native;
+  p.inputs_text = inputs_text;
+  p.folders.push_back(
+      {plan_to_hf(native, config, within_budget(options, convert.exec), {expert_start}), dst,
+       to_hf_options_text(options, {expert_start}), hf_config_text(config, options)});
+  return write_prepared(p, convert);
 }
 
 }  // namespace moeckpt

@@ -2,14 +2,12 @@
 
 #include <fmt/format.h>
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <regex>
 
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/file.hpp"
+#include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors.hpp"
 
@@ -18,40 +16,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr const char* kConfigFileName = "config.json";
-
-bool present(const fs::path& p) {
-  std::error_code ec;
-  return fs::symlink_status(p, ec).type() != fs::file_type::not_found;
-}
-
-void remove_file(const fs::path& p) {
-  std::error_code ec;
-  fs::remove(p, ec);
-  if (ec) fail(ErrorKind::kDestination, p.string(), "", "cannot remove: " + ec.message());
-}
-
-void rename_file(const fs::path& from, const fs::path& to) {
-  std::error_code ec;
-  fs::rename(from, to, ec);
-  if (ec)
-    fail(ErrorKind::kDestination, to.string(), "",
-         "cannot move " + from.string() + " into place: " + ec.message());
-}
-
-bool is_shard_name(const std::string& name) {
-  static const std::regex shard_name(R"(model(-\d+-of-\d+)?\.safetensors)");
-  return std::regex_match(name, shard_name);
-}
-
-std::optional<std::pair<uint64_t, uint64_t>> file_id(const fs::path& p, bool follow) {
-  struct stat st {};
-  if ((follow ? ::stat(p.c_str(), &st) : ::lstat(p.c_str(), &st)) != 0) return std::nullopt;
-  return std::make_pair(static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino));
-}
-
 // The shard files a checkpoint in `dir` names: its index's weight_map (plain *.safetensors names)
-// and the shard name pattern. Candidates only: OutputFolder::removable_shard decides.
+// and the shard name pattern. Candidates only: removable_shard decides.
 std::vector<std::string> checkpoint_shard_names(const fs::path& dir) {
   std::vector<std::string> shards;
   if (present(dir / kIndexFileName)) {
@@ -101,63 +67,22 @@ void remove_staging(const fs::path& dir) {
          "cannot remove a dead conversion's staging folder: " + ec.message());
 }
 
-bool starts_with_bytes(const fs::path& p, const std::vector<uint8_t>& header, uint64_t size) {
-  std::error_code ec;
-  if (!fs::is_regular_file(fs::symlink_status(p, ec)) || fs::file_size(p, ec) != size || ec)
-    return false;
-  io::File f = io::File::open_read(p);
-  std::vector<uint8_t> got(header.size());
-  f.pread_exact(0, got);
-  return got == header;
-}
-
 }  // namespace
-
-bool OutputFolder::removable_shard(const fs::path& p) const {
-  std::error_code ec;
-  if (!fs::is_regular_file(fs::symlink_status(p, ec))) return false;  // no links, FIFOs, dirs
-  const auto id = file_id(p, false);
-  if (!id || std::find(inputs_.begin(), inputs_.end(), *id) != inputs_.end()) return false;
-  try {
-    (void)SafetensorsFile::open(p);  // a valid safetensors file, not a README under a shard name
-  } catch (const Error&) {
-    return false;
-  }
-  return true;
-}
 
 OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, ExistingOutput existing)
     : dst_(std::move(dst)), work_(dst_) {
   std::error_code ec;
-  // The destination may not be a source or lie inside one, whatever path leads there (bind
-  // mounts, symlinks, ".."): compared by device and inode, ancestor by ancestor.
-  std::vector<std::pair<FileId, fs::path>> src_dirs;
-  for (const auto& s : srcs) {
-    if (auto id = file_id(s, true)) src_dirs.push_back({*id, s});
-    for (const auto& e : fs::directory_iterator(s, ec))
-      if (auto id = file_id(e.path(), true)) inputs_.push_back(*id);
+  {
+    auto d = take_destination(dst_, srcs);
+    inputs_ = std::move(d.inputs);
+    created_ = d.created;
   }
-  for (fs::path p = fs::absolute(dst_, ec); !p.empty(); p = p.parent_path()) {
-    const auto id = file_id(p, true);
-    for (const auto& [src_id, src] : src_dirs)
-      if (id && *id == src_id)
-        fail(ErrorKind::kDestination, dst_.string(), "",
-             "destination is the source folder or inside it (" + p.string() +
-                 " is the same folder as source " + src.string() + ", by device and inode)",
-             "a destination outside every source folder");
-    if (p == p.root_path()) break;
-  }
-  if (fs::is_symlink(fs::symlink_status(dst_, ec)) && !fs::exists(dst_, ec))
-    fail(ErrorKind::kDestination, dst_.string(), "",
-         "destination is a symbolic link to " + fs::read_symlink(dst_, ec).string() +
-             ", which does not exist",
-         "a folder, or a link to an existing folder");
-  created_ = fs::create_directories(dst_, ec);
-  if (ec)
-    fail(ErrorKind::kDestination, dst_.string(), "", "cannot create directory: " + ec.message());
-  if (!fs::is_directory(fs::symlink_status(dst_, ec)) && !fs::is_directory(dst_, ec))
-    fail(ErrorKind::kDestination, dst_.string(), "", "destination is not a directory");
   lock_.emplace(dst_);
+  if (has_distributed_records(dst_))
+    fail(ErrorKind::kDestination, dst_.string(), "",
+         "destination holds the records of an unfinished distributed conversion (its workers' "
+         "manifests)",
+         "the same launch with --distributed and --resume, moeckpt finalize, or an empty folder");
   remove_dead_temporaries(dst_);
 
   const fs::path staging = dst_ / kStagingDirName;
@@ -178,7 +103,7 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
     case ExistingOutput::kOverwrite:
       remove_staging(staging);
       for (const auto& name : checkpoint_shard_names(dst_))
-        if (removable_shard(dst_ / name)) old_shards_.push_back(name);
+        if (removable_shard(dst_ / name, inputs_)) old_shards_.push_back(name);
       staging_ = checkpoint || unfinished || !old_shards_.empty();
       break;
     case ExistingOutput::kResume:
@@ -186,7 +111,7 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
         staging_ = true;
         resume_ = true;
         for (const auto& name : checkpoint_shard_names(dst_))
-          if (removable_shard(dst_ / name)) old_shards_.push_back(name);
+          if (removable_shard(dst_ / name, inputs_)) old_shards_.push_back(name);
         break;
       }
       if (!unfinished && checkpoint)
@@ -225,7 +150,7 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
   for (const auto& sh : layout) {
     const auto path = dst_ / sh.name;
     const bool ours = resume_ && !staging_ && previous.shards.count(sh.name);
-    if (present(path) && !ours && !removable_shard(path))
+    if (present(path) && !ours && !removable_shard(path, inputs_))
       fail(ErrorKind::kDestination, path.string(), "",
            "exists and is not a safetensors shard this conversion may replace (or is one of its "
            "inputs)",

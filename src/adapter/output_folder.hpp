@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "adapter/conversion_manifest.hpp"
+#include "adapter/destination_files.hpp"
 #include "io/dir_lock.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/safetensors_writer.hpp"
@@ -51,8 +52,6 @@ class OutputFolder {
   void abandon() noexcept;
 
  private:
-  using FileId = std::pair<uint64_t, uint64_t>;  // device, inode
-  bool removable_shard(const std::filesystem::path& p) const;
   void swap_in();
 
   std::filesystem::path dst_;

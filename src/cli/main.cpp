@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include <unistd.h>
 
@@ -18,6 +19,7 @@
 #include "io/hub_cache.hpp"
 
 #include "moeckpt/adapter.hpp"
+#include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/inspect.hpp"
 #include "moeckpt/synth.hpp"
@@ -113,8 +115,12 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   fh_cmd->add_option("DST", fh_dst, "destination folder")->required();
   fh_cmd->add_option("--ep-size", fh.ep_size, "expert-parallel world size")
       ->check(integer_in(1, kMaxCount));
-  fh_cmd->add_option("--ep-rank", fh.ep_rank, "this rank: only its experts are read and written")
-      ->check(integer_in(0, kMaxCount));
+  std::string fh_ep_rank;
+  fh_cmd
+      ->add_option("--ep-rank", fh_ep_rank,
+                   "this rank: only its experts are read and written; \"all\": every rank, each "
+                   "into DST/ep-rank-R-of-W (the default with --distributed)")
+      ->check(CLI::IsMember({"all"}) | integer_in(0, kMaxCount));
   fh_cmd->add_option("--compat", fh_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
   std::string fh_attn = "sdpa";
   fh_cmd->add_option("--attn-backend", fh_attn, kAttnBackendHelp)
@@ -139,6 +145,27 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     o->excludes(r);
   };
   add_existing_flags(fh_cmd);
+  // One conversion spread over many processes (docs/SCALING.md).
+  bool distributed = false;
+  int64_t n_workers = 0, worker_k = 0;
+  double wait_seconds = 172800;
+  auto add_distributed_flags = [&](CLI::App* cmd) {
+    cmd->add_flag("--distributed", distributed,
+                  "be one worker of a conversion spread over processes: rank and count from "
+                  "torchrun, srun, mpirun (Open MPI, MPICH, Intel MPI) or PMIx");
+    auto* n = cmd->add_option("--workers", n_workers,
+                              "number of workers (with --worker: overrides the launcher's)")
+                  ->check(integer_in(1, kMaxCount));
+    auto* k = cmd->add_option("--worker", worker_k, "this worker's index in [0, --workers)")
+                  ->check(integer_in(0, kMaxCount));
+    n->needs(k);
+    k->needs(n);
+    cmd->add_option("--wait", wait_seconds,
+                    "worker 0: seconds to wait for the other workers before writing the index "
+                    "(default 172800, two days)")
+        ->check(kTolerance);
+  };
+  add_distributed_flags(fh_cmd);
 
   std::vector<std::string> th_paths;
   std::string th_quant = "block", th_compat = "none", th_exclude, th_prefix, th_config;
@@ -172,6 +199,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(integer_in(1, kMaxBytes));
   th_cmd->add_flag("--quiet", quiet, "no progress output");
   add_existing_flags(th_cmd);
+  add_distributed_flags(th_cmd);
 
   // HF -> HF in one pass.
   std::string dq_src, dq_dst, dq_dtype = "bf16";
@@ -197,7 +225,41 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
         ->check(integer_in(1, kMaxBytes));
     cmd->add_flag("--quiet", quiet, "no progress output");
     add_existing_flags(cmd);
+    add_distributed_flags(cmd);
   }
+
+  std::string fin_dst;
+  double fin_wait = 0;
+  auto* fin_cmd = app.add_subcommand(
+      "finalize",
+      "write the index of a folder a distributed conversion wrote, once every worker's shards "
+      "are there (after a Slurm job array, or a relaunch of a dead worker)");
+  fin_cmd->add_option("DST", fin_dst, "the conversion's destination folder")->required();
+  fin_cmd->add_option("--wait", fin_wait, "seconds to wait for workers still running (default 0)")
+      ->check(kTolerance);
+
+  std::string plan_src, plan_command = "from-hf", plan_dtype = "bf16", plan_ep_rank;
+  int64_t plan_workers = 1, plan_ep_size = 1;
+  uint64_t plan_shard_size = 5'000'000'000;
+  bool plan_json = false;
+  auto* plan_cmd = app.add_subcommand(
+      "plan", "what each worker of a distributed conversion reads and writes (headers only)");
+  plan_cmd->add_option("SRC", plan_src, "HF checkpoint folder (or repo id)")->required();
+  plan_cmd->add_option("--command", plan_command, "the conversion: from-hf, dequantize, quantize")
+      ->check(CLI::IsMember({"from-hf", "dequantize", "quantize"}));
+  plan_cmd->add_option("--workers", plan_workers, "number of workers (default 1)")
+      ->check(integer_in(1, kMaxCount));
+  plan_cmd->add_option("--ep-size", plan_ep_size, "from-hf: expert-parallel world size")
+      ->check(integer_in(1, kMaxCount));
+  plan_cmd
+      ->add_option("--ep-rank", plan_ep_rank,
+                   "from-hf: one rank, or \"all\" (the default with --ep-size)")
+      ->check(CLI::IsMember({"all"}) | integer_in(0, kMaxCount));
+  plan_cmd->add_option("--dtype", plan_dtype, "dtype of dequantized weights")
+      ->check(CLI::IsMember({"bf16", "f32"}));
+  plan_cmd->add_option("--shard-size", plan_shard_size, "maximum bytes per output shard")
+      ->check(integer_in(1, kMaxBytes));
+  plan_cmd->add_flag("--json", plan_json, "print one JSON object");
 
   std::string va, vb, vconfig;
   moeckpt::VerifyOptions vo;
@@ -211,7 +273,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(kTolerance);
   verify_cmd->add_option("--config", vconfig, "config.json for both (default: each folder's own)");
 
-  for (auto* cmd : {inspect_cmd, fh_cmd, th_cmd, verify_cmd, dq_cmd, q_cmd}) add_revision(cmd);
+  for (auto* cmd : {inspect_cmd, fh_cmd, th_cmd, verify_cmd, dq_cmd, q_cmd, plan_cmd})
+    add_revision(cmd);
 
   try {
     app.parse(argc, argv);
@@ -233,8 +296,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
                 static_cast<unsigned long long>(r.total_bytes), r.shards);
     return 0;
   }
-  auto report = [](const char* what, const std::string& dst, const moeckpt::ConvertReport& r,
-                   std::chrono::steady_clock::time_point t0) {
+  auto report = [&convert](const char* what, const std::string& dst,
+                           const moeckpt::ConvertReport& r,
+                           std::chrono::steady_clock::time_point t0) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf(
         "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s%s in %.2f s (read %.3f GB, wrote "
@@ -246,6 +310,12 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
         secs, static_cast<double>(r.bytes_in) / 1e9, static_cast<double>(r.bytes_out) / 1e9,
         secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0,
         static_cast<double>(moeckpt::cli::peak_rss_bytes()) / (1 << 20));
+    if (convert.workers > 0)
+      std::printf("%s: worker %lld of %lld wrote %zu of the %zu shards%s\n", what,
+                  static_cast<long long>(convert.worker), static_cast<long long>(convert.workers),
+                  r.own_shards, r.shards,
+                  r.finalized ? "; every worker's shards verified, index written"
+                              : "; worker 0 writes the index once every worker is done");
   };
   convert.exec.threads = threads;
   convert.exec.cancel = interrupts.flag();
@@ -253,6 +323,28 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
                      : resume  ? moeckpt::ExistingOutput::kResume
                                : moeckpt::ExistingOutput::kRefuse;
   convert.exec.max_memory = max_memory;
+  if (distributed || n_workers > 0) {
+    moeckpt::WorkerSlot slot;
+    if (n_workers > 0) {
+      if (worker_k >= n_workers)
+        throw moeckpt::Error(
+            {moeckpt::ErrorKind::kInvalidArgument, "", "",
+             fmt::format("--worker {} is not below --workers {}", worker_k, n_workers),
+             "a worker index in [0, --workers)"});
+      slot = {worker_k, n_workers, 0, 1, "explicit"};
+      try {  // the node's worker count, for the threads, where a launcher tells it
+        const auto env = moeckpt::worker_slot_from_process_env();
+        slot.local_count = env.local_count;
+      } catch (const moeckpt::Error&) {
+      }
+    } else {
+      slot = moeckpt::worker_slot_from_process_env();
+    }
+    convert.workers = slot.count;
+    convert.worker = slot.rank;
+    convert.wait = std::chrono::milliseconds(static_cast<int64_t>(wait_seconds * 1000.0));
+    if (threads == 0) convert.exec.threads = moeckpt::worker_threads(slot);
+  }
   // Until the destination is taken (planning, validation), SIGINT/SIGTERM end the run at once:
   // nothing exists to clean up. From then on they stop it at the next task.
   convert.on_start = [&interrupts] { interrupts.set_graceful(true); };
@@ -265,6 +357,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
       throw moeckpt::Error(
           {moeckpt::ErrorKind::kInvalidArgument, "", "", "--ep-rank needs --ep-size", ""});
+    if (fh_ep_rank.empty()) fh_ep_rank = convert.workers > 0 && fh.ep_size > 1 ? "all" : "0";
+    fh.ep_rank = fh_ep_rank == "all" ? moeckpt::FromHfOptions::kEveryRank : std::stoll(fh_ep_rank);
     auto t0 = std::chrono::steady_clock::now();
     report("from-hf", fh_dst, moeckpt::from_hf_dir(where(fh_src), fh_dst, fh, convert), t0);
     return 0;
@@ -313,6 +407,61 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     o.quant = q_quant == "cast" ? moeckpt::QuantMode::kCast : moeckpt::QuantMode::kBlock;
     auto t0 = std::chrono::steady_clock::now();
     report("quantize", q_dst, moeckpt::quantize_dir(where(q_src), q_dst, o, convert), t0);
+    return 0;
+  }
+  if (fin_cmd->parsed()) {
+    const auto r = moeckpt::finalize_dir(
+        fin_dst, std::chrono::milliseconds(static_cast<int64_t>(fin_wait * 1000.0)));
+    std::printf("finalize: %s: %zu shards of %lld workers verified, %llu bytes%s\n",
+                fin_dst.c_str(), r.shards, static_cast<long long>(r.workers),
+                static_cast<unsigned long long>(r.bytes),
+                r.index_written ? ", index written" : " (one shard: no index)");
+    return 0;
+  }
+  if (plan_cmd->parsed()) {
+    moeckpt::FromHfOptions o;
+    o.dtype = plan_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
+    o.ep_size = plan_ep_size;
+    if (plan_ep_rank.empty()) plan_ep_rank = plan_ep_size > 1 ? "all" : "0";
+    o.ep_rank =
+        plan_ep_rank == "all" ? moeckpt::FromHfOptions::kEveryRank : std::stoll(plan_ep_rank);
+    const auto command = plan_command == "dequantize" ? moeckpt::FolderCommand::kDequantize
+                         : plan_command == "quantize" ? moeckpt::FolderCommand::kQuantize
+                                                      : moeckpt::FolderCommand::kFromHf;
+    const auto d = moeckpt::plan_distribution(command, where(plan_src), o, moeckpt::ToHfOptions{},
+                                              plan_shard_size, plan_workers);
+    uint64_t max_out = 0;
+    for (const auto& w : d.workers) max_out = std::max(max_out, w.output_bytes);
+    const double mean = static_cast<double>(d.output_bytes) / static_cast<double>(d.workers.size());
+    const double imbalance = mean > 0 ? static_cast<double>(max_out) / mean : 1.0;
+    if (plan_json) {
+      nlohmann::ordered_json j;
+      j["command"] = d.command;
+      j["workers"] = d.workers.size();
+      j["shards"] = d.shards;
+      j["input_bytes"] = d.input_bytes;
+      j["output_bytes"] = d.output_bytes;
+      j["imbalance"] = imbalance;
+      j["folders"] = d.folders;
+      j["per_worker"] = nlohmann::ordered_json::array();
+      for (size_t w = 0; w < d.workers.size(); ++w)
+        j["per_worker"].push_back({{"worker", w},
+                                   {"input_bytes", d.workers[w].input_bytes},
+                                   {"output_bytes", d.workers[w].output_bytes},
+                                   {"shards", d.workers[w].shards}});
+      std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+      return 0;
+    }
+    std::printf(
+        "%s of %s over %zu worker(s): %zu shards, %.3f GB in, %.3f GB out, imbalance "
+        "(max/mean output bytes) %.4f\n",
+        d.command.c_str(), plan_src.c_str(), d.workers.size(), d.shards,
+        static_cast<double>(d.input_bytes) / 1e9, static_cast<double>(d.output_bytes) / 1e9,
+        imbalance);
+    for (size_t w = 0; w < d.workers.size(); ++w)
+      std::printf("  worker %zu: %zu shards, %.3f GB in, %.3f GB out\n", w,
+                  d.workers[w].shards.size(), static_cast<double>(d.workers[w].input_bytes) / 1e9,
+                  static_cast<double>(d.workers[w].output_bytes) / 1e9);
     return 0;
   }
   if (verify_cmd->parsed()) {

@@ -527,29 +527,41 @@ std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_b
 
 // Asks the source to read ahead what a task will read.
 void prefetch(const Task& task, const TensorSource& src) {
+  for (const auto& r : task_reads(task))
+    if (!r.scale && r.end > r.begin) src.prefetch(*r.tensor, r.begin, r.end - r.begin);
+}
+
+std::vector<SourceRange> task_reads(const Task& task) {
   struct Visitor {
-    const TensorSource& src;
-    void whole(const SourceTensor* t) const { src.prefetch(*t, 0, t->nbytes); }
+    std::vector<SourceRange>& out;
+    void whole(const SourceTensor* t) const { out.push_back({t, 0, t->nbytes}); }
+    void scales(const DequantInput& in) const {
+      if (in.mx_scale) whole(in.mx_scale);  // read whole
+      if (in.scale)
+        for (const auto* t : in.scale->tensors) out.push_back({t, 0, t->nbytes, true});
+    }
     void operator()(const CopyTask& t) const {
       const auto [begin, end] = copy_byte_range(t);
-      if (begin < end) src.prefetch(*t.src, begin, end - begin);
+      if (begin < end) out.push_back({t.src, begin, end});
     }
     void operator()(const DequantTask& t) const {
       const uint64_t cols = t.in.weight->shape[1], esize = dtype_size(t.in.weight->dtype);
       const int64_t row1 = t.row1 < 0 ? static_cast<int64_t>(t.in.weight->shape[0]) : t.row1;
-      src.prefetch(*t.in.weight, static_cast<uint64_t>(t.row0) * cols * esize,
-                   static_cast<uint64_t>(row1 - t.row0) * cols * esize);
+      out.push_back({t.in.weight, static_cast<uint64_t>(t.row0) * cols * esize,
+                     static_cast<uint64_t>(row1) * cols * esize});
+      scales(t.in);
     }
     void operator()(const ExpertSlotTask& t) const {
       for (const auto& [in, _] : t.parts) {
         whole(in.weight);
-        if (in.mx_scale) whole(in.mx_scale);
+        scales(in);
       }
     }
     void operator()(const EmitTask& t) const {
       if (t.in.slot < 0) return whole(t.in.src);
       const uint64_t slot = t.in.src->nbytes / t.in.src->shape[0];
-      src.prefetch(*t.in.src, static_cast<uint64_t>(t.in.slot) * slot, slot);
+      out.push_back({t.in.src, static_cast<uint64_t>(t.in.slot) * slot,
+                     static_cast<uint64_t>(t.in.slot + 1) * slot});
     }
     void operator()(const SlotGroupTask& g) const { (*this)(g.parts.front()); }
     void operator()(const GroupQuantTask& t) const {
@@ -559,12 +571,14 @@ void prefetch(const Task& task, const TensorSource& src) {
     void operator()(const GatherQuantTask& t) const {
       for (const auto& seg : t.segments) {
         const uint64_t row = seg.src->shape.at(1) * dtype_size(seg.src->dtype);
-        src.prefetch(*seg.src, static_cast<uint64_t>(seg.src_row0) * row,
-                     static_cast<uint64_t>(seg.rows) * row);
+        out.push_back({seg.src, static_cast<uint64_t>(seg.src_row0) * row,
+                       static_cast<uint64_t>(seg.src_row0 + seg.rows) * row});
       }
     }
   };
-  std::visit(Visitor{src}, task);
+  std::vector<SourceRange> out;
+  std::visit(Visitor{out}, task);
+  return out;
 }
 
 std::vector<size_t> task_outputs(const Task& task) {

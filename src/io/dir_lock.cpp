@@ -8,12 +8,16 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "moeckpt/error.hpp"
 
 namespace moeckpt::io {
 
-DirectoryLock::DirectoryLock(const std::filesystem::path& dir) : path_(dir / kLockFileName) {
+DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string& file_name,
+                             std::chrono::milliseconds patience)
+    : path_(dir / file_name) {
+  const auto deadline = std::chrono::steady_clock::now() + patience;
   // A releasing holder unlinks the file while locked; whoever locked that unlinked inode must
   // retry on the new file, or two processes would each hold "the" lock.
   for (int attempt = 0; attempt < 100; ++attempt) {
@@ -24,6 +28,11 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir) : path_(dir / kLo
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       int err = errno;
       ::close(fd);
+      if (err == EWOULDBLOCK && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        --attempt;
+        continue;
+      }
       if (err == EWOULDBLOCK)
         fail(ErrorKind::kDestination, dir.string(), "",
              "another moeckpt conversion is writing into this folder",
@@ -44,6 +53,14 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir) : path_(dir / kLo
     ::close(fd);
   }
   fail(ErrorKind::kDestination, path_.string(), "", "lock file keeps being replaced");
+}
+
+bool DirectoryLock::is_held(const std::filesystem::path& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);  // drops the lock if we took it
+  return held;
 }
 
 DirectoryLock::~DirectoryLock() {

@@ -1,7 +1,9 @@
 #pragma once
 // An exclusive lock on a destination folder, held through a lock file. flock() dies with the
 // process (a SIGKILLed conversion never leaves a stale lock); the file itself stays until release.
+#include <chrono>
 #include <filesystem>
+#include <string>
 
 namespace moeckpt::io {
 
@@ -9,11 +11,19 @@ inline constexpr const char* kLockFileName = ".moeckpt.lock";
 
 class DirectoryLock {
  public:
-  // Takes the lock or throws: another process (or another conversion in this one) holds it.
-  explicit DirectoryLock(const std::filesystem::path& dir);
+  // Takes the lock (file `file_name` in `dir`) or throws: another process (or another conversion
+  // in this one) holds it. A lock held by someone else is retried for `patience` (a peer probing
+  // it holds it for an instant).
+  explicit DirectoryLock(const std::filesystem::path& dir,
+                         const std::string& file_name = kLockFileName,
+                         std::chrono::milliseconds patience = std::chrono::milliseconds(0));
   DirectoryLock(const DirectoryLock&) = delete;
   DirectoryLock& operator=(const DirectoryLock&) = delete;
   ~DirectoryLock();  // removes the lock file, then unlocks
+
+  // Whether a live process holds the lock file `path` (false when the file is absent). Takes and
+  // drops the lock at once when nobody holds it; never creates or removes the file.
+  static bool is_held(const std::filesystem::path& path);
 
  private:
   std::filesystem::path path_;

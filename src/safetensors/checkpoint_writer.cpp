@@ -45,13 +45,32 @@ std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
   return shards;
 }
 
+std::optional<std::string> index_text(const std::vector<ShardLayout>& layout,
+                                      const std::vector<TensorSpec>& tensors,
+                                      const std::map<std::string, std::string>& index_metadata) {
+  if (layout.size() == 1 && index_metadata.empty()) return std::nullopt;
+  uint64_t total = 0;
+  for (const auto& t : tensors) total += t.nbytes();
+  nlohmann::ordered_json index;
+  index["metadata"]["total_size"] = total;
+  for (const auto& [k, v] : index_metadata) index["metadata"][k] = nlohmann::ordered_json::parse(v);
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  std::map<std::string, std::string> sorted;
+  for (const auto& sh : layout)
+    for (size_t i : sh.tensors) sorted[tensors[i].name] = sh.name;
+  for (const auto& [name, file] : sorted) weight_map[name] = file;
+  index["weight_map"] = std::move(weight_map);
+  return index.dump(2) + "\n";
+}
+
 CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<TensorSpec> tensors,
                                    ShardingOptions options)
     : dir_(std::move(dir)),
       layout_(layout_shards(tensors, options)),
       specs_(std::move(tensors)),
       on_shard_committed_(std::move(options.on_shard_committed)),
-      index_metadata_(std::move(options.index_metadata)) {
+      index_metadata_(std::move(options.index_metadata)),
+      write_index_(options.write_index) {
   if (!options.completed.empty() && options.completed.size() != layout_.size())
     fail(ErrorKind::kDestination, dir_.string(), "",
          "completed-shard list does not match the shard layout");
@@ -67,7 +86,6 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<Tensor
       data += specs_[i].nbytes();
       specs.push_back(specs_[i]);
     }
-    total_bytes_ += data;
     remaining_[s] = data;
     const bool done = !options.completed.empty() && options.completed[s];
     committed_[s] = done;
@@ -112,18 +130,9 @@ void CheckpointWriter::commit_shard(size_t s) {
 void CheckpointWriter::commit() {
   for (size_t s = 0; s < shards_.size(); ++s)
     if (!committed_[s]) commit_shard(s);
-  if (shards_.size() == 1 && index_metadata_.empty()) return;
-  nlohmann::ordered_json index;
-  index["metadata"]["total_size"] = total_bytes_;
-  for (const auto& [k, v] : index_metadata_)
-    index["metadata"][k] = nlohmann::ordered_json::parse(v);
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
-  std::map<std::string, std::string> sorted;
-  for (const auto& sh : layout_)
-    for (size_t i : sh.tensors) sorted[specs_[i].name] = sh.name;
-  for (const auto& [name, file] : sorted) weight_map[name] = file;
-  index["weight_map"] = std::move(weight_map);
-  io::write_file_atomically(dir_ / kIndexFileName, index.dump(2) + "\n");
+  if (!write_index_) return;
+  if (auto text = index_text(layout_, specs_, index_metadata_))
+    io::write_file_atomically(dir_ / kIndexFileName, *text);
 }
 
 }  // namespace moeckpt

@@ -1,0 +1,180 @@
+// Completing a destination that the workers of a distributed conversion wrote: the index comes
+// only once every worker's shards are recorded and their sizes and headers check out.
+#include <fmt/format.h>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "adapter/destination_files.hpp"
+#include "adapter/distributed_records.hpp"
+#include "io/checksum.hpp"
+#include "io/dir_lock.hpp"
+#include "io/file.hpp"
+#include "moeckpt/distributed.hpp"
+#include "moeckpt/error.hpp"
+#include "moeckpt/safetensors.hpp"
+
+namespace moeckpt {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::chrono::milliseconds kPollInterval(200);
+
+int64_t mtime_ns(const fs::path& p) {
+  struct stat st {};
+  if (::stat(p.c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+std::string name_list(const std::vector<std::string>& names) {
+  constexpr size_t kShown = 8;
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < kShown; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > kShown) out += fmt::format(" and {} more", names.size() - kShown);
+  return out;
+}
+
+// What the folder's records say now.
+struct Survey {
+  JobRecord job;
+  std::vector<std::optional<WorkerManifest>> manifests;  // by worker
+  std::vector<std::string> missing;                      // shards no manifest records
+  std::vector<int64_t> unfinished_workers;               // owners of missing shards
+};
+
+Survey survey(const fs::path& dst) {
+  auto job = JobRecord::load(dst);
+  if (!job)
+    fail(ErrorKind::kDestination, dst.string(), "",
+         std::string("has no distributed-conversion job record (") + kJobFileName +
+             "): worker 0 never started here, or the folder was finalized already",
+         "a destination written by moeckpt ... --distributed");
+  Survey s{*job, {}, {}, {}};
+  for (const auto& [k, n] : worker_manifests_in(dst))
+    if (n != job->workers)
+      fail(ErrorKind::kDestination, dst.string(), "",
+           fmt::format("holds {} of another launch ({} workers; the job record says {})",
+                       worker_manifest_name(k, n), n, job->workers),
+           "the records of one launch");
+  for (int64_t k = 0; k < job->workers; ++k) {
+    auto m = WorkerManifest::load(dst, k, job->workers);
+    if (m && m->fingerprint != job->fingerprint)
+      fail(ErrorKind::kDestination, dst.string(), "",
+           fmt::format("{} belongs to another conversion than the job record",
+                       worker_manifest_name(k, job->workers)),
+           "the records of one launch");
+    s.manifests.push_back(std::move(m));
+  }
+  for (const auto& sh : job->shards) {
+    const auto& m = s.manifests[static_cast<size_t>(sh.worker)];
+    const auto it = m ? m->shards.find(sh.name) : decltype(m->shards.end()){};
+    if (!m || it == m->shards.end() || it->second.size != sh.size) {
+      s.missing.push_back(sh.name);
+      if (std::find(s.unfinished_workers.begin(), s.unfinished_workers.end(), sh.worker) ==
+          s.unfinished_workers.end())
+        s.unfinished_workers.push_back(sh.worker);
+    }
+  }
+  return s;
+}
+
+void check_shard(const fs::path& dst, const JobRecord::Shard& sh) {
+  const auto path = dst / sh.name;
+  std::error_code ec;
+  if (!fs::is_regular_file(fs::symlink_status(path, ec)))
+    fail(ErrorKind::kDestination, path.string(), "",
+         "is recorded as finished by worker " + std::to_string(sh.worker) +
+             " but is not a regular file",
+         "the shard the worker wrote");
+  const auto size = fs::file_size(path, ec);
+  if (ec || size != sh.size)
+    fail(ErrorKind::kDestination, path.string(), "",
+         fmt::format("has {} bytes; the plan has {}", ec ? 0 : size, sh.size),
+         "the shard as the plan lays it out");
+  std::vector<uint8_t> header(sh.header_bytes);
+  io::File::open_read(path).pread_exact(0, header);
+  if (io::text_checksum({reinterpret_cast<const char*>(header.data()), header.size()}) !=
+      sh.header_checksum)
+    fail(ErrorKind::kDestination, path.string(), "",
+         "its header differs from the plan's (another conversion's shard under this name)",
+         "the shard as the plan lays it out");
+}
+
+}  // namespace
+
+bool has_distributed_records(const fs::path& dst) {
+  return present(dst / kJobFileName) || !worker_manifests_in(dst).empty();
+}
+
+FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait) {
+  std::error_code ec;
+  if (!fs::is_directory(dst, ec))
+    fail(ErrorKind::kDestination, dst.string(), "", "is not a folder",
+         "the destination of a distributed conversion");
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  // Records older than the job record are a previous launch's (a relaunched worker rewrites its
+  // manifest when it starts): only this launch's can tell that a worker stopped.
+  const int64_t launch_time = mtime_ns(dst / kJobFileName);
+  for (;;) {
+    Survey s = survey(dst);
+    if (s.missing.empty()) {
+      uint64_t bytes = 0;
+      for (const auto& sh : s.job.shards) {
+        check_shard(dst, sh);
+        bytes += sh.size;
+      }
+      io::sync_directory(dst);
+      if (s.job.index) io::write_file_atomically(dst / kIndexFileName, *s.job.index);
+      // The index is in place: the records go, the job record last (a crash in between leaves a
+      // folder that finalize completes again).
+      for (int64_t k = 0; k < s.job.workers; ++k) {
+        remove_file(dst / worker_manifest_name(k, s.job.workers));
+        const auto lock = dst / worker_lock_name(k, s.job.workers);
+        if (present(lock) && !io::DirectoryLock::is_held(lock)) fs::remove(lock, ec);
+      }
+      io::sync_directory(dst);
+      remove_file(dst / kJobFileName);
+      io::sync_directory(dst);
+      return {s.job.shards.size(), bytes, s.job.workers, s.job.index.has_value()};
+    }
+    // A worker of this launch that stopped (failed, or died: its lock is free) without its shards
+    // will not finish them.
+    for (int64_t k : s.unfinished_workers) {
+      const auto& m = s.manifests[static_cast<size_t>(k)];
+      const auto manifest = dst / worker_manifest_name(k, s.job.workers);
+      if (!m || mtime_ns(manifest) < launch_time ||
+          io::DirectoryLock::is_held(dst / worker_lock_name(k, s.job.workers)))
+        continue;
+      std::vector<std::string> its;
+      for (const auto& sh : s.job.shards)
+        if (sh.worker == k && !m->shards.count(sh.name)) its.push_back(sh.name);
+      fail(ErrorKind::kDestination, dst.string(), "",
+           fmt::format("worker {} of {} stopped ({}) before finishing {} shard(s): {}; no index "
+                       "was written",
+                       k, s.job.workers, m->failure ? *m->failure : "it died", its.size(),
+                       name_list(its)),
+           "the same launch again with --resume (the finished shards are kept); the last worker "
+           "0 writes the index, or moeckpt finalize does");
+    }
+    if (std::chrono::steady_clock::now() >= deadline) {
+      std::vector<std::string> workers;
+      for (int64_t k : s.unfinished_workers) workers.push_back(std::to_string(k));
+      fail(ErrorKind::kDestination, dst.string(), "",
+           fmt::format("{} of {} shard(s) are not finished: {} (worker(s) {} of {}); no index was "
+                       "written",
+                       s.missing.size(), s.job.shards.size(), name_list(s.missing),
+                       name_list(workers), s.job.workers),
+           wait.count() > 0 ? fmt::format("every worker done within --wait {} s, or the missing "
+                                          "workers relaunched with --resume",
+                                          wait.count() / 1000)
+                            : "every worker done (relaunch the missing ones with --resume), "
+                              "then moeckpt finalize");
+    }
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
+}  // namespace moeckpt

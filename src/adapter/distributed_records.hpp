@@ -1,0 +1,55 @@
+#pragma once
+// The files a distributed conversion keeps in its destination until it is finalized: the job
+// record (worker 0: every shard's owner, size and header checksum, and the index to write) and
+// one manifest per worker (its finished shards, or why it stopped), each next to the worker's
+// own lock file. Nothing else is shared between workers.
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "adapter/conversion_manifest.hpp"
+
+namespace moeckpt {
+
+inline constexpr const char* kJobFileName = ".moeckpt-job.json";
+
+// ".moeckpt-worker-00002-of-00004.json" / ".lock".
+std::string worker_manifest_name(int64_t worker, int64_t workers);
+std::string worker_lock_name(int64_t worker, int64_t workers);
+// (worker, workers) of a worker manifest's file name; nullopt for any other name.
+std::optional<std::pair<int64_t, int64_t>> parse_worker_manifest_name(const std::string& name);
+// Every worker manifest in `dir`, as (worker, workers).
+std::vector<std::pair<int64_t, int64_t>> worker_manifests_in(const std::filesystem::path& dir);
+
+struct JobRecord {
+  struct Shard {
+    std::string name;
+    uint64_t size = 0;
+    uint64_t header_bytes = 0;
+    std::string header_checksum;
+    int64_t worker = 0;
+  };
+  std::string fingerprint;
+  int64_t workers = 1;
+  std::vector<Shard> shards;
+  std::optional<std::string> index;  // the index file's text; none: one shard, no index
+  // nullopt when the folder has none; throws when it is malformed.
+  static std::optional<JobRecord> load(const std::filesystem::path& dir);
+  void save(const std::filesystem::path& dir) const;  // atomically
+};
+
+struct WorkerManifest {
+  std::string fingerprint;
+  int64_t worker = 0;
+  int64_t workers = 1;
+  std::map<std::string, ConversionManifest::Shard> shards;  // finished, by file name
+  std::optional<std::string> failure;                       // why the worker stopped
+  static std::optional<WorkerManifest> load(const std::filesystem::path& dir, int64_t worker,
+                                            int64_t workers);
+  void save(const std::filesystem::path& dir) const;  // atomically
+};
+
+}  // namespace moeckpt

@@ -1,0 +1,52 @@
+#pragma once
+// The destination as one worker of a distributed conversion sees it: its own lock, manifest and
+// temporaries (never another worker's), the shards it owns, and the refusals that keep launches
+// apart: a destination holding a checkpoint, another launch's records (other inputs, options or
+// worker count), or this worker's own unfinished records without --resume.
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "adapter/destination_files.hpp"
+#include "adapter/distributed_records.hpp"
+#include "io/dir_lock.hpp"
+#include "moeckpt/adapter.hpp"
+#include "moeckpt/safetensors_writer.hpp"
+
+namespace moeckpt {
+
+class WorkerFolder {
+ public:
+  WorkerFolder(std::filesystem::path dst, const std::vector<std::filesystem::path>& srcs,
+               ExistingOutput existing, int64_t worker, int64_t workers);
+  WorkerFolder(const WorkerFolder&) = delete;
+  WorkerFolder& operator=(const WorkerFolder&) = delete;
+
+  // Starts (or, resuming, continues) this worker's part of `layout`, whose shard s the worker
+  // owner[s] writes. Worker 0 writes config.json and the job record (with `index_text`, the index
+  // the finished folder gets). Returns, per shard, whether this worker must not write it: another
+  // worker's, or finished by this worker before (size, header and checksum verified).
+  std::vector<bool> begin(const std::vector<ShardLayout>& layout, const std::vector<int64_t>& owner,
+                          const std::string& fingerprint, const std::string& config_text,
+                          const std::optional<std::string>& index_text);
+  size_t kept() const noexcept { return kept_; }
+  // Records a shard renamed into place (thread-safe).
+  void shard_committed(const ShardLayout& shard);
+  // Records why this worker stopped (finished shards stay, for --resume).
+  void record_failure(const std::string& what) noexcept;
+
+ private:
+  std::filesystem::path dst_;
+  int64_t worker_, workers_;
+  ExistingOutput existing_;
+  std::vector<FileId> inputs_;
+  std::optional<io::DirectoryLock> lock_;
+  WorkerManifest manifest_;
+  bool began_ = false;
+  size_t kept_ = 0;
+  std::mutex mutex_;
+};
+
+}  // namespace moeckpt

@@ -4,6 +4,7 @@
 // reads, and the completion of a folder the workers wrote together. Workers never talk to each
 // other: the plan is a pure function of the headers, and each records its finished shards in its
 // own manifest in the destination.
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -54,7 +55,9 @@ struct FinalizeReport {
   int64_t workers = 0;
   bool index_written = false;
 };
-FinalizeReport finalize_dir(const std::filesystem::path& dst, std::chrono::milliseconds wait);
+// A set `cancel` ends the wait (Interrupted).
+FinalizeReport finalize_dir(const std::filesystem::path& dst, std::chrono::milliseconds wait,
+                            const std::atomic<bool>* cancel = nullptr);
 
 // Whether `dst` holds the records of a distributed conversion that has not been finalized.
 bool has_distributed_records(const std::filesystem::path& dst);

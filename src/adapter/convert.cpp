@@ -292,7 +292,7 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
     for (const auto& fp : p.folders) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
-      finalize_dir(fp.dst, std::max(left, std::chrono::milliseconds(0)));
+      finalize_dir(fp.dst, std::max(left, std::chrono::milliseconds(0)), convert.exec.cancel);
     }
     total.finalized = true;
   }

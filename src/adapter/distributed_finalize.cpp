@@ -109,7 +109,8 @@ bool has_distributed_records(const fs::path& dst) {
   return present(dst / kJobFileName) || !worker_manifests_in(dst).empty();
 }
 
-FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait) {
+FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
+                            const std::atomic<bool>* cancel) {
   std::error_code ec;
   if (!fs::is_directory(dst, ec))
     fail(ErrorKind::kDestination, dst.string(), "", "is not a folder",
@@ -135,6 +136,10 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait)
         const auto lock = dst / worker_lock_name(k, s.job.workers);
         if (present(lock) && !io::DirectoryLock::is_held(lock)) fs::remove(lock, ec);
       }
+      // Temporaries of the job record that dead workers left (every worker is past writing it).
+      for (const auto& e : fs::directory_iterator(dst))
+        if (io::final_name_of_temporary(e.path().filename().string()) == kJobFileName)
+          remove_file(e.path());
       io::sync_directory(dst);
       remove_file(dst / kJobFileName);
       io::sync_directory(dst);
@@ -173,6 +178,10 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait)
                             : "every worker done (relaunch the missing ones with --resume), "
                               "then moeckpt finalize");
     }
+    if (cancel && cancel->load())
+      throw Interrupted({ErrorKind::kInterrupted, dst.string(), "",
+                         "interrupted while waiting for the other workers; no index was written",
+                         "moeckpt finalize " + dst.string() + " once every worker is done"});
     std::this_thread::sleep_for(kPollInterval);
   }
 }

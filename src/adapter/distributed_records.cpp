@@ -91,7 +91,7 @@ std::optional<JobRecord> JobRecord::load(const fs::path& dir) {
   return r;
 }
 
-void JobRecord::save(const fs::path& dir) const {
+void JobRecord::save(const fs::path& dir, int64_t worker) const {
   nlohmann::ordered_json j;
   j["format"] = kJobFormat;
   j["fingerprint"] = fingerprint;
@@ -104,7 +104,7 @@ void JobRecord::save(const fs::path& dir) const {
                            {"header_xxh3_128", s.header_checksum},
                            {"worker", s.worker}});
   j["index"] = index ? nlohmann::ordered_json(*index) : nlohmann::ordered_json(nullptr);
-  io::write_file_atomically(dir / kJobFileName, j.dump(1) + "\n");
+  io::write_file_atomically(dir / kJobFileName, j.dump(1) + "\n", static_cast<uint64_t>(worker));
 }
 
 std::optional<WorkerManifest> WorkerManifest::load(const fs::path& dir, int64_t worker,

@@ -38,7 +38,8 @@ struct JobRecord {
   std::optional<std::string> index;  // the index file's text; none: one shard, no index
   // nullopt when the folder has none; throws when it is malformed.
   static std::optional<JobRecord> load(const std::filesystem::path& dir);
-  void save(const std::filesystem::path& dir) const;  // atomically
+  // Atomically, through a temporary named after `worker` (several workers may write it at once).
+  void save(const std::filesystem::path& dir, int64_t worker) const;
 };
 
 struct WorkerManifest {

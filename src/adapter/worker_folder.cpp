@@ -107,8 +107,7 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
     if (!final_name) continue;
     const bool ours =
         own_names.count(*final_name) || *final_name == manifest_name ||
-        (worker_ == 0 && (*final_name == kIndexFileName || *final_name == kConfigFileName ||
-                          *final_name == kJobFileName));
+        (worker_ == 0 && (*final_name == kIndexFileName || *final_name == kConfigFileName));
     if (ours) remove_file(e.path());
   }
   const bool resume = existing_ == ExistingOutput::kResume && previous.has_value();
@@ -143,8 +142,11 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
   }
   began_ = true;
   manifest_.save(dst_);
-  if (worker_ == 0) {
-    io::write_file_atomically(dst_ / kConfigFileName, config_text);
+  // Worker 0 writes the job record at every start (its time tells this launch's records from
+  // older ones); the others only where it is missing, so that finalize can name the missing
+  // shards even if worker 0 never ran.
+  if (worker_ == 0 || !present(dst_ / kJobFileName)) {
+    if (worker_ == 0) io::write_file_atomically(dst_ / kConfigFileName, config_text);
     JobRecord job{fingerprint, workers_, {}, index_text};
     for (size_t s = 0; s < layout.size(); ++s)
       job.shards.push_back(
@@ -152,7 +154,7 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
            io::text_checksum(
                {reinterpret_cast<const char*>(layout[s].header.data()), layout[s].header.size()}),
            owner[s]});
-    job.save(dst_);
+    job.save(dst_, worker_);
   }
   return skip;
 }

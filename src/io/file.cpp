@@ -198,9 +198,11 @@ void sync_directory(const std::filesystem::path& dir) {
     fail(ErrorKind::kDestination, dir.string(), "", "fsync of directory: " + errno_text(err));
 }
 
-std::filesystem::path temporary_name_for(const std::filesystem::path& final_path) {
+std::filesystem::path temporary_name_for(const std::filesystem::path& final_path,
+                                         std::optional<uint64_t> writer_tag) {
   static std::atomic<unsigned> counter{0};
-  auto name = "." + final_path.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
+  const uint64_t writer = writer_tag ? *writer_tag : static_cast<uint64_t>(::getpid());
+  auto name = "." + final_path.filename().string() + ".tmp." + std::to_string(writer) + "." +
               std::to_string(counter++);
   return final_path.parent_path() / name;
 }
@@ -224,8 +226,9 @@ std::optional<std::string> final_name_of_temporary(std::string_view file_name) {
   return std::string(named.substr(1, named.size() - 1 - kTmp.size()));
 }
 
-void write_file_atomically(const std::filesystem::path& path, std::string_view text) {
-  auto tmp = temporary_name_for(path);
+void write_file_atomically(const std::filesystem::path& path, std::string_view text,
+                           std::optional<uint64_t> writer_tag) {
+  auto tmp = temporary_name_for(path, writer_tag);
   try {
     File f = File::create_exclusive(tmp, path);
     f.pwrite_all(0, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});

@@ -49,7 +49,10 @@ class File {
 void sync_directory(const std::filesystem::path& dir);
 
 // Writes `text` to `path` through a temporary name: write, fsync, rename, fsync the directory.
-void write_file_atomically(const std::filesystem::path& path, std::string_view text);
+// `writer_tag`: stands in for the process id in the temporary name, where processes on several
+// machines (whose ids may coincide) write the same file.
+void write_file_atomically(const std::filesystem::path& path, std::string_view text,
+                           std::optional<uint64_t> writer_tag = std::nullopt);
 
 std::string read_small_file(const std::filesystem::path& path, uint64_t max_bytes);
 
@@ -57,7 +60,8 @@ std::string read_small_file(const std::filesystem::path& path, uint64_t max_byte
 // "a FIFO", "a directory", ... for a stat mode (messages).
 const char* file_type_name(unsigned mode) noexcept;
 
-std::filesystem::path temporary_name_for(const std::filesystem::path& final_path);
+std::filesystem::path temporary_name_for(const std::filesystem::path& final_path,
+                                         std::optional<uint64_t> writer_tag = std::nullopt);
 // The final name a temporary_name_for() name stands for; nullopt for any other name.
 std::optional<std::string> final_name_of_temporary(std::string_view file_name);
 

@@ -37,8 +37,9 @@ std::vector<uint8_t> encode_header(const std::vector<TensorSpec>& tensors,
 
 class ShardWriter {
  public:
+  // `sparse`: no blocks are reserved up front, so bytes never written stay holes.
   ShardWriter(std::filesystem::path final_path, std::vector<TensorSpec> tensors,
-              std::map<std::string, std::string> metadata = {});
+              std::map<std::string, std::string> metadata = {}, bool sparse = false);
   ShardWriter(const ShardWriter&) = delete;
   ShardWriter& operator=(const ShardWriter&) = delete;
   ~ShardWriter();  // removes the temporary file unless committed
@@ -48,6 +49,8 @@ class ShardWriter {
   uint64_t file_size() const noexcept { return file_size_; }
   // Thread-safe for disjoint pieces.
   void write(size_t tensor_index, uint64_t offset, std::span<const uint8_t> bytes);
+  // Counts tensor i as written without writing it: a hole of zeros in a sparse file.
+  void leave_hole(size_t tensor_index);
   // Checks every tensor was fully written, fsyncs and renames into place.
   void commit();
 
@@ -80,6 +83,8 @@ struct ShardingOptions {
   std::function<void(size_t shard)> on_shard_committed;
   // false: commit() writes no index (a distributed worker: the index comes once all are done).
   bool write_index = true;
+  // Sparse shard files: nothing reserved up front, tensors left as holes read as zeros.
+  bool sparse = false;
 };
 
 // Where each tensor goes: shard names, contents and exact header bytes, before any file exists.
@@ -114,6 +119,8 @@ class CheckpointWriter {
   const TensorSpec& spec(size_t tensor_index) const;
   const std::vector<ShardLayout>& layout() const noexcept { return layout_; }
   void write(size_t tensor_index, uint64_t offset, std::span<const uint8_t> bytes);
+  // A tensor of zeros that is never written (ShardingOptions::sparse).
+  void leave_hole(size_t tensor_index);
   // Commits the shards not committed yet, then writes the index (when there are several shards).
   void commit();
   static std::string shard_file_name(size_t i, size_t n);

@@ -22,6 +22,10 @@ struct SynthOptions {
   std::optional<uint64_t> max_shard_bytes;  // default: at least two shards
   // A fused-QKV layout whose TP degree the index records: the degree (default 4).
   std::optional<int64_t> tp_size;
+  // Sparse files of the real size and layout (split-QKV layouts): FP8 codes and large weights are
+  // holes (zeros, no disk blocks), block scales and small tensors real values. For planning and
+  // I/O measurements of full-size checkpoints on a small disk.
+  bool sparse = false;
 };
 
 struct SynthReport {

@@ -148,14 +148,18 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
     // A worker of this launch that stopped (failed, or died: its lock is free) without its shards
     // will not finish them.
     for (int64_t k : s.unfinished_workers) {
-      const auto& m = s.manifests[static_cast<size_t>(k)];
       const auto manifest = dst / worker_manifest_name(k, s.job.workers);
-      if (!m || mtime_ns(manifest) < launch_time ||
+      if (!s.manifests[static_cast<size_t>(k)] || mtime_ns(manifest) < launch_time ||
           io::DirectoryLock::is_held(dst / worker_lock_name(k, s.job.workers)))
         continue;
+      // The lock is free: read the manifest again, since a worker records its last shard before
+      // it lets go of the lock (what the survey read may predate both).
+      const auto m = WorkerManifest::load(dst, k, s.job.workers);
+      if (!m) continue;
       std::vector<std::string> its;
       for (const auto& sh : s.job.shards)
         if (sh.worker == k && !m->shards.count(sh.name)) its.push_back(sh.name);
+      if (its.empty()) continue;  // it finished meanwhile
       fail(ErrorKind::kDestination, dst.string(), "",
            fmt::format("worker {} of {} stopped ({}) before finishing {} shard(s): {}; no index "
                        "was written",

@@ -110,6 +110,12 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
         (worker_ == 0 && (*final_name == kIndexFileName || *final_name == kConfigFileName));
     if (ours) remove_file(e.path());
   }
+  // Job-record temporaries under our own worker tag (the lock keeps this worker unique).
+  const auto job_tmp = "." + std::string(kJobFileName) + ".tmp." + std::to_string(worker_) + ".";
+  for (const auto& e : fs::directory_iterator(dst_))
+    if (e.path().filename().string().starts_with(job_tmp) &&
+        io::final_name_of_temporary(e.path().filename().string()) == kJobFileName)
+      remove_file(e.path());
   const bool resume = existing_ == ExistingOutput::kResume && previous.has_value();
   for (const auto& name : own_names) {
     const auto path = dst_ / name;
@@ -140,12 +146,12 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
       skip[s] = false;
     }
   }
-  began_ = true;
-  manifest_.save(dst_);
   // Worker 0 writes the job record at every start (its time tells this launch's records from
-  // older ones); the others only where it is missing, so that finalize can name the missing
-  // shards even if worker 0 never ran.
-  if (worker_ == 0 || !present(dst_ / kJobFileName)) {
+  // older ones); another worker with shards writes it where it is missing on a fresh launch, so
+  // that finalize can name the missing shards even if worker 0 never ran. (On a resume a missing
+  // record means the folder was finalized meanwhile.) A worker without shards writes nothing.
+  const bool fresh = !previous.has_value();
+  if (worker_ == 0 || (!own_names.empty() && fresh && !present(dst_ / kJobFileName))) {
     if (worker_ == 0) io::write_file_atomically(dst_ / kConfigFileName, config_text);
     JobRecord job{fingerprint, workers_, {}, index_text};
     for (size_t s = 0; s < layout.size(); ++s)
@@ -155,6 +161,16 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
                {reinterpret_cast<const char*>(layout[s].header.data()), layout[s].header.size()}),
            owner[s]});
     job.save(dst_, worker_);
+  }
+  if (own_names.empty()) return skip;
+  began_ = true;
+  manifest_.save(dst_);
+  // Every shard of ours was recorded before and worker 0 (or finalize) completed the folder
+  // before this manifest was written: it would be left behind, so it goes again.
+  if (kept_ == own_names.size() &&
+      (present(dst_ / kIndexFileName) || !present(dst_ / kJobFileName))) {
+    remove_file(dst_ / worker_manifest_name(worker_, workers_));
+    began_ = false;
   }
   return skip;
 }

@@ -35,6 +35,17 @@ CLI::Validator integer_in(uint64_t lo, uint64_t hi) {
       fmt::format("INT in [{} - {}]", lo, hi));
 }
 
+// An EP rank, or "all".
+CLI::Validator rank_or_all(uint64_t hi) {
+  return CLI::Validator(
+      [hi](std::string& text) {
+        if (text == "all") return std::string();
+        auto why = moeckpt::cli::check_integer(text, 0, hi);
+        return why.empty() ? why : why + " (or \"all\")";
+      },
+      fmt::format("INT in [0 - {}] or \"all\"", hi));
+}
+
 const CLI::Validator kTolerance(
     [](std::string& text) { return moeckpt::cli::check_tolerance(text); }, "FLOAT >= 0");
 
@@ -90,6 +101,10 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->add_option("--tp-size", synth.tp_size,
                    "the TP degree a fused qkv_proj is interleaved over (v26 presets; default 4)")
       ->check(integer_in(1, 1 << 16));
+  synth_cmd->add_flag("--sparse", synth.sparse,
+                      "real size and layout as sparse files: FP8 codes and large weights are "
+                      "holes, scales and small tensors real (plans and I/O tests of full-size "
+                      "checkpoints)");
   synth_cmd
       ->add_option("--shard-size", synth.max_shard_bytes,
                    "maximum bytes per shard (default: a third of the total, at most 5 GB)")
@@ -120,7 +135,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->add_option("--ep-rank", fh_ep_rank,
                    "this rank: only its experts are read and written; \"all\": every rank, each "
                    "into DST/ep-rank-R-of-W (the default with --distributed)")
-      ->check(CLI::IsMember({"all"}) | integer_in(0, kMaxCount));
+      ->check(rank_or_all(kMaxCount));
   fh_cmd->add_option("--compat", fh_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
   std::string fh_attn = "sdpa";
   fh_cmd->add_option("--attn-backend", fh_attn, kAttnBackendHelp)
@@ -254,7 +269,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   plan_cmd
       ->add_option("--ep-rank", plan_ep_rank,
                    "from-hf: one rank, or \"all\" (the default with --ep-size)")
-      ->check(CLI::IsMember({"all"}) | integer_in(0, kMaxCount));
+      ->check(rank_or_all(kMaxCount));
   plan_cmd->add_option("--dtype", plan_dtype, "dtype of dequantized weights")
       ->check(CLI::IsMember({"bf16", "f32"}));
   plan_cmd->add_option("--shard-size", plan_shard_size, "maximum bytes per output shard")

@@ -91,7 +91,7 @@ CheckpointWriter::CheckpointWriter(std::filesystem::path dir, std::vector<Tensor
     committed_[s] = done;
     shards_.push_back(done ? nullptr
                            : std::make_unique<ShardWriter>(dir_ / layout_[s].name, std::move(specs),
-                                                           options.metadata));
+                                                           options.metadata, options.sparse));
   }
 }
 
@@ -119,6 +119,15 @@ void CheckpointWriter::write(size_t i, uint64_t offset, std::span<const uint8_t>
   // Pieces are disjoint (ShardWriter checks their bounds), so the write that brings the count to
   // zero is the last one and every other has returned.
   if (!bytes.empty() && (remaining_[loc.shard] -= bytes.size()) == 0) commit_shard(loc.shard);
+}
+
+void CheckpointWriter::leave_hole(size_t i) {
+  const auto& loc = locations_.at(i);
+  auto& shard = shards_[loc.shard];
+  if (!shard) return;
+  shard->leave_hole(loc.index_in_shard);
+  const uint64_t n = specs_[i].nbytes();
+  if (n > 0 && (remaining_[loc.shard] -= n) == 0) commit_shard(loc.shard);
 }
 
 void CheckpointWriter::commit_shard(size_t s) {

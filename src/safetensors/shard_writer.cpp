@@ -48,7 +48,7 @@ std::vector<uint8_t> encode_header(const std::vector<TensorSpec>& tensors,
 }
 
 ShardWriter::ShardWriter(std::filesystem::path final_path, std::vector<TensorSpec> tensors,
-                         std::map<std::string, std::string> metadata)
+                         std::map<std::string, std::string> metadata, bool sparse)
     : final_path_(std::move(final_path)), tensors_(std::move(tensors)) {
   std::vector<uint64_t> offsets;
   auto header = encode_header(tensors_, metadata, &offsets);
@@ -61,7 +61,7 @@ ShardWriter::ShardWriter(std::filesystem::path final_path, std::vector<TensorSpe
   temp_path_ = io::temporary_name_for(final_path_);
   file_ = std::make_unique<io::File>(io::File::create_exclusive(temp_path_, final_path_));
   try {
-    file_->preallocate(file_size_);
+    if (!sparse) file_->preallocate(file_size_);
     file_->truncate(file_size_);
     file_->pwrite_all(0, header);
   } catch (...) {
@@ -99,6 +99,10 @@ void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> byte
     unflushed_ = 0;
     file_->start_writeback();
   }
+}
+
+void ShardWriter::leave_hole(size_t i) {
+  written_[i] = tensors_.at(i).nbytes();
 }
 
 void ShardWriter::commit() {

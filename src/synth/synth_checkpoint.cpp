@@ -253,6 +253,27 @@ void write_fp8_group(const ModelSpec& spec, const Fp8Group& g, uint64_t seed, Ch
     w.write(index.at(*spec.block_scale_name(g.members[mi].name)), 0, to_f32_bytes(scales[mi]));
 }
 
+// Sparse checkpoints: plain tensors above this size are holes.
+constexpr uint64_t kSparseRealBytes = 4ull << 20;
+
+// The codes of a sparse checkpoint are holes (zeros); its scales are real: positive powers of two
+// times a random mantissa around what a 0.02-sigma weight block gets (amax / 448).
+void write_sparse_fp8_group(const ModelSpec& spec, const Fp8Group& g, uint64_t seed,
+                            CheckpointWriter& w,
+                            const std::unordered_map<std::string, size_t>& index) {
+  const int64_t cb = plain_scale_count(g.cols, kBlock);
+  for (const auto& m : g.members) {
+    w.leave_hole(index.at(m.name));
+    const auto scale_name = *spec.block_scale_name(m.name);
+    uint64_t state = name_seed(seed, scale_name);
+    std::vector<float> scales(static_cast<size_t>(m.scale_rows * cb));
+    for (auto& s : scales)
+      s = std::ldexp(1.0f + static_cast<float>(splitmix64(state) >> 41) / float(1 << 23),
+                     -13 - static_cast<int>(splitmix64(state) % 3));
+    w.write(index.at(scale_name), 0, to_f32_bytes(scales));
+  }
+}
+
 void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
                  const std::unordered_map<std::string, size_t>& index) {
   int64_t rows = p.shape.size() == 2 ? static_cast<int64_t>(p.shape[0]) : 1;
@@ -412,6 +433,11 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
          fmt::format("a TP degree of {} for the {} layout", *o.tp_size, spec->layout_name()),
          "a positive TP degree, for a layout whose fused qkv_proj records one");
   if (spec->hf_qkv_fused()) {
+    if (o.sparse)
+      fail(ErrorKind::kInvalidArgument, "", "",
+           fmt::format("sparse files of the {} layout (synthesized by export)",
+                       spec->layout_name()),
+           "a split-QKV preset");
     std::error_code ec;
     if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
       fail(ErrorKind::kDestination, dst.string(), "", "destination already holds a checkpoint");
@@ -437,13 +463,25 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
   sharding.max_shard_bytes = o.max_shard_bytes.value_or(
       std::min<uint64_t>(sharding.max_shard_bytes, std::max<uint64_t>(1, (total + 2) / 3)));
   sharding.metadata = {{"format", "pt"}};
+  sharding.sparse = o.sparse;
   std::unordered_map<std::string, size_t> index;
   for (size_t i = 0; i < specs.size(); ++i) index.emplace(specs[i].name, i);
 
   io::write_file_atomically(dst / "config.json", doc.dump(2) + "\n");
   CheckpointWriter writer(dst, std::move(specs), sharding);
-  for (const auto& p : layout.plain) write_plain(p, o.seed, writer, index);
-  for (const auto& g : layout.fp8) write_fp8_group(*spec, g, o.seed, writer, index);
+  if (o.sparse) {
+    for (const auto& p : layout.plain) {
+      const size_t i = index.at(p.name);
+      if (writer.spec(i).nbytes() > kSparseRealBytes)
+        writer.leave_hole(i);
+      else
+        write_plain(p, o.seed, writer, index);
+    }
+    for (const auto& g : layout.fp8) write_sparse_fp8_group(*spec, g, o.seed, writer, index);
+  } else {
+    for (const auto& p : layout.plain) write_plain(p, o.seed, writer, index);
+    for (const auto& g : layout.fp8) write_fp8_group(*spec, g, o.seed, writer, index);
+  }
   writer.commit();
   return {writer.tensor_count(), total, writer.shard_count()};
 }

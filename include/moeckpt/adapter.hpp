@@ -175,6 +175,11 @@ struct ConvertOptions {
   int64_t workers = 0;
   int64_t worker = 0;
   std::chrono::milliseconds wait = std::chrono::hours(48);
+  // Distributed: the worker of each output shard, where the caller decides (a training job's
+  // export: the rank holding a shard's experts); empty: assign_shards() by bytes.
+  std::vector<int64_t> shard_owners;
+  // Distributed: false leaves finalize_dir() to the caller (after its own barrier).
+  bool finalize = true;
 };
 struct ConvertReport {
   size_t tensors = 0;
@@ -241,6 +246,21 @@ struct LoadReport {
 // and only that rank's experts need be in the folder.
 LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<LoadDestination>& dests,
                         const FromHfOptions& options, const ExecOptions& exec = {});
+// The export of a native state dict whose tensors `split` are divided over `workers` processes
+// along their first dimension (EP ranks; process k holds the rows ExpertRange::for_rank gives it,
+// the other tensors are whole everywhere): the global plan's shards, the worker of each (the one
+// holding most of the split rows the shard reads; shards reading no split tensor go to worker
+// 0), and per worker the rows [lo, hi) of each split tensor its shards read. `native` needs only
+// names, dtypes and shapes (no bytes are read).
+struct ExportDistribution {
+  std::vector<std::string> shards;
+  std::vector<int64_t> owners;
+  std::vector<std::map<std::string, std::pair<int64_t, int64_t>>> rows_needed;  // per worker
+};
+ExportDistribution plan_export_distribution(const TensorSource& native, const ModelConfig& config,
+                                            const ToHfOptions& options,
+                                            const std::vector<std::string>& split,
+                                            uint64_t max_shard_bytes, int64_t workers);
 // to-hf of any tensor source (e.g. a generated one): `inputs_text` is its identity for resume.
 ConvertReport to_hf_dir_from_source(const TensorSource& native, const std::string& inputs_text,
                                     const ModelConfig& config, const std::filesystem::path& dst,

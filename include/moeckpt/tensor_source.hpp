@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -83,8 +84,11 @@ class MemorySource final : public TensorSource {
   };
   // Order kept as given; `index_metadata` stands in for a folder index's "metadata" (JSON text
   // values, e.g. {"tp_size", "4"}).
+  // `windows[name]`: that entry's bytes are bytes [offset, offset + size) of the tensor its shape
+  // describes (one process's part of a tensor split over processes); reads outside are refused.
   explicit MemorySource(std::vector<Entry> entries,
-                        std::map<std::string, std::string> index_metadata = {});
+                        std::map<std::string, std::string> index_metadata = {},
+                        const std::map<std::string, uint64_t>& windows = {});
   void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override;
   std::map<std::string, std::string> metadata(size_t) const override { return {}; }
   size_t parts() const override { return 1; }
@@ -96,6 +100,7 @@ class MemorySource final : public TensorSource {
 
  private:
   std::vector<std::span<const uint8_t>> bytes_;
+  std::vector<uint64_t> window_offsets_;
   std::map<std::string, std::string> index_metadata_;
 };
 

@@ -11,7 +11,7 @@ import torch
 
 from . import _core
 from . import _tensors as T
-from .adapter import _mesh_rank_size, adapter_for
+from .adapter import _local_expert_shard, _mesh_rank_size, adapter_for
 from .load import _load
 
 
@@ -99,6 +99,7 @@ def to_hf_dir(
     checkpoint_tp_size: Optional[int] = None,
     overwrite: bool = False,
     resume: bool = False,
+    device_mesh: Any = None,
 ) -> WriteReport:
     """Writes a native state dict as an HF checkpoint folder: per-expert weights, ``quant`` =
     ``"block"`` (real ``amax / 448`` block scales), ``"cast"`` (Automodel's ones scales) or ``"none"``
@@ -114,7 +115,19 @@ def to_hf_dir(
     same call with ``resume=True`` keeps the verified shards and completes the folder byte-identically.
     Any error removes what the call wrote; KeyboardInterrupt stops it at the next task, keeping the
     finished shards for ``resume=True``.
+
+    With ``device_mesh`` (called on every rank of a torch.distributed job whose grouped experts are
+    DTensors sharded on the mesh's ``"ep"`` dimension, other tensors replicated), the ranks write one
+    checkpoint together, byte-identical to the single-process export of the whole model: each rank
+    writes the shards holding (most of) its experts, rank 0 the rest, receiving over the job's own
+    process group the few experts of a shard another rank holds; rank 0 writes the index after a
+    barrier. Every rank returns its own report, or raises if any rank failed (no index then;
+    ``resume=True`` on every rank continues). ``overwrite`` is refused (docs/SCALING.md).
     """
+    if device_mesh is not None:
+        return _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_regex, max_shard_bytes,
+                                  device_mesh, threads, max_memory, attn_backend, checkpoint_tp_size, overwrite,
+                                  resume)
     existing = _existing(overwrite, resume)
     compat_name = T.compat_name(compat)
     quant = T.quant_mode(quant)
@@ -135,6 +148,143 @@ def to_hf_dir(
             attn=adapter.attn_backend, tp_size=adapter.checkpoint_tp_size))
     del keep
     return WriteReport(tensors, nbytes, shards)
+
+
+def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_regex, max_shard_bytes, device_mesh,
+                       threads, max_memory, attn_backend, checkpoint_tp_size, overwrite, resume) -> WriteReport:
+    import torch.distributed as dist
+
+    names = tuple(getattr(device_mesh, "mesh_dim_names", None) or ())
+    if "ep" not in names:
+        raise _core.InvalidArgumentError(f"moeckpt: device_mesh has dimensions {names}; a distributed export "
+                                         "needs one named 'ep' (the grouped experts' shard dimension)")
+    ep_dim = names.index("ep")
+    group = device_mesh.get_group(ep_dim)
+    workers, rank = int(device_mesh.size(ep_dim)), int(device_mesh.get_local_rank(ep_dim))
+    # Other mesh dimensions hold copies: the ranks at coordinate 0 of every other one write.
+    coord = device_mesh.get_coordinate() or [0] * len(names)
+    writer = all(c == 0 for i, c in enumerate(coord) if i != ep_dim)
+    existing = _existing(overwrite, resume)
+    compat_name = T.compat_name(compat)
+    quant = T.quant_mode(quant)
+    if compat_name != "none" and quant == "block":
+        quant = "cast"
+    adapter = adapter_for(config, compat=compat, attn_backend=attn_backend, checkpoint_tp_size=checkpoint_tp_size)
+    cfg = adapter._config
+    n = cfg.n_routed_experts
+    items, split, specs = [], {}, []
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"moeckpt: '{k}' is a {type(v).__name__}, expected a torch.Tensor")
+        if cfg.is_grouped_expert_key(k):
+            if not T.is_dtensor(v) and v.shape[0] != n:
+                raise _core.InvalidArgumentError(
+                    f"moeckpt: tensor '{k}': a plain tensor of {v.shape[0]} experts in a distributed export (expected a "
+                    f"DTensor sharded on the 'ep' dimension, or all {n} experts)")
+            if T.is_dtensor(v):
+                local, first = _local_expert_shard(v, n)
+                if first != int(_core.expert_range(n, workers, rank)[0]):
+                    raise _core.InvalidArgumentError(f"moeckpt: tensor '{k}': its shard starts at expert {first}, not "
+                                                     f"where EP rank {rank}/{workers} of device_mesh starts")
+                split[k] = (first, local.shape[0])
+                specs.append((k, T.dtype_name(v.dtype), list(v.shape)))
+                items.append((k, local))
+                continue
+        full = v.full_tensor() if T.is_dtensor(v) else v
+        specs.append((k, T.dtype_name(full.dtype), list(full.shape)))
+        items.append((k, full))
+    exclude = T.anchored(exclude_key_regex)
+    attn, tp = adapter.attn_backend, adapter.checkpoint_tp_size
+    report = WriteReport(0, 0, 0)
+    error: Optional[BaseException] = None
+    # From names, dtypes and shapes alone: the same on every rank, so is a refusal.
+    _shards, owners, needed = _core.export_plan(specs, sorted(split), cfg, quant, compat_name, exclude, None, attn,
+                                                tp or 0, int(max_shard_bytes), workers)
+    # Rows a rank's shards read from another rank's experts, sent over the job's process group in one
+    # order every rank follows (each transfer blocks only its two ranks: no cycle).
+    local = dict(items)
+    received: dict[str, list[tuple[int, torch.Tensor]]] = {}
+    for dst in range(workers):
+        for k in sorted(needed[dst]):
+            lo, hi = needed[dst][k]
+            for src in range(workers):
+                if src == dst:
+                    continue
+                first, count = _core.expert_range(n, workers, src)
+                a, b = max(lo, first), min(hi, first + count)
+                if b <= a:
+                    continue
+                if rank == src:
+                    dist.send(local[k][a - first:b - first].contiguous(), dist.get_global_rank(group, dst), group=group)
+                elif rank == dst:
+                    buf = torch.empty((b - a, *specs_shape(specs, k)[1:]), dtype=local[k].dtype)
+                    dist.recv(buf, dist.get_global_rank(group, src), group=group)
+                    received.setdefault(k, []).append((a, buf))
+    keep: list = []
+    rows, windows = [], {}
+    try:
+        if writer:
+            for k, t in items:
+                t = T.host_tensor(t)
+                if k in split:
+                    first, count = split[k]
+                    lo, hi = needed[rank].get(k, (first, first + count))
+                    pieces = [(first, t)] + received.get(k, [])
+                    # The rows [lo, hi) this rank's shards read, from its own experts and those received.
+                    parts = []
+                    for start, p in sorted(pieces, key=lambda x: x[0]):
+                        a, b = max(lo, start), min(hi, start + p.shape[0])
+                        if b > a:
+                            parts.append(T.host_tensor(p[a - start:b - start]))
+                    if not parts:  # reads none of this tensor: its own rows stand in
+                        lo, parts = first, [t]
+                    window = parts[0] if len(parts) == 1 else torch.cat(parts)
+                    keep.append(window)
+                    windows[k] = lo * (t.numel() // max(1, t.shape[0])) * t.element_size()
+                    rows.append((k, T.dtype_name(window.dtype), specs_shape(specs, k), window.data_ptr(),
+                                 window.numel() * window.element_size()))
+                else:
+                    keep.append(t)
+                    rows.append(T.row(k, t))
+            digests: list = [None] * workers
+            dist.all_gather_object(digests, _core.memory_digest([T.row(k, T.host_tensor(t)) for k, t in items]),
+                                   group=group)
+            inputs_text = f"distributed export over {workers} EP ranks: " + " ".join(digests)
+            tensors, nbytes, nshards, _kept = _run_interruptible(
+                lambda cancel: _core.to_hf_dir_worker(
+                    rows, windows, inputs_text, os.fspath(path), cfg, quant, compat_name, exclude, None,
+                    int(max_shard_bytes), int(threads), int(max_memory), existing, cancel, attn, tp or 0, workers, rank,
+                    owners))
+            report = WriteReport(tensors, nbytes, nshards)
+    except BaseException as e:
+        error = e
+    # Every rank learns whether all succeeded; only then rank 0 writes the index.
+    if writer:
+        failed = torch.tensor([1 if error is not None else 0], dtype=torch.int32)
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
+        if error is None and failed.item() == 0 and rank == 0:
+            try:
+                _core.finalize_dir(os.fspath(path))
+            except BaseException as e:
+                error = e
+        done = torch.tensor([1 if error is not None else 0], dtype=torch.int32)
+        dist.all_reduce(done, op=dist.ReduceOp.MAX, group=group)
+        if error is None and done.item() != 0:
+            error = _core.DestinationError(f"moeckpt: {os.fspath(path)}: another rank of the export failed; no index "
+                                           "was written (the same call with resume=True on every rank continues)")
+    if len(names) > 1:
+        dist.barrier()  # the ranks that did not write wait for the folder
+    del keep
+    if error is not None:
+        raise error
+    return report
+
+
+def specs_shape(specs: list, key: str) -> list:
+    for k, _, shape in specs:
+        if k == key:
+            return shape
+    raise KeyError(key)
 
 
 def dequantize_dir(

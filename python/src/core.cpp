@@ -6,6 +6,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/map.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -13,6 +14,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -26,9 +28,11 @@
 #include <vector>
 
 #include "exec/worker_threads.hpp"
+#include "io/checksum.hpp"
 #include "io/file.hpp"
 #include "io/hub_cache.hpp"
 #include "moeckpt/adapter.hpp"
+#include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_config.hpp"
 #include "moeckpt/safetensors.hpp"
@@ -57,14 +61,16 @@ Dtype dtype_of(const std::string& name) {
   return *d;
 }
 
-std::vector<MemorySource::Entry> entries_of(const std::vector<InRow>& rows) {
+// `windows`: rows whose bytes are only part of the tensor their shape describes (MemorySource).
+std::vector<MemorySource::Entry> entries_of(const std::vector<InRow>& rows,
+                                            const std::map<std::string, uint64_t>& windows = {}) {
   std::vector<MemorySource::Entry> out;
   out.reserve(rows.size());
   for (const auto& [name, dtype, shape, addr, nbytes] : rows) {
     const Dtype dt = dtype_of(dtype);
     // The same size rule as a file's header: a tensor's bytes must be exactly its shape's.
     const uint64_t want = TensorSpec{name, dt, shape}.nbytes();
-    if (want != nbytes)
+    if (want != nbytes && !windows.count(name))
       fail(
           ErrorKind::kInvalidArgument, "", name,
           "holds " + std::to_string(nbytes) + " bytes but its shape needs " + std::to_string(want));
@@ -605,6 +611,86 @@ NB_MODULE(_core, m) {
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
       nb::arg("require_all"), nb::arg("max_shard_bytes"), nb::arg("threads"), nb::arg("max_memory"),
       nb::arg("existing"), nb::arg("cancel"), nb::arg("attn") = "sdpa", nb::arg("tp_size") = 0);
+
+  // A distributed export (to_hf_dir with a device mesh): from names, dtypes and global shapes
+  // alone, the shards of the whole model's export, the rank writing each, and per rank the rows of
+  // each EP-split tensor its shards read. Returns (shards, owners, rows_needed).
+  m.def(
+      "export_plan",
+      [](const std::vector<std::tuple<std::string, std::string, std::vector<uint64_t>>>& specs,
+         const std::vector<std::string>& split, const Config& cfg, const std::string& quant,
+         const std::string& compat, std::optional<std::string> exclude,
+         std::optional<std::string> prefix, const std::string& attn, int64_t tp_size,
+         uint64_t max_shard_bytes, int64_t workers) {
+        std::vector<MemorySource::Entry> entries;
+        std::map<std::string, uint64_t> windows;
+        for (const auto& [name, dtype, shape] : specs) {
+          entries.push_back({name, dtype_of(dtype), shape, {}});
+          windows[name] = 0;  // no bytes: planning reads none
+        }
+        auto o = to_hf_options(quant, compat, exclude, prefix, true, attn, tp_size);
+        MemorySource src(std::move(entries), {}, windows);
+        auto d = plan_export_distribution(src, cfg.config, o, split, max_shard_bytes, workers);
+        return std::make_tuple(d.shards, d.owners, d.rows_needed);
+      },
+      nb::arg("specs"), nb::arg("split"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
+      nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("attn"), nb::arg("tp_size"),
+      nb::arg("max_shard_bytes"), nb::arg("workers"));
+
+  // One rank's part of a distributed export: the whole model's plan over this rank's tensors
+  // (`windows`: the EP-split ones, as rows [offset / row bytes, ...) of the global tensor), the
+  // shards `owners` gives this worker; the caller finalizes after its barrier. Returns (tensors,
+  // bytes written here, shards, shards kept).
+  m.def(
+      "to_hf_dir_worker",
+      [](const std::vector<InRow>& rows, const std::map<std::string, uint64_t>& windows,
+         const std::string& inputs_text, const std::string& dst, const Config& cfg,
+         const std::string& quant, const std::string& compat, std::optional<std::string> exclude,
+         std::optional<std::string> prefix, uint64_t max_shard_bytes, unsigned threads,
+         uint64_t max_memory, const std::string& existing, CancelFlag& cancel,
+         const std::string& attn, int64_t tp_size, int64_t workers, int64_t worker,
+         const std::vector<int64_t>& owners) {
+        auto entries = entries_of(rows, windows);
+        auto o = to_hf_options(quant, compat, exclude, prefix, true, attn, tp_size);
+        nb::gil_scoped_release release;
+        MemorySource src(std::move(entries), {}, windows);
+        auto c = convert_options(max_shard_bytes, threads, max_memory, existing, cancel);
+        c.workers = workers;
+        c.worker = worker;
+        c.shard_owners = owners;
+        c.finalize = false;
+        const auto r = to_hf_dir_from_source(src, inputs_text, cfg.config, dst, o, 0, c);
+        return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
+      },
+      nb::arg("rows"), nb::arg("windows"), nb::arg("inputs_text"), nb::arg("dst"),
+      nb::arg("config"), nb::arg("quant"), nb::arg("compat"), nb::arg("exclude").none(),
+      nb::arg("prefix").none(), nb::arg("max_shard_bytes"), nb::arg("threads"),
+      nb::arg("max_memory"), nb::arg("existing"), nb::arg("cancel"), nb::arg("attn"),
+      nb::arg("tp_size"), nb::arg("workers"), nb::arg("worker"), nb::arg("owners"));
+
+  // Completes a folder a distributed conversion wrote (moeckpt finalize). Returns (shards,
+  // bytes, index written).
+  m.def(
+      "finalize_dir",
+      [](const std::string& dst, double wait_seconds) {
+        nb::gil_scoped_release release;
+        const auto r = finalize_dir(
+            dst, std::chrono::milliseconds(static_cast<int64_t>(wait_seconds * 1000.0)));
+        return std::make_tuple(r.shards, r.bytes, r.index_written);
+      },
+      nb::arg("dst"), nb::arg("wait_seconds") = 0.0);
+
+  // A digest of tensors in memory (names, shapes and bytes): the identity a distributed export's
+  // ranks agree on for --resume (each rank's digest of what it holds, gathered).
+  m.def("memory_digest", [](const std::vector<InRow>& rows) {
+    std::string text;
+    for (const auto& [name, dtype, shape, addr, nbytes] : rows) {
+      text += name + " " + dtype + " " + std::to_string(nbytes) + " ";
+      nb::gil_scoped_release release;
+      text += io::text_checksum({reinterpret_cast<const char*>(addr), nbytes}) + "\n";
+    }
+    return io::text_checksum(text);
+  });
 
   // HF -> HF folder conversions (moeckpt dequantize / quantize), the same job layer. Return
   // (tensors, bytes, shards, shards kept).

@@ -253,7 +253,17 @@ Distribution distribute(const PreparedConversion& p, const ConvertOptions& conve
     d.layouts.push_back(layout_shards(fp.plan.outputs, sharding_of(fp.plan, convert)));
     for (const auto& sh : d.layouts.back()) sizes.push_back(sh.file_size);
   }
-  const auto owner = assign_shards(sizes, workers);
+  if (!convert.shard_owners.empty() && convert.shard_owners.size() != sizes.size())
+    fail(ErrorKind::kInvalidArgument, "", "",
+         fmt::format("{} shard owners for {} output shards", convert.shard_owners.size(),
+                     sizes.size()),
+         "one worker per shard of the plan");
+  for (int64_t o : convert.shard_owners)
+    if (o < 0 || o >= workers)
+      fail(ErrorKind::kInvalidArgument, "", "",
+           fmt::format("shard owner {} is not a worker of {}", o, workers));
+  const auto owner =
+      convert.shard_owners.empty() ? assign_shards(sizes, workers) : convert.shard_owners;
   size_t i = 0;
   for (const auto& layout : d.layouts) {
     d.owners.emplace_back(owner.begin() + static_cast<std::ptrdiff_t>(i),
@@ -287,7 +297,7 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
     add(total,
         write_plan_as_worker(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert));
   total.finalized = false;
-  if (convert.worker == 0) {
+  if (convert.worker == 0 && convert.finalize) {
     const auto deadline = std::chrono::steady_clock::now() + convert.wait;
     for (const auto& fp : p.folders) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -602,6 +612,68 @@ ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfi
                                     int64_t expert_start, const ConvertOptions& convert) {
   return to_hf_dir_from_source(native, describe_inputs(native), config, dst, options, expert_start,
                                convert);
+}
+
+ExportDistribution plan_export_distribution(const TensorSource& native, const ModelConfig& config,
+                                            const ToHfOptions& options,
+                                            const std::vector<std::string>& split,
+                                            uint64_t max_shard_bytes, int64_t workers) {
+  if (workers < 1) fail(ErrorKind::kInvalidArgument, "", "", "the number of workers must be >= 1");
+  ConvertOptions convert;
+  convert.max_shard_bytes = max_shard_bytes;
+  const Plan plan = plan_to_hf(native, config, within_budget(options, convert.exec), {0});
+  const auto layout = layout_shards(plan.outputs, sharding_of(plan, convert));
+  std::vector<size_t> shard_of(plan.outputs.size());
+  for (size_t s = 0; s < layout.size(); ++s)
+    for (size_t i : layout[s].tensors) shard_of[i] = s;
+  // Per shard and worker: the split rows its tasks read; per shard, split reads [tensor] -> rows.
+  std::map<const SourceTensor*, std::string> split_tensors;
+  for (const auto& name : split) {
+    const auto* t = native.find(name);
+    if (!t || t->shape.empty() || t->shape[0] == 0)
+      fail(ErrorKind::kInvalidArgument, "", name, "is not a tensor of the state dict to split");
+    split_tensors[t] = name;
+  }
+  std::vector<std::vector<uint64_t>> weight(layout.size(),
+                                            std::vector<uint64_t>(static_cast<size_t>(workers), 0));
+  std::vector<std::map<std::string, std::pair<int64_t, int64_t>>> reads(layout.size());
+  for (const auto& task : plan.tasks) {
+    std::vector<size_t> shards;
+    for (size_t o : task_outputs(task)) shards.push_back(shard_of[o]);
+    for (const auto& r : task_reads(task)) {
+      auto it = split_tensors.find(r.tensor);
+      if (it == split_tensors.end() || r.end <= r.begin) continue;
+      const uint64_t row_bytes = r.tensor->nbytes / r.tensor->shape[0];
+      const int64_t lo = static_cast<int64_t>(r.begin / row_bytes);
+      const int64_t hi = static_cast<int64_t>((r.end + row_bytes - 1) / row_bytes);
+      for (size_t s : shards) {
+        auto [pos, fresh] = reads[s].try_emplace(it->second, lo, hi);
+        if (!fresh)
+          pos->second = {std::min(pos->second.first, lo), std::max(pos->second.second, hi)};
+        for (int64_t k = 0; k < workers; ++k) {
+          const auto range =
+              ExpertRange::for_rank(static_cast<int64_t>(r.tensor->shape[0]), workers, k);
+          const int64_t a = std::max(lo, range.first), b = std::min(hi, range.first + range.count);
+          if (b > a) weight[s][static_cast<size_t>(k)] += static_cast<uint64_t>(b - a) * row_bytes;
+        }
+      }
+    }
+  }
+  ExportDistribution d;
+  d.rows_needed.resize(static_cast<size_t>(workers));
+  for (size_t s = 0; s < layout.size(); ++s) {
+    d.shards.push_back(layout[s].name);
+    const auto& w = weight[s];
+    const int64_t owner = std::max_element(w.begin(), w.end()) - w.begin();  // first of equals
+    d.owners.push_back(owner);
+    for (const auto& [name, rows] : reads[s]) {
+      auto [pos, fresh] = d.rows_needed[static_cast<size_t>(owner)].try_emplace(name, rows);
+      if (!fresh)
+        pos->second = {std::min(pos->second.first, rows.first),
+                       std::max(pos->second.second, rows.second)};
+    }
+  }
+  return d;
 }
 
 ConvertReport to_hf_dir_from_source(const TensorSource& native, const std::string& inputs_text,

@@ -69,19 +69,26 @@ std::vector<const SourceTensor*> CheckpointSource::all(std::string_view name) co
 }
 
 MemorySource::MemorySource(std::vector<Entry> entries,
-                           std::map<std::string, std::string> index_metadata)
+                           std::map<std::string, std::string> index_metadata,
+                           const std::map<std::string, uint64_t>& windows)
     : index_metadata_(std::move(index_metadata)) {
   for (auto& e : entries) {
     uint64_t bits = dtype_bits(e.dtype);
     for (auto d : e.shape)
       if (__builtin_mul_overflow(bits, d, &bits))
         fail(ErrorKind::kInvalidArgument, "", e.name, "tensor size overflows");
-    if (bits / 8 != e.bytes.size())
+    const auto window = windows.find(e.name);
+    const bool windowed = window != windows.end();
+    const uint64_t offset = windowed ? window->second : 0;
+    if (windowed ? offset > bits / 8 || e.bytes.size() > bits / 8 - offset
+                 : bits / 8 != e.bytes.size())
       fail(ErrorKind::kInvalidArgument, "", e.name,
-           "has " + std::to_string(e.bytes.size()) + " bytes but its dtype and shape need " +
-               std::to_string(bits / 8));
-    tensors_.push_back({e.name, e.dtype, e.shape, "<memory>", 0, e.bytes.size()});
+           "has " + std::to_string(e.bytes.size()) + " bytes" +
+               (windowed ? " at offset " + std::to_string(offset) : std::string()) +
+               " but its dtype and shape need " + std::to_string(bits / 8));
+    tensors_.push_back({e.name, e.dtype, e.shape, "<memory>", 0, bits / 8});
     bytes_.push_back(e.bytes);
+    window_offsets_.push_back(offset);
   }
   index();
   std::unordered_map<std::string, int> seen;
@@ -96,9 +103,13 @@ std::span<const uint8_t> MemorySource::bytes(const SourceTensor& t) const {
 
 void MemorySource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
   const auto b = bytes(t);
-  if (offset > b.size() || out.size() > b.size() - offset)
-    fail(ErrorKind::kInvalidArgument, "<memory>", t.name, "read outside the tensor");
-  std::memcpy(out.data(), b.data() + offset, out.size());
+  const uint64_t w = window_offsets_.at(static_cast<size_t>(&t - tensors_.data()));
+  if (offset < w || offset - w > b.size() || out.size() > b.size() - (offset - w))
+    fail(ErrorKind::kInvalidArgument, "<memory>", t.name,
+         "read of bytes [" + std::to_string(offset) + ", " + std::to_string(offset + out.size()) +
+             ") outside the " + std::to_string(b.size()) + " bytes held from offset " +
+             std::to_string(w));
+  std::memcpy(out.data(), b.data() + (offset - w), out.size());
 }
 
 std::map<std::string, std::string> CheckpointSource::index_metadata(size_t part) const {

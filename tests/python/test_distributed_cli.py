@@ -1,0 +1,65 @@
+"""The CLI's distributed conversions under a real torchrun (``--no-python``): N workers write the
+folder one process writes, byte for byte, for a plain conversion and for every EP rank's folder."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = Path(os.environ.get("MOECKPT_CLI", ROOT / "build" / "moeckpt"))
+
+needs_cli = pytest.mark.skipif(not CLI.exists(), reason=f"the CLI is not built at {CLI}")
+
+
+def files(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def torchrun(nproc: int, port: int, *args: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python",
+                        "--nproc-per-node", str(nproc), "--master-port", str(port), str(CLI), *args],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("wrote") >= nproc, r.stdout
+
+
+@needs_cli
+@pytest.mark.parametrize("nproc", [1, 2, 3, 4])
+def test_torchrun_workers_write_what_one_process_writes(tiny_dir, tmp_path, nproc):
+    one = tmp_path / "one"
+    subprocess.run([str(CLI), "from-hf", str(tiny_dir), str(one), "--shard-size", "250000", "--quiet"],
+                   check=True)
+    dst = tmp_path / "dist"
+    torchrun(nproc, 29700 + nproc, "from-hf", str(tiny_dir), str(dst), "--shard-size", "250000",
+             "--quiet", "--distributed", "--wait", "120")
+    assert files(dst) == files(one)  # no hidden records left either
+
+
+@needs_cli
+def test_torchrun_every_ep_rank_folder(tiny_dir, tmp_path):
+    ranks = tmp_path / "ranks"
+    for r in range(3):
+        subprocess.run([str(CLI), "from-hf", str(tiny_dir), str(ranks / f"ep-rank-{r}-of-3"), "--ep-size", "3",
+                        "--ep-rank", str(r), "--shard-size", "250000", "--quiet"], check=True)
+    dst = tmp_path / "dist"
+    torchrun(2, 29710, "from-hf", str(tiny_dir), str(dst), "--ep-size", "3", "--shard-size", "250000",
+             "--quiet", "--distributed", "--wait", "120")
+    assert files(dst) == files(ranks)
+
+
+@pytest.mark.parametrize("nproc", [2, 4])
+def test_distributed_export_from_dtensor_shards(tiny_dir, tmp_path, nproc):
+    # moeckpt.to_hf_dir(..., device_mesh=mesh) on every rank of a torchrun job (gloo, CPU): one
+    # folder, byte-identical to the single-process export (checked on rank 0).
+    worker = os.path.join(os.path.dirname(__file__), "export_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                        "--master-port", str(29720 + nproc), worker, str(tiny_dir), str(tmp_path)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
+    assert "identical over" in r.stdout

@@ -273,12 +273,30 @@ Distribution distribute(const PreparedConversion& p, const ConvertOptions& conve
   return d;
 }
 
+// Resuming a conversion of several folders (every EP rank's): a folder finished before (its index
+// or single file there, no records) is kept as it is.
+bool finished_before(const FolderPlan& fp, const ConvertOptions& convert, size_t folders) {
+  if (folders < 2 || convert.existing != ExistingOutput::kResume) return false;
+  std::error_code ec;
+  const bool checkpoint =
+      fs::exists(fp.dst / kIndexFileName, ec) || fs::exists(fp.dst / kSingleFileName, ec);
+  return checkpoint && !fs::exists(fp.dst / kManifestFileName, ec) &&
+         !has_distributed_records(fp.dst);
+}
+
 ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& convert) {
   ConvertReport total;
+  if (p.folders.size() > 1 &&
+      std::all_of(p.folders.begin(), p.folders.end(), [&](const FolderPlan& fp) {
+        return finished_before(fp, convert, p.folders.size());
+      }))
+    fail(ErrorKind::kDestination, p.folders.front().dst.parent_path().string(), "",
+         "every folder of this conversion holds a finished checkpoint: nothing to resume");
   if (convert.workers == 0) {
     for (auto& fp : p.folders)
-      add(total, write_plan(std::move(fp.plan), *p.source, p.inputs_text, p.srcs, fp.dst,
-                            fp.options_text, fp.config_text, convert));
+      if (!finished_before(fp, convert, p.folders.size()))
+        add(total, write_plan(std::move(fp.plan), *p.source, p.inputs_text, p.srcs, fp.dst,
+                              fp.options_text, fp.config_text, convert));
     total.bytes_in = p.source->bytes_read();
     total.own_shards = total.shards;
     return total;
@@ -293,13 +311,19 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
   for (size_t f = 0; f < p.folders.size(); ++f)
     prints.push_back(fingerprint(*p.source, p.inputs_text, p.folders[f].options_text,
                                  p.folders[f].config_text, d.layouts[f]));
-  for (size_t f = 0; f < p.folders.size(); ++f)
-    add(total,
-        write_plan_as_worker(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert));
+  std::vector<bool> skipped(p.folders.size(), false);
+  for (size_t f = 0; f < p.folders.size(); ++f) {
+    skipped[f] = finished_before(p.folders[f], convert, p.folders.size());
+    if (!skipped[f])
+      add(total,
+          write_plan_as_worker(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert));
+  }
   total.finalized = false;
   if (convert.worker == 0 && convert.finalize) {
     const auto deadline = std::chrono::steady_clock::now() + convert.wait;
-    for (const auto& fp : p.folders) {
+    for (size_t f = 0; f < p.folders.size(); ++f) {
+      if (skipped[f]) continue;
+      const auto& fp = p.folders[f];
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
           deadline - std::chrono::steady_clock::now());
       finalize_dir(fp.dst, std::max(left, std::chrono::milliseconds(0)), convert.exec.cancel);

@@ -421,3 +421,38 @@ TEST_F(Distributed, LaunchesThatWouldMixAreRefused) {
 
 }  // namespace
 }  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+TEST_F(Distributed, ResumingEveryRankKeepsTheFinishedFolders) {
+  const auto dst = at("all");
+  const std::vector<std::string> args{"from-hf", hf().string(),  dst.string(), "--ep-size",
+                                      "3",       "--shard-size", "200000",     "--quiet"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = args;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run_cli(a);
+  };
+  ASSERT_EQ(with({"--ep-rank", "all"}).exit_code, 0);
+  const auto rank1 = final_files(dst / "ep-rank-1-of-3");
+  fs::remove_all(dst / "ep-rank-2-of-3");  // as if the run had died before the last folder
+  const auto t1 = fs::last_write_time(dst / "ep-rank-1-of-3" / "config.json");
+  for (const auto& [rc, err] : run_explicit({"from-hf", hf().string(), dst.string(), "--ep-size",
+                                             "3", "--shard-size", "200000", "--quiet", "--resume"},
+                                            2))
+    EXPECT_EQ(rc, 0) << err;
+  EXPECT_EQ(fs::last_write_time(dst / "ep-rank-1-of-3" / "config.json"), t1);  // kept as it was
+  EXPECT_TRUE(final_files(dst / "ep-rank-1-of-3") == rank1);
+  ASSERT_EQ(run_cli({"from-hf", hf().string(), at("r2").string(), "--ep-size", "3", "--ep-rank",
+                     "2", "--shard-size", "200000", "--quiet"})
+                .exit_code,
+            0);
+  expect_same(dst / "ep-rank-2-of-3", at("r2"));
+  auto r = with({"--ep-rank", "all", "--resume"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("nothing to resume"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace moeckpt

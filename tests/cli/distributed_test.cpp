@@ -124,7 +124,7 @@ class Distributed : public ::testing::Test {
   test::TempDir dir_;
 };
 
-TEST_F(Distributed, EveryCommandIsByteIdenticalToOneProcessForOneToFourWorkers) {
+TEST_F(Distributed, EveryCommandUnderEveryLauncherIsByteIdenticalForOneToFourWorkers) {
   const std::string shard = "200000";
   // The single-process references.
   ASSERT_EQ(
@@ -153,14 +153,38 @@ TEST_F(Distributed, EveryCommandIsByteIdenticalToOneProcessForOneToFourWorkers) 
       {{"dequantize", hf().string()}, "bf16"},
       {{"quantize", at("bf16").string()}, "fp8"},
   };
-  for (const auto& c : cases) {
-    for (int n = 1; n <= 4; ++n) {
-      SCOPED_TRACE(c.args[0] + " with " + std::to_string(n) + " workers");
-      const auto dst = at(c.args[0] + "-" + std::to_string(n));
-      auto args = c.args;
-      args.insert(args.end(), {dst.string(), "--shard-size", shard, "--quiet", "--wait", "60"});
-      for (const auto& [rc, err] : run_explicit(args, n)) EXPECT_EQ(rc, 0) << err;
-      expect_same(dst, at(c.reference));
+  // Each launcher: by hand, mpirun (Open MPI), and Slurm's variables as srun sets them.
+  enum Launcher { kExplicit, kMpirun, kSlurm };
+  for (const auto launcher : {kExplicit, kMpirun, kSlurm}) {
+    for (const auto& c : cases) {
+      for (int n = 1; n <= 4; ++n) {
+        SCOPED_TRACE(c.args[0] + " with " + std::to_string(n) + " workers, launcher " +
+                     std::to_string(launcher));
+        const auto dst = at(c.args[0] + "-" + std::to_string(launcher) + "-" + std::to_string(n));
+        auto args = c.args;
+        args.insert(args.end(), {dst.string(), "--shard-size", shard, "--quiet", "--wait", "60"});
+        if (launcher == kExplicit) {
+          for (const auto& [rc, err] : run_explicit(args, n)) EXPECT_EQ(rc, 0) << err;
+        } else if (launcher == kMpirun) {
+          std::string cmd = "mpirun --oversubscribe --allow-run-as-root -np " + std::to_string(n) +
+                            " " + MOECKPT_CLI_PATH;
+          for (const auto& a : args) cmd += " '" + a + "'";
+          cmd += " --distributed > " + (dir_ / "mpi.log").string() + " 2>&1";
+          EXPECT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "mpi.log");
+        } else {
+          args.push_back("--distributed");
+          for (const auto& [rc, err] : run_workers(args, n, [n](int k) {
+                 return std::make_pair(std::vector<std::string>{},
+                                       Env{{"SLURM_PROCID", std::to_string(k)},
+                                           {"SLURM_NTASKS", std::to_string(n)},
+                                           {"SLURM_LOCALID", std::to_string(k)},
+                                           {"SLURM_NODEID", "0"},
+                                           {"SLURM_STEP_TASKS_PER_NODE", std::to_string(n)}});
+               }))
+            EXPECT_EQ(rc, 0) << err;
+        }
+        expect_same(dst, at(c.reference));
+      }
     }
   }
 }

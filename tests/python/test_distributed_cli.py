@@ -31,13 +31,18 @@ def torchrun(nproc: int, port: int, *args: str) -> None:
 @needs_cli
 @pytest.mark.parametrize("nproc", [1, 2, 3, 4])
 def test_torchrun_workers_write_what_one_process_writes(tiny_dir, tmp_path, nproc):
-    one = tmp_path / "one"
-    subprocess.run([str(CLI), "from-hf", str(tiny_dir), str(one), "--shard-size", "250000", "--quiet"],
-                   check=True)
-    dst = tmp_path / "dist"
-    torchrun(nproc, 29700 + nproc, "from-hf", str(tiny_dir), str(dst), "--shard-size", "250000",
-             "--quiet", "--distributed", "--wait", "120")
-    assert files(dst) == files(one)  # no hidden records left either
+    # Every conversion command: one process, then nproc torchrun workers; the same bytes.
+    shard = ["--shard-size", "250000", "--quiet"]
+    native, bf16 = tmp_path / "native", tmp_path / "bf16"
+    subprocess.run([str(CLI), "from-hf", str(tiny_dir), str(native), *shard], check=True)
+    subprocess.run([str(CLI), "dequantize", str(tiny_dir), str(bf16), *shard], check=True)
+    for i, (command, src) in enumerate([("from-hf", tiny_dir), ("to-hf", native), ("dequantize", tiny_dir),
+                                        ("quantize", bf16)]):
+        one, dist = tmp_path / f"{command}-one", tmp_path / f"{command}-dist"
+        subprocess.run([str(CLI), command, str(src), str(one), *shard], check=True)
+        torchrun(nproc, 29700 + 10 * nproc + i, command, str(src), str(dist), *shard, "--distributed",
+                 "--wait", "120")
+        assert files(dist) == files(one), command  # no hidden records left either
 
 
 @needs_cli
@@ -47,7 +52,7 @@ def test_torchrun_every_ep_rank_folder(tiny_dir, tmp_path):
         subprocess.run([str(CLI), "from-hf", str(tiny_dir), str(ranks / f"ep-rank-{r}-of-3"), "--ep-size", "3",
                         "--ep-rank", str(r), "--shard-size", "250000", "--quiet"], check=True)
     dst = tmp_path / "dist"
-    torchrun(2, 29710, "from-hf", str(tiny_dir), str(dst), "--ep-size", "3", "--shard-size", "250000",
+    torchrun(2, 29790, "from-hf", str(tiny_dir), str(dst), "--ep-size", "3", "--shard-size", "250000",
              "--quiet", "--distributed", "--wait", "120")
     assert files(dst) == files(ranks)
 
@@ -59,7 +64,7 @@ def test_distributed_export_from_dtensor_shards(tiny_dir, tmp_path, nproc):
     worker = os.path.join(os.path.dirname(__file__), "export_worker.py")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-                        "--master-port", str(29720 + nproc), worker, str(tiny_dir), str(tmp_path)],
+                        "--master-port", str(29780 + nproc), worker, str(tiny_dir), str(tmp_path)],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-4000:]
     assert "identical over" in r.stdout

@@ -169,37 +169,60 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
     quant = T.quant_mode(quant)
     if compat_name != "none" and quant == "block":
         quant = "cast"
-    adapter = adapter_for(config, compat=compat, attn_backend=attn_backend, checkpoint_tp_size=checkpoint_tp_size)
-    cfg = adapter._config
-    n = cfg.n_routed_experts
-    items, split, specs = [], {}, []
-    for k, v in state_dict.items():
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"moeckpt: '{k}' is a {type(v).__name__}, expected a torch.Tensor")
-        if cfg.is_grouped_expert_key(k):
-            if not T.is_dtensor(v) and v.shape[0] != n:
-                raise _core.InvalidArgumentError(
-                    f"moeckpt: tensor '{k}': a plain tensor of {v.shape[0]} experts in a distributed export (expected a "
-                    f"DTensor sharded on the 'ep' dimension, or all {n} experts)")
-            if T.is_dtensor(v):
-                local, first = _local_expert_shard(v, n)
-                if first != int(_core.expert_range(n, workers, rank)[0]):
-                    raise _core.InvalidArgumentError(f"moeckpt: tensor '{k}': its shard starts at expert {first}, not "
-                                                     f"where EP rank {rank}/{workers} of device_mesh starts")
-                split[k] = (first, local.shape[0])
-                specs.append((k, T.dtype_name(v.dtype), list(v.shape)))
-                items.append((k, local))
-                continue
-        full = v.full_tensor() if T.is_dtensor(v) else v
-        specs.append((k, T.dtype_name(full.dtype), list(full.shape)))
-        items.append((k, full))
-    exclude = T.anchored(exclude_key_regex)
-    attn, tp = adapter.attn_backend, adapter.checkpoint_tp_size
-    report = WriteReport(0, 0, 0)
+
+    def agree(error: Optional[BaseException]) -> None:
+        """Raises on every rank if any rank failed (its own error where it has one), so the ranks
+        never part ways before a collective."""
+        flag = torch.tensor([0 if error is None else 1], dtype=torch.int32)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        if error is not None:
+            raise error
+        if flag.item() != 0:
+            raise _core.DestinationError(f"moeckpt: {os.fspath(path)}: another rank of the export failed; no index was "
+                                         "written (the same call with resume=True on every rank continues)")
+
     error: Optional[BaseException] = None
-    # From names, dtypes and shapes alone: the same on every rank, so is a refusal.
-    _shards, owners, needed = _core.export_plan(specs, sorted(split), cfg, quant, compat_name, exclude, None, attn,
-                                                tp or 0, int(max_shard_bytes), workers)
+    try:
+        adapter = adapter_for(config, compat=compat, attn_backend=attn_backend, checkpoint_tp_size=checkpoint_tp_size)
+        cfg = adapter._config
+        n = cfg.n_routed_experts
+        items, split, specs = [], {}, []
+        for k, v in state_dict.items():
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"moeckpt: '{k}' is a {type(v).__name__}, expected a torch.Tensor")
+            if cfg.is_grouped_expert_key(k):
+                if not T.is_dtensor(v) and v.shape[0] != n:
+                    raise _core.InvalidArgumentError(
+                        f"moeckpt: tensor '{k}': a plain tensor of {v.shape[0]} experts in a distributed export (expected a "
+                        f"DTensor sharded on the 'ep' dimension, or all {n} experts)")
+                if T.is_dtensor(v):
+                    local, first = _local_expert_shard(v, n)
+                    if first != int(_core.expert_range(n, workers, rank)[0]):
+                        raise _core.InvalidArgumentError(f"moeckpt: tensor '{k}': its shard starts at expert {first}, not "
+                                                         f"where EP rank {rank}/{workers} of device_mesh starts")
+                    split[k] = (first, local.shape[0])
+                    specs.append((k, T.dtype_name(v.dtype), list(v.shape)))
+                    items.append((k, local))
+                    continue
+            full = v.full_tensor() if T.is_dtensor(v) else v
+            specs.append((k, T.dtype_name(full.dtype), list(full.shape)))
+            items.append((k, full))
+        exclude = T.anchored(exclude_key_regex)
+        attn, tp = adapter.attn_backend, adapter.checkpoint_tp_size
+        # From names, dtypes and shapes alone: the same on every rank, so is a refusal.
+        _shards, owners, needed = _core.export_plan(specs, sorted(split), cfg, quant, compat_name, exclude, None, attn,
+                                                    tp or 0, int(max_shard_bytes), workers)
+    except BaseException as e:  # noqa: BLE001 - every rank must learn of it
+        error = e
+    report = WriteReport(0, 0, 0)
+    if not writer:  # a copy at another coordinate: waits for the writers, then reports the same
+        if len(names) > 1:
+            dist.barrier()
+        if error is not None:
+            raise error
+        return report
+    agree(error)
+
     # Rows a rank's shards read from another rank's experts, sent over the job's process group in one
     # order every rank follows (each transfer blocks only its two ranks: no cycle).
     local = dict(items)
@@ -217,38 +240,47 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
                 if rank == src:
                     dist.send(local[k][a - first:b - first].contiguous(), dist.get_global_rank(group, dst), group=group)
                 elif rank == dst:
-                    buf = torch.empty((b - a, *specs_shape(specs, k)[1:]), dtype=local[k].dtype)
+                    buf = torch.empty((b - a, *specs_shape(specs, k)[1:]), dtype=local[k].dtype,
+                                      device=local[k].device)
                     dist.recv(buf, dist.get_global_rank(group, src), group=group)
                     received.setdefault(k, []).append((a, buf))
     keep: list = []
     rows, windows = [], {}
+    digest: Optional[str] = None
     try:
-        if writer:
-            for k, t in items:
-                t = T.host_tensor(t)
-                if k in split:
-                    first, count = split[k]
-                    lo, hi = needed[rank].get(k, (first, first + count))
-                    pieces = [(first, t)] + received.get(k, [])
-                    # The rows [lo, hi) this rank's shards read, from its own experts and those received.
-                    parts = []
-                    for start, p in sorted(pieces, key=lambda x: x[0]):
-                        a, b = max(lo, start), min(hi, start + p.shape[0])
-                        if b > a:
-                            parts.append(T.host_tensor(p[a - start:b - start]))
-                    if not parts:  # reads none of this tensor: its own rows stand in
-                        lo, parts = first, [t]
-                    window = parts[0] if len(parts) == 1 else torch.cat(parts)
-                    keep.append(window)
-                    windows[k] = lo * (t.numel() // max(1, t.shape[0])) * t.element_size()
-                    rows.append((k, T.dtype_name(window.dtype), specs_shape(specs, k), window.data_ptr(),
-                                 window.numel() * window.element_size()))
-                else:
-                    keep.append(t)
-                    rows.append(T.row(k, t))
-            digests: list = [None] * workers
-            dist.all_gather_object(digests, _core.memory_digest([T.row(k, T.host_tensor(t)) for k, t in items]),
-                                   group=group)
+        for k, t in items:
+            t = T.host_tensor(t)
+            if k in split:
+                first, count = split[k]
+                lo, hi = needed[rank].get(k, (first, first + count))
+                pieces = [(first, t)] + received.get(k, [])
+                # The rows [lo, hi) this rank's shards read, from its own experts and those received.
+                parts = []
+                for start, p in sorted(pieces, key=lambda x: x[0]):
+                    a, b = max(lo, start), min(hi, start + p.shape[0])
+                    if b > a:
+                        parts.append(T.host_tensor(p[a - start:b - start]))
+                if not parts:  # reads none of this tensor: its own rows stand in
+                    lo, parts = first, [t]
+                window = parts[0] if len(parts) == 1 else torch.cat(parts)
+                keep.append(window)
+                windows[k] = lo * (t.numel() // max(1, t.shape[0])) * t.element_size()
+                rows.append((k, T.dtype_name(window.dtype), specs_shape(specs, k), window.data_ptr(),
+                             window.numel() * window.element_size()))
+            else:
+                keep.append(t)
+                rows.append(T.row(k, t))
+        digest = _core.memory_digest([T.row(k, T.host_tensor(t)) for k, t in items])
+    except BaseException as e:  # noqa: BLE001 - every rank must learn of it
+        error = e
+    # The ranks' identity for resume=True: every rank's digest of what it holds.
+    digests: list = [None] * workers
+    dist.all_gather_object(digests, digest, group=group)
+    if error is None and None in digests:
+        error = _core.DestinationError(f"moeckpt: {os.fspath(path)}: another rank of the export failed; no index was "
+                                       "written (the same call with resume=True on every rank continues)")
+    if error is None:
+        try:
             inputs_text = f"distributed export over {workers} EP ranks: " + " ".join(digests)
             tensors, nbytes, nshards, _kept = _run_interruptible(
                 lambda cancel: _core.to_hf_dir_worker(
@@ -256,22 +288,21 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
                     int(max_shard_bytes), int(threads), int(max_memory), existing, cancel, attn, tp or 0, workers, rank,
                     owners))
             report = WriteReport(tensors, nbytes, nshards)
-    except BaseException as e:
-        error = e
+        except BaseException as e:  # noqa: BLE001
+            error = e
     # Every rank learns whether all succeeded; only then rank 0 writes the index.
-    if writer:
-        failed = torch.tensor([1 if error is not None else 0], dtype=torch.int32)
-        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
-        if error is None and failed.item() == 0 and rank == 0:
-            try:
-                _core.finalize_dir(os.fspath(path))
-            except BaseException as e:
-                error = e
-        done = torch.tensor([1 if error is not None else 0], dtype=torch.int32)
-        dist.all_reduce(done, op=dist.ReduceOp.MAX, group=group)
-        if error is None and done.item() != 0:
-            error = _core.DestinationError(f"moeckpt: {os.fspath(path)}: another rank of the export failed; no index "
-                                           "was written (the same call with resume=True on every rank continues)")
+    failed = torch.tensor([1 if error is not None else 0], dtype=torch.int32)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=group)
+    if error is None and failed.item() == 0 and rank == 0:
+        try:
+            _core.finalize_dir(os.fspath(path))
+        except BaseException as e:  # noqa: BLE001
+            error = e
+    done = torch.tensor([1 if error is not None else 0], dtype=torch.int32)
+    dist.all_reduce(done, op=dist.ReduceOp.MAX, group=group)
+    if error is None and done.item() != 0:
+        error = _core.DestinationError(f"moeckpt: {os.fspath(path)}: another rank of the export failed; no index "
+                                       "was written (the same call with resume=True on every rank continues)")
     if len(names) > 1:
         dist.barrier()  # the ranks that did not write wait for the folder
     del keep

@@ -309,8 +309,10 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
   // Each folder's fingerprint: the same on every worker (a pure function of inputs and options).
   std::vector<std::string> prints;
   for (size_t f = 0; f < p.folders.size(); ++f)
+    // The worker count is part of it: two launches with other counts never mix their files.
     prints.push_back(fingerprint(*p.source, p.inputs_text, p.folders[f].options_text,
-                                 p.folders[f].config_text, d.layouts[f]));
+                                 p.folders[f].config_text, d.layouts[f]) +
+                     fmt::format("-w{}", convert.workers));
   std::vector<bool> skipped(p.folders.size(), false);
   for (size_t f = 0; f < p.folders.size(); ++f) {
     skipped[f] = finished_before(p.folders[f], convert, p.folders.size());

@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <memory>
+#include <optional>
 #include <thread>
 
 #include "adapter/destination_files.hpp"
@@ -119,31 +121,60 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
   // Records older than the job record are a previous launch's (a relaunched worker rewrites its
   // manifest when it starts): only this launch's can tell that a worker stopped.
   const int64_t launch_time = mtime_ns(dst / kJobFileName);
+  if (!present(dst / kJobFileName) && present(dst / kIndexFileName)) {
+    // A finalize that wrote the index and removed the job record, with a worker's manifest
+    // written afterwards: what is left is removed (records of workers not running only).
+    const auto left = worker_manifests_in(dst);
+    if (!left.empty()) {
+      for (const auto& [k, n] : left)
+        if (!io::DirectoryLock::is_held(dst / worker_lock_name(k, n))) {
+          remove_file(dst / worker_manifest_name(k, n));
+          std::error_code rm;
+          fs::remove(dst / worker_lock_name(k, n), rm);
+        }
+      io::sync_directory(dst);
+      return {0, 0, static_cast<int64_t>(left.size()), true};
+    }
+  }
   for (;;) {
     Survey s = survey(dst);
+    std::optional<int64_t> busy;  // a worker still holding its lock with every shard recorded
     if (s.missing.empty()) {
-      uint64_t bytes = 0;
-      for (const auto& sh : s.job.shards) {
-        check_shard(dst, sh);
-        bytes += sh.size;
+      // Every worker's lock, held until the folder is complete: no worker runs meanwhile (a
+      // resumed one still checking its kept shards could remove one). A held lock: wait for it.
+      std::vector<std::unique_ptr<io::DirectoryLock>> locks;
+      for (int64_t k = 0; k < s.job.workers && !busy; ++k) {
+        try {
+          locks.push_back(
+              std::make_unique<io::DirectoryLock>(dst, worker_lock_name(k, s.job.workers)));
+        } catch (const Error&) {
+          busy = k;
+        }
       }
-      io::sync_directory(dst);
-      if (s.job.index) io::write_file_atomically(dst / kIndexFileName, *s.job.index);
-      // The index is in place: the records go, the job record last (a crash in between leaves a
-      // folder that finalize completes again).
-      for (int64_t k = 0; k < s.job.workers; ++k) {
-        remove_file(dst / worker_manifest_name(k, s.job.workers));
-        const auto lock = dst / worker_lock_name(k, s.job.workers);
-        if (present(lock) && !io::DirectoryLock::is_held(lock)) fs::remove(lock, ec);
+      if (!busy) {
+        s = survey(dst);  // again, under the locks
+        if (s.missing.empty()) {
+          uint64_t bytes = 0;
+          for (const auto& sh : s.job.shards) {
+            check_shard(dst, sh);
+            bytes += sh.size;
+          }
+          io::sync_directory(dst);
+          if (s.job.index) io::write_file_atomically(dst / kIndexFileName, *s.job.index);
+          // The index is in place: the records go, the job record last (a crash in between
+          // leaves a folder that finalize completes again); the locks go with their release.
+          for (int64_t k = 0; k < s.job.workers; ++k)
+            remove_file(dst / worker_manifest_name(k, s.job.workers));
+          // Temporaries of the job record that dead workers left (every worker is past it).
+          for (const auto& e : fs::directory_iterator(dst))
+            if (io::final_name_of_temporary(e.path().filename().string()) == kJobFileName)
+              remove_file(e.path());
+          io::sync_directory(dst);
+          remove_file(dst / kJobFileName);
+          io::sync_directory(dst);
+          return {s.job.shards.size(), bytes, s.job.workers, s.job.index.has_value()};
+        }
       }
-      // Temporaries of the job record that dead workers left (every worker is past writing it).
-      for (const auto& e : fs::directory_iterator(dst))
-        if (io::final_name_of_temporary(e.path().filename().string()) == kJobFileName)
-          remove_file(e.path());
-      io::sync_directory(dst);
-      remove_file(dst / kJobFileName);
-      io::sync_directory(dst);
-      return {s.job.shards.size(), bytes, s.job.workers, s.job.index.has_value()};
     }
     // A worker of this launch that stopped (failed, or died: its lock is free) without its shards
     // will not finish them.
@@ -168,6 +199,12 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
            "the same launch again with --resume (the finished shards are kept); the last worker "
            "0 writes the index, or moeckpt finalize does");
     }
+    if (std::chrono::steady_clock::now() >= deadline && busy)
+      fail(ErrorKind::kDestination, dst.string(), "",
+           fmt::format("every shard is recorded, but worker {} of {} is still running (it holds "
+                       "its lock); no index was written",
+                       *busy, s.job.workers),
+           "moeckpt finalize once that worker has exited");
     if (std::chrono::steady_clock::now() >= deadline) {
       std::vector<std::string> workers;
       for (int64_t k : s.unfinished_workers) workers.push_back(std::to_string(k));

@@ -70,7 +70,7 @@ std::optional<JobRecord> JobRecord::load(const fs::path& dir) {
   const auto path = dir / kJobFileName;
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(path, ec))) return std::nullopt;
-  const auto j = load_json(path);
+  auto j = load_json(path);  // not const: a missing key reads as null
   if (!j.is_object() || j.value("format", "") != kJobFormat || !j["fingerprint"].is_string() ||
       !is_count(j["workers"]) || j["workers"].get<uint64_t>() < 1 || !j["shards"].is_array() ||
       !(j["index"].is_null() || j["index"].is_string()))
@@ -78,7 +78,7 @@ std::optional<JobRecord> JobRecord::load(const fs::path& dir) {
   JobRecord r;
   r.fingerprint = j["fingerprint"].get<std::string>();
   r.workers = static_cast<int64_t>(j["workers"].get<uint64_t>());
-  for (const auto& s : j["shards"]) {
+  for (auto s : j["shards"]) {
     if (!s.is_object() || !s["name"].is_string() || !is_count(s["size"]) ||
         !is_count(s["header_bytes"]) || !s["header_xxh3_128"].is_string() ||
         !is_count(s["worker"]) || s["worker"].get<uint64_t>() >= static_cast<uint64_t>(r.workers))
@@ -112,7 +112,7 @@ std::optional<WorkerManifest> WorkerManifest::load(const fs::path& dir, int64_t 
   const auto path = dir / worker_manifest_name(worker, workers);
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(path, ec))) return std::nullopt;
-  const auto j = load_json(path);
+  auto j = load_json(path);  // not const: a missing key reads as null
   if (!j.is_object() || j.value("format", "") != kWorkerFormat || !j["fingerprint"].is_string() ||
       !is_count(j["worker"]) || !is_count(j["workers"]) || !j["shards"].is_object() ||
       !(j["failure"].is_null() || j["failure"].is_string()) ||
@@ -124,7 +124,9 @@ std::optional<WorkerManifest> WorkerManifest::load(const fs::path& dir, int64_t 
   m.fingerprint = j["fingerprint"].get<std::string>();
   m.worker = worker;
   m.workers = workers;
-  for (const auto& [name, v] : j["shards"].items()) {
+  for (auto it = j["shards"].begin(); it != j["shards"].end(); ++it) {
+    const auto& name = it.key();
+    auto v = it.value();
     if (!v.is_object() || !is_count(v["size"]) || !v["xxh3_128"].is_string())
       malformed(path, "shard entry " + name + " is not {size, xxh3_128}");
     m.shards[name] = {v["size"].get<uint64_t>(), v["xxh3_128"].get<std::string>()};

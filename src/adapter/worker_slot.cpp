@@ -103,7 +103,11 @@ WorkerSlot worker_slot_from_env(const Env& env) {
                              "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"};
   static const Vars kPmi{"MPICH/Intel MPI (PMI)", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID",
                          "MPI_LOCALNRANKS"};
-  static const Vars kSlurm{"Slurm", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", nullptr};
+  // srun gives a step its own task count; SLURM_NTASKS is the allocation's (and the step's when
+  // srun runs all of them), so the step's is preferred where it is set.
+  const Vars slurm{"Slurm", "SLURM_PROCID",
+                   env("SLURM_STEP_NUM_TASKS") ? "SLURM_STEP_NUM_TASKS" : "SLURM_NTASKS",
+                   "SLURM_LOCALID", nullptr};
   const auto pmix_rank = count_var(env, "PMIX_RANK");
   std::optional<WorkerSlot> slot;
   for (const Vars* v : {&kTorchrun, &kOpenMpi, &kPmi}) {
@@ -113,8 +117,9 @@ WorkerSlot worker_slot_from_env(const Env& env) {
   if (!slot && pmix_rank) {
     // PMIx gives the rank; the size comes from whoever started the process (srun --mpi=pmix,
     // prterun): Slurm's task count, or PMIX_SIZE where a launcher exports it.
-    const auto size =
-        count_var(env, "PMIX_SIZE") ? count_var(env, "PMIX_SIZE") : count_var(env, "SLURM_NTASKS");
+    auto size = count_var(env, "PMIX_SIZE");
+    if (!size) size = count_var(env, "SLURM_STEP_NUM_TASKS");
+    if (!size) size = count_var(env, "SLURM_NTASKS");
     if (!size)
       bad_env(fmt::format("PMIX_RANK={} is set but no launcher variable gives the number of "
                           "workers (PMIX_SIZE, SLURM_NTASKS)",
@@ -133,7 +138,7 @@ WorkerSlot worker_slot_from_env(const Env& env) {
         "the variables of one mpirun launch");
   }
   if (!slot) {
-    slot = read_launcher(env, kSlurm);
+    slot = read_launcher(env, slurm);
     if (slot) {
       if (const auto n = slurm_tasks_on_node(env)) slot->local_count = *n;
       if (slot->local_count > 0 && slot->local_rank >= slot->local_count)
@@ -166,9 +171,10 @@ unsigned worker_threads(const WorkerSlot& slot) {
   if (::sched_getaffinity(0, sizeof(set), &set) == 0) allowed = CPU_COUNT(&set);
   if (allowed <= 0) allowed = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const long online = ::sysconf(_SC_NPROCESSORS_ONLN);
-  // A mask narrower than the machine: the launcher bound this worker to its own cores.
-  if (online > 0 && allowed < online) return static_cast<unsigned>(allowed);
+  // A mask no wider than the worker's share of the machine: the launcher bound it to its own
+  // cores. Otherwise the node's workers share the mask, and divide it.
   const int64_t local = std::max<int64_t>(1, slot.local_count);
+  if (online > 0 && allowed <= online / local) return static_cast<unsigned>(allowed);
   return static_cast<unsigned>(std::max<int64_t>(1, allowed / local));
 }
 

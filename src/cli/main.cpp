@@ -178,7 +178,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     cmd->add_option("--wait", wait_seconds,
                     "worker 0: seconds to wait for the other workers before writing the index "
                     "(default 172800, two days)")
-        ->check(kTolerance);
+        ->check(CLI::Range(0.0, 1e8));
   };
   add_distributed_flags(fh_cmd);
 
@@ -251,7 +251,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       "are there (after a Slurm job array, or a relaunch of a dead worker)");
   fin_cmd->add_option("DST", fin_dst, "the conversion's destination folder")->required();
   fin_cmd->add_option("--wait", fin_wait, "seconds to wait for workers still running (default 0)")
-      ->check(kTolerance);
+      ->check(CLI::Range(0.0, 1e8));
 
   std::string plan_src, plan_command = "from-hf", plan_dtype = "bf16", plan_ep_rank;
   int64_t plan_workers = 1, plan_ep_size = 1;
@@ -329,7 +329,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       std::printf("%s: worker %lld of %lld wrote %zu of the %zu shards%s\n", what,
                   static_cast<long long>(convert.worker), static_cast<long long>(convert.workers),
                   r.own_shards, r.shards,
-                  r.finalized ? "; every worker's shards verified, index written"
+                  r.finalized ? "; every worker's shards verified, the folder is complete"
                               : "; worker 0 writes the index once every worker is done");
   };
   convert.exec.threads = threads;

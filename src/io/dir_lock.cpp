@@ -56,9 +56,12 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string
 }
 
 bool DirectoryLock::is_held(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  // Read-write: NFS emulates flock with POSIX locks, and an exclusive one needs a writable
+  // descriptor. Any failure other than a missing file counts as held: a live worker is never
+  // taken for a dead one.
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) return errno != ENOENT;
+  const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0;
   ::close(fd);  // drops the lock if we took it
   return held;
 }

@@ -83,6 +83,18 @@ TEST(WorkerSlot, EachLauncher) {
   EXPECT_EQ(s.local_count, 1);
 }
 
+TEST(WorkerSlot, SlurmStepTaskCountOverTheAllocations) {
+  // srun -n 2 inside an allocation of 8 tasks: the step has 2.
+  auto s = slot_of({{"SLURM_PROCID", "1"}, {"SLURM_NTASKS", "8"}, {"SLURM_STEP_NUM_TASKS", "2"}});
+  EXPECT_EQ(s.count, 2);
+  EXPECT_EQ(s.rank, 1);
+  s = slot_of({{"PMIX_RANK", "1"}, {"SLURM_NTASKS", "8"}, {"SLURM_STEP_NUM_TASKS", "2"}});
+  EXPECT_EQ(s.count, 2);
+  EXPECT_NE(error_of({{"SLURM_PROCID", "2"}, {"SLURM_NTASKS", "8"}, {"SLURM_STEP_NUM_TASKS", "2"}})
+                .find("is not below"),
+            std::string::npos);
+}
+
 TEST(WorkerSlot, InnermostLauncherWins) {
   // torchrun started by srun: SLURM_PROCID numbers the torchrun agents, RANK the workers.
   auto s =

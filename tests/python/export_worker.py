@@ -60,6 +60,18 @@ def main() -> None:
         raise AssertionError("a finished folder was written again")
     except moeckpt.DestinationError as e:
         assert "already holds a checkpoint" in str(e), e
+    # A bad input on one rank only: every rank raises (none hangs in a collective), no index.
+    bad = dict(sd)
+    if rank == world - 1:
+        bad["model.norm.weight"] = "not a tensor"
+    try:
+        moeckpt.to_hf_dir(bad, out / "bad", hf, max_shard_bytes=shard_size, device_mesh=mesh)
+        raise AssertionError("an export with a bad tensor on one rank succeeded")
+    except TypeError as e:
+        assert rank == world - 1, e
+    except moeckpt.DestinationError as e:
+        assert rank != world - 1 and "another rank" in str(e), e
+    assert not (out / "bad" / "model.safetensors.index.json").exists()
     dist.barrier()
     dist.destroy_process_group()
 

@@ -180,9 +180,21 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
     // will not finish them.
     for (int64_t k : s.unfinished_workers) {
       const auto manifest = dst / worker_manifest_name(k, s.job.workers);
-      if (!s.manifests[static_cast<size_t>(k)] || mtime_ns(manifest) < launch_time ||
-          io::DirectoryLock::is_held(dst / worker_lock_name(k, s.job.workers)))
+      const auto lock = dst / worker_lock_name(k, s.job.workers);
+      if (!s.manifests[static_cast<size_t>(k)]) {
+        // No manifest yet: a lock file is left behind only by a killed worker (an exiting one
+        // removes it), and one taken after this launch's job record is this launch's.
+        if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock) &&
+            present(lock) && !present(manifest))
+          fail(ErrorKind::kDestination, dst.string(), "",
+               fmt::format("worker {} of {} died before it recorded any shard; no index was "
+                           "written",
+                           k, s.job.workers),
+               "the same launch again with --resume; the last worker 0 writes the index, or "
+               "moeckpt finalize does");
         continue;
+      }
+      if (mtime_ns(manifest) < launch_time || io::DirectoryLock::is_held(lock)) continue;
       // The lock is free: read the manifest again, since a worker records its last shard before
       // it lets go of the lock (what the survey read may predate both).
       const auto m = WorkerManifest::load(dst, k, s.job.workers);

@@ -109,6 +109,9 @@ class Distributed : public ::testing::Test {
     });
   }
 
+  // Every conversion command under a launcher (Launcher below) with 1 to 4 workers.
+  void every_command(int launcher);
+
   void expect_same(const fs::path& got, const fs::path& want) {
     const auto a = final_files(got), b = final_files(want);
     ASSERT_FALSE(b.empty());
@@ -124,8 +127,22 @@ class Distributed : public ::testing::Test {
   test::TempDir dir_;
 };
 
-TEST_F(Distributed, EveryCommandUnderEveryLauncherIsByteIdenticalForOneToFourWorkers) {
-  const std::string shard = "200000";
+// Each launcher: by hand, mpirun (Open MPI), and Slurm's variables as srun sets them.
+enum Launcher { kExplicit, kMpirun, kSlurm };
+
+// One test per launcher (each within its own time limit under the sanitizers).
+TEST_F(Distributed, EveryCommandByHandIsByteIdenticalForOneToFourWorkers) {
+  every_command(kExplicit);
+}
+TEST_F(Distributed, EveryCommandUnderMpirunIsByteIdenticalForOneToFourWorkers) {
+  every_command(kMpirun);
+}
+TEST_F(Distributed, EveryCommandUnderSlurmVariablesIsByteIdenticalForOneToFourWorkers) {
+  every_command(kSlurm);
+}
+
+void Distributed::every_command(int launcher) {
+  const std::string shard = "400000";
   // The single-process references.
   ASSERT_EQ(
       run_cli({"from-hf", hf().string(), at("native").string(), "--shard-size", shard, "--quiet"})
@@ -153,9 +170,7 @@ TEST_F(Distributed, EveryCommandUnderEveryLauncherIsByteIdenticalForOneToFourWor
       {{"dequantize", hf().string()}, "bf16"},
       {{"quantize", at("bf16").string()}, "fp8"},
   };
-  // Each launcher: by hand, mpirun (Open MPI), and Slurm's variables as srun sets them.
-  enum Launcher { kExplicit, kMpirun, kSlurm };
-  for (const auto launcher : {kExplicit, kMpirun, kSlurm}) {
+  {
     for (const auto& c : cases) {
       for (int n = 1; n <= 4; ++n) {
         SCOPED_TRACE(c.args[0] + " with " + std::to_string(n) + " workers, launcher " +
@@ -305,8 +320,10 @@ TEST_F(Distributed, PlanMatchesWhatTheWorkersWrite) {
 
 TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) {
   const std::vector<std::string> base{"from-hf", hf().string()};
+  // A worker killed before it took its lock cannot be told from one not started: worker 0 then
+  // waits out --wait (kept short here).
   const std::vector<std::string> opts{"--shard-size", "100000", "--quiet", "--threads", "1",
-                                      "--wait",       "30"};
+                                      "--wait",       "8"};
   auto args_for = [&](const fs::path& dst) {
     auto a = base;
     a.push_back(dst.string());
@@ -323,12 +340,12 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
   expect_same(at("clean"), at("ref"));
   std::mt19937 rng(7);
   int killed_running = 0;
-  for (int trial = 0; trial < 14; ++trial) {
+  for (int trial = 0; trial < 12; ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     const auto dst = at("kill" + std::to_string(trial));
     const int victim = static_cast<int>(rng() % n);
-    // Within the first half of a clean run: the other workers are still writing then.
-    const auto delay = std::chrono::microseconds(rng() % static_cast<uint64_t>(span / 2 + 1));
+    // Within the first third of a clean run: every worker is still busy then.
+    const auto delay = std::chrono::microseconds(rng() % static_cast<uint64_t>(span / 3 + 1));
     std::vector<Worker> ws;
     for (int k = 0; k < n; ++k) {
       auto a = args_for(dst);
@@ -387,8 +404,8 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
     }
     expect_same(dst, at("ref"));
   }
-  std::printf("distributed kill trials: %d of 14 killed a running worker\n", killed_running);
-  EXPECT_GE(killed_running, 10);
+  std::printf("distributed kill trials: %d of 12 killed a running worker\n", killed_running);
+  EXPECT_GE(killed_running, 8);
 }
 
 TEST_F(Distributed, LaunchesThatWouldMixAreRefused) {

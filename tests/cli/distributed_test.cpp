@@ -340,7 +340,7 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
   expect_same(at("clean"), at("ref"));
   std::mt19937 rng(7);
   int killed_running = 0;
-  for (int trial = 0; trial < 12; ++trial) {
+  for (int trial = 0; trial < 10; ++trial) {
     SCOPED_TRACE("trial " + std::to_string(trial));
     const auto dst = at("kill" + std::to_string(trial));
     const int victim = static_cast<int>(rng() % n);
@@ -404,8 +404,8 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
     }
     expect_same(dst, at("ref"));
   }
-  std::printf("distributed kill trials: %d of 12 killed a running worker\n", killed_running);
-  EXPECT_GE(killed_running, 8);
+  std::printf("distributed kill trials: %d of 10 killed a running worker\n", killed_running);
+  EXPECT_GE(killed_running, 7);
 }
 
 TEST_F(Distributed, LaunchesThatWouldMixAreRefused) {

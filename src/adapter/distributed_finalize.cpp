@@ -39,6 +39,14 @@ std::string name_list(const std::vector<std::string>& names) {
   return out;
 }
 
+// The shards the job record gives worker k.
+std::vector<std::string> shards_of(const JobRecord& job, int64_t k) {
+  std::vector<std::string> out;
+  for (const auto& sh : job.shards)
+    if (sh.worker == k) out.push_back(sh.name);
+  return out;
+}
+
 // What the folder's records say now.
 struct Survey {
   JobRecord job;
@@ -187,9 +195,10 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
         if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock) &&
             present(lock) && !present(manifest))
           fail(ErrorKind::kDestination, dst.string(), "",
-               fmt::format("worker {} of {} died before it recorded any shard; no index was "
-                           "written",
-                           k, s.job.workers),
+               fmt::format("worker {} of {} died before it recorded any of its {} shard(s): {}; no "
+                           "index was written",
+                           k, s.job.workers, shards_of(s.job, k).size(),
+                           name_list(shards_of(s.job, k))),
                "the same launch again with --resume; the last worker 0 writes the index, or "
                "moeckpt finalize does");
         continue;

@@ -434,10 +434,10 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
          "a positive TP degree, for a layout whose fused qkv_proj records one");
   if (spec->hf_qkv_fused()) {
     if (o.sparse)
-      fail(ErrorKind::kInvalidArgument, "", "",
-           fmt::format("sparse files of the {} layout (synthesized by export)",
-                       spec->layout_name()),
-           "a split-QKV preset");
+      fail(
+          ErrorKind::kInvalidArgument, "", "",
+          fmt::format("sparse files of the {} layout (synthesized by export)", spec->layout_name()),
+          "a split-QKV preset");
     std::error_code ec;
     if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
       fail(ErrorKind::kDestination, dst.string(), "", "destination already holds a checkpoint");

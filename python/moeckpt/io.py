@@ -226,6 +226,7 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
     # Rows a rank's shards read from another rank's experts, sent over the job's process group in one
     # order every rank follows (each transfer blocks only its two ranks: no cycle).
     local = dict(items)
+    shapes = {k: shape for k, _, shape in specs}
     received: dict[str, list[tuple[int, torch.Tensor]]] = {}
     for dst in range(workers):
         for k in sorted(needed[dst]):
@@ -240,7 +241,7 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
                 if rank == src:
                     dist.send(local[k][a - first:b - first].contiguous(), dist.get_global_rank(group, dst), group=group)
                 elif rank == dst:
-                    buf = torch.empty((b - a, *specs_shape(specs, k)[1:]), dtype=local[k].dtype,
+                    buf = torch.empty((b - a, *shapes[k][1:]), dtype=local[k].dtype,
                                       device=local[k].device)
                     dist.recv(buf, dist.get_global_rank(group, src), group=group)
                     received.setdefault(k, []).append((a, buf))
@@ -248,8 +249,11 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
     rows, windows = [], {}
     digest: Optional[str] = None
     try:
+        held = []  # what this rank holds, for its digest
         for k, t in items:
             t = T.host_tensor(t)
+            keep.append(t)
+            held.append(T.row(k, t))
             if k in split:
                 first, count = split[k]
                 lo, hi = needed[rank].get(k, (first, first + count))
@@ -265,12 +269,11 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
                 window = parts[0] if len(parts) == 1 else torch.cat(parts)
                 keep.append(window)
                 windows[k] = lo * (t.numel() // max(1, t.shape[0])) * t.element_size()
-                rows.append((k, T.dtype_name(window.dtype), specs_shape(specs, k), window.data_ptr(),
+                rows.append((k, T.dtype_name(window.dtype), shapes[k], window.data_ptr(),
                              window.numel() * window.element_size()))
             else:
-                keep.append(t)
-                rows.append(T.row(k, t))
-        digest = _core.memory_digest([T.row(k, T.host_tensor(t)) for k, t in items])
+                rows.append(held[-1])
+        digest = _core.memory_digest(held)
     except BaseException as e:  # noqa: BLE001 - every rank must learn of it
         error = e
     # The ranks' identity for resume=True: every rank's digest of what it holds.
@@ -309,13 +312,6 @@ def _to_hf_dir_on_mesh(state_dict, path, config, quant, compat, exclude_key_rege
     if error is not None:
         raise error
     return report
-
-
-def specs_shape(specs: list, key: str) -> list:
-    for k, _, shape in specs:
-        if k == key:
-            return shape
-    raise KeyError(key)
 
 
 def dequantize_dir(

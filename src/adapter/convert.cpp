@@ -111,6 +111,14 @@ ShardingOptions sharding_of(const Plan& plan, const ConvertOptions& convert) {
   return sharding;
 }
 
+// The shard each output lands in.
+std::vector<size_t> shard_of_outputs(const std::vector<ShardLayout>& layout, size_t outputs) {
+  std::vector<size_t> shard_of(outputs);
+  for (size_t s = 0; s < layout.size(); ++s)
+    for (size_t i : layout[s].tensors) shard_of[i] = s;
+  return shard_of;
+}
+
 // Drops the tasks that write only into shards marked done (finished before, or another worker's).
 void keep_tasks_of_open_shards(Plan& plan, const CheckpointWriter& writer,
                                const std::vector<bool>& done) {
@@ -541,9 +549,8 @@ DistributionPlan plan_distribution(FolderCommand command, const fs::path& src,
     const auto& fp = p.folders[f];
     const auto& layout = d.layouts[f];
     out.folders.push_back(fp.dst.string());
-    std::vector<size_t> shard_of(fp.plan.outputs.size());
+    const auto shard_of = shard_of_outputs(layout, fp.plan.outputs.size());
     for (size_t s = 0; s < layout.size(); ++s) {
-      for (size_t i : layout[s].tensors) shard_of[i] = s;
       auto& w = out.workers[static_cast<size_t>(d.owners[f][s])];
       w.output_bytes += layout[s].file_size;
       w.shards.push_back(fp.dst.empty() ? layout[s].name : (fp.dst / layout[s].name).string());
@@ -649,9 +656,7 @@ ExportDistribution plan_export_distribution(const TensorSource& native, const Mo
   convert.max_shard_bytes = max_shard_bytes;
   const Plan plan = plan_to_hf(native, config, within_budget(options, convert.exec), {0});
   const auto layout = layout_shards(plan.outputs, sharding_of(plan, convert));
-  std::vector<size_t> shard_of(plan.outputs.size());
-  for (size_t s = 0; s < layout.size(); ++s)
-    for (size_t i : layout[s].tensors) shard_of[i] = s;
+  const auto shard_of = shard_of_outputs(layout, plan.outputs.size());
   // Per shard and worker: the split rows its tasks read; per shard, split reads [tensor] -> rows.
   std::map<const SourceTensor*, std::string> split_tensors;
   for (const auto& name : split) {

@@ -192,8 +192,7 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
       if (!s.manifests[static_cast<size_t>(k)]) {
         // No manifest yet: a lock file is left behind only by a killed worker (an exiting one
         // removes it), and one taken after this launch's job record is this launch's.
-        if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock) &&
-            present(lock) && !present(manifest))
+        if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock))
           fail(ErrorKind::kDestination, dst.string(), "",
                fmt::format("worker {} of {} died before it recorded any of its {} shard(s): {}; no "
                            "index was written",

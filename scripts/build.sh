@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Configures and builds one flavour: release (default) or sanitize (ASan + UBSan).
+# Configures and builds one flavour: release (default), sanitize (ASan + UBSan) or fuzz (libFuzzer,
+# clang). With MOECKPT_PYTHON=/path/to/python the release tree also builds the Python extension
+# (into build/python-package, see python/CMakeLists.txt) from the same objects as the CLI and tests.
+# ccache is used when installed (scripts/setup.sh installs it); MOECKPT_JOBS sets the parallelism.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour=${1:-release}
+launcher=()
+if command -v ccache >/dev/null 2>&1; then
+  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  # Hits across clones and build folders: paths below the repository are hashed relative to it.
+  export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
+fi
+common=(-G Ninja -DMOECKPT_WERROR=ON "${launcher[@]}")
+jobs=()
+[ -z "${MOECKPT_JOBS:-}" ] || jobs=(-j "$MOECKPT_JOBS")
 case "$flavour" in
-  release)  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOECKPT_WERROR=ON >/dev/null
-            cmake --build build ;;
-  sanitize) cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DMOECKPT_SANITIZE=ON \
-                  -DMOECKPT_WERROR=ON >/dev/null
-            cmake --build build-asan ;;
-  fuzz)     CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  release)  python=()
+            [ -z "${MOECKPT_PYTHON:-}" ] || python=(-DMOECKPT_BUILD_PYTHON=ON "-DPython_EXECUTABLE=$MOECKPT_PYTHON")
+            cmake -S . -B build "${common[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${python[@]}" >/dev/null
+            cmake --build build "${jobs[@]}" ;;
+  sanitize) cmake -S . -B build-asan "${common[@]}" -DCMAKE_BUILD_TYPE=Debug -DMOECKPT_SANITIZE=ON >/dev/null
+            cmake --build build-asan "${jobs[@]}" ;;
+  fuzz)     CXX=clang++ cmake -S . -B build-fuzz -G Ninja "${launcher[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
                   -DMOECKPT_BUILD_FUZZERS=ON -DMOECKPT_BUILD_TESTS=OFF >/dev/null
-            cmake --build build-fuzz ;;
+            cmake --build build-fuzz "${jobs[@]}" ;;
   *) echo "usage: $0 [release|sanitize|fuzz]" >&2; exit 2 ;;
 esac

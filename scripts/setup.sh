@@ -5,7 +5,7 @@ packages=(build-essential cmake ninja-build g++ clang libclang-rt-14-dev
           nlohmann-json3-dev libcli11-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev libssl-dev
           libxxhash-dev libre2-dev pkg-config
           python3 python3-venv python3-dev valgrind
-          openmpi-bin)
+          openmpi-bin ccache)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,28 +1,65 @@
 #!/usr/bin/env bash
-# Quick start, part 2: install, build and run every test: the unit/integration suite (release and
-# ASan+UBSan builds), valgrind on the tiny preset, the Python package's tests, and each libFuzzer
-# target for a bounded time.
+# Quick start, part 2: the tests, in two tiers (docs/TESTING.md).
+#
+#   ./scripts/test.sh          The fast tier, for newcomers and every change: one release build (the
+#                              CLI, the C++ tests and the Python extension from the same objects), every
+#                              ctest test and every pytest test against Automodel 0.7.0, with the
+#                              randomized trials and multi-process launch sizes cut down
+#                              (MOECKPT_TEST_TIER=fast).
+#   ./scripts/test.sh --full   What CI runs (.ci/run): the fast tier's tests at full strength (every
+#                              trial, every launch size; pytest against the package `pip install .`
+#                              builds), valgrind, the ASan+UBSan build and its ctest, and each libFuzzer
+#                              target for MOECKPT_FUZZ_SECONDS (default 60).
+#
+# Each phase prints its wall time, and a summary closes the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$PWD
+tier=fast
+case "${1:-}" in
+  "") ;;
+  --full) tier=full ;;
+  -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "usage: $0 [--full]" >&2; exit 2 ;;
+esac
+export MOECKPT_TEST_TIER=$tier
+jobs=$(nproc)
 fuzz_seconds=${MOECKPT_FUZZ_SECONDS:-60}
-./scripts/setup.sh
+VENV="${MOECKPT_PY_VENV:-$ROOT/.venv-py}"
 
-echo "== release build and tests"
-./scripts/build.sh release
-ctest --test-dir build --output-on-failure -j2
+summary=()
+phase() {  # phase NAME COMMAND...: runs COMMAND, records its wall time
+  local name=$1 t0=$SECONDS
+  shift
+  echo "== $name"
+  "$@"
+  summary+=("$(printf '%6d s  %s' $((SECONDS - t0)) "$name")")
+  echo "-- $name: $((SECONDS - t0)) s"
+}
 
-echo "== valgrind (memcheck) on the tiny preset"
-./scripts/valgrind.sh build/moeckpt
+pytest_build_tree() {  # pytest against the extension of the release tree (no second compile)
+  (cd tests/python && PYTHONPATH="$ROOT/build/python-package" MOECKPT_CLI="$ROOT/build/moeckpt" \
+     "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "$jobs" .)
+}
+ctest_release() { ctest --test-dir build --output-on-failure -j "$jobs"; }
+ctest_asan() {
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs"
+}
 
-echo "== ASan + UBSan build and tests"
-./scripts/build.sh sanitize
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j2
-
-echo "== Python package: pip install . and pytest (parity with the installed reference adapter)"
-./scripts/test_python.sh
-
-echo "== fuzz targets (${fuzz_seconds}s each)"
-./scripts/build.sh fuzz
-./scripts/fuzz.sh "$fuzz_seconds"
-echo "all tests passed"
+phase "setup (Debian packages)" ./scripts/setup.sh
+phase "Python environment" ./scripts/python_env.sh
+phase "release build (CLI, tests, Python extension)" env MOECKPT_PYTHON="$VENV/bin/python" ./scripts/build.sh release
+phase "ctest, release ($tier)" ctest_release
+if [ "$tier" = fast ]; then
+  phase "pytest, release tree's extension (fast)" pytest_build_tree
+else
+  phase "pip install . and pytest (full)" ./scripts/test_python.sh
+  phase "valgrind (memcheck) on the tiny preset" ./scripts/valgrind.sh build/moeckpt
+  phase "ASan + UBSan build" ./scripts/build.sh sanitize
+  phase "ctest, ASan + UBSan (full)" ctest_asan
+  phase "libFuzzer build" ./scripts/build.sh fuzz
+  phase "fuzz targets (${fuzz_seconds} s each)" ./scripts/fuzz.sh "$fuzz_seconds"
+fi
+echo "== all tests passed ($tier tier), $SECONDS s"
+printf '%s\n' "${summary[@]}"

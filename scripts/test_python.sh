@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Builds and tests the Python package on a fresh Debian 12 machine (after scripts/setup.sh): a venv
-# (default .venv-py, gitignored; reused when present) with torch from PyPI, the reference adapter
-# (nemo-automodel 0.7.0 without its dependency tree, as tools/setup_oracle.sh), the build backend, then
-# `pip install .` (the real package build, C++ compiled from source) and pytest. Idempotent.
-#
-# Overrides: MOECKPT_PY_VENV, PYTHON, TORCH_SPEC, AUTOMODEL_SPEC, TRANSFORMERS_SPEC.
+# The Python package as users get it: `pip install .` (scikit-build-core compiles the C++ engine
+# and the extension from source) into the test venv (scripts/python_env.sh), then pytest against
+# the installed package. Part of `scripts/test.sh --full`; the fast tier tests the extension built
+# in the release tree instead (scripts/test.sh). Extra arguments go to pytest.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="${MOECKPT_PY_VENV:-$ROOT/.venv-py}"
-
-# The reference adapter and torch exactly as the oracle uses them (tools/setup_oracle.sh honours
-# TORCH_SPEC, AUTOMODEL_SPEC, TRANSFORMERS_SPEC and PYTHON), then the test runner and build backend.
-echo "test_python: preparing $VENV"
-ORACLE_VENV="$VENV" "$ROOT/tools/setup_oracle.sh"
+"$ROOT/scripts/python_env.sh"
 VPY="$VENV/bin/python"
-"$VPY" -m pip --disable-pip-version-check -q install pytest "scikit-build-core>=0.10" "nanobind>=2.0"
 
 echo "test_python: pip install . (builds the C++ engine and the extension)"
-# No build isolation: the backend comes from the venv above (no second download per run); the build
-# folder build-python/ is kept, so a re-run recompiles only what changed.
-CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$VPY" -m pip --disable-pip-version-check -q install --no-build-isolation --force-reinstall --no-deps .
+# No build isolation: the backend comes from the venv (no second download per run). The build
+# folder build-python/ is kept, so a re-run recompiles only what changed. The test build takes the
+# release tree's build type and warning flags, so with ccache (scripts/setup.sh installs it) its
+# objects are the release build's, compiled once (the published wheel stays Release, pyproject.toml).
+ccache=()
+if command -v ccache >/dev/null 2>&1; then
+  ccache=(-C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
+fi
+CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$VPY" -m pip \
+  --disable-pip-version-check -q install --no-build-isolation --force-reinstall --no-deps \
+  -C cmake.build-type=RelWithDebInfo -C cmake.define.MOECKPT_WERROR=ON "${ccache[@]}" .
 
 # From outside the source tree, so `import moeckpt` is the installed package.
 cd "$ROOT/tests/python"
-"$VPY" -m pytest -q -p no:cacheprovider "$@" .
+env -u PYTHONPATH "$VPY" -m pytest -q -p no:cacheprovider -n "$(nproc)" "$@" .

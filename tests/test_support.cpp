@@ -6,12 +6,22 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 
 namespace moeckpt::test {
 namespace fs = std::filesystem;
+
+int trials(int full, int fast) {
+  const char* tier = std::getenv("MOECKPT_TEST_TIER");
+  if (tier == nullptr || std::string_view(tier).empty() || std::string_view(tier) == "full")
+    return full;
+  if (std::string_view(tier) == "fast") return fast;
+  throw std::invalid_argument("MOECKPT_TEST_TIER=" + std::string(tier) + ": expected fast or full");
+}
 
 TempDir::TempDir() {
   static std::atomic<int> counter{0};

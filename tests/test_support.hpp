@@ -8,6 +8,11 @@
 
 namespace moeckpt::test {
 
+// How many times a randomized trial (a kill at a random moment, a random launch order) repeats:
+// `full` by default and under `scripts/test.sh --full`; `fast` (fewer runs of the same checks)
+// when MOECKPT_TEST_TIER=fast, which `scripts/test.sh` sets (docs/TESTING.md).
+int trials(int full, int fast);
+
 // A fresh directory under the system temp dir, removed at destruction.
 class TempDir {
  public:

@@ -34,7 +34,7 @@ GOOD = DATA / "accepted"
 BASE = DATA / "corpus_base"
 SEEDS = DATA.parent.parent / "fuzz" / "corpus" / "from_hf"
 FUZZ_FILES = ["config.json", "model.safetensors.index.json"] + [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
-MAX_SEED = 65536  # scripts/test.sh runs the fuzzers with -max_len=65536
+MAX_SEED = 65536  # scripts/fuzz.sh runs the fuzzers with -max_len=65536
 
 DTYPE_SIZE = {"F8_E4M3": 1, "BF16": 2, "F16": 2, "F32": 4, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
 

@@ -63,14 +63,14 @@ class NonFinite : public ::testing::Test {
 };
 
 constexpr const char* kWeight = "model.layers.1.mlp.experts.2.down_proj.weight";
+constexpr const char* kWeightScale = "model.layers.1.mlp.experts.2.down_proj.weight_scale_inv";
 
 TEST_F(NonFinite, AHugeScaleOverLargeCodesIsRefusedInEveryDtype) {
   for (float scale : {1e37f, 3e36f, std::numeric_limits<float>::max() / 100}) {
     SCOPED_TRACE(scale);
     fs::remove_all(dir_ / "hf2");
     fs::copy(dir_ / "hf", dir_ / "hf2");
-    patch(dir_ / "hf2", std::string(kWeight) + "_scale_inv", 0 /* entry [0, 0] */,
-          f32_bytes(scale));
+    patch(dir_ / "hf2", kWeightScale, 0 /* entry [0, 0] */, f32_bytes(scale));
     EXPECT_TRUE(refused(dir_ / "hf2", Dtype::BF16));
     EXPECT_NE(last_.find("scale entry [0, 0]"), std::string::npos) << last_;
     EXPECT_NE(last_.find("not finite in BF16"), std::string::npos) << last_;
@@ -96,7 +96,7 @@ TEST_F(NonFinite, TheSameScaleOverSmallCodesIsAccepted) {
   for (uint64_t r = 0; r < rows; ++r)
     patch(dir_ / "hf", kWeight, r * cols,
           std::vector<uint8_t>(std::min<uint64_t>(128, cols), 0x28));
-  patch(dir_ / "hf", std::string(kWeight) + "_scale_inv", 0, f32_bytes(1e37f));
+  patch(dir_ / "hf", kWeightScale, 0, f32_bytes(1e37f));
   EXPECT_FALSE(refused(dir_ / "hf", Dtype::BF16)) << last_;
   from_hf_dir(dir_ / "hf", dir_ / "ok", {});
   auto out = Checkpoint::open(dir_ / "ok");

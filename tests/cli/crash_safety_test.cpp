@@ -143,7 +143,7 @@ TEST_F(CrashSafety, FromHfKilledAtRandomMomentsResumesByteIdentical) {
   const auto inputs = final_files(dir_ / "hf");
   kill_and_resume_trials({"from-hf", (dir_ / "hf").string(), "--shard-size", "1000000", "--threads",
                           "2", "--quiet", (dir_ / "out").string()},
-                         dir_ / "out", dir_ / "clean", 20, 11);
+                         dir_ / "out", dir_ / "clean", test::trials(20, 5), 11);
   EXPECT_TRUE(final_files(dir_ / "hf") == inputs) << "an input was modified";
   EXPECT_TRUE(hidden_files(dir_ / "hf").empty());
 }
@@ -153,7 +153,7 @@ TEST_F(CrashSafety, ToHfKilledAtRandomMomentsResumesByteIdentical) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   kill_and_resume_trials({"to-hf", (dir_ / "native").string(), "--shard-size", "500000",
                           "--threads", "2", "--quiet", (dir_ / "out").string()},
-                         dir_ / "out", dir_ / "clean", 12, 12);
+                         dir_ / "out", dir_ / "clean", test::trials(12, 4), 12);
 }
 
 TEST_F(CrashSafety, ResumeRedoesADamagedOrUnrecordedShard) {

@@ -147,7 +147,8 @@ TEST_F(OverwriteSafety, AKilledOverwriteKeepsTheOldCheckpointAndResumes) {
   auto want = final_files(dir_ / "clean");
   std::mt19937 rng(7);
   int mid = 0;
-  for (int trial = 0; trial < 12; ++trial) {
+  const int trials = test::trials(12, 4);
+  for (int trial = 0; trial < trials; ++trial) {
     const pid_t pid = test::spawn_cli({"from-hf", (dir_ / "hf2").string(), out(), "--overwrite",
                                        "--quiet", "--shard-size", "3000000", "--threads", "1"});
     std::this_thread::sleep_for(
@@ -177,7 +178,7 @@ TEST_F(OverwriteSafety, AKilledOverwriteKeepsTheOldCheckpointAndResumes) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
     ASSERT_EQ(final_files(dir_ / "out"), before_);
   }
-  std::printf("killed while staging with the old checkpoint intact: %d of 12\n", mid);
+  std::printf("killed while staging with the old checkpoint intact: %d of %d\n", mid, trials);
 }
 
 TEST_F(OverwriteSafety, AnInterruptedOverwriteResumesFromItsStagingFolder) {

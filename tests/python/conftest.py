@@ -17,6 +17,18 @@ ROOT = Path(__file__).resolve().parents[2]
 RAGGED = ROOT / "tests" / "data" / "ragged" / "hf"
 
 
+def trials(full, fast):
+    """How many times a randomized trial repeats, or which launch sizes a multi-process test runs:
+    ``full`` by default and under ``scripts/test.sh --full``, ``fast`` (fewer runs of the same
+    checks) when MOECKPT_TEST_TIER=fast, as ``scripts/test.sh`` sets (docs/TESTING.md)."""
+    tier = os.environ.get("MOECKPT_TEST_TIER", "")
+    if tier in ("", "full"):
+        return full
+    if tier == "fast":
+        return fast
+    raise ValueError(f"MOECKPT_TEST_TIER={tier}: expected fast or full")
+
+
 def _load_make_goldens():
     spec = importlib.util.spec_from_file_location("make_goldens", ROOT / "tools" / "make_goldens.py")
     mod = importlib.util.module_from_spec(spec)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import moeckpt
 
+from conftest import trials
 from test_dir import load_dir
 from test_parity import assert_same
 
@@ -82,7 +83,7 @@ def test_sigkill_at_random_moments_then_resume(case_tiny, tmp_path):
     assert final_files(tmp_path / "timing") == want
     rng = random.Random(12345)
     outcomes = {"before": 0, "partial": 0, "complete": 0}
-    for trial in range(16):
+    for trial in range(trials(16, 4)):
         out = tmp_path / f"k{trial}"
         args = [sys.executable, "-c", KILL_CHILD, str(tmp_path / "native.safetensors"), str(out), str(case_tiny.path)]
         p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)

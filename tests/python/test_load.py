@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 import load_worker
 import moeckpt
-from conftest import raw
+from conftest import raw, trials
 
 
 def _automodel_model(config_json: dict):
@@ -86,7 +86,7 @@ def test_dict_destinations_strict_and_dtypes(tiny_dir):
         moeckpt.load_hf_checkpoint({"model.embed_tokens.weight": torch.empty(3, 3, dtype=w.dtype)}, tiny_dir)
 
 
-@pytest.mark.parametrize("nproc", [2, 3, 4])
+@pytest.mark.parametrize("nproc", trials([2, 3, 4], [3]))
 def test_dtensor_shards_under_torchrun(tiny_dir, nproc):
     # The same checks in a job launched by torchrun (gloo, CPU), with even and uneven splits.
     import os

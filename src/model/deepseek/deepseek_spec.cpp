@@ -44,7 +44,7 @@ std::optional<Projection> attention_projection(std::string_view s) {
 }
 
 // What follows "layers.<L>." (`k.mtp` already set).
-void classify_layer_rest(std::string_view rest, TensorKey& k) {
+void classify_deepseek_layer_rest(std::string_view rest, TensorKey& k) {
   if (rest == "input_layernorm.weight" || rest == "post_attention_layernorm.weight") {
     k.kind = TensorKind::kNorm;
     return;
@@ -140,7 +140,7 @@ class DeepSeekSpec final : public ModelSpec {
       k.layer = path->layer;
       k.mtp = path->layer >= config_.num_hidden_layers &&
               path->layer < config_.num_hidden_layers + config_.num_nextn_predict_layers;
-      classify_layer_rest(path->rest, k);
+      classify_deepseek_layer_rest(path->rest, k);
       return k;
     }
     classify_model_level(w, k);
@@ -445,7 +445,7 @@ json deepseek_v3_micro() {
     "max_position_embeddings": 4096, "rope_theta": 10000})");
 }
 
-std::optional<json> base_preset(std::string_view name) {
+std::optional<json> deepseek_base_preset(std::string_view name) {
   if (name == "deepseek-v3-tiny") return deepseek_v3_tiny(true);
   if (name == "deepseek-v3-micro") return deepseek_v3_micro();
   if (name == "deepseek-v3-tiny-q-proj") return deepseek_v3_tiny(false);
@@ -509,7 +509,7 @@ const std::vector<std::string>& deepseek_preset_names() {
 }
 
 std::optional<json> deepseek_preset(std::string_view name, const PresetSize& o) {
-  auto base = base_preset(name);
+  auto base = deepseek_base_preset(name);
   if (!base) return std::nullopt;
   json c = *base;
   if (o.layers) {

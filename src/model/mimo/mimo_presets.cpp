@@ -79,7 +79,7 @@ json fused_layout(json c, bool v25) {
   return c;
 }
 
-std::optional<json> base_preset(std::string_view name) {
+std::optional<json> mimo_base_preset(std::string_view name) {
   const auto dims = name.substr(name.find('-') == std::string_view::npos ? 0 : name.find('-') + 1);
   auto plain = [](std::string_view d) -> std::optional<json> {
     if (d == "tiny") return tiny_config();
@@ -104,7 +104,7 @@ const std::vector<std::string>& mimo_preset_names() {
 }
 
 std::optional<json> mimo_preset(std::string_view name, const PresetSize& o) {
-  auto base = base_preset(name);
+  auto base = mimo_base_preset(name);
   if (!base) return std::nullopt;
   json c = *base;
   if (o.layers) {

@@ -25,7 +25,7 @@ std::optional<Projection> proj_of(std::string_view s) {
 }
 
 // Classifies what follows "layers.<L>.".
-void classify_layer_rest(std::string_view rest, TensorKey& k) {
+void classify_mimo_layer_rest(std::string_view rest, TensorKey& k) {
   static constexpr std::string_view kNorms[] = {"input_layernorm.weight",
                                                 "post_attention_layernorm.weight",
                                                 "pre_mlp_layernorm.weight",
@@ -116,7 +116,7 @@ TensorKey classify_tensor_name(std::string_view name) {
     }
     k.prefix = std::string(prefix);
     k.layer = path->layer;
-    classify_layer_rest(path->rest, k);
+    classify_mimo_layer_rest(path->rest, k);
     if (mx_candidate) {
       if (k.kind == TensorKind::kExpertProj) {
         k.is_scale = k.is_mx_scale = true;

@@ -98,7 +98,9 @@ def test_the_gil_is_released_during_conversion(case_tiny):
             ticks += 1
         return ticks
 
-    idle = spin(0.5, threading.Event())
+    # Best of three rounds each: other processes (pytest -n, torchrun jobs beside it) take the CPU
+    # at times; they slow a round, not the best one.
+    idle = max(spin(0.3, threading.Event()) for _ in range(3))
     t0 = time.perf_counter()
     _core.to_hf(rows, cfg, "block", "none", None, None, 0, True, 1, 1 << 30)
     call = time.perf_counter() - t0
@@ -112,7 +114,7 @@ def test_the_gil_is_released_during_conversion(case_tiny):
 
     th = threading.Thread(target=work)
     th.start()
-    busy = spin(0.5, threading.Event())
+    busy = max(spin(0.3, threading.Event()) for _ in range(3))
     stop.set()
     th.join()
     assert busy > 0.25 * idle, (busy, idle, call)  # measured: ~0.5-0.9 released, ~0.08 held

@@ -39,7 +39,7 @@ phase() {  # phase NAME COMMAND...: runs COMMAND, records its wall time
 
 pytest_build_tree() {  # pytest against the extension of the release tree (no second compile)
   (cd tests/python && PYTHONPATH="$ROOT/build/python-package" MOECKPT_CLI="$ROOT/build/moeckpt" \
-     "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "$jobs" .)
+     "$VENV/bin/python" -m pytest -q -p no:cacheprovider -n "$jobs" --durations=10 .)
 }
 ctest_release() { ctest --test-dir build --output-on-failure -j "$jobs"; }
 ctest_asan() {

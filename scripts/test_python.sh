@@ -19,6 +19,10 @@ ccache=()
 if command -v ccache >/dev/null 2>&1; then
   ccache=(-C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache)
   export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
+  # The same compiler path as the release tree (scikit-build-core would name g++ where CMake chose
+  # c++, which ccache hashes as another compiler).
+  cxx=$(sed -n 's/^CMAKE_CXX_COMPILER:FILEPATH=//p' build/CMakeCache.txt 2>/dev/null || true)
+  [ -z "$cxx" ] || ccache+=(-C "cmake.define.CMAKE_CXX_COMPILER=$cxx")
 fi
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$VPY" -m pip \
   --disable-pip-version-check -q install --no-build-isolation --force-reinstall --no-deps \
@@ -26,4 +30,4 @@ CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" "$VPY" -m p
 
 # From outside the source tree, so `import moeckpt` is the installed package.
 cd "$ROOT/tests/python"
-env -u PYTHONPATH "$VPY" -m pytest -q -p no:cacheprovider -n "$(nproc)" "$@" .
+env -u PYTHONPATH "$VPY" -m pytest -q -p no:cacheprovider -n "$(nproc)" --durations=10 "$@" .

@@ -191,8 +191,11 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
       const auto lock = dst / worker_lock_name(k, s.job.workers);
       if (!s.manifests[static_cast<size_t>(k)]) {
         // No manifest yet: a lock file is left behind only by a killed worker (an exiting one
-        // removes it), and one taken after this launch's job record is this launch's.
-        if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock))
+        // removes it), and one taken after this launch's job record is this launch's. The survey
+        // may predate the worker's manifest and even its exit: with the lock free, the lock file
+        // must still be there and the manifest still missing.
+        if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock) &&
+            present(lock) && !WorkerManifest::load(dst, k, s.job.workers))
           fail(ErrorKind::kDestination, dst.string(), "",
                fmt::format("worker {} of {} died before it recorded any of its {} shard(s): {}; no "
                            "index was written",

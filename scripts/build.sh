@@ -8,12 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour=${1:-release}
+source scripts/ccache_env.sh
 launcher=()
-if command -v ccache >/dev/null 2>&1; then
-  launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
-  # Hits across clones and build folders: paths below the repository are hashed relative to it.
-  export CCACHE_BASEDIR="$PWD" CCACHE_NOHASHDIR=1
-fi
+[ -z "$compiler_launcher" ] || launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER="$compiler_launcher")
 common=(-G Ninja -DMOECKPT_WERROR=ON "${launcher[@]}")
 jobs=()
 [ -z "${MOECKPT_JOBS:-}" ] || jobs=(-j "$MOECKPT_JOBS")

@@ -15,10 +15,10 @@ echo "test_python: pip install . (builds the C++ engine and the extension)"
 # folder build-python/ is kept, so a re-run recompiles only what changed. The test build takes the
 # release tree's build type and warning flags, so with ccache (scripts/setup.sh installs it) its
 # objects are the release build's, compiled once (the published wheel stays Release, pyproject.toml).
+source "$ROOT/scripts/ccache_env.sh"
 ccache=()
-if command -v ccache >/dev/null 2>&1; then
-  ccache=(-C cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=ccache)
-  export CCACHE_BASEDIR="$ROOT" CCACHE_NOHASHDIR=1
+if [ -n "$compiler_launcher" ]; then
+  ccache=(-C "cmake.define.CMAKE_CXX_COMPILER_LAUNCHER=$compiler_launcher")
   # The same compiler path as the release tree (scikit-build-core would name g++ where CMake chose
   # c++, which ccache hashes as another compiler).
   cxx=$(sed -n 's/^CMAKE_CXX_COMPILER:FILEPATH=//p' build/CMakeCache.txt 2>/dev/null || true)

@@ -30,6 +30,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
   (void)moeckpt::cli::check_tolerance(all);
+  // An accepted number is finite and within its range.
+  if (moeckpt::cli::check_number(all, 0, 1e8).empty()) {
+    const std::string s(all);
+    char* end = nullptr;
+    const double v = std::strtod(s.c_str(), &end);
+    if (end != s.c_str() + s.size() || !(v >= 0 && v <= 1e8) || s.find('x') != std::string::npos ||
+        s.find('X') != std::string::npos)
+      std::abort();
+  }
 
   try {
     for (auto anchor :

@@ -15,6 +15,14 @@
 
 namespace moeckpt {
 
+// The most workers one conversion may have, however the count arrives (--workers, a launcher's
+// WORLD_SIZE, a job record read back): per-worker state is allocated up front, so an absurd
+// count would cost memory and time before anything could refuse it.
+inline constexpr int64_t kMaxWorkers = 65536;
+// Throws kInvalidArgument unless 1 <= count <= kMaxWorkers; `source` says where it came from
+// ("--workers", "torchrun: WORLD_SIZE", ...).
+void check_worker_count(int64_t count, const std::string& source);
+
 struct WorkerSlot {
   int64_t rank = 0;
   int64_t count = 1;
@@ -55,9 +63,12 @@ struct FinalizeReport {
   int64_t workers = 0;
   bool index_written = false;
 };
-// A set `cancel` ends the wait (Interrupted).
-FinalizeReport finalize_dir(const std::filesystem::path& dst, std::chrono::milliseconds wait,
-                            const std::atomic<bool>* cancel = nullptr);
+// A set `cancel` ends the wait (Interrupted). `deadline`: when the wait ends, where it began
+// before this call (worker 0 waits `wait` from the end of its own shards); messages name `wait`.
+FinalizeReport finalize_dir(
+    const std::filesystem::path& dst, std::chrono::milliseconds wait,
+    const std::atomic<bool>* cancel = nullptr,
+    std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
 
 // Whether `dst` holds the records of a distributed conversion that has not been finalized.
 bool has_distributed_records(const std::filesystem::path& dst);

@@ -2,6 +2,8 @@
 // nbytes) rows over memory the Python caller keeps alive (no copy), go out as 1-D uint8 torch
 // tensors that own the engine's buffers (DLPack, no copy). The GIL is released while the engine
 // plans and runs. The typed, documented API is the pure-Python layer in python/moeckpt/.
+#include <fmt/format.h>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/map.h>
@@ -15,6 +17,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -673,9 +676,13 @@ NB_MODULE(_core, m) {
   m.def(
       "finalize_dir",
       [](const std::string& dst, double wait_seconds) {
+        if (!std::isfinite(wait_seconds) || wait_seconds < 0 || wait_seconds > 1e8)
+          fail(ErrorKind::kInvalidArgument, "", "",
+               fmt::format("wait_seconds={} is out of range", wait_seconds),
+               "a finite number of seconds from 0 to 1e8");
         nb::gil_scoped_release release;
-        const auto r = finalize_dir(
-            dst, std::chrono::milliseconds(static_cast<int64_t>(wait_seconds * 1000.0)));
+        const auto r =
+            finalize_dir(dst, std::chrono::milliseconds(std::llround(wait_seconds * 1000.0)));
         return std::make_tuple(r.shards, r.bytes, r.index_written);
       },
       nb::arg("dst"), nb::arg("wait_seconds") = 0.0);

@@ -309,6 +309,7 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
     total.own_shards = total.shards;
     return total;
   }
+  check_worker_count(convert.workers, "workers");
   if (convert.worker < 0 || convert.worker >= convert.workers)
     fail(ErrorKind::kInvalidArgument, "", "",
          fmt::format("worker {} of {} is not a worker of the run", convert.worker, convert.workers),
@@ -334,9 +335,7 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
     for (size_t f = 0; f < p.folders.size(); ++f) {
       if (skipped[f]) continue;
       const auto& fp = p.folders[f];
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      finalize_dir(fp.dst, std::max(left, std::chrono::milliseconds(0)), convert.exec.cancel);
+      finalize_dir(fp.dst, convert.wait, convert.exec.cancel, deadline);
     }
     total.finalized = true;
   }
@@ -528,6 +527,7 @@ ConvertReport quantize_dir(const fs::path& src, const fs::path& dst, const ToHfO
 DistributionPlan plan_distribution(FolderCommand command, const fs::path& src,
                                    const FromHfOptions& from_hf, const ToHfOptions& to_hf,
                                    uint64_t max_shard_bytes, int64_t workers) {
+  check_worker_count(workers, "workers");
   ConvertOptions convert;
   convert.max_shard_bytes = max_shard_bytes;
   const fs::path dst;
@@ -651,7 +651,7 @@ ExportDistribution plan_export_distribution(const TensorSource& native, const Mo
                                             const ToHfOptions& options,
                                             const std::vector<std::string>& split,
                                             uint64_t max_shard_bytes, int64_t workers) {
-  if (workers < 1) fail(ErrorKind::kInvalidArgument, "", "", "the number of workers must be >= 1");
+  check_worker_count(workers, "workers");
   ConvertOptions convert;
   convert.max_shard_bytes = max_shard_bytes;
   const Plan plan = plan_to_hf(native, config, within_budget(options, convert.exec), {0});

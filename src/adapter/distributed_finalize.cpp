@@ -5,12 +5,16 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "adapter/destination_files.hpp"
 #include "adapter/distributed_records.hpp"
+#include "core/printable.hpp"
+#include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/dir_lock.hpp"
 #include "io/file.hpp"
@@ -91,6 +95,83 @@ Survey survey(const fs::path& dst) {
   return s;
 }
 
+// The whole file against the checksum its worker recorded when it committed the shard: a shard
+// changed after it was recorded is never indexed.
+void check_recorded_checksum(const fs::path& dst, const JobRecord::Shard& sh,
+                             const WorkerManifest& m) {
+  const auto path = dst / sh.name;
+  const auto it = m.shards.find(sh.name);
+  if (it == m.shards.end() || it->second.size != sh.size)
+    fail(ErrorKind::kDestination, path.string(), "",
+         fmt::format("is not recorded by worker {} with the plan's size", sh.worker),
+         "the shard its worker recorded");
+  if (io::file_checksum(path) != it->second.checksum)
+    fail(ErrorKind::kDestination, path.string(), "",
+         fmt::format("its bytes differ from what worker {} recorded (XXH3-128 {}): changed after "
+                     "it was written",
+                     sh.worker, it->second.checksum),
+         "the shard as its worker wrote it (relaunch with --resume to rewrite it)");
+}
+
+// The index the job record holds names exactly the recorded shards, and each shard holds exactly
+// the tensors the index gives it: an index never points at a file that is not there, or at a
+// tensor its shard lacks.
+void check_index_against_shards(const fs::path& dst, const JobRecord& job) {
+  const auto index_path = dst / kIndexFileName;
+  std::map<std::string, std::set<std::string>> by_file;
+  if (job.index) {
+    nlohmann::json j;
+    try {
+      j = parse_strict_json(*job.index, (dst / kJobFileName).string(), "index");
+    } catch (const nlohmann::json::exception& e) {
+      fail(ErrorKind::kDestination, (dst / kJobFileName).string(), "",
+           std::string("the index it holds is not JSON: ") + e.what(),
+           "the index worker 0 planned");
+    }
+    if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object())
+      fail(ErrorKind::kDestination, (dst / kJobFileName).string(), "",
+           "the index it holds has no weight_map object", "the index worker 0 planned");
+    for (const auto& [tensor, file] : j["weight_map"].items()) {
+      if (!file.is_string())
+        fail(ErrorKind::kDestination, index_path.string(), printable(tensor),
+             "the planned index maps it to a non-string", "a shard file name");
+      by_file[file.get<std::string>()].insert(tensor);
+    }
+  } else {
+    if (job.shards.size() != 1 || job.shards.front().name != kSingleFileName)
+      fail(ErrorKind::kDestination, (dst / kJobFileName).string(), "",
+           "it plans no index, but not exactly one shard named model.safetensors",
+           "an index for a sharded output");
+  }
+  std::set<std::string> recorded;
+  for (const auto& sh : job.shards) recorded.insert(sh.name);
+  for (const auto& [file, tensors] : by_file)
+    if (!recorded.count(file))
+      fail(ErrorKind::kDestination, index_path.string(), printable(*tensors.begin()),
+           "the planned index names shard " + printable(file) + ", which no worker's record lists",
+           "an index over the recorded shards only");
+  for (const auto& sh : job.shards) {
+    const auto f = SafetensorsFile::open(dst / sh.name);
+    std::set<std::string> held;
+    for (const auto& t : f.header().tensors()) held.insert(t.name);
+    if (!job.index) continue;
+    const auto it = by_file.find(sh.name);
+    const std::set<std::string> none;
+    const auto& planned = it == by_file.end() ? none : it->second;
+    if (held != planned) {
+      std::string which;
+      for (const auto& t : planned)
+        if (!held.count(t)) which = "the index gives it " + printable(t) + ", which it lacks";
+      for (const auto& t : held)
+        if (which.empty() && !planned.count(t))
+          which = "it holds " + printable(t) + ", which the index puts elsewhere or nowhere";
+      fail(ErrorKind::kDestination, (dst / sh.name).string(), "",
+           "its tensors differ from the planned index: " + which,
+           "the tensors the index assigns to this shard");
+    }
+  }
+}
+
 void check_shard(const fs::path& dst, const JobRecord::Shard& sh) {
   const auto path = dst / sh.name;
   std::error_code ec;
@@ -116,16 +197,18 @@ void check_shard(const fs::path& dst, const JobRecord::Shard& sh) {
 }  // namespace
 
 bool has_distributed_records(const fs::path& dst) {
-  return present(dst / kJobFileName) || !worker_manifests_in(dst).empty();
+  return present(dst / kJobFileName) || present(dst / kLaunchFileName) ||
+         !worker_manifests_in(dst).empty();
 }
 
 FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
-                            const std::atomic<bool>* cancel) {
+                            const std::atomic<bool>* cancel,
+                            std::optional<std::chrono::steady_clock::time_point> deadline_at) {
   std::error_code ec;
   if (!fs::is_directory(dst, ec))
     fail(ErrorKind::kDestination, dst.string(), "", "is not a folder",
          "the destination of a distributed conversion");
-  const auto deadline = std::chrono::steady_clock::now() + wait;
+  const auto deadline = deadline_at ? *deadline_at : std::chrono::steady_clock::now() + wait;
   // Records older than the job record are a previous launch's (a relaunched worker rewrites its
   // manifest when it starts): only this launch's can tell that a worker stopped.
   const int64_t launch_time = mtime_ns(dst / kJobFileName);
@@ -140,8 +223,14 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
           std::error_code rm;
           fs::remove(dst / worker_lock_name(k, n), rm);
         }
+      if (present(dst / kLaunchFileName)) remove_file(dst / kLaunchFileName);
       io::sync_directory(dst);
       return {0, 0, static_cast<int64_t>(left.size()), true};
+    }
+    if (present(dst / kLaunchFileName)) {
+      remove_file(dst / kLaunchFileName);  // a finalize that died after the job record went
+      io::sync_directory(dst);
+      return {0, 0, 0, true};
     }
   }
   for (;;) {
@@ -155,7 +244,7 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
         try {
           locks.push_back(
               std::make_unique<io::DirectoryLock>(dst, worker_lock_name(k, s.job.workers)));
-        } catch (const Error&) {
+        } catch (const io::LockBusy&) {
           busy = k;
         }
       }
@@ -165,8 +254,10 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
           uint64_t bytes = 0;
           for (const auto& sh : s.job.shards) {
             check_shard(dst, sh);
+            check_recorded_checksum(dst, sh, *s.manifests[static_cast<size_t>(sh.worker)]);
             bytes += sh.size;
           }
+          check_index_against_shards(dst, s.job);
           io::sync_directory(dst);
           if (s.job.index) io::write_file_atomically(dst / kIndexFileName, *s.job.index);
           // The index is in place: the records go, the job record last (a crash in between
@@ -175,8 +266,10 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
             remove_file(dst / worker_manifest_name(k, s.job.workers));
           // Temporaries of the job record that dead workers left (every worker is past it).
           for (const auto& e : fs::directory_iterator(dst))
-            if (io::final_name_of_temporary(e.path().filename().string()) == kJobFileName)
+            if (const auto n = io::final_name_of_temporary(e.path().filename().string());
+                n == kJobFileName || n == kLaunchFileName)
               remove_file(e.path());
+          if (present(dst / kLaunchFileName)) remove_file(dst / kLaunchFileName);
           io::sync_directory(dst);
           remove_file(dst / kJobFileName);
           io::sync_directory(dst);
@@ -236,9 +329,9 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
                        "written",
                        s.missing.size(), s.job.shards.size(), name_list(s.missing),
                        name_list(workers), s.job.workers),
-           wait.count() > 0 ? fmt::format("every worker done within --wait {} s, or the missing "
+           wait.count() > 0 ? fmt::format("every worker done within --wait {:g} s, or the missing "
                                           "workers relaunched with --resume",
-                                          wait.count() / 1000)
+                                          static_cast<double>(wait.count()) / 1000.0)
                             : "every worker done (relaunch the missing ones with --resume), "
                               "then moeckpt finalize");
     }

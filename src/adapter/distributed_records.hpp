@@ -15,6 +15,15 @@
 namespace moeckpt {
 
 inline constexpr const char* kJobFileName = ".moeckpt-job.json";
+// Which launch owns the folder: created once, atomically (link of a complete file), by the first
+// worker of the first launch; every later worker must match it before it writes anything.
+inline constexpr const char* kLaunchFileName = ".moeckpt-launch.json";
+
+// Claims `dir` for the launch `fingerprint` (`workers` workers), or finds it claimed by that same
+// launch; throws, naming the launch that holds it, when another launch (another worker count,
+// other inputs or options) claimed it first. Two launches racing into one folder: exactly one wins.
+void claim_for_launch(const std::filesystem::path& dir, const std::string& fingerprint,
+                      int64_t workers);
 
 // ".moeckpt-worker-00002-of-00004.json" / ".lock".
 std::string worker_manifest_name(int64_t worker, int64_t workers);

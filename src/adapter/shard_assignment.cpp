@@ -6,8 +6,15 @@
 
 namespace moeckpt {
 
+void check_worker_count(int64_t count, const std::string& source) {
+  if (count < 1 || count > kMaxWorkers)
+    fail(ErrorKind::kInvalidArgument, "", "",
+         "the number of workers " + std::to_string(count) + " (" + source + ") is out of range",
+         "1 to " + std::to_string(kMaxWorkers));
+}
+
 std::vector<int64_t> assign_shards(const std::vector<uint64_t>& shard_bytes, int64_t workers) {
-  if (workers < 1) fail(ErrorKind::kInvalidArgument, "", "", "the number of workers must be >= 1");
+  check_worker_count(workers, "workers");
   std::vector<size_t> order(shard_bytes.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),

@@ -83,6 +83,8 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
          what + " belongs to another conversion (other inputs or options) than this launch",
          "one launch per destination: the same command with --resume, or an empty folder");
   };
+  // Before anything is written: the first launch into the folder owns it.
+  claim_for_launch(dst_, fingerprint, workers_);
   if (auto job = JobRecord::load(dst_); job && job->fingerprint != fingerprint)
     other_launch(std::string(kJobFileName));
   std::optional<WorkerManifest> previous;

@@ -51,6 +51,7 @@ std::optional<WorkerSlot> read_launcher(const Env& env, const Vars& v) {
   if (*size < 1 || *rank >= *size)
     bad_env(fmt::format("{}: {}={} is not below {}={}", v.launcher, v.rank, *rank, v.size, *size),
             "a rank in [0, size)");
+  check_worker_count(*size, fmt::format("{}: {}", v.launcher, v.size));
   WorkerSlot slot{*rank, *size, 0, 0, v.launcher};
   if (v.local_rank) {
     const auto lr = count_var(env, v.local_rank);
@@ -125,6 +126,7 @@ WorkerSlot worker_slot_from_env(const Env& env) {
                           "workers (PMIX_SIZE, SLURM_NTASKS)",
                           *pmix_rank),
               "a launcher that exports the world size, or --workers N --worker K");
+    check_worker_count(*size, "PMIx: the world size");
     if (*size < 1 || *pmix_rank >= *size)
       bad_env(fmt::format("PMIx: PMIX_RANK={} is not below the world size {}", *pmix_rank, *size),
               "a rank in [0, size)");

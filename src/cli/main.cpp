@@ -16,6 +16,7 @@
 #include "cli/interrupt_watch.hpp"
 #include "cli/option_values.hpp"
 #include "cli/progress_printer.hpp"
+#include "core/printable.hpp"
 #include "io/hub_cache.hpp"
 
 #include "moeckpt/adapter.hpp"
@@ -33,6 +34,13 @@ CLI::Validator integer_in(uint64_t lo, uint64_t hi) {
   return CLI::Validator(
       [lo, hi](std::string& text) { return moeckpt::cli::check_integer(text, lo, hi); },
       fmt::format("INT in [{} - {}]", lo, hi));
+}
+
+// Real-valued options: check_number's strict decimal form within [lo, hi].
+CLI::Validator number_in(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& text) { return moeckpt::cli::check_number(text, lo, hi); },
+      fmt::format("NUMBER in [{:g} - {:g}]", lo, hi));
 }
 
 // An EP rank, or "all".
@@ -170,15 +178,15 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
                   "torchrun, srun, mpirun (Open MPI, MPICH, Intel MPI) or PMIx");
     auto* n = cmd->add_option("--workers", n_workers,
                               "number of workers (with --worker: overrides the launcher's)")
-                  ->check(integer_in(1, kMaxCount));
+                  ->check(integer_in(1, moeckpt::kMaxWorkers));
     auto* k = cmd->add_option("--worker", worker_k, "this worker's index in [0, --workers)")
-                  ->check(integer_in(0, kMaxCount));
+                  ->check(integer_in(0, moeckpt::kMaxWorkers - 1));
     n->needs(k);
     k->needs(n);
     cmd->add_option("--wait", wait_seconds,
                     "worker 0: seconds to wait for the other workers before writing the index "
                     "(default 172800, two days)")
-        ->check(CLI::Range(0.0, 1e8));
+        ->check(number_in(0.0, 1e8));
   };
   add_distributed_flags(fh_cmd);
 
@@ -251,7 +259,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       "are there (after a Slurm job array, or a relaunch of a dead worker)");
   fin_cmd->add_option("DST", fin_dst, "the conversion's destination folder")->required();
   fin_cmd->add_option("--wait", fin_wait, "seconds to wait for workers still running (default 0)")
-      ->check(CLI::Range(0.0, 1e8));
+      ->check(number_in(0.0, 1e8));
 
   std::string plan_src, plan_command = "from-hf", plan_dtype = "bf16", plan_ep_rank;
   int64_t plan_workers = 1, plan_ep_size = 1;
@@ -263,7 +271,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   plan_cmd->add_option("--command", plan_command, "the conversion: from-hf, dequantize, quantize")
       ->check(CLI::IsMember({"from-hf", "dequantize", "quantize"}));
   plan_cmd->add_option("--workers", plan_workers, "number of workers (default 1)")
-      ->check(integer_in(1, kMaxCount));
+      ->check(integer_in(1, moeckpt::kMaxWorkers));
   plan_cmd->add_option("--ep-size", plan_ep_size, "from-hf: expert-parallel world size")
       ->check(integer_in(1, kMaxCount));
   plan_cmd
@@ -307,7 +315,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
 
   if (synth_cmd->parsed()) {
     auto r = moeckpt::synthesize_checkpoint(synth_dst, synth);
-    std::printf("wrote %s: %zu tensors, %llu bytes, %zu shards\n", synth_dst.c_str(), r.tensors,
+    std::printf("wrote %s: %zu tensors, %llu bytes, %zu shards\n",
+                moeckpt::printable(synth_dst).c_str(), r.tensors,
                 static_cast<unsigned long long>(r.total_bytes), r.shards);
     return 0;
   }
@@ -318,8 +327,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     std::printf(
         "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s%s in %.2f s (read %.3f GB, wrote "
         "%.3f GB, %.2f GB/s out, peak RSS %.0f MiB)\n",
-        what, dst.c_str(), r.tensors, static_cast<unsigned long long>(r.bytes_out), r.shards,
-        r.shards == 1 ? "" : "s",
+        what, moeckpt::printable(dst).c_str(), r.tensors,
+        static_cast<unsigned long long>(r.bytes_out), r.shards, r.shards == 1 ? "" : "s",
         r.shards_kept ? fmt::format(" ({} kept from the interrupted run)", r.shards_kept).c_str()
                       : "",
         secs, static_cast<double>(r.bytes_in) / 1e9, static_cast<double>(r.bytes_out) / 1e9,
@@ -357,7 +366,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     }
     convert.workers = slot.count;
     convert.worker = slot.rank;
-    convert.wait = std::chrono::milliseconds(static_cast<int64_t>(wait_seconds * 1000.0));
+    convert.wait = std::chrono::milliseconds(std::llround(wait_seconds * 1000.0));
     if (threads == 0) convert.exec.threads = moeckpt::worker_threads(slot);
   }
   // Until the destination is taken (planning, validation), SIGINT/SIGTERM end the run at once:
@@ -425,10 +434,10 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     return 0;
   }
   if (fin_cmd->parsed()) {
-    const auto r = moeckpt::finalize_dir(
-        fin_dst, std::chrono::milliseconds(static_cast<int64_t>(fin_wait * 1000.0)));
+    const auto r =
+        moeckpt::finalize_dir(fin_dst, std::chrono::milliseconds(std::llround(fin_wait * 1000.0)));
     std::printf("finalize: %s: %zu shards of %lld workers verified, %llu bytes%s\n",
-                fin_dst.c_str(), r.shards, static_cast<long long>(r.workers),
+                moeckpt::printable(fin_dst).c_str(), r.shards, static_cast<long long>(r.workers),
                 static_cast<unsigned long long>(r.bytes),
                 r.index_written ? ", index written" : " (one shard: no index)");
     return 0;
@@ -484,7 +493,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     auto r = moeckpt::verify_checkpoints(where(va), where(vb), vo);
     std::cout << moeckpt::to_text(r, vo);
     if (!r.ok()) {
-      std::cerr << "moeckpt: error: " << va << " and " << vb << " differ beyond the tolerance\n";
+      std::cerr << "moeckpt: error: " << moeckpt::printable(va) << " and " << moeckpt::printable(vb)
+                << " differ beyond the tolerance\n";
       return 1;
     }
     return 0;
@@ -500,7 +510,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     if (!r.problems.empty()) {
       constexpr size_t kShown = 10;
       for (size_t i = 0; i < r.problems.size() && i < kShown; ++i)
-        std::cerr << "moeckpt: error: " << r.problems[i] << "\n";
+        std::cerr << "moeckpt: error: " << moeckpt::printable(r.problems[i]) << "\n";
       if (r.problems.size() > kShown)
         std::cerr << "moeckpt: ... and " << r.problems.size() - kShown << " more problem(s)\n";
       return 1;
@@ -524,7 +534,7 @@ int main(int argc, char** argv) {
   } catch (const std::bad_alloc&) {
     std::cerr << "moeckpt: error: out of memory\n";
   } catch (const std::exception& e) {
-    std::cerr << "moeckpt: error: " << e.what() << "\n";
+    std::cerr << "moeckpt: error: " << moeckpt::printable(e.what()) << "\n";
   }
   return 1;
 }

@@ -8,5 +8,8 @@
 namespace moeckpt {
 
 std::string printable(std::string_view text);
+// Lines of a report: each line made printable, the line breaks kept (a name holding "\n" stays
+// inside its own line, escaped).
+std::string printable_lines(std::string_view text);
 
 }  // namespace moeckpt

@@ -11,6 +11,7 @@
 
 #include "adapter/checkpoint_validation.hpp"
 #include "adapter/validate.hpp"
+#include "core/printable.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
 #include "moeckpt/safetensors.hpp"
@@ -212,7 +213,9 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
 
 std::string to_text(const InspectReport& r) {
   std::string out;
-  auto line = [&](std::string s) { out += s + "\n"; };
+  // Tensor names, paths and config values come from files: escaped (no forged lines, no
+  // terminal control sequences).
+  auto line = [&](const std::string& s) { out += printable(s) + "\n"; };
   line(fmt::format("checkpoint {}: {} shard{}{}", r.dir, r.shards, r.shards == 1 ? "" : "s",
                    r.has_index ? " with index" : ""));
   line(fmt::format("tensors: {}, {} ({} bytes)", r.tensors, human_bytes(r.total_bytes),

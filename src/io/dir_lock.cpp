@@ -10,9 +10,45 @@
 #include <string>
 #include <thread>
 
+#include "io/file.hpp"
 #include "moeckpt/error.hpp"
 
 namespace moeckpt::io {
+namespace {
+
+// Lock files are never followed: a symlink or a hard link planted under a lock name would make
+// the truncation and the PID written below land in someone else's file (a source checkpoint's
+// config, a user's notes). O_NOFOLLOW refuses a symlink; a second name on the inode is refused
+// before anything is written; a FIFO or device is refused without blocking (O_NONBLOCK).
+int open_lock_file(const std::filesystem::path& path, int flags) {
+  int fd = ::open(path.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ELOOP)
+      fail(ErrorKind::kDestination, path.string(), "",
+           "is a symbolic link in place of a lock file (never followed)",
+           "a regular lock file written by moeckpt, or none: remove the link");
+    errno = err;
+    return -1;
+  }
+  struct stat st {};
+  std::string wrong;
+  if (::fstat(fd, &st) != 0)
+    wrong = std::string("cannot stat: ") + std::strerror(errno);
+  else if (!S_ISREG(st.st_mode))
+    wrong = std::string("is ") + file_type_name(st.st_mode) + " in place of a lock file";
+  else if (st.st_nlink != 1)
+    wrong = "has " + std::to_string(st.st_nlink) +
+            " names (a hard link to another file in place of a lock file)";
+  if (!wrong.empty()) {
+    ::close(fd);
+    fail(ErrorKind::kDestination, path.string(), "", wrong,
+         "a regular lock file with one name, written by moeckpt, or none: remove it");
+  }
+  return fd;
+}
+
+}  // namespace
 
 DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string& file_name,
                              std::chrono::milliseconds patience)
@@ -21,7 +57,7 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string
   // A releasing holder unlinks the file while locked; whoever locked that unlinked inode must
   // retry on the new file, or two processes would each hold "the" lock.
   for (int attempt = 0; attempt < 100; ++attempt) {
-    int fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int fd = open_lock_file(path_, O_RDWR | O_CREAT);
     if (fd < 0)
       fail(ErrorKind::kDestination, path_.string(), "",
            std::string("cannot create lock file: ") + std::strerror(errno));
@@ -34,9 +70,9 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string
         continue;
       }
       if (err == EWOULDBLOCK)
-        fail(ErrorKind::kDestination, dir.string(), "",
-             "another moeckpt conversion is writing into this folder",
-             "one conversion per destination (lock file " + path_.string() + ")");
+        throw LockBusy({ErrorKind::kDestination, dir.string(), "",
+                        "another moeckpt conversion is writing into this folder",
+                        "one conversion per destination (lock file " + path_.string() + ")"});
       fail(ErrorKind::kDestination, path_.string(), "",
            std::string("cannot lock: ") + std::strerror(err));
     }
@@ -59,8 +95,17 @@ bool DirectoryLock::is_held(const std::filesystem::path& path) {
   // Read-write: NFS emulates flock with POSIX locks, and an exclusive one needs a writable
   // descriptor. Any failure other than a missing file counts as held: a live worker is never
   // taken for a dead one.
-  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-  if (fd < 0) return errno != ENOENT;
+  int fd = open_lock_file(path, O_RDWR);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return false;
+    if (err == EMFILE || err == ENFILE)
+      fail(ErrorKind::kIo, path.string(), "",
+           "cannot open the lock file: too many open files (" + std::string(std::strerror(err)) +
+               ")",
+           "a higher open-file limit (ulimit -n)");
+    return true;
+  }
   const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0;
   ::close(fd);  // drops the lock if we took it
   return held;

@@ -5,9 +5,17 @@
 #include <filesystem>
 #include <string>
 
+#include "moeckpt/error.hpp"
+
 namespace moeckpt::io {
 
 inline constexpr const char* kLockFileName = ".moeckpt.lock";
+
+// The lock is held by another live process (every other failure to lock is a plain Error).
+class LockBusy : public Error {
+ public:
+  using Error::Error;
+};
 
 class DirectoryLock {
  public:

@@ -10,6 +10,7 @@
 #include "adapter/checkpoint_validation.hpp"
 #include "adapter/scale_ref.hpp"
 #include "adapter/validate.hpp"
+#include "core/printable.hpp"
 #include "exec/transforms.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
@@ -381,7 +382,7 @@ std::string to_text(const VerifyReport& r, const VerifyOptions& o) {
   for (const auto& n : r.shape_mismatch) out += "shape differs: " + n + "\n";
   out += fmt::format("total: {} elements, {} bitwise equal, {} beyond rtol={} atol={}; {}\n", el,
                      eq, bad, o.rtol, o.atol, r.ok() ? "OK" : "MISMATCH");
-  return out;
+  return printable_lines(out);  // names come from the files
 }
 
 }  // namespace moeckpt

@@ -29,6 +29,9 @@ struct AttentionDims {
 
 // The largest block side a config may give (the published checkpoint uses 128).
 inline constexpr int64_t kMaxBlockSize = 65536;
+// The largest config.json read: published configs are a few KB; parsing JSON costs about 15x the
+// file in memory, so a larger one would break the memory bound before anything could check it.
+inline constexpr uint64_t kMaxConfigBytes = 1ull << 20;
 
 struct BlockSize {
   int64_t rows = 128;

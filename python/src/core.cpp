@@ -506,7 +506,7 @@ NB_MODULE(_core, m) {
         std::vector<TensorSpec> outputs;
         {
           nb::gil_scoped_release release;
-          config_text = io::read_small_file(fs::path(dir) / "config.json", 64ull << 20);
+          config_text = io::read_small_file(fs::path(dir) / "config.json", kMaxConfigBytes);
           CheckpointSource src({fs::path(dir)});
           Plan plan = plan_from_hf(src, ModelConfig::load(fs::path(dir) / "config.json"), o);
           metadata = std::move(plan.metadata);

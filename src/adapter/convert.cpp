@@ -387,6 +387,27 @@ std::string source_fingerprint(const CheckpointSource& source, const ModelSpec& 
   return io::text_checksum(text);
 }
 
+// Parsing JSON costs about 15x the file (a DOM of small nodes: a 38 MB config peaked at 545 MB).
+// An input's index must fit the memory budget the way a task buffer does (within --max-memory and
+// the 48 MiB left for everything else), or it is refused before it is read.
+constexpr uint64_t kJsonBytesPerFileByte = 15;
+constexpr uint64_t kMetadataAllowance = 48ull << 20;
+
+void check_index_budget(const fs::path& dir, const ExecOptions& exec) {
+  std::error_code ec;
+  const auto path = dir / kIndexFileName;
+  const auto size = fs::file_size(path, ec);
+  if (ec) return;  // no index (or unreadable: opening it reports that)
+  const uint64_t need = size * kJsonBytesPerFileByte;
+  if (need > exec.max_memory + kMetadataAllowance)
+    fail(ErrorKind::kMalformedFile, path.string(), "",
+         fmt::format("an index of {} bytes needs about {} MB of memory to parse, beyond the memory "
+                     "budget of {} bytes",
+                     size, need >> 20, exec.max_memory),
+         fmt::format("a memory budget (--max-memory) of at least {} bytes",
+                     need > kMetadataAllowance ? need - kMetadataAllowance : 0));
+}
+
 // Tasks small enough that several fit the memory budget at once.
 template <class Options>
 Options within_budget(Options o, const ExecOptions& exec) {
@@ -423,10 +444,11 @@ PreparedConversion prepare_from_hf(const fs::path& src, const fs::path& dst,
                                    bool headers_only) {
   // Parsed from the bytes that are copied to the output, read once.
   const auto config_path = src / "config.json";
-  auto config_text = io::read_small_file(config_path, 64ull << 20);
+  auto config_text = io::read_small_file(config_path, kMaxConfigBytes);
   ModelConfig config = ModelConfig::parse(
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
   PreparedConversion p;
+  check_index_budget(src, exec);
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
   p.source = source.get();
   const bool every_rank = options.ep_rank == FromHfOptions::kEveryRank;
@@ -463,10 +485,11 @@ PreparedConversion prepare_dequantize(const fs::path& src, const fs::path& dst,
                                       const FromHfOptions& options, const ExecOptions& exec,
                                       bool headers_only) {
   const auto config_path = src / "config.json";
-  const auto config_text = io::read_small_file(config_path, 64ull << 20);
+  const auto config_text = io::read_small_file(config_path, kMaxConfigBytes);
   auto config_json = parse_strict_json(config_text, config_path.string(), "config");
   ModelConfig config = ModelConfig::parse(config_json, config_path.string());
   PreparedConversion p;
+  check_index_budget(src, exec);
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
   p.source = source.get();
   FromHfOptions o = within_budget(options, exec);
@@ -489,6 +512,7 @@ PreparedConversion prepare_quantize(const fs::path& src, const fs::path& dst,
                                     const ToHfOptions& options, const ExecOptions& exec) {
   ModelConfig config = ModelConfig::load(src / "config.json");
   PreparedConversion p;
+  check_index_budget(src, exec);
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
   p.source = source.get();
   ToHfOptions o = within_budget(options, exec);
@@ -593,6 +617,7 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
   if (srcs.empty()) fail(ErrorKind::kInvalidArgument, "", "", "no input folder");
   const fs::path cfg = config_path ? *config_path : srcs.front() / "config.json";
   ModelConfig config = ModelConfig::load(cfg);
+  for (const auto& s : srcs) check_index_budget(s, convert.exec);
   CheckpointSource source(srcs);
   std::vector<int64_t> starts;
   for (size_t p = 0; p < srcs.size(); ++p) {
@@ -611,7 +636,7 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
   if (srcs.size() > 1) {
     const auto md0 = source.metadata(0);
     const auto config0 =
-        parse_strict_json(io::read_small_file(srcs[0] / "config.json", 64ull << 20),
+        parse_strict_json(io::read_small_file(srcs[0] / "config.json", kMaxConfigBytes),
                           (srcs[0] / "config.json").string(), "config");
     for (size_t p = 1; p < srcs.size(); ++p) {
       const auto md = source.metadata(p);
@@ -625,7 +650,8 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
                          ha ? a->second : ""),
              "the EP rank folders of one from-hf conversion");
       const auto cp = srcs[p] / "config.json";
-      if (parse_strict_json(io::read_small_file(cp, 64ull << 20), cp.string(), "config") != config0)
+      if (parse_strict_json(io::read_small_file(cp, kMaxConfigBytes), cp.string(), "config") !=
+          config0)
         fail(ErrorKind::kConfigMismatch, cp.string(), "",
              "differs from " + (srcs[0] / "config.json").string(),
              "the same config.json in every EP rank folder");

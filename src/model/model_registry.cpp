@@ -70,7 +70,7 @@ ModelConfig ModelConfig::parse(const nlohmann::json& doc, const std::string& fil
 }
 
 ModelConfig ModelConfig::load(const std::filesystem::path& path) {
-  auto text = io::read_small_file(path, 64ull << 20);
+  auto text = io::read_small_file(path, kMaxConfigBytes);
   return parse(parse_strict_json(text, path.string(), "config"), path.string());
 }
 

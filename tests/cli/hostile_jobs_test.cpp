@@ -2,6 +2,7 @@
 // records, absurd worker counts, racing launches, numeric option spellings, and file content that
 // would reach the terminal raw. Each test names its class.
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -27,6 +28,10 @@ std::string slurp(const fs::path& p) {
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
+}
+
+std::string fmt_key(int i) {
+  return "k" + std::to_string(i);
 }
 
 class HostileJobs : public ::testing::Test {
@@ -292,6 +297,46 @@ TEST_F(HostileJobs, InspectEscapesNamesInEveryLine) {
     EXPECT_FALSE(contains(text, "\nmoeckpt: OK")) << text;
   }
   EXPECT_TRUE(contains(r.out + r.err, "\\x1b[2J\\r\\nmoeckpt: OK")) << r.out << r.err;
+}
+
+}  // namespace
+}  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+// Class 11: JSON is budgeted like any buffer: a config beyond its stated limit, or an index whose
+// parse would not fit --max-memory, is refused before it is parsed.
+TEST(HostileJson, BigConfigAndIndexStayWithinTheMemoryBudget) {
+  test::TempDir dir;
+  ASSERT_EQ(test::run_cli({"synth", (dir / "hf").string(), "--shard-size", "300000"}).exit_code, 0);
+  {  // built in this scope and released: the measured child is forked from this process
+    auto index = nlohmann::json::parse(slurp(dir / "hf" / "model.safetensors.index.json"));
+    auto config = nlohmann::json::parse(slurp(dir / "hf" / "config.json"));
+    for (int i = 0; i < 200000; ++i) config["padding"][fmt_key(i)] = i;  // ~4 MB of config
+    for (int i = 0; i < 300000; ++i)
+      index["weight_map"]["model.layers.0.unused." + fmt_key(i) + ".weight"] =
+          "model-00001-of-00002.safetensors";  // ~16 MB of index
+    std::filesystem::copy(dir / "hf", dir / "big-config", std::filesystem::copy_options::recursive);
+    test::write_text(dir / "big-config" / "config.json", config.dump());
+    std::filesystem::copy(dir / "hf", dir / "big-index", std::filesystem::copy_options::recursive);
+    test::write_text(dir / "big-index" / "model.safetensors.index.json", index.dump());
+  }
+  ::malloc_trim(0);
+  const uint64_t budget = 10'000'000;
+  auto r = test::run_cli_measured({"from-hf", (dir / "big-config").string(), (dir / "o1").string(),
+                                   "--max-memory", std::to_string(budget)});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(contains(r.err, "config.json: file too large")) << r.err;
+  EXPECT_LT(r.peak_rss_bytes, budget + (64u << 20));
+  r = test::run_cli_measured({"from-hf", (dir / "big-index").string(), (dir / "o2").string(),
+                              "--max-memory", std::to_string(budget)});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(contains(r.err, "needs about")) << r.err;
+  EXPECT_TRUE(contains(r.err, "--max-memory")) << r.err;
+  EXPECT_LT(r.peak_rss_bytes, budget + (64u << 20));
+  EXPECT_FALSE(std::filesystem::exists(dir / "o1"));
+  EXPECT_FALSE(std::filesystem::exists(dir / "o2"));
 }
 
 }  // namespace

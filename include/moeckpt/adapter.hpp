@@ -84,6 +84,15 @@ struct ToHfOptions {
   // convert_single_tensor_to_hf: one tensor on its own. Automodel 0.7.0 casts such a tensor of a
   // fused-QKV model split natively (its to_hf refuses to quantize the whole state dict).
   bool single_tensor = false;
+  // The order of the plan's outputs, which is an HF folder's layout (the tensors of each shard,
+  // their offsets, the shard boundaries). kByName: the source's tensors are planned by name,
+  // whatever order the source lists them in (a CheckpointSource by name, a MemorySource in its
+  // caller's order, e.g. a Python state dict's), so that the CLI, Python's to_hf_dir and a
+  // distributed export of the same tensors write the same bytes. kSource: in the source's order,
+  // as Automodel's to_hf orders its result (the Python adapter's in-memory to_hf; never a
+  // folder).
+  enum class Order { kByName, kSource };
+  Order order = Order::kByName;
 };
 
 // What to-hf writes under these options: in an Automodel mode, that version's behaviour (0.6:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
@@ -113,8 +112,11 @@ def to_hf_dir(
     ``overwrite=True``; the folder is locked while writing; shards are written under temporary names
     and renamed when complete, the index last; a manifest records finished shards, so after a kill the
     same call with ``resume=True`` keeps the verified shards and completes the folder byte-identically.
-    Any error removes what the call wrote; KeyboardInterrupt stops it at the next task, keeping the
-    finished shards for ``resume=True``.
+    Any error removes what the call wrote; Ctrl-C stops it at the next task, keeping the finished
+    shards for ``resume=True``: the KeyboardInterrupt is raised once the engine has stopped (no
+    temporary files, the folder unlocked), as the CLI exits on SIGINT. The folder's layout is decided
+    by the tensor names alone, so any key order of ``state_dict`` writes the bytes ``moeckpt to-hf``
+    of the same tensors writes.
 
     With ``device_mesh`` (called on every rank of a torch.distributed job whose grouped experts are
     DTensors sharded on the mesh's ``"ep"`` dimension, other tensors replicated), the ranks write one
@@ -376,30 +378,14 @@ def _resolve(src: "str | os.PathLike[str]", revision: Optional[str]) -> str:
 
 
 def _run_interruptible(call: Callable[[Any], Any]) -> Any:
-    """Runs an engine folder conversion on a helper thread while this thread waits, so that Ctrl-C
-    (KeyboardInterrupt, raised only here) can ask the engine to stop at its next task: temporary files
-    are removed, finished shards kept for ``resume=True``, and the interrupt is raised again."""
-    cancel = _core.CancelFlag()
-    box: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            box["result"] = call(cancel)
-        except BaseException as e:  # handed to the waiting thread
-            box["error"] = e
-
-    th = threading.Thread(target=work, name="moeckpt-engine", daemon=True)
-    th.start()
-    try:
-        while th.is_alive():
-            th.join(0.1)
-    except BaseException:
-        cancel.set()
-        th.join()
-        raise
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
+    """Runs an engine folder conversion with a stop request (``_core.CancelFlag``). The binding runs
+    the engine on a helper thread and checks for signals on the calling one (run_interruptible in
+    python/src/core.cpp): on Ctrl-C it sets the request, waits until the engine has stopped at its
+    next task (temporary files removed, the folder's lock released, finished shards kept for
+    ``resume=True``) and only then raises the KeyboardInterrupt. Waiting here in ``Thread.join``
+    instead cannot: on Python 3.11/3.12 a join interrupted by KeyboardInterrupt marks the still
+    running thread as stopped, so the join after ``cancel.set()`` returned at once."""
+    return call(_core.CancelFlag())
 
 
 def synth(

@@ -149,7 +149,9 @@ def load_hf_checkpoint(
     ``dtype`` is the dequantization's own dtype (``torch.bfloat16`` or ``torch.float32``); by
     default float32 when every multi-dimensional floating destination is float32, else bfloat16.
     Checkpoint tensors the model lacks are reported in ``unexpected``; a destination with no source
-    is an error naming it (``strict=True``) or reported in ``missing``.
+    is an error naming it (``strict=True``) or reported in ``missing``. Ctrl-C stops the load at the
+    engine's next task; the KeyboardInterrupt is raised once it has stopped (the destinations then
+    hold part of the checkpoint).
     """
     start = time.perf_counter()
     dests = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)

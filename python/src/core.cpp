@@ -1,7 +1,9 @@
 // moeckpt._core: the C++ engine for Python. Tensors come in as (name, dtype, shape, address,
 // nbytes) rows over memory the Python caller keeps alive (no copy), go out as 1-D uint8 torch
 // tensors that own the engine's buffers (DLPack, no copy). The GIL is released while the engine
-// plans and runs. The typed, documented API is the pure-Python layer in python/moeckpt/.
+// plans and runs; long calls run it on a helper thread while the calling thread checks for signals
+// (run_interruptible: Ctrl-C stops the engine, then raises). The typed, documented API is the
+// pure-Python layer in python/moeckpt/.
 #include <fmt/format.h>
 
 #include <nanobind/nanobind.h>
@@ -15,19 +17,24 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "exec/worker_threads.hpp"
@@ -216,16 +223,93 @@ nb::list to_python(Converted&& c) {
   return out;
 }
 
-ExecOptions exec_of(unsigned threads, uint64_t max_memory) {
+// `cancel`: a stop request (run_interruptible's).
+ExecOptions exec_of(unsigned threads, uint64_t max_memory,
+                    const std::atomic<bool>* cancel = nullptr) {
   ExecOptions e;
   e.threads = threads;
   e.max_memory = max_memory;
+  e.cancel = cancel;
   return e;
 }
 
 struct CancelFlag {
   std::atomic<bool> flag{false};
 };
+
+// Runs `work`, an engine call that touches no Python object (load_into's `stage` callback takes
+// the GIL itself), on a helper thread, while the calling thread waits with the GIL released and
+// takes it back every 20 ms to run Python's signal handlers (PyErr_CheckSignals; they run in the
+// main thread only, so only a call made there sees Ctrl-C, as with any Python code). When a
+// handler raises (SIGINT: KeyboardInterrupt), the engine is asked to stop at its next task
+// (`cancel`, ExecOptions::cancel) and this thread goes on waiting until it has returned: task
+// buffers freed, temporary files removed, the destination's lock released, finished shards and
+// the manifest kept for resume. Only then is the handler's exception raised, in place of the
+// engine's ConversionInterrupted (or of its result, when the last task was already running). A
+// handler raising again meanwhile (a second Ctrl-C) is dropped: the engine is already stopping,
+// within one task. (The CLI's InterruptWatch does the same with sigwait; its second signal ends
+// the process, which a library must not do.)
+template <class F>
+std::invoke_result_t<F&> run_interruptible(std::atomic<bool>& cancel, F&& work) {
+  using R = std::invoke_result_t<F&>;
+  std::conditional_t<std::is_void_v<R>, bool, std::optional<R>> result{};
+  std::exception_ptr error;
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread engine;
+  {
+    nb::gil_scoped_release release;
+    engine = std::thread([&] {
+      try {
+        if constexpr (std::is_void_v<R>)
+          work();
+        else
+          result.emplace(work());
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard lock(mutex);
+      done = true;
+      cv.notify_all();
+    });
+  }
+  // Whatever leaves this function, the engine has stopped first: nothing outlives the call.
+  struct Join {
+    std::thread& engine;
+    std::atomic<bool>& cancel;
+    ~Join() {
+      if (!engine.joinable()) return;
+      cancel.store(true);
+      nb::gil_scoped_release release;
+      engine.join();
+    }
+  } join{engine, cancel};
+  std::optional<nb::python_error> interrupt;
+  for (;;) {
+    bool finished;
+    {
+      nb::gil_scoped_release release;
+      std::unique_lock lock(mutex);
+      finished = cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return done; });
+    }
+    if (finished) break;
+    if (PyErr_CheckSignals() != 0) {
+      if (!interrupt)
+        interrupt.emplace();  // takes the handler's exception (the error indicator is cleared)
+      else
+        PyErr_Clear();
+      cancel.store(true);
+    }
+  }
+  {
+    nb::gil_scoped_release release;
+    engine.join();
+  }
+  if (interrupt) throw std::move(*interrupt);
+  if (error) std::rethrow_exception(error);
+  if constexpr (!std::is_void_v<R>) return std::move(*result);
+}
 
 ConvertOptions convert_options(uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
                                const std::string& existing, const CancelFlag& cancel) {
@@ -436,14 +520,13 @@ NB_MODULE(_core, m) {
         // A state dict may be any part of a checkpoint, as the reference accepts (a folder,
         // below, must be whole).
         o.whole_checkpoint = false;
-        Converted out;
-        {
-          nb::gil_scoped_release release;
+        std::atomic<bool> cancel{false};
+        Converted out = run_interruptible(cancel, [&] {
           // The checkpoint TP degree of fused QKV weights, as a folder's index records it.
           MemorySource src(std::move(entries), {{"tp_size", std::to_string(tp_size)}});
-          out =
-              run_into_buffers(plan_from_hf(src, cfg.config, o), src, exec_of(threads, max_memory));
-        }
+          return run_into_buffers(plan_from_hf(src, cfg.config, o), src,
+                                  exec_of(threads, max_memory, &cancel));
+        });
         return to_python(std::move(out));
       },
       nb::arg("rows"), nb::arg("config"), nb::arg("ep_size"), nb::arg("ep_rank"), nb::arg("dtype"),
@@ -480,11 +563,10 @@ NB_MODULE(_core, m) {
           dests.push_back(std::move(d));
         }
         const auto o = from_hf_options(ep_size, ep_rank, dtype, compat, attn);
-        LoadReport r;
-        {
-          nb::gil_scoped_release release;
-          r = load_hf_into(dir, dests, o, exec_of(threads, max_memory));
-        }
+        std::atomic<bool> cancel{false};
+        const LoadReport r = run_interruptible(cancel, [&] {
+          return load_hf_into(dir, dests, o, exec_of(threads, max_memory, &cancel));
+        });
         return std::make_tuple(r.missing, r.unexpected, r.tensors, r.bytes_read);
       },
       nb::arg("dir"), nb::arg("rows"), nb::arg("dtype"), nb::arg("compat"), nb::arg("attn"),
@@ -546,13 +628,15 @@ NB_MODULE(_core, m) {
          unsigned threads, uint64_t max_memory, const std::string& attn, int64_t tp_size) {
         auto entries = entries_of(rows);
         auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn, tp_size);
-        Converted out;
-        {
-          nb::gil_scoped_release release;
+        // A state dict, as Automodel's to_hf gives it: keys in the input's order (a folder's
+        // layout is by name: ToHfOptions::order).
+        o.order = ToHfOptions::Order::kSource;
+        std::atomic<bool> cancel{false};
+        Converted out = run_interruptible(cancel, [&] {
           MemorySource src(std::move(entries));
-          out = run_into_buffers(plan_to_hf(src, cfg.config, o, {expert_start}), src,
-                                 exec_of(threads, max_memory));
-        }
+          return run_into_buffers(plan_to_hf(src, cfg.config, o, {expert_start}), src,
+                                  exec_of(threads, max_memory, &cancel));
+        });
         return to_python(std::move(out));
       },
       nb::arg("rows"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
@@ -568,23 +652,23 @@ NB_MODULE(_core, m) {
         auto entries = entries_of({row});
         auto o = to_hf_options(quant, compat, exclude, prefix, false, attn, tp_size);
         o.single_tensor = true;
-        Converted out;
-        {
-          nb::gil_scoped_release release;
+        std::atomic<bool> cancel{false};
+        Converted out = run_interruptible(cancel, [&] {
           // As the library's convert_single_tensor_to_hf (o.require_all_experts is false), but
           // into buffers torch will own, so a large grouped tensor is not copied once more.
           MemorySource src(std::move(entries));
-          out = run_into_buffers(plan_to_hf(src, cfg.config, o, {expert_start}), src, {});
-        }
+          return run_into_buffers(plan_to_hf(src, cfg.config, o, {expert_start}), src,
+                                  exec_of(0, ExecOptions{}.max_memory, &cancel));
+        });
         return to_python(std::move(out));
       },
       nb::arg("row"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
       nb::arg("exclude").none(), nb::arg("prefix").none(), nb::arg("expert_start"),
       nb::arg("attn") = "sdpa", nb::arg("tp_size") = 0);
 
-  // A stop request for a folder conversion running with the GIL released: the Python layer sets it
-  // when the waiting thread is interrupted (KeyboardInterrupt), and the conversion stops at the
-  // next task as the CLI's does on SIGINT.
+  // A stop request for a folder conversion: run_interruptible sets it when a signal handler raises
+  // (Ctrl-C), and the conversion stops at the next task as the CLI's does on SIGINT; the call
+  // raises once it has stopped.
   nb::class_<CancelFlag>(m, "CancelFlag")
       .def(nb::init<>())
       .def("set", [](CancelFlag& f) { f.flag.store(true); })
@@ -603,11 +687,11 @@ NB_MODULE(_core, m) {
          int64_t tp_size) {
         auto entries = entries_of(rows);
         auto o = to_hf_options(quant, compat, exclude, prefix, require_all, attn, tp_size);
-        nb::gil_scoped_release release;
-        MemorySource src(std::move(entries));
-        const auto r = to_hf_dir_from_memory(
-            src, cfg.config, dst, o, expert_start,
-            convert_options(max_shard_bytes, threads, max_memory, existing, cancel));
+        const auto c = convert_options(max_shard_bytes, threads, max_memory, existing, cancel);
+        const auto r = run_interruptible(cancel.flag, [&] {
+          MemorySource src(std::move(entries));
+          return to_hf_dir_from_memory(src, cfg.config, dst, o, expert_start, c);
+        });
         return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
       },
       nb::arg("rows"), nb::arg("dst"), nb::arg("config"), nb::arg("quant"), nb::arg("compat"),
@@ -655,14 +739,15 @@ NB_MODULE(_core, m) {
          const std::vector<int64_t>& owners) {
         auto entries = entries_of(rows, windows);
         auto o = to_hf_options(quant, compat, exclude, prefix, true, attn, tp_size);
-        nb::gil_scoped_release release;
-        MemorySource src(std::move(entries), {}, windows);
         auto c = convert_options(max_shard_bytes, threads, max_memory, existing, cancel);
         c.workers = workers;
         c.worker = worker;
         c.shard_owners = owners;
         c.finalize = false;
-        const auto r = to_hf_dir_from_source(src, inputs_text, cfg.config, dst, o, 0, c);
+        const auto r = run_interruptible(cancel.flag, [&] {
+          MemorySource src(std::move(entries), {}, windows);
+          return to_hf_dir_from_source(src, inputs_text, cfg.config, dst, o, 0, c);
+        });
         return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
       },
       nb::arg("rows"), nb::arg("windows"), nb::arg("inputs_text"), nb::arg("dst"),
@@ -680,21 +765,30 @@ NB_MODULE(_core, m) {
           fail(ErrorKind::kInvalidArgument, "", "",
                fmt::format("wait_seconds={} is out of range", wait_seconds),
                "a finite number of seconds from 0 to 1e8");
-        nb::gil_scoped_release release;
-        const auto r =
-            finalize_dir(dst, std::chrono::milliseconds(std::llround(wait_seconds * 1000.0)));
+        std::atomic<bool> cancel{false};  // Ctrl-C ends the wait
+        const auto r = run_interruptible(cancel, [&] {
+          return finalize_dir(dst, std::chrono::milliseconds(std::llround(wait_seconds * 1000.0)),
+                              &cancel);
+        });
         return std::make_tuple(r.shards, r.bytes, r.index_written);
       },
       nb::arg("dst"), nb::arg("wait_seconds") = 0.0);
 
   // A digest of tensors in memory (names, shapes and bytes): the identity a distributed export's
   // ranks agree on for --resume (each rank's digest of what it holds, gathered).
-  m.def("memory_digest", [](const std::vector<InRow>& rows) {
+  m.def("memory_digest", [](std::vector<InRow> rows) {
+    // By name: the same tensors are the same identity in any order (their layout is by name too).
+    std::stable_sort(rows.begin(), rows.end(), [](const InRow& a, const InRow& b) {
+      return std::get<0>(a) < std::get<0>(b);
+    });
     std::string text;
     for (const auto& [name, dtype, shape, addr, nbytes] : rows) {
       text += name + " " + dtype + " " + std::to_string(nbytes) + " ";
-      nb::gil_scoped_release release;
-      text += io::text_checksum({reinterpret_cast<const char*>(addr), nbytes}) + "\n";
+      {
+        nb::gil_scoped_release release;
+        text += io::text_checksum({reinterpret_cast<const char*>(addr), nbytes}) + "\n";
+      }
+      if (PyErr_CheckSignals() != 0) throw nb::python_error();  // Ctrl-C between tensors
     }
     return io::text_checksum(text);
   });
@@ -707,9 +801,9 @@ NB_MODULE(_core, m) {
          uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
          const std::string& existing, CancelFlag& cancel) {
         auto o = from_hf_options(1, 0, dtype, "none");
-        nb::gil_scoped_release release;
-        const auto r = dequantize_dir(
-            src, dst, o, convert_options(max_shard_bytes, threads, max_memory, existing, cancel));
+        const auto c = convert_options(max_shard_bytes, threads, max_memory, existing, cancel);
+        const auto r =
+            run_interruptible(cancel.flag, [&] { return dequantize_dir(src, dst, o, c); });
         return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
       },
       nb::arg("src"), nb::arg("dst"), nb::arg("dtype"), nb::arg("max_shard_bytes"),
@@ -720,9 +814,8 @@ NB_MODULE(_core, m) {
          uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
          const std::string& existing, CancelFlag& cancel) {
         auto o = to_hf_options(quant, "none", std::nullopt, std::nullopt, true);
-        nb::gil_scoped_release release;
-        const auto r = quantize_dir(
-            src, dst, o, convert_options(max_shard_bytes, threads, max_memory, existing, cancel));
+        const auto c = convert_options(max_shard_bytes, threads, max_memory, existing, cancel);
+        const auto r = run_interruptible(cancel.flag, [&] { return quantize_dir(src, dst, o, c); });
         return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
       },
       nb::arg("src"), nb::arg("dst"), nb::arg("quant"), nb::arg("max_shard_bytes"),

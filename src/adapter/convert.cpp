@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <tuple>
 
 #include "adapter/output_folder.hpp"
 #include "adapter/worker_folder.hpp"
@@ -59,15 +60,27 @@ std::string describe_inputs(const CheckpointSource& source) {
   return text;
 }
 
+// A source's tensors by part, then by name: the order a CheckpointSource lists them in (so the
+// identity of a folder conversion is unchanged), and for tensors in memory one that does not
+// depend on the order the caller gave them in, as their plan does not (ToHfOptions::order).
+std::vector<const SourceTensor*> by_part_and_name(const TensorSource& source) {
+  std::vector<const SourceTensor*> out;
+  for (const auto& t : source.tensors()) out.push_back(&t);
+  std::stable_sort(out.begin(), out.end(), [](const SourceTensor* a, const SourceTensor* b) {
+    return std::tie(a->part, a->name) < std::tie(b->part, b->name);
+  });
+  return out;
+}
+
 // Tensors in memory have no file to date: their content is the identity (one pass over memory,
 // a small cost next to writing the bytes out).
 std::string describe_inputs(const MemorySource& source) {
   std::string text;
-  for (const auto& t : source.tensors())
-    text += "content " + t.name + " " +
-            io::text_checksum(
-                {reinterpret_cast<const char*>(source.bytes(t).data()), source.bytes(t).size()}) +
-            "\n";
+  for (const SourceTensor* t : by_part_and_name(source)) {
+    const auto bytes = source.bytes(*t);
+    text += "content " + t->name + " " +
+            io::text_checksum({reinterpret_cast<const char*>(bytes.data()), bytes.size()}) + "\n";
+  }
   return text;
 }
 
@@ -75,9 +88,9 @@ std::string fingerprint(const TensorSource& source, const std::string& inputs,
                         const std::string& options, const std::string& config_text,
                         const std::vector<ShardLayout>& layout) {
   std::string text = "moeckpt 0.1.0\n" + options + "\n" + config_text + "\n" + inputs;
-  for (const auto& t : source.tensors())
-    text += fmt::format("tensor {} {} {} {} {}\n", t.name, dtype_name(t.dtype),
-                        format_shape(t.shape), t.file, t.nbytes);
+  for (const SourceTensor* t : by_part_and_name(source))
+    text += fmt::format("tensor {} {} {} {} {}\n", t->name, dtype_name(t->dtype),
+                        format_shape(t->shape), t->file, t->nbytes);
   for (const auto& sh : layout) {
     text += "shard " + sh.name + "\n";
     text.append(sh.header.begin(), sh.header.end());

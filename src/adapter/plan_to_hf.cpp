@@ -2,9 +2,11 @@
 // and quantize (real block scales, Automodel's raw cast, or none).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 
 #include <map>
+#include <vector>
 
 #include "adapter/scale_ref.hpp"
 #include "adapter/validate.hpp"
@@ -77,8 +79,8 @@ class ToHfPlanner {
       check_shapes_against_config(src_, *spec_);
       if (o_.require_all_experts) check_layers_complete(src_, *spec_, !o_.hf_source);
     }
-    for (const auto& t : src_.tensors()) {
-      if (t.part != 0) continue;  // other EP ranks hold replicas of non-expert tensors
+    for (const SourceTensor* tensor : planning_order()) {
+      const SourceTensor& t = *tensor;
       auto key = spec_->classify(t.name);
       if (key.kind == TensorKind::kGroupedExperts) {
         emit_grouped(t, key);
@@ -123,6 +125,20 @@ class ToHfPlanner {
     std::array<std::optional<MatrixView>, 3> view;
     std::array<std::optional<size_t>, 3> out_weight, out_scale;
   };
+
+  // The source tensors whose outputs the plan lists, in the order it lists them: the one decision
+  // of an HF folder's layout (ToHfOptions::order). Tensors of other parts are skipped: other EP
+  // ranks hold replicas of non-expert tensors (emit_grouped gathers their experts).
+  std::vector<const SourceTensor*> planning_order() const {
+    std::vector<const SourceTensor*> order;
+    for (const auto& t : src_.tensors())
+      if (t.part == 0) order.push_back(&t);
+    if (o_.order == ToHfOptions::Order::kByName)
+      std::stable_sort(
+          order.begin(), order.end(),
+          [](const SourceTensor* a, const SourceTensor* b) { return a->name < b->name; });
+    return order;
+  }
 
   // An HF source to quantize holds no FP8 weights and no block scales.
   void refuse_quantized() const {

@@ -149,9 +149,11 @@ void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec)
 
 void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool native,
                            std::optional<int64_t> expert) {
-  std::string prefix = "model.";
   std::set<int64_t> mtp_layers;
   bool lm_head = false;
+  // The decoder's prefix: the one most layer tensors carry (other towers, e.g. an audio encoder's
+  // layers, are fewer), so that the answer never depends on the order the source lists tensors.
+  std::map<std::string, size_t> prefixes;
   for (const auto& t : src.tensors()) {
     const auto k = spec.classify(t.name);
     if (k.kind == TensorKind::kLmHead) lm_head = true;
@@ -159,8 +161,15 @@ void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool 
     if (k.mtp)
       mtp_layers.insert(*k.layer);
     else
-      prefix = k.prefix;
+      ++prefixes[k.prefix];
   }
+  std::string prefix = "model.";
+  size_t most = 0;
+  for (const auto& [p, n] : prefixes)
+    if (n > most) {
+      prefix = p;
+      most = n;
+    }
   const std::string where = folder_of(src);
   for (const auto& r : spec.required_tensors(prefix, mtp_layers, native)) {
     if (src.find(r.name) || (r.backend_name && src.find(*r.backend_name))) continue;

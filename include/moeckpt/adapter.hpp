@@ -229,8 +229,9 @@ ConvertReport to_hf_dir_from_memory(const MemorySource& native, const ModelConfi
                                     int64_t expert_start, const ConvertOptions& convert = {});
 // Loading an HF checkpoint straight into memory a model already owns: each destination is rows
 // [row0, row1) (row1 < 0: all) of the native tensor `name` of global `shape`, held contiguously
-// in `bytes` as `dtype` (converted from the conversion's dtype as torch's copy_ does). Only the
-// bytes behind the wanted rows are read; nothing else is allocated beyond the task buffers.
+// in `bytes` as `dtype` (converted from the conversion's dtype as torch's copy_ does: a BF16, F16
+// or F32 tensor into BF16, F16, F32 or F64; any other dtype only for a tensor of that dtype). Only
+// the bytes behind the wanted rows are read; nothing else is allocated beyond the task buffers.
 struct LoadDestination {
   std::string name;
   Dtype dtype{};
@@ -250,11 +251,25 @@ struct LoadReport {
   size_t tensors = 0;                   // destinations filled
   uint64_t bytes_read = 0;
 };
+struct LoadOptions {
+  // A destination the checkpoint has no tensor for is an error (kConfigMismatch, naming it),
+  // raised before anything is read; otherwise it is reported in LoadReport::missing.
+  bool require_all = false;
+  // kCheckAndWrite: after the destinations are checked against the plan (names, shapes, dtypes,
+  // rows), a checking pass (ExecOptions::check_only) reads the rank's inputs and makes every
+  // refusal the conversion would make; only then is anything written, so a refused checkpoint
+  // leaves every destination as it was. kCheckOnly: that pass alone (a distributed load agrees on
+  // its outcome before any rank writes); kWriteOnly: no checking pass (destinations with nothing
+  // to keep, as from_hf_dir's fresh tensors).
+  enum class Phase { kCheckAndWrite, kCheckOnly, kWriteOnly } phase = Phase::kCheckAndWrite;
+};
 // `options` as for from-hf: EP size 1 plans every expert (a destination's rows say which ones a
 // rank holds); an EP rank's plan has that rank's grouped tensors (destinations of their shape),
-// and only that rank's experts need be in the folder.
+// and only that rank's experts need be in the folder. LoadReport::bytes_read counts the writing
+// pass only (the checking pass reads the FP8 inputs once more).
 LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<LoadDestination>& dests,
-                        const FromHfOptions& options, const ExecOptions& exec = {});
+                        const FromHfOptions& options, const ExecOptions& exec = {},
+                        const LoadOptions& load = {});
 // The export of a native state dict whose tensors `split` are divided over `workers` processes
 // along their first dimension (EP ranks; process k holds the rows ExpertRange::for_rank gives it,
 // the other tensors are whole everywhere): the global plan's shards, the worker of each (the one

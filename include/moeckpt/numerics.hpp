@@ -22,6 +22,11 @@ uint8_t f32_to_fp8_e4m3fn_torch(float x) noexcept;
 // float32 -> BF16 bits, round to nearest even; every NaN becomes 0x7FC0 (torch's scalar rule).
 uint16_t f32_to_bf16_rne(float x) noexcept;
 
+// float32 -> F16 bits exactly as torch's CPU copy_ (and x86 F16C): round to nearest even, overflow
+// to +-inf (65520 and above), subnormals rounded to nearest even; a NaN stays a quiet NaN with its
+// sign and the top 10 bits of its payload (sign | 0x7E00 | mantissa >> 13).
+uint16_t f32_to_f16_rne(float x) noexcept;
+
 float bf16_to_f32(uint16_t bits) noexcept;
 float f16_to_f32(uint16_t bits) noexcept;
 

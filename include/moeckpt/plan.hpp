@@ -227,6 +227,12 @@ struct ExecOptions {
   std::function<void(size_t out, uint64_t bytes)> on_write;
   // When set (e.g. from a signal), no further task starts and execute() throws Interrupted.
   const std::atomic<bool>* cancel = nullptr;
+  // Tasks read their inputs and make every refusal their conversion would make (scale entries,
+  // overflowing products, NaN codes, failed reads), but convert and write nothing: a pass that
+  // lets a caller whose outputs are live memory (load_hf_into) refuse a checkpoint before the
+  // first byte lands. Plain copies are skipped (they refuse nothing their headers did not); FP8
+  // inputs are scanned without the kernels; other dequantized inputs are converted into scratch.
+  bool check_only = false;
 };
 
 // How the executor divides ExecOptions::max_memory: buffers of the tasks in flight, and freed

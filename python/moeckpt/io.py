@@ -64,7 +64,7 @@ def from_hf_dir(
         result = {name: torch.empty(shape, dtype=T.torch_dtype(dt), device=device) for name, dt, shape in layout}
     # The rank's own plan: only its experts need be (and are) read.
     missing, unexpected, _n, _read = _load(result, folder, None, dtype, compat, attn_backend, threads, max_memory,
-                                           ep=(int(ep_size), int(ep_rank)))
+                                           ep=(int(ep_size), int(ep_rank)), fresh=True)
     if missing or unexpected:  # the layout and the load plan the same outputs
         raise RuntimeError(f"moeckpt: {path}: internal: the load did not fill {missing[:3]} / filled {unexpected[:3]}")
     if device_mesh is not None:

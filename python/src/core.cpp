@@ -540,11 +540,24 @@ NB_MODULE(_core, m) {
                              uintptr_t, uint64_t>;
   // A row with address 0 is staged: its pieces go to stage(index, offset, piece), `piece` a uint8
   // tensor over the engine's buffer, valid during the call only (GPU destinations).
+  // `require_all`: a destination without a source is an error before anything is read. `phase`:
+  // "check+write" (a checking pass, then the writes), "check" (the checking pass alone: nothing
+  // is written) or "write" (fresh destinations: no checking pass); see LoadOptions.
   m.def(
       "load_into",
       [](const std::string& dir, const std::vector<DestRow>& rows, const std::string& dtype,
          const std::string& compat, const std::string& attn, unsigned threads, uint64_t max_memory,
-         nb::object stage, int64_t ep_size, int64_t ep_rank) {
+         nb::object stage, int64_t ep_size, int64_t ep_rank, bool require_all,
+         const std::string& phase) {
+        LoadOptions lo;
+        lo.require_all = require_all;
+        if (phase == "check")
+          lo.phase = LoadOptions::Phase::kCheckOnly;
+        else if (phase == "write")
+          lo.phase = LoadOptions::Phase::kWriteOnly;
+        else if (phase != "check+write")
+          fail(ErrorKind::kInvalidArgument, "", "", "load phase \"" + phase + "\"",
+               "\"check+write\", \"check\" or \"write\"");
         std::vector<LoadDestination> dests;
         for (const auto& [name, dt, shape, row0, row1, address, nbytes] : rows) {
           LoadDestination d{name, dtype_of(dt), shape, row0, row1, {}};
@@ -565,13 +578,14 @@ NB_MODULE(_core, m) {
         const auto o = from_hf_options(ep_size, ep_rank, dtype, compat, attn);
         std::atomic<bool> cancel{false};
         const LoadReport r = run_interruptible(cancel, [&] {
-          return load_hf_into(dir, dests, o, exec_of(threads, max_memory, &cancel));
+          return load_hf_into(dir, dests, o, exec_of(threads, max_memory, &cancel), lo);
         });
         return std::make_tuple(r.missing, r.unexpected, r.tensors, r.bytes_read);
       },
       nb::arg("dir"), nb::arg("rows"), nb::arg("dtype"), nb::arg("compat"), nb::arg("attn"),
       nb::arg("threads"), nb::arg("max_memory"), nb::arg("stage").none() = nb::none(),
-      nb::arg("ep_size") = 1, nb::arg("ep_rank") = 0);
+      nb::arg("ep_size") = 1, nb::arg("ep_rank") = 0, nb::arg("require_all") = false,
+      nb::arg("phase") = "check+write");
 
   // The native tensors from-hf gives for one EP rank of an HF checkpoint folder, from the headers
   // alone: ([(name, dtype, shape)] in plan order, __metadata__, config.json text).

@@ -15,8 +15,27 @@
 namespace moeckpt {
 namespace {
 
-bool is_float(Dtype d) {
+// The dtypes the sink converts between (element_to_float reads the first, encode() writes the
+// second); any other pair must be the same dtype (raw bytes).
+bool converts_from(Dtype d) {
   return d == Dtype::BF16 || d == Dtype::F16 || d == Dtype::F32;
+}
+bool converts_to(Dtype d) {
+  return converts_from(d) || d == Dtype::F64;
+}
+
+// `values` as `to`, exactly as torch's CPU copy_ converts float32 (NaN included): F32 as is, BF16
+// rounded to nearest even (NaN -> 0xFFFF), F16 rounded to nearest even (NaN keeps sign and payload
+// top bits), F64 widened exactly.
+void encode(std::span<const float> values, Dtype to, uint8_t* dst) {
+  if (to == Dtype::F64) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      const double d = values[i];
+      std::memcpy(dst + 8 * i, &d, 8);
+    }
+    return;
+  }
+  exec::encode_products(values, to, NanPolicy::kTorchCompat, dst);
 }
 
 // Bytes a destination holds: in host memory, or delivered through its stage.
@@ -25,7 +44,7 @@ uint64_t size_of(const LoadDestination& d) {
 }
 
 // Writes each output's bytes into its destination's rows; elements are converted when the
-// destination's dtype differs (floats only, rounded to nearest even as torch's copy_ does).
+// destination's dtype differs (floats only, as torch's copy_ does: encode()).
 class DestinationSink final : public TensorSink {
  public:
   struct Target {
@@ -57,12 +76,11 @@ class DestinationSink final : public TensorSink {
     for (size_t i = 0; i < values.size(); ++i)
       values[i] = exec::element_to_float(t.from, &part[i * in_es]);
     if (!t.dest->stage) {
-      exec::encode_products(values, t.dest->dtype, NanPolicy::kTorchCompat,
-                            t.dest->bytes.data() + at);
+      encode(values, t.dest->dtype, t.dest->bytes.data() + at);
       return;
     }
     std::vector<uint8_t> converted(values.size() * out_es);
-    exec::encode_products(values, t.dest->dtype, NanPolicy::kTorchCompat, converted.data());
+    encode(values, t.dest->dtype, converted.data());
     t.dest->stage(at, converted);
   }
 
@@ -73,14 +91,15 @@ class DestinationSink final : public TensorSink {
 }  // namespace
 
 LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<LoadDestination>& dests,
-                        const FromHfOptions& options, const ExecOptions& exec) {
+                        const FromHfOptions& options, const ExecOptions& exec,
+                        const LoadOptions& load) {
   if (!options.group_experts)
     fail(ErrorKind::kInvalidArgument, "", "", "loading into per-expert destinations",
          "grouped experts");
   const ModelConfig config = ModelConfig::load(dir / "config.json");
   CheckpointSource source({dir});
-  // No scale pre-scan: it would read every rank's scales. The tasks refuse a bad scale they use
-  // (the destinations are the caller's memory, not a folder that must never be half-written).
+  // No whole-checkpoint scale pre-scan: it would read every rank's scales. The checking pass
+  // below reads the scales (and codes) of this rank's rows only, before anything is written.
   FromHfOptions headers_only = options;
   headers_only.prescan_scales = false;
   Plan plan = plan_from_hf(source, config, headers_only);
@@ -103,11 +122,13 @@ LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<Load
       fail(ErrorKind::kConfigMismatch, dir.string(), d.name,
            "the destination's shape " + format_shape(d.shape) + " differs from the checkpoint's",
            format_shape(o.shape));
-    if (d.dtype != o.dtype && !(is_float(d.dtype) && is_float(o.dtype)))
+    if (d.dtype != o.dtype && !(converts_from(o.dtype) && converts_to(d.dtype)))
       fail(
           ErrorKind::kInvalidArgument, "", d.name,
           fmt::format("a {} destination for a {} tensor", dtype_name(d.dtype), dtype_name(o.dtype)),
-          "a floating destination for a floating tensor, or the tensor's own dtype");
+          fmt::format("a BF16, F16, F32 or F64 destination for a BF16, F16 or F32 tensor, or a {} "
+                      "destination (FP8 and integer destinations are not converted into)",
+                      dtype_name(o.dtype)));
     const int64_t rows = o.shape.empty() ? 1 : static_cast<int64_t>(o.shape[0]);
     const int64_t row1 = d.row1 < 0 ? rows : d.row1;
     uint64_t row_elems = 1;
@@ -123,12 +144,38 @@ LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<Load
     if (row1 > d.row0) windows[it->second] = RowWindow{d.row0, row1};
     ++report.tensors;
   }
+  if (load.require_all && !report.missing.empty()) {
+    std::string names;
+    for (size_t i = 0; i < std::min<size_t>(5, report.missing.size()); ++i)
+      names += (i ? ", " : "") + report.missing[i];
+    if (report.missing.size() > 5) names += ", ...";
+    fail(ErrorKind::kConfigMismatch, dir.string(), report.missing.front(),
+         fmt::format("{} model tensors have no source in the checkpoint: {}", report.missing.size(),
+                     names),
+         "a checkpoint tensor for every destination (strict=False reports them as missing)");
+  }
   for (size_t i = 0; i < plan.outputs.size(); ++i)
     if (!targets[i].dest) report.unexpected.push_back(plan.outputs[i].name);
   restrict_to_rows(plan, windows);
+  // Every refusal the conversion can make, made before the first byte lands: the destinations
+  // are the caller's live memory. Same plan, same rows, same budget; nothing is converted.
+  uint64_t checked = 0;  // bytes the checking pass read (not counted: the report is the load's)
+  if (load.phase != LoadOptions::Phase::kWriteOnly) {
+    ExecOptions check = exec;
+    check.check_only = true;
+    check.on_write = nullptr;
+    DestinationSink none(std::vector<DestinationSink::Target>{});  // no targets: never written to
+    const uint64_t before = source.bytes_read();
+    execute(plan, source, none, check);
+    checked = source.bytes_read() - before;
+    if (load.phase == LoadOptions::Phase::kCheckOnly) {
+      report.bytes_read = source.bytes_read() - checked;
+      return report;
+    }
+  }
   DestinationSink sink(std::move(targets));
   execute(plan, source, sink, exec);
-  report.bytes_read = source.bytes_read();
+  report.bytes_read = source.bytes_read() - checked;
   return report;
 }
 

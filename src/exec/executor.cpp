@@ -497,6 +497,40 @@ uint64_t matrix_bytes(const SourceTensor& t, int64_t rows) {
   return static_cast<uint64_t>(rows) * cols;
 }
 
+// ExecOptions::check_only: what run() would refuse, nothing converted or written.
+class DiscardSink final : public TensorSink {
+ public:
+  void write(size_t, uint64_t, std::span<const uint8_t>) override {}
+};
+
+void check_input(const DequantInput& in, int64_t row0, int64_t row1, Dtype out,
+                 const TensorSource& src) {
+  if (in.mx_scale) {  // table-driven and small: its conversion into scratch is its check
+    const uint64_t cols = 2 * in.weight->shape[1];
+    exec::RawBuffer<uint8_t> scratch(static_cast<size_t>(in.weight->shape[0] * cols) *
+                                     dtype_size(out));
+    exec::dequant_mxfp4_into(src, in, out, scratch.data(), static_cast<int64_t>(cols), false);
+  } else if (in.weight->dtype == Dtype::F8_E4M3) {
+    exec::dequant_fp8_into(src, in, row0, row1, out, nullptr, 0, false);  // scan, no kernel
+  } else {
+    (void)exec::dequant_products(src, in, row0, row1);  // BF16/F16/F32 inputs: NaN refusals
+  }
+}
+
+void check_task(const CopyTask&, const TensorSource&) {}
+void check_task(const DequantTask& t, const TensorSource& src) {
+  check_input(t.in, t.row0, t.row1, t.out_dtype, src);
+}
+void check_task(const ExpertSlotTask& t, const TensorSource& src) {
+  for (const auto& [in, _] : t.parts) check_input(in, 0, -1, t.out_dtype, src);
+}
+// Quantizing tasks (no load plan has them): the whole run, its output dropped.
+template <class T>
+void check_task(const T& t, const TensorSource& src) {
+  DiscardSink none;
+  run(t, src, none);
+}
+
 }  // namespace
 
 MemoryBudget MemoryBudget::split(uint64_t max_memory, unsigned threads) {
@@ -770,7 +804,10 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
         in_use += need;
       }
       try {
-        std::visit([&](const auto& task) { run(task, source, sink); }, plan.tasks[i]);
+        if (options.check_only)
+          std::visit([&](const auto& task) { check_task(task, source); }, plan.tasks[i]);
+        else
+          std::visit([&](const auto& task) { run(task, source, sink); }, plan.tasks[i]);
       } catch (...) {
         std::lock_guard lock(mutex);
         if (!error) error = std::current_exception();

@@ -184,6 +184,21 @@ void refuse_overflowing_products(const DequantInput& in, const RowScales& rs, co
 
 }  // namespace
 
+namespace {
+
+// The first FP8 NaN code (0x7F / 0xFF) of `codes` (rows from row0, `cols` wide), refused.
+void refuse_nan_codes(const SourceTensor& w, std::span<const uint8_t> codes, int64_t row0,
+                      int64_t cols) {
+  for (size_t i = 0; i < codes.size(); ++i)
+    if ((codes[i] & 0x7F) == 0x7F)
+      refuse_nan(
+          w,
+          element_position(row0 + static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols),
+          codes[i]);
+}
+
+}  // namespace
+
 void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
                       int64_t row1, Dtype out, uint8_t* dst, int64_t dst_ld, bool transpose) {
   const SourceTensor& w = *in.weight;
@@ -195,6 +210,10 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
   RowScales rs = row_scales(source, in, row0, rows);
   if (in.scale && in.scale->check_products)
     refuse_overflowing_products(in, rs, codes.data(), row0, rows, cols, out);
+  if (!dst) {  // checking only (ExecOptions::check_only): the same refusals, no conversion
+    if (in.nan == NanPolicy::kRefuse) refuse_nan_codes(w, codes.span(), row0, cols);
+    return;
+  }
   kernels::DequantArgs a;
   a.src = codes.data();
   a.rows = rows;
@@ -208,12 +227,7 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
   a.transpose = transpose;
   a.torch_nan = in.nan == NanPolicy::kTorchCompat;
   if (kernels::dequant_fp8(a) && in.nan == NanPolicy::kRefuse)
-    for (size_t i = 0; i < codes.size(); ++i)
-      if ((codes[i] & 0x7F) == 0x7F)
-        refuse_nan(
-            w,
-            element_position(row0 + static_cast<int64_t>(i) / cols, static_cast<int64_t>(i) % cols),
-            codes[i]);
+    refuse_nan_codes(w, codes.span(), row0, cols);
 }
 
 namespace {
@@ -315,6 +329,18 @@ void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, 
     std::memcpy(dst, products.data(), products.size() * 4);
     return;
   }
+  if (out == Dtype::F16) {  // torch's copy_ rule whatever the policy (its NaNs keep their payload)
+    for (size_t i = 0; i < products.size(); ++i) {
+      const uint16_t h = numerics::f32_to_f16_rne(products[i]);
+      dst[2 * i] = static_cast<uint8_t>(h);
+      dst[2 * i + 1] = static_cast<uint8_t>(h >> 8);
+    }
+    return;
+  }
+  // Any other dtype used to get BF16 bits here, silently (an F16 destination of a load did).
+  if (out != Dtype::BF16)
+    fail(ErrorKind::kInvalidArgument, "", "",
+         "internal: floats encoded as " + std::string(dtype_name(out)), "BF16, F16 or F32");
   for (size_t i = 0; i < products.size(); ++i) {
     uint16_t b = numerics::f32_to_bf16_rne(products[i]);
     // torch's vectorized float->bfloat16 kernels turn every NaN into 0xFFFF.

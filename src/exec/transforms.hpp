@@ -32,6 +32,8 @@ RowScales row_scales(const TensorSource& source, const DequantInput& in, int64_t
 
 // FP8 weight rows [row0, row1) dequantized straight into `dst` (BF16 or F32 elements, row stride
 // dst_ld; transposed: dst[c * dst_ld + r]) with the SIMD kernels. NaN codes per the policy.
+// `dst` null: nothing is converted; the rows and their scales are read and refused exactly as a
+// conversion would refuse them (bad scale entries, overflowing products, NaN codes).
 void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_t row0,
                       int64_t row1, Dtype out, uint8_t* dst, int64_t dst_ld, bool transpose);
 
@@ -41,7 +43,8 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
 void dequant_mxfp4_into(const TensorSource& source, const DequantInput& in, Dtype out, uint8_t* dst,
                         int64_t dst_ld, bool transpose);
 
-// Encodes products as BF16 or F32 bytes (NaN per policy; refused NaN never reaches here).
+// Encodes products as BF16, F16 or F32 bytes (NaN per policy for BF16; refused NaN never reaches
+// here); F16 as torch's copy_ (f32_to_f16_rne). Any other dtype is refused.
 void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst);
 
 // Reads a matrix view: rows x cols floats, plus its raw element bytes in the source dtype.

@@ -138,6 +138,76 @@ TEST_F(LoadInto, DtypesAreConvertedAsCopyDoes) {
   }
 }
 
+// F16 and F64 destinations: F16 rounded to nearest even as torch's copy_ (not BF16 bits, as
+// before), F64 widened exactly; FP8 and integer destinations of a floating tensor are refused.
+TEST_F(LoadInto, F16AndF64DestinationsConvertAsCopyDoes) {
+  const std::string w = "model.layers.0.self_attn.q_proj.weight";
+  const std::string router = "model.layers.1.mlp.gate.weight";
+  const auto& tw = want_.at(w);
+  const auto& tr = want_.at(router);
+  const auto& te = want_.at("model.embed_tokens.weight");
+  ASSERT_EQ(te.dtype, Dtype::BF16);
+  std::vector<uint8_t> wh(tw.bytes.size()), rh(tr.bytes.size() / 2), wd(te.bytes.size() * 4);
+  load_hf_into(dir_ / "hf",
+               {{w, Dtype::F16, tw.shape, 0, -1, wh},
+                {router, Dtype::F16, tr.shape, 0, -1, rh},
+                {"model.embed_tokens.weight", Dtype::F64, te.shape, 0, -1, wd}},
+               {});
+  for (size_t i = 0; i < tw.bytes.size() / 2; ++i) {
+    uint16_t b, h;
+    std::memcpy(&b, &tw.bytes[2 * i], 2);
+    std::memcpy(&h, &wh[2 * i], 2);
+    ASSERT_EQ(numerics::f32_to_f16_rne(numerics::bf16_to_f32(b)), h) << i;
+  }
+  for (size_t i = 0; i < tr.bytes.size() / 4; ++i) {
+    float f;
+    uint16_t h;
+    std::memcpy(&f, &tr.bytes[4 * i], 4);
+    std::memcpy(&h, &rh[2 * i], 2);
+    ASSERT_EQ(numerics::f32_to_f16_rne(f), h) << i;
+  }
+  for (size_t i = 0; i < te.bytes.size() / 2; ++i) {
+    uint16_t b;
+    double d;
+    std::memcpy(&b, &te.bytes[2 * i], 2);
+    std::memcpy(&d, &wd[8 * i], 8);
+    ASSERT_EQ(static_cast<double>(numerics::bf16_to_f32(b)), d) << i;
+  }
+  for (Dtype bad : {Dtype::F8_E4M3, Dtype::F8_E5M2, Dtype::I32, Dtype::BOOL}) {
+    std::vector<uint8_t> buf(tw.bytes.size() / 2 * dtype_size(bad));
+    try {
+      load_hf_into(dir_ / "hf", {{w, bad, tw.shape, 0, -1, buf}}, {});
+      ADD_FAILURE() << dtype_name(bad) << " not refused";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument) << e.what();
+      EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what();
+    }
+  }
+}
+
+// require_all: a destination without a source is refused before anything is written.
+TEST_F(LoadInto, RequireAllRefusesBeforeWriting) {
+  std::map<std::string, std::vector<uint8_t>> got;
+  std::vector<LoadDestination> dests;
+  for (const auto& [name, t] : want_) {
+    got[name].assign(t.bytes.size(), 0xAB);
+    dests.push_back({name, t.dtype, t.shape, 0, -1, got[name]});
+  }
+  std::vector<uint8_t> extra(8, 0xAB);
+  dests.push_back({"model.layers.0.extra.weight", Dtype::BF16, {4}, 0, -1, extra});
+  LoadOptions strict;
+  strict.require_all = true;
+  try {
+    load_hf_into(dir_ / "hf", dests, {}, {}, strict);
+    ADD_FAILURE() << "not refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kConfigMismatch) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.layers.0.extra.weight"), std::string::npos);
+  }
+  for (const auto& [name, bytes] : got)
+    EXPECT_EQ(bytes, std::vector<uint8_t>(bytes.size(), 0xAB)) << name;
+}
+
 // A staged destination (GPU memory, in the Python package) receives every byte once, as pieces
 // at their offsets, converted to its dtype: the same bytes as a direct write.
 TEST_F(LoadInto, StagedPiecesCoverTheDestinationOnce) {
@@ -198,6 +268,38 @@ TEST_F(LoadInto, MissingUnexpectedAndBadDestinations) {
 
 namespace moeckpt {
 namespace {
+
+// Every refusal of the checkpoint's data (NaN codes, bad and overflowing scales) is made by the
+// checking pass, before the first byte lands: the destinations keep what they held, whichever
+// shard and position of the plan the bad value is in; kCheckOnly writes nothing either way.
+TEST(LoadIntoRefusals, DataRefusalsLeaveEveryDestinationAsItWas) {
+  const fs::path data = MOECKPT_TEST_DATA_DIR;
+  auto base = tensors_of(data / "corpus_base" / "native");
+  for (const char* c :
+       {"expert_fp8_nan_7f", "expert_fp8_nan_ff", "dense_fp8_nan_7f", "attention_fp8_nan_ff",
+        "attention_scale_nan", "expert_scale_zero", "expert_scale_negative", "expert_scale_posinf",
+        "expert_scale_overflows", "dense_scale_zero", "dense_scale_overflows_bf16"}) {
+    for (auto phase : {LoadOptions::Phase::kCheckAndWrite, LoadOptions::Phase::kCheckOnly}) {
+      SCOPED_TRACE(c);
+      std::map<std::string, std::vector<uint8_t>> got;
+      std::vector<LoadDestination> dests;
+      for (const auto& [name, t] : base) {
+        got[name].assign(t.bytes.size(), 0xAB);
+        dests.push_back({name, t.dtype, t.shape, 0, -1, got[name]});
+      }
+      LoadOptions lo;
+      lo.phase = phase;
+      try {
+        load_hf_into(data / "malformed" / c, dests, {}, {}, lo);
+        ADD_FAILURE() << "not refused";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.kind(), ErrorKind::kNumeric) << e.what();
+      }
+      for (const auto& [name, bytes] : got)
+        EXPECT_EQ(bytes, std::vector<uint8_t>(bytes.size(), 0xAB)) << name;
+    }
+  }
+}
 
 // A finite scale whose product with its block's codes overflows: a load checks the scale rows it
 // reads (no whole-checkpoint pre-scan) and refuses it as from-hf does, for experts (dequantized

@@ -224,3 +224,77 @@ TEST(F16ToF32, Landmarks) {
 
 }  // namespace
 }  // namespace moeckpt::numerics
+
+namespace moeckpt::numerics {
+namespace {
+
+// Nearest F16 to x by definition (the two neighbouring codes, distances in double, ties to the
+// even code, 65536 standing in for infinity as IEEE overflow rounding has it); NaN as torch's copy_
+// (and F16C) converts it: quiet, sign and the top 10 payload bits kept.
+uint16_t ref_f16(float x) {
+  const uint32_t b = fbits(x);
+  const auto sign = static_cast<uint16_t>((b >> 16) & 0x8000u);
+  if (std::isnan(x)) return sign | 0x7E00u | static_cast<uint16_t>((b & 0x7FFFFFu) >> 13);
+  const double ax = std::fabs(static_cast<double>(x));
+  auto mag = [](uint32_t c) {
+    return c >= 0x7C00u ? 65536.0 : static_cast<double>(f16_to_f32(static_cast<uint16_t>(c)));
+  };
+  if (ax >= 65536.0) return sign | 0x7C00u;
+  uint32_t lo = 0;  // the largest code whose magnitude is <= ax (codes are ordered like values)
+  for (uint32_t step = 1u << 14; step; step >>= 1)
+    if (lo + step <= 0x7C00u && mag(lo + step) <= ax) lo += step;
+  if (mag(lo) == ax) return sign | static_cast<uint16_t>(lo);
+  const double dl = ax - mag(lo), dh = mag(lo + 1) - ax;
+  const uint32_t c = dl < dh ? lo : dh < dl ? lo + 1 : ((lo & 1) == 0 ? lo : lo + 1);
+  return sign | static_cast<uint16_t>(c);
+}
+
+TEST(F16Rne, FloatBitPatternsAgainstTheDefinition) {
+  uint32_t example = 0;
+  const uint64_t stride = sweep_stride() == 1 ? 1 : 255;  // odd: every low-13-bit residue occurs
+  const uint64_t bad = sweep(
+      stride,
+      [](uint32_t bits) { return f32_to_f16_rne(from_bits(bits)) == ref_f16(from_bits(bits)); },
+      &example);
+  EXPECT_EQ(bad, 0u) << "e.g. at float bits 0x" << std::hex << example << ": got 0x"
+                     << f32_to_f16_rne(from_bits(example)) << " want 0x"
+                     << ref_f16(from_bits(example));
+}
+
+TEST(F16Rne, EveryTieAndItsNeighbours) {
+  int failures = 0;
+  for (uint32_t c = 0; c < 0x7C00u; ++c) {  // the midpoint of c and c + 1 (65536 above 65504)
+    const double lo = f16_to_f32(static_cast<uint16_t>(c));
+    const double hi = c + 1 == 0x7C00u ? 65536.0 : f16_to_f32(static_cast<uint16_t>(c + 1));
+    const float mid = static_cast<float>((lo + hi) / 2);  // 12 significant bits: exact
+    for (float x : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f), -mid}) {
+      if (f32_to_f16_rne(x) != ref_f16(x) && ++failures <= 10)
+        ADD_FAILURE() << std::hex << "bits 0x" << fbits(x) << ": got 0x" << f32_to_f16_rne(x)
+                      << " want 0x" << ref_f16(x);
+    }
+  }
+  EXPECT_EQ(failures, 0);
+}
+
+TEST(F16Rne, HandCases) {
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(f32_to_f16_rne(1.0f), 0x3C00);
+  EXPECT_EQ(f32_to_f16_rne(65504.0f), 0x7BFF);
+  EXPECT_EQ(f32_to_f16_rne(65519.996f), 0x7BFF);
+  EXPECT_EQ(f32_to_f16_rne(65520.0f), 0x7C00);  // the tie above the largest finite: infinity
+  EXPECT_EQ(f32_to_f16_rne(-1e38f), 0xFC00);
+  EXPECT_EQ(f32_to_f16_rne(inf), 0x7C00);
+  EXPECT_EQ(f32_to_f16_rne(0x1p-24f), 0x0001);
+  EXPECT_EQ(f32_to_f16_rne(0x1p-25f), 0x0000);  // ties to the even zero
+  EXPECT_EQ(f32_to_f16_rne(std::nextafter(0x1p-25f, 1.0f)), 0x0001);
+  EXPECT_EQ(f32_to_f16_rne(3 * 0x1p-25f), 0x0002);  // 1.5 units ties to the even 2
+  EXPECT_EQ(f32_to_f16_rne(std::nextafter(0x1p-14f, 0.0f)), 0x0400);  // rounds up to the normal
+  EXPECT_EQ(f32_to_f16_rne(-0.0f), 0x8000);
+  EXPECT_EQ(f32_to_f16_rne(from_bits(0x7FC00000u)), 0x7E00);
+  EXPECT_EQ(f32_to_f16_rne(from_bits(0xFFFFFFFFu)), 0xFFFF);
+  EXPECT_EQ(f32_to_f16_rne(from_bits(0x7F800001u)), 0x7E00);  // a signaling NaN comes out quiet
+  EXPECT_EQ(f32_to_f16_rne(from_bits(0x7FA5A5A5u)), 0x7F2D);  // what torch 2.11's copy_ gives
+}
+
+}  // namespace
+}  // namespace moeckpt::numerics

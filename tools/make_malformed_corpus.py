@@ -406,7 +406,7 @@ def register_config_cases():
     reg("config_swa_heads_2_24", "disagrees with config.json", lambda c: c.update(swa_num_attention_heads=2**24), file=None, to_hf=NOT_NATIVE)
     reg("config_swa_head_dim_2_24", "disagrees with config.json", lambda c: c.update(swa_head_dim=2**24), file=None, to_hf=NOT_NATIVE)
     reg("config_more_layers_than_tensors", "missing: layer 2", lambda c: c.update(num_hidden_layers=3, hybrid_layer_pattern=[0, 1, 1], moe_layer_freq=[0, 1, 1]), file=None, to_hf=NOT_NATIVE)
-    reg("config_fewer_layers_than_tensors", "which config.json makes a dense layer", lambda c: c.update(num_hidden_layers=1, hybrid_layer_pattern=[0], moe_layer_freq=[0]), file=None, to_hf=NOT_NATIVE)
+    reg("config_fewer_layers_than_tensors", "layer 1 is not below num_hidden_layers = 1", lambda c: c.update(num_hidden_layers=1, hybrid_layer_pattern=[0], moe_layer_freq=[0]), file=None, to_hf=NOT_NATIVE)
     reg("config_moe_layer_marked_dense", "which config.json makes a dense layer", lambda c: c.update(moe_layer_freq=[0, 0]), file=None, to_hf=NOT_NATIVE)
     reg("config_sink_on_full_attention", "tensor 'model.layers.0.self_attn.attention_sink_bias': missing", lambda c: c.update(add_full_attention_sink_bias=True), file=None, to_hf=NOT_NATIVE)
 

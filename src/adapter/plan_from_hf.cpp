@@ -120,6 +120,7 @@ class FromHfPlanner {
       if (!spec_->is_grouped_expert(key)) continue;
       auto id = std::make_pair(key.prefix, *key.layer);
       if (!compat_ && !key.is_scale) {
+        check_layer_index(t, key, *spec_);  // a layer past the config's, before "dense layer"
         if (!spec_->layer_has_routed_experts(key))
           fail(ErrorKind::kConfigMismatch, t.file, t.name,
                fmt::format("expert weight in layer {}, which config.json makes a dense layer "

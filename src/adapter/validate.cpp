@@ -126,15 +126,34 @@ void refuse_hf_layout(const TensorSource& src, const ModelSpec& spec) {
   }
 }
 
+void check_layer_index(const SourceTensor& t, const TensorKey& k, const ModelSpec& spec) {
+  const ModelConfig& c = spec.config();
+  if (!k.layer || k.mtp || *k.layer < c.num_hidden_layers) return;
+  const int64_t n = c.num_hidden_layers;
+  const auto decoders =
+      n == 1 ? std::string("decoder layer 0") : fmt::format("decoder layers 0..{}", n - 1);
+  const auto mtp = spec.configured_mtp_layers();
+  // MTP layers stored as layers.<n + i> after the decoder layers: the declared count extends the
+  // range (a layer past it is neither kind).
+  if (mtp && spec.mtp_layer_id(0) == n)
+    fail(ErrorKind::kConfigMismatch, t.file, t.name,
+         fmt::format("layer {} is not below num_hidden_layers = {} + num_nextn_predict_layers = {} "
+                     "of config.json",
+                     *k.layer, n, *mtp),
+         *mtp == 0   ? decoders + " and no MTP layer"
+         : *mtp == 1 ? fmt::format("{}, then MTP layer {}", decoders, n)
+                     : fmt::format("{}, then MTP layers {}..{}", decoders, n, n + *mtp - 1));
+  fail(ErrorKind::kConfigMismatch, t.file, t.name,
+       fmt::format("layer {} is not below num_hidden_layers = {} of config.json", *k.layer, n),
+       decoders);
+}
+
 void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec) {
   const ModelConfig& c = spec.config();
   for (const auto& t : src.tensors()) {
     const auto k = spec.classify(t.name);
     if (k.is_scale) continue;
-    if (k.layer && !k.mtp && *k.layer >= c.num_hidden_layers)
-      fail(ErrorKind::kConfigMismatch, t.file, t.name,
-           fmt::format("layer {} is not below num_hidden_layers = {} of config.json", *k.layer,
-                       c.num_hidden_layers));
+    check_layer_index(t, k, spec);
     if (auto why = spec.contradicts_config(k))
       fail(ErrorKind::kConfigMismatch, t.file, t.name, *why, "the tensors config.json implies");
     auto want = spec.expected_hf_shape(k);
@@ -170,12 +189,23 @@ void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool 
       prefix = p;
       most = n;
     }
+  // MTP layers may be left out (some transformers saves drop them, synth --mtp says fewer), but
+  // only from the last: each predicts from the one before it, so a kept one needs those before it.
+  std::set<int64_t> needed = mtp_layers;
+  if (!mtp_layers.empty())
+    for (int64_t i = 0; spec.mtp_layer_id(i) < *mtp_layers.rbegin(); ++i)
+      needed.insert(spec.mtp_layer_id(i));
   const std::string where = folder_of(src);
-  for (const auto& r : spec.required_tensors(prefix, mtp_layers, native)) {
+  for (const auto& r : spec.required_tensors(prefix, needed, native)) {
     if (src.find(r.name) || (r.backend_name && src.find(*r.backend_name))) continue;
-    if (lm_head && spec.classify(r.name).kind == TensorKind::kLmHead) continue;
-    fail(ErrorKind::kConfigMismatch, where, r.name, "missing: " + r.needed_by + " needs it",
-         "every tensor config.json implies");
+    const auto rk = spec.classify(r.name);
+    if (lm_head && rk.kind == TensorKind::kLmHead) continue;
+    std::string what = "missing: " + r.needed_by + " needs it";
+    if (rk.mtp && rk.layer && !mtp_layers.count(*rk.layer))
+      what +=
+          fmt::format(" (MTP layer {} is there, and MTP layers may be left out only from the last)",
+                      *mtp_layers.rbegin());
+    fail(ErrorKind::kConfigMismatch, where, r.name, what, "every tensor config.json implies");
   }
   if (native || !expert) return;  // grouped expert tensors are required tensors natively
   // Every layer with routed experts holds some (which ones, the expert checks of the conversion
@@ -185,7 +215,7 @@ void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool 
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     if (c.layer_is_moe[static_cast<size_t>(l)]) expert_layers.push_back(l);
   if (spec.mtp_layers_have_routed_experts())
-    expert_layers.insert(expert_layers.end(), mtp_layers.begin(), mtp_layers.end());
+    expert_layers.insert(expert_layers.end(), needed.begin(), needed.end());
   for (int64_t l : expert_layers)
     for (const auto& g : spec.expert_groupings())
       for (Projection p : g.parts) {

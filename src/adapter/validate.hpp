@@ -21,11 +21,17 @@ void refuse_native_layout(const TensorSource& src, const ModelSpec& spec);
 // to-hf's input must be native: refuses `_scale_inv` companions and per-expert HF keys.
 void refuse_hf_layout(const TensorSource& src, const ModelSpec& spec);
 
-// Every (non-scale, non-grouped) tensor the config determines has the config's shape, and every
-// layer index is below num_hidden_layers, and the scale grids agree with weight_block_size.
+// A layer index is a decoder layer's (below num_hidden_layers), or an MTP layer's that the config
+// declares; otherwise `t` is refused, naming both counts.
+void check_layer_index(const SourceTensor& t, const TensorKey& key, const ModelSpec& spec);
+
+// Every (non-scale, non-grouped) tensor the config determines has the config's shape, every layer
+// index is one the config declares (check_layer_index), no tensor is one its layer's role rules
+// out (ModelSpec::contradicts_config), and the scale grids agree with weight_block_size.
 void check_shapes_against_config(const TensorSource& src, const ModelSpec& spec);
 
-// Every decoder / MTP layer that holds any tensor holds all of its non-expert tensors (norms,
+// Every decoder layer, and every MTP layer that holds any tensor or comes before one that does
+// (MTP layers may be left out, the last first), holds all of its non-expert tensors (norms,
 // q/k/v/o, the sink when configured, the dense MLP or the router), and the model's embedding,
 // final norm and (untied) lm_head exist. `native`: MoE layers need both grouped expert tensors.
 // An HF source (`native` false) must also hold routed experts in every layer that has them:

@@ -153,6 +153,14 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
   if (unknown > 20) r.notes.push_back(fmt::format("... {} unknown tensor names in all", unknown));
   for (auto& [_, f] : families) r.fp8.push_back(f);
   r.mtp_layers = static_cast<int64_t>(mtp_layers.size());
+  // Accepted (a conversion keeps the MTP layers there are), but worth a line: a count that is not
+  // the config's is how a num_nextn_predict_layers off by some shows.
+  if (const auto declared = config ? spec->configured_mtp_layers() : std::nullopt;
+      declared && r.mtp_layers < *declared)
+    r.notes.push_back(fmt::format(
+        "config.json declares {} MTP layer(s) (num_nextn_predict_layers); the checkpoint holds {} "
+        "(the others are left out)",
+        *declared, r.mtp_layers));
   for (const auto& [layer, ids] : experts)
     r.experts_per_layer[layer] = static_cast<int64_t>(ids.size());
   // The checks a conversion of this folder would make (from-hf for HF folders, to-hf for native

@@ -19,6 +19,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include "model/config_fields.hpp"
 #include "model/hf_tensor_names.hpp"
@@ -43,29 +44,38 @@ std::optional<Projection> attention_projection(std::string_view s) {
   return std::nullopt;
 }
 
-// What follows "layers.<L>." (`k.mtp` already set).
+// The tensors only an MTP layer holds, relative to "layers.<L>.".
+constexpr std::array<std::string_view, 6> kMtpOnly = {
+    "embed_tokens.weight",     "enorm.weight",           "hnorm.weight", "eh_proj.weight",
+    "shared_head.norm.weight", "shared_head.head.weight"};
+
+bool is_mtp_only(std::string_view rest) {
+  return std::find(kMtpOnly.begin(), kMtpOnly.end(), rest) != kMtpOnly.end();
+}
+
+// What follows "layers.<L>." (`k.mtp` already set). An MTP layer's own tensors are named so at
+// any index: contradicts_config refuses them in a decoder layer (a config.json whose
+// num_hidden_layers counts the MTP layer would take it for a decoder layer).
 void classify_deepseek_layer_rest(std::string_view rest, TensorKey& k) {
   if (rest == "input_layernorm.weight" || rest == "post_attention_layernorm.weight") {
     k.kind = TensorKind::kNorm;
     return;
   }
-  if (k.mtp) {
-    if (rest == "enorm.weight" || rest == "hnorm.weight" || rest == "shared_head.norm.weight") {
-      k.kind = TensorKind::kNorm;
-      return;
-    }
-    if (rest == "eh_proj.weight") {
-      k.kind = TensorKind::kMtpEhProj;
-      return;
-    }
-    if (rest == "embed_tokens.weight") {
-      k.kind = TensorKind::kMtpEmbedding;
-      return;
-    }
-    if (rest == "shared_head.head.weight") {
-      k.kind = TensorKind::kMtpHead;
-      return;
-    }
+  if (rest == "enorm.weight" || rest == "hnorm.weight" || rest == "shared_head.norm.weight") {
+    k.kind = TensorKind::kNorm;
+    return;
+  }
+  if (rest == "eh_proj.weight") {
+    k.kind = TensorKind::kMtpEhProj;
+    return;
+  }
+  if (rest == "embed_tokens.weight") {
+    k.kind = TensorKind::kMtpEmbedding;
+    return;
+  }
+  if (rest == "shared_head.head.weight") {
+    k.kind = TensorKind::kMtpHead;
+    return;
   }
   if (rest.starts_with("self_attn.")) {
     const auto r = rest.substr(10);
@@ -187,6 +197,13 @@ class DeepSeekSpec final : public ModelSpec {
 
   std::optional<std::string> contradicts_config(const TensorKey& k) const override {
     if (k.is_scale || !k.layer) return std::nullopt;
+    if (!k.mtp) {
+      const auto path = split_layer_path(k.weight_name);
+      if (path && is_mtp_only(path->rest))
+        return fmt::format(
+            "{} is an MTP layer's tensor, but config.json makes layer {} a decoder layer ({})",
+            path->rest, *k.layer, layer_counts());
+    }
     const bool q_lora = latent_.q_lora_rank > 0;
     const bool q_lora_tensor =
         (k.kind == TensorKind::kAttentionProj &&
@@ -369,10 +386,20 @@ class DeepSeekSpec final : public ModelSpec {
         out.push_back(std::string("mlp.") + p + ".weight");
     }
     if (is_mtp_layer(l))
-      for (const char* n : {"embed_tokens.weight", "enorm.weight", "hnorm.weight", "eh_proj.weight",
-                            "shared_head.norm.weight", "shared_head.head.weight"})
-        out.push_back(n);
+      for (auto n : kMtpOnly) out.emplace_back(n);
     return out;
+  }
+
+  // "num_hidden_layers = 4, num_nextn_predict_layers = 1: MTP layer 4", for messages.
+  std::string layer_counts() const {
+    const int64_t n = config_.num_hidden_layers, m = config_.num_nextn_predict_layers;
+    if (m == 0)
+      return fmt::format("num_hidden_layers = {}, num_nextn_predict_layers = 0: no MTP layer", n);
+    if (m == 1)
+      return fmt::format("num_hidden_layers = {}, num_nextn_predict_layers = 1: MTP layer {}", n,
+                         n);
+    return fmt::format("num_hidden_layers = {}, num_nextn_predict_layers = {}: MTP layers {}..{}",
+                       n, m, n, n + m - 1);
   }
 
   LatentAttention latent_;

@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 
 #include "model/hf_tensor_names.hpp"
@@ -79,6 +80,49 @@ class MimoSpec final : public ModelSpec {
     return {{"visual.patch_embed.proj.weight", {32, 48}},
             {"visual.blocks.0.norm1.weight", {32}},
             {"audio.encoder.layers.0.fc1.weight", {16, 32}}};
+  }
+
+  // What a layer's role rules out: an MTP layer's own tensors in a decoder layer; a decoder
+  // layer's post-attention norm, router or routed experts in an MTP layer (MTP layers are dense,
+  // with pre_mlp_layernorm); a dense MLP in a MoE layer and a router in a dense one; a sink where
+  // the layer's attention kind has none.
+  std::optional<std::string> contradicts_config(const TensorKey& k) const override {
+    if (k.is_scale || !k.layer) return std::nullopt;
+    static constexpr std::array<std::string_view, 5> kMtpOnly = {
+        "enorm.weight", "hnorm.weight", "eh_proj.weight", "pre_mlp_layernorm.weight",
+        "final_layernorm.weight"};
+    const auto path = split_layer_path(k.weight_name);
+    const std::string_view rest = path ? path->rest : std::string_view();
+    const bool mtp_only = std::find(kMtpOnly.begin(), kMtpOnly.end(), rest) != kMtpOnly.end();
+    const bool router = k.kind == TensorKind::kRouter || k.kind == TensorKind::kRouterBias;
+    const int64_t l = *k.layer;
+    const bool known = k.mtp || l < config_.num_hidden_layers;  // else refused by its index
+    if (k.kind == TensorKind::kAttentionSink && known) {
+      const AttentionDims& a = attention_dims_of(k, config_);
+      if (!a.has_sink)
+        return fmt::format(
+            "{} has no attention sink in config.json ({} is false)",
+            k.mtp ? fmt::format("MTP layer {}", l) : describe_layer(l),
+            &a == &config_.full ? "add_full_attention_sink_bias" : "add_swa_attention_sink_bias");
+    }
+    if (k.mtp) {
+      if (router || k.kind == TensorKind::kExpertProj || k.kind == TensorKind::kGroupedExperts)
+        return fmt::format("MTP layer {} is a dense layer (mlp.gate_proj, up_proj, down_proj)", l);
+      if (rest == "post_attention_layernorm.weight")
+        return fmt::format("MTP layer {} has pre_mlp_layernorm, not post_attention_layernorm", l);
+      return std::nullopt;
+    }
+    if (mtp_only)
+      return fmt::format(
+          "{} is an MTP layer's tensor ({}mtp.layers.<i>.{}), not decoder layer {}'s", rest,
+          k.prefix, rest, l);
+    if (!known) return std::nullopt;
+    const bool moe = config_.layer_is_moe[static_cast<size_t>(l)];
+    if (k.kind == TensorKind::kDenseMlpProj && moe)
+      return fmt::format("{} is a MoE layer in config.json (moe_layer_freq)", describe_layer(l));
+    if (router && !moe)
+      return fmt::format("{} is a dense layer in config.json (moe_layer_freq)", describe_layer(l));
+    return std::nullopt;
   }
 
   std::string describe_layer(int64_t l) const override {

@@ -87,8 +87,8 @@ CommandResult run_cli(const std::vector<std::string>& args) {
 namespace {
 
 // Forks the built CLI with `args`, its stdout and stderr sent to the given files.
-pid_t fork_cli(const std::vector<std::string>& args, const std::string& out,
-               const std::string& err) {
+pid_t fork_cli(const std::vector<std::string>& args, const std::string& out, const std::string& err,
+               uint64_t max_open_files = 0) {
   std::vector<std::string> argv_s{MOECKPT_CLI_PATH};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -99,6 +99,10 @@ pid_t fork_cli(const std::vector<std::string>& args, const std::string& out,
     const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     const int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (o < 0 || e < 0 || ::dup2(o, 1) < 0 || ::dup2(e, 2) < 0) ::_exit(127);
+    if (max_open_files > 0) {
+      const struct rlimit rl { max_open_files, max_open_files };
+      if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) ::_exit(127);
+    }
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
@@ -112,9 +116,14 @@ int spawn_cli(const std::vector<std::string>& args) {
 }
 
 CommandResult run_cli_measured(const std::vector<std::string>& args) {
+  return run_cli_with_open_file_limit(args, 0);
+}
+
+CommandResult run_cli_with_open_file_limit(const std::vector<std::string>& args,
+                                           uint64_t max_open_files) {
   TempDir tmp;
   const auto out = (tmp / "out").string(), err = (tmp / "err").string();
-  const pid_t pid = fork_cli(args, out, err);
+  const pid_t pid = fork_cli(args, out, err, max_open_files);
   int status = 0;
   struct rusage ru {};
   if (pid < 0 || ::wait4(pid, &status, 0, &ru) != pid) return {-1, "", "fork/wait4 failed", 0};

@@ -49,5 +49,9 @@ CommandResult run_cli(const std::vector<std::string>& args);
 int spawn_cli(const std::vector<std::string>& args);
 // The same, as a direct child whose peak resident set is read from outside (wait4's ru_maxrss).
 CommandResult run_cli_measured(const std::vector<std::string>& args);
+// The same, in a child whose open-file limit, soft and hard, is `max_open_files` (so that the
+// CLI's own raise to the hard limit cannot lift it).
+CommandResult run_cli_with_open_file_limit(const std::vector<std::string>& args,
+                                           uint64_t max_open_files);
 
 }  // namespace moeckpt::test

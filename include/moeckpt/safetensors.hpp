@@ -66,7 +66,10 @@ namespace io {
 class File;
 }
 
-// One safetensors file opened read-only and validated at open time.
+// One safetensors file opened read-only and validated at open time. Its descriptor is one of the
+// process's bounded set (io::OpenFiles): with more files than that, it may be closed between
+// reads and reopened, which is refused unless the file is still the one opened (device, inode,
+// size, modification time).
 class SafetensorsFile {
  public:
   static SafetensorsFile open(const std::filesystem::path& path);
@@ -74,22 +77,27 @@ class SafetensorsFile {
   SafetensorsFile& operator=(SafetensorsFile&&) noexcept;
   ~SafetensorsFile();
 
-  const std::string& path() const noexcept;
+  const std::string& path() const noexcept { return path_; }
   const Header& header() const noexcept { return header_; }
   // Reads `out.size()` bytes of `tensor` starting at `offset` bytes into the tensor. Refuses with
   // an Error (never a signal: reads are pread, not mmap) when the file has shrunk or changed since
-  // it was opened. A file replaced by rename keeps being read from the opened (old) inode.
+  // it was opened. A file replaced by rename keeps being read from the opened (old) inode while
+  // its descriptor is open; reopened after being closed to stay within the open-file limit, it
+  // must still be that inode, or the read is refused.
   void read(const TensorInfo& tensor, uint64_t offset, std::span<uint8_t> out) const;
   std::vector<uint8_t> read_all(const TensorInfo& tensor) const;
-  int fd() const noexcept;
+  // Tells the kernel that `bytes` bytes of `tensor` from `offset` are read soon (a hint: any
+  // failure is left to the read).
+  void prefetch(const TensorInfo& tensor, uint64_t offset, uint64_t bytes) const noexcept;
   // What the file was when opened: what a conversion's output depends on.
   uint64_t size_at_open() const noexcept { return size_at_open_; }
   int64_t mtime_ns_at_open() const noexcept { return mtime_ns_at_open_; }
 
  private:
-  SafetensorsFile(std::unique_ptr<io::File> file, Header header);
-  void check_unchanged(const TensorInfo& tensor) const;
-  std::unique_ptr<io::File> file_;
+  SafetensorsFile(std::string path, Header header, uint64_t size, int64_t mtime_ns);
+  void check_unchanged(const io::File& file, const TensorInfo& tensor) const;
+  uint64_t file_key_ = 0;  // in io::OpenFiles; 0 once moved from
+  std::string path_;
   Header header_;
   // Size and modification time at open: a read that finds them changed refuses the data
   // (the file shrank or was rewritten in place while being read).

@@ -60,7 +60,10 @@ class ShardWriter {
   std::vector<TensorSpec> tensors_;
   std::vector<uint64_t> file_offsets_;
   std::unique_ptr<std::atomic<uint64_t>[]> written_;
-  std::unique_ptr<io::File> file_;
+  // The temporary file, in io::OpenFiles (0 once committed): written through a descriptor that
+  // may be closed between writes to stay within the open-file limit, and reopened by path (the
+  // same inode, or refused).
+  uint64_t file_key_ = 0;
   uint64_t file_size_ = 0;
   bool committed_ = false;
   static constexpr uint64_t kWritebackBytes = 64ull << 20;

@@ -28,6 +28,8 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr std::chrono::milliseconds kPollInterval(200);
+// How long taking the finalize lock waits for a worker that probes it at that moment.
+constexpr std::chrono::milliseconds kLockPatience(2000);
 
 int64_t mtime_ns(const fs::path& p) {
   struct stat st {};
@@ -236,20 +238,24 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
   for (;;) {
     Survey s = survey(dst);
     std::optional<int64_t> busy;  // a worker still holding its lock with every shard recorded
+    bool other_finalize = false;  // another finalize (worker 0, or moeckpt finalize) holds it
     if (s.missing.empty()) {
-      // Every worker's lock, held until the folder is complete: no worker runs meanwhile (a
-      // resumed one still checking its kept shards could remove one). A held lock: wait for it.
-      std::vector<std::unique_ptr<io::DirectoryLock>> locks;
-      for (int64_t k = 0; k < s.job.workers && !busy; ++k) {
-        try {
-          locks.push_back(
-              std::make_unique<io::DirectoryLock>(dst, worker_lock_name(k, s.job.workers)));
-        } catch (const io::LockBusy&) {
-          busy = k;
-        }
+      // No worker may run while the folder is completed (a resumed one still checking its kept
+      // shards could remove one). The finalize lock is held until the folder is complete: a
+      // worker that takes its own lock after this refuses to run (it probes this one), and one
+      // that took it before still holds it below. One descriptor, whatever the worker count (a
+      // lock held per worker ran out of descriptors near 1000 workers and read as "still
+      // running").
+      std::optional<io::DirectoryLock> finalizing;
+      try {
+        finalizing.emplace(dst, kFinalizeLockName, kLockPatience);
+      } catch (const io::LockBusy&) {
+        other_finalize = true;
       }
-      if (!busy) {
-        s = survey(dst);  // again, under the locks
+      for (int64_t k = 0; finalizing && k < s.job.workers && !busy; ++k)
+        if (io::DirectoryLock::is_held(dst / worker_lock_name(k, s.job.workers))) busy = k;
+      if (finalizing && !busy) {
+        s = survey(dst);  // again, under the finalize lock
         if (s.missing.empty()) {
           uint64_t bytes = 0;
           for (const auto& sh : s.job.shards) {
@@ -315,6 +321,11 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
            "the same launch again with --resume (the finished shards are kept); the last worker "
            "0 writes the index, or moeckpt finalize does");
     }
+    if (std::chrono::steady_clock::now() >= deadline && other_finalize)
+      fail(ErrorKind::kDestination, dst.string(), "",
+           "another moeckpt finalize (or worker 0) is completing this folder; no index was "
+           "written by this one",
+           "that finalize to finish");
     if (std::chrono::steady_clock::now() >= deadline && busy)
       fail(ErrorKind::kDestination, dst.string(), "",
            fmt::format("every shard is recorded, but worker {} of {} is still running (it holds "

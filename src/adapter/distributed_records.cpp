@@ -13,6 +13,7 @@
 #include <regex>
 #include <set>
 
+#include "adapter/record_lines.hpp"
 #include "core/printable.hpp"
 #include "core/strict_json.hpp"
 #include "io/file.hpp"
@@ -25,7 +26,8 @@ namespace fs = std::filesystem;
 
 namespace {
 constexpr const char* kJobFormat = "moeckpt-distributed-job-1";
-constexpr const char* kWorkerFormat = "moeckpt-worker-manifest-1";
+constexpr const char* kWorkerFormat = "moeckpt-worker-manifest-2";
+constexpr const char* kWholeFileWorkerFormat = "moeckpt-worker-manifest-1";  // before record lines
 constexpr const char* kLaunchFormat = "moeckpt-distributed-launch-1";
 // The job record holds the index text (a few MB for the largest published models); a worker
 // manifest one line per shard. Parsing costs a multiple of the file: bounded here.
@@ -212,42 +214,81 @@ std::optional<WorkerManifest> WorkerManifest::load(const fs::path& dir, int64_t 
   const auto path = dir / worker_manifest_name(worker, workers);
   std::error_code ec;
   if (!fs::exists(fs::symlink_status(path, ec))) return std::nullopt;
-  auto j = load_json(path, kMaxManifestBytes);  // not const: a missing key reads as null
-  if (!j.is_object() || j.value("format", "") != kWorkerFormat || !j["fingerprint"].is_string() ||
-      !is_count(j["worker"]) || !is_count(j["workers"]) || !j["shards"].is_object() ||
-      !(j["failure"].is_null() || j["failure"].is_string()) ||
-      j["worker"].get<uint64_t>() != static_cast<uint64_t>(worker) ||
-      j["workers"].get<uint64_t>() != static_cast<uint64_t>(workers))
+  const auto text = io::read_small_file(path, kMaxManifestBytes);
+  std::vector<nlohmann::json> lines;  // not const: a missing key reads as null
+  if (is_record_lines(text)) {
+    lines = parse_record_lines(text, path.string());
+  } else {  // the whole-file format: its header, shard entries and failure as lines
+    auto j = parse_strict_json(text, path.string());
+    if (!j.is_object() || j.value("format", "") != kWholeFileWorkerFormat ||
+        !j["shards"].is_object())
+      malformed(path, "not the manifest of worker " + std::to_string(worker) + " of " +
+                          std::to_string(workers));
+    lines.push_back({{"format", j["format"]},
+                     {"fingerprint", j["fingerprint"]},
+                     {"worker", j["worker"]},
+                     {"workers", j["workers"]}});
+    for (auto it = j["shards"].begin(); it != j["shards"].end(); ++it) {
+      auto v = it.value();
+      if (!v.is_object())
+        malformed(path, "shard entry " + printable(it.key()) + " is not {size, xxh3_128}");
+      lines.push_back({{"shard", it.key()}, {"size", v["size"]}, {"xxh3_128", v["xxh3_128"]}});
+    }
+    if (!j["failure"].is_null()) lines.push_back({{"failure", j["failure"]}});
+  }
+  if (lines.empty()) malformed(path, "it is empty");
+  auto& h = lines.front();
+  if (!h.is_object() ||
+      (h.value("format", "") != kWorkerFormat && h.value("format", "") != kWholeFileWorkerFormat) ||
+      !h["fingerprint"].is_string() || !is_count(h["worker"]) || !is_count(h["workers"]) ||
+      h["worker"].get<uint64_t>() != static_cast<uint64_t>(worker) ||
+      h["workers"].get<uint64_t>() != static_cast<uint64_t>(workers))
     malformed(path, "not the manifest of worker " + std::to_string(worker) + " of " +
                         std::to_string(workers));
   WorkerManifest m;
-  m.fingerprint = j["fingerprint"].get<std::string>();
+  m.fingerprint = h["fingerprint"].get<std::string>();
   m.worker = worker;
   m.workers = workers;
-  for (auto it = j["shards"].begin(); it != j["shards"].end(); ++it) {
-    const auto& name = it.key();
-    auto v = it.value();
-    if (!is_shard_file_name(nlohmann::json(name)) || !v.is_object() ||
+  for (size_t i = 1; i < lines.size(); ++i) {
+    auto& v = lines[i];
+    if (v.is_object() && v.contains("failure")) {
+      if (v.size() != 1 || !v["failure"].is_string())
+        malformed(path, "line " + std::to_string(i + 1) + " is not {failure: text}");
+      m.failure = v["failure"].get<std::string>();
+      continue;
+    }
+    if (!v.is_object() || !is_shard_file_name(v["shard"]) ||
         !is_count_in(v["size"], 8, kMaxShardBytes) || !is_checksum(v["xxh3_128"]))
-      malformed(path, "shard entry " + printable(name) +
-                          " is not {size, xxh3_128 (32 hex digits)} under a *.safetensors name");
-    m.shards[name] = {v["size"].get<uint64_t>(), v["xxh3_128"].get<std::string>()};
+      malformed(path, "line " + std::to_string(i + 1) +
+                          " is not {shard: a *.safetensors name, size, xxh3_128 (32 hex digits)}");
+    m.shards[v["shard"].get<std::string>()] = {v["size"].get<uint64_t>(),
+                                               v["xxh3_128"].get<std::string>()};
   }
-  if (j["failure"].is_string()) m.failure = j["failure"].get<std::string>();
   return m;
 }
 
-void WorkerManifest::save(const fs::path& dir) const {
-  nlohmann::ordered_json j;
-  j["format"] = kWorkerFormat;
-  j["fingerprint"] = fingerprint;
-  j["worker"] = worker;
-  j["workers"] = workers;
-  j["shards"] = nlohmann::ordered_json::object();
+RecordAppender WorkerManifest::save(const fs::path& dir) const {
+  nlohmann::ordered_json header;
+  header["format"] = kWorkerFormat;
+  header["fingerprint"] = fingerprint;
+  header["worker"] = worker;
+  header["workers"] = workers;
+  std::string text = record_line(header);
   for (const auto& [name, s] : shards)
-    j["shards"][name] = {{"size", s.size}, {"xxh3_128", s.checksum}};
-  j["failure"] = failure ? nlohmann::ordered_json(*failure) : nlohmann::ordered_json(nullptr);
-  io::write_file_atomically(dir / worker_manifest_name(worker, workers), j.dump(2) + "\n");
+    text += record_line({{"shard", name}, {"size", s.size}, {"xxh3_128", s.checksum}});
+  if (failure) text += record_line({{"failure", *failure}});
+  const auto path = dir / worker_manifest_name(worker, workers);
+  io::write_file_atomically(path, text);
+  return RecordAppender(path);
+}
+
+void WorkerManifest::append_shard(RecordAppender& file, const std::string& name,
+                                  const ConversionManifest::Shard& shard) {
+  file.append({{"shard", name}, {"size", shard.size}, {"xxh3_128", shard.checksum}});
+}
+
+void WorkerManifest::append_failure(RecordAppender& file, const std::string& what) {
+  file.append({{"failure", what}});
 }
 
 }  // namespace moeckpt

@@ -15,6 +15,10 @@
 namespace moeckpt {
 
 inline constexpr const char* kJobFileName = ".moeckpt-job.json";
+// Held by a finalize from before it checks that no worker runs until the folder is complete; a
+// worker that has taken its own lock refuses to run while it is held (one descriptor for
+// finalize, whatever the worker count).
+inline constexpr const char* kFinalizeLockName = ".moeckpt-finalize.lock";
 // Which launch owns the folder: created once, atomically (link of a complete file), by the first
 // worker of the first launch; every later worker must match it before it writes anything.
 inline constexpr const char* kLaunchFileName = ".moeckpt-launch.json";
@@ -57,9 +61,16 @@ struct WorkerManifest {
   int64_t workers = 1;
   std::map<std::string, ConversionManifest::Shard> shards;  // finished, by file name
   std::optional<std::string> failure;                       // why the worker stopped
+  // Record lines (adapter/record_lines.hpp): a header, a line per finished shard, a failure
+  // line; a last line cut short (a crash, or an append in progress) is ignored. Reads the
+  // whole-file format of earlier versions too.
   static std::optional<WorkerManifest> load(const std::filesystem::path& dir, int64_t worker,
                                             int64_t workers);
-  void save(const std::filesystem::path& dir) const;  // atomically
+  // Writes the whole manifest atomically and returns it open for the appends below.
+  RecordAppender save(const std::filesystem::path& dir) const;
+  static void append_shard(RecordAppender& file, const std::string& name,
+                           const ConversionManifest::Shard& shard);
+  static void append_failure(RecordAppender& file, const std::string& what);
 };
 
 }  // namespace moeckpt

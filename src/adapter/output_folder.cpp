@@ -177,7 +177,7 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
     }
   }
   // The manifest exists before any shard does, so every final-named shard is accounted for.
-  manifest_.save(work_);
+  manifest_file_.emplace(manifest_.save(work_));
   io::write_file_atomically(work_ / kConfigFileName, config_text);
   return done;
 }
@@ -185,8 +185,10 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
 void OutputFolder::shard_committed(const ShardLayout& shard) {
   const auto sum = io::own_file_checksum(work_ / shard.name);
   std::lock_guard lock(mutex_);
-  manifest_.shards[shard.name] = {shard.file_size, sum};
-  manifest_.save(work_);
+  const auto& recorded = manifest_.shards[shard.name] = {shard.file_size, sum};
+  // One line appended and synced: the same cost for every shard (rewriting the whole manifest
+  // per shard was quadratic in the shard count: 20 s of CPU for 2384 shards).
+  ConversionManifest::append_shard(*manifest_file_, shard.name, recorded);
 }
 
 // The new checkpoint is complete in the staging folder. The old one stops passing for a checkpoint
@@ -216,6 +218,7 @@ void OutputFolder::swap_in() {
 }
 
 void OutputFolder::finish() {
+  manifest_file_.reset();
   if (staging_) {
     swap_in();
   } else {
@@ -231,6 +234,7 @@ OutputFolder::~OutputFolder() {
 }
 
 void OutputFolder::abandon() noexcept {
+  manifest_file_.reset();
   if (staging_) {  // the old checkpoint was never touched
     abandoned_ = true;
     std::error_code ec;

@@ -67,6 +67,7 @@ class OutputFolder {
   bool config_was_there_ = false;
   std::vector<ShardLayout> layout_;
   ConversionManifest manifest_;
+  std::optional<RecordAppender> manifest_file_;  // open from begin() until finish or abandon
   std::mutex mutex_;
 };
 

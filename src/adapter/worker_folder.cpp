@@ -34,6 +34,11 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
   auto d = take_destination(dst_, srcs);
   inputs_ = std::move(d.inputs);
   lock_.emplace(dst_, worker_lock_name(worker, workers), kLockPatience);
+  // A finalize takes its lock before it checks that no worker holds its own: with ours taken, a
+  // finalize under way means this worker must not run (it could remove a shard being indexed).
+  if (io::DirectoryLock::is_held(dst_ / kFinalizeLockName))
+    fail(ErrorKind::kDestination, dst_.string(), "", "moeckpt finalize is completing this folder",
+         "the folder once finalize is done (a finished folder needs nothing more)");
   if (io::DirectoryLock::is_held(dst_ / io::kLockFileName))
     fail(ErrorKind::kDestination, dst_.string(), "",
          "a single-process moeckpt conversion is writing into this folder",
@@ -166,11 +171,12 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
   }
   if (own_names.empty()) return skip;
   began_ = true;
-  manifest_.save(dst_);
+  manifest_file_.emplace(manifest_.save(dst_));
   // Every shard of ours was recorded before and worker 0 (or finalize) completed the folder
   // before this manifest was written: it would be left behind, so it goes again.
   if (kept_ == own_names.size() &&
       (present(dst_ / kIndexFileName) || !present(dst_ / kJobFileName))) {
+    manifest_file_.reset();
     remove_file(dst_ / worker_manifest_name(worker_, workers_));
     began_ = false;
   }
@@ -180,8 +186,11 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
 void WorkerFolder::shard_committed(const ShardLayout& shard) {
   const auto sum = io::own_file_checksum(dst_ / shard.name);
   std::lock_guard lock(mutex_);
-  manifest_.shards[shard.name] = {shard.file_size, sum};
-  manifest_.save(dst_);
+  auto& recorded = manifest_.shards[shard.name];
+  recorded = {shard.file_size, sum};
+  // One line appended and synced: the same cost for every shard (the whole manifest rewritten per
+  // shard was quadratic in the worker's shard count).
+  WorkerManifest::append_shard(*manifest_file_, shard.name, recorded);
 }
 
 void WorkerFolder::record_failure(const std::string& what) noexcept {
@@ -189,7 +198,7 @@ void WorkerFolder::record_failure(const std::string& what) noexcept {
   try {
     std::lock_guard lock(mutex_);
     manifest_.failure = what;
-    manifest_.save(dst_);
+    if (manifest_file_) WorkerManifest::append_failure(*manifest_file_, what);
   } catch (...) {
     // The worker stops either way; its lock going free tells worker 0 it is gone.
   }

@@ -44,6 +44,7 @@ class WorkerFolder {
   std::vector<FileId> inputs_;
   std::optional<io::DirectoryLock> lock_;
   WorkerManifest manifest_;
+  std::optional<RecordAppender> manifest_file_;  // open while this worker's manifest is kept
   bool began_ = false;
   size_t kept_ = 0;
   std::mutex mutex_;

@@ -17,6 +17,7 @@
 #include "cli/option_values.hpp"
 #include "cli/progress_printer.hpp"
 #include "core/printable.hpp"
+#include "io/file.hpp"
 #include "io/hub_cache.hpp"
 
 #include "moeckpt/adapter.hpp"
@@ -523,6 +524,10 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Checkpoints of thousands of shards: the soft limit on open files (often 1024) is raised to the
+  // hard one. Shard descriptors stay bounded anyway (io::OpenFiles, whose capacity follows the
+  // limit raised here).
+  moeckpt::io::raise_open_file_limit();
   moeckpt::cli::InterruptWatch interrupts;
   try {
     return run(argc, argv, interrupts);

@@ -4,14 +4,17 @@
 #define _GNU_SOURCE
 #endif
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 #include "moeckpt/error.hpp"
 
@@ -39,14 +42,68 @@ bool injected_enospc(size_t bytes) {
   return b.fetch_sub(static_cast<int64_t>(bytes)) < static_cast<int64_t>(bytes);
 }
 
+// An open() failure: the limit reached, with a hint, when it is one on open files.
+[[noreturn]] void fail_open(ErrorKind kind, const std::string& path, const std::string& doing,
+                            int err) {
+  if (err == EMFILE || err == ENFILE)
+    fail(kind, path, "", doing + ": " + open_error_text(err),
+         "a higher open-file limit (ulimit -n), or fewer files open at once");
+  fail(kind, path, "", doing + ": " + errno_text(err));
+}
+
+// A descriptor just opened must be a regular file (a FIFO or device in its place is refused).
+void require_regular(int fd, const std::string& shown) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    fail(ErrorKind::kMalformedFile, shown, "",
+         std::string("is not a regular file (") + file_type_name(st.st_mode) + ")",
+         "a regular file");
+  }
+}
+
 }  // namespace
+
+std::string open_error_text(int err) {
+  if (err == EMFILE) {
+    const uint64_t limit = open_file_limit();
+    return "too many open files: this process has reached its limit" +
+           (limit ? " of " + std::to_string(limit) : std::string()) +
+           " open descriptors (RLIMIT_NOFILE, ulimit -n)";
+  }
+  if (err == ENFILE) return "too many open files in the system (the kernel's file table is full)";
+  return errno_text(err);
+}
+
+uint64_t open_file_limit() noexcept {
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 0;
+  return static_cast<uint64_t>(rl.rlim_cur);
+}
+
+void raise_open_file_limit() noexcept {
+  struct rlimit rl {};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == rl.rlim_max) return;
+  rlim_t want = rl.rlim_max;
+#ifdef __linux__
+  // An unlimited hard limit still stops at fs.nr_open (setrlimit refuses more).
+  std::ifstream nr_open("/proc/sys/fs/nr_open");
+  unsigned long long n = 0;
+  if (nr_open >> n && n > 0 && (want == RLIM_INFINITY || want > n)) want = static_cast<rlim_t>(n);
+#endif
+#ifdef __APPLE__
+  if (want == RLIM_INFINITY || want > OPEN_MAX) want = OPEN_MAX;
+#endif
+  if (want == RLIM_INFINITY || want <= rl.rlim_cur) return;
+  rl.rlim_cur = want;
+  (void)::setrlimit(RLIMIT_NOFILE, &rl);  // refused: the soft limit stays as it was
+}
 
 File File::open_read(const std::filesystem::path& path) {
   // Non-blocking open: a FIFO (or a device) in place of a file would otherwise block open()
   // forever; the type is checked on the descriptor, then reads block as usual.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-  if (fd < 0)
-    fail(ErrorKind::kIo, path.string(), "", "cannot open for reading: " + errno_text(errno));
+  if (fd < 0) fail_open(ErrorKind::kIo, path.string(), "cannot open for reading", errno);
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -88,9 +145,28 @@ File File::create_exclusive(const std::filesystem::path& path,
                             const std::filesystem::path& name_in_errors) {
   const auto& shown = name_in_errors.empty() ? path : name_in_errors;
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0)
-    fail(ErrorKind::kDestination, shown.string(), "", "cannot create: " + errno_text(errno));
+  if (fd < 0) fail_open(ErrorKind::kDestination, shown.string(), "cannot create", errno);
   return File(fd, shown.string());
+}
+
+File File::open_write(const std::filesystem::path& path,
+                      const std::filesystem::path& name_in_errors) {
+  const auto& shown = name_in_errors.empty() ? path : name_in_errors;
+  // O_NONBLOCK: a FIFO in its place does not block the open (no effect on a regular file).
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0)
+    fail_open(ErrorKind::kDestination, shown.string(), "cannot reopen for writing", errno);
+  require_regular(fd, shown.string());
+  return File(fd, shown.string());
+}
+
+File File::open_append(const std::filesystem::path& path) {
+  // O_NONBLOCK: a FIFO in its place does not block the open (no effect on a regular file).
+  int fd =
+      ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0) fail_open(ErrorKind::kDestination, path.string(), "cannot open for appending", errno);
+  require_regular(fd, path.string());
+  return File(fd, path.string());
 }
 
 File::File(File&& other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) {
@@ -170,6 +246,25 @@ void File::truncate(uint64_t size) const {
 
 void File::sync() const {
   if (::fsync(fd_) != 0) fail(ErrorKind::kDestination, path_, "", "fsync: " + errno_text(errno));
+}
+
+void File::sync_data() const {
+  if (::fdatasync(fd_) != 0)
+    fail(ErrorKind::kDestination, path_, "", "fdatasync: " + errno_text(errno));
+}
+
+void File::append_all(std::span<const uint8_t> bytes) const {
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = injected_enospc(bytes.size() - done)
+                    ? (errno = ENOSPC, -1)
+                    : ::write(fd_, bytes.data() + done, bytes.size() - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail(ErrorKind::kDestination, path_, "", "append failed: " + errno_text(errno));
+    }
+    done += static_cast<size_t>(n);
+  }
 }
 
 void File::start_writeback() const noexcept {

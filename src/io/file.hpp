@@ -17,6 +17,12 @@ class File {
   // `name_in_errors` when given: the final name a temporary file is written for.
   static File create_exclusive(const std::filesystem::path& path,
                                const std::filesystem::path& name_in_errors = {});
+  // Opens an existing regular file read-write, never through a symbolic link (a temporary file of
+  // ours, reopened). Errors name `name_in_errors` when given.
+  static File open_write(const std::filesystem::path& path,
+                         const std::filesystem::path& name_in_errors = {});
+  // Opens an existing regular file for appending (O_APPEND), never through a symbolic link.
+  static File open_append(const std::filesystem::path& path);
   File(File&& other) noexcept;
   File& operator=(File&& other) noexcept;
   File(const File&) = delete;
@@ -35,6 +41,10 @@ class File {
   void preallocate(uint64_t size) const;
   void truncate(uint64_t size) const;
   void sync() const;
+  // fdatasync: the data and the size (what is needed to read it back), not every timestamp.
+  void sync_data() const;
+  // Appends all of `bytes` in one write where the kernel allows (a file from open_append).
+  void append_all(std::span<const uint8_t> bytes) const;
   // Asks the kernel to begin writing dirty pages back now (no wait; best effort).
   void start_writeback() const noexcept;
   void close();
@@ -44,6 +54,16 @@ class File {
   int fd_ = -1;
   std::string path_;
 };
+
+// What an open() that failed with `err` means, for messages: EMFILE and ENFILE say which limit on
+// open files was reached (the process's, with its value, or the system's), not just "Too many
+// open files".
+std::string open_error_text(int err);
+// The soft limit on this process's open descriptors (RLIMIT_NOFILE); 0 where unknown or unlimited.
+uint64_t open_file_limit() noexcept;
+// Raises the soft RLIMIT_NOFILE to the hard limit (capped by the kernel's fs.nr_open); best
+// effort, for the command-line tool at start (a library leaves the process's limits alone).
+void raise_open_file_limit() noexcept;
 
 // fsync of a directory, so a rename inside it is durable.
 void sync_directory(const std::filesystem::path& dir);

@@ -54,11 +54,15 @@ std::optional<std::string> index_text(const std::vector<ShardLayout>& layout,
   nlohmann::ordered_json index;
   index["metadata"]["total_size"] = total;
   for (const auto& [k, v] : index_metadata) index["metadata"][k] = nlohmann::ordered_json::parse(v);
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   std::map<std::string, std::string> sorted;
   for (const auto& sh : layout)
     for (size_t i : sh.tensors) sorted[tensors[i].name] = sh.name;
-  for (const auto& [name, file] : sorted) weight_map[name] = file;
+  // Appended as they come, sorted and unique: ordered_json's operator[] looks a key up by a
+  // linear search, which made the index quadratic in the number of tensors (about 4 s of an
+  // 8.5 s plan at 46k tensors, tens of seconds at 150k).
+  nlohmann::ordered_json::object_t weight_map;
+  weight_map.reserve(sorted.size());
+  for (auto& [name, file] : sorted) weight_map.emplace_back(name, std::move(file));
   index["weight_map"] = std::move(weight_map);
   return index.dump(2) + "\n";
 }

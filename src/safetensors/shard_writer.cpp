@@ -1,6 +1,9 @@
 #include <nlohmann/json.hpp>
 
+#include <utility>
+
 #include "io/file.hpp"
+#include "io/open_files.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors_writer.hpp"
 
@@ -59,13 +62,19 @@ ShardWriter::ShardWriter(std::filesystem::path final_path, std::vector<TensorSpe
   for (size_t i = 0; i < offsets.size(); ++i) file_offsets_[i] = header.size() + offsets[i];
   written_ = std::make_unique<std::atomic<uint64_t>[]>(tensors_.size());
   temp_path_ = io::temporary_name_for(final_path_);
-  file_ = std::make_unique<io::File>(io::File::create_exclusive(temp_path_, final_path_));
+  io::File file = io::File::create_exclusive(temp_path_, final_path_);
   try {
-    if (!sparse) file_->preallocate(file_size_);
-    file_->truncate(file_size_);
-    file_->pwrite_all(0, header);
+    if (!sparse) file.preallocate(file_size_);
+    file.truncate(file_size_);
+    file.pwrite_all(0, header);
+    const auto id = io::identity_of(file);
+    std::error_code ec;
+    auto absolute = std::filesystem::absolute(temp_path_, ec);
+    // Every shard's file exists (and has its blocks) from here on; its descriptor is one of the
+    // bounded set, so a checkpoint of thousands of shards does not hold thousands open.
+    file_key_ = io::OpenFiles::instance().add(std::move(file), ec ? temp_path_ : absolute,
+                                              io::OpenFiles::Use::kWrite, id);
   } catch (...) {
-    file_.reset();
     std::error_code ec;
     std::filesystem::remove(temp_path_, ec);
     throw;
@@ -73,8 +82,8 @@ ShardWriter::ShardWriter(std::filesystem::path final_path, std::vector<TensorSpe
 }
 
 ShardWriter::~ShardWriter() {
+  if (file_key_) io::OpenFiles::instance().remove(file_key_);
   if (!committed_) {
-    file_.reset();
     std::error_code ec;
     std::filesystem::remove(temp_path_, ec);
   }
@@ -87,17 +96,18 @@ void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> byte
     fail(ErrorKind::kDestination, final_path_.string(), t.name,
          "piece of " + std::to_string(bytes.size()) + " bytes at " + std::to_string(offset) +
              " does not fit the tensor's " + std::to_string(n) + " bytes");
+  const auto file = io::OpenFiles::instance().get(file_key_);
   {
     // Buffered writes to one file serialize on its inode lock anyway; waiting here (asleep)
     // instead of spinning in the kernel leaves the CPU to the threads that are computing.
     std::lock_guard lock(write_mutex_);
-    file_->pwrite_all(file_offsets_[i] + offset, bytes);
+    file->pwrite_all(file_offsets_[i] + offset, bytes);
   }
   written_[i] += bytes.size();
   // Start writeback of what has accumulated so the final fsync does not wait for all of it.
   if ((unflushed_ += bytes.size()) >= kWritebackBytes) {
     unflushed_ = 0;
-    file_->start_writeback();
+    file->start_writeback();
   }
 }
 
@@ -111,8 +121,13 @@ void ShardWriter::commit() {
       fail(ErrorKind::kDestination, final_path_.string(), tensors_[i].name,
            "only " + std::to_string(written_[i].load()) + " of " +
                std::to_string(tensors_[i].nbytes()) + " bytes were written");
-  file_->sync();
-  file_->close();
+  {
+    // The last use of the descriptor: fsync covers what earlier (closed) descriptors wrote too,
+    // and a writeback error nobody has seen yet is reported to this one.
+    const auto file = io::OpenFiles::instance().take(std::exchange(file_key_, 0));
+    file->sync();
+    if (file.use_count() == 1) file->close();  // its error counts; a holder left closes it later
+  }
   std::error_code ec;
   std::filesystem::rename(temp_path_, final_path_, ec);
   if (ec)

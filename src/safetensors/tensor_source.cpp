@@ -1,7 +1,5 @@
 #include "moeckpt/tensor_source.hpp"
 
-#include <fcntl.h>
-
 #include <cstring>
 
 #include "moeckpt/error.hpp"
@@ -50,10 +48,7 @@ void CheckpointSource::read(const SourceTensor& t, uint64_t offset, std::span<ui
 void CheckpointSource::prefetch(const SourceTensor& t, uint64_t offset, uint64_t bytes) const {
   const auto& ck = *checkpoints_.at(t.part);
   const auto* e = ck.find(t.name);
-  const auto& shard = ck.shard(e->shard);
-  ::posix_fadvise(shard.fd(),
-                  static_cast<off_t>(shard.header().data_offset() + e->info->begin + offset),
-                  static_cast<off_t>(bytes), POSIX_FADV_WILLNEED);
+  ck.shard(e->shard).prefetch(*e->info, offset, bytes);
 }
 
 std::map<std::string, std::string> CheckpointSource::metadata(size_t part) const {

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "test_support.hpp"
 
@@ -190,10 +191,18 @@ TEST_F(HostileJobs, ForgedJobRecordNumbersAreRefusedWithoutAllocating) {
   // A worker manifest with a forged entry.
   test::write_text(job_path, job.dump());
   const auto m_path = dst / ".moeckpt-worker-00001-of-00002.json";
-  auto m = nlohmann::json::parse(slurp(m_path));
-  ASSERT_FALSE(m["shards"].empty());
-  m["shards"].begin().value()["size"] = UINT64_MAX;
-  test::write_text(m_path, m.dump());
+  std::vector<std::string> lines;  // record lines: the header, then one line per shard
+  {
+    std::istringstream in(slurp(m_path));
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  ASSERT_GE(lines.size(), 2u);
+  auto entry = nlohmann::json::parse(lines[1]);
+  entry["size"] = UINT64_MAX;
+  lines[1] = entry.dump();
+  std::string forged;
+  for (const auto& line : lines) forged += line + "\n";
+  test::write_text(m_path, forged);
   auto r = run_cli({"finalize", dst.string()});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "malformed distributed-conversion record")) << r.err;

@@ -412,7 +412,7 @@ void check_index_budget(const fs::path& dir, const ExecOptions& exec) {
   const auto size = fs::file_size(path, ec);
   if (ec) return;  // no index (or unreadable: opening it reports that)
   const uint64_t need = size * kJsonBytesPerFileByte;
-  if (need > exec.max_memory + kMetadataAllowance)
+  if (need > kMetadataAllowance && need - kMetadataAllowance > exec.max_memory)
     fail(ErrorKind::kMalformedFile, path.string(), "",
          fmt::format("an index of {} bytes needs about {} MB of memory to parse, beyond the memory "
                      "budget of {} bytes",

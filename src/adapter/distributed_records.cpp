@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <unistd.h>
 #include <algorithm>
 
@@ -123,8 +125,14 @@ void claim_for_launch(const fs::path& dir, const std::string& fingerprint, int64
     f.sync();
     f.close();
   }
-  const int rc = ::link(tmp.c_str(), path.c_str());
-  const int err = errno;
+  int rc = ::link(tmp.c_str(), path.c_str());
+  int err = errno;
+  if (rc != 0 && (err == EPERM || err == EOPNOTSUPP || err == ENOSYS || err == EMLINK)) {
+    // A file system without hard links (exFAT, some FUSE and SMB mounts): a rename that never
+    // replaces does the same.
+    rc = ::renameat2(AT_FDCWD, tmp.c_str(), AT_FDCWD, path.c_str(), RENAME_NOREPLACE);
+    err = errno;
+  }
   std::error_code ec;
   fs::remove(tmp, ec);
   if (rc == 0) {

@@ -1,5 +1,7 @@
 #include "adapter/record_lines.hpp"
 
+#include <unistd.h>
+
 #include "core/strict_json.hpp"
 #include "moeckpt/error.hpp"
 
@@ -45,9 +47,22 @@ RecordAppender::RecordAppender(const std::filesystem::path& path)
     : file_(io::File::open_append(path)) {}
 
 void RecordAppender::append(const nlohmann::ordered_json& record) {
+  if (broken_)
+    fail(ErrorKind::kDestination, file_.path(), "",
+         "an earlier record could not be appended; no further records are written",
+         "a destination that accepts writes (then the same command with --resume)");
   const auto line = record_line(record);
-  file_.append_all({reinterpret_cast<const uint8_t*>(line.data()), line.size()});
-  file_.sync_data();
+  const uint64_t whole = file_.size();  // every line so far is complete
+  try {
+    file_.append_all({reinterpret_cast<const uint8_t*>(line.data()), line.size()});
+    file_.sync_data();
+  } catch (const Error&) {
+    // A short write (disk full, I/O error) leaves part of a line: cut it off, so that the next
+    // reader never finds a torn line in the middle of the file, and append nothing more.
+    broken_ = true;
+    if (::ftruncate(file_.fd(), static_cast<off_t>(whole)) == 0) (void)::fdatasync(file_.fd());
+    throw;
+  }
 }
 
 }  // namespace moeckpt

@@ -37,6 +37,7 @@ class RecordAppender {
 
  private:
   io::File file_;
+  bool broken_ = false;  // an append failed: the file ends at its last whole line
 };
 
 }  // namespace moeckpt

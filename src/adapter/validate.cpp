@@ -191,10 +191,15 @@ void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool 
     }
   // MTP layers may be left out (some transformers saves drop them, synth --mtp says fewer), but
   // only from the last: each predicts from the one before it, so a kept one needs those before it.
+  // The first missing one is enough to refuse (and bounds the loop by the layers present, however
+  // large an index a file names).
   std::set<int64_t> needed = mtp_layers;
   if (!mtp_layers.empty())
     for (int64_t i = 0; spec.mtp_layer_id(i) < *mtp_layers.rbegin(); ++i)
-      needed.insert(spec.mtp_layer_id(i));
+      if (!mtp_layers.count(spec.mtp_layer_id(i))) {
+        needed.insert(spec.mtp_layer_id(i));
+        break;
+      }
   const std::string where = folder_of(src);
   for (const auto& r : spec.required_tensors(prefix, needed, native)) {
     if (src.find(r.name) || (r.backend_name && src.find(*r.backend_name))) continue;

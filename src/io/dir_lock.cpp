@@ -37,7 +37,12 @@ int open_lock_file(const std::filesystem::path& path, int flags) {
     wrong = std::string("cannot stat: ") + std::strerror(errno);
   else if (!S_ISREG(st.st_mode))
     wrong = std::string("is ") + file_type_name(st.st_mode) + " in place of a lock file";
-  else if (st.st_nlink != 1)
+  else if (st.st_nlink == 0) {
+    // Unlinked between our open and fstat: its holder released it. Not a planted link.
+    ::close(fd);
+    errno = ENOENT;
+    return -1;
+  } else if (st.st_nlink != 1)
     wrong = "has " + std::to_string(st.st_nlink) +
             " names (a hard link to another file in place of a lock file)";
   if (!wrong.empty()) {
@@ -58,6 +63,7 @@ DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string
   // retry on the new file, or two processes would each hold "the" lock.
   for (int attempt = 0; attempt < 100; ++attempt) {
     int fd = open_lock_file(path_, O_RDWR | O_CREAT);
+    if (fd < 0 && errno == ENOENT) continue;  // opened as its holder released it: again
     if (fd < 0)
       fail(ErrorKind::kDestination, path_.string(), "",
            std::string("cannot create lock file: ") + std::strerror(errno));

@@ -350,3 +350,32 @@ TEST(HostileJson, BigConfigAndIndexStayWithinTheMemoryBudget) {
 
 }  // namespace
 }  // namespace moeckpt
+
+namespace moeckpt {
+namespace {
+
+// Class 6's neighbour: an MTP layer index far beyond the config is refused at once (the check of
+// the MTP layers before a kept one is bounded by the layers present, not by the index).
+TEST(HostileLayers, AHugeMtpLayerIndexIsRefusedAtOnce) {
+  test::TempDir dir;
+  const auto hf = dir / "hf";
+  ASSERT_EQ(test::run_cli({"synth", hf.string(), "--shard-size", "300000"}).exit_code, 0);
+  const std::string evil = "model.mtp.layers.9000000000000000000.enorm.weight";
+  nlohmann::json h;
+  h[evil] = {{"dtype", "BF16"}, {"shape", {2}}, {"data_offsets", {0, 4}}};
+  test::write_bytes(hf / "extra.safetensors", test::raw_safetensors(h.dump(), {0, 0, 0, 0}));
+  auto index = nlohmann::json::parse(slurp(hf / "model.safetensors.index.json"));
+  index["weight_map"][evil] = "extra.safetensors";
+  test::write_text(hf / "model.safetensors.index.json", index.dump());
+  for (const std::vector<std::string>& cmd :
+       {std::vector<std::string>{"from-hf", hf.string(), (dir / "o").string(), "--quiet"},
+        std::vector<std::string>{"inspect", hf.string()}}) {
+    auto r = test::run_cli_measured(cmd);
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_LT(r.peak_rss_bytes, 256u << 20);
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir / "o"));
+}
+
+}  // namespace
+}  // namespace moeckpt

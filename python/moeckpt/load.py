@@ -260,7 +260,7 @@ def _load(dests: dict, folder: str, experts: Optional[tuple[int, int, int]], dty
             if error is None:
                 try:
                     _core.load_into(*args, None, int(ep[0]), int(ep[1]), require_all=strict, phase="check")
-                except Exception as e:  # noqa: BLE001
+                except BaseException as e:  # noqa: BLE001 -- Ctrl-C too: the other ranks wait in _agree
                     error = e
             _agree(error)
         phase = "write" if fresh or agree else "check+write"

@@ -15,6 +15,14 @@
 
 #include "test_support.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MOECKPT_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOECKPT_UNDER_ASAN 1
+#endif
+#endif
+
 namespace moeckpt {
 namespace {
 
@@ -25,6 +33,16 @@ using test::run_cli;
 std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+// Peak resident sets measured from outside; under ASan they hold its shadow memory.
+void expect_rss_below(uint64_t rss, uint64_t limit) {
+#ifndef MOECKPT_UNDER_ASAN
+  EXPECT_LT(rss, limit);
+#else
+  (void)rss;
+  (void)limit;
+#endif
 }
 
 bool contains(const std::string& s, const std::string& part) {
@@ -185,7 +203,7 @@ TEST_F(HostileJobs, ForgedJobRecordNumbersAreRefusedWithoutAllocating) {
     auto r = test::run_cli_measured({"finalize", dst.string()});
     EXPECT_EQ(r.exit_code, 1) << r.err;
     EXPECT_TRUE(contains(r.err, "malformed distributed-conversion record")) << r.err;
-    EXPECT_LT(r.peak_rss_bytes, 128u << 20);
+    expect_rss_below(r.peak_rss_bytes, 128u << 20);
     EXPECT_FALSE(fs::exists(dst / "model.safetensors.index.json"));
   }
   // A worker manifest with a forged entry.
@@ -223,7 +241,7 @@ TEST_F(HostileJobs, LauncherWorldSizeIsCappedLikeWorkers) {
     ::unsetenv("WORLD_SIZE");
     EXPECT_EQ(r.exit_code, 1) << r.err;
     EXPECT_TRUE(contains(r.err, "out of range") || contains(r.err, "not a count")) << r.err;
-    EXPECT_LT(r.peak_rss_bytes, 128u << 20);
+    expect_rss_below(r.peak_rss_bytes, 128u << 20);
   }
   auto r =
       run_cli({"from-hf", hf().string(), at("x").string(), "--workers", "65537", "--worker", "0"});
@@ -337,13 +355,13 @@ TEST(HostileJson, BigConfigAndIndexStayWithinTheMemoryBudget) {
                                    "--max-memory", std::to_string(budget)});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "config.json: file too large")) << r.err;
-  EXPECT_LT(r.peak_rss_bytes, budget + (64u << 20));
+  expect_rss_below(r.peak_rss_bytes, budget + (64u << 20));
   r = test::run_cli_measured({"from-hf", (dir / "big-index").string(), (dir / "o2").string(),
                               "--max-memory", std::to_string(budget)});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "needs about")) << r.err;
   EXPECT_TRUE(contains(r.err, "--max-memory")) << r.err;
-  EXPECT_LT(r.peak_rss_bytes, budget + (64u << 20));
+  expect_rss_below(r.peak_rss_bytes, budget + (64u << 20));
   EXPECT_FALSE(std::filesystem::exists(dir / "o1"));
   EXPECT_FALSE(std::filesystem::exists(dir / "o2"));
 }
@@ -372,7 +390,7 @@ TEST(HostileLayers, AHugeMtpLayerIndexIsRefusedAtOnce) {
         std::vector<std::string>{"inspect", hf.string()}}) {
     auto r = test::run_cli_measured(cmd);
     EXPECT_EQ(r.exit_code, 1) << r.err;
-    EXPECT_LT(r.peak_rss_bytes, 256u << 20);
+    expect_rss_below(r.peak_rss_bytes, 256u << 20);
   }
   EXPECT_FALSE(std::filesystem::exists(dir / "o"));
 }

@@ -7,6 +7,14 @@
 
 #include "test_support.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define MOECKPT_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOECKPT_UNDER_ASAN 1
+#endif
+#endif
+
 namespace moeckpt {
 namespace {
 
@@ -45,6 +53,11 @@ TEST_F(OpenFileLimit, CheckpointsOfMoreShardsThanDescriptorsConvert) {
 }
 
 TEST_F(OpenFileLimit, RunningOutOfDescriptorsSaysSo) {
+#ifdef MOECKPT_UNDER_ASAN
+  // The sanitizers' runtime needs descriptors of its own (a pipe to probe memory before it reads
+  // it): at the limit it reports false errors of its own.
+  GTEST_SKIP() << "the sanitizer runtime misreports at the descriptor limit";
+#endif
   // A registry allowed more descriptors than the process has: the open that fails says why.
   ::setenv("MOECKPT_MAX_OPEN_FILES", "100000", 1);
   auto r = test::run_cli_with_open_file_limit({"inspect", hf().string()}, kLimit);

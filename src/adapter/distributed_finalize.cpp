@@ -29,7 +29,7 @@ namespace {
 
 constexpr std::chrono::milliseconds kPollInterval(200);
 // How long taking the finalize lock waits for a worker that probes it at that moment.
-constexpr std::chrono::milliseconds kLockPatience(2000);
+constexpr std::chrono::milliseconds kFinalizeLockPatience(2000);
 
 int64_t mtime_ns(const fs::path& p) {
   struct stat st {};
@@ -248,7 +248,7 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
       // running").
       std::optional<io::DirectoryLock> finalizing;
       try {
-        finalizing.emplace(dst, kFinalizeLockName, kLockPatience);
+        finalizing.emplace(dst, kFinalizeLockName, kFinalizeLockPatience);
       } catch (const io::LockBusy&) {
         other_finalize = true;
       }

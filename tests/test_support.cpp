@@ -55,6 +55,11 @@ void write_text(const fs::path& p, const std::string& text) {
   write_bytes(p, std::vector<uint8_t>(text.begin(), text.end()));
 }
 
+std::string read_text(const fs::path& p) {
+  const auto bytes = read_bytes(p);
+  return std::string(bytes.begin(), bytes.end());
+}
+
 std::vector<uint8_t> read_bytes(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
   return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)),

@@ -6,6 +6,16 @@
 #include <string>
 #include <vector>
 
+// MOECKPT_UNDER_ASAN: the tests are built with AddressSanitizer (resident sets then hold its
+// shadow memory; its runtime needs descriptors of its own).
+#if defined(__SANITIZE_ADDRESS__)
+#define MOECKPT_UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOECKPT_UNDER_ASAN 1
+#endif
+#endif
+
 namespace moeckpt::test {
 
 // How many times a randomized trial (a kill at a random moment, a random launch order) repeats:
@@ -30,6 +40,7 @@ std::vector<uint8_t> raw_safetensors(const std::string& header, const std::vecto
 void write_bytes(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);
 void write_text(const std::filesystem::path& p, const std::string& text);
 std::vector<uint8_t> read_bytes(const std::filesystem::path& p);
+std::string read_text(const std::filesystem::path& p);
 
 struct CommandResult {
   int exit_code;

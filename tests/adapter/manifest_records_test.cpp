@@ -17,11 +17,6 @@ namespace fs = std::filesystem;
 
 const std::string kSumA(32, 'a'), kSumB(32, 'b');
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 uint64_t inode(const fs::path& p) {
   struct stat st {};
   return ::stat(p.c_str(), &st) == 0 ? st.st_ino : 0;
@@ -52,7 +47,7 @@ TEST(ManifestRecords, ALastLineCutShortIsIgnoredAnyOtherDamageRefused) {
   ConversionManifest m{"fp", {{"a.safetensors", {100, kSumA}}}};
   (void)m.save(dir.path());
   const auto path = dir / kManifestFileName;
-  const auto whole = slurp(path);
+  const auto whole = test::read_text(path);
   // Half a line; zeros where an unsynced append extended the file; a line with zeros inside.
   const std::vector<std::string> tails{std::string(R"({"shard":"b.safetensors","si)"),
                                        std::string(40, '\0'),

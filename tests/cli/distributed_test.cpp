@@ -66,11 +66,6 @@ int finish(const Worker& w) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
-
 class Distributed : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -96,7 +91,7 @@ class Distributed : public ::testing::Test {
     std::vector<std::pair<int, std::string>> out;
     for (const auto& w : ws) {
       const int rc = finish(w);
-      out.push_back({rc, slurp(w.err)});
+      out.push_back({rc, test::read_text(w.err)});
     }
     return out;
   }
@@ -185,7 +180,7 @@ void Distributed::every_command(int launcher) {
                             " " + MOECKPT_CLI_PATH;
           for (const auto& a : args) cmd += " '" + a + "'";
           cmd += " --distributed > " + (dir_ / "mpi.log").string() + " 2>&1";
-          EXPECT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "mpi.log");
+          EXPECT_EQ(std::system(cmd.c_str()), 0) << test::read_text(dir_ / "mpi.log");
         } else {
           args.push_back("--distributed");
           for (const auto& [rc, err] : run_workers(args, n, [n](int k) {
@@ -230,7 +225,7 @@ TEST_F(Distributed, EveryEpRankFolderUnderMpirunAndSlurmVariables) {
                      MOECKPT_CLI_PATH + " from-hf " + hf().string() + " " + dst.string() +
                      " --ep-size 3 --shard-size " + shard + " --quiet --distributed --wait 60 > " +
                      (dir_ / "mpi.log").string() + " 2>&1";
-    EXPECT_EQ(std::system(cmd.c_str()), 0) << slurp(dir_ / "mpi.log");
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << test::read_text(dir_ / "mpi.log");
     check(dst);
   }
   // Slurm's variables, set as srun sets them (3 tasks on 2 nodes).
@@ -372,8 +367,8 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
         EXPECT_FALSE(indexed);
         if (victim != 0) {
           EXPECT_EQ(rcs[0], 1);
-          EXPECT_NE(slurp(dir_ / "kerr0").find("no index was written"), std::string::npos)
-              << slurp(dir_ / "kerr0");
+          EXPECT_NE(test::read_text(dir_ / "kerr0").find("no index was written"), std::string::npos)
+              << test::read_text(dir_ / "kerr0");
         }
         // finalize refuses and names the missing shards, unless the victim had finished its
         // shards (killed on its way out, or worker 0 between its checks and the index).
@@ -401,7 +396,7 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
         again.push_back(start(a, {}, dir_ / ("rerr" + std::to_string(k))));
       }
       for (int k = 0; k < n; ++k)
-        EXPECT_EQ(finish(again[k]), 0) << slurp(dir_ / ("rerr" + std::to_string(k)));
+        EXPECT_EQ(finish(again[k]), 0) << test::read_text(dir_ / ("rerr" + std::to_string(k)));
     }
     expect_same(dst, at("ref"));
   }

@@ -15,25 +15,12 @@
 
 #include "test_support.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define MOECKPT_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MOECKPT_UNDER_ASAN 1
-#endif
-#endif
-
 namespace moeckpt {
 namespace {
 
 namespace fs = std::filesystem;
 using test::hidden_files;
 using test::run_cli;
-
-std::string slurp(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(f), {});
-}
 
 // Peak resident sets measured from outside; under ASan they hold its shadow memory.
 void expect_rss_below(uint64_t rss, uint64_t limit) {
@@ -87,7 +74,7 @@ class HostileJobs : public ::testing::Test {
 TEST_F(HostileJobs, LockFilesAreNeverFollowedThroughLinks) {
   const std::string precious = "the user's notes\n";
   test::write_text(at("victim.txt"), precious);
-  const auto config_before = slurp(hf() / "config.json");
+  const auto config_before = test::read_text(hf() / "config.json");
   for (const bool hard : {false, true}) {
     SCOPED_TRACE(hard ? "hard link" : "symlink");
     const auto dst = at(hard ? "dst-hard" : "dst-sym");
@@ -105,7 +92,7 @@ TEST_F(HostileJobs, LockFilesAreNeverFollowedThroughLinks) {
     EXPECT_EQ(r.exit_code, 1) << r.err;
     EXPECT_TRUE(contains(r.err, ".moeckpt.lock")) << r.err;
     EXPECT_TRUE(contains(r.err, hard ? "hard link" : "symbolic link")) << r.err;
-    EXPECT_EQ(slurp(at("victim.txt")), precious);
+    EXPECT_EQ(test::read_text(at("victim.txt")), precious);
     fs::remove(dst / ".moeckpt.lock");
     // A worker's lock pointing at the source checkpoint's config.
     if (!hard) {
@@ -113,7 +100,7 @@ TEST_F(HostileJobs, LockFilesAreNeverFollowedThroughLinks) {
       r = run_cli(worker_args(dst, 0, 2));
       EXPECT_EQ(r.exit_code, 1) << r.err;
       EXPECT_TRUE(contains(r.err, "symbolic link")) << r.err;
-      EXPECT_EQ(slurp(hf() / "config.json"), config_before);
+      EXPECT_EQ(test::read_text(hf() / "config.json"), config_before);
       fs::remove(dst / ".moeckpt-worker-00000-of-00002.lock");
     }
   }
@@ -123,7 +110,7 @@ TEST_F(HostileJobs, LockFilesAreNeverFollowedThroughLinks) {
   auto r = run_cli({"finalize", dst.string()});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "symbolic link")) << r.err;
-  EXPECT_EQ(slurp(at("victim.txt")), precious);
+  EXPECT_EQ(test::read_text(at("victim.txt")), precious);
   EXPECT_FALSE(fs::exists(dst / "model.safetensors.index.json"));
   fs::remove(dst / ".moeckpt-worker-00001-of-00002.lock");
   r = run_cli({"finalize", dst.string()});
@@ -134,7 +121,7 @@ TEST_F(HostileJobs, LockFilesAreNeverFollowedThroughLinks) {
 TEST_F(HostileJobs, FinalizeRefusesTamperedRecordsAndShards) {
   const auto dst = unfinalized_pair();
   const auto job_path = dst / ".moeckpt-job.json";
-  const auto job_text = slurp(job_path);
+  const auto job_text = test::read_text(job_path);
   auto job = nlohmann::json::parse(job_text);
   ASSERT_GE(job["shards"].size(), 2u);
   // The shard list emptied: refused, no index.
@@ -180,7 +167,7 @@ TEST_F(HostileJobs, FinalizeRefusesTamperedRecordsAndShards) {
 TEST_F(HostileJobs, ForgedJobRecordNumbersAreRefusedWithoutAllocating) {
   const auto dst = unfinalized_pair();
   const auto job_path = dst / ".moeckpt-job.json";
-  const auto job = nlohmann::json::parse(slurp(job_path));
+  const auto job = nlohmann::json::parse(test::read_text(job_path));
   const std::vector<std::pair<std::string, std::function<void(nlohmann::json&)>>> forgeries{
       {"workers 2^64-1", [](auto& j) { j["workers"] = UINT64_MAX; }},
       {"workers 1e9", [](auto& j) { j["workers"] = 1000000000u; }},
@@ -211,7 +198,7 @@ TEST_F(HostileJobs, ForgedJobRecordNumbersAreRefusedWithoutAllocating) {
   const auto m_path = dst / ".moeckpt-worker-00001-of-00002.json";
   std::vector<std::string> lines;  // record lines: the header, then one line per shard
   {
-    std::istringstream in(slurp(m_path));
+    std::istringstream in(test::read_text(m_path));
     for (std::string line; std::getline(in, line);) lines.push_back(line);
   }
   ASSERT_GE(lines.size(), 2u);
@@ -292,7 +279,7 @@ TEST_F(HostileJobs, RacingLaunchesWithOtherWorkerCountsLeaveARecoverableFolder) 
       continue;
     }
     // Whichever claimed the folder: its worker count is the one --resume takes.
-    const auto claim = nlohmann::json::parse(slurp(dst / ".moeckpt-launch.json"));
+    const auto claim = nlohmann::json::parse(test::read_text(dst / ".moeckpt-launch.json"));
     const int n = claim["workers"].get<int>();
     const int other = n == 2 ? 3 : 2;
     auto r = run_cli(worker_args(dst, 0, other, {"--resume"}));
@@ -338,8 +325,9 @@ TEST(HostileJson, BigConfigAndIndexStayWithinTheMemoryBudget) {
   test::TempDir dir;
   ASSERT_EQ(test::run_cli({"synth", (dir / "hf").string(), "--shard-size", "300000"}).exit_code, 0);
   {  // built in this scope and released: the measured child is forked from this process
-    auto index = nlohmann::json::parse(slurp(dir / "hf" / "model.safetensors.index.json"));
-    auto config = nlohmann::json::parse(slurp(dir / "hf" / "config.json"));
+    auto index =
+        nlohmann::json::parse(test::read_text(dir / "hf" / "model.safetensors.index.json"));
+    auto config = nlohmann::json::parse(test::read_text(dir / "hf" / "config.json"));
     for (int i = 0; i < 200000; ++i) config["padding"][fmt_key(i)] = i;  // ~4 MB of config
     for (int i = 0; i < 300000; ++i)
       index["weight_map"]["model.layers.0.unused." + fmt_key(i) + ".weight"] =
@@ -382,7 +370,7 @@ TEST(HostileLayers, AHugeMtpLayerIndexIsRefusedAtOnce) {
   nlohmann::json h;
   h[evil] = {{"dtype", "BF16"}, {"shape", {2}}, {"data_offsets", {0, 4}}};
   test::write_bytes(hf / "extra.safetensors", test::raw_safetensors(h.dump(), {0, 0, 0, 0}));
-  auto index = nlohmann::json::parse(slurp(hf / "model.safetensors.index.json"));
+  auto index = nlohmann::json::parse(test::read_text(hf / "model.safetensors.index.json"));
   index["weight_map"][evil] = "extra.safetensors";
   test::write_text(hf / "model.safetensors.index.json", index.dump());
   for (const std::vector<std::string>& cmd :

@@ -8,14 +8,6 @@
 
 #include "test_support.hpp"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define MOECKPT_UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MOECKPT_UNDER_ASAN 1
-#endif
-#endif
-
 namespace moeckpt {
 namespace {
 

@@ -220,11 +220,8 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
     const auto left = worker_manifests_in(dst);
     if (!left.empty()) {
       for (const auto& [k, n] : left)
-        if (!io::DirectoryLock::is_held(dst / worker_lock_name(k, n))) {
+        if (io::DirectoryLock::remove_if_free(dst / worker_lock_name(k, n)))
           remove_file(dst / worker_manifest_name(k, n));
-          std::error_code rm;
-          fs::remove(dst / worker_lock_name(k, n), rm);
-        }
       if (present(dst / kLaunchFileName)) remove_file(dst / kLaunchFileName);
       io::sync_directory(dst);
       return {0, 0, static_cast<int64_t>(left.size()), true};
@@ -252,8 +249,10 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
       } catch (const io::LockBusy&) {
         other_finalize = true;
       }
+      // A lock file nobody holds is a dead worker's (killed after it recorded its last shard):
+      // it goes, or it would stay in the finished checkpoint.
       for (int64_t k = 0; finalizing && k < s.job.workers && !busy; ++k)
-        if (io::DirectoryLock::is_held(dst / worker_lock_name(k, s.job.workers))) busy = k;
+        if (!io::DirectoryLock::remove_if_free(dst / worker_lock_name(k, s.job.workers))) busy = k;
       if (finalizing && !busy) {
         s = survey(dst);  // again, under the finalize lock
         if (s.missing.empty()) {

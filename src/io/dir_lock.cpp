@@ -117,6 +117,17 @@ bool DirectoryLock::is_held(const std::filesystem::path& path) {
   return held;
 }
 
+bool DirectoryLock::remove_if_free(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) return true;
+  try {
+    DirectoryLock taken(path.parent_path(), path.filename().string());
+  } catch (const LockBusy&) {
+    return false;
+  }
+  return true;
+}
+
 DirectoryLock::~DirectoryLock() {
   if (fd_ < 0) return;
   ::unlink(path_.c_str());

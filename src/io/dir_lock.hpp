@@ -33,6 +33,11 @@ class DirectoryLock {
   // drops the lock at once when nobody holds it; never creates or removes the file.
   static bool is_held(const std::filesystem::path& path);
 
+  // Removes the lock file `path` that a dead process left behind, the way its holder would have:
+  // taken, then unlinked while held, so that nobody taking it meanwhile is left holding a removed
+  // file. Returns false (and leaves it) when a live process holds it; true when absent or removed.
+  static bool remove_if_free(const std::filesystem::path& path);
+
  private:
   std::filesystem::path path_;
   int fd_ = -1;

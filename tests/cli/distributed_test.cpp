@@ -397,12 +397,53 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
       }
       for (int k = 0; k < n; ++k)
         EXPECT_EQ(finish(again[k]), 0) << test::read_text(dir_ / ("rerr" + std::to_string(k)));
+    } else if (fs::exists(dst / ".moeckpt-job.json")) {
+      // Worker 0 killed between the index and the removal of the records: finalize, as the
+      // workers' message says, removes them.
+      auto fin = run_cli({"finalize", dst.string()});
+      EXPECT_EQ(fin.exit_code, 0) << fin.err;
     }
     expect_same(dst, at("ref"));
   }
   std::printf("distributed kill trials: %d of %d killed a running worker\n", killed_running,
               trials);
   EXPECT_GE(killed_running * 10, trials * 7);  // at least 7 in 10 (3 of 4)
+}
+
+// A worker killed on its way out (every shard recorded, its lock not yet released) leaves its
+// lock file: whoever completes the folder removes it with the records, whichever way it is done.
+TEST_F(Distributed, ALockFileLeftByADeadWorkerGoesWithTheRecords) {
+  auto args = [&](const fs::path& dst, std::vector<std::string> extra) {
+    std::vector<std::string> a{"from-hf", hf().string(), dst.string(), "--shard-size",
+                               "200000",  "--quiet",     "--wait",     "0"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  ASSERT_EQ(run_cli(args(at("ref"), {})).exit_code, 0);
+  auto worker = [&](const fs::path& dst, int k) {
+    return run_cli(args(dst, {"--workers", "3", "--worker", std::to_string(k)}));
+  };
+  auto dead_lock = [](const fs::path& dst, int k) {
+    std::ofstream(dst / (".moeckpt-worker-0000" + std::to_string(k) + "-of-00003.lock"))
+        << "4242\n";
+  };
+  // Worker 0 last: it completes the folder.
+  const auto a = at("a");
+  for (int k : {1, 2}) ASSERT_EQ(worker(a, k).exit_code, 0);
+  dead_lock(a, 1);
+  dead_lock(a, 2);
+  auto w0 = worker(a, 0);
+  EXPECT_EQ(w0.exit_code, 0) << w0.err;
+  expect_same(a, at("ref"));
+  // moeckpt finalize completes it.
+  const auto b = at("b");
+  EXPECT_EQ(worker(b, 0).exit_code, 1);  // the others have not run
+  for (int k : {1, 2}) ASSERT_EQ(worker(b, k).exit_code, 0);
+  dead_lock(b, 0);
+  dead_lock(b, 2);
+  auto fin = run_cli({"finalize", b.string()});
+  EXPECT_EQ(fin.exit_code, 0) << fin.err;
+  expect_same(b, at("ref"));
 }
 
 TEST_F(Distributed, LaunchesThatWouldMixAreRefused) {

@@ -1,48 +1,43 @@
-// The manifest checksum of a just-written shard, three ways, one per run so that peak RSS can be
-// measured from outside (/usr/bin/time -f %M):
-//   whole-map   one mapping of the whole file (the way before: every page stays resident)
-//   windowed    io::own_file_checksum: 16 MiB mapped windows, each unmapped after hashing
-//   pread       io::file_checksum: 8 MiB pread buffer
-// Usage: moeckpt_checksum_bench FILE whole-map|windowed|pread
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <xxhash.h>
-
+// The content checksum of a shard (io/checksum.hpp), two ways: read back from the file
+// (io::file_checksum, what --resume and finalize do) and computed from the bytes as a writer
+// hands them over in pieces (io::ChunkedChecksum, what a conversion does). Both print the same
+// value; peak RSS can be measured from outside (/usr/bin/time -f %M).
+// Usage: moeckpt_checksum_bench FILE file|pieces [PIECE_BYTES]
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "io/checksum.hpp"
+#include "io/file.hpp"
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: %s FILE whole-map|windowed|pread\n", argv[0]);
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: %s FILE file|pieces [PIECE_BYTES]\n", argv[0]);
     return 2;
   }
   const std::string path = argv[1], mode = argv[2];
   const auto t0 = std::chrono::steady_clock::now();
   std::string sum;
-  if (mode == "whole-map") {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    struct stat st {};
-    if (fd < 0 || ::fstat(fd, &st) != 0) return 1;
-    const auto size = static_cast<size_t>(st.st_size);
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
-    if (p == MAP_FAILED) return 1;
-    ::madvise(p, size, MADV_SEQUENTIAL);
-    const auto h = XXH3_128bits(p, size);
-    ::munmap(p, size);
-    ::close(fd);
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "%016llx%016llx", static_cast<unsigned long long>(h.high64),
-                  static_cast<unsigned long long>(h.low64));
-    sum = buf;
-  } else if (mode == "windowed") {
-    sum = moeckpt::io::own_file_checksum(path);
-  } else if (mode == "pread") {
+  if (mode == "file") {
     sum = moeckpt::io::file_checksum(path);
+  } else if (mode == "pieces") {
+    // Pieces of an odd size (not chunk-aligned), handed over in reverse order: the worst case
+    // for gathering.
+    const uint64_t piece = argc > 3 ? std::strtoull(argv[3], nullptr, 10) : 23'000'017;
+    auto f = moeckpt::io::File::open_read(path);
+    const uint64_t size = f.size();
+    moeckpt::io::ChunkedChecksum c(size);
+    std::vector<uint8_t> buf(piece);
+    for (uint64_t end = size; end > 0;) {
+      const uint64_t start = end > piece ? end - piece : 0;
+      std::span<uint8_t> part(buf.data(), end - start);
+      f.pread_exact(start, part);
+      c.add(start, part);
+      end = start;
+    }
+    sum = c.finish(f);
   } else {
     std::fprintf(stderr, "unknown mode %s\n", mode.c_str());
     return 2;

@@ -17,6 +17,9 @@
 #include "moeckpt/dtype.hpp"
 
 namespace moeckpt {
+namespace io {
+class ChunkedChecksum;
+}
 
 namespace io {
 class File;
@@ -53,6 +56,9 @@ class ShardWriter {
   void leave_hole(size_t tensor_index);
   // Checks every tensor was fully written, fsyncs and renames into place.
   void commit();
+  // The file's content checksum (io/checksum.hpp), computed from the pieces as they were written;
+  // set by commit().
+  const std::string& checksum() const noexcept { return checksum_text_; }
 
  private:
   std::filesystem::path final_path_;
@@ -69,6 +75,10 @@ class ShardWriter {
   static constexpr uint64_t kWritebackBytes = 64ull << 20;
   std::atomic<uint64_t> unflushed_{0};
   std::mutex write_mutex_;
+  std::unique_ptr<io::ChunkedChecksum> checksum_;
+  std::string checksum_text_;
+  // Whether large pieces still go through O_DIRECT (cleared where the file system refuses it).
+  std::atomic<bool> direct_{true};
 };
 
 struct ShardingOptions {
@@ -82,8 +92,9 @@ struct ShardingOptions {
   // Shards already complete on disk (a resumed conversion): not rewritten; writes to them are
   // dropped. Indexed like the layout; empty means none.
   std::vector<bool> completed;
-  // Called after each shard is renamed into place (from the thread whose write completed it).
-  std::function<void(size_t shard)> on_shard_committed;
+  // Called after each shard is renamed into place (from the thread whose write completed it),
+  // with the shard's content checksum (io/checksum.hpp).
+  std::function<void(size_t shard, const std::string& checksum)> on_shard_committed;
   // false: commit() writes no index (a distributed worker: the index comes once all are done).
   bool write_index = true;
   // Sparse shard files: nothing reserved up front, tensors left as holes read as zeros.
@@ -141,7 +152,7 @@ class CheckpointWriter {
   std::vector<std::unique_ptr<ShardWriter>> shards_;  // null for shards completed before
   std::unique_ptr<std::atomic<uint64_t>[]> remaining_;
   std::unique_ptr<std::atomic<bool>[]> committed_;
-  std::function<void(size_t)> on_shard_committed_;
+  std::function<void(size_t, const std::string&)> on_shard_committed_;
   std::map<std::string, std::string> index_metadata_;
   bool write_index_ = true;
 };

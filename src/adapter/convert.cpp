@@ -171,7 +171,9 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
         layout, fingerprint(source, inputs_text, options_text, config_text, layout), config_text);
     const size_t kept =
         static_cast<size_t>(std::count(sharding.completed.begin(), sharding.completed.end(), true));
-    sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
+    sharding.on_shard_committed = [&](size_t s, const std::string& sum) {
+      folder.shard_committed(layout[s], sum);
+    };
     CheckpointWriter writer(folder.write_dir(), plan.outputs, sharding);
     // Only the tasks that write into an unfinished shard run again.
     if (kept > 0) keep_tasks_of_open_shards(plan, writer, sharding.completed);
@@ -218,7 +220,9 @@ ConvertReport write_plan_as_worker(FolderPlan& fp, const std::vector<ShardLayout
   size_t own = 0;
   for (int64_t o : owner) own += o == convert.worker;
   try {
-    sharding.on_shard_committed = [&](size_t s) { folder.shard_committed(layout[s]); };
+    sharding.on_shard_committed = [&](size_t s, const std::string& sum) {
+      folder.shard_committed(layout[s], sum);
+    };
     CheckpointWriter writer(fp.dst, fp.plan.outputs, sharding);
     keep_tasks_of_open_shards(fp.plan, writer, sharding.completed);
     WriterSink sink(writer);

@@ -182,8 +182,7 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
   return done;
 }
 
-void OutputFolder::shard_committed(const ShardLayout& shard) {
-  const auto sum = io::own_file_checksum(work_ / shard.name);
+void OutputFolder::shard_committed(const ShardLayout& shard, const std::string& sum) {
   std::lock_guard lock(mutex_);
   const auto& recorded = manifest_.shards[shard.name] = {shard.file_size, sum};
   // One line appended and synced: the same cost for every shard (rewriting the whole manifest

@@ -44,7 +44,7 @@ class OutputFolder {
   std::vector<bool> begin(const std::vector<ShardLayout>& layout, const std::string& fingerprint,
                           const std::string& config_text);
   // Records a shard renamed into place (thread-safe).
-  void shard_committed(const ShardLayout& shard);
+  void shard_committed(const ShardLayout& shard, const std::string& checksum);
   // The writer committed everything (index included) into write_dir(): an overwrite swaps the new
   // checkpoint in (the old index first, the new index last); the manifest goes.
   void finish();

@@ -183,8 +183,7 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
   return skip;
 }
 
-void WorkerFolder::shard_committed(const ShardLayout& shard) {
-  const auto sum = io::own_file_checksum(dst_ / shard.name);
+void WorkerFolder::shard_committed(const ShardLayout& shard, const std::string& sum) {
   std::lock_guard lock(mutex_);
   auto& recorded = manifest_.shards[shard.name];
   recorded = {shard.file_size, sum};

@@ -33,7 +33,7 @@ class WorkerFolder {
                           const std::optional<std::string>& index_text);
   size_t kept() const noexcept { return kept_; }
   // Records a shard renamed into place (thread-safe).
-  void shard_committed(const ShardLayout& shard);
+  void shard_committed(const ShardLayout& shard, const std::string& checksum);
   // Records why this worker stopped (finished shards stay, for --resume).
   void record_failure(const std::string& what) noexcept;
 

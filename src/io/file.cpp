@@ -228,6 +228,33 @@ void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
   }
 }
 
+bool File::pwrite_direct(uint64_t offset, std::span<const uint8_t> bytes) const {
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags < 0 || ::fcntl(fd_, F_SETFL, flags | O_DIRECT) != 0) return false;
+  struct Restore {
+    int fd, flags;
+    ~Restore() { ::fcntl(fd, F_SETFL, flags); }
+  } restore{fd_, flags};
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t n = injected_enospc(bytes.size() - done)
+                    ? (errno = ENOSPC, -1)
+                    : ::pwrite(fd_, bytes.data() + done, bytes.size() - done,
+                               static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      // The file system takes the flag but not the transfer: nothing written, the caller writes
+      // buffered.
+      if (errno == EINVAL && done == 0) return false;
+      fail(ErrorKind::kDestination, path_, "",
+           "write error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
+    }
+    // A short direct write ends on a block boundary or at an error reported next time.
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 void File::preallocate(uint64_t size) const {
   if (size == 0) return;
   int rc = ::posix_fallocate(fd_, 0, static_cast<off_t>(size));

@@ -9,6 +9,10 @@
 
 namespace moeckpt::io {
 
+// The alignment of O_DIRECT transfers: offsets, sizes and memory (the largest logical block size
+// in use; 512-byte devices accept it too).
+inline constexpr uint64_t kDirectAlign = 4096;
+
 class File {
  public:
   File() = default;
@@ -47,6 +51,11 @@ class File {
   void append_all(std::span<const uint8_t> bytes) const;
   // Asks the kernel to begin writing dirty pages back now (no wait; best effort).
   void start_writeback() const noexcept;
+  // Writes `bytes` at `offset` through O_DIRECT, the descriptor switched to it for the call:
+  // `offset`, `bytes.size()` and the memory must be aligned as the device needs (kDirectAlign is
+  // enough everywhere). Returns false, having written nothing, where the file system takes no
+  // O_DIRECT; a failure after the first block is an error as for pwrite_all.
+  bool pwrite_direct(uint64_t offset, std::span<const uint8_t> bytes) const;
   void close();
 
  private:

@@ -137,7 +137,7 @@ void CheckpointWriter::leave_hole(size_t i) {
 void CheckpointWriter::commit_shard(size_t s) {
   if (committed_[s].exchange(true)) return;
   shards_[s]->commit();
-  if (on_shard_committed_) on_shard_committed_(s);
+  if (on_shard_committed_) on_shard_committed_(s, shards_[s]->checksum());
 }
 
 void CheckpointWriter::commit() {

@@ -2,6 +2,8 @@
 
 #include <utility>
 
+#include "io/checksum.hpp"
+#include "io/direct_write.hpp"
 #include "io/file.hpp"
 #include "io/open_files.hpp"
 #include "moeckpt/error.hpp"
@@ -67,6 +69,8 @@ ShardWriter::ShardWriter(std::filesystem::path final_path, std::vector<TensorSpe
     if (!sparse) file.preallocate(file_size_);
     file.truncate(file_size_);
     file.pwrite_all(0, header);
+    checksum_ = std::make_unique<io::ChunkedChecksum>(file_size_);
+    checksum_->add(0, header);
     const auto id = io::identity_of(file);
     std::error_code ec;
     auto absolute = std::filesystem::absolute(temp_path_, ec);
@@ -97,15 +101,18 @@ void ShardWriter::write(size_t i, uint64_t offset, std::span<const uint8_t> byte
          "piece of " + std::to_string(bytes.size()) + " bytes at " + std::to_string(offset) +
              " does not fit the tensor's " + std::to_string(n) + " bytes");
   const auto file = io::OpenFiles::instance().get(file_key_);
+  // Hashed from the caller's buffer on its way out (no read-back of the file).
+  checksum_->add(file_offsets_[i] + offset, bytes);
+  uint64_t buffered = 0;
   {
-    // Buffered writes to one file serialize on its inode lock anyway; waiting here (asleep)
-    // instead of spinning in the kernel leaves the CPU to the threads that are computing.
+    // Writes to one file serialize on its inode lock anyway; waiting here (asleep) instead of
+    // spinning in the kernel leaves the CPU to the threads that are computing.
     std::lock_guard lock(write_mutex_);
-    file->pwrite_all(file_offsets_[i] + offset, bytes);
+    buffered = io::write_bypassing_cache(*file, file_offsets_[i] + offset, bytes, direct_);
   }
   written_[i] += bytes.size();
-  // Start writeback of what has accumulated so the final fsync does not wait for all of it.
-  if ((unflushed_ += bytes.size()) >= kWritebackBytes) {
+  // Start writeback of what sits dirty so the final fsync does not wait for all of it.
+  if (buffered && (unflushed_ += buffered) >= kWritebackBytes) {
     unflushed_ = 0;
     file->start_writeback();
   }
@@ -125,6 +132,7 @@ void ShardWriter::commit() {
     // The last use of the descriptor: fsync covers what earlier (closed) descriptors wrote too,
     // and a writeback error nobody has seen yet is reported to this one.
     const auto file = io::OpenFiles::instance().take(std::exchange(file_key_, 0));
+    checksum_text_ = checksum_->finish(*file);
     file->sync();
     if (file.use_count() == 1) file->close();  // its error counts; a holder left closes it later
   }

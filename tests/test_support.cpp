@@ -1,6 +1,7 @@
 #include "test_support.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -34,6 +35,18 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ec;
   fs::remove_all(path_, ec);
+}
+
+HeldLockFile::HeldLockFile(const fs::path& path) : path_(path) {
+  // Close-on-exec: a CLI child forked meanwhile must not share (and so keep) the lock.
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0 || ::flock(fd_, LOCK_EX) != 0)
+    throw std::runtime_error("cannot hold the lock file " + path.string());
+}
+
+HeldLockFile::~HeldLockFile() {
+  ::unlink(path_.c_str());
+  ::close(fd_);
 }
 
 std::vector<uint8_t> raw_safetensors(const std::string& header, const std::vector<uint8_t>& data) {

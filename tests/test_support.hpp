@@ -35,6 +35,21 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// Holds the lock file `path` (created) the way a running worker holds its own, so that workers
+// run meanwhile take that worker for still running; released (and unlinked, as its holder would)
+// at destruction.
+class HeldLockFile {
+ public:
+  explicit HeldLockFile(const std::filesystem::path& path);
+  ~HeldLockFile();
+  HeldLockFile(const HeldLockFile&) = delete;
+  HeldLockFile& operator=(const HeldLockFile&) = delete;
+
+ private:
+  std::filesystem::path path_;
+  int fd_ = -1;
+};
+
 // 8-byte little-endian length + header text + data bytes.
 std::vector<uint8_t> raw_safetensors(const std::string& header, const std::vector<uint8_t>& data);
 void write_bytes(const std::filesystem::path& p, const std::vector<uint8_t>& bytes);

@@ -1,5 +1,5 @@
 #pragma once
-// The state-dict adapter (../shared/spec/ADAPTER.md): HF layout <-> native (grouped-expert)
+// The state-dict adapter (docs/CONTRACT.md): HF layout <-> native (grouped-expert)
 // layout of any registered family (ModelSpec), as plans over tensor sources, with a bit-exact
 // Automodel mode.
 #include <chrono>
@@ -179,8 +179,11 @@ struct ConvertOptions {
   std::function<void()> on_start;
   // A distributed conversion (docs/SCALING.md, moeckpt/distributed.hpp): this process is worker
   // `worker` of `workers` and writes only the shards assign_shards() gives it, recording them in
-  // its own manifest; worker 0 then waits up to `wait` for every other worker's and writes the
-  // index (finalize_dir). 0 workers: one process writes everything.
+  // its own manifest. Then whichever worker finds every shard recorded verifies them and writes
+  // the index (as finalize_dir does): the last to finish, in whatever order the workers ran.
+  // Worker 0 first waits up to `wait` while workers that own missing shards are still running
+  // (not for workers not started: a job array may run them later). 0 workers: one process writes
+  // everything.
   int64_t workers = 0;
   int64_t worker = 0;
   std::chrono::milliseconds wait = std::chrono::hours(48);
@@ -197,7 +200,11 @@ struct ConvertReport {
   size_t shards = 0;
   size_t shards_kept = 0;  // verified shards a resumed conversion did not redo
   size_t own_shards = 0;   // distributed: the shards this worker wrote or kept
-  bool finalized = true;   // distributed: worker 0 wrote the index (false on the other workers)
+  // Distributed: every folder is complete (this worker completed it, or found it completed).
+  bool finalized = true;
+  // Distributed: per folder not complete yet, why and how it gets completed (a worker that stopped
+  // is named here: this worker's own shards are done either way).
+  std::vector<std::string> pending;
 };
 
 // What each worker of a distributed conversion would read and write, from the headers alone (no

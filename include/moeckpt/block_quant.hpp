@@ -5,7 +5,7 @@
 // (q/k/v sharing a fused layout's scales), may use the same scale row.
 //
 //   1. accumulate_block_amax over every row that shares the scales (scale rows start at 0),
-//   2. amax_to_scales (amax / 448, or 1 for an all-zero block),
+//   2. amax_to_scales (amax / 448; FLT_MIN for an all-zero block: block_scale_from_amax),
 //   3. quantize_block_rows (x / scale, rounded to nearest even, saturated at +-448).
 #include <cstdint>
 #include <span>

@@ -64,7 +64,8 @@ struct FinalizeReport {
   bool index_written = false;
 };
 // A set `cancel` ends the wait (Interrupted). `deadline`: when the wait ends, where it began
-// before this call (worker 0 waits `wait` from the end of its own shards); messages name `wait`.
+// before this call; messages name `wait`. (A worker of a conversion completes the folder the same
+// way once it finds every shard recorded: ConvertOptions.)
 FinalizeReport finalize_dir(
     const std::filesystem::path& dst, std::chrono::milliseconds wait,
     const std::atomic<bool>* cancel = nullptr,

@@ -7,9 +7,13 @@ namespace moeckpt::kernels {
 
 enum class Isa { kScalar, kAvx2, kAvx512 };
 
-// Best ISA of this CPU (and OS), detected once. MOECKPT_ISA=scalar|avx2|avx512 in the environment
-// can force a lower one; a higher or unknown name is ignored.
+// The ISA the kernels run: the best of this CPU (and OS), detected once, or the lower one
+// MOECKPT_ISA=scalar|avx2|avx512 forces (a higher one runs the CPU's best). Any other non-empty
+// value is refused (moeckpt::Error, kInvalidArgument) by every call, so no run ignores it.
 Isa best_isa();
+// What MOECKPT_ISA `value` (nullptr or empty: unset) selects on a CPU whose best is `hardware`;
+// throws as best_isa() does.
+Isa isa_from_env(const char* value, Isa hardware);
 // Whether this CPU can run `isa` at all (ignores MOECKPT_ISA).
 bool isa_available(Isa isa);
 const char* isa_name(Isa isa);

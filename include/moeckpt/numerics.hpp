@@ -1,6 +1,6 @@
 #pragma once
 // Exact scalar codecs for FP8 E4M3FN, BF16 and F16. These are the reference every kernel is
-// tested against; see ../shared/spec/ADAPTER.md ("FP8 E4M3FN facts").
+// tested against; see docs/CONTRACT.md ("FP8 E4M3FN").
 #include <cstdint>
 
 namespace moeckpt::numerics {

@@ -235,15 +235,18 @@ struct ExecOptions {
   bool check_only = false;
 };
 
-// How the executor divides ExecOptions::max_memory: buffers of the tasks in flight, and freed
-// buffers each worker thread keeps for reuse (at most a quarter of the budget in all, 256 MiB per
-// thread), so the resident set of task buffers stays within the budget.
+// How the executor divides ExecOptions::max_memory: buffers of the tasks in flight (three
+// quarters), and freed buffers each worker thread keeps for reuse (the rest, at most 256 MiB per
+// thread), so the resident set of task buffers stays within the budget. The in-flight share does
+// not depend on the thread count and never shrinks as the budget grows, so the budgets that hold
+// a plan are exactly those from one smallest budget up.
 struct MemoryBudget {
   uint64_t in_flight = 0;
   uint64_t cache_per_thread = 0;
   static MemoryBudget split(uint64_t max_memory, unsigned threads);
-  // The smallest max_memory whose in-flight share holds a task of `need` bytes.
-  static uint64_t needed_for(uint64_t need, unsigned threads);
+  // The smallest max_memory whose in-flight share holds a task of `need` bytes (one byte less
+  // does not).
+  static uint64_t needed_for(uint64_t need);
 };
 
 // The outputs a task writes to.
@@ -261,6 +264,13 @@ std::vector<SourceRange> task_reads(const Task& task);
 
 // Buffer bytes a task holds while it runs (what the executor's memory budget counts).
 uint64_t task_memory(const Task& task);
+// The smallest ExecOptions::max_memory under which execute() takes `plan`: its largest task fits
+// the in-flight share.
+uint64_t memory_needed(const Plan& plan);
+// Refuses a plan whose largest task does not fit the in-flight share of options.max_memory,
+// naming that task and the smallest budget that holds the plan, or `at_least` where the caller
+// needs more (what else it budgets).
+void check_memory_budget(const Plan& plan, const ExecOptions& options, uint64_t at_least = 0);
 
 // Row ranges of at most ~target_bytes of output each, cut at multiples of `align` rows.
 std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_bytes,

@@ -4,7 +4,7 @@
 // row r / B. Fused Q/K/V (the published full-attention layout): the projections were quantized
 // as T tensor-parallel shards [Q_c | K_c | V_c], each cut into B-row blocks from its own first row;
 // a block's scale row belongs to the projection holding the block's first row
-// (the reference checkpoint's full-attention K/V scale layout, ../shared/spec/).
+// (the reference checkpoint's full-attention K/V scale layout, docs/CHECKPOINT.md).
 #include <cstddef>
 #include <cstdint>
 #include <optional>

@@ -36,6 +36,10 @@ struct SynthReport {
 
 // The config.json document the preset and options describe.
 nlohmann::json synth_config(const SynthOptions& options);
+// Refuses (moeckpt::Error, kInvalidArgument) options that no destination could make valid: an
+// unknown preset, sizes out of range, a TP degree or sparse files for a preset that takes none.
+// synthesize_checkpoint makes the same checks first; a caller can make them before anything else.
+void check_synth_options(const SynthOptions& options);
 // Writes config.json and the safetensors shards into `dst` (created; must not hold a checkpoint).
 SynthReport synthesize_checkpoint(const std::filesystem::path& dst, const SynthOptions& options);
 

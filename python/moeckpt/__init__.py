@@ -27,6 +27,7 @@ from ._core import (
     NumericError,
     UnsupportedLayoutError,
 )
+from ._core import kernel_isa as _kernel_isa
 from .adapter import (
     DeepSeekV3StateDictAdapter,
     MiMoV2FlashStateDictAdapter,
@@ -36,6 +37,14 @@ from .adapter import (
 )
 from .io import WriteReport, dequantize_dir, from_hf_dir, quantize_dir, synth, to_hf_dir
 from .load import LoadReport, load_hf_checkpoint
+
+
+def kernel_isa() -> str:
+    """The ISA of the engine's FP8 kernels: ``"avx512"``, ``"avx2"`` or ``"scalar"`` (the best this
+    CPU runs, or the lower one ``MOECKPT_ISA`` forces). A ``MOECKPT_ISA`` naming none of them raises
+    :class:`InvalidArgumentError`, as every conversion does."""
+    return _kernel_isa()
+
 
 __version__ = "0.1.0"
 
@@ -57,6 +66,7 @@ __all__ = [
     "dequantize_dir",
     "from_hf_dir",
     "is_published_fp8_key",
+    "kernel_isa",
     "load_hf_checkpoint",
     "quantize_dir",
     "should_quantize_key",

@@ -44,6 +44,7 @@
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
+#include "moeckpt/kernels.hpp"
 #include "moeckpt/model_config.hpp"
 #include "moeckpt/safetensors.hpp"
 #include "moeckpt/safetensors_writer.hpp"
@@ -479,6 +480,8 @@ NB_MODULE(_core, m) {
   m.def(
       "is_published_fp8_key", [](const std::string& k) { return is_published_fp8_key(k); },
       nb::arg("key"));
+  // The FP8 kernels' ISA (MOECKPT_ISA may force a lower one; a value it refuses raises).
+  m.def("kernel_isa", [] { return std::string(kernels::isa_name(kernels::best_isa())); });
   // (first expert, count) of an EP rank.
   m.def(
       "expert_range",

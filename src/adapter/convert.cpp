@@ -114,6 +114,9 @@ struct PreparedConversion {
   std::string inputs_text;
   std::vector<fs::path> srcs;
   std::vector<FolderPlan> folders;
+  // The memory budget the inputs' indexes need to be parsed (index_budget_needed): a budget that
+  // holds the tasks but not this would be refused again.
+  uint64_t index_budget = 0;
 };
 
 ShardingOptions sharding_of(const Plan& plan, const ConvertOptions& convert) {
@@ -193,7 +196,8 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
             writer.shard_count(),
             kept,
             writer.shard_count(),
-            true};
+            true,
+            {}};
   } catch (const Interrupted&) {
     // Temporary files are gone with the writer; finished shards and the manifest stay for
     // --resume.
@@ -241,7 +245,8 @@ ConvertReport write_plan_as_worker(FolderPlan& fp, const std::vector<ShardLayout
             writer.shard_count(),
             folder.kept(),
             own,
-            false};
+            false,
+            {}};
   } catch (const Interrupted&) {
     folder.record_failure("interrupted");
     throw Interrupted({ErrorKind::kInterrupted, fp.dst.string(), "",
@@ -309,9 +314,44 @@ bool finished_before(const FolderPlan& fp, const ConvertOptions& convert, size_t
          !has_distributed_records(fp.dst);
 }
 
+// Refuses, before anything is written, a conversion whose plans do not fit the memory budget,
+// naming the smallest budget that holds every folder's plan and the inputs' indexes.
+void refuse_beyond_budget(const PreparedConversion& p, const ExecOptions& exec) {
+  uint64_t need = p.index_budget;
+  for (const auto& fp : p.folders) need = std::max(need, memory_needed(fp.plan));
+  if (need <= exec.max_memory) return;
+  for (const auto& fp : p.folders) check_memory_budget(fp.plan, exec, need);
+}
+
+// A worker relaunched to resume into a folder that another worker of the relaunch completed
+// before this one took its lock (any worker completes a folder once every shard is recorded, and
+// a kept shard is recorded before its worker starts again): nothing is left to do. Known by the
+// index this plan writes and this worker's own shards (size and header bytes) being there, with
+// no records left. (Where the caller completes the folders after its barrier, no worker can have.)
+bool completed_by_peer(const FolderPlan& fp, const std::vector<ShardLayout>& layout,
+                       const std::vector<int64_t>& owner, const ConvertOptions& convert) {
+  if (convert.existing != ExistingOutput::kResume || !convert.finalize) return false;
+  std::error_code ec;
+  if (has_distributed_records(fp.dst) || fs::exists(fp.dst / kManifestFileName, ec)) return false;
+  if (const auto index = index_text(layout, fp.plan.outputs, fp.plan.index_metadata)) {
+    const auto path = fp.dst / kIndexFileName;
+    const auto size = fs::file_size(path, ec);
+    if (ec || size != index->size() || io::read_small_file(path, size) != *index) return false;
+  } else if (!present(fp.dst / kSingleFileName)) {
+    return false;
+  }
+  for (size_t s = 0; s < layout.size(); ++s)
+    if (owner[s] == convert.worker &&
+        !starts_with_bytes(fp.dst / layout[s].name, layout[s].header, layout[s].file_size))
+      return false;
+  return true;
+}
+
 ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& convert) {
+  // Every worker refuses alike (the whole plan, not its share), before it claims the folder.
+  refuse_beyond_budget(p, convert.exec);
   ConvertReport total;
-  if (p.folders.size() > 1 &&
+  if (convert.workers == 0 && p.folders.size() > 1 &&
       std::all_of(p.folders.begin(), p.folders.end(), [&](const FolderPlan& fp) {
         return finished_before(fp, convert, p.folders.size());
       }))
@@ -340,22 +380,45 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
                                  p.folders[f].config_text, d.layouts[f]) +
                      fmt::format("-w{}", convert.workers));
   std::vector<bool> skipped(p.folders.size(), false);
+  std::vector<size_t> own(p.folders.size(), 0);
   for (size_t f = 0; f < p.folders.size(); ++f) {
-    skipped[f] = finished_before(p.folders[f], convert, p.folders.size());
-    if (!skipped[f])
-      add(total,
-          write_plan_as_worker(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert));
+    // A folder finished before (an EP rank's, resuming every rank), or by a peer of this relaunch.
+    skipped[f] = completed_by_peer(p.folders[f], d.layouts[f], d.owners[f], convert);
+    if (skipped[f]) continue;
+    const auto r =
+        write_plan_as_worker(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert);
+    own[f] = r.own_shards;
+    add(total, r);
   }
   total.finalized = false;
-  if (convert.worker == 0 && convert.finalize) {
-    const auto deadline = std::chrono::steady_clock::now() + convert.wait;
-    for (size_t f = 0; f < p.folders.size(); ++f) {
-      if (skipped[f]) continue;
-      const auto& fp = p.folders[f];
-      finalize_dir(fp.dst, convert.wait, convert.exec.cancel, deadline);
+  if (!convert.finalize) return total;  // the caller completes the folders after its barrier
+  // Whichever worker finds every shard recorded once its own are done completes the folder, so
+  // the last to finish does, whatever the order the workers ran in (a job array runs them one
+  // after another). Worker 0 first waits for workers still running: it completes the folder
+  // itself then, or names a worker that stopped.
+  const auto deadline = std::chrono::steady_clock::now() + convert.wait;
+  bool complete = true;
+  for (size_t f = 0; f < p.folders.size(); ++f) {
+    if (skipped[f]) continue;
+    const auto& dst = p.folders[f].dst;
+    WorkerCompletion c;
+    // A worker without shards here looks too once a job record is there: a worker that found
+    // every shard recorded may have left the folder to it, having found its lock held.
+    if (own[f] > 0 || present(dst / kJobFileName)) {
+      c = complete_as_worker(dst, convert.worker == 0, convert.exec.cancel, deadline);
+    } else if (present(dst / kIndexFileName)) {
+      c.complete = true;
+    } else {
+      // No worker with shards has started here yet (the first one writes the job record).
+      c.pending =
+          "this worker owns none of its shards; the last worker to finish completes the "
+          "folder, or moeckpt finalize " +
+          dst.string() + " once every worker is done";
     }
-    total.finalized = true;
+    complete = complete && c.complete;
+    if (!c.complete) total.pending.push_back(dst.string() + " is not complete yet: " + c.pending);
   }
+  total.finalized = complete;
   return total;
 }
 
@@ -410,26 +473,49 @@ std::string source_fingerprint(const CheckpointSource& source, const ModelSpec& 
 constexpr uint64_t kJsonBytesPerFileByte = 15;
 constexpr uint64_t kMetadataAllowance = 48ull << 20;
 
-void check_index_budget(const fs::path& dir, const ExecOptions& exec) {
+// The memory budget parsing `dir`'s index needs (0 without an index); a smaller one is refused
+// before the index is read.
+uint64_t index_budget_needed(const fs::path& dir, const ExecOptions& exec) {
   std::error_code ec;
   const auto path = dir / kIndexFileName;
   const auto size = fs::file_size(path, ec);
-  if (ec) return;  // no index (or unreadable: opening it reports that)
+  if (ec) return 0;  // no index (or unreadable: opening it reports that)
   const uint64_t need = size * kJsonBytesPerFileByte;
-  if (need > kMetadataAllowance && need - kMetadataAllowance > exec.max_memory)
+  const uint64_t budget = need > kMetadataAllowance ? need - kMetadataAllowance : 0;
+  // Only the index is known before it is parsed: a plan needing more is named once it is made.
+  if (budget > exec.max_memory)
     fail(ErrorKind::kMalformedFile, path.string(), "",
          fmt::format("an index of {} bytes needs about {} MB of memory to parse, beyond the memory "
                      "budget of {} bytes",
                      size, need >> 20, exec.max_memory),
-         fmt::format("a memory budget (--max-memory) of at least {} bytes",
-                     need > kMetadataAllowance ? need - kMetadataAllowance : 0));
+         fmt::format("a memory budget (--max-memory) of at least {} bytes", budget));
+  return budget;
 }
 
-// Tasks small enough that several fit the memory budget at once.
+// Tasks small enough that several fit the memory budget at once: about a 32nd of it, at least
+// kSmallestTaskBytes.
+constexpr uint64_t kSmallestTaskBytes = 64ull << 10;
 template <class Options>
 Options within_budget(Options o, const ExecOptions& exec) {
-  o.task_bytes = std::clamp<uint64_t>(exec.max_memory / 32, 64ull << 10, o.task_bytes);
+  o.task_bytes = std::min(o.task_bytes, std::max(exec.max_memory / 32, kSmallestTaskBytes));
   return o;
+}
+
+// The plan `make(options)` at the budget's task size, or, when one of its tasks does not fit the
+// budget (an expert slot or a whole small tensor does not shrink with the task size), at the
+// smallest task size. No task needs less at a larger task size, so the budgets this takes are
+// exactly those from memory_needed() of the smallest split up: the one a refusal names
+// (refuse_beyond_budget) works, and one byte less does not.
+template <class Options, class MakePlan>
+Plan plan_within_budget(const Options& options, const ExecOptions& exec, MakePlan&& make) {
+  Options o = within_budget(options, exec);
+  Plan plan = make(o);
+  const uint64_t smallest = std::min(options.task_bytes, kSmallestTaskBytes);
+  if (o.task_bytes == smallest || memory_needed(plan) <= exec.max_memory) return plan;
+  o.task_bytes = smallest;
+  // The first plan made every refusal planning makes; the scales need no second scan.
+  if constexpr (requires { o.prescan_scales; }) o.prescan_scales = false;
+  return make(o);
 }
 
 int64_t parse_meta_int(const std::map<std::string, std::string>& md, const char* key,
@@ -465,7 +551,7 @@ PreparedConversion prepare_from_hf(const fs::path& src, const fs::path& dst,
   ModelConfig config = ModelConfig::parse(
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
   PreparedConversion p;
-  check_index_budget(src, exec);
+  p.index_budget = index_budget_needed(src, exec);
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
   p.source = source.get();
   const bool every_rank = options.ep_rank == FromHfOptions::kEveryRank;
@@ -476,15 +562,17 @@ PreparedConversion prepare_from_hf(const fs::path& src, const fs::path& dst,
   const int64_t first = every_rank ? 0 : options.ep_rank;
   const int64_t last = every_rank ? options.ep_size : options.ep_rank + 1;
   for (int64_t r = first; r < last; ++r) {
-    FromHfOptions o = within_budget(options, exec);
+    FromHfOptions o = options;
     o.ep_rank = r;
     if (headers_only) o.prescan_scales = false;
-    FolderPlan fp{plan_from_hf(*source, config, o),
-                  every_rank ? dst / ep_rank_folder_name(r, options.ep_size) : dst,
-                  fmt::format("from-hf ep {}/{} dtype {} compat {} attn {}", r, options.ep_size,
-                              dtype_name(options.dtype), compat_name(options.compat),
-                              attn_backend_name(options.attn_backend)),
-                  config_text};
+    FolderPlan fp{
+        plan_within_budget(
+            o, exec, [&](const FromHfOptions& x) { return plan_from_hf(*source, config, x); }),
+        every_rank ? dst / ep_rank_folder_name(r, options.ep_size) : dst,
+        fmt::format("from-hf ep {}/{} dtype {} compat {} attn {}", r, options.ep_size,
+                    dtype_name(options.dtype), compat_name(options.compat),
+                    attn_backend_name(options.attn_backend)),
+        config_text};
     if (!source_print)
       source_print = headers_only
                          ? kUnreadFingerprint
@@ -506,17 +594,19 @@ PreparedConversion prepare_dequantize(const fs::path& src, const fs::path& dst,
   auto config_json = parse_strict_json(config_text, config_path.string(), "config");
   ModelConfig config = ModelConfig::parse(config_json, config_path.string());
   PreparedConversion p;
-  check_index_budget(src, exec);
+  p.index_budget = index_budget_needed(src, exec);
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
   p.source = source.get();
-  FromHfOptions o = within_budget(options, exec);
+  FromHfOptions o = options;
   o.group_experts = false;
   o.ep_size = 1;
   o.ep_rank = 0;
   if (headers_only) o.prescan_scales = false;
   config_json.erase("quantization_config");
   p.folders.push_back(
-      {plan_from_hf(*source, config, o), dst,
+      {plan_within_budget(o, exec,
+                          [&](const FromHfOptions& x) { return plan_from_hf(*source, config, x); }),
+       dst,
        fmt::format("dequantize dtype {} compat {}", dtype_name(o.dtype), compat_name(o.compat)),
        config_json.dump(2) + "\n"});
   p.inputs_text = describe_inputs(*source);
@@ -529,16 +619,18 @@ PreparedConversion prepare_quantize(const fs::path& src, const fs::path& dst,
                                     const ToHfOptions& options, const ExecOptions& exec) {
   ModelConfig config = ModelConfig::load(src / "config.json");
   PreparedConversion p;
-  check_index_budget(src, exec);
+  p.index_budget = index_budget_needed(src, exec);
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
   p.source = source.get();
-  ToHfOptions o = within_budget(options, exec);
+  ToHfOptions o = options;
   o.hf_source = true;
   if (effective_quant(o) == QuantMode::kNone)
     fail(ErrorKind::kInvalidArgument, "", "", "quantize needs a quantization mode",
          "block or cast");
-  p.folders.push_back({plan_to_hf(*source, config, o, {0}), dst,
-                       "quantize " + to_hf_options_text(o, {0}), hf_config_text(config, o)});
+  p.folders.push_back(
+      {plan_within_budget(
+           o, exec, [&](const ToHfOptions& x) { return plan_to_hf(*source, config, x, {0}); }),
+       dst, "quantize " + to_hf_options_text(o, {0}), hf_config_text(config, o)});
   p.inputs_text = describe_inputs(*source);
   p.srcs = {src};
   p.owned = std::move(source);
@@ -634,7 +726,9 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
   if (srcs.empty()) fail(ErrorKind::kInvalidArgument, "", "", "no input folder");
   const fs::path cfg = config_path ? *config_path : srcs.front() / "config.json";
   ModelConfig config = ModelConfig::load(cfg);
-  for (const auto& s : srcs) check_index_budget(s, convert.exec);
+  uint64_t index_budget = 0;
+  for (const auto& s : srcs)
+    index_budget = std::max(index_budget, index_budget_needed(s, convert.exec));
   CheckpointSource source(srcs);
   std::vector<int64_t> starts;
   for (size_t p = 0; p < srcs.size(); ++p) {
@@ -678,7 +772,11 @@ ConvertReport to_hf_dirs(const std::vector<fs::path>& srcs, const fs::path& dst,
   p.source = &source;
   p.inputs_text = describe_inputs(source);
   p.srcs = srcs;
-  p.folders.push_back({plan_to_hf(source, config, within_budget(options, convert.exec), starts),
+  p.index_budget = index_budget;
+  p.folders.push_back({plan_within_budget(options, convert.exec,
+                                          [&](const ToHfOptions& x) {
+                                            return plan_to_hf(source, config, x, starts);
+                                          }),
                        dst, to_hf_options_text(options, starts), hf_config_text(config, options)});
   return write_prepared(p, convert);
 }
@@ -758,8 +856,10 @@ ConvertReport to_hf_dir_from_source(const TensorSource& native, const std::strin
   p.source = &native;
   p.inputs_text = inputs_text;
   p.folders.push_back(
-      {plan_to_hf(native, config, within_budget(options, convert.exec), {expert_start}), dst,
-       to_hf_options_text(options, {expert_start}), hf_config_text(config, options)});
+      {plan_within_budget(
+           options, convert.exec,
+           [&](const ToHfOptions& x) { return plan_to_hf(native, config, x, {expert_start}); }),
+       dst, to_hf_options_text(options, {expert_start}), hf_config_text(config, options)});
   return write_prepared(p, convert);
 }
 

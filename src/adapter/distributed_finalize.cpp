@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -13,6 +14,7 @@
 
 #include "adapter/destination_files.hpp"
 #include "adapter/distributed_records.hpp"
+#include "adapter/worker_folder.hpp"
 #include "core/printable.hpp"
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
@@ -66,7 +68,7 @@ Survey survey(const fs::path& dst) {
   if (!job)
     fail(ErrorKind::kDestination, dst.string(), "",
          std::string("has no distributed-conversion job record (") + kJobFileName +
-             "): worker 0 never started here, or the folder was finalized already",
+             "): no worker with shards started here, or the folder was finalized already",
          "a destination written by moeckpt ... --distributed");
   Survey s{*job, {}, {}, {}};
   for (const auto& [k, n] : worker_manifests_in(dst))
@@ -196,6 +198,120 @@ void check_shard(const fs::path& dst, const JobRecord::Shard& sh) {
          "the shard as the plan lays it out");
 }
 
+// Completion under the finalize lock, once a survey found every shard recorded: the report when
+// this call completed the folder; otherwise a worker still holding its lock, or another finalize
+// holding the finalize lock (or neither: the records changed meanwhile; look again).
+struct Attempt {
+  std::optional<FinalizeReport> done;
+  std::optional<int64_t> busy;
+  bool other_finalize = false;
+  bool completed_elsewhere = false;  // another worker or finalize did it before this one's lock
+};
+
+Attempt try_complete(const fs::path& dst, int64_t workers) {
+  Attempt a;
+  // No worker may run while the folder is completed (a resumed one still checking its kept shards
+  // could remove one). The finalize lock is held until the folder is complete: a worker that takes
+  // its own lock after this refuses to run (it probes this one), and one that took it before
+  // still holds it below. One descriptor, whatever the worker count (a lock held per worker ran
+  // out of descriptors near 1000 workers and read as "still running").
+  std::optional<io::DirectoryLock> finalizing;
+  try {
+    finalizing.emplace(dst, kFinalizeLockName, kFinalizeLockPatience);
+  } catch (const io::LockBusy&) {
+    a.other_finalize = true;
+    return a;
+  }
+  if (present(dst / kIndexFileName) || !present(dst / kJobFileName)) {
+    a.completed_elsewhere = true;
+    return a;
+  }
+  // A lock file nobody holds is a dead worker's (killed after it recorded its last shard): it
+  // goes, or it would stay in the finished checkpoint.
+  for (int64_t k = 0; k < workers; ++k)
+    if (!io::DirectoryLock::remove_if_free(dst / worker_lock_name(k, workers))) {
+      a.busy = k;
+      return a;
+    }
+  const Survey s = survey(dst);  // again, under the finalize lock
+  if (!s.missing.empty()) return a;
+  uint64_t bytes = 0;
+  for (const auto& sh : s.job.shards) {
+    check_shard(dst, sh);
+    check_recorded_checksum(dst, sh, *s.manifests[static_cast<size_t>(sh.worker)]);
+    bytes += sh.size;
+  }
+  check_index_against_shards(dst, s.job);
+  io::sync_directory(dst);
+  if (s.job.index) io::write_file_atomically(dst / kIndexFileName, *s.job.index);
+  // The index is in place: the records go, the job record last (a crash in between leaves a
+  // folder that finalize completes again); the locks go with their release.
+  for (int64_t k = 0; k < s.job.workers; ++k)
+    remove_file(dst / worker_manifest_name(k, s.job.workers));
+  // Temporaries of the job record that dead workers left (every worker is past it).
+  for (const auto& e : fs::directory_iterator(dst))
+    if (const auto n = io::final_name_of_temporary(e.path().filename().string());
+        n == kJobFileName || n == kLaunchFileName)
+      remove_file(e.path());
+  if (present(dst / kLaunchFileName)) remove_file(dst / kLaunchFileName);
+  io::sync_directory(dst);
+  remove_file(dst / kJobFileName);
+  io::sync_directory(dst);
+  a.done = FinalizeReport{s.job.shards.size(), bytes, s.job.workers, s.job.index.has_value()};
+  return a;
+}
+
+// A worker that stopped (failed, or died: its lock is free) without its shards, which it will not
+// finish unless relaunched: what to say about it (nullopt: none found). Only records written at
+// or after `launch_time` count (a worker of an earlier launch may be relaunched yet).
+std::optional<std::string> stopped_worker(const fs::path& dst, const Survey& s,
+                                          int64_t launch_time) {
+  for (int64_t k : s.unfinished_workers) {
+    const auto manifest = dst / worker_manifest_name(k, s.job.workers);
+    const auto lock = dst / worker_lock_name(k, s.job.workers);
+    if (!s.manifests[static_cast<size_t>(k)]) {
+      // No manifest yet: a lock file is left behind only by a killed worker (an exiting one
+      // removes it), and one taken after this launch's job record is this launch's. The survey
+      // may predate the worker's manifest and even its exit: with the lock free, the lock file
+      // must still be there and the manifest still missing.
+      if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock) &&
+          present(lock) && !WorkerManifest::load(dst, k, s.job.workers))
+        return fmt::format("worker {} of {} died before it recorded any of its {} shard(s): {}", k,
+                           s.job.workers, shards_of(s.job, k).size(),
+                           name_list(shards_of(s.job, k)));
+      continue;
+    }
+    if (mtime_ns(manifest) < launch_time || io::DirectoryLock::is_held(lock)) continue;
+    // The lock is free: read the manifest again, since a worker records its last shard before
+    // it lets go of the lock (what the survey read may predate both).
+    const auto m = WorkerManifest::load(dst, k, s.job.workers);
+    if (!m) continue;
+    std::vector<std::string> its;
+    for (const auto& sh : s.job.shards)
+      if (sh.worker == k && !m->shards.count(sh.name)) its.push_back(sh.name);
+    if (its.empty()) continue;  // it finished meanwhile
+    return fmt::format("worker {} of {} stopped ({}) before finishing {} shard(s): {}", k,
+                       s.job.workers, m->failure ? *m->failure : "it died", its.size(),
+                       name_list(its));
+  }
+  return std::nullopt;
+}
+
+// "N of M shard(s) are not finished: ... (worker(s) ... of W)".
+std::string missing_text(const Survey& s) {
+  std::vector<std::string> workers;
+  for (int64_t k : s.unfinished_workers) workers.push_back(std::to_string(k));
+  return fmt::format("{} of {} shard(s) are not finished: {} (worker(s) {} of {})",
+                     s.missing.size(), s.job.shards.size(), name_list(s.missing),
+                     name_list(workers), s.job.workers);
+}
+
+// The folder was completed (its index written, or its job record removed last) by another
+// worker or a finalize.
+bool completed_elsewhere(const fs::path& dst) {
+  return present(dst / kIndexFileName) || !present(dst / kJobFileName);
+}
+
 }  // namespace
 
 bool has_distributed_records(const fs::path& dst) {
@@ -235,94 +351,20 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
   for (;;) {
     Survey s = survey(dst);
     std::optional<int64_t> busy;  // a worker still holding its lock with every shard recorded
-    bool other_finalize = false;  // another finalize (worker 0, or moeckpt finalize) holds it
+    bool other_finalize = false;  // another finalize (a worker, or moeckpt finalize) holds it
     if (s.missing.empty()) {
-      // No worker may run while the folder is completed (a resumed one still checking its kept
-      // shards could remove one). The finalize lock is held until the folder is complete: a
-      // worker that takes its own lock after this refuses to run (it probes this one), and one
-      // that took it before still holds it below. One descriptor, whatever the worker count (a
-      // lock held per worker ran out of descriptors near 1000 workers and read as "still
-      // running").
-      std::optional<io::DirectoryLock> finalizing;
-      try {
-        finalizing.emplace(dst, kFinalizeLockName, kFinalizeLockPatience);
-      } catch (const io::LockBusy&) {
-        other_finalize = true;
-      }
-      // A lock file nobody holds is a dead worker's (killed after it recorded its last shard):
-      // it goes, or it would stay in the finished checkpoint.
-      for (int64_t k = 0; finalizing && k < s.job.workers && !busy; ++k)
-        if (!io::DirectoryLock::remove_if_free(dst / worker_lock_name(k, s.job.workers))) busy = k;
-      if (finalizing && !busy) {
-        s = survey(dst);  // again, under the finalize lock
-        if (s.missing.empty()) {
-          uint64_t bytes = 0;
-          for (const auto& sh : s.job.shards) {
-            check_shard(dst, sh);
-            check_recorded_checksum(dst, sh, *s.manifests[static_cast<size_t>(sh.worker)]);
-            bytes += sh.size;
-          }
-          check_index_against_shards(dst, s.job);
-          io::sync_directory(dst);
-          if (s.job.index) io::write_file_atomically(dst / kIndexFileName, *s.job.index);
-          // The index is in place: the records go, the job record last (a crash in between
-          // leaves a folder that finalize completes again); the locks go with their release.
-          for (int64_t k = 0; k < s.job.workers; ++k)
-            remove_file(dst / worker_manifest_name(k, s.job.workers));
-          // Temporaries of the job record that dead workers left (every worker is past it).
-          for (const auto& e : fs::directory_iterator(dst))
-            if (const auto n = io::final_name_of_temporary(e.path().filename().string());
-                n == kJobFileName || n == kLaunchFileName)
-              remove_file(e.path());
-          if (present(dst / kLaunchFileName)) remove_file(dst / kLaunchFileName);
-          io::sync_directory(dst);
-          remove_file(dst / kJobFileName);
-          io::sync_directory(dst);
-          return {s.job.shards.size(), bytes, s.job.workers, s.job.index.has_value()};
-        }
-      }
+      const Attempt a = try_complete(dst, s.job.workers);
+      if (a.done) return *a.done;
+      busy = a.busy;
+      other_finalize = a.other_finalize;
     }
-    // A worker of this launch that stopped (failed, or died: its lock is free) without its shards
-    // will not finish them.
-    for (int64_t k : s.unfinished_workers) {
-      const auto manifest = dst / worker_manifest_name(k, s.job.workers);
-      const auto lock = dst / worker_lock_name(k, s.job.workers);
-      if (!s.manifests[static_cast<size_t>(k)]) {
-        // No manifest yet: a lock file is left behind only by a killed worker (an exiting one
-        // removes it), and one taken after this launch's job record is this launch's. The survey
-        // may predate the worker's manifest and even its exit: with the lock free, the lock file
-        // must still be there and the manifest still missing.
-        if (present(lock) && mtime_ns(lock) >= launch_time && !io::DirectoryLock::is_held(lock) &&
-            present(lock) && !WorkerManifest::load(dst, k, s.job.workers))
-          fail(ErrorKind::kDestination, dst.string(), "",
-               fmt::format("worker {} of {} died before it recorded any of its {} shard(s): {}; no "
-                           "index was written",
-                           k, s.job.workers, shards_of(s.job, k).size(),
-                           name_list(shards_of(s.job, k))),
-               "the same launch again with --resume; the last worker 0 writes the index, or "
-               "moeckpt finalize does");
-        continue;
-      }
-      if (mtime_ns(manifest) < launch_time || io::DirectoryLock::is_held(lock)) continue;
-      // The lock is free: read the manifest again, since a worker records its last shard before
-      // it lets go of the lock (what the survey read may predate both).
-      const auto m = WorkerManifest::load(dst, k, s.job.workers);
-      if (!m) continue;
-      std::vector<std::string> its;
-      for (const auto& sh : s.job.shards)
-        if (sh.worker == k && !m->shards.count(sh.name)) its.push_back(sh.name);
-      if (its.empty()) continue;  // it finished meanwhile
-      fail(ErrorKind::kDestination, dst.string(), "",
-           fmt::format("worker {} of {} stopped ({}) before finishing {} shard(s): {}; no index "
-                       "was written",
-                       k, s.job.workers, m->failure ? *m->failure : "it died", its.size(),
-                       name_list(its)),
-           "the same launch again with --resume (the finished shards are kept); the last worker "
-           "0 writes the index, or moeckpt finalize does");
-    }
+    if (const auto stopped = stopped_worker(dst, s, launch_time))
+      fail(ErrorKind::kDestination, dst.string(), "", *stopped + "; no index was written",
+           "that worker relaunched to resume its shards (the finished ones are kept): the last "
+           "worker to finish completes the folder, or moeckpt finalize does");
     if (std::chrono::steady_clock::now() >= deadline && other_finalize)
       fail(ErrorKind::kDestination, dst.string(), "",
-           "another moeckpt finalize (or worker 0) is completing this folder; no index was "
+           "another moeckpt finalize (or a worker) is completing this folder; no index was "
            "written by this one",
            "that finalize to finish");
     if (std::chrono::steady_clock::now() >= deadline && busy)
@@ -331,24 +373,70 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
                        "its lock); no index was written",
                        *busy, s.job.workers),
            "moeckpt finalize once that worker has exited");
-    if (std::chrono::steady_clock::now() >= deadline) {
-      std::vector<std::string> workers;
-      for (int64_t k : s.unfinished_workers) workers.push_back(std::to_string(k));
-      fail(ErrorKind::kDestination, dst.string(), "",
-           fmt::format("{} of {} shard(s) are not finished: {} (worker(s) {} of {}); no index was "
-                       "written",
-                       s.missing.size(), s.job.shards.size(), name_list(s.missing),
-                       name_list(workers), s.job.workers),
+    if (std::chrono::steady_clock::now() >= deadline)
+      fail(ErrorKind::kDestination, dst.string(), "", missing_text(s) + "; no index was written",
            wait.count() > 0 ? fmt::format("every worker done within --wait {:g} s, or the missing "
                                           "workers relaunched with --resume",
                                           static_cast<double>(wait.count()) / 1000.0)
                             : "every worker done (relaunch the missing ones with --resume), "
                               "then moeckpt finalize");
-    }
     if (cancel && cancel->load())
       throw Interrupted({ErrorKind::kInterrupted, dst.string(), "",
                          "interrupted while waiting for the other workers; no index was written",
                          "moeckpt finalize " + dst.string() + " once every worker is done"});
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
+WorkerCompletion complete_as_worker(const fs::path& dst, bool wait_for_running,
+                                    const std::atomic<bool>* cancel,
+                                    std::chrono::steady_clock::time_point deadline) {
+  const std::string finalize_hint = "moeckpt finalize " + dst.string();
+  for (;;) {
+    if (completed_elsewhere(dst)) return {false, true, ""};
+    std::optional<Survey> s;
+    try {
+      s = survey(dst);
+    } catch (const Error&) {
+      if (completed_elsewhere(dst)) return {false, true, ""};  // finalized as it was read
+      throw;
+    }
+    const bool past = std::chrono::steady_clock::now() >= deadline;
+    if (s->missing.empty()) {
+      const Attempt a = try_complete(dst, s->job.workers);
+      if (a.done) return {true, true, ""};
+      if (a.completed_elsewhere) return {false, true, ""};
+      if (a.busy && (!wait_for_running || past))
+        // It holds its lock, so it looks at the folder after it lets go of it, and completes it.
+        return {false, false,
+                fmt::format("every shard is recorded; worker {} of {}, still running, completes "
+                            "the folder as it exits (or {} afterwards)",
+                            *a.busy, s->job.workers, finalize_hint)};
+      // Another finalize holds the lock: it completes the folder, or it saw a worker (maybe this
+      // one, before it exited) still running and lets go at once; looked at again until one of
+      // them has completed it, so that a completion is never left to nobody.
+    } else {
+      // The survey read a manifest that a finalize removed after it wrote the index.
+      if (completed_elsewhere(dst)) return {false, true, ""};
+      // Any launch's stopped worker counts: it will not finish unless relaunched (a relaunched
+      // worker then finishes last and completes the folder).
+      const auto stopped = stopped_worker(dst, *s, std::numeric_limits<int64_t>::min());
+      bool running = false;
+      for (int64_t k : s->unfinished_workers)
+        running = running || io::DirectoryLock::is_held(dst / worker_lock_name(k, s->job.workers));
+      if (stopped || !running || !wait_for_running || past) {
+        std::string text = missing_text(*s);
+        if (stopped) text += "; " + *stopped + " (relaunch it to resume them)";
+        return {false, false,
+                text + "; the last worker to finish completes the folder, or " + finalize_hint +
+                    " once every worker is done"};
+      }
+    }
+    if (cancel && cancel->load())
+      throw Interrupted({ErrorKind::kInterrupted, dst.string(), "",
+                         "interrupted while waiting for the other workers; its own shards are "
+                         "done and kept, no index was written",
+                         finalize_hint + " once every worker is done"});
     std::this_thread::sleep_for(kPollInterval);
   }
 }

@@ -15,7 +15,7 @@ namespace moeckpt {
 namespace fs = std::filesystem;
 
 namespace {
-// How long taking our own lock may wait for a peer that probes it (worker 0 checking liveness).
+// How long taking our own lock may wait for a peer that probes it (a worker checking liveness).
 constexpr std::chrono::milliseconds kLockPatience(2000);
 }  // namespace
 
@@ -37,8 +37,9 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
   // A finalize takes its lock before it checks that no worker holds its own: with ours taken, a
   // finalize under way means this worker must not run (it could remove a shard being indexed).
   if (io::DirectoryLock::is_held(dst_ / kFinalizeLockName))
-    fail(ErrorKind::kDestination, dst_.string(), "", "moeckpt finalize is completing this folder",
-         "the folder once finalize is done (a finished folder needs nothing more)");
+    fail(ErrorKind::kDestination, dst_.string(), "",
+         "another worker or moeckpt finalize is completing this folder",
+         "the folder once that is done (a finished folder needs nothing more)");
   if (io::DirectoryLock::is_held(dst_ / io::kLockFileName))
     fail(ErrorKind::kDestination, dst_.string(), "",
          "a single-process moeckpt conversion is writing into this folder",
@@ -172,8 +173,8 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
   if (own_names.empty()) return skip;
   began_ = true;
   manifest_file_.emplace(manifest_.save(dst_));
-  // Every shard of ours was recorded before and worker 0 (or finalize) completed the folder
-  // before this manifest was written: it would be left behind, so it goes again.
+  // Every shard of ours was recorded before and another worker (or finalize) completed the
+  // folder before this manifest was written: it would be left behind, so it goes again.
   if (kept_ == own_names.size() &&
       (present(dst_ / kIndexFileName) || !present(dst_ / kJobFileName))) {
     manifest_file_.reset();
@@ -199,7 +200,7 @@ void WorkerFolder::record_failure(const std::string& what) noexcept {
     manifest_.failure = what;
     if (manifest_file_) WorkerManifest::append_failure(*manifest_file_, what);
   } catch (...) {
-    // The worker stops either way; its lock going free tells worker 0 it is gone.
+    // The worker stops either way; its lock going free tells the others it is gone.
   }
 }
 

@@ -3,6 +3,8 @@
 // temporaries (never another worker's), the shards it owns, and the refusals that keep launches
 // apart: a destination holding a checkpoint, another launch's records (other inputs, options or
 // worker count), or this worker's own unfinished records without --resume.
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -49,5 +51,23 @@ class WorkerFolder {
   size_t kept_ = 0;
   std::mutex mutex_;
 };
+
+// What a worker that finished its own shards found (complete_as_worker).
+struct WorkerCompletion {
+  bool completed_here = false;  // this worker checked every shard and completed the folder
+  bool complete = false;        // the folder is complete (by this worker or another)
+  std::string pending;          // otherwise: why not yet, and how it gets completed
+};
+
+// After this worker's own shards (its lock let go of): any worker that finds every shard recorded
+// completes the folder, under the finalize lock and with every check finalize_dir makes, so that
+// whichever worker finishes last (a job array runs them one after another, in any order)
+// completes it. Otherwise the folder is left to the workers still running or to finalize_dir;
+// with `wait_for_running`, only after waiting (until `deadline`) while a worker that owns
+// missing shards still holds its lock. A worker found stopped without its shards ends the wait
+// and is named in `pending`, not thrown: this worker's own part is done. (distributed_finalize.cpp)
+WorkerCompletion complete_as_worker(const std::filesystem::path& dst, bool wait_for_running,
+                                    const std::atomic<bool>* cancel,
+                                    std::chrono::steady_clock::time_point deadline);
 
 }  // namespace moeckpt

@@ -16,6 +16,7 @@
 #include "cli/interrupt_watch.hpp"
 #include "cli/option_values.hpp"
 #include "cli/progress_printer.hpp"
+#include "core/key_pattern.hpp"
 #include "core/printable.hpp"
 #include "io/file.hpp"
 #include "io/hub_cache.hpp"
@@ -24,10 +25,59 @@
 #include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/inspect.hpp"
+#include "moeckpt/kernels.hpp"
 #include "moeckpt/synth.hpp"
 #include "moeckpt/verify.hpp"
 
 namespace {
+
+// A usage error found after CLI11's parsing (a bad combination of options, a value only the
+// library can judge): exit code 2 like CLI11's own, raised before any work starts.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] void usage_error(std::string what, std::string expected = {}) {
+  throw UsageError(moeckpt::format_error(
+      {moeckpt::ErrorKind::kInvalidArgument, "", "", std::move(what), std::move(expected)}));
+}
+
+// Runs a library check of option values: its kInvalidArgument refusal is a usage error.
+template <class F>
+auto as_usage(F&& check) {
+  try {
+    return check();
+  } catch (const moeckpt::Error& e) {
+    if (e.kind() != moeckpt::ErrorKind::kInvalidArgument) throw;
+    throw UsageError(e.what());
+  }
+}
+
+// The FP8 kernels this run uses (MOECKPT_ISA may force a lower ISA than the CPU's; a value the
+// kernels refuse is a usage error).
+std::string kernels_in_use() {
+  namespace k = moeckpt::kernels;
+  const k::Isa isa = as_usage([] { return k::best_isa(); });
+  k::Isa cpu = k::Isa::kScalar;
+  for (k::Isa i : {k::Isa::kAvx2, k::Isa::kAvx512})
+    if (k::isa_available(i)) cpu = i;
+  if (isa == cpu) return k::isa_name(isa);
+  return fmt::format("{} (set by MOECKPT_ISA; this CPU runs {})", k::isa_name(isa),
+                     k::isa_name(cpu));
+}
+
+// --ep-rank (a rank or "all") against the EP size: a rank in [0, size), "all" over 2 or more.
+void check_ep_rank(const std::string& rank, int64_t size) {
+  if (rank == "all") {
+    if (size < 2)
+      usage_error(fmt::format("--ep-rank all with an EP size of {}", size),
+                  "--ep-size of at least 2 with --ep-rank all");
+  } else if (std::stoll(rank) >= size) {
+    usage_error(fmt::format("--ep-rank {} is not below the EP size {}", rank, size),
+                fmt::format("an --ep-rank in [0, {}), or all", size));
+  }
+}
 
 // Integer options: decimal digits within [lo, hi]; anything else ("-1", "1e3", "0x10", a value that
 // would wrap an unsigned field) is a usage error naming the range.
@@ -74,7 +124,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   CLI::App app{
       "moeckpt: convert MoE checkpoints between the Hugging Face and grouped-expert layouts"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("moeckpt 0.1.0"));
+  app.set_version_flag(
+      "--version", [] { return fmt::format("moeckpt 0.1.0 (FP8 kernels: {})", kernels_in_use()); });
 
   // Every command that reads a checkpoint takes a folder or a repo id in the local hub cache.
   std::string revision;
@@ -185,8 +236,9 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     n->needs(k);
     k->needs(n);
     cmd->add_option("--wait", wait_seconds,
-                    "worker 0: seconds to wait for the other workers before writing the index "
-                    "(default 172800, two days)")
+                    "worker 0: seconds to wait for workers still running once its own shards "
+                    "are done, before it leaves the index to the last of them (default 172800, "
+                    "two days; workers not started are not waited for)")
         ->check(number_in(0.0, 1e8));
   };
   add_distributed_flags(fh_cmd);
@@ -306,6 +358,48 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
+  // Usage errors first, each before any work starts (nothing read, nothing written).
+  const std::string kernels = kernels_in_use();
+  if (synth_cmd->parsed()) as_usage([&] { moeckpt::check_synth_options(synth); });
+  if (distributed || n_workers > 0) {
+    if (n_workers > 0 && worker_k >= n_workers)
+      usage_error(fmt::format("--worker {} is not below --workers {}", worker_k, n_workers),
+                  "a worker index in [0, --workers)");
+    if (overwrite)
+      usage_error(
+          "--overwrite cannot be used by a distributed conversion (a worker cannot know that no "
+          "other worker has begun writing)",
+          "an empty destination (remove the old checkpoint first), or --resume");
+  }
+  if (fh_cmd->parsed()) {
+    if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
+      usage_error("--ep-rank needs --ep-size", "--ep-size W with an --ep-rank in [0, W), or all");
+    if (fh_ep_rank.empty())
+      fh_ep_rank = (distributed || n_workers > 0) && fh.ep_size > 1 ? "all" : "0";
+    check_ep_rank(fh_ep_rank, fh.ep_size);
+  }
+  if (th_cmd->parsed()) {
+    // Automodel 0.7's to_hf(quantization=False) is --quant none; with quantization=True, and
+    // always in 0.6, it writes its cast.
+    const auto compat = *moeckpt::parse_compat(th_compat);
+    if (compat == moeckpt::Compat::kAutomodel06 && th_cmd->count("--quant") && th_quant != "cast")
+      usage_error(
+          "--compat automodel-0.6 always quantizes as Automodel 0.6 does (cast with ones scales; "
+          "its to_hf ignores `quantization`)",
+          "no --quant, or --quant cast");
+    if (compat == moeckpt::Compat::kAutomodel07 && th_cmd->count("--quant") && th_quant == "block")
+      usage_error(
+          "--compat automodel-0.7 writes what Automodel 0.7 writes: its cast (quantization=True) "
+          "or BF16 (quantization=False)",
+          "no --quant, --quant cast or --quant none");
+    // Compiled once here only to refuse a pattern RE2 cannot run (the anchor does not matter).
+    if (th_cmd->count("--exclude"))
+      as_usage([&] { moeckpt::KeyPattern(th_exclude, moeckpt::KeyPattern::Anchor::kSearch); });
+  }
+  if (plan_cmd->parsed()) {
+    if (plan_ep_rank.empty()) plan_ep_rank = plan_ep_size > 1 ? "all" : "0";
+    check_ep_rank(plan_ep_rank, plan_ep_size);
+  }
 
   // A folder, or a repo id resolved in the local Hugging Face cache.
   auto where = [&](const std::string& spec) -> std::string {
@@ -321,26 +415,45 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
                 static_cast<unsigned long long>(r.total_bytes), r.shards);
     return 0;
   }
-  auto report = [&convert](const char* what, const std::string& dst,
-                           const moeckpt::ConvertReport& r,
-                           std::chrono::steady_clock::time_point t0) {
+  auto report = [&convert, &kernels](const char* what, const std::string& dst,
+                                     const moeckpt::ConvertReport& r,
+                                     std::chrono::steady_clock::time_point t0) {
     double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double peak_mib = static_cast<double>(moeckpt::cli::peak_rss_bytes()) / (1 << 20);
+    // Not complete is no failure: this worker's shards are done, and the message says who
+    // completes the folder (the last worker to finish, or moeckpt finalize).
+    std::string state = r.finalized ? "every worker's shards verified, the folder is complete" : "";
+    if (!r.finalized)
+      for (const auto& p : r.pending) state += (state.empty() ? "" : "; ") + p;
+    const std::string index = state.empty() ? "" : "; " + moeckpt::printable(state);
+    const auto worker = fmt::format("worker {} of {}", convert.worker, convert.workers);
+    if (convert.workers > 0 && r.own_shards == 0) {
+      // Its tensor and byte counts would be the other workers' plan, not anything it wrote.
+      std::printf(
+          "%s: %s had no shards to write: the %zu shard%s of %s belong%s to other workers (%.2f "
+          "s, peak RSS %.0f MiB, FP8 kernels %s)%s\n",
+          what, worker.c_str(), r.shards, r.shards == 1 ? "" : "s", moeckpt::printable(dst).c_str(),
+          r.shards == 1 ? "s" : "", secs, peak_mib, kernels.c_str(), index.c_str());
+      return;
+    }
+    // Kept shards were recorded as finished by an earlier run of the same command (this worker's
+    // or a killed one's) and verified now: nothing says that run was interrupted.
     std::printf(
         "%s: wrote %s: %zu tensors, %llu bytes, %zu shard%s%s in %.2f s (read %.3f GB, wrote "
-        "%.3f GB, %.2f GB/s out, peak RSS %.0f MiB)\n",
+        "%.3f GB, %.2f GB/s out, peak RSS %.0f MiB, FP8 kernels %s)\n",
         what, moeckpt::printable(dst).c_str(), r.tensors,
         static_cast<unsigned long long>(r.bytes_out), r.shards, r.shards == 1 ? "" : "s",
-        r.shards_kept ? fmt::format(" ({} kept from the interrupted run)", r.shards_kept).c_str()
-                      : "",
+        r.shards_kept
+            ? fmt::format(" ({} kept: finished by an earlier run and verified)", r.shards_kept)
+                  .c_str()
+            : "",
         secs, static_cast<double>(r.bytes_in) / 1e9, static_cast<double>(r.bytes_out) / 1e9,
-        secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0,
-        static_cast<double>(moeckpt::cli::peak_rss_bytes()) / (1 << 20));
+        secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0, peak_mib, kernels.c_str());
     if (convert.workers > 0)
-      std::printf("%s: worker %lld of %lld wrote %zu of the %zu shards%s\n", what,
-                  static_cast<long long>(convert.worker), static_cast<long long>(convert.workers),
-                  r.own_shards, r.shards,
-                  r.finalized ? "; every worker's shards verified, the folder is complete"
-                              : "; worker 0 writes the index once every worker is done");
+      std::printf("%s: %s wrote %zu of the %zu shards%s%s\n", what, worker.c_str(),
+                  r.own_shards - r.shards_kept, r.shards,
+                  r.shards_kept ? fmt::format(" and kept {}", r.shards_kept).c_str() : "",
+                  index.c_str());
   };
   convert.exec.threads = threads;
   convert.exec.cancel = interrupts.flag();
@@ -351,11 +464,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   if (distributed || n_workers > 0) {
     moeckpt::WorkerSlot slot;
     if (n_workers > 0) {
-      if (worker_k >= n_workers)
-        throw moeckpt::Error(
-            {moeckpt::ErrorKind::kInvalidArgument, "", "",
-             fmt::format("--worker {} is not below --workers {}", worker_k, n_workers),
-             "a worker index in [0, --workers)"});
       slot = {worker_k, n_workers, 0, 1, "explicit"};
       try {  // the node's worker count, for the threads, where a launcher tells it
         const auto env = moeckpt::worker_slot_from_process_env();
@@ -379,10 +487,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     fh.compat = *moeckpt::parse_compat(fh_compat);
     fh.attn_backend = *moeckpt::parse_attn_backend(fh_attn);
     fh.dtype = fh_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
-    if (fh_cmd->count("--ep-rank") && !fh_cmd->count("--ep-size"))
-      throw moeckpt::Error(
-          {moeckpt::ErrorKind::kInvalidArgument, "", "", "--ep-rank needs --ep-size", ""});
-    if (fh_ep_rank.empty()) fh_ep_rank = convert.workers > 0 && fh.ep_size > 1 ? "all" : "0";
     fh.ep_rank = fh_ep_rank == "all" ? moeckpt::FromHfOptions::kEveryRank : std::stoll(fh_ep_rank);
     auto t0 = std::chrono::steady_clock::now();
     report("from-hf", fh_dst, moeckpt::from_hf_dir(where(fh_src), fh_dst, fh, convert), t0);
@@ -395,20 +499,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     th.quant = th_quant == "cast"   ? moeckpt::QuantMode::kCast
                : th_quant == "none" ? moeckpt::QuantMode::kNone
                                     : moeckpt::QuantMode::kBlock;
-    // Automodel 0.7's to_hf(quantization=False) is --quant none; with quantization=True, and
-    // always in 0.6, it writes its cast.
-    if (th.compat == moeckpt::Compat::kAutomodel06 && th_cmd->count("--quant") &&
-        th_quant != "cast")
-      throw moeckpt::Error({moeckpt::ErrorKind::kInvalidArgument, "", "",
-                            "--compat automodel-0.6 always quantizes as Automodel 0.6 does (cast "
-                            "with ones scales; its to_hf ignores `quantization`)",
-                            "no --quant, or --quant cast"});
-    if (th.compat == moeckpt::Compat::kAutomodel07 && th_cmd->count("--quant") &&
-        th_quant == "block")
-      throw moeckpt::Error({moeckpt::ErrorKind::kInvalidArgument, "", "",
-                            "--compat automodel-0.7 writes what Automodel 0.7 writes: its cast "
-                            "(quantization=True) or BF16 (quantization=False)",
-                            "no --quant, --quant cast or --quant none"});
     if (th_cmd->count("--exclude")) th.exclude_regex = th_exclude;
     if (th_cmd->count("--prefix")) th.prefix = th_prefix;
     std::vector<std::filesystem::path> srcs;
@@ -447,7 +537,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     moeckpt::FromHfOptions o;
     o.dtype = plan_dtype == "f32" ? moeckpt::Dtype::F32 : moeckpt::Dtype::BF16;
     o.ep_size = plan_ep_size;
-    if (plan_ep_rank.empty()) plan_ep_rank = plan_ep_size > 1 ? "all" : "0";
     o.ep_rank =
         plan_ep_rank == "all" ? moeckpt::FromHfOptions::kEveryRank : std::stoll(plan_ep_rank);
     const auto command = plan_command == "dequantize" ? moeckpt::FolderCommand::kDequantize
@@ -536,6 +625,9 @@ int main(int argc, char** argv) {
     return 130;
   } catch (const moeckpt::Error& e) {
     std::cerr << "moeckpt: error: " << e.what() << "\n";
+  } catch (const UsageError& e) {
+    std::cerr << "moeckpt: error: " << e.what() << "\n";
+    return 2;
   } catch (const std::bad_alloc&) {
     std::cerr << "moeckpt: error: out of memory\n";
   } catch (const std::exception& e) {

@@ -61,6 +61,17 @@ void ProgressPrinter::finish() {
 }
 
 uint64_t peak_rss_bytes() {
+  // ru_maxrss survives execve (the kernel keeps the old image's peak), so under torchrun it would
+  // report the launcher's; VmHWM is this image's own.
+  if (FILE* f = std::fopen("/proc/self/status", "re")) {
+    char line[256];
+    unsigned long long kib = 0;
+    bool found = false;
+    while (!found && std::fgets(line, sizeof line, f))
+      found = std::sscanf(line, "VmHWM: %llu kB", &kib) == 1;
+    std::fclose(f);
+    if (found) return static_cast<uint64_t>(kib) * 1024;
+  }
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<uint64_t>(ru.ru_maxrss) * 1024;

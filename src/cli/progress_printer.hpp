@@ -32,7 +32,9 @@ class ProgressPrinter final : public ProgressListener {
   std::chrono::steady_clock::time_point t0_, last_draw_;
 };
 
-// Peak resident set size of this process so far, in bytes.
+// Peak resident set size of this process image so far, in bytes: VmHWM of /proc/self/status,
+// else getrusage's ru_maxrss (which also keeps the peak of what ran before an exec, such as a
+// launcher's Python that exec'd this process).
 uint64_t peak_rss_bytes();
 
 }  // namespace moeckpt::cli

@@ -1,10 +1,12 @@
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <exception>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -531,21 +533,31 @@ void check_task(const T& t, const TensorSource& src) {
   run(t, src, none);
 }
 
+// "2202010 bytes (2.10 MiB)": exact, so that two amounts never print alike.
+std::string bytes_and_mib(uint64_t b) {
+  return fmt::format("{} bytes ({:.2f} MiB)", b, static_cast<double>(b) / (1 << 20));
+}
+
 }  // namespace
 
 MemoryBudget MemoryBudget::split(uint64_t max_memory, unsigned threads) {
   threads = std::max(1u, threads);
   MemoryBudget b;
+  // A quarter for the caches whatever the thread count (a per-thread share rounded down would
+  // make the in-flight share jump back by up to a byte per thread as the budget grows).
   b.cache_per_thread = std::min<uint64_t>(256ull << 20, max_memory / 4 / threads);
-  b.in_flight = max_memory - b.cache_per_thread * threads;
+  b.in_flight = max_memory - max_memory / 4;
   return b;
 }
 
-uint64_t MemoryBudget::needed_for(uint64_t need, unsigned threads) {
-  // in_flight >= 3/4 of the budget; search upward from there (at most a few steps).
-  uint64_t m = need + need / 3;
-  while (split(m, threads).in_flight < need) m += (1ull << 20);
-  return m;
+uint64_t MemoryBudget::needed_for(uint64_t need) {
+  // The smallest m with m - floor(m / 4) >= need: m = floor(4 (need - 1) / 3) + 1.
+  if (need == 0) return 0;
+  const uint64_t x = need - 1;
+  const uint64_t third = x / 3;
+  if (x > std::numeric_limits<uint64_t>::max() - third - 1)
+    return std::numeric_limits<uint64_t>::max();
+  return x + third + 1;
 }
 
 std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t rows, uint64_t row_bytes,
@@ -746,8 +758,41 @@ uint64_t task_memory(const Task& task) {
   return std::visit(Visitor{block}, task);
 }
 
+uint64_t memory_needed(const Plan& plan) {
+  uint64_t need = 0;
+  for (const auto& t : plan.tasks) need = std::max(need, task_memory(t));
+  return MemoryBudget::needed_for(need);
+}
+
+void check_memory_budget(const Plan& plan, const ExecOptions& options, uint64_t at_least) {
+  const MemoryBudget budget = MemoryBudget::split(options.max_memory, 1);
+  // The largest task, so that the budget named holds every task of the plan, not only the first
+  // one found too large.
+  size_t largest = 0;
+  uint64_t need = 0;
+  for (size_t i = 0; i < plan.tasks.size(); ++i)
+    if (const uint64_t n = task_memory(plan.tasks[i]); n > need) {
+      need = n;
+      largest = i;
+    }
+  if (need <= budget.in_flight) return;
+  const auto outs = task_outputs(plan.tasks[largest]);
+  fail(ErrorKind::kInvalidArgument, "", outs.empty() ? "" : plan.outputs[outs.front()].name,
+       // The task is compared with the in-flight share, not the whole budget: both are named,
+       // in bytes, so that the numbers never read as "2.1 MiB is more than 2.8 MiB".
+       fmt::format("its conversion holds {} of buffers at once, more than the {} that a memory "
+                   "budget of {} leaves for tasks in flight (the rest keeps freed buffers for "
+                   "reuse)",
+                   bytes_and_mib(need), bytes_and_mib(budget.in_flight),
+                   bytes_and_mib(options.max_memory)),
+       fmt::format("a memory budget of at least {} bytes",
+                   std::max(at_least, MemoryBudget::needed_for(need))));
+}
+
 void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
              const ExecOptions& options) {
+  // A MOECKPT_ISA the kernels refuse stops every run before its first task, kernels or not.
+  (void)kernels::best_isa();
   std::optional<ObservedSink> observed;
   if (options.on_write) observed.emplace(sink_in, options.on_write);
   TensorSink& sink = observed ? static_cast<TensorSink&>(*observed) : sink_in;
@@ -757,19 +802,7 @@ void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,
   // The budget covers the buffers of the tasks in flight and the freed buffers each thread keeps
   // for reuse (a quarter of the budget at most), so the resident set stays within it.
   const MemoryBudget budget = MemoryBudget::split(options.max_memory, threads);
-  for (size_t i = 0; i < plan.tasks.size(); ++i) {
-    const uint64_t need = task_memory(plan.tasks[i]);
-    if (need > budget.in_flight) {
-      const auto outs = task_outputs(plan.tasks[i]);
-      fail(ErrorKind::kInvalidArgument, "", outs.empty() ? "" : plan.outputs[outs.front()].name,
-           fmt::format("its conversion holds {:.1f} MiB of buffers at once, more than a memory "
-                       "budget of {:.1f} MiB allows",
-                       static_cast<double>(need) / (1 << 20),
-                       static_cast<double>(options.max_memory) / (1 << 20)),
-           fmt::format("a memory budget of at least {} bytes",
-                       MemoryBudget::needed_for(need, threads)));
-    }
-  }
+  check_memory_budget(plan, options);
   // Tasks start in plan order; one waits while the buffers in flight plus its own would exceed the
   // budget (a task larger than the whole budget runs alone).
   size_t next = 0;

@@ -128,9 +128,10 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
         auto fused = spec->detect_shared_qkv_scales(
             key, static_cast<int64_t>(k_scale->info->shape[0]), block_rows, weight_rows);
         if (fused) layout = "fused_kv_t4";
+        // `dims` refers into the spec's own copy of the config, not into `config`.
         if (key.projection == Projection::kK)
           r.attention.push_back({layer_label(key),
-                                 &dims == &config->full ? "full" : "sliding_window",
+                                 &dims == &spec->config().full ? "full" : "sliding_window",
                                  k_scale->info->shape, layout});
       }
     }

@@ -1,4 +1,5 @@
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -424,20 +425,57 @@ SynthReport synthesize_by_export(const fs::path& dst, const json& doc, const Mod
   return {r.tensors, r.bytes_out, r.shards};
 }
 
+namespace {
+
+// The presets whose fused qkv_proj is interleaved over a TP degree the options may choose.
+std::vector<std::string> presets_taking_a_tp_degree() {
+  std::vector<std::string> out;
+  for (const auto& name : model_preset_names()) {
+    const auto spec = model_spec_for(ModelConfig::parse(model_preset(name), "preset " + name));
+    if (spec->hf_qkv_fused() && !spec->fixed_checkpoint_tp()) out.push_back(name);
+  }
+  return out;
+}
+
+// The refusals of options alone (no file is looked at), shared by synthesize_checkpoint and
+// check_synth_options.
+void check_options(const SynthOptions& o, const ModelSpec& spec) {
+  if (o.tp_size) {
+    if (*o.tp_size < 1)
+      fail(ErrorKind::kInvalidArgument, "", "", fmt::format("a TP degree of {}", *o.tp_size),
+           "a TP degree of at least 1");
+    const auto fixed = spec.fixed_checkpoint_tp();
+    if (!spec.hf_qkv_fused() || fixed)
+      fail(ErrorKind::kInvalidArgument, "", "",
+           fmt::format("a TP degree ({}) for the {} layout, {}", *o.tp_size, spec.layout_name(),
+                       fixed ? fmt::format("whose fused qkv_proj is interleaved over the TP "
+                                           "degree its config fixes ({})",
+                                           *fixed)
+                             : "whose attention projections are not interleaved over TP shards"),
+           fmt::format("no TP degree for this preset; only a preset with a fused qkv_proj over a "
+                       "chosen TP degree takes one ({})",
+                       fmt::join(presets_taking_a_tp_degree(), ", ")));
+  }
+  if (spec.hf_qkv_fused() && o.sparse)
+    fail(ErrorKind::kInvalidArgument, "", "",
+         fmt::format("sparse files of the {} layout (synthesized by export)", spec.layout_name()),
+         "a split-QKV preset");
+  default_mtp_layers(o, spec);  // refuses more MTP layers than the config declares
+}
+
+}  // namespace
+
+void check_synth_options(const SynthOptions& o) {
+  const json doc = synth_config(o);
+  check_options(o, *model_spec_for(ModelConfig::parse(doc, "synthesized config")));
+}
+
 SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
   json doc = synth_config(o);
   ModelConfig config = ModelConfig::parse(doc, "synthesized config");
   const auto spec = model_spec_for(config);
-  if (o.tp_size && (*o.tp_size < 1 || !spec->hf_qkv_fused() || spec->fixed_checkpoint_tp()))
-    fail(ErrorKind::kInvalidArgument, "", "",
-         fmt::format("a TP degree of {} for the {} layout", *o.tp_size, spec->layout_name()),
-         "a positive TP degree, for a layout whose fused qkv_proj records one");
+  check_options(o, *spec);
   if (spec->hf_qkv_fused()) {
-    if (o.sparse)
-      fail(
-          ErrorKind::kInvalidArgument, "", "",
-          fmt::format("sparse files of the {} layout (synthesized by export)", spec->layout_name()),
-          "a split-QKV preset");
     std::error_code ec;
     if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
       fail(ErrorKind::kDestination, dst.string(), "", "destination already holds a checkpoint");

@@ -42,13 +42,14 @@ TEST(ConvertCli, ReportsProgressPerShardAndASummary) {
 TEST(ConvertCli, RefusesBadArguments) {
   test::TempDir dir;
   synthesize_checkpoint(dir / "hf", {});
+  // Bad option combinations are usage errors (tests/cli/usage_errors_test.cpp has the rest).
   auto r = run_cli({"from-hf", (dir / "hf").string(), (dir / "x").string(), "--ep-rank", "1"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--ep-rank needs --ep-size"), std::string::npos) << r.err;
   r = run_cli(
       {"from-hf", (dir / "hf").string(), (dir / "x").string(), "--ep-size", "2", "--ep-rank", "2"});
-  EXPECT_EQ(r.exit_code, 1);
-  EXPECT_NE(r.err.find("EP rank 2 is outside [0, 2)"), std::string::npos) << r.err;
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--ep-rank 2 is not below the EP size 2"), std::string::npos) << r.err;
   r = run_cli({"to-hf", (dir / "hf").string()});
   EXPECT_EQ(r.exit_code, 2);  // needs a destination
   r = run_cli({"from-hf", (dir / "hf").string(), (dir / "hf" / "inside").string()});
@@ -72,11 +73,11 @@ TEST(CompatCli, VersionsAndTheirQuantizationRules) {
             0);
   auto r = test::run_cli({"to-hf", (dir / "n").string(), (dir / "x").string(), "--compat",
                           "automodel-0.6", "--quant", "none"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);  // a usage error
   EXPECT_NE(r.err.find("always quantizes as Automodel 0.6 does"), std::string::npos) << r.err;
   r = test::run_cli({"to-hf", (dir / "n").string(), (dir / "x").string(), "--compat",
                      "automodel-0.7", "--quant", "block"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   r = test::run_cli({"to-hf", (dir / "n").string(), (dir / "bf16").string(), "--quiet", "--compat",
                      "automodel-0.7", "--quant", "none"});
   EXPECT_EQ(r.exit_code, 0) << r.err;

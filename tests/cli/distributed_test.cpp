@@ -34,8 +34,9 @@ struct Worker {
 };
 
 // Starts the CLI with `args` and extra environment variables (launcher variables are cleared
-// first, so the test's own environment never leaks in).
-Worker start(const std::vector<std::string>& args, const Env& env, const fs::path& err) {
+// first, so the test's own environment never leaks in); stdout to `out`, else discarded.
+Worker start(const std::vector<std::string>& args, const Env& env, const fs::path& err,
+             const fs::path& out_path = "/dev/null") {
   std::vector<std::string> argv_s{MOECKPT_CLI_PATH};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   const pid_t pid = ::fork();
@@ -45,7 +46,7 @@ Worker start(const std::vector<std::string>& args, const Env& env, const fs::pat
                           "PMIX_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"})
       ::unsetenv(v);
     for (const auto& [k, v] : env) ::setenv(k.c_str(), v.c_str(), 1);
-    FILE* out = std::fopen("/dev/null", "w");
+    FILE* out = std::fopen(out_path.c_str(), "w");
     FILE* e = std::fopen(err.c_str(), "w");
     if (out && e) {
       ::dup2(fileno(out), 1);
@@ -297,26 +298,63 @@ TEST_F(Distributed, PlanMatchesWhatTheWorkersWrite) {
   EXPECT_NE(fin.err.find("-of-00066.safetensors"), std::string::npos) << fin.err;
   EXPECT_NE(fin.err.find("worker(s) 0, 2 of 3"), std::string::npos) << fin.err;
   EXPECT_FALSE(fs::exists(dst / "model.safetensors.index.json"));
-  // The others, later (a job array): then finalize completes the folder.
-  for (int k : {0, 2}) {
-    auto w = run_cli({"from-hf", hf().string(), dst.string(), "--shard-size", "200000", "--quiet",
-                      "--workers", "3", "--worker", std::to_string(k), "--wait", "0"});
-    if (k == 0) {
-      EXPECT_EQ(w.exit_code, 1);  // worker 2 has not run yet
-      EXPECT_NE(w.err.find("no index was written"), std::string::npos) << w.err;
-    } else {
-      EXPECT_EQ(w.exit_code, 0) << w.err;
-    }
-  }
-  fin = run_cli({"finalize", dst.string()});
-  EXPECT_EQ(fin.exit_code, 0) << fin.err;
+  // The others, later (a job array): each succeeds with its own shards done; worker 0 says the
+  // folder is not complete yet and who completes it, and worker 2, the last, completes it.
+  auto w0 = run_cli({"from-hf", hf().string(), dst.string(), "--shard-size", "200000", "--quiet",
+                     "--workers", "3", "--worker", "0", "--wait", "0"});
+  EXPECT_EQ(w0.exit_code, 0) << w0.err;
+  EXPECT_NE(w0.out.find("is not complete yet"), std::string::npos) << w0.out;
+  EXPECT_NE(w0.out.find("worker(s) 2 of 3"), std::string::npos) << w0.out;
+  EXPECT_NE(w0.out.find("the last worker to finish completes"), std::string::npos) << w0.out;
+  EXPECT_FALSE(fs::exists(dst / "model.safetensors.index.json"));
+  auto w2 = run_cli({"from-hf", hf().string(), dst.string(), "--shard-size", "200000", "--quiet",
+                     "--workers", "3", "--worker", "2", "--wait", "0"});
+  EXPECT_EQ(w2.exit_code, 0) << w2.err;
+  EXPECT_NE(w2.out.find("the folder is complete"), std::string::npos) << w2.out;
   expect_same(dst, at("one"));
+}
+
+// The job-array recipe: workers run one after another, in any order, each to its end with the
+// default --wait. Every one succeeds; the last completes the folder, byte-identical to one
+// process's; the ones before say it is not complete yet.
+TEST_F(Distributed, AJobArrayInAnyOrderCompletesTheFolder) {
+  const std::vector<std::string> base{"from-hf", hf().string()};
+  const std::vector<std::string> opts{"--shard-size", "200000", "--quiet"};
+  auto args = [&](const fs::path& dst) {
+    auto a = base;
+    a.push_back(dst.string());
+    a.insert(a.end(), opts.begin(), opts.end());
+    return a;
+  };
+  ASSERT_EQ(run_cli(args(at("one"))).exit_code, 0);
+  for (const std::vector<int>& order :
+       {std::vector<int>{2, 1, 0}, std::vector<int>{0, 1, 2}, std::vector<int>{1, 0, 2}}) {
+    const std::string name =
+        "array-" + std::to_string(order[0]) + std::to_string(order[1]) + std::to_string(order[2]);
+    SCOPED_TRACE(name);
+    const auto dst = at(name);
+    for (size_t i = 0; i < order.size(); ++i) {
+      auto a = args(dst);
+      a.insert(a.end(), {"--workers", "3", "--worker", std::to_string(order[i])});
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto r = run_cli(a);
+      EXPECT_EQ(r.exit_code, 0) << "worker " << order[i] << ": " << r.err;
+      // No wait for workers that have not started (the default --wait is two days).
+      EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(60));
+      const bool last = i + 1 == order.size();
+      EXPECT_EQ(fs::exists(dst / "model.safetensors.index.json"), last);
+      EXPECT_NE(r.out.find(last ? "the folder is complete" : "is not complete yet"),
+                std::string::npos)
+          << r.out;
+    }
+    expect_same(dst, at("one"));
+  }
 }
 
 TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) {
   const std::vector<std::string> base{"from-hf", hf().string()};
-  // A worker killed before it took its lock cannot be told from one not started: worker 0 then
-  // waits out --wait (kept short here).
+  // Worker 0 waits for workers still running (kept short here; a worker killed before it took
+  // its lock cannot be told from one not started, and is not waited for).
   const std::vector<std::string> opts{"--shard-size", "100000", "--quiet", "--threads", "1",
                                       "--wait",       "8"};
   auto args_for = [&](const fs::path& dst) {
@@ -346,7 +384,8 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
     for (int k = 0; k < n; ++k) {
       auto a = args_for(dst);
       a.insert(a.end(), {"--workers", std::to_string(n), "--worker", std::to_string(k)});
-      ws.push_back(start(a, {}, dir_ / ("kerr" + std::to_string(k))));
+      ws.push_back(
+          start(a, {}, dir_ / ("kerr" + std::to_string(k)), dir_ / ("kout" + std::to_string(k))));
     }
     std::this_thread::sleep_for(delay);
     int status = 0;
@@ -366,9 +405,12 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
       if (!victim_done) {
         EXPECT_FALSE(indexed);
         if (victim != 0) {
-          EXPECT_EQ(rcs[0], 1);
-          EXPECT_NE(test::read_text(dir_ / "kerr0").find("no index was written"), std::string::npos)
-              << test::read_text(dir_ / "kerr0");
+          // Its own shards done, worker 0 succeeds and says the folder is not complete (naming
+          // the victim as stopped, unless it was killed before it took its lock: then it is not
+          // told from one not started).
+          const auto out0 = test::read_text(dir_ / "kout0");
+          EXPECT_EQ(rcs[0], 0) << test::read_text(dir_ / "kerr0");
+          EXPECT_NE(out0.find("is not complete yet"), std::string::npos) << out0;
         }
         // finalize refuses and names the missing shards, unless the victim had finished its
         // shards (killed on its way out, or worker 0 between its checks and the index).
@@ -398,8 +440,8 @@ TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) 
       for (int k = 0; k < n; ++k)
         EXPECT_EQ(finish(again[k]), 0) << test::read_text(dir_ / ("rerr" + std::to_string(k)));
     } else if (fs::exists(dst / ".moeckpt-job.json")) {
-      // Worker 0 killed between the index and the removal of the records: finalize, as the
-      // workers' message says, removes them.
+      // The worker completing the folder killed between the index and the removal of the
+      // records: finalize, as the workers' message says, removes them.
       auto fin = run_cli({"finalize", dst.string()});
       EXPECT_EQ(fin.exit_code, 0) << fin.err;
     }
@@ -435,10 +477,19 @@ TEST_F(Distributed, ALockFileLeftByADeadWorkerGoesWithTheRecords) {
   auto w0 = worker(a, 0);
   EXPECT_EQ(w0.exit_code, 0) << w0.err;
   expect_same(a, at("ref"));
-  // moeckpt finalize completes it.
+  // moeckpt finalize completes it: the last worker left it to worker 0, which it took for still
+  // running (its lock held), and which then died with its lock file left.
   const auto b = at("b");
-  EXPECT_EQ(worker(b, 0).exit_code, 1);  // the others have not run
-  for (int k : {1, 2}) ASSERT_EQ(worker(b, k).exit_code, 0);
+  EXPECT_EQ(worker(b, 0).exit_code, 0);  // its own shards done; the others have not run
+  ASSERT_EQ(worker(b, 1).exit_code, 0);
+  {
+    test::HeldLockFile running(b / ".moeckpt-worker-00000-of-00003.lock");
+    auto last = worker(b, 2);
+    ASSERT_EQ(last.exit_code, 0) << last.err;
+    EXPECT_NE(last.out.find("worker 0 of 3, still running, completes"), std::string::npos)
+        << last.out;
+  }
+  EXPECT_FALSE(fs::exists(b / "model.safetensors.index.json"));
   dead_lock(b, 0);
   dead_lock(b, 2);
   auto fin = run_cli({"finalize", b.string()});
@@ -473,16 +524,16 @@ TEST_F(Distributed, LaunchesThatWouldMixAreRefused) {
   r = run_cli({"from-hf", hf().string(), dst.string(), "--quiet", "--resume"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("unfinished distributed conversion"), std::string::npos) << r.err;
-  // --overwrite cannot be distributed.
+  // --overwrite cannot be distributed: a usage error.
   r = w(0, 3, {"--overwrite"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--overwrite cannot be used"), std::string::npos) << r.err;
   // --distributed outside any launcher, and contradictory explicit values.
   r = run_cli({"from-hf", hf().string(), at("x").string(), "--distributed"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("no launcher environment"), std::string::npos) << r.err;
   r = run_cli({"from-hf", hf().string(), at("x").string(), "--workers", "2", "--worker", "2"});
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("--worker 2 is not below --workers 2"), std::string::npos) << r.err;
   r = run_cli({"from-hf", hf().string(), at("x").string(), "--workers", "2"});
   EXPECT_EQ(r.exit_code, 2);

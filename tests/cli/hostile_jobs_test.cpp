@@ -56,14 +56,18 @@ class HostileJobs : public ::testing::Test {
     a.insert(a.end(), extra.begin(), extra.end());
     return a;
   }
-  // A folder two workers wrote, not yet finalized: worker 1 first, then worker 0 with --wait 0
-  // (which finds every shard and completes it) is avoided by running worker 0 first.
+  // A folder two workers wrote, not yet finalized. The last worker to finish completes a folder,
+  // unless it takes another worker for still running: worker 1 runs while worker 0's lock is
+  // held, as if worker 0 were still exiting.
   fs::path unfinalized_pair() {
     const auto dst = at("pair");
     auto r0 = run_cli(worker_args(dst, 0, 2));
-    EXPECT_EQ(r0.exit_code, 1) << r0.err;  // worker 1's shards are missing
-    auto r1 = run_cli(worker_args(dst, 1, 2));
-    EXPECT_EQ(r1.exit_code, 0) << r1.err;
+    EXPECT_EQ(r0.exit_code, 0) << r0.err;  // worker 1's shards are missing: left to it
+    {
+      test::HeldLockFile running(dst / ".moeckpt-worker-00000-of-00002.lock");
+      auto r1 = run_cli(worker_args(dst, 1, 2));
+      EXPECT_EQ(r1.exit_code, 0) << r1.err;
+    }
     EXPECT_FALSE(fs::exists(dst / "model.safetensors.index.json"));
     return dst;
   }
@@ -245,9 +249,13 @@ TEST_F(HostileJobs, NumericOptionsShareOneStrictParser) {
     r = run_cli({"verify", hf().string(), hf().string(), "--rtol", bad});
     EXPECT_EQ(r.exit_code, 2) << r.err;
   }
-  // Worker 0 alone waits out --wait 1.5 and says so (not the time left when it began waiting).
+  // Worker 0 alone does not wait for a worker not started (a job array runs it later); finalize
+  // waits out --wait 1.5 for it and says so (not the time left when it began waiting).
   auto r = run_cli({"from-hf", hf().string(), at("w").string(), "--quiet", "--wait", "1.5",
                     "--shard-size", "200000", "--workers", "2", "--worker", "0"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(contains(r.out, "is not complete yet")) << r.out;
+  r = run_cli({"finalize", at("w").string(), "--wait", "1.5"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_TRUE(contains(r.err, "within --wait 1.5 s")) << r.err;
 }

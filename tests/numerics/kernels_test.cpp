@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "moeckpt/error.hpp"
 #include "moeckpt/kernels.hpp"
 #include "moeckpt/numerics.hpp"
 
@@ -559,6 +560,29 @@ TEST(KernelsDispatch, IsaSelectionAndArgumentChecks) {
   q.dst_ld = 1;
   q.mode = QuantArgs::kSaturating;
   EXPECT_THROW(quant_bf16_to_fp8(q), std::invalid_argument);  // saturating needs scales
+}
+
+// MOECKPT_ISA: unset or empty runs the CPU's best, a known name only ever lowers it, and any
+// other value is refused with a message naming the variable, the value and the accepted ones.
+TEST(KernelsDispatch, IsaFromTheEnvironment) {
+  EXPECT_EQ(isa_from_env(nullptr, Isa::kAvx512), Isa::kAvx512);
+  EXPECT_EQ(isa_from_env("", Isa::kAvx2), Isa::kAvx2);
+  EXPECT_EQ(isa_from_env("scalar", Isa::kAvx512), Isa::kScalar);
+  EXPECT_EQ(isa_from_env("avx2", Isa::kAvx512), Isa::kAvx2);
+  EXPECT_EQ(isa_from_env("avx512", Isa::kAvx2), Isa::kAvx2);  // never above the CPU's
+  EXPECT_EQ(isa_from_env("avx512", Isa::kAvx512), Isa::kAvx512);
+  for (const char* bad : {"foo", "AVX2", "avx2 ", "sse4"}) {
+    try {
+      isa_from_env(bad, Isa::kAvx2);
+      ADD_FAILURE() << bad;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      const std::string m = e.what();
+      EXPECT_NE(m.find(std::string("MOECKPT_ISA=\"") + bad + "\""), std::string::npos) << m;
+      EXPECT_NE(m.find("expected scalar, avx2 or avx512"), std::string::npos) << m;
+      EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -209,3 +212,35 @@ def test_each_refusal_is_raised_as_the_class_of_its_kind(case_tiny, tmp_path):
     moeckpt.to_hf_dir(native, dst, config=case_tiny.config)
     with pytest.raises(moeckpt.DestinationError, match="already holds a checkpoint"):
         moeckpt.to_hf_dir(native, dst, config=case_tiny.config)
+
+
+_ISA_PROBE = """
+import sys, moeckpt
+try:
+    print("accepted", moeckpt.kernel_isa())
+except moeckpt.InvalidArgumentError as e:
+    print("refused", type(e).__name__, e)
+try:
+    moeckpt.from_hf_dir(sys.argv[1])
+    print("accepted")
+except moeckpt.InvalidArgumentError as e:
+    print("refused", type(e).__name__, e)
+"""
+
+
+def test_unknown_moeckpt_isa_is_a_typed_error(tiny_dir):
+    # The kernels read MOECKPT_ISA once per process: each setting gets its own interpreter.
+    def probe(isa):
+        env = dict(os.environ, MOECKPT_ISA=isa)
+        r = subprocess.run([sys.executable, "-c", _ISA_PROBE, str(tiny_dir)], env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout.splitlines()
+
+    lines = probe("foo")
+    assert len(lines) == 2, lines
+    for line in lines:  # kernel_isa() and a conversion, the same one-line refusal
+        assert line.startswith("refused InvalidArgumentError "), line
+        assert 'MOECKPT_ISA="foo" names no kernel ISA' in line, line
+        assert "expected scalar, avx2 or avx512" in line, line
+    assert probe("scalar") == ["accepted scalar", "accepted"]

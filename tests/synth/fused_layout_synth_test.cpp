@@ -119,9 +119,29 @@ TEST(FusedPresetOptions, TpSizeIsRecordedOrRefused) {
       ADD_FAILURE() << preset;
     } catch (const Error& e) {
       EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      // What is expected is no degree at all, and which presets take one (not "a positive TP
+      // degree", which 2 is).
+      const std::string m = e.what();
+      EXPECT_EQ(m.find("positive"), std::string::npos) << m;
+      EXPECT_NE(m.find("a TP degree (2)"), std::string::npos) << m;
+      EXPECT_NE(m.find("expected no TP degree for this preset"), std::string::npos) << m;
+      EXPECT_NE(m.find("takes one (v26-tiny, v26-full)"), std::string::npos) << m;
     }
     EXPECT_FALSE(fs::exists(dir / preset / kIndexFileName));
+    // The same refusal from the options alone, before any destination is looked at.
+    EXPECT_THROW(check_synth_options(o), Error);
   }
+  o.preset = "v26-tiny";
+  o.tp_size = 0;
+  try {
+    check_synth_options(o);
+    ADD_FAILURE() << "tp_size 0";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected a TP degree of at least 1"), std::string::npos)
+        << e.what();
+  }
+  o.tp_size = 2;
+  EXPECT_NO_THROW(check_synth_options(o));
   o.preset = "v26-micro";
   o.tp_size.reset();
   EXPECT_THROW(synthesize_checkpoint(dir / "m", o), Error);  // no such preset

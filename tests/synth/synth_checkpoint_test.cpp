@@ -20,7 +20,7 @@ int64_t cd(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
-// Tensor count and bytes straight from the recipe in MIMO_V2_FLASH.md ("A faithful tiny
+// Tensor count and bytes straight from the recipe in docs/CHECKPOINT.md ("The tiny
 // checkpoint"), computed independently of the synthesizer.
 std::pair<uint64_t, uint64_t> recipe_totals(const nlohmann::json& c, int64_t n_mtp) {
   const int64_t D = c["hidden_size"], V = c["vocab_size"], I = c["intermediate_size"],
@@ -89,6 +89,7 @@ TEST(Synth, TinyPresetMatchesTheRecipe) {
   ASSERT_EQ(r.attention.size(), 4u + 3u);
   for (const auto& a : r.attention) {
     bool full = a.layer == "0" || a.layer == "3";
+    EXPECT_EQ(a.kind, full ? "full" : "sliding_window") << a.layer;  // MTP layers are SWA
     EXPECT_EQ(a.layout, full ? "fused_kv_t4" : "plain") << a.layer;
     EXPECT_EQ(a.k_scale_shape, (std::vector<uint64_t>{full ? 8u : 12u, 2u})) << a.layer;
   }

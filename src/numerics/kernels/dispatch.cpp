@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "moeckpt/error.hpp"
 #include "moeckpt/kernels.hpp"
 #include "numerics/kernels/kernels_internal.hpp"
 
@@ -32,18 +33,6 @@ Isa hardware_isa() {
   return isa;
 }
 
-Isa detect_best() {
-  Isa isa = hardware_isa();
-  if (const char* env = std::getenv("MOECKPT_ISA")) {
-    Isa forced = isa;
-    if (std::strcmp(env, "scalar") == 0) forced = Isa::kScalar;
-    if (std::strcmp(env, "avx2") == 0) forced = Isa::kAvx2;
-    if (std::strcmp(env, "avx512") == 0) forced = Isa::kAvx512;
-    if (forced < isa) isa = forced;  // only ever lower: a higher ISA would fault
-  }
-  return isa;
-}
-
 // A request for an ISA the CPU lacks runs the best one it has.
 Isa usable(Isa isa) {
   return isa_available(isa) ? isa : hardware_isa();
@@ -55,8 +44,20 @@ void check(bool ok, const char* what) {
 
 }  // namespace
 
+Isa isa_from_env(const char* value, Isa hardware) {
+  if (value == nullptr || *value == '\0') return hardware;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512})
+    if (std::strcmp(value, isa_name(isa)) == 0)
+      return isa < hardware ? isa : hardware;  // only ever lower: a higher ISA would fault
+  // A typo silently running another kernel would make a benchmark or a bisection lie.
+  fail(ErrorKind::kInvalidArgument, "", "",
+       "environment variable MOECKPT_ISA=\"" + std::string(value) + "\" names no kernel ISA",
+       "scalar, avx2 or avx512, or MOECKPT_ISA unset");
+}
+
 Isa best_isa() {
-  static const Isa isa = detect_best();
+  // A refused value leaves the static uninitialized: every later call refuses it again.
+  static const Isa isa = isa_from_env(std::getenv("MOECKPT_ISA"), hardware_isa());
   return isa;
 }
 

@@ -95,12 +95,13 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
             runs.append(timed([exe, cmd, str(src), str(out), "--quiet"]))
             out_bytes = st_bytes(out)
-            if a.keep:
+            ref_label = cmd if "tmpfs" in label else label  # the same bytes as the disk's
+            if a.keep and ref_label == label:
                 keep = Path(a.keep) / label.replace(" ", "-")
                 shutil.rmtree(keep, ignore_errors=True)
                 shutil.copytree(out, keep)
             if a.reference:
-                ref = Path(a.reference) / label.replace(" ", "-")
+                ref = Path(a.reference) / ref_label
                 for f in sorted(ref.iterdir()):
                     subprocess.run(["cmp", str(f), str(out / f.name)], check=True)
             shutil.rmtree(out, ignore_errors=True)

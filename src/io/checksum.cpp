@@ -83,8 +83,8 @@ void ChunkedChecksum::add(uint64_t offset, std::span<const uint8_t> bytes) {
         state_[c] = kReadBack;
         continue;
       }
-      it = gathered_.emplace(c, Gathered{std::unique_ptr<uint8_t[]>(new uint8_t[c1 - c0]), 0})
-               .first;
+      it =
+          gathered_.emplace(c, Gathered{std::unique_ptr<uint8_t[]>(new uint8_t[c1 - c0]), 0}).first;
       gathered_bytes_ += c1 - c0;
     }
     std::memcpy(it->second.bytes.get() + (p0 - c0), src, p1 - p0);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Fails (exit 1) when a source file includes a header of a layer it may not use, or names a
-checkpoint family outside that family's spec folder (src/model/<family>/).
+"""Fails (exit 1) when a source file includes a header of a layer it may not use, names a
+checkpoint family outside that family's spec folder (src/model/<family>/), or has a string literal
+naming a command-line flag ("--overwrite") outside src/cli/.
 
     python3 tools/check_layers.py [ROOT]
 
@@ -44,6 +45,10 @@ INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 # A checkpoint family is named only inside its spec (src/model/<family>/): everything else asks
 # the spec (ModelSpec) and stays model-agnostic.
 FAMILY_WORDS = re.compile(r"mimo|deepseek", re.I)
+# Messages below the CLI name an option by tag (option_ref), which each front end spells: a flag in
+# a string literal there would reach Python users too.
+STRING_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')
+FLAG = re.compile(r"(?<![\w-])--[a-z]")
 
 
 def layer_of_header(path: str) -> str | None:
@@ -67,6 +72,14 @@ def main(argv: list[str]) -> int:
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if FAMILY_WORDS.search(line):
                 bad.append(f"{rel}:{n}: names a checkpoint family outside its spec (src/model/<family>/)")
+    for path, _ in files:
+        rel = path.relative_to(root)
+        if rel.parts[:2] == ("src", "cli"):
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.lstrip().startswith("//") and any(FLAG.search(s) for s in STRING_LITERAL.findall(line)):
+                bad.append(f"{rel}:{n}: a string names a command-line flag outside src/cli/ "
+                           "(name the option with option_ref)")
     for path, layer in files:
         if layer not in ALLOWED:
             bad.append(f"{path.relative_to(root)}: file of no known layer ({layer})")

@@ -25,6 +25,24 @@ struct InspectReport {
     std::string layout;
     uint64_t count = 0;
   };
+  // A native folder's grouped expert tensors by name (layer as "*"), shape and dtype; the shape is
+  // [experts held, in, width].
+  struct GroupedFamily {
+    std::string family;
+    std::vector<uint64_t> shape;
+    std::string dtype;
+    uint64_t count = 0;
+  };
+  // A native folder's expert-parallel placement, as its moeckpt.* __metadata__ records it.
+  struct ExpertParallel {
+    bool recorded = false;   // without it, to-hf reads the folder as the whole checkpoint
+    std::string unreadable;  // why the recorded values cannot be read (empty: they were read)
+    int64_t size = 0, rank = 0;
+    int64_t expert_start = 0, expert_count = 0;  // the global experts [start, start + count)
+    // Where the metadata (or, without it, config.json's expert count) and the grouped tensors'
+    // first dimension or config.json's split of the experts over the ranks disagree.
+    std::vector<std::string> disagreements;
+  };
   struct AttentionLayer {
     std::string layer;  // "3" or "mtp.0"
     std::string kind;   // "full" / "sliding_window"
@@ -38,13 +56,18 @@ struct InspectReport {
   uint64_t tensors = 0;
   uint64_t total_bytes = 0;
   std::map<std::string, DtypeTotal> by_dtype;
+  bool native = false;  // grouped experts (or moeckpt metadata saying so); else HF, one per expert
   bool has_config = false;
   std::string model;  // the family and layout config.json describes, as its spec names it
   int64_t layers = 0, full_layers = 0, swa_layers = 0, dense_layers = 0, moe_layers = 0;
   bool latent_attention = false;  // every layer's attention is latent (full_layers counts them)
   int64_t mtp_layers = 0;
   int64_t n_routed_experts = 0;
-  std::map<int64_t, int64_t> experts_per_layer;  // MoE layer -> distinct expert ids present
+  // MoE layer -> experts it holds: HF, the distinct expert ids present; native, the grouped
+  // tensors' first dimension (an EP rank's folder: its share).
+  std::map<int64_t, int64_t> experts_per_layer;
+  std::optional<ExpertParallel> expert_parallel;  // native folders only
+  std::vector<GroupedFamily> grouped;
   std::vector<Fp8Family> fp8;
   std::vector<AttentionLayer> attention;
   std::vector<std::string> problems;  // semantic errors: the checkpoint cannot be converted as is

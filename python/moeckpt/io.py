@@ -398,11 +398,19 @@ def synth(
     vocab: Optional[int] = None,
     mtp: Optional[int] = None,
     shard_size: Optional[int] = None,
+    tp_size: Optional[int] = None,
+    sparse: bool = False,
 ) -> WriteReport:
     """Writes a synthetic FP8 checkpoint of a model family's layout (``moeckpt synth``): ``preset``
     ``"tiny"`` (MiMo-V2-Flash, hidden 256, 4 layers, 8 experts, 257 tensors), ``"full"`` (its real
     dimensions, trimmed by the options), the other layouts of the family (``"v26-tiny"``, ...), or
     the DeepSeek-V3 format (``"deepseek-v3-tiny"``, ``"deepseek-v3-tiny-q-proj"``,
-    ``"deepseek-v3-full"``, ``"kimi-k2-full"``); an unknown name is refused, listing them.
-    Deterministic for a seed."""
-    return WriteReport(*_core.synth(os.fspath(dst), preset, layers, experts, vocab, mtp, int(seed), shard_size))
+    ``"deepseek-v3-micro"``, ``"deepseek-v3-full"``, ``"kimi-k2-full"``); an unknown name is refused,
+    listing them. ``tp_size`` is the TP degree a fused ``qkv_proj`` is interleaved over (the
+    MiMo-V2.6 presets; default 4; refused for a preset that takes none), ``sparse=True`` writes the
+    real size and layout as sparse files (FP8 codes and large weights are holes, scales and small
+    tensors real: plans and I/O tests of full-size checkpoints; split-QKV presets only). The files
+    are those ``moeckpt synth`` writes with the same options, byte for byte. Deterministic for a
+    seed."""
+    return WriteReport(*_core.synth(os.fspath(dst), preset, layers, experts, vocab, mtp, int(seed), shard_size,
+                                    tp_size, bool(sparse)))

@@ -373,6 +373,23 @@ ToHfOptions to_hf_options(const std::string& quant, const std::string& compat,
   return o;
 }
 
+// The options a refusal suggests, as the package's keyword arguments spell them; those only the
+// command line has keep the library's neutral words.
+std::string python_spelling(CallerOption option, std::string_view value) {
+  switch (option) {
+    case CallerOption::kOverwrite:
+      return "overwrite=True";
+    case CallerOption::kResume:
+      return "resume=True";
+    case CallerOption::kMaxMemory:
+      return value.empty() ? "max_memory" : "max_memory=" + std::string(value);
+    case CallerOption::kDistributed:
+      return "device_mesh";
+    default:
+      return neutral_spelling(option, value);
+  }
+}
+
 }  // namespace
 
 NB_MODULE(_core, m) {
@@ -416,7 +433,8 @@ NB_MODULE(_core, m) {
       std::rethrow_exception(p);
     } catch (const Error& e) {
       auto it = by_kind.find(e.kind());
-      PyErr_SetString(it == by_kind.end() ? base : it->second, e.what());
+      PyErr_SetString(it == by_kind.end() ? base : it->second,
+                      format_error(e.info(), python_spelling).c_str());
     }
   });
 
@@ -495,7 +513,8 @@ NB_MODULE(_core, m) {
       "synth",
       [](const std::string& dst, const std::string& preset, std::optional<int64_t> layers,
          std::optional<int64_t> experts, std::optional<int64_t> vocab, std::optional<int64_t> mtp,
-         uint64_t seed, std::optional<uint64_t> shard_size) {
+         uint64_t seed, std::optional<uint64_t> shard_size, std::optional<int64_t> tp_size,
+         bool sparse) {
         SynthOptions o;
         o.preset = preset;
         o.layers = layers;
@@ -504,13 +523,15 @@ NB_MODULE(_core, m) {
         o.mtp_layers = mtp;
         o.seed = seed;
         o.max_shard_bytes = shard_size;
+        o.tp_size = tp_size;
+        o.sparse = sparse;
         nb::gil_scoped_release release;
         auto r = synthesize_checkpoint(dst, o);
         return std::make_tuple(r.tensors, r.total_bytes, r.shards);
       },
       nb::arg("dst"), nb::arg("preset"), nb::arg("layers").none(), nb::arg("experts").none(),
-      nb::arg("vocab").none(), nb::arg("mtp").none(), nb::arg("seed"),
-      nb::arg("shard_size").none());
+      nb::arg("vocab").none(), nb::arg("mtp").none(), nb::arg("seed"), nb::arg("shard_size").none(),
+      nb::arg("tp_size").none() = nb::none(), nb::arg("sparse") = false);
 
   // HF tensors in memory -> native tensors of one EP rank.
   m.def(

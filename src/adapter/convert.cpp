@@ -202,8 +202,9 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
     // Temporary files are gone with the writer; finished shards and the manifest stay for
     // --resume.
     throw Interrupted({ErrorKind::kInterrupted, dst.string(), "",
-                       "interrupted; the shards finished so far are kept: run the same command "
-                       "with --resume to continue",
+                       fmt::format("interrupted; the shards finished so far are kept: run the "
+                                   "same command with {} to continue",
+                                   option_ref(CallerOption::kResume)),
                        ""});
   } catch (...) {
     folder.abandon();
@@ -249,11 +250,12 @@ ConvertReport write_plan_as_worker(FolderPlan& fp, const std::vector<ShardLayout
             {}};
   } catch (const Interrupted&) {
     folder.record_failure("interrupted");
-    throw Interrupted({ErrorKind::kInterrupted, fp.dst.string(), "",
-                       fmt::format("worker {} of {} interrupted; its finished shards are kept: "
-                                   "relaunch the same command with --resume",
-                                   convert.worker, convert.workers),
-                       ""});
+    throw Interrupted(
+        {ErrorKind::kInterrupted, fp.dst.string(), "",
+         fmt::format("worker {} of {} interrupted; its finished shards are kept: "
+                     "relaunch the same command with {}",
+                     convert.worker, convert.workers, option_ref(CallerOption::kResume)),
+         ""});
   } catch (const std::exception& e) {
     folder.record_failure(e.what());
     throw;
@@ -468,7 +470,7 @@ std::string source_fingerprint(const CheckpointSource& source, const ModelSpec& 
 }
 
 // Parsing JSON costs about 15x the file (a DOM of small nodes: a 38 MB config peaked at 545 MB).
-// An input's index must fit the memory budget the way a task buffer does (within --max-memory and
+// An input's index must fit the memory budget the way a task buffer does (within the budget and
 // the 48 MiB left for everything else), or it is refused before it is read.
 constexpr uint64_t kJsonBytesPerFileByte = 15;
 constexpr uint64_t kMetadataAllowance = 48ull << 20;
@@ -488,7 +490,8 @@ uint64_t index_budget_needed(const fs::path& dir, const ExecOptions& exec) {
          fmt::format("an index of {} bytes needs about {} MB of memory to parse, beyond the memory "
                      "budget of {} bytes",
                      size, need >> 20, exec.max_memory),
-         fmt::format("a memory budget (--max-memory) of at least {} bytes", budget));
+         fmt::format("a memory budget of at least {} bytes: {}", budget,
+                     option_ref(CallerOption::kMaxMemory, std::to_string(budget))));
   return budget;
 }
 

@@ -69,7 +69,7 @@ Survey survey(const fs::path& dst) {
     fail(ErrorKind::kDestination, dst.string(), "",
          std::string("has no distributed-conversion job record (") + kJobFileName +
              "): no worker with shards started here, or the folder was finalized already",
-         "a destination written by moeckpt ... --distributed");
+         "a destination written by a distributed conversion");
   Survey s{*job, {}, {}, {}};
   for (const auto& [k, n] : worker_manifests_in(dst))
     if (n != job->workers)
@@ -114,7 +114,8 @@ void check_recorded_checksum(const fs::path& dst, const JobRecord::Shard& sh,
          fmt::format("its bytes differ from what worker {} recorded (XXH3-128 {}): changed after "
                      "it was written",
                      sh.worker, it->second.checksum),
-         "the shard as its worker wrote it (relaunch with --resume to rewrite it)");
+         "the shard as its worker wrote it (relaunch with " + option_ref(CallerOption::kResume) +
+             " to rewrite it)");
 }
 
 // The index the job record holds names exactly the recorded shards, and each shard holds exactly
@@ -375,11 +376,15 @@ FinalizeReport finalize_dir(const fs::path& dst, std::chrono::milliseconds wait,
            "moeckpt finalize once that worker has exited");
     if (std::chrono::steady_clock::now() >= deadline)
       fail(ErrorKind::kDestination, dst.string(), "", missing_text(s) + "; no index was written",
-           wait.count() > 0 ? fmt::format("every worker done within --wait {:g} s, or the missing "
-                                          "workers relaunched with --resume",
-                                          static_cast<double>(wait.count()) / 1000.0)
-                            : "every worker done (relaunch the missing ones with --resume), "
-                              "then moeckpt finalize");
+           wait.count() > 0
+               ? fmt::format(
+                     "every worker done within {} s, or the missing workers relaunched "
+                     "with {}",
+                     option_ref(CallerOption::kWait,
+                                fmt::format("{:g}", static_cast<double>(wait.count()) / 1000.0)),
+                     option_ref(CallerOption::kResume))
+               : "every worker done (relaunch the missing ones with " +
+                     option_ref(CallerOption::kResume) + "), then moeckpt finalize");
     if (cancel && cancel->load())
       throw Interrupted({ErrorKind::kInterrupted, dst.string(), "",
                          "interrupted while waiting for the other workers; no index was written",

@@ -156,9 +156,9 @@ void claim_for_launch(const fs::path& dir, const std::string& fingerprint, int64
            : fmt::format("destination belongs to another conversion (a launch with {} workers; "
                          "this one has {})",
                          theirs, workers),
-       fmt::format("that launch relaunched with --resume ({} workers, the same command), or an "
-                   "empty folder",
-                   theirs));
+       fmt::format("that launch relaunched with {} ({} workers, the same command), or an empty "
+                   "folder",
+                   option_ref(CallerOption::kResume), theirs));
 }
 
 std::optional<JobRecord> JobRecord::load(const fs::path& dir) {

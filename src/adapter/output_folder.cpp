@@ -82,7 +82,8 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
     fail(ErrorKind::kDestination, dst_.string(), "",
          "destination holds the records of an unfinished distributed conversion (its workers' "
          "manifests)",
-         "the same launch with --distributed and --resume, moeckpt finalize, or an empty folder");
+         "the same launch with " + option_ref(CallerOption::kDistributed) + " and " +
+             option_ref(CallerOption::kResume) + ", moeckpt finalize, or an empty folder");
   remove_dead_temporaries(dst_);
 
   const fs::path staging = dst_ / kStagingDirName;
@@ -94,10 +95,11 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
       if (unfinished || staged_unfinished)
         fail(ErrorKind::kDestination, dst_.string(), "",
              "destination holds an unfinished conversion",
-             "--resume to continue it, or --overwrite to start over");
+             option_ref(CallerOption::kResume) + " to continue it, or " +
+                 option_ref(CallerOption::kOverwrite) + " to start over");
       if (checkpoint)
         fail(ErrorKind::kDestination, dst_.string(), "", "destination already holds a checkpoint",
-             "an empty folder, or --overwrite to replace it");
+             "an empty folder, or " + option_ref(CallerOption::kOverwrite) + " to replace it");
       remove_staging(staging);
       break;
     case ExistingOutput::kOverwrite:
@@ -117,7 +119,7 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
       if (!unfinished && checkpoint)
         fail(ErrorKind::kDestination, dst_.string(), "",
              "destination holds a finished checkpoint: nothing to resume",
-             "--overwrite to replace it");
+             option_ref(CallerOption::kOverwrite) + " to replace it");
       remove_staging(staging);
       resume_ = unfinished;  // nothing unfinished: a fresh start
       break;
@@ -143,7 +145,8 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
     if (previous.fingerprint != fingerprint)
       fail(ErrorKind::kDestination, dst_.string(), "",
            "the unfinished conversion here was started from other inputs or with other options",
-           "the same command as the interrupted run, or --overwrite to start over");
+           "the same command as the interrupted run, or " + option_ref(CallerOption::kOverwrite) +
+               " to start over");
   }
   // Names the new checkpoint takes in the destination: whatever holds them now must be ours to
   // replace (a shard of the old checkpoint or of the unfinished conversion), never a user's file.
@@ -158,7 +161,7 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
     if (present(path) && !staging_ && !resume_ && !ours)
       fail(ErrorKind::kDestination, path.string(), "",
            "exists in a destination without a checkpoint index",
-           "an empty folder, or --overwrite to replace it");
+           "an empty folder, or " + option_ref(CallerOption::kOverwrite) + " to replace it");
   }
   // From here on a failure owns the write folder's final names (a refused resume keeps them).
   layout_ = layout;

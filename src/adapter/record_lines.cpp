@@ -50,7 +50,8 @@ void RecordAppender::append(const nlohmann::ordered_json& record) {
   if (broken_)
     fail(ErrorKind::kDestination, file_.path(), "",
          "an earlier record could not be appended; no further records are written",
-         "a destination that accepts writes (then the same command with --resume)");
+         "a destination that accepts writes (then the same command with " +
+             option_ref(CallerOption::kResume) + ")");
   const auto line = record_line(record);
   const uint64_t whole = file_.size();  // every line so far is complete
   try {

@@ -28,9 +28,11 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
          "a worker index in [0, workers)");
   if (existing == ExistingOutput::kOverwrite)
     fail(ErrorKind::kInvalidArgument, dst_.string(), "",
-         "--overwrite cannot be used by a distributed conversion (a worker cannot know that no "
-         "other worker has begun writing)",
-         "an empty destination (remove the old checkpoint first), or --resume");
+         option_ref(CallerOption::kOverwrite) +
+             " cannot be used by a distributed conversion (a worker cannot know that no other "
+             "worker has begun writing)",
+         "an empty destination (remove the old checkpoint first), or " +
+             option_ref(CallerOption::kResume));
   auto d = take_destination(dst_, srcs);
   inputs_ = std::move(d.inputs);
   lock_.emplace(dst_, worker_lock_name(worker, workers), kLockPatience);
@@ -47,7 +49,8 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
   if (present(dst_ / kManifestFileName))
     fail(ErrorKind::kDestination, dst_.string(), "",
          "destination holds an unfinished single-process conversion",
-         "the same command without --distributed and with --resume, or an empty folder");
+         "the same command without " + option_ref(CallerOption::kDistributed) + " and with " +
+             option_ref(CallerOption::kResume) + ", or an empty folder");
   for (const auto& [k, n] : worker_manifests_in(dst_))
     if (n != workers)
       fail(ErrorKind::kDestination, dst_.string(), "",
@@ -55,9 +58,9 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
                        "workers ({}); this launch has {} (a resume re-plans nothing: the shard "
                        "assignment depends on the worker count)",
                        n, worker_manifest_name(k, n), workers),
-           fmt::format("the same launch with {} workers and --resume, or moeckpt finalize, or an "
+           fmt::format("the same launch with {} workers and {}, or moeckpt finalize, or an "
                        "empty folder",
-                       n));
+                       n, option_ref(CallerOption::kResume)));
   const bool index = present(dst_ / kIndexFileName);
   if (index && !has_distributed_records(dst_))
     fail(ErrorKind::kDestination, dst_.string(), "",
@@ -75,7 +78,7 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
          fmt::format("destination holds an unfinished distributed conversion (worker {} of {} "
                      "already wrote here)",
                      worker, workers),
-         "--resume to continue it, or an empty folder");
+         option_ref(CallerOption::kResume) + " to continue it, or an empty folder");
 }
 
 std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
@@ -87,7 +90,8 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
   auto other_launch = [&](const std::string& what) {
     fail(ErrorKind::kDestination, dst_.string(), "",
          what + " belongs to another conversion (other inputs or options) than this launch",
-         "one launch per destination: the same command with --resume, or an empty folder");
+         "one launch per destination: the same command with " + option_ref(CallerOption::kResume) +
+             ", or an empty folder");
   };
   // Before anything is written: the first launch into the folder owns it.
   claim_for_launch(dst_, fingerprint, workers_);

@@ -47,7 +47,7 @@ std::optional<WorkerSlot> read_launcher(const Env& env, const Vars& v) {
   if (!rank || !size)
     bad_env(fmt::format("{} sets {} but not {}", v.launcher, rank ? v.rank : v.size,
                         rank ? v.size : v.rank),
-            "both, as the launcher sets them (or --workers N --worker K)");
+            "both, as the launcher sets them (or " + option_ref(CallerOption::kWorkers) + ")");
   if (*size < 1 || *rank >= *size)
     bad_env(fmt::format("{}: {}={} is not below {}={}", v.launcher, v.rank, *rank, v.size, *size),
             "a rank in [0, size)");
@@ -125,7 +125,7 @@ WorkerSlot worker_slot_from_env(const Env& env) {
       bad_env(fmt::format("PMIX_RANK={} is set but no launcher variable gives the number of "
                           "workers (PMIX_SIZE, SLURM_NTASKS)",
                           *pmix_rank),
-              "a launcher that exports the world size, or --workers N --worker K");
+              "a launcher that exports the world size, or " + option_ref(CallerOption::kWorkers));
     check_worker_count(*size, "PMIx: the world size");
     if (*size < 1 || *pmix_rank >= *size)
       bad_env(fmt::format("PMIx: PMIX_RANK={} is not below the world size {}", *pmix_rank, *size),
@@ -154,7 +154,7 @@ WorkerSlot worker_slot_from_env(const Env& env) {
         "no launcher environment found (torchrun's RANK/WORLD_SIZE, Open MPI's "
         "OMPI_COMM_WORLD_RANK/_SIZE, PMI_RANK/PMI_SIZE, PMIX_RANK, Slurm's "
         "SLURM_PROCID/SLURM_NTASKS)",
-        "a run under torchrun, srun or mpirun, or --workers N --worker K");
+        "a run under torchrun, srun or mpirun, or " + option_ref(CallerOption::kWorkers));
   return *slot;
 }
 

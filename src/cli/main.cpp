@@ -1,6 +1,7 @@
 // The moeckpt command line: thin wrappers over the library; errors become one line on stderr and
 // exit code 1 (2 for usage errors).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
@@ -43,6 +44,34 @@ class UsageError : public std::runtime_error {
       {moeckpt::ErrorKind::kInvalidArgument, "", "", std::move(what), std::move(expected)}));
 }
 
+// The options a library refusal suggests, as this command line spells them (the library names
+// them by tag only: its callers in Python spell them otherwise).
+std::string cli_spelling(moeckpt::CallerOption option, std::string_view value) {
+  using moeckpt::CallerOption;
+  auto with = [&](std::string flag) {
+    return value.empty() ? flag : flag + " " + std::string(value);
+  };
+  switch (option) {
+    case CallerOption::kOverwrite:
+      return "--overwrite";
+    case CallerOption::kResume:
+      return "--resume";
+    case CallerOption::kMaxMemory:
+      return with("--max-memory");
+    case CallerOption::kDistributed:
+      return "--distributed";
+    case CallerOption::kWorkers:
+      return "--workers N --worker K";
+    case CallerOption::kWait:
+      return with("--wait");
+  }
+  return moeckpt::neutral_spelling(option, value);
+}
+
+std::string message_of(const moeckpt::Error& e) {
+  return moeckpt::format_error(e.info(), cli_spelling);
+}
+
 // Runs a library check of option values: its kInvalidArgument refusal is a usage error.
 template <class F>
 auto as_usage(F&& check) {
@@ -50,7 +79,7 @@ auto as_usage(F&& check) {
     return check();
   } catch (const moeckpt::Error& e) {
     if (e.kind() != moeckpt::ErrorKind::kInvalidArgument) throw;
-    throw UsageError(e.what());
+    throw UsageError(message_of(e));
   }
 }
 
@@ -119,11 +148,16 @@ constexpr const char* kAttnBackendHelp =
     "(self_attn.attention_sink_bias) or te (Transformer Engine: self_attn.attn_module."
     "softmax_offset, F32)";
 const std::vector<std::string> kCompatNames{"none", "automodel", "automodel-0.6", "automodel-0.7"};
+// Every argument that reads a checkpoint goes through where() (io::resolve_checkpoint).
+constexpr const char* kOrRepoId = ", or a Hugging Face repo id in the local hub cache (ORG/NAME)";
 
 int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   CLI::App app{
       "moeckpt: convert MoE checkpoints between the Hugging Face and grouped-expert layouts"};
   app.require_subcommand(1);
+  // --help shows each option's default ("=VALUE", captured from the variable it sets); an option
+  // whose default depends on others says so in its text and shows none.
+  app.option_defaults()->always_capture_default();
   app.set_version_flag(
       "--version", [] { return fmt::format("moeckpt 0.1.0 (FP8 kernels: {})", kernels_in_use()); });
 
@@ -131,8 +165,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   std::string revision;
   auto add_revision = [&](CLI::App* cmd) {
     cmd->add_option("--revision", revision,
-                    "revision of a repo id given for a checkpoint (branch, tag or commit; default "
-                    "main)");
+                    "revision of a repo id given for a checkpoint (branch, tag or commit)")
+        ->default_str("main");  // empty means not given: a folder takes no revision
   };
 
   moeckpt::SynthOptions synth;
@@ -140,16 +174,23 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   auto* synth_cmd = app.add_subcommand(
       "synth", "write a synthetic checkpoint of a model family's layout (FP8, MXFP4)");
   synth_cmd->add_option("DST", synth_dst, "destination folder")->required();
+  // The names come from the families that define them: a new preset shows here by itself.
   synth_cmd
       ->add_option("--preset", synth.preset,
-                   "tiny, micro, full (real dimensions); v26-tiny, v26-full, v25-tiny, v25-full "
-                   "(the fused-QKV layouts)")
+                   fmt::format("the layout and size to synthesize, one of: {} (those ending in "
+                               "full: the real dimensions, trimmed by the options below)",
+                               fmt::join(moeckpt::model_preset_names(), ", ")))
       ->check(CLI::IsMember(moeckpt::model_preset_names()));
-  synth_cmd->add_option("--layers", synth.layers, "number of decoder layers (trims the preset)")
+  synth_cmd
+      ->add_option("--layers", synth.layers,
+                   "number of decoder layers (default: the preset's; fewer trim it)")
       ->check(integer_in(1, 1024));
-  synth_cmd->add_option("--experts", synth.experts, "routed experts per MoE layer")
+  synth_cmd
+      ->add_option("--experts", synth.experts,
+                   "routed experts per MoE layer (default: the preset's)")
       ->check(integer_in(1, 4096));
-  synth_cmd->add_option("--vocab", synth.vocab, "vocabulary size")->check(integer_in(1, kMaxCount));
+  synth_cmd->add_option("--vocab", synth.vocab, "vocabulary size (default: the preset's)")
+      ->check(integer_in(1, kMaxCount));
   synth_cmd
       ->add_option("--mtp", synth.mtp_layers,
                    "MTP layers (default: as many as the preset's config declares, else 3; 1 for a "
@@ -174,7 +215,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   bool inspect_json = false;
   auto* inspect_cmd =
       app.add_subcommand("inspect", "validate a checkpoint folder and summarize it");
-  inspect_cmd->add_option("DIR", inspect_dir, "checkpoint folder")->required();
+  inspect_cmd->add_option("DIR", inspect_dir, std::string("checkpoint folder") + kOrRepoId)
+      ->required();
   inspect_cmd->add_flag("--json", inspect_json, "print one JSON object");
   moeckpt::InspectOptions inspect_opts;
   inspect_cmd->add_flag("--headers-only", inspect_opts.headers_only,
@@ -186,7 +228,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   unsigned threads = 0;
   auto* fh_cmd =
       app.add_subcommand("from-hf", "HF checkpoint -> native (grouped-expert) checkpoint");
-  fh_cmd->add_option("SRC", fh_src, "HF checkpoint folder")->required();
+  fh_cmd->add_option("SRC", fh_src, std::string("HF checkpoint folder") + kOrRepoId)->required();
   fh_cmd->add_option("DST", fh_dst, "destination folder")->required();
   fh_cmd->add_option("--ep-size", fh.ep_size, "expert-parallel world size")
       ->check(integer_in(1, kMaxCount));
@@ -194,7 +236,8 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   fh_cmd
       ->add_option("--ep-rank", fh_ep_rank,
                    "this rank: only its experts are read and written; \"all\": every rank, each "
-                   "into DST/ep-rank-R-of-W (the default with --distributed)")
+                   "into DST/ep-rank-R-of-W (default 0; all with --distributed or --workers when "
+                   "--ep-size is above 1)")
       ->check(rank_or_all(kMaxCount));
   fh_cmd->add_option("--compat", fh_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
   std::string fh_attn = "sdpa";
@@ -204,11 +247,11 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(CLI::IsMember({"bf16", "f32"}));
   fh_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
       ->check(integer_in(1, kMaxBytes));
-  fh_cmd->add_option("--threads", threads, "worker threads (default: all cores)")
+  fh_cmd->add_option("--threads", threads, "worker threads (0: all cores)")
       ->check(integer_in(0, 4096));
   uint64_t max_memory = 1ull << 30;
   bool quiet = false;
-  fh_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)")
+  fh_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (1 GiB)")
       ->check(integer_in(1, kMaxBytes));
   fh_cmd->add_flag("--quiet", quiet, "no progress output");
   bool overwrite = false, resume = false;
@@ -228,17 +271,20 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     cmd->add_flag("--distributed", distributed,
                   "be one worker of a conversion spread over processes: rank and count from "
                   "torchrun, srun, mpirun (Open MPI, MPICH, Intel MPI) or PMIx");
+    // 0 stands for "not given" here: no default to show.
     auto* n = cmd->add_option("--workers", n_workers,
                               "number of workers (with --worker: overrides the launcher's)")
-                  ->check(integer_in(1, moeckpt::kMaxWorkers));
+                  ->check(integer_in(1, moeckpt::kMaxWorkers))
+                  ->default_str("");
     auto* k = cmd->add_option("--worker", worker_k, "this worker's index in [0, --workers)")
-                  ->check(integer_in(0, moeckpt::kMaxWorkers - 1));
+                  ->check(integer_in(0, moeckpt::kMaxWorkers - 1))
+                  ->default_str("");
     n->needs(k);
     k->needs(n);
     cmd->add_option("--wait", wait_seconds,
                     "worker 0: seconds to wait for workers still running once its own shards "
-                    "are done, before it leaves the index to the last of them (default 172800, "
-                    "two days; workers not started are not waited for)")
+                    "are done, before it leaves the index to the last of them (two days; "
+                    "workers not started are not waited for)")
         ->check(number_in(0.0, 1e8));
   };
   add_distributed_flags(fh_cmd);
@@ -248,10 +294,17 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   moeckpt::ToHfOptions th;
   auto* th_cmd =
       app.add_subcommand("to-hf", "native checkpoint (one folder, or every EP rank's) -> HF");
-  th_cmd->add_option("SRC_AND_DST", th_paths, "native folder(s), then the destination folder")
+  th_cmd
+      ->add_option("SRC_AND_DST", th_paths,
+                   "native folder(s) (each may be a Hugging Face repo id in the local hub cache), "
+                   "then the destination folder")
       ->required()
-      ->expected(2, -1);
-  th_cmd->add_option("--quant", th_quant, "block (real scales), cast (Automodel's), none (BF16)")
+      ->expected(2, -1)
+      ->default_str("");
+  th_cmd
+      ->add_option("--quant", th_quant,
+                   "block (real scales), cast (Automodel's), none (BF16); with --compat "
+                   "automodel*: Automodel's cast unless none")
       ->check(CLI::IsMember({"block", "cast", "none"}));
   th_cmd->add_option("--compat", th_compat, kCompatHelp)->check(CLI::IsMember(kCompatNames));
   std::string th_attn = "sdpa";
@@ -266,12 +319,13 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->add_option("--tp-size", th_tp,
                    "fused-QKV layouts: the TP degree to interleave qkv_proj over (default: the "
                    "source's, recorded by from-hf)")
-      ->check(integer_in(1, 65536));
+      ->check(integer_in(1, 65536))
+      ->default_str("");
   th_cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
       ->check(integer_in(1, kMaxBytes));
-  th_cmd->add_option("--threads", threads, "worker threads (default: all cores)")
+  th_cmd->add_option("--threads", threads, "worker threads (0: all cores)")
       ->check(integer_in(0, 4096));
-  th_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)")
+  th_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (1 GiB)")
       ->check(integer_in(1, kMaxBytes));
   th_cmd->add_flag("--quiet", quiet, "no progress output");
   add_existing_flags(th_cmd);
@@ -281,23 +335,25 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   std::string dq_src, dq_dst, dq_dtype = "bf16";
   auto* dq_cmd = app.add_subcommand(
       "dequantize", "HF FP8 checkpoint -> HF BF16/F32 checkpoint (same keys, no scales)");
-  dq_cmd->add_option("SRC", dq_src, "HF FP8 checkpoint folder (or repo id)")->required();
+  dq_cmd->add_option("SRC", dq_src, std::string("HF FP8 checkpoint folder") + kOrRepoId)
+      ->required();
   dq_cmd->add_option("DST", dq_dst, "destination folder")->required();
   dq_cmd->add_option("--dtype", dq_dtype, "dtype of dequantized weights")
       ->check(CLI::IsMember({"bf16", "f32"}));
   std::string q_src, q_dst, q_quant = "block";
   auto* q_cmd = app.add_subcommand(
       "quantize", "HF BF16/F32 checkpoint -> HF FP8 checkpoint in the published layout");
-  q_cmd->add_option("SRC", q_src, "HF BF16/F16/F32 checkpoint folder (or repo id)")->required();
+  q_cmd->add_option("SRC", q_src, std::string("HF BF16/F16/F32 checkpoint folder") + kOrRepoId)
+      ->required();
   q_cmd->add_option("DST", q_dst, "destination folder")->required();
   q_cmd->add_option("--quant", q_quant, "block (real 128x128 scales) or cast (Automodel's)")
       ->check(CLI::IsMember({"block", "cast"}));
   for (auto* cmd : {dq_cmd, q_cmd}) {
     cmd->add_option("--shard-size", convert.max_shard_bytes, "maximum bytes per output shard")
         ->check(integer_in(1, kMaxBytes));
-    cmd->add_option("--threads", threads, "worker threads (default: all cores)")
+    cmd->add_option("--threads", threads, "worker threads (0: all cores)")
         ->check(integer_in(0, 4096));
-    cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (default 1 GiB)")
+    cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (1 GiB)")
         ->check(integer_in(1, kMaxBytes));
     cmd->add_flag("--quiet", quiet, "no progress output");
     add_existing_flags(cmd);
@@ -311,7 +367,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       "write the index of a folder a distributed conversion wrote, once every worker's shards "
       "are there (after a Slurm job array, or a relaunch of a dead worker)");
   fin_cmd->add_option("DST", fin_dst, "the conversion's destination folder")->required();
-  fin_cmd->add_option("--wait", fin_wait, "seconds to wait for workers still running (default 0)")
+  fin_cmd->add_option("--wait", fin_wait, "seconds to wait for workers still running")
       ->check(number_in(0.0, 1e8));
 
   std::string plan_src, plan_command = "from-hf", plan_dtype = "bf16", plan_ep_rank;
@@ -320,16 +376,17 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   bool plan_json = false;
   auto* plan_cmd = app.add_subcommand(
       "plan", "what each worker of a distributed conversion reads and writes (headers only)");
-  plan_cmd->add_option("SRC", plan_src, "HF checkpoint folder (or repo id)")->required();
+  plan_cmd->add_option("SRC", plan_src, std::string("HF checkpoint folder") + kOrRepoId)
+      ->required();
   plan_cmd->add_option("--command", plan_command, "the conversion: from-hf, dequantize, quantize")
       ->check(CLI::IsMember({"from-hf", "dequantize", "quantize"}));
-  plan_cmd->add_option("--workers", plan_workers, "number of workers (default 1)")
+  plan_cmd->add_option("--workers", plan_workers, "number of workers")
       ->check(integer_in(1, moeckpt::kMaxWorkers));
   plan_cmd->add_option("--ep-size", plan_ep_size, "from-hf: expert-parallel world size")
       ->check(integer_in(1, kMaxCount));
   plan_cmd
       ->add_option("--ep-rank", plan_ep_rank,
-                   "from-hf: one rank, or \"all\" (the default with --ep-size)")
+                   "from-hf: one rank, or \"all\" (default 0; all when --ep-size is above 1)")
       ->check(rank_or_all(kMaxCount));
   plan_cmd->add_option("--dtype", plan_dtype, "dtype of dequantized weights")
       ->check(CLI::IsMember({"bf16", "f32"}));
@@ -341,12 +398,13 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
   moeckpt::VerifyOptions vo;
   auto* verify_cmd =
       app.add_subcommand("verify", "compare two checkpoints (HF or native) tensor by tensor");
-  verify_cmd->add_option("A", va, "first checkpoint folder")->required();
-  verify_cmd->add_option("B", vb, "second checkpoint folder (the reference for rtol)")->required();
-  verify_cmd->add_option("--rtol", vo.rtol, "relative tolerance (default 0: exact)")
-      ->check(kTolerance);
-  verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (default 0: exact)")
-      ->check(kTolerance);
+  verify_cmd->add_option("A", va, std::string("first checkpoint folder") + kOrRepoId)->required();
+  verify_cmd
+      ->add_option("B", vb,
+                   std::string("second checkpoint folder (the reference for rtol)") + kOrRepoId)
+      ->required();
+  verify_cmd->add_option("--rtol", vo.rtol, "relative tolerance (0: exact)")->check(kTolerance);
+  verify_cmd->add_option("--atol", vo.atol, "absolute tolerance (0: exact)")->check(kTolerance);
   verify_cmd->add_option("--config", vconfig, "config.json for both (default: each folder's own)");
 
   for (auto* cmd : {inspect_cmd, fh_cmd, th_cmd, verify_cmd, dq_cmd, q_cmd, plan_cmd})
@@ -621,10 +679,10 @@ int main(int argc, char** argv) {
   try {
     return run(argc, argv, interrupts);
   } catch (const moeckpt::Interrupted& e) {
-    std::cerr << "moeckpt: error: " << e.what() << "\n";
+    std::cerr << "moeckpt: error: " << message_of(e) << "\n";
     return 130;
   } catch (const moeckpt::Error& e) {
-    std::cerr << "moeckpt: error: " << e.what() << "\n";
+    std::cerr << "moeckpt: error: " << message_of(e) << "\n";
   } catch (const UsageError& e) {
     std::cerr << "moeckpt: error: " << e.what() << "\n";
     return 2;

@@ -777,6 +777,7 @@ void check_memory_budget(const Plan& plan, const ExecOptions& options, uint64_t 
     }
   if (need <= budget.in_flight) return;
   const auto outs = task_outputs(plan.tasks[largest]);
+  const auto smallest = std::to_string(std::max(at_least, MemoryBudget::needed_for(need)));
   fail(ErrorKind::kInvalidArgument, "", outs.empty() ? "" : plan.outputs[outs.front()].name,
        // The task is compared with the in-flight share, not the whole budget: both are named,
        // in bytes, so that the numbers never read as "2.1 MiB is more than 2.8 MiB".
@@ -785,8 +786,8 @@ void check_memory_budget(const Plan& plan, const ExecOptions& options, uint64_t 
                    "reuse)",
                    bytes_and_mib(need), bytes_and_mib(budget.in_flight),
                    bytes_and_mib(options.max_memory)),
-       fmt::format("a memory budget of at least {} bytes",
-                   std::max(at_least, MemoryBudget::needed_for(need))));
+       fmt::format("a memory budget of at least {} bytes: {}", smallest,
+                   option_ref(CallerOption::kMaxMemory, smallest)));
 }
 
 void execute(const Plan& plan, const TensorSource& source, TensorSink& sink_in,

@@ -3,8 +3,9 @@
 #include <fmt/format.h>
 
 #include <fmt/ranges.h>
-#include <cstdlib>
 
+#include <charconv>
+#include <cstdlib>
 #include <set>
 
 #include "moeckpt/tensor_source.hpp"
@@ -12,6 +13,7 @@
 #include "adapter/checkpoint_validation.hpp"
 #include "adapter/validate.hpp"
 #include "core/printable.hpp"
+#include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
 #include "moeckpt/safetensors.hpp"
@@ -33,10 +35,100 @@ std::string layer_label(const TensorKey& k) {
   return (k.mtp ? "mtp." : "") + std::to_string(k.layer.value_or(-1));
 }
 
+// "model.layers.3.mlp.experts.down_projs" -> "model.layers.*.mlp.experts.down_projs": one family
+// for every layer, without knowing the family's grammar.
+std::string any_layer(const TensorKey& k) {
+  const std::string id = "." + std::to_string(*k.layer) + ".";
+  const auto at = k.name.find(id, k.prefix.size());
+  return at == std::string::npos ? k.name
+                                 : k.name.substr(0, at) + ".*." + k.name.substr(at + id.size());
+}
+
+std::string expert_span(int64_t start, int64_t count) {
+  if (count == 0) return "no experts";
+  if (count == 1) return fmt::format("expert {}", start);
+  return fmt::format("experts {}-{}", start, start + count - 1);
+}
+
+// The EP placement from-hf records in every shard's __metadata__ (check_native_metadata refuses
+// what is wrong with it; this only reads it, for the report).
+InspectReport::ExpertParallel read_expert_parallel(const std::map<std::string, std::string>& md) {
+  InspectReport::ExpertParallel ep;
+  const char* keys[] = {kMetaEpSize, kMetaEpRank, kMetaExpertStart, kMetaExpertCount};
+  int64_t* values[] = {&ep.size, &ep.rank, &ep.expert_start, &ep.expert_count};
+  ep.recorded = md.count(kMetaLayout) > 0;
+  for (const char* k : keys) ep.recorded = ep.recorded || md.count(k) > 0;
+  if (!ep.recorded) return ep;
+  if (auto it = md.find(kMetaLayout); it == md.end() || it->second != "native")
+    ep.unreadable =
+        fmt::format("{} is \"{}\", not \"native\"", kMetaLayout, it == md.end() ? "" : it->second);
+  for (size_t i = 0; i < 4 && ep.unreadable.empty(); ++i) {
+    auto it = md.find(keys[i]);
+    if (it == md.end()) {
+      ep.unreadable = fmt::format("no {}", keys[i]);
+      break;
+    }
+    const std::string& v = it->second;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), *values[i]);
+    if (ec != std::errc() || end != v.data() + v.size() || *values[i] < 0)
+      ep.unreadable = fmt::format("{} = \"{}\" is not a count", keys[i], v);
+  }
+  if (ep.unreadable.empty() && (ep.size < 1 || ep.rank >= ep.size))
+    ep.unreadable = fmt::format("{} = {} with {} = {}", kMetaEpRank, ep.rank, kMetaEpSize, ep.size);
+  return ep;
+}
+
+// Where the grouped tensors' first dimension (per layer) disagrees with the recorded expert count
+// (without metadata: config.json's, as to-hf reads such a folder), and where the recorded range is
+// not the one config.json's experts give that rank.
+std::vector<std::string> expert_disagreements(
+    const InspectReport::ExpertParallel& ep, const std::optional<ModelConfig>& config,
+    const std::map<int64_t, std::set<uint64_t>>& grouped_dims) {
+  std::vector<std::string> out;
+  for (const auto& [layer, dims] : grouped_dims)
+    if (dims.size() > 1)
+      out.push_back(
+          fmt::format("layer {}'s grouped expert tensors hold different expert counts: {}", layer,
+                      fmt::join(dims, ", ")));
+  std::optional<int64_t> want;
+  std::string says;
+  if (ep.recorded && ep.unreadable.empty()) {
+    want = ep.expert_count;
+    says = fmt::format("__metadata__ {} = {}", kMetaExpertCount, ep.expert_count);
+  } else if (!ep.recorded && config) {
+    want = config->n_routed_experts;
+    says = fmt::format(
+        "config.json's n_routed_experts = {} (a folder without EP metadata is the whole "
+        "checkpoint)",
+        config->n_routed_experts);
+  }
+  if (want) {
+    std::map<uint64_t, std::vector<int64_t>> wrong;  // experts held -> layers
+    for (const auto& [layer, dims] : grouped_dims)
+      if (dims.size() == 1 && static_cast<int64_t>(*dims.begin()) != *want)
+        wrong[*dims.begin()].push_back(layer);
+    for (const auto& [n, layers] : wrong)
+      out.push_back(fmt::format(
+          "the grouped expert tensors of layer{} {} hold {} experts (first dimension) but {}",
+          layers.size() == 1 ? "" : "s", fmt::join(layers, ","), n, says));
+  }
+  if (ep.recorded && ep.unreadable.empty() && config) {
+    const auto range = ExpertRange::for_rank(config->n_routed_experts, ep.size, ep.rank);
+    if (range.first != ep.expert_start || range.count != ep.expert_count)
+      out.push_back(fmt::format(
+          "__metadata__ gives EP rank {} of {} {}, but config.json's {} experts split over {} "
+          "rank{} give it {}",
+          ep.rank, ep.size, expert_span(ep.expert_start, ep.expert_count), config->n_routed_experts,
+          ep.size, ep.size == 1 ? "" : "s", expert_span(range.first, range.count)));
+  }
+  return out;
+}
+
 }  // namespace
 
 InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& options) {
-  Checkpoint ck = Checkpoint::open(dir);
+  CheckpointSource src({dir});  // the folder's headers, opened once for the report and validation
+  const Checkpoint& ck = src.checkpoint(0);
   InspectReport r;
   r.dir = dir.string();
   r.shards = ck.shard_count();
@@ -64,10 +156,11 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
   const auto spec = model_spec_for(config.value_or(ModelConfig{}));
   if (config) r.model = std::string(spec->layout_name());
 
-  std::map<int64_t, std::set<int64_t>> experts;             // layer -> ids
-  std::map<std::pair<int64_t, int64_t>, int> expert_projs;  // (layer, id) -> bitmask
+  std::map<int64_t, std::set<int64_t>> experts;        // layer -> ids
+  std::map<int64_t, std::set<uint64_t>> grouped_dims;  // native: layer -> first dims
   std::set<int64_t> mtp_layers;
   std::map<std::string, InspectReport::Fp8Family> families;
+  std::map<std::string, InspectReport::GroupedFamily> grouped;
   uint64_t unknown = 0;
 
   for (const auto& name : ck.names()) {
@@ -94,6 +187,15 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     if (key.kind == TensorKind::kExpertProj && key.layer &&
         (!key.mtp || spec->mtp_layers_have_routed_experts()))
       experts[*key.layer].insert(*key.expert);
+    if (key.kind == TensorKind::kGroupedExperts && key.layer && !t.shape.empty()) {
+      grouped_dims[*key.layer].insert(t.shape[0]);
+      const auto fam_name = any_layer(key);
+      auto& g = grouped[fam_name + format_shape(t.shape) + std::string(dtype_name(t.dtype))];
+      g.family = fam_name;
+      g.shape = t.shape;
+      g.dtype = std::string(dtype_name(t.dtype));
+      g.count++;
+    }
     // MXFP4 experts: packed E2M1 with E8M0 scales, listed with the FP8 families.
     const auto* mx = key.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8
                          ? ck.find(spec->mx_scale_name(name))
@@ -162,17 +264,38 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
         "config.json declares {} MTP layer(s) (num_nextn_predict_layers); the checkpoint holds {} "
         "(the others are left out)",
         *declared, r.mtp_layers));
-  for (const auto& [layer, ids] : experts)
-    r.experts_per_layer[layer] = static_cast<int64_t>(ids.size());
+  r.native = is_native_layout(src, *spec);
+  if (r.native) {
+    // An EP rank's folder holds its share of each MoE layer's experts: the grouped tensors' first
+    // dimension, checked against what the metadata records.
+    for (const auto& [layer, dims] : grouped_dims)  // the smaller where they differ (flagged)
+      r.experts_per_layer[layer] = static_cast<int64_t>(*dims.begin());
+    for (auto& [_, g] : grouped) r.grouped.push_back(g);
+    auto ep = read_expert_parallel(src.metadata(0));
+    ep.disagreements = expert_disagreements(ep, config, grouped_dims);
+    r.expert_parallel = ep;
+  } else {
+    for (const auto& [layer, ids] : experts)
+      r.experts_per_layer[layer] = static_cast<int64_t>(ids.size());
+  }
   // The checks a conversion of this folder would make (from-hf for HF folders, to-hf for native
   // ones), data included unless headers only: the first refusal is the problem.
   if (config) {
     try {
-      CheckpointSource src({dir});
       validate_checkpoint(src, *config, {!options.headers_only, options.threads});
     } catch (const Error& e) {
       r.problems.push_back(e.what());
     }
+  }
+  // The validation refuses bad EP metadata itself (one line per refusal); without a config.json
+  // it does not run, and then the report's own finding is the problem.
+  if (r.problems.empty() && r.expert_parallel) {
+    const auto& ep = *r.expert_parallel;
+    const std::string& file = ck.shard_count() ? ck.shard(0).path() : r.dir;  // the metadata's
+    if (!ep.unreadable.empty())
+      r.problems.push_back(fmt::format("{}: __metadata__: {}", file, ep.unreadable));
+    else if (!ep.disagreements.empty())
+      r.problems.push_back(fmt::format("{}: {}", file, ep.disagreements.front()));
   }
   return r;
 }
@@ -186,6 +309,7 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
   j["total_bytes"] = r.total_bytes;
   auto& dt = j["by_dtype"] = nlohmann::ordered_json::object();
   for (const auto& [name, d] : r.by_dtype) dt[name] = {{"tensors", d.tensors}, {"bytes", d.bytes}};
+  j["layout"] = r.native ? "native" : "hf";
   if (r.has_config) {
     j["model"] = r.model;
     j["layers"] = {{"total", r.layers},
@@ -201,6 +325,25 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
   }
   auto& epl = j["experts_per_layer"] = nlohmann::ordered_json::object();
   for (const auto& [l, n] : r.experts_per_layer) epl[std::to_string(l)] = n;
+  if (r.expert_parallel) {
+    const auto& ep = *r.expert_parallel;
+    auto& e = j["expert_parallel"] = {{"recorded", ep.recorded}};
+    if (!ep.unreadable.empty())
+      e["unreadable"] = ep.unreadable;
+    else if (ep.recorded) {
+      e["ep_size"] = ep.size;
+      e["ep_rank"] = ep.rank;
+      e["expert_start"] = ep.expert_start;
+      e["expert_count"] = ep.expert_count;
+    }
+    e["disagreements"] = ep.disagreements;
+  } else {
+    j["expert_parallel"] = nullptr;
+  }
+  auto& ge = j["grouped_experts"] = nlohmann::ordered_json::array();
+  for (const auto& g : r.grouped)
+    ge.push_back(
+        {{"family", g.family}, {"count", g.count}, {"shape", g.shape}, {"dtype", g.dtype}});
   auto& fp8 = j["fp8"] = nlohmann::ordered_json::array();
   for (const auto& f : r.fp8)
     fp8.push_back({{"family", f.family},
@@ -232,6 +375,22 @@ std::string to_text(const InspectReport& r) {
   for (const auto& [name, d] : r.by_dtype)
     line(fmt::format("  {:<8} {:>7} tensors  {:>12}", name, d.tensors, human_bytes(d.bytes)));
   if (r.has_config) line("model: " + r.model);
+  if (!r.expert_parallel) {
+    line("layout: HF (one tensor per expert)");
+  } else {
+    const auto& ep = *r.expert_parallel;
+    std::string where;
+    if (!ep.recorded)
+      where = "no EP metadata: read as the whole checkpoint";
+    else if (!ep.unreadable.empty())
+      where = "EP metadata unreadable: " + ep.unreadable;
+    else
+      where = fmt::format("EP rank {} of {} holds {} ({}{})", ep.rank, ep.size,
+                          expert_span(ep.expert_start, ep.expert_count), ep.expert_count,
+                          r.has_config ? fmt::format(" of {}", r.n_routed_experts) : std::string());
+    line("layout: native (grouped experts); " + where);
+    for (const auto& d : ep.disagreements) line("  disagrees: " + d);
+  }
   if (r.has_config && r.latent_attention)
     line(fmt::format("layers: {} (latent attention; {} dense, {} MoE), MTP layers: {}", r.layers,
                      r.dense_layers, r.moe_layers, r.mtp_layers));
@@ -242,9 +401,17 @@ std::string to_text(const InspectReport& r) {
   if (!r.experts_per_layer.empty()) {
     std::map<int64_t, std::vector<int64_t>> by_count;
     for (const auto& [l, n] : r.experts_per_layer) by_count[n].push_back(l);
+    const std::string config =
+        r.has_config ? fmt::format("config: {}", r.n_routed_experts) : "no config.json";
     for (const auto& [n, ls] : by_count)
-      line(fmt::format("experts: {} in each of layers {} (config: {})", n, fmt::join(ls, ","),
-                       r.n_routed_experts));
+      line(fmt::format("experts: {} in each of layers {} ({}{})", n, fmt::join(ls, ","),
+                       r.native ? "grouped tensors' first dimension; " : "", config));
+  }
+  if (!r.grouped.empty()) {
+    line("grouped expert tensors (name, count, shape, dtype):");
+    for (const auto& g : r.grouped)
+      line(fmt::format("  {:<44} {:>6} x {:<18} {}", g.family, g.count, format_shape(g.shape),
+                       g.dtype));
   }
   if (!r.fp8.empty()) {
     line("FP8 weights (family, count, shape, scale shape, scale layout):");

@@ -1,5 +1,6 @@
 // Lines the CLI prints that must say what is true: inspect's attention kind per layer, the memory
-// budget refusal's figures, an idle distributed worker's closing line, and shards kept by a resume.
+// budget refusal's figures, an idle distributed worker's closing line, shards kept by a resume, and
+// the flags a refusal suggests.
 #include <gtest/gtest.h>
 
 #include <map>
@@ -124,6 +125,42 @@ TEST_F(CliMessages, KeptShardsOfAResumeAreNamedNeutrally) {
                "--worker", "0", "--resume", "--wait", "60"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(dir_ / "d" / "model.safetensors.index.json"));
+}
+
+// The library names the option a refusal suggests by tag; the CLI spells it as its flag (Python
+// as its keyword: tests/python/test_option_words.py), with the budget that works.
+TEST_F(CliMessages, RefusalsNameTheFlagThatHelps) {
+  ASSERT_EQ(run_cli({"dequantize", hf(), at("out"), "--quiet"}).exit_code, 0);
+  auto r = run_cli({"dequantize", hf(), at("out"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(contains(r.err,
+                       "destination already holds a checkpoint (expected an empty folder, "
+                       "or --overwrite to replace it)"))
+      << r.err;
+  r = run_cli({"dequantize", hf(), at("out"), "--quiet", "--resume"});
+  ASSERT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(contains(r.err, "nothing to resume (expected --overwrite to replace it)")) << r.err;
+
+  // What a killed conversion leaves: its manifest (refused before it is read).
+  fs::create_directories(dir_ / "unfinished");
+  test::write_text(dir_ / "unfinished" / ".moeckpt-manifest.json", "{}");
+  r = run_cli({"dequantize", hf(), at("unfinished"), "--quiet"});
+  ASSERT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_TRUE(contains(r.err,
+                       "holds an unfinished conversion (expected --resume to continue it, "
+                       "or --overwrite to start over)"))
+      << r.err;
+
+  r = run_cli({"from-hf", hf(), at("n"), "--quiet", "--max-memory", "1000"});
+  ASSERT_EQ(r.exit_code, 1) << r.err;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(
+      r.err, m,
+      std::regex("expected a memory budget of at least (\\d+) bytes: --max-memory (\\d+)\\)")))
+      << r.err;
+  EXPECT_EQ(m[1].str(), m[2].str()) << r.err;
+  for (const auto* neutral : {"the overwrite option", "the resume option", "memory budget option"})
+    EXPECT_FALSE(contains(r.err, neutral)) << r.err;
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Every refusal carries a kind beside its message; callers (Python classes, scripts) branch on the
-// kind. One representative refusal per kind, through the library as a user calls it, and the kind
-// of each class of the malformed corpus that names its kind unambiguously.
+// kind, and each front end spells the options a message suggests. One representative refusal per
+// kind, through the library as a user calls it, and the kind of each class of the malformed corpus
+// that names its kind unambiguously.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -42,6 +43,35 @@ TEST(ErrorKind, NamesAreStable) {
   EXPECT_STREQ(error_kind_name(ErrorKind::kInterrupted), "interrupted");
   EXPECT_STREQ(error_kind_name(ErrorKind::kInvalidArgument), "invalid_argument");
   EXPECT_STREQ(error_kind_name(ErrorKind::kIo), "io");
+}
+
+// An option a refusal suggests is a tag in the text, spelled by whoever prints the message; what()
+// has neutral words. Text from a file is never spelled: a control byte in a path stays escaped.
+TEST(ErrorKind, OptionReferencesAreSpelledByTheFrontEnd) {
+  const ErrorInfo info{ErrorKind::kDestination,
+                       "/d/\x1e"
+                       "a\x1f",
+                       "", option_ref(CallerOption::kOverwrite) + " cannot be used",
+                       "an empty folder, or " + option_ref(CallerOption::kResume) + "; " +
+                           option_ref(CallerOption::kMaxMemory, "4096")};
+  EXPECT_EQ(std::string(Error(info).what()),
+            "/d/\\x1ea\\x1f: the overwrite option cannot be used (expected an empty folder, or "
+            "the resume option; the memory budget option at 4096)");
+  const OptionSpelling flags = [](CallerOption o, std::string_view value) {
+    return std::string(o == CallerOption::kOverwrite ? "--overwrite"
+                       : o == CallerOption::kResume  ? "--resume"
+                                                     : "--max-memory ") +
+           std::string(value);
+  };
+  EXPECT_EQ(format_error(info, flags),
+            "/d/\\x1ea\\x1f: --overwrite cannot be used (expected an empty folder, or --resume; "
+            "--max-memory 4096)");
+  // A reference cut short, or of no known option, is shown escaped as any control byte is.
+  const ErrorInfo broken{ErrorKind::kDestination, "", "",
+                         "a \x1e"
+                         "z\x1f b \x1e",
+                         ""};
+  EXPECT_EQ(format_error(broken, flags), "a \\x1ez\\x1f b \\x1e");
 }
 
 TEST(ErrorKind, MalformedFiles) {

@@ -238,16 +238,16 @@ ConvertReport write_plan_as_worker(FolderPlan& fp, const std::vector<ShardLayout
     writer.commit();
     if (convert.progress) convert.progress->finish();
     uint64_t written = 0;
+    size_t tensors = 0;  // in the shards this worker wrote (not the whole plan's)
     for (size_t s = 0; s < layout.size(); ++s)
-      if (!sharding.completed[s]) written += writer.shard_data_bytes(s);
-    return {fp.plan.outputs.size(),
-            p.source->bytes_read() - read_before,
-            written,
-            writer.shard_count(),
-            folder.kept(),
-            own,
-            false,
-            {}};
+      if (!sharding.completed[s]) {
+        written += writer.shard_data_bytes(s);
+        tensors += layout[s].tensors.size();
+      }
+    return {tensors,       p.source->bytes_read() - read_before,
+            written,       writer.shard_count(),
+            folder.kept(), own,
+            false,         {}};
   } catch (const Interrupted&) {
     folder.record_failure("interrupted");
     throw Interrupted(

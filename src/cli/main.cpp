@@ -494,6 +494,27 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
           r.shards == 1 ? "s" : "", secs, peak_mib, kernels.c_str(), index.c_str());
       return;
     }
+    if (convert.workers > 0) {
+      // Its own share only: the tensors and bytes of the shards it wrote (the next line says how
+      // many of the folder's shards those are).
+      std::printf(
+          "%s: wrote %s: %zu tensors, %llu bytes in %.2f s (read %.3f GB, wrote %.3f GB, %.2f "
+          "GB/s out, peak RSS %.0f MiB, FP8 kernels %s)\n",
+          what, moeckpt::printable(dst).c_str(), r.tensors,
+          static_cast<unsigned long long>(r.bytes_out), secs, static_cast<double>(r.bytes_in) / 1e9,
+          static_cast<double>(r.bytes_out) / 1e9,
+          secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0, peak_mib,
+          kernels.c_str());
+      std::printf(
+          "%s: %s wrote %zu of the %zu shards%s%s\n", what, worker.c_str(),
+          r.own_shards - r.shards_kept, r.shards,
+          r.shards_kept
+              ? fmt::format(" and kept {} (finished by an earlier run and verified)", r.shards_kept)
+                    .c_str()
+              : "",
+          index.c_str());
+      return;
+    }
     // Kept shards were recorded as finished by an earlier run of the same command (this worker's
     // or a killed one's) and verified now: nothing says that run was interrupted.
     std::printf(
@@ -507,11 +528,6 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
             : "",
         secs, static_cast<double>(r.bytes_in) / 1e9, static_cast<double>(r.bytes_out) / 1e9,
         secs > 0 ? static_cast<double>(r.bytes_out) / 1e9 / secs : 0.0, peak_mib, kernels.c_str());
-    if (convert.workers > 0)
-      std::printf("%s: %s wrote %zu of the %zu shards%s%s\n", what, worker.c_str(),
-                  r.own_shards - r.shards_kept, r.shards,
-                  r.shards_kept ? fmt::format(" and kept {}", r.shards_kept).c_str() : "",
-                  index.c_str());
   };
   convert.exec.threads = threads;
   convert.exec.cancel = interrupts.flag();

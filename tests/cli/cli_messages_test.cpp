@@ -108,17 +108,22 @@ TEST_F(CliMessages, KeptShardsOfAResumeAreNamedNeutrally) {
   auto r = run_cli(w1);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_FALSE(contains(r.out, "kept")) << r.out;
+  // Its own share: the tensors of the shards it wrote, not the plan's 86.
+  std::smatch m;
+  ASSERT_TRUE(
+      std::regex_search(r.out, m, std::regex("wrote [^\n]*: (\\d+) tensors, (\\d+) bytes in")))
+      << r.out;
+  EXPECT_GT(std::stoi(m[1]), 0) << r.out;
+  EXPECT_LT(std::stoi(m[1]), 86) << r.out;
   auto again = w1;
   again.push_back("--resume");
   r = run_cli(again);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_FALSE(contains(r.out, "interrupted")) << r.out;
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("wrote [^\n]*: 0 tensors, 0 bytes in"))) << r.out;
   EXPECT_TRUE(std::regex_search(
-      r.out, std::regex("\\(\\d+ kept: finished by an earlier run and verified\\)")))
-      << r.out;
-  EXPECT_TRUE(std::regex_search(
-      r.out,
-      std::regex("worker 1 of 2 wrote 0 of the \\d+ shards and kept \\d+; .* is not complete yet")))
+      r.out, std::regex("worker 1 of 2 wrote 0 of the \\d+ shards and kept \\d+ \\(finished by an "
+                        "earlier run and verified\\); .* is not complete yet")))
       << r.out;
   // The folder completes as usual.
   r = run_cli({"from-hf", hf(), at("d"), "--quiet", "--shard-size", "3000000", "--workers", "2",

@@ -342,7 +342,7 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
       ->check(CLI::IsMember({"bf16", "f32"}));
   std::string q_src, q_dst, q_quant = "block";
   auto* q_cmd = app.add_subcommand(
-      "quantize", "HF BF16/F32 checkpoint -> HF FP8 checkpoint in the published layout");
+      "quantize", "HF BF16/F16/F32 checkpoint -> HF FP8 checkpoint in the published layout");
   q_cmd->add_option("SRC", q_src, std::string("HF BF16/F16/F32 checkpoint folder") + kOrRepoId)
       ->required();
   q_cmd->add_option("DST", q_dst, "destination folder")->required();

@@ -212,20 +212,35 @@ void File::pread_exact(uint64_t offset, std::span<uint8_t> out) const {
   }
 }
 
-void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
+namespace {
+
+// Writes all of `bytes` at `offset`, retrying short writes and EINTR. With `refusable`, an EINVAL
+// before any byte went through returns false (a file system that takes O_DIRECT but not the
+// transfer); every other failure is an error naming `path`.
+bool pwrite_loop(int fd, const std::string& path, uint64_t offset, std::span<const uint8_t> bytes,
+                 bool refusable) {
   size_t done = 0;
   while (done < bytes.size()) {
     ssize_t n = injected_enospc(bytes.size() - done)
                     ? (errno = ENOSPC, -1)
-                    : ::pwrite(fd_, bytes.data() + done, bytes.size() - done,
+                    : ::pwrite(fd, bytes.data() + done, bytes.size() - done,
                                static_cast<off_t>(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail(ErrorKind::kDestination, path_, "",
+      if (refusable && errno == EINVAL && done == 0) return false;
+      fail(ErrorKind::kDestination, path, "",
            "write error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
     }
+    // A short direct write ends on a block boundary or at an error reported next time.
     done += static_cast<size_t>(n);
   }
+  return true;
+}
+
+}  // namespace
+
+void File::pwrite_all(uint64_t offset, std::span<const uint8_t> bytes) const {
+  pwrite_loop(fd_, path_, offset, bytes, false);
 }
 
 bool File::pwrite_direct(uint64_t offset, std::span<const uint8_t> bytes) const {
@@ -235,24 +250,8 @@ bool File::pwrite_direct(uint64_t offset, std::span<const uint8_t> bytes) const 
     int fd, flags;
     ~Restore() { ::fcntl(fd, F_SETFL, flags); }
   } restore{fd_, flags};
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = injected_enospc(bytes.size() - done)
-                    ? (errno = ENOSPC, -1)
-                    : ::pwrite(fd_, bytes.data() + done, bytes.size() - done,
-                               static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      // The file system takes the flag but not the transfer: nothing written, the caller writes
-      // buffered.
-      if (errno == EINVAL && done == 0) return false;
-      fail(ErrorKind::kDestination, path_, "",
-           "write error at byte " + std::to_string(offset + done) + ": " + errno_text(errno));
-    }
-    // A short direct write ends on a block boundary or at an error reported next time.
-    done += static_cast<size_t>(n);
-  }
-  return true;
+  // Refused before the first block: nothing written, the caller writes buffered.
+  return pwrite_loop(fd_, path_, offset, bytes, true);
 }
 
 void File::preallocate(uint64_t size) const {

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <charconv>
+#include <optional>
+#include <thread>
 #include <tuple>
 
 #include "adapter/output_folder.hpp"
@@ -349,6 +351,31 @@ bool completed_by_peer(const FolderPlan& fp, const std::vector<ShardLayout>& lay
   return true;
 }
 
+// write_plan_as_worker, for a resuming worker whose folder a peer of the same relaunch completes
+// (or is completing) as it starts: once that completion is over, the folder is this conversion's
+// finished checkpoint (nullopt: nothing left to do), or the refusal stands.
+std::optional<ConvertReport> write_or_find_completed(
+    FolderPlan& fp, const std::vector<ShardLayout>& layout, const std::vector<int64_t>& owner,
+    const std::string& print, const PreparedConversion& p, const ConvertOptions& convert) {
+  const auto deadline = std::chrono::steady_clock::now() + convert.wait;
+  const auto finalize_lock = fp.dst / kFinalizeLockName;
+  for (int attempt = 0;; ++attempt) {
+    try {
+      return write_plan_as_worker(fp, layout, owner, print, p, convert);
+    } catch (const FolderCompletedElsewhere&) {
+      while (io::DirectoryLock::is_held(finalize_lock) &&
+             std::chrono::steady_clock::now() < deadline &&
+             !(convert.exec.cancel && convert.exec.cancel->load()))
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (completed_by_peer(fp, layout, owner, convert)) return std::nullopt;
+      // A completion that stopped leaves the records: resumed like any unfinished folder.
+      if (attempt >= 2 || io::DirectoryLock::is_held(finalize_lock) ||
+          !has_distributed_records(fp.dst))
+        throw;
+    }
+  }
+}
+
 ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& convert) {
   // Every worker refuses alike (the whole plan, not its share), before it claims the folder.
   refuse_beyond_budget(p, convert.exec);
@@ -388,9 +415,11 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
     skipped[f] = completed_by_peer(p.folders[f], d.layouts[f], d.owners[f], convert);
     if (skipped[f]) continue;
     const auto r =
-        write_plan_as_worker(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert);
-    own[f] = r.own_shards;
-    add(total, r);
+        write_or_find_completed(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert);
+    skipped[f] = !r;
+    if (!r) continue;
+    own[f] = r->own_shards;
+    add(total, *r);
   }
   total.finalized = false;
   if (!convert.finalize) return total;  // the caller completes the folders after its barrier

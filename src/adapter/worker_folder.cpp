@@ -38,10 +38,14 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
   lock_.emplace(dst_, worker_lock_name(worker, workers), kLockPatience);
   // A finalize takes its lock before it checks that no worker holds its own: with ours taken, a
   // finalize under way means this worker must not run (it could remove a shard being indexed).
-  if (io::DirectoryLock::is_held(dst_ / kFinalizeLockName))
-    fail(ErrorKind::kDestination, dst_.string(), "",
-         "another worker or moeckpt finalize is completing this folder",
-         "the folder once that is done (a finished folder needs nothing more)");
+  const bool resume = existing == ExistingOutput::kResume;
+  if (io::DirectoryLock::is_held(dst_ / kFinalizeLockName)) {
+    ErrorInfo info{ErrorKind::kDestination, dst_.string(), "",
+                   "another worker or moeckpt finalize is completing this folder",
+                   "the folder once that is done (a finished folder needs nothing more)"};
+    if (resume) throw FolderCompletedElsewhere(std::move(info));
+    throw Error(std::move(info));
+  }
   if (io::DirectoryLock::is_held(dst_ / io::kLockFileName))
     fail(ErrorKind::kDestination, dst_.string(), "",
          "a single-process moeckpt conversion is writing into this folder",
@@ -62,12 +66,14 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
                        "empty folder",
                        n, option_ref(CallerOption::kResume)));
   const bool index = present(dst_ / kIndexFileName);
-  if (index && !has_distributed_records(dst_))
-    fail(ErrorKind::kDestination, dst_.string(), "",
-         existing == ExistingOutput::kResume
-             ? "destination holds a finished checkpoint: nothing to resume"
-             : "destination already holds a checkpoint",
+  if (index && !has_distributed_records(dst_)) {
+    if (resume)
+      throw FolderCompletedElsewhere({ErrorKind::kDestination, dst_.string(), "",
+                                      "destination holds a finished checkpoint: nothing to resume",
+                                      "an empty folder"});
+    fail(ErrorKind::kDestination, dst_.string(), "", "destination already holds a checkpoint",
          "an empty folder");
+  }
   if (index)
     fail(ErrorKind::kDestination, dst_.string(), "",
          "destination holds a written index and the records of its workers: the conversion "

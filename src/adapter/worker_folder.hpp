@@ -19,6 +19,14 @@
 
 namespace moeckpt {
 
+// A resuming worker found the folder completed, or being completed, by another worker or
+// moeckpt finalize (a relaunched job's peer may complete it first): the caller waits for that to
+// end and succeeds if the finished folder is this conversion's, else reports this error.
+class FolderCompletedElsewhere : public Error {
+ public:
+  using Error::Error;
+};
+
 class WorkerFolder {
  public:
   WorkerFolder(std::filesystem::path dst, const std::vector<std::filesystem::path>& srcs,

@@ -2,6 +2,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/block_quant.hpp"
 #include "moeckpt/error.hpp"
+#include "moeckpt/kernels.hpp"
 #include "moeckpt/model_spec.hpp"
 #include "moeckpt/numerics.hpp"
 #include "moeckpt/safetensors.hpp"
@@ -52,29 +54,31 @@ class Rng {
   uint64_t state_;
 };
 
-// BF16-representable random weights; the magnitude changes every 32 rows (by powers of two from
+// Random BF16 weights (bit patterns); the magnitude changes every 32 rows (by powers of two from
 // 1/8 to 8) so that blocks get distinct scales and a wrong scale row shows.
-std::vector<float> random_weights(uint64_t seed, const std::string& name, int64_t rows,
-                                  int64_t cols, float sigma) {
+std::vector<uint16_t> random_weights(uint64_t seed, const std::string& name, int64_t rows,
+                                     int64_t cols, float sigma) {
   Rng rng(name_seed(seed, name));
-  std::vector<float> out(static_cast<size_t>(rows * cols));
+  std::vector<uint16_t> out(static_cast<size_t>(rows * cols));
   float factor = 1.0f;
   for (int64_t r = 0; r < rows; ++r) {
     if (r % 32 == 0) factor = std::ldexp(1.0f, static_cast<int>(rng.next() % 7) - 3);
-    for (int64_t c = 0; c < cols; ++c) {
-      float x = rng.uniform() * sigma * factor;
-      out[static_cast<size_t>(r * cols + c)] = numerics::bf16_to_f32(numerics::f32_to_bf16_rne(x));
-    }
+    for (int64_t c = 0; c < cols; ++c)
+      out[static_cast<size_t>(r * cols + c)] =
+          numerics::f32_to_bf16_rne(rng.uniform() * sigma * factor);
   }
   return out;
 }
 
-std::vector<uint8_t> to_bf16_bytes(const std::vector<float>& v) {
+float bf16_value(uint16_t bits) {
+  return std::bit_cast<float>(uint32_t{bits} << 16);
+}
+
+std::vector<uint8_t> to_bf16_bytes(const std::vector<uint16_t>& v) {
   std::vector<uint8_t> out(v.size() * 2);
   for (size_t i = 0; i < v.size(); ++i) {
-    uint16_t b = numerics::f32_to_bf16_rne(v[i]);
-    out[2 * i] = static_cast<uint8_t>(b);
-    out[2 * i + 1] = static_cast<uint8_t>(b >> 8);
+    out[2 * i] = static_cast<uint8_t>(v[i]);
+    out[2 * i + 1] = static_cast<uint8_t>(v[i] >> 8);
   }
   return out;
 }
@@ -219,7 +223,8 @@ std::vector<TensorSpec> file_order(const ModelSpec& spec, const Layout& l) {
 void write_fp8_group(const ModelSpec& spec, const Fp8Group& g, uint64_t seed, CheckpointWriter& w,
                      const std::unordered_map<std::string, size_t>& index) {
   const int64_t cb = plain_scale_count(g.cols, kBlock);
-  std::vector<std::vector<float>> values, scales;
+  std::vector<std::vector<uint16_t>> values;
+  std::vector<std::vector<float>> scales;
   for (const auto& m : g.members) {
     values.push_back(random_weights(seed, m.name, m.rows, g.cols, 0.02f));
     scales.emplace_back(static_cast<size_t>(m.scale_rows * cb), 0.0f);
@@ -242,12 +247,24 @@ void write_fp8_group(const ModelSpec& spec, const Fp8Group& g, uint64_t seed, Ch
       auto [owner, srow] = source(mi, r);
       row_scale[mi].push_back(&scales[owner][static_cast<size_t>(srow * cb)]);
     }
-    numerics::accumulate_block_amax(values[mi], g.cols, kBlock, row_scale[mi]);
+    // The dispatched kernels, bit-exact with numerics::accumulate_block_amax and
+    // quantize_block_rows (tests/numerics), a row at a time for the row -> scale row map.
+    for (int64_t r = 0; r < g.members[mi].rows; ++r)
+      kernels::block_amax_bf16(&values[mi][static_cast<size_t>(r * g.cols)], 1, g.cols, g.cols,
+                               false, 1, kBlock, row_scale[mi][static_cast<size_t>(r)], cb);
   }
   for (auto& s : scales) numerics::amax_to_scales(s);
   for (size_t mi = 0; mi < g.members.size(); ++mi) {
     codes[mi].resize(values[mi].size());
-    numerics::quantize_block_rows(values[mi], g.cols, kBlock, row_scale[mi], codes[mi]);
+    kernels::QuantArgs q;
+    q.src = values[mi].data();
+    q.rows = g.members[mi].rows;
+    q.cols = q.src_ld = q.dst_ld = g.cols;
+    q.dst = codes[mi].data();
+    q.mode = kernels::QuantArgs::kSaturating;
+    q.row_scale = row_scale[mi].data();
+    q.block_cols = kBlock;
+    kernels::quant_bf16_to_fp8(q);
     w.write(index.at(g.members[mi].name), 0, codes[mi]);
   }
   for (size_t mi = 0; mi < g.members.size(); ++mi)
@@ -279,20 +296,26 @@ void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
                  const std::unordered_map<std::string, size_t>& index) {
   int64_t rows = p.shape.size() == 2 ? static_cast<int64_t>(p.shape[0]) : 1;
   int64_t cols = static_cast<int64_t>(p.shape.back());
-  std::vector<float> v;
+  std::vector<uint16_t> v;
   switch (p.values) {
     case PlainTensor::Values::kWeight:
       v = random_weights(seed, p.name, rows, cols, 0.02f);
       break;
     case PlainTensor::Values::kNorm:
       v = random_weights(seed, p.name, rows, cols, 0.01f);
-      for (auto& x : v) x = numerics::bf16_to_f32(numerics::f32_to_bf16_rne(1.0f + x));
+      for (auto& x : v) x = numerics::f32_to_bf16_rne(1.0f + bf16_value(x));
       break;
     case PlainTensor::Values::kSmall:
       v = random_weights(seed, p.name, rows, cols, 0.001f);
       break;
   }
-  w.write(index.at(p.name), 0, p.dtype == Dtype::F32 ? to_f32_bytes(v) : to_bf16_bytes(v));
+  if (p.dtype == Dtype::F32) {
+    std::vector<float> f(v.size());
+    std::transform(v.begin(), v.end(), f.begin(), bf16_value);
+    w.write(index.at(p.name), 0, to_f32_bytes(f));
+  } else {
+    w.write(index.at(p.name), 0, to_bf16_bytes(v));
+  }
 }
 
 int64_t default_mtp_layers(const SynthOptions& o, const ModelSpec& spec) {

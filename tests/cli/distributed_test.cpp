@@ -2,8 +2,10 @@
 // mpirun, or with Slurm's variables) write a folder byte-identical to one process's, for every
 // command and for every EP rank's folder; killed workers leave no index and a relaunch with
 // --resume completes the folder; launches that would mix are refused.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -349,6 +351,44 @@ TEST_F(Distributed, AJobArrayInAnyOrderCompletesTheFolder) {
     }
     expect_same(dst, at("one"));
   }
+}
+
+TEST_F(Distributed, RelaunchedWorkersWaitForACompletionUnderWayAndSucceed) {
+  // A relaunched job's workers can start while a peer (or moeckpt finalize) completes the folder:
+  // each waits for that to end, then finds the finished folder or resumes; none fails.
+  auto args = [&](const fs::path& dst, int k, bool resume) {
+    std::vector<std::string> a{"from-hf",  hf().string(),    dst.string(), "--shard-size",
+                               "200000",   "--quiet",        "--workers",  "3",
+                               "--worker", std::to_string(k)};
+    if (resume) a.insert(a.end(), {"--resume", "--wait", "60"});
+    return a;
+  };
+  ASSERT_EQ(
+      run_cli({"from-hf", hf().string(), at("one").string(), "--shard-size", "200000", "--quiet"})
+          .exit_code,
+      0);
+  const auto dst = at("relaunch");
+  for (int k : {1, 2}) {
+    const auto r = run_cli(args(dst, k, false));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  // The finalize lock held, as by a completion under way.
+  const auto lock = dst / ".moeckpt-finalize.lock";
+  const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+  std::vector<Worker> ws;
+  for (int k : {0, 1, 2})
+    ws.push_back(start(args(dst, k, true), {}, dir_ / ("w" + std::to_string(k))));
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  for (const auto& w : ws) {
+    int status = 0;
+    EXPECT_EQ(::waitpid(w.pid, &status, WNOHANG), 0) << test::read_text(w.err);
+  }
+  ::unlink(lock.c_str());  // released as its holder releases it
+  ::close(fd);
+  for (const auto& w : ws) EXPECT_EQ(finish(w), 0) << test::read_text(w.err);
+  expect_same(dst, at("one"));
 }
 
 TEST_F(Distributed, KilledWorkersLeaveNoIndexAndResumeCompletesByteIdentically) {

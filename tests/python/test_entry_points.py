@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 import moeckpt
 
+import preloaded_child
 from conftest import trials
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,14 +249,13 @@ def test_resume_accepts_the_same_tensors_in_another_key_order(big, tmp_path):
     moeckpt.to_hf_dir(native, clean, big / "config.json", max_shard_bytes=1 << 20)
     out = tmp_path / "out"
     for _ in range(5):  # until a kill lands mid-write (the first shard is the signal)
-        p = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(big / "native.safetensors"), str(out),
-                              str(big / "config.json")], stdout=subprocess.PIPE, text=True)
+        p = preloaded_child.Child(KILL_CHILD, big / "native.safetensors", out, big / "config.json")
         assert p.stdout.readline().strip() == "ready"
         while p.poll() is None and not any(n.endswith(".safetensors") for n in final_files(out)):
             time.sleep(0.001)
         p.kill()
         p.wait()
-        p.stdout.close()
+        p.close()
         if "model.safetensors.index.json" not in final_files(out) and final_files(out):
             break
         shutil.rmtree(out, ignore_errors=True)
@@ -354,8 +354,7 @@ def test_ctrl_c_raises_only_after_the_engine_stopped_and_cleaned_up(big, tmp_pat
     assert total > 10
     k = 1 if where == "first" else total // 2
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-c", SIGINT_CHILD, call, str(out), str(k), str(big)],
-                       capture_output=True, text=True, timeout=300)
+    r = preloaded_child.run(SIGINT_CHILD, call, out, k, big)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["outcome"] == "interrupted", report
@@ -410,8 +409,7 @@ print(json.dumps(report), flush=True)
 
 
 def test_ctrl_c_stops_load_hf_checkpoint(big):
-    r = subprocess.run([sys.executable, "-c", LOAD_CHILD, str(big / "hf")], capture_output=True, text=True,
-                       timeout=300)
+    r = preloaded_child.run(LOAD_CHILD, big / "hf")
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads(r.stdout.strip().splitlines()[-1])
     assert report["outcome"] == "interrupted", report

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import moeckpt
 
+import preloaded_child
 from conftest import trials
 from test_dir import load_dir
 from test_parity import assert_same
@@ -73,13 +72,13 @@ def test_sigkill_at_random_moments_then_resume(case_tiny, tmp_path):
     want = final_files(clean)
     assert len([n for n in want if n.endswith(".safetensors")]) > 5
     # How long the child's conversion takes after "ready", to spread the kills over it.
-    p = subprocess.Popen([sys.executable, "-c", KILL_CHILD, str(tmp_path / "native.safetensors"),
-                          str(tmp_path / "timing"), str(case_tiny.path)], stdout=subprocess.PIPE, text=True)
+    p = preloaded_child.Child(KILL_CHILD, tmp_path / "native.safetensors", tmp_path / "timing", case_tiny.path)
     assert p.stdout.readline().strip() == "ready"
     t0 = time.perf_counter()
     assert p.stdout.readline().strip() == "done"
     span = time.perf_counter() - t0
     p.wait()
+    p.close()
     assert final_files(tmp_path / "timing") == want
     rng = random.Random(12345)
     outcomes = {"before": 0, "partial": 0, "complete": 0}
@@ -92,12 +91,13 @@ def test_sigkill_at_random_moments_then_resume(case_tiny, tmp_path):
         delay = rng.uniform(0, span * 1.3) if trial < n else span * (1.0 + 0.5 * (trial - n))
         out = tmp_path / f"k{trial}"
         trial += 1
-        args = [sys.executable, "-c", KILL_CHILD, str(tmp_path / "native.safetensors"), str(out), str(case_tiny.path)]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        args = [tmp_path / "native.safetensors", out, case_tiny.path]
+        p = preloaded_child.Child(KILL_CHILD, *args)
         assert p.stdout.readline().strip() == "ready"
         time.sleep(delay)
         p.kill()
         p.wait()
+        p.close()
         got = final_files(out)
         index = "model.safetensors.index.json"
         if index in got:
@@ -111,7 +111,7 @@ def test_sigkill_at_random_moments_then_resume(case_tiny, tmp_path):
             for name, data in got.items():  # every final-named file is a clean run's
                 assert want.get(name) == data, name
             outcomes["partial" if any(n.endswith(".safetensors") for n in got) else "before"] += 1
-        r = subprocess.run(args + ["resume"], capture_output=True, text=True)
+        r = preloaded_child.run(KILL_CHILD, *args, "resume")
         assert r.returncode == 0, r.stderr
         assert final_files(out) == want
         assert not [n for n in os.listdir(out) if n.startswith(".") and n != ".moeckpt.lock"], os.listdir(out)
@@ -173,13 +173,13 @@ def test_ctrl_c_stops_at_the_next_task_and_resume_completes(case_tiny, tmp_path)
     moeckpt.to_hf_dir(native, tmp_path / "clean", case_tiny.path, max_shard_bytes=1 << 20)
     want = final_files(tmp_path / "clean")
     out = tmp_path / "out"
-    p = subprocess.Popen([sys.executable, "-c", SIGINT_CHILD, str(tmp_path / "native.safetensors"), str(out),
-                          str(case_tiny.path)], stdout=subprocess.PIPE, text=True)
+    p = preloaded_child.Child(SIGINT_CHILD, tmp_path / "native.safetensors", out, case_tiny.path)
     assert p.stdout.readline().strip() == "ready"
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     rest = p.stdout.read()
     p.wait()
+    p.close()
     if "done" in rest:  # finished before the signal arrived: nothing to check
         assert final_files(out) == want
         return

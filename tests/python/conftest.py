@@ -9,7 +9,14 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest -n N, N test processes share N cores: torch's intra-op threads (OpenMP, which spins
+# while it waits for work) would oversubscribe them, and a model's forward pass took 8x as long.
+# One thread per process, and for the processes the tests start.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
 
 import moeckpt
 

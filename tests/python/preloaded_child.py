@@ -7,8 +7,9 @@ is still a process of its own (its own pid, signals, locks, descriptors, exit st
 default SIGINT handler, its argv set as `python -c CODE ARG...` would, stdout to a pipe the parent
 reads and stderr kept for the assertion messages.
 
-It inherits the forkserver's environment and working directory, not the caller's: a test that
-sets variables for its child (MOECKPT_ISA, OMP_NUM_THREADS) keeps using subprocess."""
+It inherits the forkserver's environment and working directory, not the caller's. `env` sets
+variables in the child before its code runs: enough for those read when first needed (MOECKPT_ISA,
+read at the first kernel call), not for those read as torch or moeckpt is imported."""
 from __future__ import annotations
 
 import multiprocessing
@@ -29,7 +30,8 @@ def _forkserver():
     return _context
 
 
-def _child_main(code: str, argv: list[str], out, err_path: str) -> None:
+def _child_main(code: str, argv: list[str], env: dict, out, err_path: str) -> None:
+    os.environ.update(env)
     os.dup2(out.fileno(), 1)
     out.close()
     fd = os.open(err_path, os.O_WRONLY | os.O_TRUNC)
@@ -50,12 +52,12 @@ class Child:
     """The part of subprocess.Popen the tests use: stdout (text), poll, wait, kill, send_signal,
     returncode, plus stderr_text() once it has exited."""
 
-    def __init__(self, code: str, *argv):
+    def __init__(self, code: str, *argv, env: dict | None = None):
         ctx = _forkserver()
         fd, self._err_path = tempfile.mkstemp(prefix="moeckpt-child-stderr-")
         os.close(fd)
         r, w = ctx.Pipe(duplex=False)
-        self._proc = ctx.Process(target=_child_main, args=(code, [str(a) for a in argv], w, self._err_path))
+        self._proc = ctx.Process(target=_child_main, args=(code, [str(a) for a in argv], dict(env or {}), w, self._err_path))
         self._proc.start()
         self._exitcode = None
         w.close()
@@ -96,9 +98,9 @@ class Child:
         os.unlink(self._err_path)
 
 
-def run(code: str, *argv, timeout: float = 300) -> subprocess.CompletedProcess:
+def run(code: str, *argv, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """`subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)`."""
-    c = Child(code, *argv)
+    c = Child(code, *argv, env=env)
     try:
         out = c.stdout.read()
         rc = c.wait(timeout)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -12,6 +10,8 @@ import pytest
 import torch
 
 import moeckpt
+
+import preloaded_child
 from moeckpt import _core
 
 
@@ -229,11 +229,10 @@ except moeckpt.InvalidArgumentError as e:
 
 
 def test_unknown_moeckpt_isa_is_a_typed_error(tiny_dir):
-    # The kernels read MOECKPT_ISA once per process: each setting gets its own interpreter.
+    # The kernels read MOECKPT_ISA once per process, at their first call: each setting gets a
+    # process of its own.
     def probe(isa):
-        env = dict(os.environ, MOECKPT_ISA=isa)
-        r = subprocess.run([sys.executable, "-c", _ISA_PROBE, str(tiny_dir)], env=env,
-                           capture_output=True, text=True, timeout=300)
+        r = preloaded_child.run(_ISA_PROBE, tiny_dir, env={"MOECKPT_ISA": isa})
         assert r.returncode == 0, r.stderr[-3000:]
         return r.stdout.splitlines()
 

@@ -55,7 +55,9 @@ def test_loads_the_real_model_as_automodel_does(request, mg, fixture, compat):
         # the ragged fixture's attention is too small for the layouts to differ)
         assert all(k.endswith(("self_attn.k_proj.weight", "self_attn.v_proj.weight")) for k in differ), differ
         assert bool(differ) == (fixture == "tiny_dir")
-    with torch.no_grad():
+    # Eager: Automodel's MoE layers torch.compile their SwiGLU, and inductor's C++ build of it on a
+    # loaded 2-core machine took most of a minute; the weights are what this checks.
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
         out = model(torch.tensor([[1, 2, 3, 4]]))
     logits = out.logits if hasattr(out, "logits") else out
     assert torch.isfinite(logits.float()).all()

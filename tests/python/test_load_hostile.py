@@ -354,6 +354,9 @@ def _rank_main(hf_dir: str) -> None:  # run by torchrun (see below)
             print(f"rank {dist.get_rank()} refused: {e}")
         changed = [k for k in before if _bits(dests[k].to_local()) != _bits(before[k])]
         assert changed == [], (dist.get_rank(), changed)
+        # As the other workers do: a rank tearing gloo down while its peer still reads the last
+        # collective can abort the peer ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

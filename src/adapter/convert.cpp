@@ -351,14 +351,16 @@ bool completed_by_peer(const FolderPlan& fp, const std::vector<ShardLayout>& lay
   return true;
 }
 
-// write_plan_as_worker, for a resuming worker whose folder a peer of the same relaunch completes
-// (or is completing) as it starts: once that completion is over, the folder is this conversion's
-// finished checkpoint (nullopt: nothing left to do), or the refusal stands.
+// write_plan_as_worker, unless the folder is already this conversion's finished checkpoint (an EP
+// rank's finished before, resuming every rank) or becomes it: a resuming worker whose folder a
+// peer of the same relaunch completes (or is completing) as it starts waits for that to end, then
+// finds the finished checkpoint (nullopt: nothing left to do), or the refusal stands.
 std::optional<ConvertReport> write_or_find_completed(
     FolderPlan& fp, const std::vector<ShardLayout>& layout, const std::vector<int64_t>& owner,
     const std::string& print, const PreparedConversion& p, const ConvertOptions& convert) {
   const auto deadline = std::chrono::steady_clock::now() + convert.wait;
   const auto finalize_lock = fp.dst / kFinalizeLockName;
+  if (completed_by_peer(fp, layout, owner, convert)) return std::nullopt;
   for (int attempt = 0;; ++attempt) {
     try {
       return write_plan_as_worker(fp, layout, owner, print, p, convert);
@@ -412,8 +414,6 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
   std::vector<size_t> own(p.folders.size(), 0);
   for (size_t f = 0; f < p.folders.size(); ++f) {
     // A folder finished before (an EP rank's, resuming every rank), or by a peer of this relaunch.
-    skipped[f] = completed_by_peer(p.folders[f], d.layouts[f], d.owners[f], convert);
-    if (skipped[f]) continue;
     const auto r =
         write_or_find_completed(p.folders[f], d.layouts[f], d.owners[f], prints[f], p, convert);
     skipped[f] = !r;

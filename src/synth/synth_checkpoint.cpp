@@ -2,7 +2,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -68,10 +67,6 @@ std::vector<uint16_t> random_weights(uint64_t seed, const std::string& name, int
           numerics::f32_to_bf16_rne(rng.uniform() * sigma * factor);
   }
   return out;
-}
-
-float bf16_value(uint16_t bits) {
-  return std::bit_cast<float>(uint32_t{bits} << 16);
 }
 
 std::vector<uint8_t> to_bf16_bytes(const std::vector<uint16_t>& v) {
@@ -303,7 +298,7 @@ void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
       break;
     case PlainTensor::Values::kNorm:
       v = random_weights(seed, p.name, rows, cols, 0.01f);
-      for (auto& x : v) x = numerics::f32_to_bf16_rne(1.0f + bf16_value(x));
+      for (auto& x : v) x = numerics::f32_to_bf16_rne(1.0f + numerics::bf16_to_f32(x));
       break;
     case PlainTensor::Values::kSmall:
       v = random_weights(seed, p.name, rows, cols, 0.001f);
@@ -311,7 +306,7 @@ void write_plain(const PlainTensor& p, uint64_t seed, CheckpointWriter& w,
   }
   if (p.dtype == Dtype::F32) {
     std::vector<float> f(v.size());
-    std::transform(v.begin(), v.end(), f.begin(), bf16_value);
+    std::transform(v.begin(), v.end(), f.begin(), numerics::bf16_to_f32);
     w.write(index.at(p.name), 0, to_f32_bytes(f));
   } else {
     w.write(index.at(p.name), 0, to_bf16_bytes(v));

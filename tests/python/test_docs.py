@@ -374,6 +374,15 @@ class FileRun:
 _runs: dict[str, FileRun] = {}
 
 
+def _execute_recorded(block, state, env, tmp_path_factory) -> None:
+    """_execute, its outcome kept in state.outcome (None, or the failure's message)."""
+    try:
+        _execute(block, state, env, tmp_path_factory)
+        state.outcome[block.index] = None
+    except BlockFailed as e:
+        state.outcome[block.index] = str(e)
+
+
 def _execute(block: Block, state: FileRun, env: dict[str, str], tmp_path_factory) -> None:
     if block.mode == "session":
         folder = _new_folder(tmp_path_factory, f"docs-{block.path.stem}-{block.index}")
@@ -407,11 +416,7 @@ def test_doc_block(block: Block, docs_bin, tmp_path_factory):
                     or earlier.group != block.group or earlier.error or earlier.needs):
                 continue
             if earlier.index not in state.outcome:
-                try:
-                    _execute(earlier, state, env, tmp_path_factory)
-                    state.outcome[earlier.index] = None
-                except BlockFailed as e:
-                    state.outcome[earlier.index] = str(e)
+                _execute_recorded(earlier, state, env, tmp_path_factory)
             if state.outcome[earlier.index] is not None:
                 pytest.fail(f"{block.where}: not run: the earlier block {earlier.where} of its folder "
                             f"failed:\n{state.outcome[earlier.index]}", pytrace=False)
@@ -419,11 +424,7 @@ def test_doc_block(block: Block, docs_bin, tmp_path_factory):
             if state.outcome[block.index] is not None:
                 pytest.fail(state.outcome[block.index], pytrace=False)
             return
-    try:
-        _execute(block, state, env, tmp_path_factory)
-        state.outcome[block.index] = None
-    except BlockFailed as e:
-        state.outcome[block.index] = str(e)
+    _execute_recorded(block, state, env, tmp_path_factory)
     if state.outcome[block.index] is not None:
         pytest.fail(state.outcome[block.index], pytrace=False)
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import moeckpt
+from moeckpt import _core
 
 import preloaded_child
-from moeckpt import _core
 
 
 def test_error_is_a_runtime_error():

@@ -20,7 +20,7 @@ ALLOWED = {
     "core": set(),
     "io": {"core"},
     "numerics": {"core"},
-    "safetensors": {"core", "io"},
+    "safetensors": {"core", "io", "numerics"},
     "model": {"core", "io"},
     "exec": {"core", "io", "numerics", "safetensors"},
     "adapter": {"core", "io", "numerics", "safetensors", "model", "exec"},
@@ -33,7 +33,7 @@ FOLDER_LAYER = {"verify": "tools", "inspect": "tools", "synth": "tools"}
 PUBLIC = {
     "error": "core", "ceil_div": "core",
     "dtype": "safetensors", "safetensors": "safetensors", "safetensors_writer": "safetensors",
-    "tensor_source": "safetensors",
+    "tensor_source": "safetensors", "sharded_save": "safetensors",
     "numerics": "numerics", "kernels": "numerics", "mxfp4": "numerics", "block_quant": "numerics",
     "model_config": "model", "model_spec": "model", "compat": "model", "tensor_key": "model",
     "scale_layout": "model", "tp_interleaved_qkv": "model",

@@ -304,6 +304,27 @@ ConvertReport dequantize_dir(const std::filesystem::path& src, const std::filesy
                              const FromHfOptions& options, const ConvertOptions& convert = {});
 ConvertReport quantize_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
                            const ToHfOptions& options, const ConvertOptions& convert = {});
+// A training job's sharded save (moeckpt/sharded_save.hpp: torch's or NeMo Automodel's DCP
+// Hugging Face writer) -> the HF checkpoint its consolidation is: every tensor assembled from its
+// pieces (refused, before any output exists, unless they tile it), in its HF dtype, in the file
+// the save's mapping or file names give it; with a quantization mode, the family's published FP8
+// set in the same pass (equal to quantize_dir of the consolidated checkpoint).
+struct ConsolidateOptions {
+  QuantMode quant = QuantMode::kNone;
+  // Automodel's consolidation cast: regular float tensors become this dtype, except those the
+  // save maps to F32; nullopt: each tensor's HF dtype (the save's dtype mapping, else as saved).
+  std::optional<Dtype> dtype;
+  // The model's config.json; nullopt: the save's .hf_metadata/config.json.
+  std::optional<std::filesystem::path> config;
+  // true: the output files are the save's (mapping / file names); false: shards of at most
+  // ConvertOptions::max_shard_bytes.
+  bool save_layout = true;
+  uint64_t task_bytes = 32ull << 20;  // target output bytes per task (bounds buffers)
+};
+ConvertReport consolidate_dir(const std::filesystem::path& src, const std::filesystem::path& dst,
+                              const ConsolidateOptions& options,
+                              const ConvertOptions& convert = {});
+
 ConvertReport to_hf_dirs(const std::vector<std::filesystem::path>& srcs,
                          const std::filesystem::path& dst, const ToHfOptions& options,
                          const std::optional<std::filesystem::path>& config_path,

@@ -50,6 +50,19 @@ struct InspectReport {
     std::string layout;  // "plain" or "fused_kv_t4"
   };
 
+  // A training job's sharded save (moeckpt/sharded_save.hpp): who wrote it, and how its pieces
+  // tile the tensors (a save that opens is covered exactly: gaps and overlaps are refused).
+  struct ShardedSaveSummary {
+    std::string writer;  // "torch" or "automodel"
+    std::string dcp_version;
+    int64_t ranks = 0;         // distinct ranks with a file
+    int64_t output_files = 0;  // of the consolidated checkpoint
+    uint64_t pieces = 0, empty_pieces = 0;
+    uint64_t split_tensors = 0;                // tensors in more than one piece
+    std::map<std::string, uint64_t> restored;  // "F32->BF16": tensors read as their HF dtype
+    bool has_config = false;                   // .hf_metadata/config.json
+  };
+  std::optional<ShardedSaveSummary> sharded_save;
   std::string dir;
   size_t shards = 0;
   bool has_index = false;

@@ -85,6 +85,9 @@ struct ModelConfig {
   // Parses and checks a config document with its family's rules (by model_type); errors name
   // `file`.
   static ModelConfig parse(const nlohmann::json& doc, const std::string& file);
+  // Whether parse() takes this document's model_type (a config without one is the reference
+  // family's): a tool that works on any model checks a known family's shapes only.
+  static bool names_known_family(const nlohmann::json& doc);
   static ModelConfig load(const std::filesystem::path& path);
 };
 

@@ -175,6 +175,10 @@ struct Plan {
   // Entries of the index's "metadata" (JSON text values, e.g. {"tp_size", "4"}); when set, the
   // index is written even for a single shard.
   std::map<std::string, std::string> index_metadata;
+  // Set (one per output): the file each output goes to, of output_files (ShardingOptions::file_of:
+  // a layout the input gives, as a sharded save's mapping); empty: shards by size.
+  std::vector<size_t> output_file;
+  size_t output_files = 0;
   uint64_t output_bytes() const;
 };
 

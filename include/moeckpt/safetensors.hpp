@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "moeckpt/dtype.hpp"
+#include "moeckpt/sharded_save.hpp"
 
 namespace moeckpt {
 
@@ -105,15 +106,22 @@ class SafetensorsFile {
   int64_t mtime_ns_at_open_ = 0;
 };
 
+struct ShardedData;
+
 // A checkpoint folder: `model.safetensors.index.json` + shards, or a single `model.safetensors`.
 class Checkpoint {
  public:
   struct Entry {
-    const TensorInfo* info;
-    size_t shard;
+    const TensorInfo* info;  // a sharded save's tensor: the whole tensor as read, [0, nbytes)
+    size_t shard;            // a sharded save's tensor: the file of its first piece
+    const ShardedTensor* pieces = nullptr;  // set for a sharded save's tensor
   };
 
-  static Checkpoint open(const std::filesystem::path& dir);
+  // A folder with an index, a model.safetensors, or a sharded save (moeckpt/sharded_save.hpp),
+  // whose tensors read as their consolidation would write them; `cast` is the consolidation's
+  // dtype cast (a sharded save only).
+  static Checkpoint open(const std::filesystem::path& dir,
+                         std::optional<Dtype> cast = std::nullopt);
 
   const std::filesystem::path& dir() const noexcept { return dir_; }
   bool has_index() const noexcept { return has_index_; }
@@ -128,15 +136,15 @@ class Checkpoint {
   const std::map<std::string, std::string>& index_metadata() const noexcept {
     return index_metadata_;
   }
-  void read(const Entry& entry, uint64_t offset, std::span<uint8_t> out) const {
-    shards_[entry.shard].read(*entry.info, offset, out);
-  }
-  std::vector<uint8_t> read_all(const Entry& entry) const {
-    return shards_[entry.shard].read_all(*entry.info);
-  }
+  void read(const Entry& entry, uint64_t offset, std::span<uint8_t> out) const;
+  std::vector<uint8_t> read_all(const Entry& entry) const;
+  void prefetch(const Entry& entry, uint64_t offset, uint64_t bytes) const noexcept;
+  // The sharded save this folder is, or null.
+  const ShardedSave* sharded_save() const noexcept;
   const std::string& file_of(const Entry& entry) const { return shards_[entry.shard].path(); }
 
  private:
+  void open_consolidated();  // an index and its shards, or model.safetensors
   std::filesystem::path dir_;
   bool has_index_ = false;
   std::vector<SafetensorsFile> shards_;
@@ -144,6 +152,7 @@ class Checkpoint {
   std::vector<std::string> names_;
   uint64_t total_bytes_ = 0;
   std::map<std::string, std::string> index_metadata_;
+  std::shared_ptr<const ShardedData> sharded_;
 };
 
 inline constexpr const char* kIndexFileName = "model.safetensors.index.json";

@@ -99,6 +99,11 @@ struct ShardingOptions {
   bool write_index = true;
   // Sparse shard files: nothing reserved up front, tensors left as holes read as zeros.
   bool sparse = false;
+  // Set (one entry per tensor): tensor i goes to file model-{file_of[i]+1}-of-{file_count}
+  // (files with no tensor are not written) and the index is written even for one file: a
+  // layout given by the input (a sharded save's), not by max_shard_bytes.
+  std::vector<size_t> file_of;
+  size_t file_count = 0;
 };
 
 // Where each tensor goes: shard names, contents and exact header bytes, before any file exists.

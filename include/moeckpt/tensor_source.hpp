@@ -58,7 +58,9 @@ class TensorSource {
 // occur in several parts; find() returns the first part's.
 class CheckpointSource final : public TensorSource {
  public:
-  explicit CheckpointSource(const std::vector<std::filesystem::path>& dirs);
+  // `cast`: a sharded save's consolidation cast (Checkpoint::open).
+  explicit CheckpointSource(const std::vector<std::filesystem::path>& dirs,
+                            std::optional<Dtype> cast = std::nullopt);
   ~CheckpointSource() override;
   void read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const override;
   void prefetch(const SourceTensor& t, uint64_t offset, uint64_t bytes) const override;

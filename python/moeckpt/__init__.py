@@ -6,6 +6,7 @@ a C++ engine.
   :func:`adapter_for` picks the one a config's ``model_type`` names.
 - :func:`from_hf_dir` / :func:`to_hf_dir`: checkpoint folders straight to/from native state dicts.
 - :func:`dequantize_dir` / :func:`quantize_dir`: HF FP8 <-> HF BF16/F32 folders in one pass.
+- :func:`consolidate_dir`: a training job's sharded save (DCP) -> HF checkpoint, FP8 optional.
 - :class:`Error`: every refusal of the engine, with its one-line message (file, tensor, problem,
   expectation), raised as the subclass of its kind (``kind`` names it): :class:`MalformedFileError`,
   :class:`ConfigMismatchError`, :class:`UnsupportedLayoutError`, :class:`NumericError`
@@ -35,7 +36,7 @@ from .adapter import (
     is_published_fp8_key,
     should_quantize_key,
 )
-from .io import WriteReport, dequantize_dir, from_hf_dir, quantize_dir, synth, to_hf_dir
+from .io import WriteReport, consolidate_dir, dequantize_dir, from_hf_dir, quantize_dir, synth, to_hf_dir
 from .load import LoadReport, load_hf_checkpoint
 
 
@@ -63,6 +64,7 @@ __all__ = [
     "MiMoV2FlashStateDictAdapter",
     "adapter_for",
     "WriteReport",
+    "consolidate_dir",
     "dequantize_dir",
     "from_hf_dir",
     "is_published_fp8_key",

@@ -367,6 +367,46 @@ def quantize_dir(
     return WriteReport(r[0], r[1], r[2])
 
 
+def consolidate_dir(
+    src: "str | os.PathLike[str]",
+    dst: "str | os.PathLike[str]",
+    *,
+    quant: str = "none",
+    dtype: Optional[torch.dtype] = None,
+    config: "str | os.PathLike[str] | None" = None,
+    max_shard_bytes: Optional[int] = None,
+    threads: int = 0,
+    max_memory: int = 1 << 30,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> WriteReport:
+    """``moeckpt consolidate``: a training job's sharded save (PyTorch DCP's Hugging Face writer with
+    distributed saving, torch's or NeMo Automodel's: ``shard-RRRRR-model-IIIII-of-NNNNN.safetensors``,
+    a checkpoint's ``model/`` or torchtitan's ``sharded/``) to the HF checkpoint its consolidation
+    is: every tensor assembled from its pieces (refused, before any output exists, on a gap, an
+    overlap, mixed dtypes or files of two saves), in its HF dtype (Automodel's
+    ``.hf_metadata/fqn_to_dtype_mapping.json``), in the files the save's mapping or file names give
+    (``max_shard_bytes``: shards of that size instead). ``dtype``: Automodel's cast (bfloat16,
+    float16 or float32; tensors mapped to float32 and non-float tensors are kept). ``quant="block"``
+    or ``"cast"``: FP8 in the same pass, equal to :func:`quantize_dir` of the consolidated folder.
+    ``config``: the model's config.json when the save has no ``.hf_metadata/config.json``. Same job
+    layer as ``to_hf_dir`` (``overwrite``, ``resume``, cleanup on error, Ctrl-C)."""
+    if quant not in ("none", "block", "cast"):
+        raise _core.InvalidArgumentError(f"moeckpt: quant must be 'none', 'block' or 'cast', not {quant!r}")
+    names = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+    if dtype is not None and dtype not in names:
+        raise _core.InvalidArgumentError(
+            f"moeckpt: dtype must be torch.bfloat16, torch.float16 or torch.float32, not {dtype!r}")
+    if max_shard_bytes is not None and int(max_shard_bytes) < 1:
+        raise _core.InvalidArgumentError(f"moeckpt: max_shard_bytes must be positive, not {max_shard_bytes!r}")
+    existing = _existing(overwrite, resume)
+    r = _run_interruptible(lambda cancel: _core.consolidate_dir(
+        os.fspath(src), os.fspath(dst), quant, names[dtype] if dtype is not None else None,
+        os.fspath(config) if config is not None else None, int(max_shard_bytes or 0), int(threads),
+        int(max_memory), existing, cancel))
+    return WriteReport(r[0], r[1], r[2])
+
+
 def _existing(overwrite: bool, resume: bool) -> str:
     if overwrite and resume:
         raise _core.InvalidArgumentError("moeckpt: overwrite and resume exclude each other")

@@ -626,9 +626,9 @@ NB_MODULE(_core, m) {
         std::vector<TensorSpec> outputs;
         {
           nb::gil_scoped_release release;
-          config_text = io::read_small_file(fs::path(dir) / "config.json", kMaxConfigBytes);
+          config_text = io::read_small_file(checkpoint_config_path(dir), kMaxConfigBytes);
           CheckpointSource src({fs::path(dir)});
-          Plan plan = plan_from_hf(src, ModelConfig::load(fs::path(dir) / "config.json"), o);
+          Plan plan = plan_from_hf(src, ModelConfig::load(checkpoint_config_path(dir)), o);
           metadata = std::move(plan.metadata);
           outputs = std::move(plan.outputs);
         }
@@ -858,6 +858,36 @@ NB_MODULE(_core, m) {
       },
       nb::arg("src"), nb::arg("dst"), nb::arg("quant"), nb::arg("max_shard_bytes"),
       nb::arg("threads"), nb::arg("max_memory"), nb::arg("existing"), nb::arg("cancel"));
+
+  // A training job's sharded save -> HF checkpoint (moeckpt consolidate). max_shard_bytes 0: the
+  // save's own output files. Returns (tensors, bytes, shards, shards kept).
+  m.def(
+      "consolidate_dir",
+      [](const std::string& src, const std::string& dst, const std::string& quant,
+         std::optional<std::string> dtype, std::optional<std::string> config,
+         uint64_t max_shard_bytes, unsigned threads, uint64_t max_memory,
+         const std::string& existing, CancelFlag& cancel) {
+        ConsolidateOptions o;
+        if (quant != "none")
+          o.quant = to_hf_options(quant, "none", std::nullopt, std::nullopt, true).quant;
+        if (dtype) {
+          const auto d = parse_dtype(*dtype);
+          if (!d || (*d != Dtype::BF16 && *d != Dtype::F16 && *d != Dtype::F32))
+            fail(ErrorKind::kInvalidArgument, "", "", "dtype " + *dtype + " is not a cast target",
+                 "bfloat16, float16 or float32");
+          o.dtype = *d;
+        }
+        if (config) o.config = *config;
+        o.save_layout = max_shard_bytes == 0;
+        const auto c = convert_options(max_shard_bytes ? max_shard_bytes : 5'000'000'000, threads,
+                                       max_memory, existing, cancel);
+        const auto r =
+            run_interruptible(cancel.flag, [&] { return consolidate_dir(src, dst, o, c); });
+        return std::make_tuple(r.tensors, r.bytes_out, r.shards, r.shards_kept);
+      },
+      nb::arg("src"), nb::arg("dst"), nb::arg("quant"), nb::arg("dtype").none(),
+      nb::arg("config").none(), nb::arg("max_shard_bytes"), nb::arg("threads"),
+      nb::arg("max_memory"), nb::arg("existing"), nb::arg("cancel"));
 
   // A checkpoint folder, or a repo id resolved in the local Hugging Face cache.
   m.def(

@@ -8,10 +8,13 @@
 #include <tuple>
 
 #include "adapter/output_folder.hpp"
+#include "adapter/plan_copy.hpp"
+#include "adapter/validate.hpp"
 #include "adapter/worker_folder.hpp"
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/file.hpp"
+#include "model/hf_tensor_names.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
@@ -126,6 +129,8 @@ ShardingOptions sharding_of(const Plan& plan, const ConvertOptions& convert) {
   sharding.max_shard_bytes = convert.max_shard_bytes;
   sharding.metadata = plan.metadata;
   sharding.index_metadata = plan.index_metadata;
+  sharding.file_of = plan.output_file;
+  sharding.file_count = plan.output_files;
   return sharding;
 }
 
@@ -578,7 +583,7 @@ PreparedConversion prepare_from_hf(const fs::path& src, const fs::path& dst,
                                    const FromHfOptions& options, const ExecOptions& exec,
                                    bool headers_only) {
   // Parsed from the bytes that are copied to the output, read once.
-  const auto config_path = src / "config.json";
+  const auto config_path = checkpoint_config_path(src);
   auto config_text = io::read_small_file(config_path, kMaxConfigBytes);
   ModelConfig config = ModelConfig::parse(
       parse_strict_json(config_text, config_path.string(), "config"), config_path.string());
@@ -621,7 +626,7 @@ PreparedConversion prepare_from_hf(const fs::path& src, const fs::path& dst,
 PreparedConversion prepare_dequantize(const fs::path& src, const fs::path& dst,
                                       const FromHfOptions& options, const ExecOptions& exec,
                                       bool headers_only) {
-  const auto config_path = src / "config.json";
+  const auto config_path = checkpoint_config_path(src);
   const auto config_text = io::read_small_file(config_path, kMaxConfigBytes);
   auto config_json = parse_strict_json(config_text, config_path.string(), "config");
   ModelConfig config = ModelConfig::parse(config_json, config_path.string());
@@ -649,7 +654,7 @@ PreparedConversion prepare_dequantize(const fs::path& src, const fs::path& dst,
 
 PreparedConversion prepare_quantize(const fs::path& src, const fs::path& dst,
                                     const ToHfOptions& options, const ExecOptions& exec) {
-  ModelConfig config = ModelConfig::load(src / "config.json");
+  ModelConfig config = ModelConfig::load(checkpoint_config_path(src));
   PreparedConversion p;
   p.index_budget = index_budget_needed(src, exec);
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src});
@@ -669,7 +674,80 @@ PreparedConversion prepare_quantize(const fs::path& src, const fs::path& dst,
   return p;
 }
 
+// The output file of each planned output: its own tensor's in the save, or (a block scale) its
+// weight's.
+void place_as_saved(Plan& plan, const Checkpoint& ck) {
+  const ShardedSave& save = *ck.sharded_save();
+  plan.output_files = static_cast<size_t>(save.output_files);
+  for (const auto& o : plan.outputs) {
+    const auto* e = ck.find(o.name);
+    if (!e && o.name.ends_with(kBlockScaleSuffix))
+      e = ck.find(std::string_view(o.name).substr(0, o.name.size() - kBlockScaleSuffix.size()));
+    plan.output_file.push_back(e ? static_cast<size_t>(e->pieces->output_file - 1) : 0);
+  }
+}
+
+PreparedConversion prepare_consolidate(const fs::path& src, const fs::path& dst,
+                                       const ConsolidateOptions& options, const ExecOptions& exec) {
+  auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src}, options.dtype);
+  const Checkpoint& ck = source->checkpoint(0);
+  if (!ck.sharded_save())
+    fail(ErrorKind::kInvalidArgument, src.string(), "",
+         "is not a sharded save (a checkpoint folder: convert it with quantize or dequantize)",
+         "shard-RRRRR-model-IIIII-of-NNNNN.safetensors files of a DCP save");
+  const auto config_path =
+      options.config
+          ? *options.config
+          : ck.sharded_save()->config.value_or(src / kShardedMetadataDir / "config.json");
+  std::error_code ec;
+  if (!options.config && !fs::exists(config_path, ec))
+    fail(ErrorKind::kMalformedFile, config_path.string(), "",
+         "is missing: the save has no config.json (give the model's config.json)",
+         "the save's .hf_metadata/config.json, or the model's config.json given");
+  const auto config_text = io::read_small_file(config_path, kMaxConfigBytes);
+  auto config_json = parse_strict_json(config_text, config_path.string(), "config");
+  PreparedConversion p;
+  p.source = source.get();
+  const std::string cast = options.dtype ? std::string(dtype_name(*options.dtype)) : "none";
+  if (options.quant == QuantMode::kNone) {
+    // Any model consolidates; a family moeckpt knows has its shapes checked (a missing trailing
+    // piece shrinks a tensor, which no piece's offsets show).
+    if (ModelConfig::names_known_family(config_json)) {
+      const ModelConfig config = ModelConfig::parse(config_json, config_path.string());
+      check_shapes_against_config(*source, *model_spec_for(config));
+    }
+    ConsolidateOptions o = options;
+    p.folders.push_back({plan_within_budget(o, exec,
+                                            [&](const ConsolidateOptions& x) {
+                                              return plan_copy(*source, x.task_bytes);
+                                            }),
+                         dst, "consolidate cast " + cast, config_text});
+  } else {
+    const ModelConfig config = ModelConfig::parse(config_json, config_path.string());
+    ToHfOptions o;
+    o.quant = options.quant;
+    o.hf_source = true;
+    o.task_bytes = options.task_bytes;
+    p.folders.push_back(
+        {plan_within_budget(
+             o, exec, [&](const ToHfOptions& x) { return plan_to_hf(*source, config, x, {0}); }),
+         dst, "consolidate cast " + cast + " quantize " + to_hf_options_text(o, {0}),
+         hf_config_text(config, o)});
+  }
+  if (options.save_layout) place_as_saved(p.folders.back().plan, ck);
+  p.inputs_text = describe_inputs(*source);
+  p.srcs = {src};
+  p.owned = std::move(source);
+  return p;
+}
+
 }  // namespace
+
+ConvertReport consolidate_dir(const fs::path& src, const fs::path& dst,
+                              const ConsolidateOptions& options, const ConvertOptions& convert) {
+  auto p = prepare_consolidate(src, dst, options, convert.exec);
+  return write_prepared(p, convert);
+}
 
 ConvertReport from_hf_dir(const fs::path& src, const fs::path& dst, const FromHfOptions& options,
                           const ConvertOptions& convert) {

@@ -96,7 +96,7 @@ LoadReport load_hf_into(const std::filesystem::path& dir, const std::vector<Load
   if (!options.group_experts)
     fail(ErrorKind::kInvalidArgument, "", "", "loading into per-expert destinations",
          "grouped experts");
-  const ModelConfig config = ModelConfig::load(dir / "config.json");
+  const ModelConfig config = ModelConfig::load(checkpoint_config_path(dir));
   CheckpointSource source({dir});
   // No whole-checkpoint scale pre-scan: it would read every rank's scales. The checking pass
   // below reads the scales (and codes) of this rank's rows only, before anything is written.

@@ -360,6 +360,39 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     add_distributed_flags(cmd);
   }
 
+  // A training job's sharded save -> HF checkpoint (FP8 in the same pass).
+  std::string co_src, co_dst, co_quant = "none", co_dtype, co_config;
+  auto* co_cmd = app.add_subcommand(
+      "consolidate",
+      "a training job's sharded save (DCP shard-*-model-*.safetensors, torch's or NeMo "
+      "Automodel's writer) -> HF checkpoint, optionally FP8 in the same pass");
+  co_cmd->add_option("SRC", co_src, "the save's folder (a checkpoint's model/ or sharded/)")
+      ->required();
+  co_cmd->add_option("DST", co_dst, "destination folder")->required();
+  co_cmd
+      ->add_option("--quant", co_quant,
+                   "none (default), block (real 128x128 scales, the family's published FP8 set) "
+                   "or cast (Automodel's)")
+      ->check(CLI::IsMember({"none", "block", "cast"}));
+  co_cmd
+      ->add_option("--dtype", co_dtype,
+                   "cast floating tensors to this dtype (Automodel's rule: tensors the save maps "
+                   "to F32 and non-float tensors are kept); default: each tensor's HF dtype")
+      ->check(CLI::IsMember({"bf16", "f16", "f32"}));
+  co_cmd->add_option("--config", co_config,
+                     "the model's config.json (default: the save's .hf_metadata/config.json)");
+  co_cmd
+      ->add_option("--shard-size", convert.max_shard_bytes,
+                   "maximum bytes per output shard (default: the save's own output files)")
+      ->check(integer_in(1, kMaxBytes));
+  co_cmd->add_option("--threads", threads, "worker threads (0: all cores)")
+      ->check(integer_in(0, 4096));
+  co_cmd->add_option("--max-memory", max_memory, "bytes of task buffers in flight (1 GiB)")
+      ->check(integer_in(1, kMaxBytes));
+  co_cmd->add_flag("--quiet", quiet, "no progress output");
+  add_existing_flags(co_cmd);
+  add_distributed_flags(co_cmd);
+
   std::string fin_dst;
   double fin_wait = 0;
   auto* fin_cmd = app.add_subcommand(
@@ -596,6 +629,21 @@ int run(int argc, char** argv, moeckpt::cli::InterruptWatch& interrupts) {
     o.quant = q_quant == "cast" ? moeckpt::QuantMode::kCast : moeckpt::QuantMode::kBlock;
     auto t0 = std::chrono::steady_clock::now();
     report("quantize", q_dst, moeckpt::quantize_dir(where(q_src), q_dst, o, convert), t0);
+    return 0;
+  }
+  if (co_cmd->parsed()) {
+    moeckpt::ConsolidateOptions o;
+    o.quant = co_quant == "block"  ? moeckpt::QuantMode::kBlock
+              : co_quant == "cast" ? moeckpt::QuantMode::kCast
+                                   : moeckpt::QuantMode::kNone;
+    if (!co_dtype.empty())
+      o.dtype = co_dtype == "bf16"  ? moeckpt::Dtype::BF16
+                : co_dtype == "f16" ? moeckpt::Dtype::F16
+                                    : moeckpt::Dtype::F32;
+    if (co_cmd->count("--config")) o.config = co_config;
+    o.save_layout = co_cmd->count("--shard-size") == 0;
+    auto t0 = std::chrono::steady_clock::now();
+    report("consolidate", co_dst, moeckpt::consolidate_dir(co_src, co_dst, o, convert), t0);
     return 0;
   }
   if (fin_cmd->parsed()) {

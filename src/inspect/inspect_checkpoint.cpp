@@ -8,11 +8,11 @@
 #include <cstdlib>
 #include <set>
 
-#include "moeckpt/tensor_source.hpp"
-
 #include "adapter/checkpoint_validation.hpp"
 #include "adapter/validate.hpp"
 #include "core/printable.hpp"
+#include "core/strict_json.hpp"
+#include "io/file.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
@@ -135,11 +135,43 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
   r.has_index = ck.has_index();
   r.tensors = ck.names().size();
   r.total_bytes = ck.total_bytes();
+  if (const ShardedSave* save = ck.sharded_save()) {
+    InspectReport::ShardedSaveSummary sum;
+    sum.writer = sharded_writer_name(save->writer);
+    sum.dcp_version = save->dcp_version;
+    sum.output_files = save->output_files;
+    std::set<int64_t> ranks;
+    for (const auto& f : save->files) ranks.insert(f.rank);
+    sum.ranks = static_cast<int64_t>(ranks.size());
+    for (const auto& name : ck.names()) {
+      const ShardedTensor& t = *ck.find(name)->pieces;
+      sum.pieces += t.pieces.size() + t.empty_pieces;
+      sum.empty_pieces += t.empty_pieces;
+      sum.split_tensors += t.pieces.size() > 1;
+      if (t.dtype != t.stored)
+        ++sum.restored[fmt::format("{}->{}", dtype_name(t.stored), dtype_name(t.dtype))];
+    }
+    sum.has_config = save->config.has_value();
+    r.sharded_save = std::move(sum);
+  }
 
   std::optional<ModelConfig> config;
   std::error_code ec;
-  if (!options.headers_only || fs::exists(dir / "config.json", ec)) {
-    config = ModelConfig::load(dir / "config.json");  // refuses a missing or broken config.json
+  const fs::path config_path = checkpoint_config_path(dir);
+  // A sharded save is any model's training save: a model_type moeckpt does not convert is
+  // summarized without its config (the consolidation copies any model).
+  bool foreign_model = false;
+  if (ck.sharded_save() && fs::exists(config_path, ec)) {
+    const auto doc = parse_strict_json(io::read_small_file(config_path, kMaxConfigBytes),
+                                       config_path.string(), "config");
+    foreign_model = !ModelConfig::names_known_family(doc);
+    if (foreign_model)
+      r.notes.push_back(
+          "config.json names a model_type moeckpt does not convert: shapes and layer kinds are "
+          "not checked (consolidate copies it as it is)");
+  }
+  if (!foreign_model && (!options.headers_only || fs::exists(config_path, ec))) {
+    config = ModelConfig::load(config_path);  // refuses a missing or broken config.json
     r.has_config = true;
     r.layers = config->num_hidden_layers;
     for (auto k : config->layer_attention)
@@ -149,7 +181,7 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     r.dense_layers = r.layers - r.moe_layers;
     r.n_routed_experts = config->n_routed_experts;
   } else {
-    r.notes.push_back("no config.json: shapes and layer kinds are not checked");
+    if (!foreign_model) r.notes.push_back("no config.json: shapes and layer kinds are not checked");
   }
   const int64_t block_rows = config && config->block ? config->block->rows : 128;
   // Without a config.json, names are read with the reference family's grammar.
@@ -307,6 +339,21 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
   j["has_index"] = r.has_index;
   j["tensors"] = r.tensors;
   j["total_bytes"] = r.total_bytes;
+  if (r.sharded_save) {
+    const auto& ss = *r.sharded_save;
+    j["sharded_save"] = {{"writer", ss.writer},
+                         {"dcp_version", ss.dcp_version},
+                         {"ranks", ss.ranks},
+                         {"output_files", ss.output_files},
+                         {"pieces", ss.pieces},
+                         {"empty_pieces", ss.empty_pieces},
+                         {"split_tensors", ss.split_tensors},
+                         {"restored_dtypes", ss.restored},
+                         {"coverage", "exact"},
+                         {"has_config", ss.has_config}};
+  } else {
+    j["sharded_save"] = nullptr;
+  }
   auto& dt = j["by_dtype"] = nlohmann::ordered_json::object();
   for (const auto& [name, d] : r.by_dtype) dt[name] = {{"tensors", d.tensors}, {"bytes", d.bytes}};
   j["layout"] = r.native ? "native" : "hf";
@@ -370,6 +417,20 @@ std::string to_text(const InspectReport& r) {
   auto line = [&](const std::string& s) { out += printable(s) + "\n"; };
   line(fmt::format("checkpoint {}: {} shard{}{}", r.dir, r.shards, r.shards == 1 ? "" : "s",
                    r.has_index ? " with index" : ""));
+  if (r.sharded_save) {
+    const auto& ss = *r.sharded_save;
+    line(fmt::format(
+        "sharded save ({}'s DCP writer, DCP_VERSION {}): {} rank{}, {} piece{} ({} empty), {} "
+        "tensor{} split over several, every tensor covered exactly; consolidates into {} "
+        "file{}{}",
+        ss.writer, ss.dcp_version, ss.ranks, ss.ranks == 1 ? "" : "s", ss.pieces,
+        ss.pieces == 1 ? "" : "s", ss.empty_pieces, ss.split_tensors,
+        ss.split_tensors == 1 ? "" : "s", ss.output_files, ss.output_files == 1 ? "" : "s",
+        ss.has_config ? "" : " (no .hf_metadata/config.json)"));
+    for (const auto& [conv, n] : ss.restored)
+      line(fmt::format("  {} tensor{} read as {} (the HF dtype the save's mapping restores)", n,
+                       n == 1 ? "" : "s", conv));
+  }
   line(fmt::format("tensors: {}, {} ({} bytes)", r.tensors, human_bytes(r.total_bytes),
                    r.total_bytes));
   for (const auto& [name, d] : r.by_dtype)

@@ -69,6 +69,18 @@ ModelConfig ModelConfig::parse(const nlohmann::json& doc, const std::string& fil
        fmt::format("one of: {}", fmt::join(known, ", ")));
 }
 
+bool ModelConfig::names_known_family(const nlohmann::json& doc) {
+  std::string model_type;
+  if (doc.is_object())
+    if (auto it = doc.find("model_type"); it != doc.end() && !it->is_null()) {
+      if (!it->is_string()) return false;
+      model_type = it->get<std::string>();
+    }
+  for (const auto& f : kFamilies)
+    if (f.accepts(model_type)) return true;
+  return false;
+}
+
 ModelConfig ModelConfig::load(const std::filesystem::path& path) {
   auto text = io::read_small_file(path, kMaxConfigBytes);
   return parse(parse_strict_json(text, path.string(), "config"), path.string());

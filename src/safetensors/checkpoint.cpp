@@ -4,6 +4,7 @@
 #include "io/file.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors.hpp"
+#include "safetensors/sharded_assembly.hpp"
 
 namespace moeckpt {
 namespace fs = std::filesystem;
@@ -21,13 +22,63 @@ constexpr uint64_t kMaxIndexBytes = 512ull << 20;
 
 }  // namespace
 
-Checkpoint Checkpoint::open(const fs::path& dir) {
+Checkpoint Checkpoint::open(const fs::path& dir, std::optional<Dtype> cast) {
   Checkpoint ck;
   ck.dir_ = dir;
   std::error_code ec;
   if (!fs::is_directory(dir, ec))
     fail(ErrorKind::kInvalidArgument, dir.string(), "",
          "not a checkpoint folder (no such directory)");
+  if (is_sharded_save(dir)) {
+    auto data = open_sharded_save(dir, ck.shards_, cast);
+    for (size_t i = 0; i < data->tensors.size(); ++i) {
+      const auto& t = data->tensors[i];
+      const size_t first = t.pieces.empty() ? 0 : t.pieces.front().file;
+      ck.entries_.emplace(t.name, Entry{&data->infos[i], first, &t});
+      ck.total_bytes_ += data->infos[i].nbytes();
+    }
+    ck.sharded_ = std::move(data);
+  } else if (cast) {
+    fail(ErrorKind::kInvalidArgument, dir.string(), "",
+         "a dtype cast applies to a sharded save, which this folder is not",
+         "shard-RRRRR-model-IIIII-of-NNNNN.safetensors files");
+  } else {
+    ck.open_consolidated();
+  }
+  ck.names_.reserve(ck.entries_.size());
+  for (const auto& [name, _] : ck.entries_) ck.names_.push_back(name);
+  std::sort(ck.names_.begin(), ck.names_.end());
+  return ck;
+}
+
+void Checkpoint::read(const Entry& entry, uint64_t offset, std::span<uint8_t> out) const {
+  if (entry.pieces)
+    read_assembled(*entry.pieces, shards_, offset, out);
+  else
+    shards_[entry.shard].read(*entry.info, offset, out);
+}
+
+std::vector<uint8_t> Checkpoint::read_all(const Entry& entry) const {
+  std::vector<uint8_t> out(entry.info->nbytes());
+  read(entry, 0, out);
+  return out;
+}
+
+void Checkpoint::prefetch(const Entry& entry, uint64_t offset, uint64_t bytes) const noexcept {
+  if (entry.pieces)
+    prefetch_assembled(*entry.pieces, shards_, offset, bytes);
+  else
+    shards_[entry.shard].prefetch(*entry.info, offset, bytes);
+}
+
+const ShardedSave* Checkpoint::sharded_save() const noexcept {
+  return sharded_ ? &sharded_->save : nullptr;
+}
+
+void Checkpoint::open_consolidated() {
+  Checkpoint& ck = *this;
+  const fs::path& dir = dir_;
+  std::error_code ec;
 
   const fs::path index_path = dir / kIndexFileName;
   const std::string index_name = index_path.string();
@@ -118,10 +169,6 @@ Checkpoint Checkpoint::open(const fs::path& dir) {
       ck.total_bytes_ += t.nbytes();
     }
   }
-  ck.names_.reserve(ck.entries_.size());
-  for (const auto& [name, _] : ck.entries_) ck.names_.push_back(name);
-  std::sort(ck.names_.begin(), ck.names_.end());
-  return ck;
 }
 
 const Checkpoint::Entry* Checkpoint::find(std::string_view name) const {

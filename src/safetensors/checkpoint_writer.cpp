@@ -18,21 +18,38 @@ std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
   if (options.max_shard_bytes == 0)
     fail(ErrorKind::kDestination, "", "", "shard size limit must be positive");
   std::vector<ShardLayout> shards;
-  uint64_t current = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    uint64_t n = tensors[i].nbytes();
-    if (shards.empty() || (current > 0 && current + n > options.max_shard_bytes)) {
-      shards.emplace_back();
-      current = 0;
+  if (!options.file_of.empty()) {
+    if (options.file_of.size() != tensors.size())
+      fail(ErrorKind::kDestination, "", "", "file assignment does not list every tensor");
+    std::vector<ShardLayout> files(options.file_count);
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      if (options.file_of[i] >= options.file_count)
+        fail(ErrorKind::kDestination, "", tensors[i].name, "file assignment out of range");
+      files[options.file_of[i]].tensors.push_back(i);
     }
-    current += n;
-    shards.back().tensors.push_back(i);
+    for (size_t f = 0; f < files.size(); ++f) {
+      if (files[f].tensors.empty()) continue;
+      files[f].name = CheckpointWriter::shard_file_name(f, options.file_count);
+      shards.push_back(std::move(files[f]));
+    }
+  } else {
+    uint64_t current = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      uint64_t n = tensors[i].nbytes();
+      if (shards.empty() || (current > 0 && current + n > options.max_shard_bytes)) {
+        shards.emplace_back();
+        current = 0;
+      }
+      current += n;
+      shards.back().tensors.push_back(i);
+    }
+    if (shards.empty()) shards.emplace_back();
+    for (size_t s = 0; s < shards.size(); ++s)
+      shards[s].name = shards.size() == 1 ? std::string(kSingleFileName)
+                                          : CheckpointWriter::shard_file_name(s, shards.size());
   }
-  if (shards.empty()) shards.emplace_back();
   for (size_t s = 0; s < shards.size(); ++s) {
     auto& sh = shards[s];
-    sh.name = shards.size() == 1 ? std::string(kSingleFileName)
-                                 : CheckpointWriter::shard_file_name(s, shards.size());
     std::vector<TensorSpec> specs;
     uint64_t data = 0;
     for (size_t i : sh.tensors) {
@@ -48,7 +65,8 @@ std::vector<ShardLayout> layout_shards(const std::vector<TensorSpec>& tensors,
 std::optional<std::string> index_text(const std::vector<ShardLayout>& layout,
                                       const std::vector<TensorSpec>& tensors,
                                       const std::map<std::string, std::string>& index_metadata) {
-  if (layout.size() == 1 && index_metadata.empty()) return std::nullopt;
+  if (layout.size() == 1 && layout[0].name == kSingleFileName && index_metadata.empty())
+    return std::nullopt;
   uint64_t total = 0;
   for (const auto& t : tensors) total += t.nbytes();
   nlohmann::ordered_json index;

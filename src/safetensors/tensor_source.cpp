@@ -23,9 +23,10 @@ void TensorSource::index() {
   for (size_t i = 0; i < tensors_.size(); ++i) by_name_.emplace(tensors_[i].name, i);
 }
 
-CheckpointSource::CheckpointSource(const std::vector<std::filesystem::path>& dirs) {
+CheckpointSource::CheckpointSource(const std::vector<std::filesystem::path>& dirs,
+                                   std::optional<Dtype> cast) {
   for (const auto& d : dirs)
-    checkpoints_.push_back(std::make_unique<Checkpoint>(Checkpoint::open(d)));
+    checkpoints_.push_back(std::make_unique<Checkpoint>(Checkpoint::open(d, cast)));
   for (size_t p = 0; p < checkpoints_.size(); ++p) {
     const auto& ck = *checkpoints_[p];
     for (const auto& name : ck.names()) {
@@ -48,7 +49,7 @@ void CheckpointSource::read(const SourceTensor& t, uint64_t offset, std::span<ui
 void CheckpointSource::prefetch(const SourceTensor& t, uint64_t offset, uint64_t bytes) const {
   const auto& ck = *checkpoints_.at(t.part);
   const auto* e = ck.find(t.name);
-  ck.shard(e->shard).prefetch(*e->info, offset, bytes);
+  ck.prefetch(*e, offset, bytes);
 }
 
 std::map<std::string, std::string> CheckpointSource::metadata(size_t part) const {

@@ -16,6 +16,7 @@
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
 #include "moeckpt/numerics.hpp"
+#include "moeckpt/sharded_save.hpp"
 
 namespace moeckpt {
 namespace fs = std::filesystem;
@@ -324,8 +325,8 @@ VerifyReport verify_checkpoints(const fs::path& a, const fs::path& b, const Veri
          fmt::format("tolerances rtol={} atol={} are not finite and non-negative", o.rtol, o.atol),
          "finite tolerances >= 0");
   // Each side is read with its own config.json (a folder without one cannot be validated).
-  ModelConfig config_a = ModelConfig::load(o.config ? *o.config : a / "config.json");
-  ModelConfig config_b = o.config ? config_a : ModelConfig::load(b / "config.json");
+  ModelConfig config_a = ModelConfig::load(o.config ? *o.config : checkpoint_config_path(a));
+  ModelConfig config_b = o.config ? config_a : ModelConfig::load(checkpoint_config_path(b));
   LogicalView va(a, config_a), vb(b, config_b);
   VerifyReport r;
   for (auto& [name, ta] : va.tensors()) {

@@ -178,7 +178,8 @@ TEST_P(GoldenParity, ToHfOfAForeignNativeStateDict) {
                         .metadata = {{"format", "pt"}},
                         .index_metadata = {},
                         .completed = {},
-                        .on_shard_committed = {}});
+                        .on_shard_committed = {},
+                        .file_of = {}});
     for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, ck.read_all(*ck.find(specs[i].name)));
     w.commit();
   }
@@ -320,7 +321,8 @@ TEST(GoldenParitySpecial, DeepSeekToHfCastOfRangeLimitsIsByteIdentical) {
                           .metadata = {{"format", "pt"}},
                           .index_metadata = {},
                           .completed = {},
-                          .on_shard_committed = {}});
+                          .on_shard_committed = {},
+                          .file_of = {}});
       for (size_t i = 0; i < specs.size(); ++i) w.write(i, 0, data[i]);
       w.commit();
     }

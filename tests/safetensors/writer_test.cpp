@@ -93,7 +93,8 @@ TEST(CheckpointWriter, ShardsByByteLimitAndWritesIndexLast) {
                         .metadata = {},
                         .index_metadata = {},
                         .completed = {},
-                        .on_shard_committed = {}});
+                        .on_shard_committed = {},
+                        .file_of = {}});
     EXPECT_EQ(w.shard_count(), 4u);  // {t0,t1} {t2,t3} {t4} {big}
     for (size_t i = 0; i < w.tensor_count(); ++i)
       w.write(i, 0, iota_bytes(w.spec(i).nbytes(), static_cast<uint8_t>(i)));

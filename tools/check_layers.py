@@ -23,10 +23,12 @@ ALLOWED = {
     "safetensors": {"core", "io", "numerics"},
     "model": {"core", "io"},
     "exec": {"core", "io", "numerics", "safetensors"},
-    "adapter": {"core", "io", "numerics", "safetensors", "model", "exec"},
-    "tools": {"core", "io", "numerics", "safetensors", "model", "exec", "adapter"},
-    "cli": {"core", "io", "numerics", "safetensors", "model", "exec", "adapter", "tools"},
-    "python": {"core", "io", "numerics", "safetensors", "model", "exec", "adapter", "tools"},
+    # Output folders, manifests, locks, worker records: no family, no planner, no plan.
+    "job": {"core", "io", "safetensors"},
+    "adapter": {"core", "io", "numerics", "safetensors", "model", "exec", "job"},
+    "tools": {"core", "io", "numerics", "safetensors", "model", "exec", "job", "adapter"},
+    "cli": {"core", "io", "numerics", "safetensors", "model", "exec", "job", "adapter", "tools"},
+    "python": {"core", "io", "numerics", "safetensors", "model", "exec", "job", "adapter", "tools"},
 }
 # Source folders of layers that span several folders.
 FOLDER_LAYER = {"verify": "tools", "inspect": "tools", "synth": "tools"}
@@ -38,7 +40,7 @@ PUBLIC = {
     "model_config": "model", "model_spec": "model", "compat": "model", "tensor_key": "model",
     "scale_layout": "model", "tp_interleaved_qkv": "model",
     "plan": "exec",
-    "adapter": "adapter", "distributed": "adapter",
+    "adapter": "adapter", "distributed": "job", "job": "job",
     "inspect": "tools", "verify": "tools", "synth": "tools",
 }
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)

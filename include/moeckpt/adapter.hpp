@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "moeckpt/compat.hpp"
+#include "moeckpt/job.hpp"
 #include "moeckpt/model_spec.hpp"
 #include "moeckpt/plan.hpp"
 
@@ -154,15 +155,6 @@ class ProgressListener {
                      const std::vector<uint64_t>& shard_bytes) = 0;
   virtual void written(size_t shard, uint64_t bytes) = 0;
   virtual void finish() = 0;
-};
-
-// What a folder conversion does when its destination already holds a checkpoint or the
-// remains of a killed conversion (its manifest).
-enum class ExistingOutput {
-  kRefuse,     // either one is an error
-  kOverwrite,  // both are removed first
-  kResume,     // an unfinished conversion of the same inputs and options is continued: its
-               // verified shards are kept; with nothing unfinished, a fresh start
 };
 
 // Whole-folder conversions used by the CLI. The destination is locked while they run; shards are

@@ -7,10 +7,10 @@
 #include <thread>
 #include <tuple>
 
-#include "adapter/output_folder.hpp"
+#include "job/output_folder.hpp"
 #include "adapter/plan_copy.hpp"
 #include "adapter/validate.hpp"
-#include "adapter/worker_folder.hpp"
+#include "job/worker_folder.hpp"
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/file.hpp"

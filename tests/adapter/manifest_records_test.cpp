@@ -5,8 +5,8 @@
 
 #include <fstream>
 
-#include "adapter/conversion_manifest.hpp"
-#include "adapter/distributed_records.hpp"
+#include "job/conversion_manifest.hpp"
+#include "job/distributed_records.hpp"
 #include "moeckpt/error.hpp"
 #include "test_support.hpp"
 

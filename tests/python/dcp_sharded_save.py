@@ -119,7 +119,7 @@ def main():
         with open(os.path.join(out, ".hf_metadata", "config.json"), "w") as f:
             json.dump(spec["config"], f, indent=2)
     dist.barrier()
-    if rank == 0:
+    if rank == 0 and not spec.get("no_reference"):
         os.makedirs(os.path.join(out, "..", "reference"), exist_ok=True)
         save_file({k: v.contiguous() for k, v in full.items()},
                   os.path.join(out, "..", "reference", "full.safetensors"))

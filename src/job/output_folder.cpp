@@ -1,4 +1,4 @@
-#include "adapter/output_folder.hpp"
+#include "job/output_folder.hpp"
 
 #include <fmt/format.h>
 

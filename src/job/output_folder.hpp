@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
-#include "adapter/conversion_manifest.hpp"
-#include "adapter/destination_files.hpp"
 #include "io/dir_lock.hpp"
-#include "moeckpt/adapter.hpp"
+#include "job/conversion_manifest.hpp"
+#include "job/destination_files.hpp"
+#include "moeckpt/job.hpp"
 #include "moeckpt/safetensors_writer.hpp"
 
 namespace moeckpt {

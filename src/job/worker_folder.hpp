@@ -11,10 +11,10 @@
 #include <string>
 #include <vector>
 
-#include "adapter/destination_files.hpp"
-#include "adapter/distributed_records.hpp"
 #include "io/dir_lock.hpp"
-#include "moeckpt/adapter.hpp"
+#include "job/destination_files.hpp"
+#include "job/distributed_records.hpp"
+#include "moeckpt/job.hpp"
 #include "moeckpt/safetensors_writer.hpp"
 
 namespace moeckpt {

@@ -1,4 +1,4 @@
-#include "adapter/conversion_manifest.hpp"
+#include "job/conversion_manifest.hpp"
 
 #include <nlohmann/json.hpp>
 

@@ -1,5 +1,5 @@
 // The destination checks and file rules every folder conversion shares.
-#include "adapter/destination_files.hpp"
+#include "job/destination_files.hpp"
 
 #include <sys/stat.h>
 

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "adapter/conversion_manifest.hpp"
+#include "job/conversion_manifest.hpp"
 
 namespace moeckpt {
 

@@ -13,7 +13,7 @@
 #include <optional>
 #include <string>
 
-#include "adapter/record_lines.hpp"
+#include "job/record_lines.hpp"
 
 namespace moeckpt {
 

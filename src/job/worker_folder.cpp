@@ -1,4 +1,4 @@
-#include "adapter/worker_folder.hpp"
+#include "job/worker_folder.hpp"
 
 #include <fmt/format.h>
 

@@ -12,14 +12,14 @@
 #include <set>
 #include <thread>
 
-#include "adapter/destination_files.hpp"
-#include "adapter/distributed_records.hpp"
-#include "adapter/worker_folder.hpp"
 #include "core/printable.hpp"
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/dir_lock.hpp"
 #include "io/file.hpp"
+#include "job/destination_files.hpp"
+#include "job/distributed_records.hpp"
+#include "job/worker_folder.hpp"
 #include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors.hpp"

@@ -1,4 +1,4 @@
-#include "adapter/record_lines.hpp"
+#include "job/record_lines.hpp"
 
 #include <unistd.h>
 

@@ -1,4 +1,4 @@
-#include "adapter/distributed_records.hpp"
+#include "job/distributed_records.hpp"
 
 #include <fmt/format.h>
 
@@ -15,10 +15,10 @@
 #include <regex>
 #include <set>
 
-#include "adapter/record_lines.hpp"
 #include "core/printable.hpp"
 #include "core/strict_json.hpp"
 #include "io/file.hpp"
+#include "job/record_lines.hpp"
 #include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/safetensors.hpp"

@@ -255,6 +255,12 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
   // writer last. One save has one writer.
   for (size_t i = 0; i < paths.size(); ++i) {
     files.push_back(SafetensorsFile::open(paths[i]));
+    const auto& md = files.back().header().metadata();
+    for (const char* key : {kShardingInfoKey, kDcpVersionKey})
+      if (!md.count(key))
+        fail(ErrorKind::kMalformedFile, files.back().path(), "",
+             std::string("has no __metadata__ ") + key,
+             "a file of a DCP sharded save (DCP_SHARDING_INFO and DCP_VERSION)");
     const auto file = io::File::open_read(paths[i]);
     std::vector<uint8_t> start(std::min<uint64_t>(16, files.back().header().json_length()));
     file.pread_exact(8, start);
@@ -294,11 +300,6 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
     const auto& md = sf.header().metadata();
     const auto info = md.find(kShardingInfoKey);
     const auto version = md.find(kDcpVersionKey);
-    if (info == md.end() || version == md.end())
-      fail(ErrorKind::kMalformedFile, sf.path(), "",
-           std::string("has no __metadata__ ") +
-               (info == md.end() ? kShardingInfoKey : kDcpVersionKey),
-           "a file of a DCP sharded save (DCP_SHARDING_INFO and DCP_VERSION)");
     if (i == 0) {
       save.dcp_version = version->second;
     } else if (version->second != save.dcp_version) {

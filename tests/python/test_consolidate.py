@@ -44,7 +44,14 @@ MIXED = [
 FLOATS = [t for t in MIXED if t["dtype"] in ("BF16", "F32", "F16")]
 
 
-def write_save(tmp: Path, spec: dict, world: int, port: int) -> Path:
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_save(tmp: Path, spec: dict, world: int, port: int = 0) -> Path:
     """Runs dcp_sharded_save.py under torchrun; returns the save folder (its full tensors in
     ../reference/full.safetensors)."""
     spec_path = tmp / "spec.json"
@@ -52,7 +59,7 @@ def write_save(tmp: Path, spec: dict, world: int, port: int) -> Path:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
-                        "--master-port", str(port), str(HERE / "dcp_sharded_save.py"), str(spec_path),
+                        "--master-port", str(port or free_port()), str(HERE / "dcp_sharded_save.py"), str(spec_path),
                         str(tmp / "save")], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return tmp / "save"
@@ -95,14 +102,14 @@ def index_of(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def torch_save(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("torch-save")
-    return write_save(tmp, {"seed": 3, "tensors": MIXED}, 3, 29611)
+    return write_save(tmp, {"seed": 3, "tensors": MIXED}, 3)
 
 
 @pytest.fixture(scope="module")
 def automodel_save(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("automodel-save")
     spec = {"seed": 5, "writer": "automodel", "tensors": MIXED, "config": {"model_type": "llama"}}
-    return write_save(tmp, spec, 3, 29612)
+    return write_save(tmp, spec, 3)
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +120,7 @@ def mimo_save(tmp_path_factory, tiny_dir) -> tuple[Path, Path]:
     bf16 = tmp / "bf16"
     cli("dequantize", str(tiny_dir), str(bf16), "--quiet")
     spec = {"source": str(bf16), "files": 3, "config": json.loads((bf16 / "config.json").read_text())}
-    return write_save(tmp, spec, 4, 29613), bf16
+    return write_save(tmp, spec, 4), bf16
 
 
 @needs_cli
@@ -135,7 +142,7 @@ def test_torch_save_consolidates_to_the_full_tensors(torch_save, tmp_path):
 @needs_cli
 def test_torch_save_equals_torchs_own_consolidator(tmp_path):
     # torch's consolidator crashes on int/bool tensors (torch.finfo): a float-only save.
-    save = write_save(tmp_path, {"seed": 7, "tensors": FLOATS}, 4, 29614)
+    save = write_save(tmp_path, {"seed": 7, "tensors": FLOATS}, 4)
     from torch.distributed.checkpoint._consolidate_hf_safetensors import consolidate_safetensors_files
     ref = tmp_path / "torch-out"
     ref.mkdir()
@@ -228,7 +235,7 @@ def test_torchrun_workers_write_what_one_process_writes(mimo_save, tmp_path, npr
     cli("consolidate", str(save), str(one), "--quant", "block", "--shard-size", "3000000", "--quiet")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--no-python", "--nproc-per-node",
-                        str(nproc), "--master-port", str(29620 + nproc), str(CLI), "consolidate", str(save),
+                        str(nproc), "--master-port", str(free_port()), str(CLI), "consolidate", str(save),
                         str(many), "--quant", "block", "--shard-size", "3000000", "--quiet", "--distributed",
                         "--wait", "120"], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -276,6 +283,9 @@ def test_refusals(torch_save, automodel_save, tmp_path):
     s = copy_save(torch_save, tmp_path / "gap")
     (s / "shard-00002-model-00001-of-00002.safetensors").unlink()
     refused(s, tmp_path / "o1", "tensor 'buffers.counts'", "elements [2:4, 0:2] are in no piece", extra=c)
+    with pytest.raises(moeckpt.MalformedFileError, match=r"elements \[2:4, 0:2\] are in no piece"):
+        moeckpt.consolidate_dir(s, tmp_path / "o1-py", config=cfg)
+    assert not (tmp_path / "o1-py").exists() or not any((tmp_path / "o1-py").iterdir())
     # A stale file of an earlier save with more ranks: overlapping pieces.
     s = copy_save(torch_save, tmp_path / "stale")
     shutil.copy(s / "shard-00001-model-00001-of-00002.safetensors", s / "shard-00004-model-00001-of-00002.safetensors")
@@ -331,3 +341,35 @@ def test_a_missing_trailing_piece_is_caught_by_the_familys_shapes(mimo_save, tmp
         p.unlink()
     msg = refused(s, tmp_path / "o", "expected")
     assert "shape" in msg or "rows" in msg or "missing" in msg, msg
+
+
+@needs_cli
+def test_sigkill_leaves_no_index_and_resume_completes(mimo_save, tmp_path):
+    import random
+    import signal
+    import time
+    save, _ = mimo_save
+    args = ["--quant", "block", "--shard-size", "1000000", "--threads", "1", "--quiet"]
+    clean = tmp_path / "clean"
+    t0 = time.perf_counter()
+    cli("consolidate", str(save), str(clean), *args)
+    span = time.perf_counter() - t0
+    want = {p.name: p.read_bytes() for p in clean.iterdir()}
+    rng = random.Random(7)
+    landed = 0
+    for trial in range(trials(12, 4)):
+        out = tmp_path / f"k{trial}"
+        p = subprocess.Popen([str(CLI), "consolidate", str(save), str(out), *args])
+        time.sleep(rng.uniform(0, span))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        got = {q.name: q.read_bytes() for q in out.iterdir() if not q.name.startswith(".")} if out.exists() else {}
+        if "model.safetensors.index.json" in got:
+            assert got == want
+            continue
+        landed += 1
+        for name, data in got.items():  # anything under a final name is a clean run's
+            assert want[name] == data, name
+        cli("consolidate", str(save), str(out), *args, "--resume")
+        assert {q.name: q.read_bytes() for q in out.iterdir() if not q.name.startswith(".")} == want
+    assert landed > 0

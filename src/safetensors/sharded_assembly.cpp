@@ -1,6 +1,7 @@
 #include "safetensors/sharded_assembly.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <regex>
@@ -36,10 +37,15 @@ constexpr uint64_t kScatterChunkBytes = 8ull << 20;
 // The most elements converted at once when a tensor reads as another dtype.
 constexpr uint64_t kConvertChunkElems = 1ull << 20;
 
+// The most output files (and ranks) a file name may give: the writers' 5 digits.
+constexpr int64_t kMaxFileCount = 99999;
+
 int64_t parse_count(const std::string& digits, const std::string& file) {
-  if (digits.size() > 12)
-    fail(ErrorKind::kMalformedFile, file, "", "number in the file name is too large");
-  return std::stoll(digits);
+  const int64_t v = digits.size() > 6 ? kMaxFileCount + 1 : std::stoll(digits);
+  if (v > kMaxFileCount)
+    fail(ErrorKind::kMalformedFile, file, "", "number " + digits + " in the file name is too large",
+         "at most 99999");
+  return v;
 }
 
 std::string region_text(const std::vector<uint64_t>& lo, const std::vector<uint64_t>& hi) {
@@ -49,9 +55,10 @@ std::string region_text(const std::vector<uint64_t>& lo, const std::vector<uint6
   return s + "]";
 }
 
+// torch's is_floating_point (float8_e8m0fnu included).
 bool is_float(Dtype d) {
   return d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F32 || d == Dtype::F64 ||
-         d == Dtype::F8_E4M3 || d == Dtype::F8_E5M2;
+         d == Dtype::F8_E4M3 || d == Dtype::F8_E5M2 || d == Dtype::F8_E8M0;
 }
 bool is_regular_float(Dtype d) {
   return d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F32 || d == Dtype::F64;
@@ -98,8 +105,9 @@ void convert(Dtype from, const uint8_t* in, uint64_t n, Dtype to, uint8_t* out) 
     if (to == Dtype::F32) {
       std::memcpy(out + 4 * i, &f, 4);
     } else {
-      const uint16_t b =
-          to == Dtype::BF16 ? numerics::f32_to_bf16_rne(f) : numerics::f32_to_f16_rne(f);
+      uint16_t b = to == Dtype::BF16 ? numerics::f32_to_bf16_rne(f) : numerics::f32_to_f16_rne(f);
+      // torch's vectorized float->bfloat16 kernels (a whole tensor's .to()) make every NaN 0xFFFF.
+      if (to == Dtype::BF16 && std::isnan(f)) b = 0xFFFF;
       std::memcpy(out + 2 * i, &b, 2);
     }
   }
@@ -295,6 +303,7 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
   // Pieces by tensor name, from each file's DCP_SHARDING_INFO.
   std::map<std::string, ShardedTensor> tensors;
   std::map<std::string, std::string> first_file;  // for messages
+  std::map<std::string, size_t> first_file_index;
   for (size_t i = 0; i < files.size(); ++i) {
     const auto& sf = files[i];
     const auto& md = sf.header().metadata();
@@ -344,6 +353,7 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
         t.stored = piece->dtype;
         t.shape.assign(piece->shape.size(), 0);
         first_file[it.key()] = save.files[i].name;
+        first_file_index[it.key()] = i;
       } else if (piece->dtype != t.stored) {
         fail(ErrorKind::kMalformedFile, sf.path(), it.key(),
              "piece is " + std::string(dtype_name(piece->dtype)) + " but its piece in " +
@@ -397,10 +407,12 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
              "tensor has pieces but no place in " + where, "every saved tensor in the mapping");
       t.output_file = it->second.get<int64_t>();
     }
-    if (save.writer == ShardedWriter::kAutomodel) save.output_files = highest;
+    // Automodel names every file 00001-of-00001: the mapping says how many there are.
+    save.output_files = save.writer == ShardedWriter::kAutomodel
+                            ? highest
+                            : std::max<int64_t>(save.output_files, highest);
   } else {
-    for (auto& [name, t] : tensors)
-      t.output_file = t.pieces.empty() ? 1 : save.files[t.pieces.front().file].index;
+    for (auto& [name, t] : tensors) t.output_file = save.files[first_file_index[name]].index;
   }
 
   for (auto& [name, t] : tensors) {
@@ -410,11 +422,11 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
     std::sort(t.pieces.begin(), t.pieces.end(),
               [](const SavedPiece& a, const SavedPiece& b) { return a.offsets < b.offsets; });
     const size_t nd = t.shape.size();
+    std::vector<uint64_t> lo(nd), hi(nd);
     for (size_t a = 0; a < t.pieces.size(); ++a)
       for (size_t b = a + 1; b < t.pieces.size(); ++b) {
         const auto &pa = t.pieces[a], &pb = t.pieces[b];
         if (nd && pb.offsets[0] >= pa.offsets[0] + pa.info->shape[0]) break;
-        std::vector<uint64_t> lo(nd), hi(nd);
         bool meet = true;
         for (size_t d = 0; d < nd; ++d) {
           lo[d] = std::max(pa.offsets[d], pb.offsets[d]);
@@ -452,7 +464,9 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
       }
       std::vector<size_t> cell(nd, 0);
       std::string region;
-      for (uint64_t tries = 0; tries < 1'000'000 && region.empty(); ++tries) {
+      // A bounded search (cells x pieces): past it, the message gives the counts alone.
+      const uint64_t budget = 100'000'000 / std::max<uint64_t>(1, t.pieces.size());
+      for (uint64_t tries = 0; tries < budget && region.empty(); ++tries) {
         bool inside = true, held = false;
         for (size_t d = 0; d < nd; ++d) inside = inside && cell[d] + 1 < cuts[d].size();
         if (inside) {
@@ -467,7 +481,6 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
             }
           }
           if (!held) {
-            std::vector<uint64_t> lo(nd), hi(nd);
             for (size_t d = 0; d < nd; ++d) {
               lo[d] = cuts[d][cell[d]];
               hi[d] = cuts[d][cell[d] + 1];
@@ -480,7 +493,7 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
           --d;
           if (++cell[d] + 1 < cuts[d].size()) break;
           cell[d] = 0;
-          if (d == 0) tries = UINT64_MAX - 1;
+          if (d == 0) tries = budget;
         }
         if (nd == 0) break;
       }
@@ -526,8 +539,15 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
 
 void read_assembled(const ShardedTensor& t, const std::vector<SafetensorsFile>& files,
                     uint64_t offset, std::span<uint8_t> out) {
-  if (out.empty()) return;
   const uint64_t es = dtype_size(t.dtype), es_stored = dtype_size(t.stored);
+  uint64_t nbytes = es;
+  for (auto d : t.shape) nbytes *= d;
+  if (offset > nbytes || out.size() > nbytes - offset)
+    fail(ErrorKind::kInvalidArgument, files[t.pieces.empty() ? 0 : t.pieces.front().file].path(),
+         t.name,
+         "read of " + std::to_string(out.size()) + " bytes at " + std::to_string(offset) +
+             " is outside the tensor's " + std::to_string(nbytes) + " bytes");
+  if (out.empty()) return;
   const uint64_t e0 = offset / es, e1 = (offset + out.size() + es - 1) / es;
   const bool aligned = offset % es == 0 && out.size() % es == 0;
   if (t.dtype == t.stored && aligned) {

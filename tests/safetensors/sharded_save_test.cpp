@@ -2,6 +2,7 @@
 // whole tensors they were cut from, for random tilings, and every refusal.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -153,7 +154,8 @@ std::vector<uint8_t> f32_bytes(const std::vector<float>& v) {
 
 TEST(ShardedSave, AutomodelSaveReadsInItsHfDtypesOrACast) {
   test::TempDir dir;
-  const std::vector<float> w = {1.0f, 1.00390625f, -3.3e38f, 1e-40f, 0.1f, -0.0f, 65504.f, 7.5f};
+  const std::vector<float> w = {1.0f, 1.00390625f, -3.3e38f, 1e-40f,
+                                0.1f, -0.0f,       65504.f,  std::nanf("")};
   write_piece_file(dir / shard_name(0),
                    {{"w", "F32", {2, 2}, {0, 0}, f32_bytes({w[0], w[1], w[2], w[3]})},
                     {"bias", "F32", {2}, {0}, f32_bytes({0.5f, 0.25f})},
@@ -173,9 +175,11 @@ TEST(ShardedSave, AutomodelSaveReadsInItsHfDtypesOrACast) {
     for (size_t i = 0; i < w.size(); ++i) {
       uint16_t bits;
       std::memcpy(&bits, got.data() + 2 * i, 2);
-      EXPECT_EQ(bits, as == Dtype::BF16 ? numerics::f32_to_bf16_rne(w[i])
-                                        : numerics::f32_to_f16_rne(w[i]))
-          << i;
+      // torch's .to(bfloat16) of a tensor makes a NaN 0xFFFF.
+      const uint16_t want = as == Dtype::F16   ? numerics::f32_to_f16_rne(w[i])
+                            : std::isnan(w[i]) ? uint16_t{0xFFFF}
+                                               : numerics::f32_to_bf16_rne(w[i]);
+      EXPECT_EQ(bits, want) << i;
     }
   };
   const auto ck = Checkpoint::open(dir.path());
@@ -260,6 +264,19 @@ TEST(ShardedSave, Refusals) {
     two(d.path(), {2, 0});
     test::write_bytes(d / "consolidated.safetensors", test::read_bytes(d / shard_name(0)));
     expect_refused(d.path(), {"consolidated.safetensors", "not one of its files"});
+  }
+  {
+    test::TempDir d;
+    write_piece_file(d / "shard-00001-model-00001-of-1000000000000.safetensors",
+                     {{"w", "F32", {1}, {0}, std::vector<uint8_t>(4)}});
+    expect_refused(d.path(), {"1000000000000", "too large"});
+  }
+  {
+    test::TempDir d;  // reads outside the tensor are refused, not filled from nowhere
+    two(d.path(), {2, 0});
+    const auto ck = Checkpoint::open(d.path());
+    std::vector<uint8_t> out(8);
+    EXPECT_THROW(ck.read(*ck.find("w"), 60, out), Error);
   }
   {
     test::TempDir d;  // Automodel's layout needs its mapping

@@ -52,6 +52,9 @@ struct ShardedSave {
   std::vector<File> files;  // in name order, parallel to the Checkpoint's shards
   // .hf_metadata/config.json when the save has one.
   std::optional<std::filesystem::path> config;
+  // The other files of .hf_metadata/ (tokenizer, generation_config.json, ...): what a
+  // consolidation copies beside config.json, as Automodel's does (its two mappings excluded).
+  std::vector<std::filesystem::path> other_files;
 };
 
 inline constexpr const char* kShardedMetadataDir = ".hf_metadata";

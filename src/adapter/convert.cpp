@@ -109,7 +109,24 @@ struct FolderPlan {
   fs::path dst;
   std::string options_text;
   std::string config_text;
+  std::vector<SideFile> extra_files{};  // besides config.json (a save's tokenizer files, ...)
 };
+
+// The small files the folder gets beside its shards: config.json first.
+std::vector<SideFile> side_files(const FolderPlan& fp) {
+  std::vector<SideFile> out{{kConfigFileName, fp.config_text}};
+  out.insert(out.end(), fp.extra_files.begin(), fp.extra_files.end());
+  return out;
+}
+
+// What the side files contribute to the fingerprint: config.json as it always did, the others
+// by name and content checksum.
+std::string side_identity(const std::vector<SideFile>& files) {
+  std::string text = files.front().content;
+  for (size_t i = 1; i < files.size(); ++i)
+    text += "\nfile " + files[i].name + " " + io::text_checksum(files[i].content);
+  return text;
+}
 
 // A conversion ready to write: its source, and one folder plan (several when every EP rank is
 // written).
@@ -170,7 +187,7 @@ void report_progress(const CheckpointWriter& writer, const std::vector<bool>& do
 
 ConvertReport write_plan(Plan plan, const TensorSource& source, const std::string& inputs_text,
                          const std::vector<fs::path>& srcs, const fs::path& dst,
-                         const std::string& options_text, const std::string& config_text,
+                         const std::string& options_text, const std::vector<SideFile>& sides,
                          const ConvertOptions& convert) {
   OutputFolder folder(dst, srcs, convert.existing);
   if (convert.on_start) convert.on_start();
@@ -178,7 +195,7 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
   const auto layout = layout_shards(plan.outputs, sharding);
   try {
     sharding.completed = folder.begin(
-        layout, fingerprint(source, inputs_text, options_text, config_text, layout), config_text);
+        layout, fingerprint(source, inputs_text, options_text, side_identity(sides), layout), sides);
     const size_t kept =
         static_cast<size_t>(std::count(sharding.completed.begin(), sharding.completed.end(), true));
     sharding.on_shard_committed = [&](size_t s, const std::string& sum) {
@@ -227,7 +244,7 @@ ConvertReport write_plan_as_worker(FolderPlan& fp, const std::vector<ShardLayout
   if (convert.on_start) convert.on_start();
   ShardingOptions sharding = sharding_of(fp.plan, convert);
   sharding.write_index = false;
-  sharding.completed = folder.begin(layout, owner, print, fp.config_text,
+  sharding.completed = folder.begin(layout, owner, print, side_files(fp),
                                     index_text(layout, fp.plan.outputs, fp.plan.index_metadata));
   size_t own = 0;
   for (int64_t o : owner) own += o == convert.worker;
@@ -397,7 +414,7 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
     for (auto& fp : p.folders)
       if (!finished_before(fp, convert, p.folders.size()))
         add(total, write_plan(std::move(fp.plan), *p.source, p.inputs_text, p.srcs, fp.dst,
-                              fp.options_text, fp.config_text, convert));
+                              fp.options_text, side_files(fp), convert));
     total.bytes_in = p.source->bytes_read();
     total.own_shards = total.shards;
     return total;
@@ -413,7 +430,7 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
   for (size_t f = 0; f < p.folders.size(); ++f)
     // The worker count is part of it: two launches with other counts never mix their files.
     prints.push_back(fingerprint(*p.source, p.inputs_text, p.folders[f].options_text,
-                                 p.folders[f].config_text, d.layouts[f]) +
+                                 side_identity(side_files(p.folders[f])), d.layouts[f]) +
                      fmt::format("-w{}", convert.workers));
   std::vector<bool> skipped(p.folders.size(), false);
   std::vector<size_t> own(p.folders.size(), 0);
@@ -687,6 +704,9 @@ void place_as_saved(Plan& plan, const Checkpoint& ck) {
   }
 }
 
+// The largest file of a save's .hf_metadata/ copied (a tokenizer.json is tens of MB).
+constexpr uint64_t kMaxSideFileBytes = 512ull << 20;
+
 PreparedConversion prepare_consolidate(const fs::path& src, const fs::path& dst,
                                        const ConsolidateOptions& options, const ExecOptions& exec) {
   auto source = std::make_unique<CheckpointSource>(std::vector<fs::path>{src}, options.dtype);
@@ -735,6 +755,11 @@ PreparedConversion prepare_consolidate(const fs::path& src, const fs::path& dst,
          hf_config_text(config, o)});
   }
   if (options.save_layout) place_as_saved(p.folders.back().plan, ck);
+  // The save's tokenizer and other HF files go beside config.json, as Automodel's consolidation
+  // copies them (written with the shards, before the index).
+  for (const auto& f : ck.sharded_save()->other_files)
+    p.folders.back().extra_files.push_back(
+        {f.filename().string(), io::read_small_file(f, kMaxSideFileBytes)});
   p.inputs_text = describe_inputs(*source);
   p.srcs = {src};
   p.owned = std::move(source);

@@ -12,6 +12,14 @@ namespace moeckpt {
 
 inline constexpr const char* kConfigFileName = "config.json";
 
+// A small file the finished checkpoint holds beside its shards (config.json, a tokenizer's files):
+// written under a temporary name, renamed into place before the index, removed on failure unless
+// it was there before.
+struct SideFile {
+  std::string name;  // a plain file name in the destination
+  std::string content;
+};
+
 using FileId = std::pair<uint64_t, uint64_t>;  // device, inode
 
 // The input files and whether the destination folder was created.

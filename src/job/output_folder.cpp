@@ -132,12 +132,11 @@ OutputFolder::OutputFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
            "cannot create the staging folder: " + ec.message());
     remove_dead_temporaries(work_);
   }
-  config_was_there_ = !resume_ && !staging_ && present(dst_ / kConfigFileName);
 }
 
 std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
                                       const std::string& fingerprint,
-                                      const std::string& config_text) {
+                                      const std::vector<SideFile>& side_files) {
   std::vector<bool> done(layout.size(), false);
   ConversionManifest previous;
   if (resume_) {
@@ -181,7 +180,15 @@ std::vector<bool> OutputFolder::begin(const std::vector<ShardLayout>& layout,
   }
   // The manifest exists before any shard does, so every final-named shard is accounted for.
   manifest_file_.emplace(manifest_.save(work_));
-  io::write_file_atomically(work_ / kConfigFileName, config_text);
+  for (const auto& f : side_files) {
+    if (!resume_ && !staging_ && present(dst_ / f.name)) side_was_there_.push_back(f.name);
+    side_names_.push_back(f.name);
+    // A dead run's temporary of this file (the lock keeps any live one away).
+    for (const auto& e : fs::directory_iterator(work_))
+      if (io::final_name_of_temporary(e.path().filename().string()) == f.name)
+        remove_file(e.path());
+    io::write_file_atomically(work_ / f.name, f.content);
+  }
   return done;
 }
 
@@ -203,7 +210,7 @@ void OutputFolder::swap_in() {
     remove_file(dst_ / kSingleFileName);
   if (present(dst_ / kManifestFileName)) remove_file(dst_ / kManifestFileName);
   io::sync_directory(dst_);
-  rename_file(work_ / kConfigFileName, dst_ / kConfigFileName);
+  for (const auto& name : side_names_) rename_file(work_ / name, dst_ / name);
   std::vector<std::string> new_names;
   for (const auto& sh : layout_) {
     rename_file(work_ / sh.name, dst_ / sh.name);
@@ -248,7 +255,9 @@ void OutputFolder::abandon() noexcept {
   std::error_code ec;
   fs::remove(dst_ / kIndexFileName, ec);
   for (const auto& s : layout_) fs::remove(dst_ / s.name, ec);
-  if (!config_was_there_) fs::remove(dst_ / kConfigFileName, ec);
+  for (const auto& name : side_names_)
+    if (std::find(side_was_there_.begin(), side_was_there_.end(), name) == side_was_there_.end())
+      fs::remove(dst_ / name, ec);
   fs::remove(dst_ / kManifestFileName, ec);
 }
 

@@ -42,7 +42,7 @@ class OutputFolder {
   // Starts (or, when resuming the same fingerprint, continues) the conversion of `layout`.
   // Returns the shards already complete on disk: size, header bytes and checksum verified.
   std::vector<bool> begin(const std::vector<ShardLayout>& layout, const std::string& fingerprint,
-                          const std::string& config_text);
+                          const std::vector<SideFile>& side_files);
   // Records a shard renamed into place (thread-safe).
   void shard_committed(const ShardLayout& shard, const std::string& checksum);
   // The writer committed everything (index included) into write_dir(): an overwrite swaps the new
@@ -64,7 +64,8 @@ class OutputFolder {
   bool began_ = false;
   bool created_ = false;
   bool abandoned_ = false;
-  bool config_was_there_ = false;
+  std::vector<std::string> side_names_;        // written by begin()
+  std::vector<std::string> side_was_there_;    // of those, the ones the destination had before
   std::vector<ShardLayout> layout_;
   ConversionManifest manifest_;
   std::optional<RecordAppender> manifest_file_;  // open from begin() until finish or abandon

@@ -90,7 +90,7 @@ WorkerFolder::WorkerFolder(fs::path dst, const std::vector<fs::path>& srcs, Exis
 std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
                                       const std::vector<int64_t>& owner,
                                       const std::string& fingerprint,
-                                      const std::string& config_text,
+                                      const std::vector<SideFile>& side_files,
                                       const std::optional<std::string>& index_text) {
   // Another launch's records: other inputs or options.
   auto other_launch = [&](const std::string& what) {
@@ -125,7 +125,10 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
     if (!final_name) continue;
     const bool ours =
         own_names.count(*final_name) || *final_name == manifest_name ||
-        (worker_ == 0 && (*final_name == kIndexFileName || *final_name == kConfigFileName));
+        (worker_ == 0 &&
+         (*final_name == kIndexFileName ||
+          std::any_of(side_files.begin(), side_files.end(),
+                      [&](const SideFile& f) { return f.name == *final_name; })));
     if (ours) remove_file(e.path());
   }
   // Job-record temporaries under our own worker tag (the lock keeps this worker unique).
@@ -170,7 +173,8 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
   // record means the folder was finalized meanwhile.) A worker without shards writes nothing.
   const bool fresh = !previous.has_value();
   if (worker_ == 0 || (!own_names.empty() && fresh && !present(dst_ / kJobFileName))) {
-    if (worker_ == 0) io::write_file_atomically(dst_ / kConfigFileName, config_text);
+    if (worker_ == 0)
+      for (const auto& f : side_files) io::write_file_atomically(dst_ / f.name, f.content);
     JobRecord job{fingerprint, workers_, {}, index_text};
     for (size_t s = 0; s < layout.size(); ++s)
       job.shards.push_back(

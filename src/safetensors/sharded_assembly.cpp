@@ -294,6 +294,14 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
   if (fs::exists(meta_dir / kDtypeMapping, ec))
     dtype_mapping = read_mapping(meta_dir / kDtypeMapping);
   if (fs::exists(meta_dir / "config.json", ec)) save.config = meta_dir / "config.json";
+  if (fs::is_directory(meta_dir, ec))
+    for (const auto& e : fs::directory_iterator(meta_dir, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name != "config.json" && name != kFileIndexMapping && name != kDtypeMapping &&
+          !name.starts_with(".") && e.is_regular_file(ec) && !e.is_symlink(ec))
+        save.other_files.push_back(e.path());
+    }
+  std::sort(save.other_files.begin(), save.other_files.end());
   if (save.writer == ShardedWriter::kAutomodel && !index_mapping)
     fail(ErrorKind::kMalformedFile, (meta_dir / kFileIndexMapping).string(), "",
          "is missing: an Automodel sharded save names every output file 00001-of-00001 and keeps "

@@ -114,6 +114,11 @@ def main():
             json.dump(mapping, f, indent=2, sort_keys=True)
         with open(os.path.join(meta, "fqn_to_dtype_mapping.json"), "w") as f:
             json.dump(dtypes, f, indent=2, sort_keys=True)
+    if spec.get("metadata_files") and rank == 0:  # a tokenizer's files, as Automodel's addons save them
+        os.makedirs(os.path.join(out, ".hf_metadata"), exist_ok=True)
+        for name, text in spec["metadata_files"].items():
+            with open(os.path.join(out, ".hf_metadata", name), "w") as f:
+                f.write(text)
     if spec.get("config") and rank == 0:
         os.makedirs(os.path.join(out, ".hf_metadata"), exist_ok=True)
         with open(os.path.join(out, ".hf_metadata", "config.json"), "w") as f:

@@ -42,6 +42,10 @@ MIXED = [
     {"name": "buffers.mask", "dtype": "BOOL", "shape": [7], "placement": "shard0", "file": 1},
 ]
 FLOATS = [t for t in MIXED if t["dtype"] in ("BF16", "F32", "F16")]
+# What Automodel's addons save beside config.json in .hf_metadata/ (copied into the output).
+TOKENIZER = {"tokenizer.json": '{"version": "1.0", "model": {"type": "BPE"}}',
+             "tokenizer_config.json": '{"model_max_length": 4096}',
+             "generation_config.json": '{"do_sample": true, "temperature": 0.7}'}
 
 
 def free_port() -> int:
@@ -108,7 +112,8 @@ def torch_save(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def automodel_save(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("automodel-save")
-    spec = {"seed": 5, "writer": "automodel", "tensors": MIXED, "config": {"model_type": "llama"}}
+    spec = {"seed": 5, "writer": "automodel", "tensors": MIXED, "config": {"model_type": "llama"},
+            "metadata_files": TOKENIZER}
     return write_save(tmp, spec, 3)
 
 
@@ -176,6 +181,9 @@ def test_automodel_save_equals_automodels_consolidator(automodel_save, tmp_path,
     assert_same_tensors(expected, out)
     assert {k: f for k, (_, f) in tensors_of(out).items()} == {k: f for k, (_, f) in tensors_of(ref).items()}
     assert index_of(out)["weight_map"] == index_of(ref)["weight_map"]
+    # The tokenizer's files beside config.json; the save's own mappings are not part of the output.
+    assert {n: (out / n).read_text() for n in TOKENIZER} == TOKENIZER
+    assert not (out / "fqn_to_file_index_mapping.json").exists()
     if cast is None:  # the HF dtypes restored: the full tensors as the model had them
         assert_same_tensors(load_file(str(automodel_save.parent / "reference" / "full.safetensors")), out)
     else:  # the cast: F32-mapped and non-float tensors kept

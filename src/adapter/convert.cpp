@@ -7,13 +7,13 @@
 #include <thread>
 #include <tuple>
 
-#include "job/output_folder.hpp"
 #include "adapter/plan_copy.hpp"
 #include "adapter/validate.hpp"
-#include "job/worker_folder.hpp"
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
 #include "io/file.hpp"
+#include "job/output_folder.hpp"
+#include "job/worker_folder.hpp"
 #include "model/hf_tensor_names.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/distributed.hpp"
@@ -195,7 +195,8 @@ ConvertReport write_plan(Plan plan, const TensorSource& source, const std::strin
   const auto layout = layout_shards(plan.outputs, sharding);
   try {
     sharding.completed = folder.begin(
-        layout, fingerprint(source, inputs_text, options_text, side_identity(sides), layout), sides);
+        layout, fingerprint(source, inputs_text, options_text, side_identity(sides), layout),
+        sides);
     const size_t kept =
         static_cast<size_t>(std::count(sharding.completed.begin(), sharding.completed.end(), true));
     sharding.on_shard_committed = [&](size_t s, const std::string& sum) {

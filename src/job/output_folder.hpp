@@ -64,8 +64,8 @@ class OutputFolder {
   bool began_ = false;
   bool created_ = false;
   bool abandoned_ = false;
-  std::vector<std::string> side_names_;        // written by begin()
-  std::vector<std::string> side_was_there_;    // of those, the ones the destination had before
+  std::vector<std::string> side_names_;      // written by begin()
+  std::vector<std::string> side_was_there_;  // of those, the ones the destination had before
   std::vector<ShardLayout> layout_;
   ConversionManifest manifest_;
   std::optional<RecordAppender> manifest_file_;  // open from begin() until finish or abandon

@@ -125,10 +125,9 @@ std::vector<bool> WorkerFolder::begin(const std::vector<ShardLayout>& layout,
     if (!final_name) continue;
     const bool ours =
         own_names.count(*final_name) || *final_name == manifest_name ||
-        (worker_ == 0 &&
-         (*final_name == kIndexFileName ||
-          std::any_of(side_files.begin(), side_files.end(),
-                      [&](const SideFile& f) { return f.name == *final_name; })));
+        (worker_ == 0 && (*final_name == kIndexFileName ||
+                          std::any_of(side_files.begin(), side_files.end(),
+                                      [&](const SideFile& f) { return f.name == *final_name; })));
     if (ours) remove_file(e.path());
   }
   // Job-record temporaries under our own worker tag (the lock keeps this worker unique).

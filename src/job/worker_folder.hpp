@@ -35,9 +35,10 @@ class WorkerFolder {
   WorkerFolder& operator=(const WorkerFolder&) = delete;
 
   // Starts (or, resuming, continues) this worker's part of `layout`, whose shard s the worker
-  // owner[s] writes. Worker 0 writes the side files (config.json, ...) and the job record (with `index_text`, the index
-  // the finished folder gets). Returns, per shard, whether this worker must not write it: another
-  // worker's, or finished by this worker before (size, header and checksum verified).
+  // owner[s] writes. Worker 0 writes the side files (config.json, ...) and the job record (with
+  // `index_text`, the index the finished folder gets). Returns, per shard, whether this worker must
+  // not write it: another worker's, or finished by this worker before (size, header and checksum
+  // verified).
   std::vector<bool> begin(const std::vector<ShardLayout>& layout, const std::vector<int64_t>& owner,
                           const std::string& fingerprint, const std::vector<SideFile>& side_files,
                           const std::optional<std::string>& index_text);

@@ -200,6 +200,27 @@ void assemble(const ShardedTensor& t, const std::vector<SafetensorsFile>& files,
   }
 }
 
+// A mapped tensor no rank saves that belongs there: Automodel maps the base checkpoint's index,
+// so a model fine-tuned from an FP8 (or MXFP4) release saves its weights dequantized and none of
+// the scale (or block) companions the mapping still lists; and a tied output embedding may be
+// saved once. Anything else is a missing piece of the save.
+bool expected_unsaved(const std::string& name, const std::map<std::string, ShardedTensor>& saved,
+                      const fs::path& meta_dir) {
+  for (std::string_view suffix : {"_scale_inv", "_blocks", "_scales"})
+    if (name.ends_with(suffix) && saved.count(name.substr(0, name.size() - suffix.size())))
+      return true;
+  if (name == "lm_head.weight") {
+    std::error_code ec;
+    const auto config = meta_dir / "config.json";
+    if (!fs::exists(config, ec)) return false;
+    const auto doc =
+        parse_strict_json(io::read_small_file(config, kMaxMappingBytes), config.string(), "config");
+    const auto tie = doc.is_object() ? doc.find("tie_word_embeddings") : doc.end();
+    return tie != doc.end() && tie->is_boolean() && tie->get<bool>();
+  }
+  return false;
+}
+
 }  // namespace
 
 bool is_sharded_save(const fs::path& dir) {
@@ -403,9 +424,10 @@ std::shared_ptr<ShardedData> open_sharded_save(const fs::path& dir,
         fail(ErrorKind::kMalformedFile, where, name, "file index " + v.dump() + " is not valid",
              "an integer from 1");
       highest = std::max<int64_t>(highest, v.get<int64_t>());
-      if (!tensors.count(name))
+      if (!tensors.count(name) && !expected_unsaved(name, tensors, meta_dir))
         fail(ErrorKind::kMalformedFile, where, name,
-             "the mapping places this tensor but no file of the save holds a piece of it",
+             "the mapping places this tensor but no file of the save holds a piece of it (a "
+             "rank's file missing?)",
              "every mapped tensor saved by some rank");
     }
     for (auto& [name, t] : tensors) {

@@ -288,6 +288,13 @@ TEST(ShardedSave, Refusals) {
     test::write_text(d / kShardedMetadataDir / "fqn_to_file_index_mapping.json",
                      R"({"w": 1, "v": 1})");
     expect_refused(d.path(), {"tensor 'v'", "no file of the save holds a piece"});
+    // The base checkpoint's FP8 scales and a tied output embedding: listed, never saved.
+    test::write_text(d / kShardedMetadataDir / "fqn_to_file_index_mapping.json",
+                     R"({"w": 1, "w_scale_inv": 1, "lm_head.weight": 1})");
+    expect_refused(d.path(), {"tensor 'lm_head.weight'", "no file of the save holds a piece"});
+    test::write_text(d / kShardedMetadataDir / "config.json", R"({"tie_word_embeddings": true})");
+    EXPECT_EQ(Checkpoint::open(d.path()).names(), std::vector<std::string>{"w"});
+    fs::remove(d / kShardedMetadataDir / "config.json");
     test::write_text(d / kShardedMetadataDir / "fqn_to_file_index_mapping.json", R"({})");
     expect_refused(d.path(), {"tensor 'w'", "no place"});
     test::write_text(d / kShardedMetadataDir / "fqn_to_file_index_mapping.json", R"({"w": 1})");

@@ -12,7 +12,7 @@
 #include <string>
 #include <string_view>
 
-#include "adapter/distributed_records.hpp"
+#include "job/distributed_records.hpp"
 #include "moeckpt/distributed.hpp"
 #include "moeckpt/error.hpp"
 

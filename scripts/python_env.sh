@@ -18,6 +18,9 @@ if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want"
   exit 0
 fi
 echo "python_env: preparing $VENV"
+# No pip cache: torch and its CUDA wheels are ~4 GB, and a second copy in ~/.cache/pip has filled a
+# CI disk before.
+export PIP_NO_CACHE_DIR=1
 rm -f "$stamp"
 ORACLE_VENV="$VENV" "$ROOT/tools/setup_oracle.sh"
 "$VENV/bin/python" -m pip --disable-pip-version-check -q install "${TEST_DEPS[@]}"

@@ -7,6 +7,7 @@
 #   tests/data/goldens/tiny_te.json                         tiny through 0.7.0 with the TE attention backend
 #   tests/data/v26/, tests/data/goldens/v26_tp{2,4}.json   the MiMo-V2.6 fixture and its 0.7.0 goldens
 #   tests/data/v25/, tests/data/goldens/v25.json           the MiMo-V2.5-Pro fixture and its 0.7.0 (mimo_v25) goldens
+#   tests/data/goldens/{qwen3_moe,glm4_moe}_tiny.json       Qwen3-MoE / GLM-4.5 tiny presets (tools/make_hf_moe_goldens.py)
 #   tests/data/goldens/{tiny,ragged,ragged_nonan}_am06.json the same inputs through Automodel 0.6.0 (to_hf ignores
 #                                                          quantization=False there: see tools/ORACLE_NOTES.md)
 #
@@ -102,6 +103,16 @@ done
 "$PY" tools/make_v26_goldens.py tests/data/v25/hf "$WORK/v25" --ep 3 --v25 2>&1 |
   grep -v -e '`torch_dtype` is deprecated' -e grouped_gemm || true
 "$PY" tools/digest_goldens.py "$WORK/v25" tests/data/goldens/v25.json --root "$ROOT"
+
+# (e6) Qwen3-MoE and GLM-4.5 (Automodel 0.7.0's adapters as Qwen3MoeForCausalLM / Glm4MoeForCausalLM build them) on
+#      the tiny presets (synth --seed 1; the C++ test regenerates the same bytes)
+for preset in qwen3-moe-tiny glm4-moe-tiny; do
+  rm -rf "$WORK/$preset"
+  "$MOECKPT" synth "$WORK/$preset/hf" --preset "$preset" --seed 1
+  "$PY" tools/make_hf_moe_goldens.py "$WORK/$preset/hf" "$WORK/$preset/out" --special-input targets --ep 3 --ep 2 2>&1 |
+    grep -v -e '`torch_dtype` is deprecated' -e grouped_gemm -e _token_id || true
+  "$PY" tools/digest_goldens.py "$WORK/$preset/out" "tests/data/goldens/${preset//-/_}.json" --root "$ROOT"
+done
 
 # (f) the ragged special-values input (the C++ to-hf special test converts it); the tiny one is not kept (size)
 cp "$WORK/ragged/out/to_hf_special_input.safetensors" tests/data/ragged/to_hf_special_input.safetensors

@@ -146,6 +146,14 @@ class ModelSpec {
   }
   // What an Automodel version's cast quantizes (its _should_quantize_key).
   virtual bool compat_quantizes(std::string_view name, Compat version) const = 0;
+  // Whether the checkpoint this config describes is an FP8 release (a BF16 release of a family
+  // is exported in BF16), and whether an Automodel version's to_hf(quantization=True) casts at
+  // all (some adapters ignore the flag).
+  virtual bool publishes_fp8() const { return true; }
+  virtual bool compat_casts() const { return true; }
+  // Why the compat mode refuses an FP8 input (an Automodel adapter with no FP8 path, which would
+  // keep the codes and drop their scales); nullopt: it converts one.
+  virtual std::optional<std::string> compat_fp8_input_refusal() const { return std::nullopt; }
   // Scale rows Automodel's cast writes for a weight of `rows` rows (it pads some).
   virtual int64_t compat_cast_scale_rows(const TensorKey& key, int64_t rows,
                                          int64_t block_rows) const = 0;

@@ -15,6 +15,7 @@ enum class TensorKind {
   kNorm,              // a layer's *layernorm / MTP enorm, hnorm
   kAttentionProj,     // self_attn.{q,k,v,o}_proj.weight
   kAttentionSink,     // self_attn.attention_sink_bias
+  kAttentionBias,     // self_attn.{q,k,v,o}_proj.bias
   kDenseMlpProj,      // mlp.{gate,up,down}_proj.weight (dense layers, MTP)
   kRouter,            // mlp.gate.weight
   kRouterBias,        // mlp.gate.e_score_correction_bias

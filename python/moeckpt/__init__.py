@@ -1,7 +1,8 @@
-"""moeckpt: MoE checkpoint conversion (MiMo-V2-Flash and its family; DeepSeek-V3 / Kimi-K2) backed by
-a C++ engine.
+"""moeckpt: MoE checkpoint conversion (MiMo-V2-Flash and its family; DeepSeek-V3 / Kimi-K2; Qwen3-MoE;
+GLM-4.5) backed by a C++ engine.
 
-- :class:`MiMoV2FlashStateDictAdapter`, :class:`DeepSeekV3StateDictAdapter`: drop-ins for NeMo Automodel's
+- :class:`MiMoV2FlashStateDictAdapter`, :class:`DeepSeekV3StateDictAdapter`,
+  :class:`Qwen3MoeStateDictAdapter`, :class:`Glm4MoeStateDictAdapter`: drop-ins for NeMo Automodel's
   adapters (``from_hf``, ``to_hf``, ``convert_single_tensor_to_hf``) on ``torch.Tensor`` state dicts;
   :func:`adapter_for` picks the one a config's ``model_type`` names.
 - :func:`from_hf_dir` / :func:`to_hf_dir`: checkpoint folders straight to/from native state dicts.
@@ -31,7 +32,9 @@ from ._core import (
 from ._core import kernel_isa as _kernel_isa
 from .adapter import (
     DeepSeekV3StateDictAdapter,
+    Glm4MoeStateDictAdapter,
     MiMoV2FlashStateDictAdapter,
+    Qwen3MoeStateDictAdapter,
     adapter_for,
     is_published_fp8_key,
     should_quantize_key,
@@ -60,6 +63,8 @@ __all__ = [
     "NumericError",
     "UnsupportedLayoutError",
     "DeepSeekV3StateDictAdapter",
+    "Glm4MoeStateDictAdapter",
+    "Qwen3MoeStateDictAdapter",
     "LoadReport",
     "MiMoV2FlashStateDictAdapter",
     "adapter_for",

@@ -325,7 +325,38 @@ class DeepSeekV3StateDictAdapter(MiMoV2FlashStateDictAdapter):
     _FAMILY = "deepseek"
 
 
-_ADAPTERS = {"mimo": MiMoV2FlashStateDictAdapter, "deepseek": DeepSeekV3StateDictAdapter}
+class Qwen3MoeStateDictAdapter(MiMoV2FlashStateDictAdapter):
+    """The same conversions for Qwen3-MoE checkpoints (``model_type`` ``qwen3_moe``: Qwen3-30B-A3B,
+    Qwen3-235B-A22B, Qwen3-Coder-480B and their FP8 releases), with the methods of Automodel's
+    ``Qwen3MoeStateDictAdapter``: ``from_hf`` groups the routed experts (dequantizing an FP8 release
+    with its 128x128 ``weight_scale_inv``); ``to_hf`` splits them back and, with
+    ``quantization=True``, writes what the checkpoint was: BF16 for a BF16 release, block FP8 with
+    real scales for an FP8 one (its config's ``quantization_config``). ``compat="automodel"`` is
+    Automodel 0.7.0 byte for byte; it refuses FP8 input (that adapter drops the scales and keeps the
+    codes) and never casts (it ignores ``quantization``). Arguments as
+    :class:`MiMoV2FlashStateDictAdapter` (``attn_backend`` and ``checkpoint_tp_size`` do not apply).
+    """
+
+    _FAMILY = "qwen3_moe"
+
+
+class Glm4MoeStateDictAdapter(MiMoV2FlashStateDictAdapter):
+    """The same conversions for GLM-4.5 checkpoints (``model_type`` ``glm4_moe``: GLM-4.5,
+    GLM-4.5-Air, GLM-4.6), with the methods of Automodel's ``Glm4MoeStateDictAdapter``: the routed
+    experts of every MoE layer are grouped, the MTP layer's (``layers.<num_hidden_layers>``) too,
+    shared experts, the F32 router bias and everything else keep their names. Precision and compat
+    as :class:`Qwen3MoeStateDictAdapter`.
+    """
+
+    _FAMILY = "glm4_moe"
+
+
+_ADAPTERS = {
+    "mimo": MiMoV2FlashStateDictAdapter,
+    "deepseek": DeepSeekV3StateDictAdapter,
+    "qwen3_moe": Qwen3MoeStateDictAdapter,
+    "glm4_moe": Glm4MoeStateDictAdapter,
+}
 
 
 def adapter_class(family: str) -> type:

@@ -479,11 +479,16 @@ ConvertReport write_prepared(PreparedConversion& p, const ConvertOptions& conver
 // config.json of an HF output: quantization_config present exactly when FP8 is written.
 std::string hf_config_text(const ModelConfig& config, const ToHfOptions& options) {
   nlohmann::json out_config = config.raw;
-  if (effective_quant(options) == QuantMode::kNone) {
+  const auto spec = model_spec_for(config);
+  const auto mode = effective_quant(options);
+  const bool fp8 = mode == QuantMode::kBlock  ? options.hf_source || spec->publishes_fp8()
+                   : mode == QuantMode::kCast ? spec->compat_casts()
+                                              : false;
+  if (!fp8) {
     out_config.erase("quantization_config");
     // A fused-QKV source written with split q/k/v projections: the config says so, so the
     // output reads back (and fails no layout check) as the split layout it is.
-    model_spec_for(config)->rewrite_export_config(out_config, false);
+    spec->rewrite_export_config(out_config, mode != QuantMode::kNone);
   } else if (!out_config.contains("quantization_config")) {
     out_config["quantization_config"] = {{"activation_scheme", "dynamic"},
                                          {"fmt", "e4m3"},

@@ -51,6 +51,7 @@ class FromHfPlanner {
 
   Plan plan() {
     refuse_native_layout(src_, *spec_);
+    if (compat_) refuse_fp8_input_in_compat();
     if (!o_.group_experts && (o_.ep_size != 1 || o_.ep_rank != 0))
       fail(ErrorKind::kInvalidArgument, "", "", "an expert-parallel rank needs grouped experts",
            "EP size 1 when experts stay per expert");
@@ -103,6 +104,20 @@ class FromHfPlanner {
 
  private:
   using ExpertParts = std::map<Projection, const SourceTensor*>;
+
+  // An Automodel adapter with no FP8 path would keep the codes and drop their scales.
+  void refuse_fp8_input_in_compat() const {
+    const auto why = spec_->compat_fp8_input_refusal();
+    if (!why) return;
+    for (const auto& t : src_.tensors())
+      if (t.dtype == Dtype::F8_E4M3 || spec_->is_block_scale(t.name))
+        fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
+             fmt::format("is {} in a {} checkpoint, which the Automodel compat mode cannot "
+                         "reproduce: {}",
+                         spec_->is_block_scale(t.name) ? "a block scale" : "FP8",
+                         spec_->layout_name(), *why),
+             "a BF16 checkpoint, or the default mode (it dequantizes FP8 with its scales)");
+  }
 
   // The block-scale companion of a weight, when the source holds one.
   const SourceTensor* block_scale_of(const std::string& weight) const {

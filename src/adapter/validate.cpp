@@ -345,6 +345,7 @@ void scan_fp8_nan_codes(const TensorSource& src, unsigned threads) {
 }
 
 void scan_native_non_finite(const TensorSource& src, const ModelSpec& spec, unsigned threads) {
+  if (!spec.publishes_fp8()) return;  // a BF16 release is exported as it is: nothing quantized
   std::vector<const SourceTensor*> list;
   for (const auto& t : src.tensors()) {
     if (t.dtype != Dtype::BF16 && t.dtype != Dtype::F16 && t.dtype != Dtype::F32) continue;

@@ -17,14 +17,15 @@ ModelConfig parse_common_fields(const json& doc, const std::string& file) {
   return c;
 }
 
-void parse_routed_experts(const json& doc, const std::string& file, ModelConfig& c) {
+void parse_routed_experts(const json& doc, const std::string& file, ModelConfig& c,
+                          const char* experts_field) {
   FieldReader f(doc, file);
-  c.n_routed_experts = f.positive("n_routed_experts");
+  c.n_routed_experts = f.positive(experts_field);
   c.num_experts_per_tok = f.positive("num_experts_per_tok");
   if (c.num_experts_per_tok > c.n_routed_experts)
     fail(ErrorKind::kMalformedFile, file, "",
-         "num_experts_per_tok = " + std::to_string(c.num_experts_per_tok) +
-             " exceeds n_routed_experts = " + std::to_string(c.n_routed_experts));
+         "num_experts_per_tok = " + std::to_string(c.num_experts_per_tok) + " exceeds " +
+             experts_field + " = " + std::to_string(c.n_routed_experts));
 }
 
 std::optional<BlockSize> parse_block_size(const json& doc, const std::string& file) {

@@ -82,8 +82,10 @@ class FieldReader {
 // and quantization_config.weight_block_size; refuses a document that is not an object.
 ModelConfig parse_common_fields(const json& doc, const std::string& file);
 
-// n_routed_experts and num_experts_per_tok (at most the former) into `c`.
-void parse_routed_experts(const json& doc, const std::string& file, ModelConfig& c);
+// The routed expert count (field `experts_field`, e.g. n_routed_experts or num_experts) and
+// num_experts_per_tok (at most the former) into `c`.
+void parse_routed_experts(const json& doc, const std::string& file, ModelConfig& c,
+                          const char* experts_field = "n_routed_experts");
 
 // quantization_config.weight_block_size (nullopt: the config has no quantization_config).
 std::optional<BlockSize> parse_block_size(const json& doc, const std::string& file);

@@ -8,7 +8,9 @@
 #include "core/strict_json.hpp"
 #include "io/file.hpp"
 #include "model/deepseek/deepseek_spec.hpp"
+#include "model/glm4_moe/glm4_moe_spec.hpp"
 #include "model/mimo/mimo_spec.hpp"
+#include "model/qwen3_moe/qwen3_moe_spec.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
 
@@ -30,6 +32,10 @@ constexpr std::array kFamilies{
            mimo_preset_names, mimo_preset},
     Family{"deepseek", "deepseek_v3, kimi_k2", is_deepseek_model_type, parse_deepseek_config,
            make_deepseek_spec, deepseek_preset_names, deepseek_preset},
+    Family{"qwen3_moe", "qwen3_moe", is_qwen3_moe_model_type, parse_qwen3_moe_config,
+           make_qwen3_moe_spec, qwen3_moe_preset_names, qwen3_moe_preset},
+    Family{"glm4_moe", "glm4_moe", is_glm4_moe_model_type, parse_glm4_moe_config,
+           make_glm4_moe_spec, glm4_moe_preset_names, glm4_moe_preset},
 };
 
 const Family& family_named(std::string_view name) {

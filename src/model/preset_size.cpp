@@ -14,10 +14,10 @@ void check_preset_option(const char* what, int64_t v, int64_t lo, int64_t hi) {
          std::to_string(lo) + ".." + std::to_string(hi));
 }
 
-void resize_experts_and_vocab(nlohmann::json& c, const PresetSize& o) {
+void resize_experts_and_vocab(nlohmann::json& c, const PresetSize& o, const char* experts_field) {
   if (o.experts) {
     check_preset_option("experts", *o.experts, 1, 4096);
-    c["n_routed_experts"] = *o.experts;
+    c[experts_field] = *o.experts;
     c["num_experts_per_tok"] =
         std::min<int64_t>(c["num_experts_per_tok"].get<int64_t>(), *o.experts);
   }

@@ -11,7 +11,9 @@ namespace moeckpt {
 
 // Refuses `v` outside [lo, hi], naming the option.
 void check_preset_option(const char* what, int64_t v, int64_t lo, int64_t hi);
-// n_routed_experts (num_experts_per_tok capped to it) and vocab_size, where `size` gives them.
-void resize_experts_and_vocab(nlohmann::json& config, const PresetSize& size);
+// The routed expert count (field `experts_field`; num_experts_per_tok capped to it) and
+// vocab_size, where `size` gives them.
+void resize_experts_and_vocab(nlohmann::json& config, const PresetSize& size,
+                              const char* experts_field = "n_routed_experts");
 
 }  // namespace moeckpt

@@ -16,6 +16,8 @@ std::string_view tensor_kind_name(TensorKind kind) noexcept {
       return "attention_proj";
     case TensorKind::kAttentionSink:
       return "attention_sink";
+    case TensorKind::kAttentionBias:
+      return "attention_bias";
     case TensorKind::kDenseMlpProj:
       return "dense_mlp_proj";
     case TensorKind::kRouter:

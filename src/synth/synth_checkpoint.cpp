@@ -143,7 +143,7 @@ Layout plan_layout(const ModelSpec& spec, int64_t mtp_layers) {
     const auto shape = spec.expected_hf_shape(key);
     if (!shape)
       fail(ErrorKind::kInvalidArgument, "", name, "the config does not determine its shape");
-    if (!spec.is_published_fp8(name)) {
+    if (!spec.publishes_fp8() || !spec.is_published_fp8(name)) {
       const V v = key.kind == TensorKind::kNorm || key.kind == TensorKind::kFinalNorm ? V::kNorm
                   : shape->size() == 1 && key.kind != TensorKind::kNorm               ? V::kSmall
                                                                                       : V::kWeight;

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -78,19 +79,28 @@ Digests digest_tensors(const std::vector<NamedTensor>& ts) {
   return d;
 }
 
+// The synth preset a golden's input was made from: "tiny*" the default one, a family's
+// ("deepseek_v3_tiny_q_proj", "qwen3_moe_tiny", ...) the preset of that name with dashes; empty:
+// a committed fixture.
+std::string golden_preset(const std::string& golden) {
+  if (golden.starts_with("tiny")) return "tiny";
+  if (golden.starts_with("ragged")) return "";
+  std::string p = golden;
+  std::replace(p.begin(), p.end(), '_', '-');
+  return p;
+}
+
 class GoldenParity : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     golden_ = load_golden(GetParam());
     compat_ = GetParam().ends_with("_am06") ? Compat::kAutomodel06 : Compat::kAutomodel07;
     attn_ = GetParam().ends_with("_te") ? AttnBackend::kTe : AttnBackend::kSdpa;
-    if (GetParam().starts_with("tiny") || GetParam().starts_with("deepseek")) {
+    if (const auto preset = golden_preset(GetParam()); !preset.empty()) {
       hf_ = dir_ / "hf";
       SynthOptions o;
       o.seed = 1;
-      if (GetParam().starts_with("deepseek"))  // deepseek_v3_tiny[_q_proj]: the preset's name
-        o.preset =
-            "deepseek-v3-tiny" + std::string(GetParam().ends_with("_q_proj") ? "-q-proj" : "");
+      if (preset != "tiny") o.preset = preset;
       synthesize_checkpoint(hf_, o);
     } else {
       hf_ = kData / "ragged" / "hf";
@@ -239,10 +249,13 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
 }
 
 // DeepSeek-V3 goldens: tools/make_deepseek_goldens.py (Automodel 0.7.0's DeepSeekV3StateDictAdapter
-// as DeepseekV3ForCausalLM builds it) on `synth --preset deepseek-v3-tiny[-q-proj] --seed 1`.
+// as DeepseekV3ForCausalLM builds it) on `synth --preset deepseek-v3-tiny[-q-proj] --seed 1`;
+// Qwen3-MoE and GLM-4.5: tools/make_hf_moe_goldens.py (the adapter each family's Automodel model
+// class builds) on `synth --preset qwen3-moe-tiny|glm4-moe-tiny --seed 1`.
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity,
                          ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06", "tiny_te",
-                                           "deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"));
+                                           "deepseek_v3_tiny", "deepseek_v3_tiny_q_proj",
+                                           "qwen3_moe_tiny", "glm4_moe_tiny"));
 
 // Without a fused K/V scale layout to read differently, the default from-hf is Automodel's on
 // every tensor and every EP rank (DeepSeek-V3: plain 128x128 grids, ragged blocks).
@@ -262,7 +275,8 @@ TEST_P(GoldenParityDefaultMode, FromHfEqualsAutomodelWhereNoLayoutDiffers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParityDefaultMode,
-                         ::testing::Values("deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"));
+                         ::testing::Values("deepseek_v3_tiny", "deepseek_v3_tiny_q_proj",
+                                           "qwen3_moe_tiny", "glm4_moe_tiny"));
 
 // BF16 inputs around the FP8 range limits (447..466, 480, +-inf, 2^-10, 1.5*2^-10, -0, NaN) cast
 // exactly as torch 2.11 does.
@@ -284,15 +298,17 @@ TEST(GoldenParitySpecial, ToHfCastOfRangeLimitsIsByteIdentical) {
 
 // The same range limits planted into DeepSeek-V3 tensors (a grouped expert tensor, q_b_proj or
 // q_proj, o_proj, a dense down_proj) at the positions the goldens record, in our own from-hf
-// output: the input equals Automodel's, and its cast gives Automodel's bytes.
-TEST(GoldenParitySpecial, DeepSeekToHfCastOfRangeLimitsIsByteIdentical) {
-  for (const std::string name : {"deepseek_v3_tiny", "deepseek_v3_tiny_q_proj"}) {
+// output: the input equals Automodel's, and its cast gives Automodel's bytes. Qwen3-MoE and
+// GLM-4.5 (a shared expert too): Automodel ignores quantization=True, the values pass through.
+TEST(GoldenParitySpecial, FamiliesToHfCastOfRangeLimitsIsByteIdentical) {
+  for (const std::string name :
+       {"deepseek_v3_tiny", "deepseek_v3_tiny_q_proj", "qwen3_moe_tiny", "glm4_moe_tiny"}) {
     SCOPED_TRACE(name);
     auto golden = load_golden(name);
     test::TempDir dir;
     SynthOptions so;
     so.seed = 1;
-    so.preset = name.ends_with("_q_proj") ? "deepseek-v3-tiny-q-proj" : "deepseek-v3-tiny";
+    so.preset = golden_preset(name);
     synthesize_checkpoint(dir / "hf", so);
     FromHfOptions fo;
     fo.compat = Compat::kAutomodel07;

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Golden outputs of NeMo Automodel 0.7.0's state dict adapters for the plain Hugging Face MoE families, in the same
+files and JSON as tools/make_goldens.py (whose main does the work; only the adapter differs):
+
+    qwen3_moe   Qwen3MoeStateDictAdapter   (Qwen3-30B-A3B, Qwen3-235B-A22B, ...)
+    glm4_moe    Glm4MoeStateDictAdapter    (GLM-4.5, GLM-4.5-Air, GLM-4.6, ...)
+    minimax_m2  MiniMaxM2StateDictAdapter  (MiniMax-M2, MiniMax-M2.1)
+
+    python tools/make_hf_moe_goldens.py HF_DIR OUT_DIR [--family F] [make_goldens options: --ep W ... --special-input targets]
+
+--family defaults to config.json's model_type. The adapter is the one the family's Automodel model class
+(Qwen3MoeForCausalLM / Glm4MoeForCausalLM / MiniMaxM2ForCausalLM) builds for itself: the model is built on the meta
+device with the CPU/torch backend from the transformers config class of the family; its state_dict_adapter gets the
+model's MoEConfig and dtype = the config's torch_dtype (bf16 when absent). Qwen3MoeModel and Glm4MoeModel call
+torch.cuda.current_device() in __init__ (for the rotary cache's device only), so without CUDA that call answers 0 while
+the model is built.
+
+What the adapters do with make_goldens' calls: Qwen3 and GLM ignore `quantization` (to_hf.safetensors equals
+to_hf_noquant.safetensors, quantization_honoured is false) and read no FP8; MiniMax-M2 dequantizes FP8 weights with
+their 128x128 weight_scale_inv blocks in from_hf, and to_hf(quantization=True) casts every weight but norms, gate,
+embeddings and lm_head to FP8 with all-ones scales.
+
+The special BF16 values are planted into the first MoE layer's grouped gate_and_up_projs, its q_proj and o_proj, the
+first dense layer's mlp.down_proj (Qwen3 mlp_only_layers / decoder_sparse_step, GLM first_k_dense_replace) and, for
+GLM, the first MoE layer's shared_experts.gate_proj. Then tools/digest_goldens.py OUT_DIR tests/data/goldens/<name>.json
+condenses it.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import make_goldens as mg  # noqa: E402
+
+from nemo_automodel.components.models.common import BackendConfig  # noqa: E402
+
+# family -> (transformers config class, Automodel model module, model class)
+FAMILIES = {
+    "qwen3_moe": ("Qwen3MoeConfig", "nemo_automodel.components.models.qwen3_moe.model", "Qwen3MoeForCausalLM"),
+    "glm4_moe": ("Glm4MoeConfig", "nemo_automodel.components.models.glm4_moe.model", "Glm4MoeForCausalLM"),
+    "minimax_m2": ("MiniMaxM2Config", "nemo_automodel.components.models.minimax_m2.model", "MiniMaxM2ForCausalLM"),
+}
+
+
+def family_of(config_json: dict, family: str | None = None) -> str:
+    fam = family or config_json.get("model_type")
+    if fam not in FAMILIES:
+        raise SystemExit(f"unknown family {fam!r} (config model_type {config_json.get('model_type')!r}); "
+                         f"use --family {'|'.join(FAMILIES)}")
+    if config_json.get("model_type") not in (None, fam):
+        print(f"warning: config.json model_type is {config_json.get('model_type')!r}, building {fam}", file=sys.stderr)
+    return fam
+
+
+@contextlib.contextmanager
+def _current_device_without_cuda():
+    """Qwen3MoeModel / Glm4MoeModel.__init__ build their RotaryEmbedding with
+    device=torch.device(f"cuda:{torch.cuda.current_device()}"), which raises without a CUDA driver. The device is only
+    used by the rotary cache at forward time; let the call answer 0 while the model is built."""
+    if torch.cuda.is_available():
+        yield
+        return
+    saved = torch.cuda.current_device
+    torch.cuda.current_device = lambda: 0
+    try:
+        yield
+    finally:
+        torch.cuda.current_device = saved
+
+
+def make_config(config_json: dict, family: str | None = None):
+    """The family's transformers config, from config.json's fields (as AutoConfig.from_pretrained would)."""
+    import transformers
+
+    fam = family_of(config_json, family)
+    cfg = dict(config_json)
+    cfg.pop("quantization_config", None)  # not read by the adapter or the model
+    cfg.pop("model_type", None)
+    return getattr(transformers, FAMILIES[fam][0])(**cfg)
+
+
+def build_model(config_json: dict, family: str | None = None, attn: str = "sdpa", device: str = "meta"):
+    """The family's Automodel model (ModelClass.from_config(config, backend=...)) on `device` with the CPU backend
+    (no TE, no grouped_gemm, no DeepEP). Off the meta device and without CUDA, the rotary cache is moved to `device`
+    so that a forward runs."""
+    fam = family_of(config_json, family)
+    _, module, cls_name = FAMILIES[fam]
+    model_cls = getattr(importlib.import_module(module), cls_name)
+    backend = BackendConfig(attn=attn, experts="torch", dispatcher="torch", linear="torch", rms_norm="torch",
+                            enable_hf_state_dict_adapter=True)
+    config = make_config(config_json, fam)
+    with _current_device_without_cuda(), torch.device(device):
+        model = model_cls.from_config(config, backend=backend)
+    rotary = getattr(getattr(model, "model", None), "rotary_emb", None)
+    if device != "meta" and rotary is not None and getattr(rotary, "device", None) is not None:
+        if rotary.device.type == "cuda" and not torch.cuda.is_available():
+            rotary.device = torch.device(device)
+    return model
+
+
+def make_adapter(config_json: dict, attn: str = "sdpa", family: str | None = None):
+    return build_model(config_json, family, attn).state_dict_adapter
+
+
+def special_targets(hf_dir: str, family: str | None = None) -> str:
+    """Native keys to plant the special values in, from the layer types of the model the config builds."""
+    from nemo_automodel.components.moe.layers import MoE
+
+    with open(os.path.join(hf_dir, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    fam = family_of(cfg, family)
+    layers = build_model(cfg, fam).model.layers
+    moe = [int(i) for i, layer in layers.items() if isinstance(layer.mlp, MoE)]
+    dense = [int(i) for i, layer in layers.items() if not isinstance(layer.mlp, MoE)]
+    if not moe:
+        raise SystemExit(f"{hf_dir}: the config builds no MoE layer")
+    first = min(moe)
+    out = [f"model.layers.{first}.mlp.experts.gate_and_up_projs",
+           f"model.layers.{first}.self_attn.q_proj.weight",
+           f"model.layers.{first}.self_attn.o_proj.weight"]
+    if dense:
+        out.append(f"model.layers.{min(dense)}.mlp.down_proj.weight")
+    if fam == "glm4_moe" and layers[str(first)].mlp.shared_experts is not None:
+        out.append(f"model.layers.{first}.mlp.shared_experts.gate_proj.weight")
+    return ",".join(out)
+
+
+def _strip_family(argv: list[str]) -> tuple[str | None, list[str]]:
+    family, rest, i = None, [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--family" and i + 1 < len(argv):
+            family, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--family="):
+            family = a.split("=", 1)[1]
+        else:
+            rest.append(a)
+        i += 1
+    if family is not None and family not in FAMILIES:
+        raise SystemExit(f"--family: choose from {', '.join(FAMILIES)}")
+    return family, rest
+
+
+def main(argv=None) -> int:
+    family, rest = _strip_family(list(sys.argv[1:] if argv is None else argv))
+    if "-h" in rest or "--help" in rest:
+        print(__doc__)
+        return mg.main(["--help"])
+    # make_goldens' own arguments, to find HF_DIR and OUT_DIR wherever the options are.
+    ap = argparse.ArgumentParser(add_help=False)
+    ap.add_argument("hf_dir")
+    ap.add_argument("out_dir")
+    ap.add_argument("--ep", action="append")
+    for opt in ("--ep-mode", "--attn", "--special-input", "--special-targets"):
+        ap.add_argument(opt)
+    ap.add_argument("--check-mock", action="store_true")
+    args, _ = ap.parse_known_args(rest)
+    with open(os.path.join(args.hf_dir, "config.json"), encoding="utf-8") as f:
+        family = family_of(json.load(f), family)
+    if args.special_targets is None:
+        rest += ["--special-targets", special_targets(args.hf_dir, family)]
+    mg.make_adapter = lambda config_json, attn="sdpa": make_adapter(config_json, attn, family)
+    rc = mg.main(rest)
+    if rc == 0:  # record which adapter made the goldens
+        path = os.path.join(args.out_dir, "GOLDENS.json")
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        record["family"] = family
+        record["model_class"] = FAMILIES[family][2]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1)
+            f.write("\n")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Qwen3-MoE and GLM-4.5 against NeMo Automodel 0.7.0 itself: the adapters Qwen3MoeForCausalLM and
+Glm4MoeForCausalLM build for themselves (tools/make_hf_moe_goldens.py), on synthesized checkpoints with
+attention biases, q/k norms, dense and MoE layers, GLM's shared expert, router bias and MTP layer; the
+FP8 presets for what Automodel cannot do (its adapters drop the scales) and moeckpt does."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import moeckpt
+from conftest import ROOT, assert_same
+
+ADAPTERS = {"qwen3-moe-tiny": moeckpt.Qwen3MoeStateDictAdapter, "glm4-moe-tiny": moeckpt.Glm4MoeStateDictAdapter}
+
+
+def _hg():
+    spec = importlib.util.spec_from_file_location("make_hf_moe_goldens", ROOT / "tools" / "make_hf_moe_goldens.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module", params=sorted(ADAPTERS))
+def fam(request, tmp_path_factory, mg):
+    path = tmp_path_factory.mktemp(request.param) / "hf"
+    moeckpt.synth(path, request.param, seed=1)
+    with open(path / "config.json", encoding="utf-8") as f:
+        config = json.load(f)
+    fp8 = tmp_path_factory.mktemp(request.param + "-fp8") / "hf"
+    moeckpt.synth(fp8, request.param + "-fp8", seed=1)
+    n = int(config.get("num_experts") or config["n_routed_experts"])
+    return types.SimpleNamespace(name=request.param, path=path, fp8=fp8, config=config, cls=ADAPTERS[request.param],
+                                 hf=mg.load_hf_dir(str(path)), ref=_hg().make_adapter(config), n=n)
+
+
+def test_adapter_matches_automodel(fam, mg):
+    expected = fam.ref.from_hf(dict(fam.hf))
+    ours = fam.cls(fam.config, compat="automodel")
+    got = ours.from_hf(fam.hf)
+    assert_same(expected, got, f"{fam.name} from_hf")
+    assert_same(expected, fam.cls(fam.config).from_hf(fam.hf), "default", order=False)
+    native = dict(got)
+    assert_same(fam.ref.to_hf(dict(native)), ours.to_hf(native), f"{fam.name} to_hf")
+    # Automodel ignores quantization=True for these families; so does the compat mode.
+    assert_same(fam.ref.to_hf(dict(native), quantization=True), ours.to_hf(native, quantization=True),
+                f"{fam.name} to_hf quantization=True")
+    # The default mode writes what the release is: BF16 here.
+    assert_same(fam.hf, fam.cls(fam.config).to_hf(native, quantization=True), "default to_hf", order=False)
+    first_moe = 1 if fam.name.startswith("glm") else 0
+    fqn = f"model.layers.{first_moe}.mlp.experts.down_projs"
+    assert_same(dict(fam.ref.convert_single_tensor_to_hf(fqn, native[fqn])),
+                dict(ours.convert_single_tensor_to_hf(fqn, native[fqn])), fqn)
+    for rank in range(3):  # 8 experts over 3 ranks, DTensors on the mesh's "ep" dimension
+        with mg.EPContext(3, rank, "fakepg") as mesh:
+            ref = mg.to_plain(fam.ref.from_hf(dict(fam.hf), device_mesh=mesh))
+            mine = mg.to_plain(ours.from_hf(fam.hf, device_mesh=mesh))
+        assert_same(ref, mine, f"{fam.name} ep rank {rank}/3")
+
+
+def test_adapter_for_picks_the_family(fam, tiny_dir):
+    assert type(moeckpt.adapter_for(fam.config)) is fam.cls
+    with pytest.raises(moeckpt.UnsupportedLayoutError, match=fam.cls.__name__):
+        moeckpt.MiMoV2FlashStateDictAdapter(fam.config)
+    with pytest.raises(moeckpt.UnsupportedLayoutError, match="MiMoV2FlashStateDictAdapter"):
+        fam.cls(tiny_dir / "config.json")
+
+
+def test_folders_match_automodel(fam, mg, tmp_path):
+    expected = fam.ref.from_hf(dict(fam.hf))
+    assert_same(expected, moeckpt.from_hf_dir(fam.path, compat="automodel"), "from_hf_dir", order=False)
+    for rank in range(3):
+        local = moeckpt.from_hf_dir(fam.path, ep_rank=rank, ep_size=3)
+        ref = fam.cls(fam.config, ep_rank=rank, ep_size=3).from_hf(fam.hf)
+        assert_same(ref, local, f"from_hf_dir ep {rank}/3", order=False)
+    moeckpt.to_hf_dir(expected, tmp_path / "back", fam.config)
+    assert_same(fam.hf, mg.load_hf_dir(str(tmp_path / "back")), "to_hf_dir of from_hf_dir", order=False)
+    assert "quantization_config" not in json.loads((tmp_path / "back" / "config.json").read_text())
+
+
+def test_fp8_release_compat_refuses_default_dequantizes(fam, mg, tmp_path):
+    hf8 = mg.load_hf_dir(str(fam.fp8))
+    with open(fam.fp8 / "config.json", encoding="utf-8") as f:
+        cfg8 = json.load(f)
+    with pytest.raises(moeckpt.UnsupportedLayoutError, match="drops every weight_scale_inv"):
+        moeckpt.from_hf_dir(fam.fp8, compat="automodel")
+    with pytest.raises(moeckpt.UnsupportedLayoutError, match="drops every weight_scale_inv"):
+        fam.cls(cfg8, compat="automodel").from_hf(hf8)
+    # The default mode dequantizes with the scales: each value is code x its block's scale.
+    native = fam.cls(cfg8).from_hf(hf8)
+    w = "model.layers.1.self_attn.q_proj.weight"
+    codes, scale = hf8[w].float(), hf8[w + "_scale_inv"]
+    rows, cols = codes.shape
+    full = scale.repeat_interleave(128, 0)[:rows].repeat_interleave(128, 1)[:, :cols]
+    assert torch.equal(native[w], (codes * full).to(torch.bfloat16))
+    # ... and the FP8 release is written back code for code, scales and quantization_config included.
+    moeckpt.to_hf_dir(native, tmp_path / "back", cfg8)
+    back = mg.load_hf_dir(str(tmp_path / "back"))
+    assert_same(hf8, back, "fp8 round trip", order=False)
+    assert "quantization_config" in json.loads((tmp_path / "back" / "config.json").read_text())
+
+
+def test_round_trip_keeps_fp8_codes(fam, mg, tmp_path):
+    # Random FP8 codes under random (not power-of-two) scales, each 128x128 block reaching +-448.
+    g = torch.Generator().manual_seed(7)
+    hf = mg.load_hf_dir(str(fam.fp8))
+    with open(fam.fp8 / "config.json", encoding="utf-8") as f:
+        cfg8 = json.load(f)
+    for k, v in list(hf.items()):
+        if v.dtype != torch.float8_e4m3fn:
+            continue
+        codes = torch.randint(0, 256, v.shape, generator=g, dtype=torch.uint8)
+        codes[(codes & 0x7F) >= 0x7F] &= 0xF0  # no NaN codes
+        codes[::128, ::128] = 0x7E
+        hf[k] = codes.view(torch.float8_e4m3fn)
+        s = hf[k + "_scale_inv"]
+        hf[k + "_scale_inv"] = torch.exp2(torch.rand(s.shape, generator=g) * 8 - 14) * (1 + torch.rand(s.shape, generator=g))
+    src = tmp_path / "hf"
+    src.mkdir()
+    save_file(hf, str(src / "model.safetensors"), metadata={"format": "pt"})
+    (src / "config.json").write_text(json.dumps(cfg8))
+    moeckpt.to_hf_dir(moeckpt.from_hf_dir(src), tmp_path / "back", cfg8)
+    back = mg.load_hf_dir(str(tmp_path / "back"))
+    same = total = worst = 0
+    for k, v in hf.items():
+        if v.dtype != torch.float8_e4m3fn:
+            continue
+        a, b = v.view(torch.uint8).to(torch.int16), back[k].view(torch.uint8).to(torch.int16)
+        same += int((a == b).sum())
+        total += a.numel()
+        step = torch.where((a ^ b) & 0x80 == 0, (a & 0x7F) - (b & 0x7F), (a & 0x7F) + (b & 0x7F)).abs()
+        worst = max(worst, int(step.max()))
+    assert total > 0 and same / total >= 0.999 and worst <= 1, (same, total, worst)
+
+
+def test_loads_automodels_model_as_automodel_does(fam):
+    hg = _hg()
+
+    def model():
+        return hg.build_model(fam.config, device="cpu")
+
+    want = model()
+    want.load_state_dict(want.state_dict_adapter.from_hf(dict(fam.hf)), strict=False)
+    got = model()
+    report = moeckpt.load_hf_checkpoint(got, fam.path, compat="automodel")
+    assert report.missing == [] and report.tensors == len(got.state_dict())
+    if fam.name.startswith("glm"):  # the model has no MTP layer
+        assert report.unexpected and all(".layers.3." in k for k in report.unexpected)
+    else:
+        assert report.unexpected == []
+    w, g = want.state_dict(), got.state_dict()
+    assert sorted(w) == sorted(g)
+    for k in w:
+        assert w[k].dtype == g[k].dtype and torch.equal(w[k].view(-1).view(torch.uint8), g[k].view(-1).view(torch.uint8)), k
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+        out = got(torch.tensor([[1, 2, 3, 4]]))
+    logits = out.logits if hasattr(out, "logits") else out
+    assert torch.isfinite(logits.float()).all()
+
+
+def test_an_ep_rank_reads_only_its_experts(fam):
+    from moeckpt import _core
+    from moeckpt.load import _load
+
+    total = sum(v.numel() * v.element_size() for v in fam.hf.values())
+
+    def expert_bytes(ids):
+        return sum(v.numel() * v.element_size() for k, v in fam.hf.items()
+                   if ".mlp.experts." in k and int(k.split(".mlp.experts.")[1].split(".")[0]) in ids)
+
+    def read(size, rank):
+        dests = moeckpt.from_hf_dir(fam.path, ep_rank=rank, ep_size=size)
+        first, count = _core.expert_range(fam.n, size, rank)
+        return _load(dests, str(fam.path), (first, count, fam.n), torch.bfloat16, None, "sdpa", 0, 1 << 30)[3]
+
+    assert read(1, 0) == total
+    for rank in range(3):
+        first, count = _core.expert_range(fam.n, 3, rank)
+        assert read(3, rank) == total - expert_bytes(set(range(fam.n)) - set(range(first, first + count))), rank
+
+
+def test_compat_06_is_refused_and_config_contradictions(fam):
+    with pytest.raises(moeckpt.InvalidArgumentError, match="automodel-0.6"):
+        moeckpt.from_hf_dir(fam.path, compat="automodel-0.6")
+    cfg = dict(fam.config)
+    cfg["attention_bias"] = not cfg["attention_bias"]
+    with pytest.raises(moeckpt.ConfigMismatchError, match="attention_bias is false|has no bias"):
+        fam.cls(cfg).from_hf(fam.hf)

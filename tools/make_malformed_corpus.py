@@ -7,6 +7,7 @@ Writes, under tests/data/:
   corpus_base/hf       `moeckpt synth --preset micro --seed 1` (the unmodified HF base)
   corpus_base/native   `moeckpt from-hf` of it (the unmodified native base)
   corpus_base/deepseek `moeckpt synth --preset deepseek-v3-micro --seed 1` (the DeepSeek-V3 format's base)
+  corpus_base/qwen3_moe, corpus_base/glm4_moe   `synth --preset qwen3-moe-micro-fp8` / `glm4-moe-micro --seed 1`
   malformed/CASE/      one full checkpoint folder per defect, derived from a base by editing
                        headers, bytes, the index or config.json; `expect.json` says which commands
                        apply and the fragment each one's error must contain
@@ -851,6 +852,84 @@ def register_deepseek_cases():
         lambda f: [f.remove(n) for n in list(f.index["weight_map"]) if n.startswith(L + "mlp.experts.")])
 
 
+def register_hf_moe_cases():
+    """Qwen3-MoE (FP8 micro) and GLM-4.5 (BF16 micro, an MTP layer 2): q/k norms, attention biases,
+    router bias, shared experts and MTP layers against the config; their config fields."""
+
+    def family(base):
+        def reg(name, fragment, edit, file=None, config_edit=None):
+            def build(dst):
+                f = Folder(BASE / base)
+                edit(f)
+                if config_edit:
+                    config_edit(f.config)
+                f.save(dst)
+            case(name, fragment, file=file, to_hf=None if file == "config.json" else NOT_NATIVE)(build)
+
+        def where(name):
+            return Folder(BASE / base).file_of(name)
+
+        def add_like(name, like):
+            def edit(f):
+                src = f.t(like)
+                f.add(name, src["dtype"], list(src["shape"]), bytes(src["data"]), file=f.file_of(like))
+            return edit
+        return reg, where, add_like
+
+    def none(f):
+        pass
+
+    def drop(*names):
+        return lambda f: [f.remove(n) for n in names]
+
+    reg, where, add_like = family("qwen3_moe")
+    L = "model.layers.1."
+    qn = L + "self_attn.q_norm.weight"
+    reg("qwen3_q_norm_wrong_size", "shape [71] disagrees with config.json", shrink_rows(qn), file=where(qn))
+    ob = L + "self_attn.o_proj.bias"
+    reg("qwen3_o_proj_bias_wrong_size", "shape [135] disagrees with config.json", shrink_rows(ob), file=where(ob))
+    kn = L + "self_attn.k_norm.weight"
+    reg("qwen3_missing_k_norm", f"tensor '{kn}': missing: layer 1 (MoE)", drop(kn))
+    ex = L + "mlp.experts.2.down_proj.weight_scale_inv"
+    reg("qwen3_expert_scale_rows_short", "is too small for weight [136, 24]", shrink_rows(ex), file=where(ex))
+    reg("qwen3_router_bias", "a Qwen3-MoE router has no e_score_correction_bias",
+        add_like(L + "mlp.gate.e_score_correction_bias", L + "self_attn.k_proj.bias"),
+        file=where(L + "self_attn.k_proj.bias"))
+    reg("qwen3_mtp_tensor_in_decoder_layer", "eh_proj.weight is an MTP layer's tensor",
+        add_like(L + "eh_proj.weight", L + "mlp.gate.weight"), file=where(L + "mlp.gate.weight"))
+    reg("qwen3_dense_mlp_in_moe_layer", "layer 1 (MoE) is a MoE layer in config.json",
+        add_like(L + "mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight"),
+        file=where("model.layers.0.mlp.up_proj.weight"))
+    reg("qwen3_config_attention_bias_false", "attention_bias is false in config.json", none,
+        file=where("model.layers.0.self_attn.k_proj.bias"), config_edit=lambda c: c.update(attention_bias=False))
+    reg("qwen3_config_decoder_sparse_step_zero", 'config field "decoder_sparse_step" is 0', none, file="config.json",
+        config_edit=lambda c: c.update(decoder_sparse_step=0))
+    reg("qwen3_config_mlp_only_layers_not_a_list", 'config field "mlp_only_layers" is 0', none, file="config.json",
+        config_edit=lambda c: c.update(mlp_only_layers=0))
+    reg("qwen3_config_kv_heads_not_a_divisor", "num_attention_heads = 2 is not a multiple of num_key_value_heads = 3",
+        none, file="config.json", config_edit=lambda c: c.update(num_key_value_heads=3))
+
+    reg, where, add_like = family("glm4_moe")
+    reg("glm4_o_proj_bias", "GLM-4.5 attention has no o_proj bias",
+        add_like(L + "self_attn.o_proj.bias", "model.layers.1.input_layernorm.weight"),
+        file=where("model.layers.1.input_layernorm.weight"))
+    sh = L + "mlp.shared_experts.gate_proj.weight"
+    reg("glm4_missing_shared_expert", f"tensor '{sh}': missing: layer 1 (MoE)", drop(sh))
+    rb = L + "mlp.gate.e_score_correction_bias"
+    reg("glm4_router_bias_wrong_size", "shape [3] disagrees with config.json", shrink_rows(rb), file=where(rb))
+    eh = "model.layers.2.eh_proj.weight"
+    reg("glm4_mtp_missing_eh_proj", f"tensor '{eh}': missing: MTP layer 2", drop(eh))
+    reg("glm4_mtp_missing_expert", "model.layers.2.mlp.experts.3.up_proj.weight",
+        drop("model.layers.2.mlp.experts.3.up_proj.weight"))
+    reg("glm4_layer_beyond_mtp", "layer 3 is not below num_hidden_layers = 2",
+        add_like("model.layers.3.input_layernorm.weight", "model.layers.1.input_layernorm.weight"),
+        file=where("model.layers.1.input_layernorm.weight"))
+    reg("glm4_config_no_qk_norm", "no q/k norm (use_qk_norm is false in config.json)", none,
+        file=where("model.layers.0.self_attn.k_norm.weight"), config_edit=lambda c: c.update(use_qk_norm=False))
+    reg("glm4_config_compressed_tensors", "quantization_config is compressed-tensors", none, file="config.json",
+        config_edit=lambda c: c.update(quantization_config={"quant_method": "compressed-tensors"}))
+
+
 def run(cli, *args):
     subprocess.run([str(cli), *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
@@ -864,6 +943,8 @@ def main():
             shutil.rmtree(d)
     run(cli, "synth", BASE / "hf", "--preset", "micro", "--seed", "1")
     run(cli, "synth", BASE / "deepseek", "--preset", "deepseek-v3-micro", "--seed", "1")
+    run(cli, "synth", BASE / "qwen3_moe", "--preset", "qwen3-moe-micro-fp8", "--seed", "1")
+    run(cli, "synth", BASE / "glm4_moe", "--preset", "glm4-moe-micro", "--seed", "1")
     # Several shards, so that a case edits one of them (git stores the others once).
     run(cli, "from-hf", BASE / "hf", BASE / "native", "--quiet", "--shard-size", "60000")
     with tempfile.TemporaryDirectory() as tmp:
@@ -878,6 +959,7 @@ def main():
     register_native_cases()
     register_v26_cases()
     register_deepseek_cases()
+    register_hf_moe_cases()
     register_accepted()
     for name, layout, build, commands, files, ranks in CASES:
         d = BAD / name

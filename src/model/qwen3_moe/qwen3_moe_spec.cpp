@@ -67,8 +67,19 @@ json qwen3_moe_tiny() {
     "max_window_layers": 3})");
 }
 
+// The smallest with those features, for hostile-input corpora (~200 KB in FP8): q rows over 128
+// (ragged), a dense layer 0 and a MoE layer 1 of 4 experts.
+json qwen3_moe_micro() {
+  return qwen3_moe_architecture(R"({
+    "vocab_size": 32, "hidden_size": 136, "intermediate_size": 40, "moe_intermediate_size": 24,
+    "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 72,
+    "num_experts": 4, "num_experts_per_tok": 2, "attention_bias": true, "mlp_only_layers": [0],
+    "max_position_embeddings": 4096, "max_window_layers": 2})");
+}
+
 std::optional<json> qwen3_moe_base_preset(std::string_view name) {
   if (name == "qwen3-moe-tiny") return qwen3_moe_tiny();
+  if (name == "qwen3-moe-micro") return qwen3_moe_micro();
   if (name == "qwen3-30b-a3b") return qwen3_30b_a3b();
   if (name == "qwen3-235b-a22b") return qwen3_235b_a22b();
   return std::nullopt;
@@ -124,9 +135,9 @@ std::unique_ptr<const ModelSpec> make_qwen3_moe_spec(const ModelConfig& config) 
 }
 
 const std::vector<std::string>& qwen3_moe_preset_names() {
-  static const std::vector<std::string> names{"qwen3-moe-tiny",  "qwen3-moe-tiny-fp8",
-                                              "qwen3-30b-a3b",   "qwen3-30b-a3b-fp8",
-                                              "qwen3-235b-a22b", "qwen3-235b-a22b-fp8"};
+  static const std::vector<std::string> names{
+      "qwen3-moe-tiny",    "qwen3-moe-tiny-fp8", "qwen3-moe-micro-fp8", "qwen3-30b-a3b",
+      "qwen3-30b-a3b-fp8", "qwen3-235b-a22b",    "qwen3-235b-a22b-fp8"};
   return names;
 }
 

@@ -108,19 +108,23 @@ def special_to_hf_positions(native_key: str, shape: list[int], flat: int, cfg: d
         return native_key, flat
     layer, kind = m.group(1), m.group(2)
     prefix = "model." if native_key.startswith("model.") else ""
-    base = f"{prefix}layers.{layer}.mlp.experts"
-    ie = int(cfg["moe_intermediate_size"])
+    if cfg.get("model_type") == "minimax_m2":  # block_sparse_moe.experts.E.w1 (gate) / w3 (up) / w2 (down)
+        base, names = f"{prefix}layers.{layer}.block_sparse_moe.experts", ("w1", "w3", "w2")
+        ie = int(cfg["intermediate_size"])
+    else:
+        base, names = f"{prefix}layers.{layer}.mlp.experts", ("gate_proj", "up_proj", "down_proj")
+        ie = int(cfg["moe_intermediate_size"])
     if kind == "gate_and_up_projs":  # [n, D, W]: gate = w[:, :Ie]^T, up = w[:, Ie:]^T
         _, d_model, width = shape
         e, r = divmod(flat, d_model * width)
         d, j = divmod(r, width)
         if j < ie:
-            return f"{base}.{e}.gate_proj.weight", j * d_model + d
-        return f"{base}.{e}.up_proj.weight", (j - ie) * d_model + d
+            return f"{base}.{e}.{names[0]}.weight", j * d_model + d
+        return f"{base}.{e}.{names[1]}.weight", (j - ie) * d_model + d
     _, rows, d_model = shape  # down_projs [n, Ie, D] -> down_proj [D, Ie]
     e, r = divmod(flat, rows * d_model)
     i, d = divmod(r, d_model)
-    return f"{base}.{e}.down_proj.weight", d * rows + i
+    return f"{base}.{e}.{names[2]}.weight", d * rows + i
 
 
 def relativize(text: str, root: str) -> str:

@@ -92,6 +92,16 @@ class ModelSpec {
   virtual std::optional<BackendName> native_backend_name(std::string_view hf,
                                                          AttnBackend backend) const = 0;
   virtual std::optional<std::string> hf_name_of_backend_name(std::string_view native) const = 0;
+  // The native name of an HF tensor the family's native layout renames whatever the backend
+  // (e.g. a router under another module), and back (nullopt: the same name).
+  virtual std::optional<std::string> native_name_of(std::string_view hf) const {
+    (void)hf;
+    return std::nullopt;
+  }
+  virtual std::optional<std::string> hf_name_of(std::string_view native) const {
+    (void)native;
+    return std::nullopt;
+  }
   // Every tensor a whole checkpoint holds besides routed experts: for decoder layers under
   // `prefix`, the listed MTP layers, and the model's own tensors (native: grouped experts too).
   virtual std::vector<RequiredTensor> required_tensors(std::string_view prefix,

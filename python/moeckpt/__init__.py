@@ -1,8 +1,8 @@
 """moeckpt: MoE checkpoint conversion (MiMo-V2-Flash and its family; DeepSeek-V3 / Kimi-K2; Qwen3-MoE;
-GLM-4.5) backed by a C++ engine.
+GLM-4.5; MiniMax-M2) backed by a C++ engine.
 
 - :class:`MiMoV2FlashStateDictAdapter`, :class:`DeepSeekV3StateDictAdapter`,
-  :class:`Qwen3MoeStateDictAdapter`, :class:`Glm4MoeStateDictAdapter`: drop-ins for NeMo Automodel's
+  :class:`Qwen3MoeStateDictAdapter`, :class:`Glm4MoeStateDictAdapter`, :class:`MiniMaxM2StateDictAdapter`: drop-ins for NeMo Automodel's
   adapters (``from_hf``, ``to_hf``, ``convert_single_tensor_to_hf``) on ``torch.Tensor`` state dicts;
   :func:`adapter_for` picks the one a config's ``model_type`` names.
 - :func:`from_hf_dir` / :func:`to_hf_dir`: checkpoint folders straight to/from native state dicts.
@@ -34,6 +34,7 @@ from .adapter import (
     DeepSeekV3StateDictAdapter,
     Glm4MoeStateDictAdapter,
     MiMoV2FlashStateDictAdapter,
+    MiniMaxM2StateDictAdapter,
     Qwen3MoeStateDictAdapter,
     adapter_for,
     is_published_fp8_key,
@@ -64,6 +65,7 @@ __all__ = [
     "UnsupportedLayoutError",
     "DeepSeekV3StateDictAdapter",
     "Glm4MoeStateDictAdapter",
+    "MiniMaxM2StateDictAdapter",
     "Qwen3MoeStateDictAdapter",
     "LoadReport",
     "MiMoV2FlashStateDictAdapter",

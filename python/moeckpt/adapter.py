@@ -351,11 +351,26 @@ class Glm4MoeStateDictAdapter(MiMoV2FlashStateDictAdapter):
     _FAMILY = "glm4_moe"
 
 
+class MiniMaxM2StateDictAdapter(MiMoV2FlashStateDictAdapter):
+    """The same conversions for MiniMax-M2 checkpoints (``model_type`` ``minimax_m2``: MiniMax-M2,
+    M2.1), with the methods of Automodel's ``MiniMaxM2StateDictAdapter``: ``from_hf`` dequantizes every
+    FP8 weight with its 128x128 ``weight_scale_inv``, renames ``block_sparse_moe.gate`` and its
+    ``e_score_correction_bias`` to ``mlp.gate`` and groups the experts (``block_sparse_moe.experts.E.w1 /
+    w3 / w2``: gate / up / down); ``to_hf`` renames and splits them back and, with ``quantization=True``,
+    writes real block scales for q/k/v/o and the experts (as published), or, with ``compat="automodel"``,
+    Automodel's cast (every ``.weight`` but norms, embeddings, ``lm_head`` and the router, ``o_proj``
+    included, with scales of ones). Arguments as :class:`MiMoV2FlashStateDictAdapter`.
+    """
+
+    _FAMILY = "minimax_m2"
+
+
 _ADAPTERS = {
     "mimo": MiMoV2FlashStateDictAdapter,
     "deepseek": DeepSeekV3StateDictAdapter,
     "qwen3_moe": Qwen3MoeStateDictAdapter,
     "glm4_moe": Glm4MoeStateDictAdapter,
+    "minimax_m2": MiniMaxM2StateDictAdapter,
 }
 
 

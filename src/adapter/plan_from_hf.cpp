@@ -253,6 +253,9 @@ class FromHfPlanner {
 
   void emit_single(const SourceTensor& t, const TensorKey& key) {
     const auto* scale = block_scale_of(t.name);
+    // Natively, under the family's own name (dequantize keeps the HF names).
+    const std::string out_name =
+        o_.group_experts ? spec_->native_name_of(t.name).value_or(t.name) : t.name;
     if (spec_->is_grouped_expert(key)) {  // kept per expert: the shape check of emit_group
       const auto want = spec_->expert_hf_shape(key.projection);
       if (*key.expert < c_.n_routed_experts && t.shape != stored_expert_shape(t, want))
@@ -278,12 +281,12 @@ class FromHfPlanner {
              "FP8 weight without a '_scale_inv' companion",
              "every FP8 weight to have its block scales (the Automodel compat mode passes it "
              "through)");
-      plan_.tasks.push_back(CopyTask{&t, add_output(t.name, t.dtype, t.shape),
+      plan_.tasks.push_back(CopyTask{&t, add_output(out_name, t.dtype, t.shape),
                                      std::min(o_.task_bytes / 2, kCopyChunkBytes), std::nullopt});
       return;
     }
     auto in = dequant_input(t, key);
-    const size_t out = add_output(t.name, o_.dtype, t.shape);
+    const size_t out = add_output(out_name, o_.dtype, t.shape);
     const uint64_t row_bytes = t.shape[1] * dtype_size(o_.dtype);
     for (auto [r0, r1] : split_rows(static_cast<int64_t>(t.shape[0]), row_bytes, o_.task_bytes, 1))
       plan_.tasks.push_back(DequantTask{in, out, o_.dtype, r0, r1});

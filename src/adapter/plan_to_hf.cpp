@@ -97,7 +97,7 @@ class ToHfPlanner {
           continue;
         }
       }
-      emit(t.name, MatrixView{&t}, t);
+      emit(o_.hf_source ? t.name : spec_->hf_name_of(t.name).value_or(t.name), MatrixView{&t}, t);
     }
     for (const auto& [base, g] : tp_groups_) emit_tp_interleaved_qkv(base, g);
     for (auto& [base, g] : fused_) {  // q, k, v sharing the fused layout's block scales

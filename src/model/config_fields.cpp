@@ -2,14 +2,15 @@
 
 namespace moeckpt {
 
-ModelConfig parse_common_fields(const json& doc, const std::string& file) {
+ModelConfig parse_common_fields(const json& doc, const std::string& file,
+                                const char* expert_width_field) {
   if (!doc.is_object()) fail(ErrorKind::kMalformedFile, file, "", "config is not a JSON object");
   FieldReader f(doc, file);
   ModelConfig c;
   c.raw = doc;
   c.hidden_size = f.positive("hidden_size");
   c.intermediate_size = f.positive("intermediate_size");
-  c.moe_intermediate_size = f.positive("moe_intermediate_size");
+  c.moe_intermediate_size = f.positive(expert_width_field);
   c.num_hidden_layers = f.positive("num_hidden_layers", 1 << 16);
   c.vocab_size = f.positive("vocab_size");
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);

@@ -78,9 +78,11 @@ class FieldReader {
 };
 
 // What every family's config gives the same way: the document (`raw`), hidden_size,
-// intermediate_size, moe_intermediate_size, num_hidden_layers, vocab_size, tie_word_embeddings
-// and quantization_config.weight_block_size; refuses a document that is not an object.
-ModelConfig parse_common_fields(const json& doc, const std::string& file);
+// intermediate_size, the routed experts' width (`expert_width_field`), num_hidden_layers,
+// vocab_size, tie_word_embeddings and quantization_config.weight_block_size; refuses a document
+// that is not an object.
+ModelConfig parse_common_fields(const json& doc, const std::string& file,
+                                const char* expert_width_field = "moe_intermediate_size");
 
 // The routed expert count (field `experts_field`, e.g. n_routed_experts or num_experts) and
 // num_experts_per_tok (at most the former) into `c`.

@@ -36,8 +36,30 @@ std::optional<Projection> hf_moe_attention_projection(std::string_view s) {
 }
 
 // What follows "layers.<L>." (an MTP layer's own tensors are named so at any index:
-// contradicts_config refuses them in a decoder layer).
-void classify_hf_moe_layer_rest(std::string_view rest, TensorKey& k) {
+// contradicts_config refuses them in a decoder layer). The MoE block under its HF names (`l`) or
+// the native ones.
+void classify_hf_moe_layer_rest(std::string_view rest, TensorKey& k, const HfMoeLayout& l) {
+  if (rest == l.hf_router || rest == "mlp.gate.weight") {
+    k.kind = TensorKind::kRouter;
+    return;
+  }
+  if (rest == l.hf_router_bias || rest == "mlp.gate.e_score_correction_bias") {
+    k.kind = TensorKind::kRouterBias;
+    return;
+  }
+  if (rest.starts_with(l.hf_experts) && rest.size() > l.hf_experts.size() &&
+      rest[l.hf_experts.size()] == '.') {
+    auto e = rest.substr(l.hf_experts.size() + 1);
+    auto id = take_index(e);
+    if (id && e.ends_with(".weight"))
+      for (size_t i = 0; i < 3; ++i)
+        if (e.substr(0, e.size() - 7) == l.hf_expert_leaves[i]) {
+          k.kind = TensorKind::kExpertProj;
+          k.projection = i == 0 ? Projection::kGate : i == 1 ? Projection::kUp : Projection::kDown;
+          k.expert = *id;
+          return;
+        }
+  }
   if (rest == "input_layernorm.weight" || rest == "post_attention_layernorm.weight" ||
       rest == "enorm.weight" || rest == "hnorm.weight" || rest == "shared_head.norm.weight") {
     k.kind = TensorKind::kNorm;
@@ -64,14 +86,6 @@ void classify_hf_moe_layer_rest(std::string_view rest, TensorKey& k) {
     }
   } else if (rest.starts_with("mlp.")) {
     auto r = rest.substr(4);
-    if (r == "gate.weight") {
-      k.kind = TensorKind::kRouter;
-      return;
-    }
-    if (r == "gate.e_score_correction_bias") {
-      k.kind = TensorKind::kRouterBias;
-      return;
-    }
     const bool shared = r.starts_with("shared_experts.");
     if (shared) r.remove_prefix(15);
     if (!shared && r.starts_with("experts.")) {
@@ -79,16 +93,8 @@ void classify_hf_moe_layer_rest(std::string_view rest, TensorKey& k) {
       if (e == "gate_and_up_projs" || e == "down_projs") {
         k.kind = TensorKind::kGroupedExperts;
         k.projection = e == "down_projs" ? Projection::kDown : Projection::kGateAndUp;
-        return;
       }
-      auto id = take_index(e);
-      if (!id || !e.ends_with(".weight")) return;
-      if (auto p = hf_moe_mlp_projection(e.substr(0, e.size() - 7))) {
-        k.kind = TensorKind::kExpertProj;
-        k.projection = *p;
-        k.expert = *id;
-      }
-      return;
+      return;  // per-expert weights only under their HF names (above)
     }
     if (!r.ends_with(".weight")) return;
     if (auto p = hf_moe_mlp_projection(r.substr(0, r.size() - 7))) {
@@ -117,11 +123,29 @@ class HfMoeSpec final : public ModelSpec {
       k.prefix = std::string(path->prefix);
       k.layer = path->layer;
       k.mtp = is_mtp_layer(path->layer);
-      classify_hf_moe_layer_rest(path->rest, k);
+      classify_hf_moe_layer_rest(path->rest, k, layout_);
       return k;
     }
     classify_model_level(w, k);
     return k;
+  }
+
+  std::string expert_weight_name(std::string_view prefix, int64_t layer, int64_t expert,
+                                 Projection p) const override {
+    const size_t i = p == Projection::kGate ? 0 : p == Projection::kUp ? 1 : 2;
+    return fmt::format("{}layers.{}.{}.{}.{}.weight", prefix, layer, layout_.hf_experts, expert,
+                       layout_.hf_expert_leaves[i]);
+  }
+  // The router (and its correction bias) natively under mlp.gate, in the HF layout wherever the
+  // family keeps it.
+  std::optional<std::string> native_name_of(std::string_view hf) const override {
+    return rename_layer_rest(hf, {{layout_.hf_router, "mlp.gate.weight"},
+                                  {layout_.hf_router_bias, "mlp.gate.e_score_correction_bias"}});
+  }
+  std::optional<std::string> hf_name_of(std::string_view native) const override {
+    return rename_layer_rest(native,
+                             {{"mlp.gate.weight", layout_.hf_router},
+                              {"mlp.gate.e_score_correction_bias", layout_.hf_router_bias}});
   }
 
   // No MXFP4 experts in these layouts; the name is never looked up.
@@ -260,18 +284,25 @@ class HfMoeSpec final : public ModelSpec {
            k.kind == TensorKind::kSharedExpertProj || k.kind == TensorKind::kExpertProj;
   }
   bool is_published_f32(const TensorKey& key) const override {
-    return key.kind == TensorKind::kRouterBias;
+    return key.kind == TensorKind::kRouterBias ||
+           (layout_.router_f32 && key.kind == TensorKind::kRouter);
   }
   bool publishes_fp8() const override { return config_.block.has_value(); }
-  bool compat_casts() const override { return false; }
+  bool compat_casts() const override { return !layout_.compat_cast_excluded.empty(); }
   std::optional<std::string> compat_fp8_input_refusal() const override {
     if (layout_.compat_fp8_refusal.empty()) return std::nullopt;
     return std::string(layout_.compat_fp8_refusal);
   }
   // The goldens are Automodel 0.7.0's.
   bool reproduces(Compat version) const override { return version != Compat::kAutomodel06; }
-  // The adapters' to_hf ignores quantization=True: nothing is cast.
-  bool compat_quantizes(std::string_view, Compat) const override { return false; }
+  // Automodel's should_quantize_key: a substring test on the HF name.
+  bool compat_quantizes(std::string_view key, Compat) const override {
+    if (!compat_casts() || !key.ends_with(".weight") || key.find(".lora_") != key.npos)
+      return false;
+    for (auto s : layout_.compat_cast_excluded)
+      if (key.find(s) != std::string_view::npos) return false;
+    return true;
+  }
   int64_t compat_cast_scale_rows(const TensorKey&, int64_t rows,
                                  int64_t block_rows) const override {
     return (rows + block_rows - 1) / block_rows;
@@ -301,6 +332,17 @@ class HfMoeSpec final : public ModelSpec {
   void rewrite_export_config(nlohmann::json&, bool) const override {}
 
  private:
+  static std::optional<std::string> rename_layer_rest(
+      std::string_view name,
+      std::initializer_list<std::pair<std::string_view, std::string_view>> renames) {
+    const auto path = split_layer_path(name);
+    if (!path) return std::nullopt;
+    for (const auto& [from, to] : renames)
+      if (path->rest == from && from != to)
+        return fmt::format("{}layers.{}.{}", path->prefix, path->layer, to);
+    return std::nullopt;
+  }
+
   bool is_mtp_layer(int64_t l) const {
     return l >= config_.num_hidden_layers &&
            l < config_.num_hidden_layers + config_.num_nextn_predict_layers;
@@ -324,8 +366,9 @@ class HfMoeSpec final : public ModelSpec {
       out.push_back("self_attn.k_norm.weight");
     }
     if (is_moe_layer(l)) {
-      out.push_back("mlp.gate.weight");
-      if (layout_.router_correction_bias) out.push_back("mlp.gate.e_score_correction_bias");
+      out.emplace_back(native ? "mlp.gate.weight" : layout_.hf_router);
+      if (layout_.router_correction_bias)
+        out.emplace_back(native ? "mlp.gate.e_score_correction_bias" : layout_.hf_router_bias);
       if (config_.n_shared_experts > 0)
         for (const char* p : {"gate_proj", "up_proj", "down_proj"})
           out.push_back(std::string("mlp.shared_experts.") + p + ".weight");

@@ -6,7 +6,9 @@
 // layers stored as decoder layers after the last one, 128x128 block FP8 in the FP8 releases. A
 // family (src/model/<family>/) parses its config into a ModelConfig and says which of these its
 // checkpoints have (HfMoeLayout); everything else is here once.
+#include <array>
 #include <memory>
+#include <span>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
@@ -25,10 +27,18 @@ struct HfMoeLayout {
   bool o_bias = false;    // self_attn.o_proj.bias
   QkNorm qk_norm = QkNorm::kNone;
   bool router_correction_bias = false;  // mlp.gate.e_score_correction_bias (F32 as published)
-  // Automodel's adapter: whether its to_hf(quantization=True) casts (the MoE mixin adapters
-  // ignore the flag), and why its from_hf cannot take FP8 (empty: it can).
-  bool compat_casts = false;
+  bool router_f32 = false;              // the router weight is published F32
+  // The MoE block's HF names, relative to "layers.<L>.", where they differ from the native ones
+  // (mlp.gate.weight, mlp.gate.e_score_correction_bias, mlp.experts.E.<gate|up|down>_proj.weight).
+  std::string_view hf_router = "mlp.gate.weight";
+  std::string_view hf_router_bias = "mlp.gate.e_score_correction_bias";
+  std::string_view hf_experts = "mlp.experts";
+  std::array<std::string_view, 3> hf_expert_leaves = {"gate_proj", "up_proj", "down_proj"};
+  // Automodel's adapter: why its from_hf cannot take FP8 (empty: it dequantizes), and what its
+  // to_hf(quantization=True) casts: every ".weight" but LoRA ones and those whose HF name holds one
+  // of these (empty: nothing; the MoE mixin adapters ignore the flag).
   std::string_view compat_fp8_refusal;
+  std::span<const std::string_view> compat_cast_excluded;
 };
 
 std::unique_ptr<const ModelSpec> make_hf_moe_spec(const ModelConfig& config,

@@ -10,6 +10,7 @@
 #include "model/deepseek/deepseek_spec.hpp"
 #include "model/glm4_moe/glm4_moe_spec.hpp"
 #include "model/mimo/mimo_spec.hpp"
+#include "model/minimax_m2/minimax_m2_spec.hpp"
 #include "model/qwen3_moe/qwen3_moe_spec.hpp"
 #include "moeckpt/error.hpp"
 #include "moeckpt/model_spec.hpp"
@@ -36,6 +37,8 @@ constexpr std::array kFamilies{
            make_qwen3_moe_spec, qwen3_moe_preset_names, qwen3_moe_preset},
     Family{"glm4_moe", "glm4_moe", is_glm4_moe_model_type, parse_glm4_moe_config,
            make_glm4_moe_spec, glm4_moe_preset_names, glm4_moe_preset},
+    Family{"minimax_m2", "minimax_m2", is_minimax_m2_model_type, parse_minimax_m2_config,
+           make_minimax_m2_spec, minimax_m2_preset_names, minimax_m2_preset},
 };
 
 const Family& family_named(std::string_view name) {

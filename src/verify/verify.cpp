@@ -111,7 +111,7 @@ class LogicalView {
         };
       }
       if (t.dtype == Dtype::F8_E4M3) lt.fp8_codes = read_rows;
-      tensors_[t.name] = std::move(lt);
+      tensors_[spec_->hf_name_of(t.name).value_or(t.name)] = std::move(lt);  // the HF key space
     }
   }
   std::map<std::string, LogicalTensor>& tensors() { return tensors_; }

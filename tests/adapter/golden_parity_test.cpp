@@ -250,12 +250,12 @@ TEST_P(GoldenParity, ExcludeGivesAutomodelsKeySet) {
 
 // DeepSeek-V3 goldens: tools/make_deepseek_goldens.py (Automodel 0.7.0's DeepSeekV3StateDictAdapter
 // as DeepseekV3ForCausalLM builds it) on `synth --preset deepseek-v3-tiny[-q-proj] --seed 1`;
-// Qwen3-MoE and GLM-4.5: tools/make_hf_moe_goldens.py (the adapter each family's Automodel model
-// class builds) on `synth --preset qwen3-moe-tiny|glm4-moe-tiny --seed 1`.
+// Qwen3-MoE, GLM-4.5 and MiniMax-M2: tools/make_hf_moe_goldens.py (the adapter each family's
+// Automodel model class builds) on `synth --preset qwen3-moe-tiny|glm4-moe-tiny|minimax-m2-tiny`.
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParity,
                          ::testing::Values("tiny", "ragged", "tiny_am06", "ragged_am06", "tiny_te",
                                            "deepseek_v3_tiny", "deepseek_v3_tiny_q_proj",
-                                           "qwen3_moe_tiny", "glm4_moe_tiny"));
+                                           "qwen3_moe_tiny", "glm4_moe_tiny", "minimax_m2_tiny"));
 
 // Without a fused K/V scale layout to read differently, the default from-hf is Automodel's on
 // every tensor and every EP rank (DeepSeek-V3: plain 128x128 grids, ragged blocks).
@@ -276,7 +276,7 @@ TEST_P(GoldenParityDefaultMode, FromHfEqualsAutomodelWhereNoLayoutDiffers) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParityDefaultMode,
                          ::testing::Values("deepseek_v3_tiny", "deepseek_v3_tiny_q_proj",
-                                           "qwen3_moe_tiny", "glm4_moe_tiny"));
+                                           "qwen3_moe_tiny", "glm4_moe_tiny", "minimax_m2_tiny"));
 
 // BF16 inputs around the FP8 range limits (447..466, 480, +-inf, 2^-10, 1.5*2^-10, -0, NaN) cast
 // exactly as torch 2.11 does.
@@ -299,10 +299,11 @@ TEST(GoldenParitySpecial, ToHfCastOfRangeLimitsIsByteIdentical) {
 // The same range limits planted into DeepSeek-V3 tensors (a grouped expert tensor, q_b_proj or
 // q_proj, o_proj, a dense down_proj) at the positions the goldens record, in our own from-hf
 // output: the input equals Automodel's, and its cast gives Automodel's bytes. Qwen3-MoE and
-// GLM-4.5 (a shared expert too): Automodel ignores quantization=True, the values pass through.
+// GLM-4.5 (a shared expert too): Automodel ignores quantization=True, the values pass through;
+// MiniMax-M2 casts them.
 TEST(GoldenParitySpecial, FamiliesToHfCastOfRangeLimitsIsByteIdentical) {
-  for (const std::string name :
-       {"deepseek_v3_tiny", "deepseek_v3_tiny_q_proj", "qwen3_moe_tiny", "glm4_moe_tiny"}) {
+  for (const std::string name : {"deepseek_v3_tiny", "deepseek_v3_tiny_q_proj", "qwen3_moe_tiny",
+                                 "glm4_moe_tiny", "minimax_m2_tiny"}) {
     SCOPED_TRACE(name);
     auto golden = load_golden(name);
     test::TempDir dir;

@@ -1,8 +1,9 @@
-// Qwen3-MoE and GLM-4.5 through the folder commands: from-hf (EP 1 and every rank of an uneven
-// split), to-hf of one folder and of every rank's together, verify against the input; the
+// Qwen3-MoE, GLM-4.5 and MiniMax-M2 through the folder commands: from-hf (EP 1 and every rank of an
+// uneven split), to-hf of one folder and of every rank's together, verify against the input; the
 // precision each release is written back in (BF16 releases stay BF16 without a
 // quantization_config, FP8 releases come back code for code); quantize of a BF16 release into the
-// FP8 layout and dequantize back; the compat mode's refusal of FP8 input.
+// FP8 layout and dequantize back; the compat mode's refusal of FP8 input (Qwen3, GLM) or its
+// dequantization (MiniMax-M2, as Automodel's adapter).
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -46,7 +47,7 @@ bool has_quantization_config(const fs::path& dir) {
 class HfMoeConversion : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(HfMoeConversion, EveryCommandKeepsEveryValueInThePublishedPrecision) {
-  const bool fp8 = GetParam().ends_with("-fp8");
+  const bool fp8 = GetParam().ends_with("-fp8") || GetParam().starts_with("minimax");
   test::TempDir dir;
   SynthOptions o;
   o.preset = GetParam();
@@ -76,13 +77,15 @@ TEST_P(HfMoeConversion, EveryCommandKeepsEveryValueInThePublishedPrecision) {
   auto a = Checkpoint::open(dir / "back"), b = Checkpoint::open(dir / "back_ranks");
   ASSERT_EQ(a.names(), b.names());
   for (const auto& n : a.names()) EXPECT_EQ(a.read_all(*a.find(n)), b.read_all(*b.find(n))) << n;
-  // The compat mode's to_hf ignores quantization=True: BF16 without a quantization_config.
+  // The compat mode's to_hf: Qwen3's and GLM's adapters ignore quantization=True (BF16 without a
+  // quantization_config); MiniMax-M2's casts with ones scales (o_proj too).
   ToHfOptions compat;
   compat.compat = Compat::kAutomodel07;
   to_hf_dirs({dir / "native"}, dir / "compat", compat, std::nullopt);
-  EXPECT_EQ(count_dtype(dir / "compat", Dtype::F8_E4M3), 0u);
-  EXPECT_FALSE(has_quantization_config(dir / "compat"));
-  expect_bitwise(verify_checkpoints(dir / "hf", dir / "compat", {}), false);
+  const bool casts = GetParam().starts_with("minimax");
+  EXPECT_EQ(count_dtype(dir / "compat", Dtype::F8_E4M3) > 0, casts);
+  EXPECT_EQ(has_quantization_config(dir / "compat"), casts);
+  if (!casts) expect_bitwise(verify_checkpoints(dir / "hf", dir / "compat", {}), false);
 }
 
 TEST_P(HfMoeConversion, CompatModeRefusesFp8InputAndQuantizeMakesTheFp8Layout) {
@@ -90,6 +93,15 @@ TEST_P(HfMoeConversion, CompatModeRefusesFp8InputAndQuantizeMakesTheFp8Layout) {
   SynthOptions o;
   o.preset = GetParam();
   synthesize_checkpoint(dir / "hf", o);
+  if (GetParam().starts_with(
+          "minimax")) {  // Automodel's MiniMax adapter dequantizes: so does compat
+    FromHfOptions compat;
+    compat.compat = Compat::kAutomodel07;
+    from_hf_dir(dir / "hf", dir / "compat", compat);
+    from_hf_dir(dir / "hf", dir / "default", {});
+    expect_bitwise(verify_checkpoints(dir / "compat", dir / "default", {}), false);
+    return;
+  }
   if (GetParam().ends_with("-fp8")) {
     FromHfOptions compat;
     compat.compat = Compat::kAutomodel07;
@@ -132,7 +144,7 @@ TEST_P(HfMoeConversion, CompatModeRefusesFp8InputAndQuantizeMakesTheFp8Layout) {
 
 INSTANTIATE_TEST_SUITE_P(Presets, HfMoeConversion,
                          ::testing::Values("qwen3-moe-tiny", "qwen3-moe-tiny-fp8", "glm4-moe-tiny",
-                                           "glm4-moe-tiny-fp8"),
+                                           "glm4-moe-tiny-fp8", "minimax-m2-tiny"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (auto& ch : s)

@@ -208,8 +208,8 @@ TEST(HfMoeSpec, Fp8SetsAndCompatRules) {
 }
 
 TEST(HfMoeSpec, SynthesizedCheckpointHoldsWhatTheSpecRequires) {
-  for (const char* preset :
-       {"qwen3-moe-tiny", "qwen3-moe-tiny-fp8", "glm4-moe-tiny", "glm4-moe-tiny-fp8"}) {
+  for (const char* preset : {"qwen3-moe-tiny", "qwen3-moe-tiny-fp8", "glm4-moe-tiny",
+                             "glm4-moe-tiny-fp8", "minimax-m2-tiny"}) {
     SCOPED_TRACE(preset);
     test::TempDir dir;
     SynthOptions o;
@@ -239,10 +239,62 @@ TEST(HfMoeSpec, SynthesizedCheckpointHoldsWhatTheSpecRequires) {
       EXPECT_TRUE(want.contains(name)) << name << " is not required";
     }
     for (const auto& name : want) EXPECT_TRUE(have.contains(name)) << name;
-    // qwen3: MoE layers 0 and 2; glm: layers 1, 2 and the MTP layer 3; 8 experts, 3 projections.
+    // qwen3: MoE layers 0 and 2; glm: layers 1, 2 and the MTP layer 3; minimax: layers 0 and 1;
+    // 8 experts, 3 projections.
     EXPECT_EQ(experts, (glm ? 3u : 2u) * 8u * 3u);
-    EXPECT_EQ(scales > 0, std::string(preset).ends_with("-fp8"));
+    EXPECT_EQ(scales > 0, spec->publishes_fp8());
   }
+}
+
+TEST(HfMoeSpec, MiniMaxM2NamesShapesAndCastRule) {
+  const auto c = config_of("minimax-m2");
+  EXPECT_EQ(c.family, "minimax_m2");
+  EXPECT_EQ(c.moe_intermediate_size, 1536);  // intermediate_size is the experts' width
+  EXPECT_EQ(c.moe_layer_count(), 62);
+  EXPECT_EQ(c.num_nextn_predict_layers, 0);  // use_mtp, but the release holds no MTP weights
+  const auto spec = model_spec_for(c);
+  EXPECT_EQ(spec->layout_name(), "MiniMax-M2");
+  EXPECT_TRUE(spec->publishes_fp8());
+  // HF names under block_sparse_moe; natively mlp.gate / mlp.experts.
+  const std::string L = "model.layers.5.";
+  auto k = spec->classify(L + "block_sparse_moe.experts.255.w3.weight");
+  EXPECT_EQ(k.kind, TensorKind::kExpertProj);
+  EXPECT_EQ(k.projection, Projection::kUp);
+  EXPECT_EQ(k.expert, 255);
+  EXPECT_EQ(spec->expert_weight_name("model.", 5, 255, Projection::kUp), k.name);
+  EXPECT_EQ(spec->expert_weight_name("model.", 5, 0, Projection::kGate),
+            L + "block_sparse_moe.experts.0.w1.weight");
+  EXPECT_EQ(spec->classify(L + "mlp.experts.3.gate_proj.weight").kind, TensorKind::kOther);
+  EXPECT_EQ(spec->native_name_of(L + "block_sparse_moe.gate.weight"), L + "mlp.gate.weight");
+  EXPECT_EQ(spec->native_name_of(L + "block_sparse_moe.e_score_correction_bias"),
+            L + "mlp.gate.e_score_correction_bias");
+  EXPECT_EQ(spec->hf_name_of(L + "mlp.gate.weight"), L + "block_sparse_moe.gate.weight");
+  EXPECT_EQ(spec->native_name_of(L + "self_attn.q_proj.weight"), std::nullopt);
+  EXPECT_TRUE(spec->is_published_f32(spec->classify(L + "block_sparse_moe.gate.weight")));
+  EXPECT_TRUE(spec->is_published_f32(spec->classify(L + "mlp.gate.e_score_correction_bias")));
+  // Full-width q/k norms.
+  EXPECT_EQ(shape_of(*spec, L + "self_attn.q_norm.weight"), (Shape{6144}));
+  EXPECT_EQ(shape_of(*spec, L + "self_attn.k_norm.weight"), (Shape{1024}));
+  EXPECT_EQ(shape_of(*spec, L + "block_sparse_moe.experts.0.w2.weight"), (Shape{3072, 1536}));
+  EXPECT_EQ(shape_of(*spec, L + "block_sparse_moe.gate.weight"), (Shape{256, 3072}));
+  // Automodel's should_quantize_key on HF names: o_proj cast, norms and the router not.
+  EXPECT_TRUE(spec->compat_casts());
+  for (const char* n : {"self_attn.o_proj.weight", "block_sparse_moe.experts.0.w1.weight"})
+    EXPECT_TRUE(spec->compat_quantizes(L + n, Compat::kAutomodel07)) << n;
+  for (const char* n : {"self_attn.q_norm.weight", "block_sparse_moe.gate.weight",
+                        "block_sparse_moe.e_score_correction_bias", "input_layernorm.weight",
+                        "self_attn.q_proj.lora_A.weight"})
+    EXPECT_FALSE(spec->compat_quantizes(L + n, Compat::kAutomodel07)) << n;
+  EXPECT_EQ(spec->compat_fp8_input_refusal(), std::nullopt);  // its from_hf dequantizes
+  // No dense layers, no shared experts, no attention biases.
+  auto why = [&](const std::string& name) {
+    return spec->contradicts_config(spec->classify(name)).value_or("");
+  };
+  EXPECT_NE(why(L + "mlp.up_proj.weight").find("MoE layer"), std::string::npos);
+  EXPECT_NE(why(L + "self_attn.q_proj.bias").find("no bias"), std::string::npos);
+  auto doc = model_preset("minimax-m2-tiny");
+  doc.erase("intermediate_size");
+  EXPECT_NE(parse_error(doc).find("\"intermediate_size\""), std::string::npos);
 }
 
 }  // namespace

@@ -115,15 +115,15 @@ ModelConfig parse_glm4_moe_config(const json& doc, const std::string& file) {
 std::unique_ptr<const ModelSpec> make_glm4_moe_spec(const ModelConfig& config) {
   const std::string file = "config.json";  // parse_glm4_moe_config checked the fields
   const FieldReader f(config.raw, file);
-  return make_hf_moe_spec(
-      config,
-      {.name = "GLM-4.5",
-       .qkv_bias = f.boolean("attention_bias", false),
-       .o_bias = false,
-       .qk_norm = f.boolean("use_qk_norm", false) ? QkNorm::kPerHead : QkNorm::kNone,
-       .router_correction_bias = true,
-       .compat_fp8_refusal = "Automodel 0.7.0's GLM-4.5 adapter has no FP8 path: it drops every "
-                             "weight_scale_inv and keeps the FP8 codes unscaled"});
+  HfMoeLayout l;
+  l.name = "GLM-4.5";
+  l.qkv_bias = f.boolean("attention_bias", false);
+  l.qk_norm = f.boolean("use_qk_norm", false) ? QkNorm::kPerHead : QkNorm::kNone;
+  l.router_correction_bias = true;
+  l.compat_fp8_refusal =
+      "Automodel 0.7.0's GLM-4.5 adapter has no FP8 path: it drops every weight_scale_inv and "
+      "keeps the FP8 codes unscaled";
+  return make_hf_moe_spec(config, l);
 }
 
 const std::vector<std::string>& glm4_moe_preset_names() {

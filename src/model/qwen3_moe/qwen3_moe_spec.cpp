@@ -123,15 +123,14 @@ ModelConfig parse_qwen3_moe_config(const json& doc, const std::string& file) {
 std::unique_ptr<const ModelSpec> make_qwen3_moe_spec(const ModelConfig& config) {
   const std::string file = "config.json";  // parse_qwen3_moe_config checked the field
   const bool bias = FieldReader(config.raw, file).boolean("attention_bias", false);
-  return make_hf_moe_spec(
-      config,
-      {.name = "Qwen3-MoE",
-       .qkv_bias = bias,
-       .o_bias = bias,
-       .qk_norm = QkNorm::kPerHead,
-       .router_correction_bias = false,
-       .compat_fp8_refusal = "Automodel 0.7.0's Qwen3-MoE adapter has no FP8 path: it drops every "
-                             "weight_scale_inv and keeps the FP8 codes unscaled"});
+  HfMoeLayout l;
+  l.name = "Qwen3-MoE";
+  l.qkv_bias = l.o_bias = bias;
+  l.qk_norm = QkNorm::kPerHead;
+  l.compat_fp8_refusal =
+      "Automodel 0.7.0's Qwen3-MoE adapter has no FP8 path: it drops every weight_scale_inv and "
+      "keeps the FP8 codes unscaled";
+  return make_hf_moe_spec(config, l);
 }
 
 const std::vector<std::string>& qwen3_moe_preset_names() {

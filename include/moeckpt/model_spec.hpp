@@ -93,7 +93,8 @@ class ModelSpec {
                                                          AttnBackend backend) const = 0;
   virtual std::optional<std::string> hf_name_of_backend_name(std::string_view native) const = 0;
   // The native name of an HF tensor the family's native layout renames whatever the backend
-  // (e.g. a router under another module), and back (nullopt: the same name).
+  // (e.g. a router under another module; an expert weight, where not grouped), and back (nullopt:
+  // the same name).
   virtual std::optional<std::string> native_name_of(std::string_view hf) const {
     (void)hf;
     return std::nullopt;

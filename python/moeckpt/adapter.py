@@ -165,9 +165,14 @@ class MiMoV2FlashStateDictAdapter:
         return result
 
     def _reference_order(self, result: dict, input_keys: list[str], rank: int, size: int) -> dict:
-        """Automodel's key order: other keys in input order, a grouped tensor where its last part was."""
+        """Automodel's key order: other keys in input order, a grouped tensor where its last part was;
+        keys the family renames (MiniMax-M2's router and experts) moved to the end by the rename, in
+        input order."""
         first, count = _core.expert_range(self._config.n_routed_experts, size, rank)
-        pos = {k: i for i, k in enumerate(input_keys)}
+        native = [self._config.native_key(k) for k in input_keys]
+        order = [i for i, n in enumerate(native) if n is None] + [i for i, n in enumerate(native) if n is not None]
+        input_keys = [input_keys[i] for i in order]
+        pos = {native[j] or input_keys[i]: i for i, j in enumerate(order)}
         last: dict[str, int] = {}
         for i, k in enumerate(input_keys):
             target = self._config.grouped_target(k)

@@ -477,6 +477,10 @@ NB_MODULE(_core, m) {
           [](const Config& c, const std::string& k) { return grouped_target(*c.spec, k); },
           nb::arg("key"))
       .def(
+          "native_key",
+          [](const Config& c, const std::string& k) { return c.spec->native_name_of(k); },
+          nb::arg("key"))
+      .def(
           "is_grouped_expert_key",
           [](const Config& c, const std::string& k) {
             return c.spec->classify(k).kind == TensorKind::kGroupedExperts;

@@ -137,8 +137,15 @@ class HfMoeSpec final : public ModelSpec {
                        layout_.hf_expert_leaves[i]);
   }
   // The router (and its correction bias) natively under mlp.gate, in the HF layout wherever the
-  // family keeps it.
+  // family keeps it; an expert's weight natively mlp.experts.E.<gate|up|down>_proj.weight (where
+  // it is not grouped).
   std::optional<std::string> native_name_of(std::string_view hf) const override {
+    const auto k = classify(hf);
+    if (k.kind == TensorKind::kExpertProj && !k.is_scale) {
+      auto native = expert_weight_name_of(k.prefix, *k.layer, *k.expert, k.projection);
+      if (native != hf) return native;
+      return std::nullopt;
+    }
     return rename_layer_rest(hf, {{layout_.hf_router, "mlp.gate.weight"},
                                   {layout_.hf_router_bias, "mlp.gate.e_score_correction_bias"}});
   }

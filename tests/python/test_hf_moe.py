@@ -1,7 +1,8 @@
-"""Qwen3-MoE and GLM-4.5 against NeMo Automodel 0.7.0 itself: the adapters Qwen3MoeForCausalLM and
-Glm4MoeForCausalLM build for themselves (tools/make_hf_moe_goldens.py), on synthesized checkpoints with
-attention biases, q/k norms, dense and MoE layers, GLM's shared expert, router bias and MTP layer; the
-FP8 presets for what Automodel cannot do (its adapters drop the scales) and moeckpt does."""
+"""Qwen3-MoE, GLM-4.5 and MiniMax-M2 against NeMo Automodel 0.7.0 itself: the adapters
+Qwen3MoeForCausalLM, Glm4MoeForCausalLM and MiniMaxM2ForCausalLM build for themselves
+(tools/make_hf_moe_goldens.py), on synthesized checkpoints with attention biases, q/k norms, dense and MoE
+layers, GLM's shared expert, router bias and MTP layer, MiniMax's renamed MoE block and FP8; Qwen3's and
+GLM's FP8 presets for what Automodel cannot do (its adapters drop the scales) and moeckpt does."""
 from __future__ import annotations
 
 import importlib.util
@@ -15,7 +16,8 @@ from safetensors.torch import save_file
 import moeckpt
 from conftest import ROOT, assert_same
 
-ADAPTERS = {"qwen3-moe-tiny": moeckpt.Qwen3MoeStateDictAdapter, "glm4-moe-tiny": moeckpt.Glm4MoeStateDictAdapter}
+ADAPTERS = {"qwen3-moe-tiny": moeckpt.Qwen3MoeStateDictAdapter, "glm4-moe-tiny": moeckpt.Glm4MoeStateDictAdapter,
+            "minimax-m2-tiny": moeckpt.MiniMaxM2StateDictAdapter}
 
 
 def _hg():
@@ -31,11 +33,14 @@ def fam(request, tmp_path_factory, mg):
     moeckpt.synth(path, request.param, seed=1)
     with open(path / "config.json", encoding="utf-8") as f:
         config = json.load(f)
-    fp8 = tmp_path_factory.mktemp(request.param + "-fp8") / "hf"
-    moeckpt.synth(fp8, request.param + "-fp8", seed=1)
-    n = int(config.get("num_experts") or config["n_routed_experts"])
+    minimax = request.param.startswith("minimax")  # an FP8 release, dequantized by Automodel too
+    fp8 = path
+    if not minimax:
+        fp8 = tmp_path_factory.mktemp(request.param + "-fp8") / "hf"
+        moeckpt.synth(fp8, request.param + "-fp8", seed=1)
+    n = int(config.get("num_experts") or config.get("n_routed_experts") or config["num_local_experts"])
     return types.SimpleNamespace(name=request.param, path=path, fp8=fp8, config=config, cls=ADAPTERS[request.param],
-                                 hf=mg.load_hf_dir(str(path)), ref=_hg().make_adapter(config), n=n)
+                                 hf=mg.load_hf_dir(str(path)), ref=_hg().make_adapter(config), n=n, minimax=minimax)
 
 
 def test_adapter_matches_automodel(fam, mg):
@@ -46,10 +51,11 @@ def test_adapter_matches_automodel(fam, mg):
     assert_same(expected, fam.cls(fam.config).from_hf(fam.hf), "default", order=False)
     native = dict(got)
     assert_same(fam.ref.to_hf(dict(native)), ours.to_hf(native), f"{fam.name} to_hf")
-    # Automodel ignores quantization=True for these families; so does the compat mode.
+    # Qwen3's and GLM's adapters ignore quantization=True, MiniMax's casts: so does the compat mode.
     assert_same(fam.ref.to_hf(dict(native), quantization=True), ours.to_hf(native, quantization=True),
                 f"{fam.name} to_hf quantization=True")
-    # The default mode writes what the release is: BF16 here.
+    # The default mode writes what the release is (BF16, or MiniMax's block FP8, the synthesized
+    # values being exact in FP8): the input back.
     assert_same(fam.hf, fam.cls(fam.config).to_hf(native, quantization=True), "default to_hf", order=False)
     first_moe = 1 if fam.name.startswith("glm") else 0
     fqn = f"model.layers.{first_moe}.mlp.experts.down_projs"
@@ -79,17 +85,21 @@ def test_folders_match_automodel(fam, mg, tmp_path):
         assert_same(ref, local, f"from_hf_dir ep {rank}/3", order=False)
     moeckpt.to_hf_dir(expected, tmp_path / "back", fam.config)
     assert_same(fam.hf, mg.load_hf_dir(str(tmp_path / "back")), "to_hf_dir of from_hf_dir", order=False)
-    assert "quantization_config" not in json.loads((tmp_path / "back" / "config.json").read_text())
+    written = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert ("quantization_config" in written) == fam.minimax
 
 
 def test_fp8_release_compat_refuses_default_dequantizes(fam, mg, tmp_path):
     hf8 = mg.load_hf_dir(str(fam.fp8))
     with open(fam.fp8 / "config.json", encoding="utf-8") as f:
         cfg8 = json.load(f)
-    with pytest.raises(moeckpt.UnsupportedLayoutError, match="drops every weight_scale_inv"):
-        moeckpt.from_hf_dir(fam.fp8, compat="automodel")
-    with pytest.raises(moeckpt.UnsupportedLayoutError, match="drops every weight_scale_inv"):
-        fam.cls(cfg8, compat="automodel").from_hf(hf8)
+    if fam.minimax:  # Automodel's MiniMax adapter dequantizes: so does compat, as the default
+        assert_same(fam.cls(cfg8).from_hf(hf8), fam.cls(cfg8, compat="automodel").from_hf(hf8), "compat")
+    else:
+        with pytest.raises(moeckpt.UnsupportedLayoutError, match="drops every weight_scale_inv"):
+            moeckpt.from_hf_dir(fam.fp8, compat="automodel")
+        with pytest.raises(moeckpt.UnsupportedLayoutError, match="drops every weight_scale_inv"):
+            fam.cls(cfg8, compat="automodel").from_hf(hf8)
     # The default mode dequantizes with the scales: each value is code x its block's scale.
     native = fam.cls(cfg8).from_hf(hf8)
     w = "model.layers.1.self_attn.q_proj.weight"
@@ -170,7 +180,7 @@ def test_an_ep_rank_reads_only_its_experts(fam):
 
     def expert_bytes(ids):
         return sum(v.numel() * v.element_size() for k, v in fam.hf.items()
-                   if ".mlp.experts." in k and int(k.split(".mlp.experts.")[1].split(".")[0]) in ids)
+                   if ".experts." in k and int(k.split(".experts.")[1].split(".")[0]) in ids)
 
     def read(size, rank):
         dests = moeckpt.from_hf_dir(fam.path, ep_rank=rank, ep_size=size)
@@ -187,6 +197,9 @@ def test_compat_06_is_refused_and_config_contradictions(fam):
     with pytest.raises(moeckpt.InvalidArgumentError, match="automodel-0.6"):
         moeckpt.from_hf_dir(fam.path, compat="automodel-0.6")
     cfg = dict(fam.config)
-    cfg["attention_bias"] = not cfg["attention_bias"]
-    with pytest.raises(moeckpt.ConfigMismatchError, match="attention_bias is false|has no bias"):
+    if fam.minimax:
+        cfg["use_qk_norm"] = False
+    else:
+        cfg["attention_bias"] = not cfg["attention_bias"]
+    with pytest.raises(moeckpt.ConfigMismatchError, match="attention_bias is false|has no bias|no q/k norm"):
         fam.cls(cfg).from_hf(fam.hf)

@@ -7,7 +7,8 @@ Writes, under tests/data/:
   corpus_base/hf       `moeckpt synth --preset micro --seed 1` (the unmodified HF base)
   corpus_base/native   `moeckpt from-hf` of it (the unmodified native base)
   corpus_base/deepseek `moeckpt synth --preset deepseek-v3-micro --seed 1` (the DeepSeek-V3 format's base)
-  corpus_base/qwen3_moe, corpus_base/glm4_moe   `synth --preset qwen3-moe-micro-fp8` / `glm4-moe-micro --seed 1`
+  corpus_base/qwen3_moe, corpus_base/glm4_moe, corpus_base/minimax_m2   `synth --preset qwen3-moe-micro-fp8` /
+                       `glm4-moe-micro` / `minimax-m2-micro --seed 1`
   malformed/CASE/      one full checkpoint folder per defect, derived from a base by editing
                        headers, bytes, the index or config.json; `expect.json` says which commands
                        apply and the fragment each one's error must contain
@@ -853,8 +854,9 @@ def register_deepseek_cases():
 
 
 def register_hf_moe_cases():
-    """Qwen3-MoE (FP8 micro) and GLM-4.5 (BF16 micro, an MTP layer 2): q/k norms, attention biases,
-    router bias, shared experts and MTP layers against the config; their config fields."""
+    """Qwen3-MoE (FP8 micro), GLM-4.5 (BF16 micro, an MTP layer 2) and MiniMax-M2 (FP8 micro): q/k
+    norms, attention biases, router bias, shared experts, MTP layers and renamed MoE blocks against the
+    config; their config fields."""
 
     def family(base):
         def reg(name, fragment, edit, file=None, config_edit=None):
@@ -929,6 +931,28 @@ def register_hf_moe_cases():
     reg("glm4_config_compressed_tensors", "quantization_config is compressed-tensors", none, file="config.json",
         config_edit=lambda c: c.update(quantization_config={"quant_method": "compressed-tensors"}))
 
+    # MiniMax-M2 (FP8 micro, one MoE layer): the MoE block under block_sparse_moe, full-width q/k norms.
+    reg, where, add_like = family("minimax_m2")
+    M = "model.layers.0."
+    qn = M + "self_attn.q_norm.weight"
+    reg("minimax_q_norm_per_head", "shape [72] disagrees with config.json", shrink_rows(qn, 72), file=where(qn))
+    gate = M + "block_sparse_moe.gate.weight"
+    reg("minimax_missing_router", f"tensor '{gate}': missing: layer 0 (MoE)", drop(gate))
+    rb = M + "block_sparse_moe.e_score_correction_bias"
+    reg("minimax_missing_router_bias", f"tensor '{rb}': missing: layer 0 (MoE)", drop(rb))
+    w3 = M + "block_sparse_moe.experts.2.w3.weight"
+    reg("minimax_missing_expert", w3, drop(w3, w3 + "_scale_inv"))
+    reg("minimax_expert_under_mlp", "model.layers.0.mlp.experts.0.gate_proj.weight",
+        add_like(M + "mlp.experts.0.gate_proj.weight", M + "block_sparse_moe.experts.0.w1.weight"),
+        file=where(M + "block_sparse_moe.experts.0.w1.weight"))
+    w2 = M + "block_sparse_moe.experts.1.w2.weight_scale_inv"
+    reg("minimax_expert_scale_rows_short", "is too small for weight [136, 24]", shrink_rows(w2), file=where(w2))
+    kn = M + "self_attn.k_norm.weight"
+    reg("minimax_config_no_qk_norm", "no q/k norm (use_qk_norm is false in config.json)", none,
+        file=where(kn), config_edit=lambda c: c.update(use_qk_norm=False))
+    reg("minimax_config_missing_experts", 'config has no "num_local_experts"', none, file="config.json",
+        config_edit=lambda c: c.pop("num_local_experts"))
+
 
 def run(cli, *args):
     subprocess.run([str(cli), *map(str, args)], check=True, stdout=subprocess.DEVNULL)
@@ -945,6 +969,7 @@ def main():
     run(cli, "synth", BASE / "deepseek", "--preset", "deepseek-v3-micro", "--seed", "1")
     run(cli, "synth", BASE / "qwen3_moe", "--preset", "qwen3-moe-micro-fp8", "--seed", "1")
     run(cli, "synth", BASE / "glm4_moe", "--preset", "glm4-moe-micro", "--seed", "1")
+    run(cli, "synth", BASE / "minimax_m2", "--preset", "minimax-m2-micro", "--seed", "1")
     # Several shards, so that a case edits one of them (git stores the others once).
     run(cli, "from-hf", BASE / "hf", BASE / "native", "--quiet", "--shard-size", "60000")
     with tempfile.TemporaryDirectory() as tmp:

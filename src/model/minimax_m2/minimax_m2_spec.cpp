@@ -87,8 +87,9 @@ bool is_minimax_m2_model_type(std::string_view model_type) {
 ModelConfig parse_minimax_m2_config(const json& doc, const std::string& file) {
   ModelConfig c = parse_common_fields(doc, file, "intermediate_size");
   parse_hf_moe_attention(doc, file, c);
-  parse_routed_experts(doc, file, c,
-                       doc.contains("num_local_experts") ? "num_local_experts" : "num_experts");
+  // num_experts is transformers' alias; a config with neither is told the published name.
+  const bool alias = doc.contains("num_experts") && !doc.contains("num_local_experts");
+  parse_routed_experts(doc, file, c, alias ? "num_experts" : "num_local_experts");
   FieldReader(doc, file).boolean("use_qk_norm", false);
   c.layer_is_moe.assign(static_cast<size_t>(c.num_hidden_layers), true);
   return c;

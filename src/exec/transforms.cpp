@@ -324,6 +324,47 @@ std::vector<float> dequant_products(const TensorSource& source, const DequantInp
   return out;
 }
 
+namespace {
+
+// Tiles keep both the rows read and the columns written in cache.
+template <class T>
+void transpose_tiles(const TensorSource& source, const DequantInput& in, T* dst, int64_t dst_ld,
+                     T exponent, T magnitude) {
+  const SourceTensor& w = *in.weight;
+  const auto rows = static_cast<int64_t>(w.shape.at(0)), cols = static_cast<int64_t>(w.shape.at(1));
+  constexpr int64_t kTile = 64;
+  std::vector<T> band(static_cast<size_t>(std::min(rows, kTile) * cols));
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t n = std::min(kTile, rows - r0);
+    auto bytes = std::as_writable_bytes(std::span<T>(band.data(), static_cast<size_t>(n * cols)));
+    source.read(w, static_cast<uint64_t>(r0 * cols) * sizeof(T),
+                {reinterpret_cast<uint8_t*>(bytes.data()), bytes.size()});
+    if (in.nan == NanPolicy::kRefuse)
+      for (int64_t i = 0; i < n * cols; ++i)
+        if ((band[static_cast<size_t>(i)] & magnitude) > exponent)
+          refuse_nan(w, element_position(r0 + i / cols, i % cols), -1);
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile)
+      for (int64_t c = c0; c < std::min(cols, c0 + kTile); ++c)
+        for (int64_t r = 0; r < n; ++r)
+          dst[c * dst_ld + r0 + r] = band[static_cast<size_t>(r * cols + c)];
+  }
+}
+
+}  // namespace
+
+void transpose_raw_into(const TensorSource& source, const DequantInput& in, uint8_t* dst,
+                        int64_t dst_ld) {
+  if (in.weight->dtype == Dtype::BF16)
+    transpose_tiles<uint16_t>(source, in, reinterpret_cast<uint16_t*>(dst), dst_ld, 0x7F80, 0x7FFF);
+  else if (in.weight->dtype == Dtype::F32)
+    transpose_tiles<uint32_t>(source, in, reinterpret_cast<uint32_t*>(dst), dst_ld, 0x7F800000u,
+                              0x7FFFFFFFu);
+  else
+    fail(ErrorKind::kInvalidArgument, in.weight->file, in.weight->name,
+         "internal: a raw transpose of " + std::string(dtype_name(in.weight->dtype)),
+         "BF16 or F32");
+}
+
 void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst) {
   if (out == Dtype::F32) {
     std::memcpy(dst, products.data(), products.size() * 4);

@@ -43,6 +43,12 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
 void dequant_mxfp4_into(const TensorSource& source, const DequantInput& in, Dtype out, uint8_t* dst,
                         int64_t dst_ld, bool transpose);
 
+// An unscaled BF16 or F32 weight [rows, cols] written transposed into `dst` in its own dtype
+// (dst[c * dst_ld + r]), its bits unchanged as torch's copy keeps them (NaN payloads too); a NaN is
+// refused where the policy says so.
+void transpose_raw_into(const TensorSource& source, const DequantInput& in, uint8_t* dst,
+                        int64_t dst_ld);
+
 // Encodes products as BF16, F16 or F32 bytes (NaN per policy for BF16; refused NaN never reaches
 // here); F16 as torch's copy_ (f32_to_f16_rne). Any other dtype is refused.
 void encode_products(std::span<const float> products, Dtype out, NanPolicy nan, uint8_t* dst);

@@ -142,6 +142,58 @@ TEST_P(HfMoeConversion, CompatModeRefusesFp8InputAndQuantizeMakesTheFp8Layout) {
   EXPECT_TRUE(verify_checkpoints(dir / "hf", dir / "bf16", v).ok());
 }
 
+// A BF16 release's experts are moved bit for bit into the grouped tensors (torch's copy, which
+// Automodel's grouping is): a NaN keeps its payload in compat mode and is refused by default,
+// naming the expert's element; every other value lands at its transposed position.
+TEST(HfMoeExpertBits, BF16ExpertsAreMovedBitForBit) {
+  test::TempDir dir;
+  SynthOptions o;
+  o.preset = "qwen3-moe-tiny";
+  synthesize_checkpoint(dir / "hf", o);
+  const std::string name = "model.layers.2.mlp.experts.5.up_proj.weight";  // [96, 320]
+  {
+    auto ck = Checkpoint::open(dir / "hf");
+    const auto* e = ck.find(name);
+    ASSERT_NE(e, nullptr);
+    const auto& shard = ck.shard(e->shard);
+    const uint64_t at = shard.header().data_offset() + e->info->begin + 2 * (7 * 320 + 11);
+    auto bytes = test::read_bytes(shard.path());
+    bytes.at(at) = 0xC1;  // 0x7FC1: a NaN with a payload
+    bytes.at(at + 1) = 0x7F;
+    fs::permissions(shard.path(), fs::perms::owner_write, fs::perm_options::add);
+    test::write_bytes(shard.path(), bytes);
+  }
+  try {
+    from_hf_dir(dir / "hf", dir / "x", {});
+    ADD_FAILURE() << "a NaN converted by default";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNumeric);
+    EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+  }
+  FromHfOptions compat;
+  compat.compat = Compat::kAutomodel07;
+  from_hf_dir(dir / "hf", dir / "native", compat);
+  auto in = Checkpoint::open(dir / "hf"), out = Checkpoint::open(dir / "native");
+  const auto gate = in.read_all(*in.find("model.layers.2.mlp.experts.5.gate_proj.weight"));
+  const auto up = in.read_all(*in.find(name));
+  const auto grouped = out.read_all(*out.find("model.layers.2.mlp.experts.gate_and_up_projs"));
+  // [8, 320, 192]: slot 5, row d, column j (gate 0..95, up 96..191) = weight[j][d].
+  auto at = [&](int64_t d, int64_t j) {
+    const size_t i = 2 * static_cast<size_t>((5 * 320 + d) * 192 + j);
+    return static_cast<uint16_t>(grouped[i] | grouped[i + 1] << 8);
+  };
+  auto w = [](const std::vector<uint8_t>& b, int64_t r, int64_t c) {
+    const size_t i = 2 * static_cast<size_t>(r * 320 + c);
+    return static_cast<uint16_t>(b[i] | b[i + 1] << 8);
+  };
+  EXPECT_EQ(at(11, 96 + 7), 0x7FC1);
+  for (int64_t d = 0; d < 320; ++d)
+    for (int64_t j = 0; j < 96; ++j) {
+      ASSERT_EQ(at(d, j), w(gate, j, d)) << d << " " << j;
+      ASSERT_EQ(at(d, 96 + j), w(up, j, d)) << d << " " << j;
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Presets, HfMoeConversion,
                          ::testing::Values("qwen3-moe-tiny", "qwen3-moe-tiny-fp8", "glm4-moe-tiny",
                                            "glm4-moe-tiny-fp8", "minimax-m2-tiny"),

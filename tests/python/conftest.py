@@ -131,3 +131,64 @@ def assert_same(expected: dict, actual: dict, what: str = "", order: bool = True
         if a.dtype != e.dtype or tuple(a.shape) != tuple(e.shape) or raw(a) != raw(e):
             bad.append(f"{k}: {a.dtype}{tuple(a.shape)} vs reference {e.dtype}{tuple(e.shape)}")
     assert not bad, f"{what}: {len(bad)} tensors differ from the reference, e.g. {bad[:3]}"
+
+
+def fp8_round_trip_steps(hf: dict, config: dict, mg, tmp_path: Path) -> tuple[int, int, int]:
+    """Random FP8 codes under random (not power-of-two) scales, each 128x128 block reaching +-448 as a
+    real quantizer's blocks do, in place of every FP8 weight of `hf`; from-hf then the default to-hf.
+    Returns (codes kept, codes, the largest step between an input code and its output code)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(7)
+    hf = dict(hf)
+    for k, v in list(hf.items()):
+        if v.dtype != torch.float8_e4m3fn:
+            continue
+        codes = torch.randint(0, 256, v.shape, generator=g, dtype=torch.uint8)
+        codes[(codes & 0x7F) >= 0x7F] &= 0xF0  # no NaN codes
+        codes[::128, ::128] = 0x7E  # 448 in every block
+        hf[k] = codes.view(torch.float8_e4m3fn)
+        s = hf[k + "_scale_inv"]
+        hf[k + "_scale_inv"] = torch.exp2(torch.rand(s.shape, generator=g) * 8 - 14) * (1 + torch.rand(s.shape, generator=g))
+    src = tmp_path / "hf"
+    src.mkdir()
+    save_file(hf, str(src / "model.safetensors"), metadata={"format": "pt"})
+    (src / "config.json").write_text(json.dumps(config))
+    moeckpt.to_hf_dir(moeckpt.from_hf_dir(src), tmp_path / "back", config)
+    back = mg.load_hf_dir(str(tmp_path / "back"))
+    same = total = worst = 0
+    for k, v in hf.items():
+        if v.dtype != torch.float8_e4m3fn:
+            continue
+        a, b = v.view(torch.uint8).to(torch.int16), back[k].view(torch.uint8).to(torch.int16)
+        same += int((a == b).sum())
+        total += a.numel()
+        step = torch.where((a ^ b) & 0x80 == 0, (a & 0x7F) - (b & 0x7F), (a & 0x7F) + (b & 0x7F)).abs()
+        worst = max(worst, int(step.max()))
+    return same, total, worst
+
+
+def ep_read_bytes(hf: dict, path: Path, n: int, ranks: int) -> tuple[int, list[int], list[int]]:
+    """Bytes from_hf_dir's path (allocate, then the engine fills) reads of the checkpoint at `path`
+    (tensors `hf`, `n` experts a layer): at EP 1, and per rank of `ranks`, with what each rank should
+    read: everything but the other ranks' experts (any '.experts.<id>.' key) and their scales."""
+    from moeckpt import _core
+    from moeckpt.load import _load
+
+    total = sum(v.numel() * v.element_size() for v in hf.values())
+
+    def expert_bytes(ids):
+        return sum(v.numel() * v.element_size() for k, v in hf.items()
+                   if ".experts." in k and int(k.split(".experts.")[1].split(".")[0]) in ids)
+
+    def read(size, rank):
+        dests = moeckpt.from_hf_dir(path, ep_rank=rank, ep_size=size)
+        first, count = _core.expert_range(n, size, rank)
+        return _load(dests, str(path), (first, count, n), torch.bfloat16, None, "sdpa", 0, 1 << 30)[3]
+
+    got, want = [], []
+    for rank in range(ranks):
+        first, count = _core.expert_range(n, ranks, rank)
+        got.append(read(ranks, rank))
+        want.append(total - expert_bytes(set(range(n)) - set(range(first, first + count))))
+    return read(1, 0), got, want + [total]

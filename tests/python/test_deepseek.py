@@ -10,10 +10,9 @@ import types
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import moeckpt
-from conftest import ROOT, assert_same
+from conftest import ROOT, assert_same, ep_read_bytes, fp8_round_trip_steps
 
 
 def _dg():
@@ -126,59 +125,16 @@ def test_loads_automodels_model_as_automodel_does(ds):
 
 
 def test_round_trip_keeps_fp8_codes(ds, mg, tmp_path):
-    # Random FP8 codes under random (not power-of-two) scales, each 128x128 block reaching +-448 as a
-    # real quantizer's blocks do: from-hf rounds the products to BF16, to-hf re-derives the scales.
-    g = torch.Generator().manual_seed(7)
-    hf = dict(ds.hf)
-    for k, v in ds.hf.items():
-        if v.dtype != torch.float8_e4m3fn:
-            continue
-        codes = torch.randint(0, 256, v.shape, generator=g, dtype=torch.uint8)
-        codes[(codes & 0x7F) >= 0x7F] &= 0xF0  # no NaN codes
-        codes[::128, ::128] = 0x7E  # 448 in every block
-        hf[k] = codes.view(torch.float8_e4m3fn)
-        s = hf[k + "_scale_inv"]
-        hf[k + "_scale_inv"] = torch.exp2(torch.rand(s.shape, generator=g) * 8 - 14) * (1 + torch.rand(s.shape, generator=g))
-    src = tmp_path / "hf"
-    src.mkdir()
-    save_file(hf, str(src / "model.safetensors"), metadata={"format": "pt"})
-    (src / "config.json").write_text(json.dumps(ds.config))
-    moeckpt.to_hf_dir(moeckpt.from_hf_dir(src), tmp_path / "back", ds.config)
-    back = mg.load_hf_dir(str(tmp_path / "back"))
-    same = total = worst = 0
-    for k, v in hf.items():
-        if v.dtype != torch.float8_e4m3fn:
-            continue
-        a, b = v.view(torch.uint8).to(torch.int16), back[k].view(torch.uint8).to(torch.int16)
-        same += int((a == b).sum())
-        total += a.numel()
-        step = torch.where((a ^ b) & 0x80 == 0, (a & 0x7F) - (b & 0x7F), (a & 0x7F) + (b & 0x7F)).abs()
-        worst = max(worst, int(step.max()))
+    # from-hf rounds the products to BF16, to-hf re-derives the scales.
+    same, total, worst = fp8_round_trip_steps(ds.hf, ds.config, mg, tmp_path)
     assert same / total >= 0.999 and worst <= 1, (same, total, worst)
 
-
 def test_an_ep_rank_reads_only_its_experts(ds):
-    # from_hf_dir's path (allocate, then the engine fills): the other ranks' experts, the MTP
-    # layer's included, and their scales are never read; everything else once.
-    from moeckpt import _core
-    from moeckpt.load import _load
-
-    total = sum(v.numel() * v.element_size() for v in ds.hf.values())
-
-    def expert_bytes(ids):
-        return sum(v.numel() * v.element_size() for k, v in ds.hf.items()
-                   if ".mlp.experts." in k and int(k.split(".mlp.experts.")[1].split(".")[0]) in ids)
-
-    def read(size, rank):
-        dests = moeckpt.from_hf_dir(ds.path, ep_rank=rank, ep_size=size)
-        first, count = _core.expert_range(ds.n, size, rank)
-        return _load(dests, str(ds.path), (first, count, ds.n), torch.bfloat16, None, "sdpa", 0, 1 << 30)[3]
-
-    assert read(1, 0) == total
-    for rank in range(3):
-        first, count = _core.expert_range(ds.n, 3, rank)
-        assert read(3, rank) == total - expert_bytes(set(range(ds.n)) - set(range(first, first + count))), rank
-
+    # The other ranks' experts, the MTP layer's included, and their scales are never read;
+    # everything else once.
+    whole, got, want = ep_read_bytes(ds.hf, ds.path, ds.n, 3)
+    assert whole == want[-1]
+    assert got == want[:-1]
 
 def test_compat_06_is_refused_and_config_contradictions(ds, tmp_path):
     # Automodel 0.6.0's behaviour is reproduced for MiMo only: refused, not guessed.

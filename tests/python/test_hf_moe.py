@@ -11,10 +11,9 @@ import types
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import moeckpt
-from conftest import ROOT, assert_same
+from conftest import ROOT, assert_same, ep_read_bytes, fp8_round_trip_steps
 
 ADAPTERS = {"qwen3-moe-tiny": moeckpt.Qwen3MoeStateDictAdapter, "glm4-moe-tiny": moeckpt.Glm4MoeStateDictAdapter,
             "minimax-m2-tiny": moeckpt.MiniMaxM2StateDictAdapter}
@@ -115,37 +114,10 @@ def test_fp8_release_compat_refuses_default_dequantizes(fam, mg, tmp_path):
 
 
 def test_round_trip_keeps_fp8_codes(fam, mg, tmp_path):
-    # Random FP8 codes under random (not power-of-two) scales, each 128x128 block reaching +-448.
-    g = torch.Generator().manual_seed(7)
-    hf = mg.load_hf_dir(str(fam.fp8))
     with open(fam.fp8 / "config.json", encoding="utf-8") as f:
         cfg8 = json.load(f)
-    for k, v in list(hf.items()):
-        if v.dtype != torch.float8_e4m3fn:
-            continue
-        codes = torch.randint(0, 256, v.shape, generator=g, dtype=torch.uint8)
-        codes[(codes & 0x7F) >= 0x7F] &= 0xF0  # no NaN codes
-        codes[::128, ::128] = 0x7E
-        hf[k] = codes.view(torch.float8_e4m3fn)
-        s = hf[k + "_scale_inv"]
-        hf[k + "_scale_inv"] = torch.exp2(torch.rand(s.shape, generator=g) * 8 - 14) * (1 + torch.rand(s.shape, generator=g))
-    src = tmp_path / "hf"
-    src.mkdir()
-    save_file(hf, str(src / "model.safetensors"), metadata={"format": "pt"})
-    (src / "config.json").write_text(json.dumps(cfg8))
-    moeckpt.to_hf_dir(moeckpt.from_hf_dir(src), tmp_path / "back", cfg8)
-    back = mg.load_hf_dir(str(tmp_path / "back"))
-    same = total = worst = 0
-    for k, v in hf.items():
-        if v.dtype != torch.float8_e4m3fn:
-            continue
-        a, b = v.view(torch.uint8).to(torch.int16), back[k].view(torch.uint8).to(torch.int16)
-        same += int((a == b).sum())
-        total += a.numel()
-        step = torch.where((a ^ b) & 0x80 == 0, (a & 0x7F) - (b & 0x7F), (a & 0x7F) + (b & 0x7F)).abs()
-        worst = max(worst, int(step.max()))
+    same, total, worst = fp8_round_trip_steps(mg.load_hf_dir(str(fam.fp8)), cfg8, mg, tmp_path)
     assert total > 0 and same / total >= 0.999 and worst <= 1, (same, total, worst)
-
 
 def test_loads_automodels_model_as_automodel_does(fam):
     hg = _hg()
@@ -173,25 +145,9 @@ def test_loads_automodels_model_as_automodel_does(fam):
 
 
 def test_an_ep_rank_reads_only_its_experts(fam):
-    from moeckpt import _core
-    from moeckpt.load import _load
-
-    total = sum(v.numel() * v.element_size() for v in fam.hf.values())
-
-    def expert_bytes(ids):
-        return sum(v.numel() * v.element_size() for k, v in fam.hf.items()
-                   if ".experts." in k and int(k.split(".experts.")[1].split(".")[0]) in ids)
-
-    def read(size, rank):
-        dests = moeckpt.from_hf_dir(fam.path, ep_rank=rank, ep_size=size)
-        first, count = _core.expert_range(fam.n, size, rank)
-        return _load(dests, str(fam.path), (first, count, fam.n), torch.bfloat16, None, "sdpa", 0, 1 << 30)[3]
-
-    assert read(1, 0) == total
-    for rank in range(3):
-        first, count = _core.expert_range(fam.n, 3, rank)
-        assert read(3, rank) == total - expert_bytes(set(range(fam.n)) - set(range(first, first + count))), rank
-
+    whole, got, want = ep_read_bytes(fam.hf, fam.path, fam.n, 3)
+    assert whole == want[-1]
+    assert got == want[:-1]
 
 def test_compat_06_is_refused_and_config_contradictions(fam):
     with pytest.raises(moeckpt.InvalidArgumentError, match="automodel-0.6"):

@@ -8,6 +8,7 @@
 #include <tuple>
 
 #include "adapter/plan_copy.hpp"
+#include "adapter/quant_rules.hpp"
 #include "adapter/validate.hpp"
 #include "core/strict_json.hpp"
 #include "io/checksum.hpp"
@@ -481,10 +482,7 @@ std::string hf_config_text(const ModelConfig& config, const ToHfOptions& options
   nlohmann::json out_config = config.raw;
   const auto spec = model_spec_for(config);
   const auto mode = effective_quant(options);
-  const bool fp8 = mode == QuantMode::kBlock  ? options.hf_source || spec->publishes_fp8()
-                   : mode == QuantMode::kCast ? spec->compat_casts()
-                                              : false;
-  if (!fp8) {
+  if (!export_writes_fp8(*spec, options)) {
     out_config.erase("quantization_config");
     // A fused-QKV source written with split q/k/v projections: the config says so, so the
     // output reads back (and fails no layout check) as the split layout it is.

@@ -8,6 +8,7 @@
 #include <map>
 #include <vector>
 
+#include "adapter/quant_rules.hpp"
 #include "adapter/scale_ref.hpp"
 #include "adapter/validate.hpp"
 #include "core/key_pattern.hpp"
@@ -175,8 +176,8 @@ class ToHfPlanner {
         return false;
       case QuantMode::kCast:
         return spec_->compat_quantizes(key, o_.compat);
-      case QuantMode::kBlock:  // a BF16 release is exported in BF16; quantize makes the FP8 one
-        return (o_.hf_source || spec_->publishes_fp8()) && spec_->is_published_fp8(key);
+      case QuantMode::kBlock:
+        return export_writes_fp8(*spec_, o_) && spec_->is_published_fp8(key);
     }
     return false;
   }

@@ -2,6 +2,7 @@
 
 #include <string_view>
 
+#include "adapter/quant_rules.hpp"
 #include "moeckpt/adapter.hpp"
 #include "moeckpt/error.hpp"
 
@@ -56,6 +57,18 @@ QuantMode effective_quant(const ToHfOptions& o) noexcept {
       break;
   }
   return o.quant;
+}
+
+bool export_writes_fp8(const ModelSpec& spec, const ToHfOptions& o) noexcept {
+  switch (effective_quant(o)) {
+    case QuantMode::kNone:
+      return false;
+    case QuantMode::kCast:
+      return spec.compat_casts();
+    case QuantMode::kBlock:
+      return o.hf_source || spec.publishes_fp8();
+  }
+  return false;
 }
 
 bool should_quantize_key(std::string_view key, Compat version) {

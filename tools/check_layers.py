@@ -46,7 +46,7 @@ PUBLIC = {
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 # A checkpoint family is named only inside its spec (src/model/<family>/): everything else asks
 # the spec (ModelSpec) and stays model-agnostic.
-FAMILY_WORDS = re.compile(r"mimo|deepseek|qwen|glm|minimax", re.I)
+FAMILY_WORDS = re.compile(r"mimo|deepseek|qwen|glm|minimax|gpt.?oss", re.I)
 # Messages below the CLI name an option by tag (option_ref), which each front end spells: a flag in
 # a string literal there would reach Python users too.
 STRING_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"')

@@ -5,6 +5,7 @@ files and JSON as tools/make_goldens.py (whose main does the work; only the adap
     qwen3_moe   Qwen3MoeStateDictAdapter   (Qwen3-30B-A3B, Qwen3-235B-A22B, ...)
     glm4_moe    Glm4MoeStateDictAdapter    (GLM-4.5, GLM-4.5-Air, GLM-4.6, ...)
     minimax_m2  MiniMaxM2StateDictAdapter  (MiniMax-M2, MiniMax-M2.1)
+    gpt_oss     GPTOSSStateDictAdapter     (gpt-oss-20b, gpt-oss-120b)
 
     python tools/make_hf_moe_goldens.py HF_DIR OUT_DIR [--family F] [make_goldens options: --ep W ... --special-input targets]
 
@@ -18,7 +19,12 @@ the model is built.
 What the adapters do with make_goldens' calls: Qwen3 and GLM ignore `quantization` (to_hf.safetensors equals
 to_hf_noquant.safetensors, quantization_honoured is false) and read no FP8; MiniMax-M2 dequantizes FP8 weights with
 their 128x128 weight_scale_inv blocks in from_hf, and to_hf(quantization=True) casts every weight but norms, gate,
-embeddings and lm_head to FP8 with all-ones scales.
+embeddings and lm_head to FP8 with all-ones scales. gpt-oss decodes the MXFP4 experts in from_hf and ignores the
+device mesh (the EP slice comes later, from DCP's load into the rank's DTensor shards): its from_hf_ep<W>_rank<r>
+goldens are its whole result with every expert-axis tensor (gate_and_up_projs, down_projs, the expert biases) sliced
+to the rank's experts, as that load does; its to_hf(quantization=True) writes all-ones MXFP4 placeholders (recorded,
+and refused by moeckpt's compat mode). Its model is built with attention "flex" where "sdpa" is asked (the only
+backend other than TE that holds sinks; the adapter tells only TE apart).
 
 The special BF16 values are planted into the first MoE layer's grouped gate_and_up_projs, its q_proj and o_proj, the
 first dense layer's mlp.down_proj (Qwen3 mlp_only_layers / decoder_sparse_step, GLM first_k_dense_replace) and, for
@@ -46,7 +52,12 @@ FAMILIES = {
     "qwen3_moe": ("Qwen3MoeConfig", "nemo_automodel.components.models.qwen3_moe.model", "Qwen3MoeForCausalLM"),
     "glm4_moe": ("Glm4MoeConfig", "nemo_automodel.components.models.glm4_moe.model", "Glm4MoeForCausalLM"),
     "minimax_m2": ("MiniMaxM2Config", "nemo_automodel.components.models.minimax_m2.model", "MiniMaxM2ForCausalLM"),
+    "gpt_oss": ("GptOssConfig", "nemo_automodel.components.models.gpt_oss.model", "GptOssForCausalLM"),
 }
+
+# gpt-oss's tensors split along the expert axis by an EP rank's DTensor shards.
+_GPT_OSS_EXPERT_AXIS = ("mlp.experts.gate_and_up_projs", "mlp.experts.down_projs", "mlp.experts.gate_up_proj_bias",
+                        "mlp.experts.down_proj_bias")
 
 
 def family_of(config_json: dict, family: str | None = None) -> str:
@@ -93,6 +104,8 @@ def build_model(config_json: dict, family: str | None = None, attn: str = "sdpa"
     fam = family_of(config_json, family)
     _, module, cls_name = FAMILIES[fam]
     model_cls = getattr(importlib.import_module(module), cls_name)
+    if fam == "gpt_oss" and attn == "sdpa":
+        attn = "flex"
     backend = BackendConfig(attn=attn, experts="torch", dispatcher="torch", linear="torch", rms_norm="torch",
                             enable_hf_state_dict_adapter=True)
     config = make_config(config_json, fam)
@@ -106,7 +119,25 @@ def build_model(config_json: dict, family: str | None = None, attn: str = "sdpa"
 
 
 def make_adapter(config_json: dict, attn: str = "sdpa", family: str | None = None):
-    return build_model(config_json, family, attn).state_dict_adapter
+    adapter = build_model(config_json, family, attn).state_dict_adapter
+    if family_of(config_json, family) == "gpt_oss":
+        whole = adapter.from_hf
+
+        def from_hf_sliced(hf_state_dict, device_mesh=None, **kwargs):
+            """Its from_hf, then (under a mesh) each expert-axis tensor's rows of the rank (even split first)."""
+            out = whole(hf_state_dict, device_mesh=device_mesh, **kwargs)
+            if device_mesh is None:
+                return out
+            names = getattr(device_mesh, "mesh_dim_names", None) or ()
+            ep = device_mesh["ep"] if "ep" in names else device_mesh
+            rank, size = int(ep.get_local_rank()), int(ep.size())
+            q, rem = divmod(adapter.moe_config.n_routed_experts, size)
+            start = rank * (q + 1) if rank < rem else rank * q + rem
+            end = start + q + (rank < rem)
+            return {k: (v[start:end].contiguous() if k.endswith(_GPT_OSS_EXPERT_AXIS) else v) for k, v in out.items()}
+
+        adapter.from_hf = from_hf_sliced
+    return adapter
 
 
 def special_targets(hf_dir: str, family: str | None = None) -> str:

@@ -80,6 +80,7 @@ struct InspectReport {
   // tensors' first dimension (an EP rank's folder: its share).
   std::map<int64_t, int64_t> experts_per_layer;
   std::optional<ExpertParallel> expert_parallel;  // native folders only
+  bool stacked_experts = false;  // HF experts stacked per layer (one tensor per projection)
   std::vector<GroupedFamily> grouped;
   std::vector<Fp8Family> fp8;
   std::vector<AttentionLayer> attention;

@@ -75,6 +75,32 @@ class ModelSpec {
   // (an attention weight's name) belongs to; the text all of that layer's attention names share.
   virtual std::string attention_weight_name(std::string_view weight, Projection p) const;
   virtual std::string attention_prefix(std::string_view weight) const;
+  // Stacked experts: an HF layout that stores all of a layer's experts in one tensor per
+  // projection ([n_experts, out, ...]; MXFP4 blocks and scales). The name of expert `e`'s member
+  // of stacked tensor `stacked` (its slice [e] as a 2-D [out, bytes of the rest] matrix, a
+  // name classify() gives the expert's kExpertProj key, or its E8M0 scale), nullopt when
+  // `stacked` is not one; and back, a member's stacked tensor and expert. The stacked shape of
+  // `experts` members of 2-D shape `member`.
+  virtual bool hf_experts_stacked() const noexcept { return false; }
+  virtual std::optional<std::string> stacked_expert_member(std::string_view stacked,
+                                                           int64_t e) const {
+    (void)stacked;
+    (void)e;
+    return std::nullopt;
+  }
+  virtual std::optional<std::pair<std::string, int64_t>> stack_of_member(
+      std::string_view member) const {
+    (void)member;
+    return std::nullopt;
+  }
+  virtual std::vector<uint64_t> stacked_shape(std::string_view stacked,
+                                              const std::vector<uint64_t>& member,
+                                              int64_t experts) const {
+    (void)stacked;
+    std::vector<uint64_t> s{static_cast<uint64_t>(experts)};
+    s.insert(s.end(), member.begin(), member.end());
+    return s;
+  }
   // Prefixes under which per-expert keys are grouped (others pass through unchanged), and the
   // one Automodel writes split experts under.
   virtual bool is_groupable_prefix(std::string_view prefix) const;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <variant>
@@ -72,6 +73,9 @@ struct CopyTask {
   // Elements [elem0, elem1) of the (flattened) tensor only; the rest is neither read nor written.
   uint64_t elem0 = 0;
   uint64_t elem1 = UINT64_MAX;
+  // Source element i lands on output element i + out_delta (a slice of a stacked tensor, or one
+  // EP rank's part of a gathered one).
+  int64_t out_delta = 0;
 };
 // Rows [row0, row1) of a dequantized weight (large weights are split so that a task's buffers
 // stay small; row1 < 0 means all rows).
@@ -123,6 +127,9 @@ struct EmitTask {
   int64_t row0 = 0;
   int64_t row1 = -1;
   BlockFormat format = BlockFormat::kFp8;
+  // MXFP4: the output row the view's row 0 lands on (one expert of a stacked [n, rows, ...]
+  // output).
+  int64_t out_row0 = 0;
 };
 
 // Several EmitTasks on the same slot of a grouped tensor (an expert's gate and up): the slot is
@@ -179,6 +186,9 @@ struct Plan {
   // a layout the input gives, as a sharded save's mapping); empty: shards by size.
   std::vector<size_t> output_file;
   size_t output_files = 0;
+  // Source tensors the tasks refer to that the plan owns: views of the source's tensors (members
+  // of stacked tensors, SourceTensor::stored), kept alive with the plan.
+  std::shared_ptr<const std::vector<SourceTensor>> views;
   uint64_t output_bytes() const;
 };
 

@@ -20,6 +20,7 @@ enum class TensorKind {
   kRouter,            // mlp.gate.weight
   kRouterBias,        // mlp.gate.e_score_correction_bias
   kExpertProj,        // mlp.experts.E.{gate,up,down}_proj.weight (HF layout)
+  kExpertBias,        // the routed experts' biases, [n_experts, out] per projection
   kGroupedExperts,    // mlp.experts.{gate_and_up_projs,down_projs} (native layout)
   kMtpEhProj,         // mtp eh_proj.weight
   kSharedExpertProj,  // mlp.shared_experts.{gate,up,down}_proj.weight

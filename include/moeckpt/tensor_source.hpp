@@ -25,6 +25,11 @@ struct SourceTensor {
   std::string file;  // for messages
   size_t part = 0;   // which folder / buffer set it lives in
   uint64_t nbytes = 0;
+  // Set for a member of a stacked tensor (one slice along its leading axis, e.g. one expert of a
+  // layer's [n_experts, ...] tensor): this tensor's bytes are bytes [slice_offset, slice_offset +
+  // nbytes) of `stored`, a tensor of the same source; every source's read() follows it.
+  const SourceTensor* stored = nullptr;
+  uint64_t slice_offset = 0;
 };
 
 class TensorSource {

@@ -268,7 +268,8 @@ class MiMoV2FlashStateDictAdapter:
                 else:
                     items.append((k, v.full_tensor()))
                 continue
-            if self._config.is_grouped_expert_key(k) and isinstance(v, torch.Tensor) and v.dim() == 3 and v.shape[0] != n:
+            if (self._config.is_grouped_expert_key(k) and isinstance(v, torch.Tensor) and v.dim() in (2, 3)
+                    and v.shape[0] != n):
                 if self._compat:
                     raise ValueError(f"Expected first dimension to be {n}, got {v.shape[0]}")
                 first, count = _core.expert_range(n, self.ep_size, self.ep_rank)
@@ -370,12 +371,62 @@ class MiniMaxM2StateDictAdapter(MiMoV2FlashStateDictAdapter):
     _FAMILY = "minimax_m2"
 
 
+class GPTOSSStateDictAdapter(MiMoV2FlashStateDictAdapter):
+    """The same conversions for gpt-oss checkpoints (``model_type`` ``gpt_oss``: gpt-oss-20b,
+    gpt-oss-120b), with the methods of Automodel's ``GPTOSSStateDictAdapter``: ``from_hf`` decodes the
+    MXFP4 experts (``mlp.experts.gate_up_proj_blocks`` / ``_scales``, ``down_proj_blocks`` / ``_scales``)
+    into ``gate_and_up_projs [n, hidden, 2*I]`` (gate and up rows still interleaved, as published)
+    and ``down_projs [n, I, hidden]``, keeps the expert biases (the rank's rows), renames
+    ``mlp.router`` to ``mlp.gate`` and, with ``attn_backend="te"``, ``self_attn.sinks`` to
+    ``self_attn.attn_module.softmax_offset``; an EP rank reads only its experts' bytes. ``to_hf``
+    renames back; ``quantization=True`` writes real MXFP4 (an E8M0 scale per 32 inputs, E2M1 codes)
+    as published, where Automodel writes all-ones placeholders (``compat="automodel"`` refuses it).
+    ``compat="automodel"`` is Automodel 0.7.0's ``from_hf`` byte for byte (E8M0 255 decoded as
+    2^128, as its ``torch.ldexp`` does; the result sliced to the rank). Arguments as
+    :class:`MiMoV2FlashStateDictAdapter` (``checkpoint_tp_size`` does not apply).
+    """
+
+    _FAMILY = "gpt_oss"
+    _STACKED = {"gate_up_proj": "gate_and_up_projs", "down_proj": "down_projs"}
+
+    def _stacked_target(self, key: str) -> Optional[str]:
+        """The grouped tensor an MXFP4 ``_blocks``/``_scales`` key decodes into."""
+        base, _, part = key.rpartition("_")
+        head, _, leaf = base.rpartition(".")
+        if part not in ("blocks", "scales") or leaf not in self._STACKED or not head.endswith("mlp.experts"):
+            return None
+        return f"{head}.{self._STACKED[leaf]}"
+
+    def _renamed(self, key: str) -> Optional[str]:
+        """The native name of a key Automodel renames (None: kept)."""
+        native = self._config.native_key(key)
+        if native is None and self.attn_backend == "te" and key.endswith("self_attn.sinks"):
+            native = key[: -len("sinks")] + "attn_module.softmax_offset"
+        return native
+
+    def _reference_order(self, result: dict, input_keys: list[str], rank: int, size: int) -> dict:
+        """Automodel's key order: the keys it keeps in input order, then those it renames (the router,
+        TE sinks) in input order, then the decoded experts in the order their blocks/scales came."""
+        del rank, size
+        kept = [k for k in input_keys if self._stacked_target(k) is None]
+        order = [k for k in kept if self._renamed(k) is None and k in result]
+        order += [n for k in kept if (n := self._renamed(k)) is not None and n in result]
+        for k in input_keys:
+            target = self._stacked_target(k)
+            if target is not None and target in result and target not in order:
+                order.append(target)
+        seen = set(order)
+        order += [k for k in result if k not in seen]
+        return {k: result[k] for k in order}
+
+
 _ADAPTERS = {
     "mimo": MiMoV2FlashStateDictAdapter,
     "deepseek": DeepSeekV3StateDictAdapter,
     "qwen3_moe": Qwen3MoeStateDictAdapter,
     "glm4_moe": Glm4MoeStateDictAdapter,
     "minimax_m2": MiniMaxM2StateDictAdapter,
+    "gpt_oss": GPTOSSStateDictAdapter,
 }
 
 

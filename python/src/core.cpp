@@ -482,8 +482,10 @@ NB_MODULE(_core, m) {
           nb::arg("key"))
       .def(
           "is_grouped_expert_key",
+          // Split by EP along the expert axis: grouped experts, and a stacked layout's biases.
           [](const Config& c, const std::string& k) {
-            return c.spec->classify(k).kind == TensorKind::kGroupedExperts;
+            const auto kind = c.spec->classify(k).kind;
+            return kind == TensorKind::kGroupedExperts || kind == TensorKind::kExpertBias;
           },
           nb::arg("key"));
   m.def(

@@ -10,6 +10,7 @@
 #include <set>
 
 #include "adapter/scale_ref.hpp"
+#include "adapter/stacked_member_source.hpp"
 #include "adapter/validate.hpp"
 #include "exec/numeric_refusals.hpp"
 #include "exec/transforms.hpp"
@@ -73,7 +74,13 @@ class FromHfPlanner {
         emit_fused_qkv(t, key);
         continue;
       }
-      if (spec_->is_grouped_expert(key) && o_.group_experts) {
+      if (key.kind == TensorKind::kExpertBias) {
+        emit_expert_bias(t);
+        continue;
+      }
+      // Stacked experts stay stacked when dequantized in place (the HF BF16 layout is the
+      // grouped one under its HF name).
+      if (spec_->is_grouped_expert(key) && (o_.group_experts || spec_->hf_experts_stacked())) {
         auto id = std::make_pair(key.prefix, *key.layer);
         if (emitted.insert(id).second) emit_group(id);
         continue;
@@ -381,7 +388,8 @@ class FromHfPlanner {
     std::vector<int64_t> ins, widths;
     for (const auto& g : groupings) {
       const auto [in, width] = spec_->grouped_slot_shape(g);
-      outs.push_back(add_output(spec_->grouped_experts_name(id.first, id.second, g.grouped),
+      const auto name = spec_->grouped_experts_name(id.first, id.second, g.grouped);
+      outs.push_back(add_output(o_.group_experts ? name : spec_->hf_name_of(name).value_or(name),
                                 o_.dtype, {n, in, width}));
       ins.push_back(static_cast<int64_t>(in));
       widths.push_back(static_cast<int64_t>(width));
@@ -408,6 +416,29 @@ class FromHfPlanner {
         plan_.tasks.push_back(std::move(task));
       }
     }
+  }
+
+  // A stacked layout's expert biases [E, out]: the rank's rows, under the same name.
+  void emit_expert_bias(const SourceTensor& t) {
+    const auto key = spec_->classify(t.name);
+    const uint64_t out = spec_->expert_hf_shape(
+        key.projection == Projection::kDown ? Projection::kDown : Projection::kGateAndUp)[0];
+    const std::vector<uint64_t> want{static_cast<uint64_t>(c_.n_routed_experts), out};
+    if (t.shape != want ||
+        (t.dtype != Dtype::BF16 && t.dtype != Dtype::F16 && t.dtype != Dtype::F32))
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
+           fmt::format("expert bias {} {} disagrees with config.json", dtype_name(t.dtype),
+                       format_shape(t.shape)),
+           "a float tensor " + format_shape(want) + " (n_routed_experts x the projection's rows)");
+    if (range_.count == 0) return;
+    const auto first = static_cast<uint64_t>(range_.first);
+    const auto n = static_cast<uint64_t>(range_.count);
+    CopyTask task{&t, add_output(t.name, t.dtype, {n, out}),
+                  std::min(o_.task_bytes / 2, kCopyChunkBytes), std::nullopt};
+    task.elem0 = first * out;
+    task.elem1 = (first + n) * out;
+    task.out_delta = -static_cast<int64_t>(first * out);
+    plan_.tasks.push_back(std::move(task));
   }
 
   // The shape an expert weight of logical shape `want` is stored with: MXFP4 (U8) packs two
@@ -498,7 +529,12 @@ class FromHfPlanner {
 }  // namespace
 
 Plan plan_from_hf(const TensorSource& hf, const ModelConfig& config, const FromHfOptions& options) {
-  return FromHfPlanner(hf, config, options).plan();
+  const auto spec = model_spec_for(config);
+  if (!spec->hf_experts_stacked()) return FromHfPlanner(hf, config, options).plan();
+  StackedMemberSource members(hf, *spec);
+  Plan plan = FromHfPlanner(members, config, options).plan();
+  plan.views = members.release_views();
+  return plan;
 }
 
 }  // namespace moeckpt

@@ -69,6 +69,7 @@ class ToHfPlanner {
                          spec_->layout_name(), tp_, o_.tp_size));
       plan_.index_metadata["tp_size"] = std::to_string(tp_);
     }
+    if (spec_->hf_experts_stacked()) refuse_stacked_exports();
     if (o_.hf_source) {
       refuse_native_layout(src_, *spec_);
       refuse_quantized();
@@ -84,7 +85,14 @@ class ToHfPlanner {
       const SourceTensor& t = *tensor;
       auto key = spec_->classify(t.name);
       if (key.kind == TensorKind::kGroupedExperts) {
-        emit_grouped(t, key);
+        if (spec_->hf_experts_stacked())
+          emit_stacked(t, key);
+        else
+          emit_grouped(t, key);
+        continue;
+      }
+      if (key.kind == TensorKind::kExpertBias && !o_.hf_source) {
+        emit_expert_bias(t);
         continue;
       }
       if (auto hf = spec_->hf_name_of_backend_name(t.name)) {  // e.g. a sink under a TE name
@@ -139,6 +147,161 @@ class ToHfPlanner {
           order.begin(), order.end(),
           [](const SourceTensor* a, const SourceTensor* b) { return a->name < b->name; });
     return order;
+  }
+
+  // Stacked MXFP4 experts are written by block quantization (MXFP4) or not at all (the HF BF16
+  // layout); Automodel's quantized export writes placeholders.
+  void refuse_stacked_exports() const {
+    const QuantMode mode = effective_quant(o_);
+    if (compat_ && mode != QuantMode::kNone)
+      fail(ErrorKind::kUnsupportedLayout, "", "",
+           spec_->compat_quantized_export_refusal().value_or(
+               "this layout's quantized export is refused by Automodel"),
+           "no quantization (BF16 experts), or the default mode (it writes real MXFP4)");
+    if (mode == QuantMode::kCast)
+      fail(ErrorKind::kUnsupportedLayout, "", "",
+           fmt::format("a {} checkpoint's experts are MXFP4: there is no FP8 cast of them",
+                       spec_->layout_name()),
+           "block quantization (MXFP4 experts) or none");
+    if (o_.hf_source && mode != QuantMode::kNone)
+      fail(ErrorKind::kUnsupportedLayout, "", "",
+           fmt::format("quantizing an HF {} checkpoint in place: its BF16 experts are read from "
+                       "the native layout only",
+                       spec_->layout_name()),
+           "from-hf, then to-hf (which writes MXFP4 experts)");
+  }
+
+  // The rank parts of a native expert tensor [n, ...] with their row in the stacked output: every
+  // expert of the layer exactly once (unless require_all_experts is off: then the experts held, a
+  // contiguous range, stacked from the first, as Automodel's to_hf of one rank's shard renames
+  // it); `held` gets their count.
+  std::vector<std::pair<const SourceTensor*, int64_t>> expert_parts(const SourceTensor& t,
+                                                                    int64_t& held_count) const {
+    const int64_t E = c_.n_routed_experts;
+    std::vector<std::pair<const SourceTensor*, int64_t>> parts;
+    std::vector<bool> held(static_cast<size_t>(E), false);
+    for (const auto& part : src_.tensors()) {
+      if (part.name != t.name) continue;
+      const int64_t first = starts_.at(part.part);
+      const auto n = part.shape.empty() ? int64_t{0} : static_cast<int64_t>(part.shape[0]);
+      if (first < 0 || first + n > E)
+        fail(ErrorKind::kConfigMismatch, part.file, part.name,
+             fmt::format("holds experts [{}, {}) but n_routed_experts is {}", first, first + n, E));
+      for (int64_t e = first; e < first + n; ++e) {
+        if (held[static_cast<size_t>(e)])
+          fail(ErrorKind::kConfigMismatch, part.file, part.name,
+               fmt::format("expert {} is held by two EP ranks", e));
+        held[static_cast<size_t>(e)] = true;
+      }
+      parts.emplace_back(&part, first);
+    }
+    const auto count = std::count(held.begin(), held.end(), true);
+    held_count = count;
+    if (o_.require_all_experts && count != E)
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
+           fmt::format("the inputs hold {} of the {} experts of this layer; a stacked {} tensor "
+                       "needs them all",
+                       count, E, spec_->layout_name()),
+           "every EP rank's folder");
+    if (count == E) return parts;
+    const auto first = std::find(held.begin(), held.end(), true) - held.begin();
+    if (count == 0 ||
+        !std::all_of(held.begin() + first, held.begin() + first + count, [](bool h) { return h; }))
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
+           fmt::format("the inputs hold {} experts of this layer, not one contiguous range", count),
+           "every EP rank's folder, or one rank's");
+    for (auto& p : parts) p.second -= first;
+    return parts;
+  }
+
+  // Expert biases [n, out] per rank -> one [E, out] tensor, as published (BF16 in the default
+  // mode; Automodel keeps the dtype).
+  void emit_expert_bias(const SourceTensor& t) {
+    if (excluded(t.name)) return;
+    const auto key = spec_->classify(t.name);
+    const uint64_t out = spec_->expert_hf_shape(
+        key.projection == Projection::kDown ? Projection::kDown : Projection::kGateAndUp)[0];
+    origin_ = "'" + t.name + "'";
+    origin_file_ = t.file;
+    int64_t n = 0;
+    const auto parts = expert_parts(t, n);
+    const Dtype dt = compat_ ? t.dtype : Dtype::BF16;
+    const size_t o = add_output(t.name, dt, {static_cast<uint64_t>(n), out});
+    for (const auto& [part, first] : parts) {
+      if (part->shape.size() != 2 || part->shape[1] != out ||
+          (part->dtype != Dtype::BF16 && part->dtype != Dtype::F16 && part->dtype != Dtype::F32))
+        fail(ErrorKind::kConfigMismatch, part->file, part->name,
+             fmt::format("expert bias {} {} disagrees with config.json", dtype_name(part->dtype),
+                         format_shape(part->shape)),
+             fmt::format("a float tensor [n, {}]", out));
+      CopyTask task{part, o, std::min(o_.task_bytes / 2, kCopyChunkBytes),
+                    part->dtype == dt ? std::nullopt : std::optional<Dtype>(dt)};
+      task.out_delta = first * static_cast<int64_t>(out);
+      plan_.tasks.push_back(std::move(task));
+    }
+  }
+
+  // A layer's stacked experts from its grouped tensor (every rank's part): with block
+  // quantization, MXFP4 as published (<proj>_blocks and _scales, each expert's [out, in] the
+  // transpose of its slot, gate/up rows as they are); otherwise the HF BF16 layout, the grouped
+  // tensor under its HF name (what Automodel's to_hf writes).
+  void emit_stacked(const SourceTensor& t, const TensorKey& key) {
+    const ExpertGrouping grouping = spec_->expert_grouping(key.projection);
+    const auto [in, width] = spec_->grouped_slot_shape(grouping);
+    int64_t E = 0;
+    const std::string hf = o_.prefix ? fmt::format("{}layers.{}.{}", *o_.prefix, *key.layer,
+                                                   t.name.substr(t.name.find(".mlp.") + 1))
+                                     : t.name;
+    const std::string hf_name = spec_->hf_name_of(hf).value_or(hf);
+    if (excluded(hf_name)) return;
+    const auto parts = expert_parts(t, E);
+    for (const auto& [part, first] : parts)
+      if (part->shape.size() != 3 || part->shape[1] != in || part->shape[2] != width ||
+          (part->dtype != Dtype::BF16 && part->dtype != Dtype::F16 && part->dtype != Dtype::F32))
+        fail(ErrorKind::kConfigMismatch, part->file, part->name,
+             fmt::format("grouped expert tensor {} {} disagrees with config.json",
+                         dtype_name(part->dtype), format_shape(part->shape)),
+             fmt::format("a float tensor [n, {}, {}]", in, width));
+    origin_ = "'" + t.name + "'";
+    origin_file_ = t.file;
+    if (mode_ != QuantMode::kBlock) {
+      const size_t o = add_output(hf_name, t.dtype, {static_cast<uint64_t>(E), in, width});
+      for (const auto& [part, first] : parts) {
+        CopyTask task{part, o, std::min(o_.task_bytes / 2, kCopyChunkBytes),
+                      part->dtype == t.dtype ? std::nullopt : std::optional<Dtype>(t.dtype)};
+        task.out_delta = first * static_cast<int64_t>(in * width);
+        plan_.tasks.push_back(std::move(task));
+      }
+      return;
+    }
+    if (in % numerics::kMxBlock != 0)
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
+           fmt::format("expert weights of {} inputs cannot be written as MXFP4", in),
+           "an input size that is a multiple of 32");
+    const std::string prefix = hf.substr(0, hf.find("layers."));
+    const auto member = spec_->expert_weight_name(prefix, *key.layer, 0, grouping.parts.at(0));
+    const auto blocks = spec_->stack_of_member(member);
+    const auto scales = spec_->stack_of_member(spec_->mx_scale_name(member));
+    if (!blocks || !scales)
+      fail(ErrorKind::kUnsupportedLayout, t.file, t.name, "has no stacked MXFP4 name");
+    const size_t w = add_output(blocks->first, Dtype::U8,
+                                spec_->stacked_shape(blocks->first, {width, in / 2}, E));
+    const size_t s =
+        add_output(scales->first, Dtype::U8,
+                   spec_->stacked_shape(scales->first, {width, in / numerics::kMxBlock}, E));
+    for (const auto& [part, first] : parts)
+      for (int64_t slot = 0; slot < static_cast<int64_t>(part->shape[0]); ++slot) {
+        EmitTask task{MatrixView{part, slot, 0, static_cast<int64_t>(width)},
+                      w,
+                      s,
+                      QuantMode::kBlock,
+                      0,
+                      1,
+                      numerics::kMxBlock};
+        task.format = BlockFormat::kMxfp4;
+        task.out_row0 = (first + slot) * static_cast<int64_t>(width);
+        plan_.tasks.push_back(std::move(task));
+      }
   }
 
   // An HF source to quantize holds no FP8 weights and no block scales.

@@ -68,19 +68,21 @@ void run(const CopyTask& t, const TensorSource& src, TensorSink& sink) {
       src.read(*t.src, e * in_size, part);
       const auto floats = exec::to_floats(*t.src, part);
       exec::encode_products(floats, *t.convert_to, NanPolicy::kTorchCompat, out.data());
-      sink.write(t.out, e * out_size, std::span<const uint8_t>(out.data(), m * out_size));
+      sink.write(t.out, static_cast<uint64_t>(static_cast<int64_t>(e) + t.out_delta) * out_size,
+                 std::span<const uint8_t>(out.data(), m * out_size));
     }
     return;
   }
   const auto [begin, end] = copy_byte_range(t);
   if (begin >= end) return;
+  const auto es = static_cast<int64_t>(std::max<uint64_t>(1, dtype_size(t.src->dtype)));
   exec::RawBuffer<uint8_t> buf(
       std::min<uint64_t>(end - begin, std::max<uint64_t>(1, t.chunk_bytes)));
   for (uint64_t off = begin; off < end; off += buf.size()) {
     auto n = std::min<uint64_t>(buf.size(), end - off);
     std::span<uint8_t> part(buf.data(), n);
     src.read(*t.src, off, part);
-    sink.write(t.out, off, part);
+    sink.write(t.out, static_cast<uint64_t>(static_cast<int64_t>(off) + t.out_delta * es), part);
   }
 }
 
@@ -288,8 +290,9 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
             std::span<const float>(&x[at], numerics::kMxBlock),
             std::span<uint8_t>(&packed[at / 2], numerics::kMxBlock / 2));
       }
-    sink.write(t.out_weight, static_cast<uint64_t>(r0 * m.cols / 2), packed);
-    if (t.out_scale) sink.write(*t.out_scale, static_cast<uint64_t>(r0 * blocks), scales);
+    const int64_t at = t.out_row0 + r0;
+    sink.write(t.out_weight, static_cast<uint64_t>(at * m.cols / 2), packed);
+    if (t.out_scale) sink.write(*t.out_scale, static_cast<uint64_t>(at * blocks), scales);
     return;
   }
   if (t.mode != QuantMode::kNone && t.in.src->dtype == Dtype::BF16) {

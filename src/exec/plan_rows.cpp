@@ -45,8 +45,13 @@ void restrict_to_rows(Plan& plan, const std::vector<std::optional<RowWindow>>& w
       const auto& w = window(t.out);
       if (!w) return false;
       const uint64_t re = row_elements(plan.outputs[t.out]);
-      t.elem0 = std::max(t.elem0, static_cast<uint64_t>(w->row0) * re);
-      t.elem1 = std::min(t.elem1, static_cast<uint64_t>(w->row1) * re);
+      // Output element i is source element i - out_delta.
+      const auto src_of = [&](int64_t row) {
+        return static_cast<uint64_t>(
+            std::max<int64_t>(0, row * static_cast<int64_t>(re) - t.out_delta));
+      };
+      t.elem0 = std::max(t.elem0, src_of(w->row0));
+      t.elem1 = std::min(t.elem1, src_of(w->row1));
       return t.elem0 < t.elem1;
     }
     bool operator()(DequantTask& t) const {

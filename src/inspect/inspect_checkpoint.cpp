@@ -205,6 +205,12 @@ InspectReport inspect_checkpoint(const fs::path& dir, const InspectOptions& opti
     if (key.mtp && key.layer) mtp_layers.insert(*key.layer);
     const std::string& file = ck.file_of(e);
 
+    // A stacked layout's experts: one tensor per projection holds every expert of the layer.
+    if (config && spec->stacked_expert_member(name, 0) && key.layer && !t.shape.empty()) {
+      r.stacked_experts = true;
+      for (uint64_t e = 0; e < t.shape[0]; ++e) experts[*key.layer].insert(static_cast<int64_t>(e));
+      continue;
+    }
     if (key.is_scale) {
       if (!ck.find(key.weight_name))
         r.notes.push_back(fmt::format("{}: tensor '{}': scale without its weight '{}' (ignored)",
@@ -357,6 +363,7 @@ nlohmann::ordered_json to_json(const InspectReport& r) {
   auto& dt = j["by_dtype"] = nlohmann::ordered_json::object();
   for (const auto& [name, d] : r.by_dtype) dt[name] = {{"tensors", d.tensors}, {"bytes", d.bytes}};
   j["layout"] = r.native ? "native" : "hf";
+  j["stacked_experts"] = r.stacked_experts;
   if (r.has_config) {
     j["model"] = r.model;
     j["layers"] = {{"total", r.layers},
@@ -437,7 +444,8 @@ std::string to_text(const InspectReport& r) {
     line(fmt::format("  {:<8} {:>7} tensors  {:>12}", name, d.tensors, human_bytes(d.bytes)));
   if (r.has_config) line("model: " + r.model);
   if (!r.expert_parallel) {
-    line("layout: HF (one tensor per expert)");
+    line(r.stacked_experts ? "layout: HF (experts stacked per layer)"
+                           : "layout: HF (one tensor per expert)");
   } else {
     const auto& ep = *r.expert_parallel;
     std::string where;

@@ -29,6 +29,70 @@ std::optional<Projection> hf_moe_mlp_projection(std::string_view s) {
   return std::nullopt;
 }
 
+constexpr std::string_view kTeSinkName = "self_attn.attn_module.softmax_offset";
+
+// The stacked layout's projections: gate and up fused (rows interleaved), down.
+std::string_view stacked_leaf(Projection p) {
+  return p == Projection::kDown ? "down_proj" : "gate_up_proj";
+}
+std::optional<Projection> stacked_projection(std::string_view leaf) {
+  if (leaf == "gate_up_proj") return Projection::kGateAndUp;
+  if (leaf == "down_proj") return Projection::kDown;
+  return std::nullopt;
+}
+
+// "<proj>_blocks" or "<proj>_scales" with a member's "[E]" (plain decimal), split.
+struct StackedPart {
+  Projection projection;
+  bool scales = false;
+  std::optional<int64_t> expert;
+};
+std::optional<StackedPart> parse_stacked(std::string_view e) {
+  std::optional<int64_t> expert;
+  if (e.ends_with(']')) {
+    const auto open = e.rfind('[');
+    if (open == std::string_view::npos) return std::nullopt;
+    auto digits = std::string(e.substr(open + 1, e.size() - open - 2)) + ".";
+    std::string_view d = digits;
+    expert = take_index(d);
+    if (!expert || !d.empty()) return std::nullopt;
+    e = e.substr(0, open);
+  }
+  for (std::string_view suffix : {"_blocks", "_scales"})
+    if (e.ends_with(suffix))
+      if (auto p = stacked_projection(e.substr(0, e.size() - suffix.size())))
+        return StackedPart{*p, suffix == "_scales", expert};
+  return std::nullopt;
+}
+
+// What follows "layers.<L>.mlp.experts." in the stacked layout: a member's blocks (the expert's
+// weight) or scales, an expert bias, the native grouped tensors. The stacked tensors themselves
+// are left kOther: planning reads their members (SourceTensor::stored).
+void classify_stacked_expert(std::string_view e, TensorKey& k) {
+  if (e == "gate_and_up_projs" || e == "down_projs") {
+    k.kind = TensorKind::kGroupedExperts;
+    k.projection = e == "down_projs" ? Projection::kDown : Projection::kGateAndUp;
+    return;
+  }
+  if (e.ends_with("_bias")) {
+    if (auto p = stacked_projection(e.substr(0, e.size() - 5))) {
+      k.kind = TensorKind::kExpertBias;
+      k.projection = *p;
+    }
+    return;
+  }
+  auto part = parse_stacked(e);
+  if (!part || !part->expert) return;
+  k.kind = TensorKind::kExpertProj;
+  k.projection = part->projection;
+  k.expert = part->expert;
+  if (part->scales) {
+    k.is_scale = k.is_mx_scale = true;
+    const auto at = k.name.rfind("_scales[");
+    k.weight_name = k.name.substr(0, at) + "_blocks" + k.name.substr(at + 7);
+  }
+}
+
 std::optional<Projection> hf_moe_attention_projection(std::string_view s) {
   for (Projection p : {Projection::kQ, Projection::kK, Projection::kV, Projection::kO})
     if (s == projection_name(p)) return p;
@@ -43,8 +107,16 @@ void classify_hf_moe_layer_rest(std::string_view rest, TensorKey& k, const HfMoe
     k.kind = TensorKind::kRouter;
     return;
   }
-  if (rest == l.hf_router_bias || rest == "mlp.gate.e_score_correction_bias") {
+  if (rest == l.hf_router_bias || rest == l.native_router_bias) {
     k.kind = TensorKind::kRouterBias;
+    return;
+  }
+  if (l.stacked_mxfp4_experts && rest.starts_with("mlp.experts.")) {
+    classify_stacked_expert(rest.substr(12), k);
+    return;
+  }
+  if (l.attention_sinks && (rest == "self_attn.sinks" || rest == kTeSinkName)) {
+    k.kind = TensorKind::kAttentionSink;
     return;
   }
   if (rest.starts_with(l.hf_experts) && rest.size() > l.hf_experts.size() &&
@@ -132,6 +204,9 @@ class HfMoeSpec final : public ModelSpec {
 
   std::string expert_weight_name(std::string_view prefix, int64_t layer, int64_t expert,
                                  Projection p) const override {
+    if (layout_.stacked_mxfp4_experts)
+      return fmt::format("{}layers.{}.mlp.experts.{}_blocks[{}]", prefix, layer, stacked_leaf(p),
+                         expert);
     const size_t i = p == Projection::kGate ? 0 : p == Projection::kUp ? 1 : 2;
     return fmt::format("{}layers.{}.{}.{}.{}.weight", prefix, layer, layout_.hf_experts, expert,
                        layout_.hf_expert_leaves[i]);
@@ -147,23 +222,71 @@ class HfMoeSpec final : public ModelSpec {
       return std::nullopt;
     }
     return rename_layer_rest(hf, {{layout_.hf_router, "mlp.gate.weight"},
-                                  {layout_.hf_router_bias, "mlp.gate.e_score_correction_bias"}});
+                                  {layout_.hf_router_bias, layout_.native_router_bias}});
   }
+  // Stacked: the grouped tensors are the HF BF16 layout's gate_up_proj / down_proj.
   std::optional<std::string> hf_name_of(std::string_view native) const override {
-    return rename_layer_rest(native,
-                             {{"mlp.gate.weight", layout_.hf_router},
-                              {"mlp.gate.e_score_correction_bias", layout_.hf_router_bias}});
+    if (layout_.stacked_mxfp4_experts)
+      if (auto hf = rename_layer_rest(
+              native, {{"mlp.experts.gate_and_up_projs", "mlp.experts.gate_up_proj"},
+                       {"mlp.experts.down_projs", "mlp.experts.down_proj"}}))
+        return hf;
+    return rename_layer_rest(native, {{"mlp.gate.weight", layout_.hf_router},
+                                      {layout_.native_router_bias, layout_.hf_router_bias}});
   }
 
-  // No MXFP4 experts in these layouts; the name is never looked up.
+  // A stacked member's scales ("<proj>_scales[E]"); the other layouts have no MXFP4 experts (the
+  // name is never looked up).
   std::string mx_scale_name(std::string_view weight) const override {
+    const auto at = weight.rfind("_blocks[");
+    if (layout_.stacked_mxfp4_experts && at != std::string_view::npos)
+      return fmt::format("{}_scales{}", weight.substr(0, at), weight.substr(at + 7));
     return std::string(weight) + "_scale";
   }
-  std::optional<BackendName> native_backend_name(std::string_view, AttnBackend) const override {
-    return std::nullopt;
+  // Attention sinks under TE (Automodel keeps their dtype).
+  std::optional<BackendName> native_backend_name(std::string_view hf,
+                                                 AttnBackend backend) const override {
+    if (backend != AttnBackend::kTe || !layout_.attention_sinks) return std::nullopt;
+    auto te = rename_layer_rest(hf, {{"self_attn.sinks", kTeSinkName}});
+    if (!te) return std::nullopt;
+    return BackendName{std::move(*te), false};
   }
-  std::optional<std::string> hf_name_of_backend_name(std::string_view) const override {
-    return std::nullopt;
+  std::optional<std::string> hf_name_of_backend_name(std::string_view native) const override {
+    if (!layout_.attention_sinks) return std::nullopt;
+    return rename_layer_rest(native, {{kTeSinkName, "self_attn.sinks"}});
+  }
+
+  bool hf_experts_stacked() const noexcept override { return layout_.stacked_mxfp4_experts; }
+  std::optional<std::string> stacked_expert_member(std::string_view stacked,
+                                                   int64_t e) const override {
+    const auto k = stacked_part(stacked);
+    if (!k || k->expert) return std::nullopt;
+    return fmt::format("{}[{}]", stacked, e);
+  }
+  std::optional<std::pair<std::string, int64_t>> stack_of_member(
+      std::string_view member) const override {
+    const auto k = stacked_part(member);
+    if (!k || !k->expert) return std::nullopt;
+    return std::make_pair(std::string(member.substr(0, member.rfind('['))), *k->expert);
+  }
+  // Blocks [E, out, in / 32, 16] from members [out, in / 2]; scales [E, out, in / 32].
+  std::vector<uint64_t> stacked_shape(std::string_view stacked, const std::vector<uint64_t>& m,
+                                      int64_t experts) const override {
+    const auto n = static_cast<uint64_t>(experts);
+    const auto k = stacked_part(stacked);
+    if (k && !k->scales && m.size() == 2) return {n, m[0], m[1] / 16, 16};
+    return ModelSpec::stacked_shape(stacked, m, experts);
+  }
+  std::vector<ExpertGrouping> expert_groupings() const override {
+    if (!layout_.stacked_mxfp4_experts) return ModelSpec::expert_groupings();
+    return {{Projection::kGateAndUp, {Projection::kGateAndUp}},
+            {Projection::kDown, {Projection::kDown}}};
+  }
+  // Stacked: gate and up as one [2 * moe_intermediate, hidden] projection.
+  std::vector<uint64_t> expert_hf_shape(Projection p) const override {
+    auto shape = ModelSpec::expert_hf_shape(p);
+    if (p == Projection::kGateAndUp) shape[0] *= 2;
+    return shape;
   }
 
   std::vector<RequiredTensor> required_tensors(std::string_view prefix,
@@ -262,6 +385,8 @@ class HfMoeSpec final : public ModelSpec {
         return Shape{rows(k.projection), D};
       case TensorKind::kAttentionBias:
         return Shape{rows(k.projection)};
+      case TensorKind::kAttentionSink:
+        return Shape{u(a.num_heads)};
       case TensorKind::kDenseMlpProj:
         if (k.projection == Projection::kDown) return Shape{D, u(c.intermediate_size)};
         return Shape{u(c.intermediate_size), D};
@@ -286,12 +411,12 @@ class HfMoeSpec final : public ModelSpec {
   // too), 128x128 blocks; embeddings, lm_head, norms, biases and the router stay BF16.
   bool is_published_fp8(std::string_view name) const override {
     const auto k = classify(name);
-    if (k.is_scale) return false;
+    if (k.is_scale || layout_.stacked_mxfp4_experts) return false;  // MXFP4 experts: not FP8
     return k.kind == TensorKind::kAttentionProj || k.kind == TensorKind::kDenseMlpProj ||
            k.kind == TensorKind::kSharedExpertProj || k.kind == TensorKind::kExpertProj;
   }
   bool is_published_f32(const TensorKey& key) const override {
-    return key.kind == TensorKind::kRouterBias ||
+    return (key.kind == TensorKind::kRouterBias && layout_.router_bias_f32) ||
            (layout_.router_f32 && key.kind == TensorKind::kRouter);
   }
   bool publishes_fp8() const override { return config_.block.has_value(); }
@@ -317,7 +442,7 @@ class HfMoeSpec final : public ModelSpec {
 
   bool hf_qkv_fused() const noexcept override { return false; }
   bool native_qkv_fused() const noexcept override { return false; }
-  bool hf_experts_mxfp4() const noexcept override { return false; }
+  bool hf_experts_mxfp4() const noexcept override { return layout_.stacked_mxfp4_experts; }
   std::optional<int64_t> fixed_checkpoint_tp() const override { return std::nullopt; }
   TpInterleavedQkv qkv_interleave(const AttentionDims&, int64_t, bool, const std::string& file,
                                   const std::string& tensor) const override {
@@ -334,9 +459,21 @@ class HfMoeSpec final : public ModelSpec {
     return std::nullopt;
   }
   std::optional<std::string> compat_quantized_export_refusal() const override {
-    return std::nullopt;
+    if (layout_.compat_quantized_export_refusal.empty()) return std::nullopt;
+    return std::string(layout_.compat_quantized_export_refusal);
   }
-  void rewrite_export_config(nlohmann::json&, bool) const override {}
+  // An export with MXFP4 experts keeps (or states) the MXFP4 quantization_config.
+  void rewrite_export_config(nlohmann::json& c, bool quantized) const override {
+    if (!layout_.stacked_mxfp4_experts || !quantized) return;
+    const auto q = config_.raw.find("quantization_config");
+    c["quantization_config"] =
+        q != config_.raw.end() && q->is_object()
+            ? *q
+            : nlohmann::json{{"quant_method", "mxfp4"},
+                             {"modules_to_not_convert",
+                              {"model.layers.*.self_attn", "model.layers.*.mlp.router",
+                               "model.embed_tokens", "lm_head"}}};
+  }
 
  private:
   static std::optional<std::string> rename_layer_rest(
@@ -348,6 +485,13 @@ class HfMoeSpec final : public ModelSpec {
       if (path->rest == from && from != to)
         return fmt::format("{}layers.{}.{}", path->prefix, path->layer, to);
     return std::nullopt;
+  }
+
+  std::optional<StackedPart> stacked_part(std::string_view name) const {
+    if (!layout_.stacked_mxfp4_experts) return std::nullopt;
+    const auto path = split_layer_path(name);
+    if (!path || !path->rest.starts_with("mlp.experts.")) return std::nullopt;
+    return parse_stacked(path->rest.substr(12));
   }
 
   bool is_mtp_layer(int64_t l) const {
@@ -368,6 +512,7 @@ class HfMoeSpec final : public ModelSpec {
       out.push_back(proj + ".weight");
       if (p == Projection::kO ? layout_.o_bias : layout_.qkv_bias) out.push_back(proj + ".bias");
     }
+    if (layout_.attention_sinks) out.push_back("self_attn.sinks");
     if (layout_.qk_norm != QkNorm::kNone) {
       out.push_back("self_attn.q_norm.weight");
       out.push_back("self_attn.k_norm.weight");
@@ -375,7 +520,11 @@ class HfMoeSpec final : public ModelSpec {
     if (is_moe_layer(l)) {
       out.emplace_back(native ? "mlp.gate.weight" : layout_.hf_router);
       if (layout_.router_correction_bias)
-        out.emplace_back(native ? "mlp.gate.e_score_correction_bias" : layout_.hf_router_bias);
+        out.emplace_back(native ? layout_.native_router_bias : layout_.hf_router_bias);
+      if (layout_.stacked_mxfp4_experts) {
+        out.push_back("mlp.experts.gate_up_proj_bias");
+        out.push_back("mlp.experts.down_proj_bias");
+      }
       if (config_.n_shared_experts > 0)
         for (const char* p : {"gate_proj", "up_proj", "down_proj"})
           out.push_back(std::string("mlp.shared_experts.") + p + ".weight");

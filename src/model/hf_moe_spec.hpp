@@ -32,6 +32,8 @@ struct HfMoeLayout {
   // (mlp.gate.weight, mlp.gate.e_score_correction_bias, mlp.experts.E.<gate|up|down>_proj.weight).
   std::string_view hf_router = "mlp.gate.weight";
   std::string_view hf_router_bias = "mlp.gate.e_score_correction_bias";
+  std::string_view native_router_bias = "mlp.gate.e_score_correction_bias";
+  bool router_bias_f32 = true;  // the router's bias is published F32 (else BF16)
   std::string_view hf_experts = "mlp.experts";
   std::array<std::string_view, 3> hf_expert_leaves = {"gate_proj", "up_proj", "down_proj"};
   // Automodel's adapter: why its from_hf cannot take FP8 (empty: it dequantizes), and what its
@@ -39,6 +41,17 @@ struct HfMoeLayout {
   // of these (empty: nothing; the MoE mixin adapters ignore the flag).
   std::string_view compat_fp8_refusal;
   std::span<const std::string_view> compat_cast_excluded;
+  // Stacked MXFP4 experts: a layer's routed experts in one tensor per projection, gate and up
+  // fused with their rows interleaved (kept so natively: gate_and_up_projs is that [2I, hidden]
+  // transposed), as published mlp.experts.<gate_up|down>_proj_blocks [E, out, in / 32, 16] (U8,
+  // two E2M1 codes per byte, the even input in the low nibble) with _scales [E, out, in / 32]
+  // (U8 E8M0) and _bias [E, out]. A member (one expert) is named "<stacked>[E]".
+  bool stacked_mxfp4_experts = false;
+  // self_attn.sinks [heads] (one learned logit per head), natively under TE
+  // self_attn.attn_module.softmax_offset.
+  bool attention_sinks = false;
+  // Why Automodel's to_hf(quantization=True) is refused in compat mode (empty: it is not).
+  std::string_view compat_quantized_export_refusal;
 };
 
 std::unique_ptr<const ModelSpec> make_hf_moe_spec(const ModelConfig& config,

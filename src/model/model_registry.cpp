@@ -9,6 +9,7 @@
 #include "io/file.hpp"
 #include "model/deepseek/deepseek_spec.hpp"
 #include "model/glm4_moe/glm4_moe_spec.hpp"
+#include "model/gpt_oss/gpt_oss_spec.hpp"
 #include "model/mimo/mimo_spec.hpp"
 #include "model/minimax_m2/minimax_m2_spec.hpp"
 #include "model/qwen3_moe/qwen3_moe_spec.hpp"
@@ -39,6 +40,8 @@ constexpr std::array kFamilies{
            make_glm4_moe_spec, glm4_moe_preset_names, glm4_moe_preset},
     Family{"minimax_m2", "minimax_m2", is_minimax_m2_model_type, parse_minimax_m2_config,
            make_minimax_m2_spec, minimax_m2_preset_names, minimax_m2_preset},
+    Family{"gpt_oss", "gpt_oss", is_gpt_oss_model_type, parse_gpt_oss_config, make_gpt_oss_spec,
+           gpt_oss_preset_names, gpt_oss_preset},
 };
 
 const Family& family_named(std::string_view name) {

@@ -26,6 +26,8 @@ std::string_view tensor_kind_name(TensorKind kind) noexcept {
       return "router_bias";
     case TensorKind::kExpertProj:
       return "expert_proj";
+    case TensorKind::kExpertBias:
+      return "expert_bias";
     case TensorKind::kGroupedExperts:
       return "grouped_experts";
     case TensorKind::kMtpEhProj:

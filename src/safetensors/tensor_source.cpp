@@ -41,12 +41,14 @@ CheckpointSource::CheckpointSource(const std::vector<std::filesystem::path>& dir
 CheckpointSource::~CheckpointSource() = default;
 
 void CheckpointSource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
+  if (t.stored) return read(*t.stored, t.slice_offset + offset, out);
   const auto& ck = *checkpoints_.at(t.part);
   ck.read(*ck.find(t.name), offset, out);
   bytes_read_ += out.size();
 }
 
 void CheckpointSource::prefetch(const SourceTensor& t, uint64_t offset, uint64_t bytes) const {
+  if (t.stored) return prefetch(*t.stored, t.slice_offset + offset, bytes);
   const auto& ck = *checkpoints_.at(t.part);
   const auto* e = ck.find(t.name);
   ck.prefetch(*e, offset, bytes);
@@ -98,6 +100,7 @@ std::span<const uint8_t> MemorySource::bytes(const SourceTensor& t) const {
 }
 
 void MemorySource::read(const SourceTensor& t, uint64_t offset, std::span<uint8_t> out) const {
+  if (t.stored) return read(*t.stored, t.slice_offset + offset, out);
   const auto b = bytes(t);
   const uint64_t w = window_offsets_.at(static_cast<size_t>(&t - tensors_.data()));
   if (offset < w || offset - w > b.size() || out.size() > b.size() - (offset - w))

@@ -355,6 +355,9 @@ class SyntheticNativeSource final : public TensorSource {
       if (key.kind == TensorKind::kGroupedExperts) {
         const auto [in, width] = spec.grouped_slot_shape(spec.expert_grouping(key.projection));
         shape = {static_cast<uint64_t>(c.n_routed_experts), in, width};
+      } else if (key.kind == TensorKind::kExpertBias) {  // [E, the projection's rows]
+        shape = {static_cast<uint64_t>(c.n_routed_experts),
+                 spec.expert_hf_shape(key.projection)[0]};
       } else if (key.projection == Projection::kQkv) {  // fused natively: canonical [Q, K, V]
         const auto l = spec.qkv_interleave(spec.attention_dims(key), tp, true, "", r.name);
         shape = {static_cast<uint64_t>(l.rows()), static_cast<uint64_t>(c.hidden_size)};
@@ -423,9 +426,10 @@ class SyntheticNativeSource final : public TensorSource {
   std::map<std::string, std::string> metadata_;
 };
 
-// A fused-QKV layout is synthesized as it is published: a native checkpoint, generated, written
-// by the exporter (fused qkv_proj over the TP degree with a grid per shard, MXFP4 experts where
-// the family has them, the index's tp_size) — the same code path as a real export.
+// A fused-QKV or stacked-MXFP4 layout is synthesized as it is published: a native checkpoint,
+// generated, written by the exporter (fused qkv_proj over the TP degree with a grid per shard,
+// MXFP4 experts where the family has them, the index's tp_size) — the same code path as a real
+// export.
 SynthReport synthesize_by_export(const fs::path& dst, const json& doc, const ModelSpec& spec,
                                  const SynthOptions& o) {
   const int64_t tp = spec.fixed_checkpoint_tp().value_or(o.tp_size.value_or(4));
@@ -474,10 +478,10 @@ void check_options(const SynthOptions& o, const ModelSpec& spec) {
                        "chosen TP degree takes one ({})",
                        fmt::join(presets_taking_a_tp_degree(), ", ")));
   }
-  if (spec.hf_qkv_fused() && o.sparse)
+  if ((spec.hf_qkv_fused() || spec.hf_experts_stacked()) && o.sparse)
     fail(ErrorKind::kInvalidArgument, "", "",
          fmt::format("sparse files of the {} layout (synthesized by export)", spec.layout_name()),
-         "a split-QKV preset");
+         "a preset of a layout synthesized directly");
   default_mtp_layers(o, spec);  // refuses more MTP layers than the config declares
 }
 
@@ -493,7 +497,7 @@ SynthReport synthesize_checkpoint(const fs::path& dst, const SynthOptions& o) {
   ModelConfig config = ModelConfig::parse(doc, "synthesized config");
   const auto spec = model_spec_for(config);
   check_options(o, *spec);
-  if (spec->hf_qkv_fused()) {
+  if (spec->hf_qkv_fused() || spec->hf_experts_stacked()) {
     std::error_code ec;
     if (fs::exists(dst / kIndexFileName, ec) || fs::exists(dst / kSingleFileName, ec))
       fail(ErrorKind::kDestination, dst.string(), "", "destination already holds a checkpoint");

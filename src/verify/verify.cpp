@@ -9,6 +9,7 @@
 
 #include "adapter/checkpoint_validation.hpp"
 #include "adapter/scale_ref.hpp"
+#include "adapter/stacked_member_source.hpp"
 #include "adapter/validate.hpp"
 #include "core/printable.hpp"
 #include "exec/transforms.hpp"
@@ -68,7 +69,10 @@ class LogicalView {
       std::from_chars(it->second.data(), it->second.data() + it->second.size(), start);
     const BlockSize block = config.block.value_or(BlockSize{});
     const bool fused_hf = spec_->hf_qkv_fused() && !is_native_layout(src_, *spec_);
-    for (const auto& t : src_.tensors()) {
+    // Stacked HF experts are compared per expert, as the native side's slots are.
+    if (spec_->hf_experts_stacked() && !is_native_layout(src_, *spec_))
+      members_ = std::make_unique<StackedMemberSource>(src_, *spec_);
+    for (const auto& t : view().tensors()) {
       if (spec_->is_block_scale(t.name)) continue;
       auto key = spec_->classify(t.name);
       if (key.is_mx_scale) continue;
@@ -83,6 +87,10 @@ class LogicalView {
       }
       if (key.kind == TensorKind::kExpertProj && t.dtype == Dtype::U8) {
         add_mxfp4(t);
+        continue;
+      }
+      if (key.kind == TensorKind::kExpertBias && t.shape.size() == 2) {
+        add_expert_bias(t, members_ ? 0 : start);
         continue;
       }
       LogicalTensor lt;
@@ -200,8 +208,33 @@ class LogicalView {
   }
 
   // An MXFP4 expert weight as its [out, in] values (one expert, dequantized whole).
+  const TensorSource& view() const {
+    return members_ ? static_cast<const TensorSource&>(*members_) : src_;
+  }
+
+  // Expert biases [n, out] from expert `start` on: one row per expert ("<name>[e]"), so an EP
+  // rank's rows meet the HF tensor's.
+  void add_expert_bias(const SourceTensor& t, int64_t start) {
+    const auto n = static_cast<int64_t>(t.shape[0]);
+    const auto cols = static_cast<int64_t>(t.shape[1]);
+    const uint64_t es = dtype_size(t.dtype);
+    for (int64_t e = 0; e < n; ++e) {
+      LogicalTensor lt;
+      lt.shape = {t.shape[1]};
+      lt.dtype = t.dtype;
+      lt.cols = cols;
+      const SourceTensor* tp = &t;
+      lt.values = [this, tp, e, cols, es](int64_t, int64_t) {
+        std::vector<uint8_t> bytes(static_cast<size_t>(cols) * es);
+        src_.read(*tp, static_cast<uint64_t>(e * cols) * es, bytes);
+        return exec::to_floats(*tp, bytes);
+      };
+      tensors_[fmt::format("{}[{}]", t.name, start + e)] = std::move(lt);
+    }
+  }
+
   void add_mxfp4(const SourceTensor& t) {
-    const auto* s = src_.find(spec_->mx_scale_name(t.name));
+    const auto* s = view().find(spec_->mx_scale_name(t.name));
     if (!s) fail(ErrorKind::kMalformedFile, t.file, t.name, "MXFP4 weight without its scale");
     LogicalTensor lt;
     lt.rows = static_cast<int64_t>(t.shape.at(0));
@@ -260,6 +293,7 @@ class LogicalView {
 
   CheckpointSource src_;
   std::unique_ptr<const ModelSpec> spec_;
+  std::unique_ptr<StackedMemberSource> members_;  // stacked HF experts as per-expert views
   std::map<std::string, LogicalTensor> tensors_;
 };
 

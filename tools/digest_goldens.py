@@ -101,13 +101,16 @@ def hf_input_files(hf_dir: str) -> list[str]:
     return sorted(n for n in os.listdir(hf_dir) if n.endswith(".safetensors"))
 
 
-def special_to_hf_positions(native_key: str, shape: list[int], flat: int, cfg: dict) -> tuple[str, int]:
-    """Where native element `flat` of `native_key` lands in to_hf (EP1 input: expert ids start at 0)."""
+def special_to_hf_positions(native_key: str, shape: list[int], flat: int, cfg: dict) -> tuple:
+    """Where native element `flat` of `native_key` lands in to_hf (EP1 input: expert ids start at 0); (None, None)
+    where it lands nowhere (gpt-oss's experts: its quantized to_hf writes MXFP4 placeholders)."""
     m = re.search(r"layers\.(\d+)\.mlp\.experts\.(gate_and_up_projs|down_projs)$", native_key)
     if not m:
         return native_key, flat
     layer, kind = m.group(1), m.group(2)
     prefix = "model." if native_key.startswith("model.") else ""
+    if cfg.get("model_type") == "gpt_oss":  # to_hf(quantization=True) writes placeholders: the values are gone
+        return None, None
     if cfg.get("model_type") == "minimax_m2":  # block_sparse_moe.experts.E.w1 (gate) / w3 (up) / w2 (down)
         base, names = f"{prefix}layers.{layer}.block_sparse_moe.experts", ("w1", "w3", "w2")
         ie = int(cfg["intermediate_size"])
@@ -196,6 +199,11 @@ def main(argv=None) -> int:
             hf_keys, hf_flat, found = [], [], []
             for flat in where["flat_index"]:
                 hk, hf_i = special_to_hf_positions(key, where["shape"], flat, cfg)
+                if hk is None:
+                    hf_keys.append(None)
+                    hf_flat.append(None)
+                    found.append(None)
+                    continue
                 size = DTYPE_SIZE[header[hk]["dtype"]]
                 raw = tensor_data(header, data, hk)[hf_i * size:(hf_i + 1) * size]
                 hf_keys.append(hk)

@@ -119,8 +119,15 @@ def build_model(config_json: dict, family: str | None = None, attn: str = "sdpa"
 
 
 def make_adapter(config_json: dict, attn: str = "sdpa", family: str | None = None):
-    adapter = build_model(config_json, family, attn).state_dict_adapter
-    if family_of(config_json, family) == "gpt_oss":
+    gpt_oss = family_of(config_json, family) == "gpt_oss"
+    # gpt-oss under TE: its attention needs TE >= 2.8 to be built; the adapter (which only reads
+    # backend.attn) is made with the TE backend beside a model built with flex attention.
+    adapter = build_model(config_json, family, "flex" if gpt_oss and attn == "te" else attn).state_dict_adapter
+    if gpt_oss and attn == "te":
+        te = BackendConfig(attn="te", experts="torch", dispatcher="torch", linear="torch", rms_norm="torch",
+                           enable_hf_state_dict_adapter=True)
+        adapter = type(adapter)(adapter.config, adapter.moe_config, te, adapter.dtype)
+    if gpt_oss:
         whole = adapter.from_hf
 
         def from_hf_sliced(hf_state_dict, device_mesh=None, **kwargs):

@@ -191,6 +191,8 @@ class ModelSpec {
   // Why the compat mode refuses an FP8 input (an Automodel adapter with no FP8 path, which would
   // keep the codes and drop their scales); nullopt: it converts one.
   virtual std::optional<std::string> compat_fp8_input_refusal() const { return std::nullopt; }
+  // Whether Automodel decodes MXFP4 with torch.ldexp (E8M0 255 as 2^128, not NaN).
+  virtual bool compat_mxfp4_ldexp() const { return false; }
   // Scale rows Automodel's cast writes for a weight of `rows` rows (it pads some).
   virtual int64_t compat_cast_scale_rows(const TensorKey& key, int64_t rows,
                                          int64_t block_rows) const = 0;

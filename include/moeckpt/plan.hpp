@@ -57,6 +57,9 @@ struct DequantInput {
   // [rows, cols / 32] (U8); `scale` is then unused.
   const SourceTensor* mx_scale = nullptr;
   NanPolicy nan = NanPolicy::kRefuse;
+  // MXFP4 under kTorchCompat: E8M0 255 is 2^128 in an exact product (torch.ldexp: 0 stays 0, 0.5
+  // gives 2^127) instead of NaN.
+  bool mx_ldexp = false;
 };
 
 // The largest buffer a copy moves bytes through.

@@ -27,7 +27,7 @@ class LoadReport(NamedTuple):
 def _local_rows(name: str, t: torch.Tensor, experts: Optional[tuple[int, int]]) -> tuple:
     """(local tensor, global shape, row0, row1) of a destination: a DTensor's local shard (Shard(0)
     gives a row range, Replicate the whole tensor); a plain tensor whole, or, for a grouped-expert
-    tensor holding one EP rank's experts (``experts`` = (first, count, all)), those rows."""
+    tensor (or expert bias) holding one EP rank's experts (``experts`` = (first, count, all)), those rows."""
     if T.is_dtensor(t):
         from torch.distributed.tensor import Replicate, Shard
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
@@ -41,7 +41,7 @@ def _local_rows(name: str, t: torch.Tensor, experts: Optional[tuple[int, int]]) 
         row0 = int(offset[0]) if len(offset) else 0
         rows = int(shape[0]) if len(shape) else 1
         return local, list(t.shape), row0, row0 + rows
-    if experts is not None and t.dim() == 3 and t.shape[0] == experts[1] != experts[2]:
+    if experts is not None and t.dim() in (2, 3) and t.shape[0] == experts[1] != experts[2]:
         return t, [experts[2], *t.shape[1:]], experts[0], experts[0] + experts[1]
     return t, list(t.shape), 0, -1
 
@@ -223,11 +223,13 @@ def _load(dests: dict, folder: str, experts: Optional[tuple[int, int, int]], dty
     staging = _Staging()
     error = None
     try:
+        # The family's expert-axis tensors (grouped experts; a stacked layout's expert biases).
+        cfg = T.parse_config(os.path.join(folder, "config.json"))
         for name, t in dests.items():
             if not isinstance(t, torch.Tensor):
                 continue
             _check_destination(name, t.to_local() if T.is_dtensor(t) else t)
-            local, shape, row0, row1 = _local_rows(name, t, experts if _core.is_grouped_expert_key(name) else None)
+            local, shape, row0, row1 = _local_rows(name, t, experts if cfg.is_grouped_expert_key(name) else None)
             if local.numel():
                 spans.append((*_span(local), name))
             target = local

@@ -470,6 +470,7 @@ class FromHfPlanner {
     d.weight = &w;
     d.mx_scale = s;
     d.nan = nan_;
+    d.mx_ldexp = compat_ && spec_->compat_mxfp4_ldexp();
     mx_used_.push_back(d);
     return d;
   }

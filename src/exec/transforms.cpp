@@ -238,7 +238,7 @@ namespace {
 template <class T>
 void mxfp4_rows(const SourceTensor& w, const SourceTensor& s, const uint8_t* packed,
                 const uint8_t* scales, int64_t rows, int64_t packed_cols, int64_t blocks, Dtype out,
-                NanPolicy nan, T* dst, int64_t dst_ld, bool transpose) {
+                NanPolicy nan, bool ldexp, T* dst, int64_t dst_ld, bool transpose) {
   const bool refuse = nan == NanPolicy::kRefuse;
   constexpr int64_t kBytes = numerics::kMxBlock / 2;
   std::array<float, 16> value{};
@@ -248,7 +248,8 @@ void mxfp4_rows(const SourceTensor& w, const SourceTensor& s, const uint8_t* pac
       const uint8_t sc = scales[r * blocks + b];
       if (sc == numerics::kE8m0Nan && refuse) refuse_e8m0_nan(s, r, b);
       for (uint8_t c = 0; c < 16; ++c) {
-        value[c] = sc == numerics::kE8m0Nan
+        value[c] = ldexp ? std::ldexp(numerics::e2m1_to_f32(c), sc - 127)  // exact, or inf
+                   : sc == numerics::kE8m0Nan
                        ? numerics::e2m1_to_f32(c) * std::numeric_limits<float>::infinity()
                        : numerics::dequant_mxfp4(c, sc);
         encode_products(std::span<const float>(&value[c], 1), out, nan,
@@ -278,11 +279,12 @@ void dequant_mxfp4_into(const TensorSource& source, const DequantInput& in, Dtyp
   source.read(w, 0, packed.span());
   RawBuffer<uint8_t> scales(static_cast<size_t>(rows * blocks));
   source.read(s, 0, scales.span());
+  const bool ldexp = in.mx_ldexp && in.nan == NanPolicy::kTorchCompat;
   if (out == Dtype::F32)
-    mxfp4_rows(w, s, packed.data(), scales.data(), rows, packed_cols, blocks, out, in.nan,
+    mxfp4_rows(w, s, packed.data(), scales.data(), rows, packed_cols, blocks, out, in.nan, ldexp,
                reinterpret_cast<uint32_t*>(dst), dst_ld, transpose);
   else
-    mxfp4_rows(w, s, packed.data(), scales.data(), rows, packed_cols, blocks, out, in.nan,
+    mxfp4_rows(w, s, packed.data(), scales.data(), rows, packed_cols, blocks, out, in.nan, ldexp,
                reinterpret_cast<uint16_t*>(dst), dst_ld, transpose);
 }
 

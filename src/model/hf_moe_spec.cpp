@@ -420,6 +420,7 @@ class HfMoeSpec final : public ModelSpec {
            (layout_.router_f32 && key.kind == TensorKind::kRouter);
   }
   bool publishes_fp8() const override { return config_.block.has_value(); }
+  bool compat_mxfp4_ldexp() const override { return layout_.compat_mxfp4_ldexp; }
   bool compat_casts() const override { return !layout_.compat_cast_excluded.empty(); }
   std::optional<std::string> compat_fp8_input_refusal() const override {
     if (layout_.compat_fp8_refusal.empty()) return std::nullopt;

@@ -47,6 +47,7 @@ struct HfMoeLayout {
   // two E2M1 codes per byte, the even input in the low nibble) with _scales [E, out, in / 32]
   // (U8 E8M0) and _bias [E, out]. A member (one expert) is named "<stacked>[E]".
   bool stacked_mxfp4_experts = false;
+  bool compat_mxfp4_ldexp = false;  // Automodel decodes them with torch.ldexp (E8M0 255: 2^128)
   // self_attn.sinks [heads] (one learned logit per head), natively under TE
   // self_attn.attn_module.softmax_offset.
   bool attention_sinks = false;

@@ -447,5 +447,80 @@ TEST_P(GoldenParityV26, ToHfWithoutQuantizationIsByteIdentical) {
 
 INSTANTIATE_TEST_SUITE_P(TpDegrees, GoldenParityV26, ::testing::Values("tp2", "tp4", "v25"));
 
+// gpt-oss (tools/make_hf_moe_goldens.py on `synth --preset gpt-oss-tiny --seed 1`): Automodel's
+// from_hf ignores the device mesh, so its EP goldens are its whole result sliced to the rank's
+// experts (as DCP's load into the rank's shards does); its to_hf(quantization=True) writes all-ones
+// MXFP4 placeholders, which the compat mode refuses, so the to_hf goldens compared are those of
+// quantization=False (the HF BF16 layout under gate_up_proj / down_proj).
+class GoldenParityGptOss : public GoldenParity {};
+
+TEST_P(GoldenParityGptOss, FromHfEveryEpRankInBothModesIsByteIdentical) {
+  for (int64_t w : ep_sizes())
+    for (int64_t r = 0; r < w; ++r) {
+      expect_matches(digest_checkpoint(from_hf(w, r)),
+                     golden_["outputs"][fmt("from_hf_ep{}_rank{}", w, r)],
+                     fmt("compat from_hf ep {} rank {}", w, r));
+      FromHfOptions o;
+      o.ep_size = w;
+      o.ep_rank = r;
+      const auto dst = dir_ / fmt("default_ep{}_{}", w, r);
+      from_hf_dir(hf_, dst, o);
+      expect_matches(digest_checkpoint(dst), golden_["outputs"][fmt("from_hf_ep{}_rank{}", w, r)],
+                     fmt("default from_hf ep {} rank {}", w, r));
+    }
+}
+
+TEST_P(GoldenParityGptOss, ToHfWithoutQuantizationIsByteIdenticalAndTheCastIsRefused) {
+  ToHfOptions o;
+  o.compat = compat_;
+  o.quant = QuantMode::kNone;
+  to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant", o, std::nullopt);
+  expect_matches(digest_checkpoint(dir_ / "noquant"), golden_["outputs"]["to_hf_noquant"],
+                 "noquant");
+  to_hf_dirs({from_hf(3, 0), from_hf(3, 1), from_hf(3, 2)}, dir_ / "noquant_ranks", o,
+             std::nullopt);
+  expect_matches(digest_checkpoint(dir_ / "noquant_ranks"), golden_["outputs"]["to_hf_noquant"],
+                 "noquant of 3 ranks");
+  ToHfOptions plain;
+  plain.quant = QuantMode::kNone;
+  to_hf_dirs({from_hf(1, 0)}, dir_ / "noquant_default", plain, std::nullopt);
+  expect_matches(digest_checkpoint(dir_ / "noquant_default"), golden_["outputs"]["to_hf_noquant"],
+                 "noquant default mode");
+  // Automodel's quantized export is placeholders (all ones, 90 groups): refused, saying so.
+  ToHfOptions cast;
+  cast.compat = compat_;
+  try {
+    to_hf_dirs({from_hf(1, 0)}, dir_ / "cast", cast, std::nullopt);
+    ADD_FAILURE() << "the compat quantized export was not refused";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.info().kind, ErrorKind::kUnsupportedLayout);
+    EXPECT_NE(std::string(e.what()).find("placeholders"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "cast" / kSingleFileName));
+  // Its placeholder shape, as recorded: [E, out, 90, 16] whatever the input size.
+  EXPECT_EQ(golden_["outputs"]["to_hf"]["model.layers.0.mlp.experts.gate_up_proj_blocks"]["shape"],
+            json::parse("[8, 192, 90, 16]"));
+}
+
+TEST_P(GoldenParityGptOss, ExcludeGivesAutomodelsKeySet) {
+  const json& cases = golden_["to_hf_exclude"];
+  ASSERT_GE(cases.size(), 2u);
+  CheckpointSource src({from_hf(1, 0)});
+  for (auto it = cases.begin(); it != cases.end(); ++it) {
+    ToHfOptions o;
+    o.compat = compat_;
+    o.quant = QuantMode::kNone;
+    o.exclude_regex = it.key();
+    std::vector<std::string> keys;
+    for (const auto& spec : plan_to_hf(src, config_, o, {0}).outputs) keys.push_back(spec.name);
+    std::sort(keys.begin(), keys.end());
+    auto want = (*it)["quantization=False"].get<std::vector<std::string>>();
+    std::sort(want.begin(), want.end());
+    EXPECT_EQ(keys, want) << it.key();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenParityGptOss, ::testing::Values("gpt_oss_tiny"));
+
 }  // namespace
 }  // namespace moeckpt

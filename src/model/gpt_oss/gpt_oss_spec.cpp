@@ -67,7 +67,8 @@ json gpt_oss_tiny() {
   return gpt_oss_architecture(R"({
     "vocab_size": 256, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 24, "num_local_experts": 8,
-    "num_experts_per_tok": 2, "experts_per_token": 2, "max_position_embeddings": 4096})");
+    "num_experts_per_tok": 2, "experts_per_token": 2, "max_position_embeddings": 4096,
+    "pad_token_id": 0, "eos_token_id": 1})");
 }
 
 // The smallest with those features, for hostile-input corpora.
@@ -75,7 +76,8 @@ json gpt_oss_micro() {
   return gpt_oss_architecture(R"({
     "vocab_size": 32, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
     "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8, "num_local_experts": 4,
-    "num_experts_per_tok": 2, "experts_per_token": 2, "max_position_embeddings": 4096})");
+    "num_experts_per_tok": 2, "experts_per_token": 2, "max_position_embeddings": 4096,
+    "pad_token_id": 0, "eos_token_id": 1})");
 }
 
 // Alternating sliding and full attention from layer 0, as the releases have it.
@@ -143,6 +145,7 @@ std::unique_ptr<const ModelSpec> make_gpt_oss_spec(const ModelConfig& config) {
   l.hf_router_bias = "mlp.router.bias";
   l.native_router_bias = "mlp.gate.bias";
   l.stacked_mxfp4_experts = true;
+  l.compat_mxfp4_ldexp = true;
   l.attention_sinks = true;
   l.compat_quantized_export_refusal =
       "Automodel 0.7.0's GPT-OSS to_hf(quantization=True) writes all-ones MXFP4 placeholders "

@@ -15,8 +15,11 @@ def load_hf_tensors(d: str) -> dict:
     import safetensors.torch
 
     index = os.path.join(d, "model.safetensors.index.json")
-    with open(index, encoding="utf-8") as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    else:  # a single-file checkpoint
+        files = ["model.safetensors"]
     sd = {}
     for name in files:
         sd.update(safetensors.torch.load_file(os.path.join(d, name)))

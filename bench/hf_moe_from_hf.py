@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""from-hf of a plain Hugging Face MoE family (Qwen3-MoE, GLM-4.5) at one real MoE layer: moeckpt against NeMo
+"""from-hf of a plain Hugging Face MoE family (Qwen3-MoE, GLM-4.5, MiniMax-M2, gpt-oss) at one real MoE layer: moeckpt against NeMo
 Automodel 0.7.0's path and the disk's floor, measured in the same run.
 
     .venv-py/bin/python bench/hf_moe_from_hf.py [--preset qwen3-235b-a22b-fp8] [--bf16] [--layers N]
@@ -14,6 +14,8 @@ with the vocabulary trimmed to 4096 as bench/deepseek_from_hf.py trims DeepSeek-
 BF16 release instead (`qwen3-235b-a22b`). L defaults to the first MoE layer + 1, read from the preset's config
 (Qwen3: mlp_only_layers / decoder_sparse_step, so 1; GLM-4.5: first_k_dense_replace 3, so 4 with layers 0-2 dense).
 E defaults to the preset's routed expert count (all 128 for Qwen3-235B-A22B).
+gpt-oss (`--preset gpt-oss-120b`: hidden 2880, 128 experts 2880 wide in MXFP4, stacked per layer with their biases):
+Automodel's adapter decodes MXFP4 itself, so its output is checked byte for byte against moeckpt's as on BF16 input.
 
 Rows, each a fresh child measured from outside (wall time around the child, peak RSS and CPU from
 `/usr/bin/time -f "%M %U %S"`, i.e. GNU time's wait4 on it), alternating within every round, medians over --repeat
@@ -167,15 +169,20 @@ def expected_output_bytes(hf: Path, ep_num: int = 1, ep_den: int = 1, n_experts:
     every other tensor keeps its size; per-expert weights (`.experts.N.`) count ep_num/ep_den of them."""
     total = 0
     for name, (_f, dtype, shape, b, e) in folder_tensors(hf).items():
-        if name.endswith("_scale_inv") or name.endswith(".weight_scale") or name.endswith(".input_scale"):
+        if (name.endswith("_scale_inv") or name.endswith(".weight_scale") or name.endswith(".input_scale")
+                or name.endswith("_scales")):
             continue
         n = e - b
         if dtype.startswith("F8"):
             n = n // DTYPE_BYTES[dtype] * 2
+        if dtype == "U8" and name.endswith("_blocks"):  # MXFP4: two values a byte, BF16 out
+            n *= 4
         if ".experts." in name and n_experts and ep_den > 1:
             parts = name.split(".experts.", 1)[1].split(".", 1)
             if parts[0].isdigit() and int(parts[0]) >= n_experts * ep_num // ep_den:
                 continue
+            if not parts[0].isdigit():  # stacked over the experts (gpt-oss): the rank's rows
+                n = n * ep_num // ep_den
         total += n
     return total
 
@@ -303,7 +310,10 @@ def main() -> int:
         if subprocess.run(probe_cmd + ["--layers", "16"], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL).returncode != 0:  # a preset of fewer layers: all of them
             shutil.rmtree(probe, ignore_errors=True)
-            subprocess.run(probe_cmd, check=True, stdout=subprocess.DEVNULL)
+            if subprocess.run(probe_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode != 0:
+                # A layout synthesized by export has no sparse files (gpt-oss): one real layer of one expert.
+                shutil.rmtree(probe, ignore_errors=True)
+                subprocess.run(probe_cmd[:-1] + ["--layers", "1"], check=True, stdout=subprocess.DEVNULL)
         pcfg = json.loads((probe / "config.json").read_text(encoding="utf-8"))
         shutil.rmtree(probe)
         layers = first_moe_layer(pcfg) + 1
@@ -312,18 +322,45 @@ def main() -> int:
     if args.experts:
         synth_opts += ["--experts", str(args.experts)]
 
-    # Plan: the same checkpoint as sparse files, for its exact sizes before any data is written.
+    # Plan: the same checkpoint as sparse files, for its exact sizes before any data is written. A layout synthesized
+    # by export has no sparse files: two real ones of 1 and 2 experts instead, every size being linear in the experts.
     plan = work / "plan"
     shutil.rmtree(plan, ignore_errors=True)
-    subprocess.run([cli, "synth", str(plan), *synth_opts, "--sparse"], check=True, stdout=subprocess.DEVNULL)
-    cfg = json.loads((plan / "config.json").read_text(encoding="utf-8"))
+    linear = None
+    if subprocess.run([cli, "synth", str(plan), *synth_opts, "--sparse"], stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL).returncode != 0:
+        base = [o for i, o in enumerate(synth_opts) if o != "--experts" and synth_opts[i - 1] != "--experts"]
+        sizes = []
+        for e in (1, 2):
+            shutil.rmtree(plan, ignore_errors=True)
+            subprocess.run([cli, "synth", str(plan), *base, "--experts", str(e)], check=True, stdout=subprocess.DEVNULL)
+            sizes.append((dir_bytes(plan), expected_output_bytes(plan)))
+        if not args.experts:
+            raise SystemExit(f"{preset} is synthesized by export, without sparse files: give --experts (its routed "
+                             f"expert count, e.g. 128 for gpt-oss-120b)")
+        shutil.rmtree(plan)
+        subprocess.run([cli, "synth", str(plan), *base, "--experts", "1"], check=True, stdout=subprocess.DEVNULL)
+        cfg = json.loads((plan / "config.json").read_text(encoding="utf-8"))
+        cfg["num_local_experts"] = args.experts
+        linear = sizes
+    else:
+        cfg = json.loads((plan / "config.json").read_text(encoding="utf-8"))
     n_exp = routed_experts(cfg)
     moe_layers = [i for i in range(int(cfg["num_hidden_layers"])) if is_moe_layer(cfg, i)]
-    fp8 = bool(cfg.get("quantization_config"))
-    in_bytes = dir_bytes(plan)
-    out_bytes = expected_output_bytes(plan)
+    quant = (cfg.get("quantization_config") or {}).get("quant_method")
+    mxfp4 = quant == "mxfp4"
+    # Automodel's Qwen3-MoE / GLM-4.5 adapters have no FP8 path (wrong output); its gpt-oss one decodes MXFP4.
+    fp8 = quant is not None and not mxfp4
     ep_ok = args.ep_size > 1 and n_exp % args.ep_size == 0
-    ep_bytes = expected_output_bytes(plan, 1, args.ep_size, n_exp) if ep_ok else 0
+    if linear is None:
+        in_bytes = dir_bytes(plan)
+        out_bytes = expected_output_bytes(plan)
+        ep_bytes = expected_output_bytes(plan, 1, args.ep_size, n_exp) if ep_ok else 0
+    else:  # size(E) = size(1) + (E - 1) x (size(2) - size(1))
+        (in1, out1), (in2, out2) = linear
+        in_bytes = in1 + (n_exp - 1) * (in2 - in1)
+        out_bytes = out1 + (n_exp - 1) * (out2 - out1)
+        ep_bytes = out1 + (n_exp // args.ep_size - 1) * (out2 - out1) if ep_ok else 0
     shutil.rmtree(plan)
     if args.ep_size > 1 and not ep_ok:
         log(f"{n_exp} experts do not split evenly over {args.ep_size} ranks: no EP row")
@@ -476,7 +513,7 @@ def main() -> int:
         f"CPUs, {avail / GIB:.1f} GiB available. Input `moeckpt synth DIR {' '.join(synth_opts)}`: "
         f"{cfg.get('model_type')}, {layers} layer(s) (MoE: {moe_desc}), {n_exp} experts, hidden "
         f"{cfg.get('hidden_size')}, experts {cfg.get('moe_intermediate_size')} wide, vocab {args.vocab}, "
-        f"{'128x128 block FP8' if fp8 else 'BF16'}; {in_bytes / GIB:.2f} GiB in {len(inputs)} shards. Median of "
+        f"{'128x128 block FP8' if fp8 else 'MXFP4 experts' if mxfp4 else 'BF16'}; {in_bytes / GIB:.2f} GiB in {len(inputs)} shards. Median of "
         f"{args.repeat} alternating rounds; wall time around the child, peak RSS (the largest run) and CPU from "
         f"`/usr/bin/time`; flush = the `sync` after the run (moeckpt and the floors fsync their output, Automodel's "
         f"save_file does not); done = wall + flush.\n",

@@ -7,8 +7,9 @@ Writes, under tests/data/:
   corpus_base/hf       `moeckpt synth --preset micro --seed 1` (the unmodified HF base)
   corpus_base/native   `moeckpt from-hf` of it (the unmodified native base)
   corpus_base/deepseek `moeckpt synth --preset deepseek-v3-micro --seed 1` (the DeepSeek-V3 format's base)
-  corpus_base/qwen3_moe, corpus_base/glm4_moe, corpus_base/minimax_m2   `synth --preset qwen3-moe-micro-fp8` /
-                       `glm4-moe-micro` / `minimax-m2-micro --seed 1`
+  corpus_base/qwen3_moe, corpus_base/glm4_moe, corpus_base/minimax_m2, corpus_base/gpt_oss
+                       `synth --preset qwen3-moe-micro-fp8` / `glm4-moe-micro` / `minimax-m2-micro` /
+                       `gpt-oss-micro --seed 1`
   malformed/CASE/      one full checkpoint folder per defect, derived from a base by editing
                        headers, bytes, the index or config.json; `expect.json` says which commands
                        apply and the fragment each one's error must contain
@@ -953,6 +954,44 @@ def register_hf_moe_cases():
     reg("minimax_config_missing_experts", 'config has no "num_local_experts"', none, file="config.json",
         config_edit=lambda c: c.pop("num_local_experts"))
 
+    # gpt-oss (micro: hidden 32, expert width 64, 4 experts, one layer): stacked MXFP4 experts with their
+    # biases, the router under mlp.router, attention sinks; its MXFP4 quantization_config.
+    reg, where, add_like = family("gpt_oss")
+    E = M + "mlp.experts."
+    gu = E + "gate_up_proj_blocks"
+    reg("gpt_oss_blocks_missing_an_expert", "is not one of n_routed_experts = 4 experts", shrink_rows(gu), file=where(gu))
+    dn = E + "down_proj_scales"
+    reg("gpt_oss_missing_scales", "without its E8M0 scales " + dn + "[0]", drop(dn))
+    reg("gpt_oss_missing_blocks", "MXFP4 expert scale without its weight " + E + "down_proj_blocks[0]",
+        drop(E + "down_proj_blocks"))
+    gb = E + "gate_up_proj_bias"
+    reg("gpt_oss_expert_bias_missing_an_expert", "expert bias BF16 [3, 128] disagrees with config.json",
+        shrink_rows(gb), file=where(gb))
+    reg("gpt_oss_missing_expert_bias", f"tensor '{E}down_proj_bias': missing: layer 0 (MoE)", drop(E + "down_proj_bias"))
+    rb = M + "mlp.router.bias"
+    reg("gpt_oss_missing_router_bias", f"tensor '{rb}': missing: layer 0 (MoE)", drop(rb))
+    sk = M + "self_attn.sinks"
+    reg("gpt_oss_missing_sinks", f"tensor '{sk}': missing: layer 0 (MoE)", drop(sk))
+    reg("gpt_oss_sinks_wrong_size", "shape [1] disagrees with config.json", shrink_rows(sk), file=where(sk))
+
+    def poke(name, at, value):
+        def edit(f):
+            f.t(name)["data"][at] = value
+        return edit
+
+    reg("gpt_oss_scale_nan", "E8M0 NaN code 0xFF", poke(E + "gate_up_proj_scales", 5, 0xFF), file=where(gu))
+
+    def overflow(f):
+        f.t(E + "down_proj_scales")["data"][0] = 254  # expert 0, row 0's group: 2^127 times its codes
+        f.t(E + "down_proj_blocks")["data"][0] = 0x77  # two E2M1 sixes
+    reg("gpt_oss_scale_overflows", "overflows float32", overflow, file=where(gu))
+    reg("gpt_oss_config_fp8_quantization", 'gpt_oss quantization_config is {"quant_method":"fp8"', none,
+        file="config.json", config_edit=lambda c: c.update(quantization_config={"quant_method": "fp8"}))
+    reg("gpt_oss_config_hidden_not_a_group_multiple", "are not both multiples of 32", none, file="config.json",
+        config_edit=lambda c: c.update(hidden_size=40))
+    reg("gpt_oss_config_layer_types_short", 'config field "layer_types" is []', none, file="config.json",
+        config_edit=lambda c: c.update(layer_types=[]))
+
 
 def run(cli, *args):
     subprocess.run([str(cli), *map(str, args)], check=True, stdout=subprocess.DEVNULL)
@@ -970,6 +1009,7 @@ def main():
     run(cli, "synth", BASE / "qwen3_moe", "--preset", "qwen3-moe-micro-fp8", "--seed", "1")
     run(cli, "synth", BASE / "glm4_moe", "--preset", "glm4-moe-micro", "--seed", "1")
     run(cli, "synth", BASE / "minimax_m2", "--preset", "minimax-m2-micro", "--seed", "1")
+    run(cli, "synth", BASE / "gpt_oss", "--preset", "gpt-oss-micro", "--seed", "1")
     # Several shards, so that a case edits one of them (git stores the others once).
     run(cli, "from-hf", BASE / "hf", BASE / "native", "--quiet", "--shard-size", "60000")
     with tempfile.TemporaryDirectory() as tmp:

@@ -223,13 +223,14 @@ def _load(dests: dict, folder: str, experts: Optional[tuple[int, int, int]], dty
     staging = _Staging()
     error = None
     try:
-        # The family's expert-axis tensors (grouped experts; a stacked layout's expert biases).
-        cfg = T.parse_config(os.path.join(folder, "config.json"))
+        # The family's expert-axis tensors (grouped experts; a stacked layout's expert biases), for
+        # destinations holding one rank's experts.
+        cfg = T.parse_config(os.path.join(folder, "config.json")) if experts is not None else None
         for name, t in dests.items():
             if not isinstance(t, torch.Tensor):
                 continue
             _check_destination(name, t.to_local() if T.is_dtensor(t) else t)
-            local, shape, row0, row1 = _local_rows(name, t, experts if cfg.is_grouped_expert_key(name) else None)
+            local, shape, row0, row1 = _local_rows(name, t, experts if cfg is not None and cfg.is_grouped_expert_key(name) else None)
             if local.numel():
                 spans.append((*_span(local), name))
             target = local

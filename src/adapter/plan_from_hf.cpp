@@ -451,12 +451,14 @@ class FromHfPlanner {
 
   // An MXFP4 expert weight (U8 [out, in / 2]) with its E8M0 `weight_scale` [out, in / 32].
   DequantInput mx_input(const SourceTensor& w) {
-    const auto* s = src_.find(spec_->mx_scale_name(w.name));
+    const auto scale_name = spec_->mx_scale_name(w.name);
+    const auto* s = src_.find(scale_name);
     if (!s)
       fail(ErrorKind::kMalformedFile, w.file, w.name,
-           "MXFP4 (U8) expert weight without its '" +
-               spec_->mx_scale_name(w.name).substr(w.name.size()) + "' companion " +
-               spec_->mx_scale_name(w.name),
+           scale_name.starts_with(w.name)
+               ? "MXFP4 (U8) expert weight without its '" + scale_name.substr(w.name.size()) +
+                     "' companion " + scale_name
+               : "MXFP4 (U8) expert weight without its E8M0 scales " + scale_name,
            "packed E2M1 weights beside their E8M0 scales");
     const uint64_t in = 2 * w.shape.at(1);
     const std::vector<uint64_t> want{w.shape[0], in / numerics::kMxBlock};

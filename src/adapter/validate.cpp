@@ -123,6 +123,11 @@ void refuse_hf_layout(const TensorSource& src, const ModelSpec& spec) {
       fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is a per-expert weight: this folder holds the HF layout, not the native layout",
            "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
+    if (spec.stacked_expert_member(t.name, 0))
+      fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
+           "is a stacked MXFP4 expert tensor: this folder holds the HF layout, not the native "
+           "layout",
+           "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
@@ -277,8 +278,14 @@ void run(const EmitTask& t, const TensorSource& src, TensorSink& sink) {
   if (t.format == BlockFormat::kMxfp4) {
     LoadedMatrix m = exec::load_matrix(src, t.in, r0, r1);
     std::vector<float> x(static_cast<size_t>(m.rows * m.cols));
-    for (size_t i = 0; i < x.size(); ++i)
-      x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
+    if (t.in.src->dtype == Dtype::BF16) {  // the native dtype: widened in a plain loop
+      const auto* b = reinterpret_cast<const uint16_t*>(m.raw.data());
+      for (size_t i = 0; i < x.size(); ++i)
+        x[i] = std::bit_cast<float>(static_cast<uint32_t>(b[i]) << 16);
+    } else {
+      for (size_t i = 0; i < x.size(); ++i)
+        x[i] = exec::element_to_float(t.in.src->dtype, &m.raw[i * esize]);
+    }
     check_finite(t.in, m, x, r0);
     const int64_t blocks = m.cols / numerics::kMxBlock;
     std::vector<uint8_t> packed(static_cast<size_t>(m.rows * m.cols / 2));

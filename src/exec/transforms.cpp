@@ -232,38 +232,79 @@ void dequant_fp8_into(const TensorSource& source, const DequantInput& in, int64_
 
 namespace {
 
-// One MXFP4 matrix into `dst` as elements of type T (BF16 or F32 bits): per block of 32 inputs,
-// the 16 possible products are encoded once (exact: an E2M1 value times a power of two) and the
-// codes look them up.
+// One MXFP4 matrix into `dst` as elements of type T (BF16, F16 or F32 bits). Every product is an
+// E2M1 value times a power of two, exact (or inf), so the 16 x 256 (code, scale) outputs are
+// encoded once per matrix and looked up. Refusals come first, in row-major order, from the scales
+// (only scales of 2^126 and up can overflow); then the values are written, for a transposed
+// destination a tile of 32 rows at a time so that each output row gets runs of 32 elements.
 template <class T>
 void mxfp4_rows(const SourceTensor& w, const SourceTensor& s, const uint8_t* packed,
                 const uint8_t* scales, int64_t rows, int64_t packed_cols, int64_t blocks, Dtype out,
                 NanPolicy nan, bool ldexp, T* dst, int64_t dst_ld, bool transpose) {
   const bool refuse = nan == NanPolicy::kRefuse;
   constexpr int64_t kBytes = numerics::kMxBlock / 2;
-  std::array<float, 16> value{};
-  std::array<T, 16> lut{};
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t b = 0; b < blocks; ++b) {
-      const uint8_t sc = scales[r * blocks + b];
-      if (sc == numerics::kE8m0Nan && refuse) refuse_e8m0_nan(s, r, b);
-      for (uint8_t c = 0; c < 16; ++c) {
-        value[c] = ldexp ? std::ldexp(numerics::e2m1_to_f32(c), sc - 127)  // exact, or inf
-                   : sc == numerics::kE8m0Nan
-                       ? numerics::e2m1_to_f32(c) * std::numeric_limits<float>::infinity()
-                       : numerics::dequant_mxfp4(c, sc);
-        encode_products(std::span<const float>(&value[c], 1), out, nan,
-                        reinterpret_cast<uint8_t*>(&lut[c]));
-      }
-      const uint8_t* in = packed + r * packed_cols + b * kBytes;
-      for (int64_t i = 0; i < 2 * kBytes; ++i) {
-        const auto code = static_cast<uint8_t>((i & 1) ? in[i / 2] >> 4 : in[i / 2] & 0xF);
-        const int64_t c = b * numerics::kMxBlock + i;
-        if (refuse && !std::isfinite(value[code]))
-          refuse_mxfp4_overflow(w, r, c, numerics::e2m1_to_f32(code), sc - 127);
-        dst[transpose ? c * dst_ld + r : r * dst_ld + c] = lut[code];
-      }
+  std::vector<T> lut(256 * 16);
+  std::array<bool, 256> overflows{};
+  for (int sc = 0; sc < 256; ++sc) {
+    std::array<float, 16> value{};
+    for (uint8_t c = 0; c < 16; ++c) {
+      const auto code = static_cast<uint8_t>(sc);
+      value[c] = ldexp ? std::ldexp(numerics::e2m1_to_f32(c), sc - 127)  // exact, or inf
+                 : code == numerics::kE8m0Nan
+                     ? numerics::e2m1_to_f32(c) * std::numeric_limits<float>::infinity()
+                     : numerics::dequant_mxfp4(c, code);
+      overflows[static_cast<size_t>(sc)] =
+          overflows[static_cast<size_t>(sc)] || !std::isfinite(value[c]);
     }
+    encode_products(value, out, nan,
+                    reinterpret_cast<uint8_t*>(&lut[static_cast<size_t>(sc) * 16]));
+  }
+  if (refuse)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t sc = scales[r * blocks + b];
+        if (sc == numerics::kE8m0Nan) refuse_e8m0_nan(s, r, b);
+        if (!overflows[sc]) continue;
+        const uint8_t* in = packed + r * packed_cols + b * kBytes;
+        for (int64_t i = 0; i < 2 * kBytes; ++i) {
+          const auto code = static_cast<uint8_t>((i & 1) ? in[i / 2] >> 4 : in[i / 2] & 0xF);
+          if (!std::isfinite(numerics::dequant_mxfp4(code, sc)))
+            refuse_mxfp4_overflow(w, r, b * numerics::kMxBlock + i, numerics::e2m1_to_f32(code),
+                                  sc - 127);
+        }
+      }
+  const int64_t cols = blocks * numerics::kMxBlock;
+  if (!transpose) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const T* l = &lut[static_cast<size_t>(scales[r * blocks + b]) * 16];
+        const uint8_t* in = packed + r * packed_cols + b * kBytes;
+        T* o = dst + r * dst_ld + b * numerics::kMxBlock;
+        for (int64_t i = 0; i < kBytes; ++i) {
+          o[2 * i] = l[in[i] & 0xF];
+          o[2 * i + 1] = l[in[i] >> 4];
+        }
+      }
+    return;
+  }
+  constexpr int64_t kTile = 32;
+  std::vector<T> tile(static_cast<size_t>(kTile * cols));
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t n = std::min(kTile, rows - r0);
+    for (int64_t r = 0; r < n; ++r)  // decoded row-major into the tile
+      for (int64_t b = 0; b < blocks; ++b) {
+        const T* l = &lut[static_cast<size_t>(scales[(r0 + r) * blocks + b]) * 16];
+        const uint8_t* in = packed + (r0 + r) * packed_cols + b * kBytes;
+        T* o = &tile[static_cast<size_t>(r * cols + b * numerics::kMxBlock)];
+        for (int64_t i = 0; i < kBytes; ++i) {
+          o[2 * i] = l[in[i] & 0xF];
+          o[2 * i + 1] = l[in[i] >> 4];
+        }
+      }
+    for (int64_t c = 0; c < cols; ++c)  // output row c gets this tile's n rows, contiguous
+      for (int64_t r = 0; r < n; ++r)
+        dst[c * dst_ld + r0 + r] = tile[static_cast<size_t>(r * cols + c)];
+  }
 }
 
 }  // namespace

@@ -9,6 +9,17 @@ namespace {
 
 constexpr float kMagnitudes[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
 
+// The code of x: the magnitude as a count of the midpoints below |x| (a tie goes to the even code:
+// the lower one for 0.25, 1.25, 2.5 and 5, the upper one for 0.75, 1.75 and 3.5; inf counts all
+// seven: 6, saturating), the sign kept; NaN 0x0. No branches, so that a block's loop vectorizes.
+inline uint8_t e2m1_code(float x) noexcept {
+  const float a = std::fabs(x);
+  const int m = (a > 0.25f) + (a >= 0.75f) + (a > 1.25f) + (a >= 1.75f) + (a > 2.5f) + (a >= 3.5f) +
+                (a > 5.0f);
+  const int code = m | (std::signbit(x) ? 0x8 : 0x0);
+  return static_cast<uint8_t>(x != x ? 0 : code);
+}
+
 }  // namespace
 
 float e2m1_to_f32(uint8_t code) noexcept {
@@ -17,28 +28,7 @@ float e2m1_to_f32(uint8_t code) noexcept {
 }
 
 uint8_t f32_to_e2m1_saturating(float x) noexcept {
-  if (std::isnan(x)) return 0x0;
-  const float a = std::fabs(x);
-  // Midpoints between neighbouring values; a tie goes to the even code (the lower one for
-  // 0.25, 1.25, 2.5 and 5; the upper one for 0.75, 1.75 and 3.5).
-  uint8_t m;
-  if (a <= 0.25f)
-    m = 0;
-  else if (a < 0.75f)
-    m = 1;
-  else if (a <= 1.25f)
-    m = 2;
-  else if (a < 1.75f)
-    m = 3;
-  else if (a <= 2.5f)
-    m = 4;
-  else if (a < 3.5f)
-    m = 5;
-  else if (a <= 5.0f)
-    m = 6;
-  else
-    m = 7;  // (5, inf]: 6, saturating
-  return static_cast<uint8_t>(m | (std::signbit(x) ? 0x8 : 0x0));
+  return e2m1_code(x);
 }
 
 float e8m0_to_f32(uint8_t code) noexcept {
@@ -57,10 +47,12 @@ uint8_t quantize_mxfp4_block(std::span<const float> values, std::span<uint8_t> p
   float amax = 0.0f;
   for (float v : values) amax = std::max(amax, std::fabs(v));
   const uint8_t scale = mx_scale_code_from_amax(amax);
-  const int shift = 127 - static_cast<int>(scale);  // x / 2^(scale-127), exact (power of two)
+  // x / 2^(scale-127) as one multiply by 2^(127-scale), a float32 for every code (2^-127 is a
+  // subnormal, 2^127 normal): the product is rounded once, as ldexp would round it.
+  const float inv = std::ldexp(1.0f, 127 - static_cast<int>(scale));
   for (size_t i = 0; i + 1 < values.size(); i += 2) {
-    const uint8_t lo = f32_to_e2m1_saturating(std::ldexp(values[i], shift));
-    const uint8_t hi = f32_to_e2m1_saturating(std::ldexp(values[i + 1], shift));
+    const uint8_t lo = e2m1_code(values[i] * inv);
+    const uint8_t hi = e2m1_code(values[i + 1] * inv);
     packed[i / 2] = static_cast<uint8_t>(lo | (hi << 4));
   }
   return scale;

@@ -512,7 +512,7 @@ def main() -> int:
         f"Run of {when}: `{' '.join(sys.argv)}` on {platform.processor() or platform.machine()}, {os.cpu_count()} "
         f"CPUs, {avail / GIB:.1f} GiB available. Input `moeckpt synth DIR {' '.join(synth_opts)}`: "
         f"{cfg.get('model_type')}, {layers} layer(s) (MoE: {moe_desc}), {n_exp} experts, hidden "
-        f"{cfg.get('hidden_size')}, experts {cfg.get('moe_intermediate_size')} wide, vocab {args.vocab}, "
+        f"{cfg.get('hidden_size')}, experts {cfg.get('moe_intermediate_size') or cfg.get('intermediate_size')} wide, vocab {args.vocab}, "
         f"{'128x128 block FP8' if fp8 else 'MXFP4 experts' if mxfp4 else 'BF16'}; {in_bytes / GIB:.2f} GiB in {len(inputs)} shards. Median of "
         f"{args.repeat} alternating rounds; wall time around the child, peak RSS (the largest run) and CPU from "
         f"`/usr/bin/time`; flush = the `sync` after the run (moeckpt and the floors fsync their output, Automodel's "

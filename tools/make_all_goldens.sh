@@ -7,7 +7,8 @@
 #   tests/data/goldens/tiny_te.json                         tiny through 0.7.0 with the TE attention backend
 #   tests/data/v26/, tests/data/goldens/v26_tp{2,4}.json   the MiMo-V2.6 fixture and its 0.7.0 goldens
 #   tests/data/v25/, tests/data/goldens/v25.json           the MiMo-V2.5-Pro fixture and its 0.7.0 (mimo_v25) goldens
-#   tests/data/goldens/{qwen3_moe,glm4_moe}_tiny.json       Qwen3-MoE / GLM-4.5 tiny presets (tools/make_hf_moe_goldens.py)
+#   tests/data/goldens/{qwen3_moe,glm4_moe,minimax_m2,gpt_oss}_tiny.json   the HF MoE families' tiny presets
+#                                                          (tools/make_hf_moe_goldens.py)
 #   tests/data/goldens/{tiny,ragged,ragged_nonan}_am06.json the same inputs through Automodel 0.6.0 (to_hf ignores
 #                                                          quantization=False there: see tools/ORACLE_NOTES.md)
 #
@@ -104,9 +105,10 @@ done
   grep -v -e '`torch_dtype` is deprecated' -e grouped_gemm || true
 "$PY" tools/digest_goldens.py "$WORK/v25" tests/data/goldens/v25.json --root "$ROOT"
 
-# (e6) Qwen3-MoE and GLM-4.5 (Automodel 0.7.0's adapters as Qwen3MoeForCausalLM / Glm4MoeForCausalLM build them) on
-#      the tiny presets (synth --seed 1; the C++ test regenerates the same bytes)
-for preset in qwen3-moe-tiny glm4-moe-tiny; do
+# (e6) Qwen3-MoE, GLM-4.5, MiniMax-M2 and gpt-oss (Automodel 0.7.0's adapters as Qwen3MoeForCausalLM /
+#      Glm4MoeForCausalLM / MiniMaxM2ForCausalLM / GptOssForCausalLM build them) on the tiny presets (synth --seed 1;
+#      the C++ test regenerates the same bytes)
+for preset in qwen3-moe-tiny glm4-moe-tiny minimax-m2-tiny gpt-oss-tiny; do
   rm -rf "$WORK/$preset"
   "$MOECKPT" synth "$WORK/$preset/hf" --preset "$preset" --seed 1
   "$PY" tools/make_hf_moe_goldens.py "$WORK/$preset/hf" "$WORK/$preset/out" --special-input targets --ep 3 --ep 2 2>&1 |

@@ -22,6 +22,7 @@ enum class TensorKind {
   kExpertProj,        // mlp.experts.E.{gate,up,down}_proj.weight (HF layout)
   kExpertBias,        // the routed experts' biases, [n_experts, out] per projection
   kGroupedExperts,    // mlp.experts.{gate_and_up_projs,down_projs} (native layout)
+  kStackedExperts,    // an HF layout's unquantized stacked experts, [E, in, out] (the grouped layout)
   kMtpEhProj,         // mtp eh_proj.weight
   kSharedExpertProj,  // mlp.shared_experts.{gate,up,down}_proj.weight
   kMtpEmbedding,      // an MTP layer's own embed_tokens.weight

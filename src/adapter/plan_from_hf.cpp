@@ -78,6 +78,10 @@ class FromHfPlanner {
         emit_expert_bias(t);
         continue;
       }
+      if (key.kind == TensorKind::kStackedExperts) {
+        emit_stacked_rows(t, key);
+        continue;
+      }
       // Stacked experts stay stacked when dequantized in place (the HF BF16 layout is the
       // grouped one under its HF name).
       if (spec_->is_grouped_expert(key) && (o_.group_experts || spec_->hf_experts_stacked())) {
@@ -438,6 +442,34 @@ class FromHfPlanner {
     task.elem0 = first * out;
     task.elem1 = (first + n) * out;
     task.out_delta = -static_cast<int64_t>(first * out);
+    plan_.tasks.push_back(std::move(task));
+  }
+
+  // A stacked layout's unquantized experts ([E, in, out], the grouped layout under HF names):
+  // the rank's rows under the native name (in place when dequantizing), in the output dtype
+  // (Automodel renames them as they are).
+  void emit_stacked_rows(const SourceTensor& t, const TensorKey& key) {
+    const auto [in, width] = spec_->grouped_slot_shape(spec_->expert_grouping(key.projection));
+    const std::vector<uint64_t> want{static_cast<uint64_t>(c_.n_routed_experts), in, width};
+    if (t.shape != want ||
+        (t.dtype != Dtype::BF16 && t.dtype != Dtype::F16 && t.dtype != Dtype::F32))
+      fail(ErrorKind::kConfigMismatch, t.file, t.name,
+           fmt::format("stacked expert tensor {} {} disagrees with config.json",
+                       dtype_name(t.dtype), format_shape(t.shape)),
+           "a float tensor " + format_shape(want) + " (n_routed_experts x in x out)");
+    if (range_.count == 0) return;
+    const uint64_t slot = in * width;
+    const auto first = static_cast<uint64_t>(range_.first);
+    const auto n = static_cast<uint64_t>(range_.count);
+    const Dtype dt = compat_ ? t.dtype : o_.dtype;
+    const std::string name =
+        o_.group_experts ? spec_->native_name_of(t.name).value_or(t.name) : t.name;
+    CopyTask task{&t, add_output(name, dt, {n, in, width}),
+                  std::min(o_.task_bytes / 2, kCopyChunkBytes),
+                  dt == t.dtype ? std::nullopt : std::optional<Dtype>(dt)};
+    task.elem0 = first * slot;
+    task.elem1 = (first + n) * slot;
+    task.out_delta = -static_cast<int64_t>(first * slot);
     plan_.tasks.push_back(std::move(task));
   }
 

@@ -84,7 +84,8 @@ class ToHfPlanner {
     for (const SourceTensor* tensor : planning_order()) {
       const SourceTensor& t = *tensor;
       auto key = spec_->classify(t.name);
-      if (key.kind == TensorKind::kGroupedExperts) {
+      if (key.kind == TensorKind::kGroupedExperts ||
+          (o_.hf_source && key.kind == TensorKind::kStackedExperts)) {
         if (spec_->hf_experts_stacked())
           emit_stacked(t, key);
         else
@@ -163,12 +164,6 @@ class ToHfPlanner {
            fmt::format("a {} checkpoint's experts are MXFP4: there is no FP8 cast of them",
                        spec_->layout_name()),
            "block quantization (MXFP4 experts) or none");
-    if (o_.hf_source && mode != QuantMode::kNone)
-      fail(ErrorKind::kUnsupportedLayout, "", "",
-           fmt::format("quantizing an HF {} checkpoint in place: its BF16 experts are read from "
-                       "the native layout only",
-                       spec_->layout_name()),
-           "from-hf, then to-hf (which writes MXFP4 experts)");
   }
 
   // The rank parts of a native expert tensor [n, ...] with their row in the stacked output: every
@@ -307,10 +302,13 @@ class ToHfPlanner {
   // An HF source to quantize holds no FP8 weights and no block scales.
   void refuse_quantized() const {
     for (const auto& t : src_.tensors())
-      if (t.dtype == Dtype::F8_E4M3 || spec_->is_block_scale(t.name))
+      if (t.dtype == Dtype::F8_E4M3 || spec_->is_block_scale(t.name) ||
+          spec_->stacked_expert_member(t.name, 0))
         fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
              t.dtype == Dtype::F8_E4M3 ? "is already FP8: the checkpoint is quantized"
-                                       : "is a block scale: the checkpoint is quantized",
+             : spec_->stacked_expert_member(t.name, 0)
+                 ? "is already MXFP4: the checkpoint is quantized"
+                 : "is a block scale: the checkpoint is quantized",
              "an unquantized (BF16, F16 or F32) HF checkpoint");
   }
 

@@ -65,8 +65,8 @@ bool export_writes_fp8(const ModelSpec& spec, const ToHfOptions& o) noexcept {
       return false;
     case QuantMode::kCast:
       return spec.compat_casts();
-    case QuantMode::kBlock:
-      return o.hf_source || spec.publishes_fp8();
+    case QuantMode::kBlock:  // a stacked MXFP4 layout writes MXFP4, no FP8
+      return !spec.hf_experts_stacked() && (o.hf_source || spec.publishes_fp8());
   }
   return false;
 }

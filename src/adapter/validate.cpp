@@ -123,10 +123,9 @@ void refuse_hf_layout(const TensorSource& src, const ModelSpec& spec) {
       fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
            "is a per-expert weight: this folder holds the HF layout, not the native layout",
            "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
-    if (spec.stacked_expert_member(t.name, 0))
+    if (spec.stacked_expert_member(t.name, 0) || k.kind == TensorKind::kStackedExperts)
       fail(ErrorKind::kUnsupportedLayout, t.file, t.name,
-           "is a stacked MXFP4 expert tensor: this folder holds the HF layout, not the native "
-           "layout",
+           "is a stacked expert tensor: this folder holds the HF layout, not the native layout",
            "a native (grouped-expert) checkpoint (from-hf converts HF folders)");
   }
 }
@@ -230,7 +229,11 @@ void check_layers_complete(const TensorSource& src, const ModelSpec& spec, bool 
     for (const auto& g : spec.expert_groupings())
       for (Projection p : g.parts) {
         const auto name = spec.expert_weight_name(prefix, l, *expert, p);
-        if (!src.find(name))
+        // A stacked layout's experts may be its unquantized (grouped) form instead.
+        const auto bf16 = spec.hf_experts_stacked()
+                              ? spec.hf_name_of(spec.grouped_experts_name(prefix, l, g.grouped))
+                              : std::nullopt;
+        if (!src.find(name) && !(bf16 && src.find(*bf16)))
           fail(ErrorKind::kConfigMismatch, where, name,
                "missing: " + spec.describe_layer(l) + " needs it",
                "every tensor config.json implies");

@@ -81,6 +81,11 @@ void classify_stacked_expert(std::string_view e, TensorKey& k) {
     }
     return;
   }
+  if (auto p = stacked_projection(e)) {  // the HF BF16 layout: the grouped tensor under its HF name
+    k.kind = TensorKind::kStackedExperts;
+    k.projection = *p;
+    return;
+  }
   auto part = parse_stacked(e);
   if (!part || !part->expert) return;
   k.kind = TensorKind::kExpertProj;
@@ -221,6 +226,11 @@ class HfMoeSpec final : public ModelSpec {
       if (native != hf) return native;
       return std::nullopt;
     }
+    if (layout_.stacked_mxfp4_experts)
+      if (auto native =
+              rename_layer_rest(hf, {{"mlp.experts.gate_up_proj", "mlp.experts.gate_and_up_projs"},
+                                     {"mlp.experts.down_proj", "mlp.experts.down_projs"}}))
+        return native;
     return rename_layer_rest(hf, {{layout_.hf_router, "mlp.gate.weight"},
                                   {layout_.hf_router_bias, layout_.native_router_bias}});
   }

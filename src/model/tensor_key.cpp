@@ -30,6 +30,8 @@ std::string_view tensor_kind_name(TensorKind kind) noexcept {
       return "expert_bias";
     case TensorKind::kGroupedExperts:
       return "grouped_experts";
+    case TensorKind::kStackedExperts:
+      return "stacked_experts";
     case TensorKind::kMtpEhProj:
       return "mtp_eh_proj";
     case TensorKind::kSharedExpertProj:

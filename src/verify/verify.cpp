@@ -76,7 +76,8 @@ class LogicalView {
       if (spec_->is_block_scale(t.name)) continue;
       auto key = spec_->classify(t.name);
       if (key.is_mx_scale) continue;
-      if (key.kind == TensorKind::kGroupedExperts && t.shape.size() == 3) {
+      if ((key.kind == TensorKind::kGroupedExperts || key.kind == TensorKind::kStackedExperts) &&
+          t.shape.size() == 3) {
         add_grouped(t, key, start);
         continue;
       }

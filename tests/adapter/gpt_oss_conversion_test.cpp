@@ -142,6 +142,24 @@ TEST(GptOssConversion, RoundTripsGiveThePublishedTensorsBack) {
             (std::vector<uint64_t>{8, 64, 192}));
   EXPECT_FALSE(
       json::parse(test::read_text(dir / "bf16" / "config.json")).contains("quantization_config"));
+  // That layout reads back (every EP rank's rows as from the MXFP4 folder) and quantizes into the
+  // published bytes; verify compares the two HF forms expert by expert.
+  from_hf_dir(dir / "bf16", dir / "native_bf16", {});
+  EXPECT_EQ(all_bytes(dir / "native_bf16"), all_bytes(dir / "native"));
+  FromHfOptions ep;
+  ep.ep_size = 3;
+  ep.ep_rank = 2;
+  from_hf_dir(dir / "bf16", dir / "ep2_bf16", ep);
+  EXPECT_EQ(all_bytes(dir / "ep2_bf16"), all_bytes(ranks[2]));
+  quantize_dir(dir / "bf16", dir / "mxfp4", {});
+  EXPECT_EQ(all_bytes(dir / "mxfp4"), want);
+  EXPECT_TRUE(verify_checkpoints(dir / "hf", dir / "bf16", {}).ok());
+  try {
+    quantize_dir(dir / "hf", dir / "again", {});
+    ADD_FAILURE() << "quantize of an MXFP4 folder was not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already MXFP4"), std::string::npos) << e.what();
+  }
 }
 
 TEST(GptOssConversion, AnEpRankReadsOnlyItsExpertsRows) {

@@ -224,6 +224,27 @@ def test_mimo_save_through_every_command(mimo_save, tmp_path):
         assert {p.name: p.read_bytes() for p in a.iterdir()} == {p.name: p.read_bytes() for p in b.iterdir()}, cmd
 
 
+@needs_cli
+def test_gpt_oss_save_consolidates_to_its_published_mxfp4(tmp_path):
+    """A gpt-oss training save holds the HF BF16 layout (Automodel's to_hf: the experts stacked as
+    gate_up_proj [E, hidden, 2I]); consolidate --quant block writes the published MXFP4 in one pass."""
+    hf, bf16 = tmp_path / "hf", tmp_path / "bf16"
+    moeckpt.synth(hf, "gpt-oss-tiny", seed=2)
+    cli("dequantize", str(hf), str(bf16), "--quiet")
+    spec = {"source": str(bf16), "files": 3, "config": json.loads((bf16 / "config.json").read_text())}
+    (tmp_path / "dcp").mkdir()
+    save = write_save(tmp_path / "dcp", spec, 4)
+    out = tmp_path / "out"
+    cli("consolidate", str(save), str(out), "--quant", "block", "--quiet")
+    want = {k: raw(v) for k, (v, _) in tensors_of(hf).items()}
+    got = {k: raw(v) for k, (v, _) in tensors_of(out).items()}
+    assert got == want
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "mxfp4"
+    plain = tmp_path / "plain"
+    cli("consolidate", str(save), str(plain), "--quiet")
+    assert {k: raw(v) for k, (v, _) in tensors_of(plain).items()} == {k: raw(v) for k, (v, _) in tensors_of(bf16).items()}
+
+
 def test_load_hf_checkpoint_from_the_save(mimo_save):
     save, bf16 = mimo_save
     want = moeckpt.from_hf_dir(bf16)

@@ -157,6 +157,28 @@ def test_folders_match_automodel(oss, mg, tmp_path):
     assert_same(oss.hf, mg.load_hf_dir(str(tmp_path / "back")), "to_hf_dir of from_hf_dir", order=False)
 
 
+def test_bf16_layout_is_read_and_quantized(oss, mg, tmp_path):
+    """The HF BF16 layout (Automodel's to_hf, moeckpt's dequantize: gate_up_proj [E, hidden, 2I]) reads
+    back as Automodel reads it, in every EP rank's rows, and quantize gives the published MXFP4 back."""
+    native = oss.ref.from_hf(dict(oss.hf))
+    bf16_sd = oss.ref.to_hf(dict(native))
+    assert bf16_sd["model.layers.0.mlp.experts.gate_up_proj"].shape == (8, 64, 192)
+    assert_same(oss.ref.from_hf(dict(bf16_sd)),
+                moeckpt.GPTOSSStateDictAdapter(oss.config, compat="automodel").from_hf(bf16_sd), "bf16 from_hf")
+    moeckpt.dequantize_dir(oss.path, tmp_path / "bf16")
+    assert_same(bf16_sd, mg.load_hf_dir(str(tmp_path / "bf16")), "dequantize", order=False)
+    for rank in range(3):
+        first, count = _core.expert_range(oss.n, 3, rank)
+        assert_same(_slice(native, first, count), moeckpt.from_hf_dir(tmp_path / "bf16", ep_rank=rank, ep_size=3),
+                    f"bf16 ep {rank}/3", order=False)
+    moeckpt.quantize_dir(tmp_path / "bf16", tmp_path / "mxfp4")
+    assert_same(oss.hf, mg.load_hf_dir(str(tmp_path / "mxfp4")), "quantize", order=False)
+    cfg = json.loads((tmp_path / "mxfp4" / "config.json").read_text())
+    assert cfg["quantization_config"]["quant_method"] == "mxfp4"
+    with pytest.raises(moeckpt.UnsupportedLayoutError, match="already MXFP4"):
+        moeckpt.quantize_dir(oss.path, tmp_path / "again")
+
+
 def test_loads_automodels_model_as_automodel_does(oss):
     def model():
         return oss.hg.build_model(oss.config, device="cpu")

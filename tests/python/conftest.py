@@ -133,6 +133,29 @@ def assert_same(expected: dict, actual: dict, what: str = "", order: bool = True
     assert not bad, f"{what}: {len(bad)} tensors differ from the reference, e.g. {bad[:3]}"
 
 
+def assert_loads_like_automodel(model, hf: dict, path: Path) -> list:
+    """load_hf_checkpoint (compat mode) of the checkpoint at `path` (tensors `hf`) into a fresh
+    `model()` (an Automodel model class) gives every parameter Automodel's own load gives (its
+    adapter's from_hf, then load_state_dict) bit for bit, and a forward pass on CPU is finite.
+    Returns the checkpoint's tensors the model lacks (the report's `unexpected`)."""
+    want = model()
+    want.load_state_dict(want.state_dict_adapter.from_hf(dict(hf)), strict=False)
+    got = model()
+    report = moeckpt.load_hf_checkpoint(got, path, compat="automodel")
+    assert report.missing == [] and report.tensors == len(got.state_dict())
+    w, g = want.state_dict(), got.state_dict()
+    assert sorted(w) == sorted(g)
+    for k in w:
+        assert w[k].dtype == g[k].dtype and raw(w[k]) == raw(g[k]), k
+    # Eager: Automodel's MoE layers torch.compile their SwiGLU, and inductor's C++ build of it on a
+    # loaded 2-core machine took most of a minute; the weights are what this checks.
+    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
+        out = got(torch.tensor([[1, 2, 3, 4]]))
+    logits = out.logits if hasattr(out, "logits") else out
+    assert torch.isfinite(logits.float()).all()
+    return list(report.unexpected)
+
+
 def fp8_round_trip_steps(hf: dict, config: dict, mg, tmp_path: Path) -> tuple[int, int, int]:
     """Random FP8 codes under random (not power-of-two) scales, each 128x128 block reaching +-448 as a
     real quantizer's blocks do, in place of every FP8 weight of `hf`; from-hf then the default to-hf.

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 import moeckpt
 from moeckpt import _core
-from conftest import ROOT, assert_same
+from conftest import ROOT, assert_loads_like_automodel, assert_same
 
 EXPERT_AXIS = ("mlp.experts.gate_and_up_projs", "mlp.experts.down_projs", "mlp.experts.gate_up_proj_bias",
                "mlp.experts.down_proj_bias")
@@ -183,19 +183,7 @@ def test_loads_automodels_model_as_automodel_does(oss):
     def model():
         return oss.hg.build_model(oss.config, device="cpu")
 
-    want = model()
-    want.load_state_dict(want.state_dict_adapter.from_hf(dict(oss.hf)), strict=False)
-    got = model()
-    report = moeckpt.load_hf_checkpoint(got, oss.path, compat="automodel")
-    assert report.missing == [] and report.unexpected == [] and report.tensors == len(got.state_dict())
-    w, g = want.state_dict(), got.state_dict()
-    assert sorted(w) == sorted(g)
-    for k in w:
-        assert w[k].dtype == g[k].dtype and torch.equal(w[k].view(-1).view(torch.uint8), g[k].view(-1).view(torch.uint8)), k
-    with torch.no_grad(), torch.compiler.set_stance("force_eager"):
-        out = got(torch.tensor([[1, 2, 3, 4]]))
-    logits = out.logits if hasattr(out, "logits") else out
-    assert torch.isfinite(logits.float()).all()
+    assert assert_loads_like_automodel(model, oss.hf, oss.path) == []
 
 
 def test_an_ep_rank_reads_only_its_experts(oss):

@@ -9,21 +9,21 @@
 namespace moeckpt {
 
 enum class TensorKind {
-  kEmbedding,         // {P}embed_tokens.weight
-  kLmHead,            // lm_head.weight
-  kFinalNorm,         // {P}norm.weight
-  kNorm,              // a layer's *layernorm / MTP enorm, hnorm
-  kAttentionProj,     // self_attn.{q,k,v,o}_proj.weight
-  kAttentionSink,     // self_attn.attention_sink_bias
-  kAttentionBias,     // self_attn.{q,k,v,o}_proj.bias
-  kDenseMlpProj,      // mlp.{gate,up,down}_proj.weight (dense layers, MTP)
-  kRouter,            // mlp.gate.weight
-  kRouterBias,        // mlp.gate.e_score_correction_bias
-  kExpertProj,        // mlp.experts.E.{gate,up,down}_proj.weight (HF layout)
-  kExpertBias,        // the routed experts' biases, [n_experts, out] per projection
-  kGroupedExperts,    // mlp.experts.{gate_and_up_projs,down_projs} (native layout)
-  kStackedExperts,    // an HF layout's unquantized stacked experts, [E, in, out] (the grouped layout)
-  kMtpEhProj,         // mtp eh_proj.weight
+  kEmbedding,       // {P}embed_tokens.weight
+  kLmHead,          // lm_head.weight
+  kFinalNorm,       // {P}norm.weight
+  kNorm,            // a layer's *layernorm / MTP enorm, hnorm
+  kAttentionProj,   // self_attn.{q,k,v,o}_proj.weight
+  kAttentionSink,   // self_attn.attention_sink_bias
+  kAttentionBias,   // self_attn.{q,k,v,o}_proj.bias
+  kDenseMlpProj,    // mlp.{gate,up,down}_proj.weight (dense layers, MTP)
+  kRouter,          // mlp.gate.weight
+  kRouterBias,      // mlp.gate.e_score_correction_bias
+  kExpertProj,      // mlp.experts.E.{gate,up,down}_proj.weight (HF layout)
+  kExpertBias,      // the routed experts' biases, [n_experts, out] per projection
+  kGroupedExperts,  // mlp.experts.{gate_and_up_projs,down_projs} (native layout)
+  kStackedExperts,  // an HF layout's unquantized stacked experts, [E, in, out] (the grouped layout)
+  kMtpEhProj,       // mtp eh_proj.weight
   kSharedExpertProj,  // mlp.shared_experts.{gate,up,down}_proj.weight
   kMtpEmbedding,      // an MTP layer's own embed_tokens.weight
   kMtpHead,           // an MTP layer's own output head (shared_head.head.weight)

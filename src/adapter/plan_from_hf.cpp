@@ -427,22 +427,8 @@ class FromHfPlanner {
     const auto key = spec_->classify(t.name);
     const uint64_t out = spec_->expert_hf_shape(
         key.projection == Projection::kDown ? Projection::kDown : Projection::kGateAndUp)[0];
-    const std::vector<uint64_t> want{static_cast<uint64_t>(c_.n_routed_experts), out};
-    if (t.shape != want ||
-        (t.dtype != Dtype::BF16 && t.dtype != Dtype::F16 && t.dtype != Dtype::F32))
-      fail(ErrorKind::kConfigMismatch, t.file, t.name,
-           fmt::format("expert bias {} {} disagrees with config.json", dtype_name(t.dtype),
-                       format_shape(t.shape)),
-           "a float tensor " + format_shape(want) + " (n_routed_experts x the projection's rows)");
-    if (range_.count == 0) return;
-    const auto first = static_cast<uint64_t>(range_.first);
-    const auto n = static_cast<uint64_t>(range_.count);
-    CopyTask task{&t, add_output(t.name, t.dtype, {n, out}),
-                  std::min(o_.task_bytes / 2, kCopyChunkBytes), std::nullopt};
-    task.elem0 = first * out;
-    task.elem1 = (first + n) * out;
-    task.out_delta = -static_cast<int64_t>(first * out);
-    plan_.tasks.push_back(std::move(task));
+    emit_rank_rows(t, {out}, "expert bias", "n_routed_experts x the projection's rows", t.name,
+                   t.dtype);
   }
 
   // A stacked layout's unquantized experts ([E, in, out], the grouped layout under HF names):
@@ -450,26 +436,36 @@ class FromHfPlanner {
   // (Automodel renames them as they are).
   void emit_stacked_rows(const SourceTensor& t, const TensorKey& key) {
     const auto [in, width] = spec_->grouped_slot_shape(spec_->expert_grouping(key.projection));
-    const std::vector<uint64_t> want{static_cast<uint64_t>(c_.n_routed_experts), in, width};
+    emit_rank_rows(t, {in, width}, "stacked expert tensor", "n_routed_experts x in x out",
+                   o_.group_experts ? spec_->native_name_of(t.name).value_or(t.name) : t.name,
+                   compat_ ? t.dtype : o_.dtype);
+  }
+
+  // An expert-axis tensor [n_routed_experts, tail...] (`what`, checked as such): the rank's rows
+  // copied into output `name` as `dt`, reading only those rows.
+  void emit_rank_rows(const SourceTensor& t, const std::vector<uint64_t>& tail, const char* what,
+                      const char* dims, const std::string& name, Dtype dt) {
+    std::vector<uint64_t> want{static_cast<uint64_t>(c_.n_routed_experts)};
+    want.insert(want.end(), tail.begin(), tail.end());
     if (t.shape != want ||
         (t.dtype != Dtype::BF16 && t.dtype != Dtype::F16 && t.dtype != Dtype::F32))
       fail(ErrorKind::kConfigMismatch, t.file, t.name,
-           fmt::format("stacked expert tensor {} {} disagrees with config.json",
-                       dtype_name(t.dtype), format_shape(t.shape)),
-           "a float tensor " + format_shape(want) + " (n_routed_experts x in x out)");
+           fmt::format("{} {} {} disagrees with config.json", what, dtype_name(t.dtype),
+                       format_shape(t.shape)),
+           fmt::format("a float tensor {} ({})", format_shape(want), dims));
     if (range_.count == 0) return;
-    const uint64_t slot = in * width;
+    uint64_t row = 1;
+    for (uint64_t d : tail) row *= d;
     const auto first = static_cast<uint64_t>(range_.first);
     const auto n = static_cast<uint64_t>(range_.count);
-    const Dtype dt = compat_ ? t.dtype : o_.dtype;
-    const std::string name =
-        o_.group_experts ? spec_->native_name_of(t.name).value_or(t.name) : t.name;
-    CopyTask task{&t, add_output(name, dt, {n, in, width}),
+    std::vector<uint64_t> shape{n};
+    shape.insert(shape.end(), tail.begin(), tail.end());
+    CopyTask task{&t, add_output(name, dt, std::move(shape)),
                   std::min(o_.task_bytes / 2, kCopyChunkBytes),
                   dt == t.dtype ? std::nullopt : std::optional<Dtype>(dt)};
-    task.elem0 = first * slot;
-    task.elem1 = (first + n) * slot;
-    task.out_delta = -static_cast<int64_t>(first * slot);
+    task.elem0 = first * row;
+    task.elem1 = (first + n) * row;
+    task.out_delta = -static_cast<int64_t>(first * row);
     plan_.tasks.push_back(std::move(task));
   }
 

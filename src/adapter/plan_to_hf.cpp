@@ -229,9 +229,17 @@ class ToHfPlanner {
              fmt::format("expert bias {} {} disagrees with config.json", dtype_name(part->dtype),
                          format_shape(part->shape)),
              fmt::format("a float tensor [n, {}]", out));
+    }
+    gather_rows(parts, o, out, dt);
+  }
+
+  // Every rank part's experts into their rows of output `o` (rows of `row` elements), as `dt`.
+  void gather_rows(const std::vector<std::pair<const SourceTensor*, int64_t>>& parts, size_t o,
+                   uint64_t row, Dtype dt) {
+    for (const auto& [part, first] : parts) {
       CopyTask task{part, o, std::min(o_.task_bytes / 2, kCopyChunkBytes),
                     part->dtype == dt ? std::nullopt : std::optional<Dtype>(dt)};
-      task.out_delta = first * static_cast<int64_t>(out);
+      task.out_delta = first * static_cast<int64_t>(row);
       plan_.tasks.push_back(std::move(task));
     }
   }
@@ -260,13 +268,8 @@ class ToHfPlanner {
     origin_ = "'" + t.name + "'";
     origin_file_ = t.file;
     if (mode_ != QuantMode::kBlock) {
-      const size_t o = add_output(hf_name, t.dtype, {static_cast<uint64_t>(E), in, width});
-      for (const auto& [part, first] : parts) {
-        CopyTask task{part, o, std::min(o_.task_bytes / 2, kCopyChunkBytes),
-                      part->dtype == t.dtype ? std::nullopt : std::optional<Dtype>(t.dtype)};
-        task.out_delta = first * static_cast<int64_t>(in * width);
-        plan_.tasks.push_back(std::move(task));
-      }
+      gather_rows(parts, add_output(hf_name, t.dtype, {static_cast<uint64_t>(E), in, width}),
+                  in * width, t.dtype);
       return;
     }
     if (in % numerics::kMxBlock != 0)

@@ -36,11 +36,16 @@ def trials(full, fast):
     raise ValueError(f"MOECKPT_TEST_TIER={tier}: expected fast or full")
 
 
-def _load_make_goldens():
-    spec = importlib.util.spec_from_file_location("make_goldens", ROOT / "tools" / "make_goldens.py")
+def load_tool(name: str):
+    """tools/<name>.py as a module (the oracle scripts: make_goldens, make_hf_moe_goldens)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _load_make_goldens():
+    return load_tool("make_goldens")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ biases, router weight and bias, attention biases and sinks, sliding and full lay
 tensors with every E2M1 code and the E8M0 extremes (0, 254, 255: Automodel's torch.ldexp makes 255 2^128)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import types
 
@@ -14,17 +13,14 @@ from safetensors.torch import save_file
 
 import moeckpt
 from moeckpt import _core
-from conftest import ROOT, assert_loads_like_automodel, assert_same
+from conftest import assert_loads_like_automodel, assert_same, load_tool
 
 EXPERT_AXIS = ("mlp.experts.gate_and_up_projs", "mlp.experts.down_projs", "mlp.experts.gate_up_proj_bias",
                "mlp.experts.down_proj_bias")
 
 
 def _hg():
-    spec = importlib.util.spec_from_file_location("make_hf_moe_goldens", ROOT / "tools" / "make_hf_moe_goldens.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("make_hf_moe_goldens")
 
 
 @pytest.fixture(scope="module")

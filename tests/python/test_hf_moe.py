@@ -5,7 +5,6 @@ layers, GLM's shared expert, router bias and MTP layer, MiniMax's renamed MoE bl
 GLM's FP8 presets for what Automodel cannot do (its adapters drop the scales) and moeckpt does."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import types
 
@@ -13,17 +12,14 @@ import pytest
 import torch
 
 import moeckpt
-from conftest import ROOT, assert_loads_like_automodel, assert_same, ep_read_bytes, fp8_round_trip_steps
+from conftest import assert_loads_like_automodel, assert_same, ep_read_bytes, fp8_round_trip_steps, load_tool
 
 ADAPTERS = {"qwen3-moe-tiny": moeckpt.Qwen3MoeStateDictAdapter, "glm4-moe-tiny": moeckpt.Glm4MoeStateDictAdapter,
             "minimax-m2-tiny": moeckpt.MiniMaxM2StateDictAdapter}
 
 
 def _hg():
-    spec = importlib.util.spec_from_file_location("make_hf_moe_goldens", ROOT / "tools" / "make_hf_moe_goldens.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_tool("make_hf_moe_goldens")
 
 
 @pytest.fixture(scope="module", params=sorted(ADAPTERS))
